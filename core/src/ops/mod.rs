@@ -1,0 +1,1 @@
+//! The small ops of a Llama layer, scalar reference versions.
