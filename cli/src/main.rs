@@ -4,7 +4,11 @@
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "pagoda", version, about = "Fast CPU inference of quantized Llama models on a paged KV cache")]
+#[command(
+    name = "pagoda",
+    version,
+    about = "Fast CPU inference of quantized Llama models on a paged KV cache"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
