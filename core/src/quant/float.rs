@@ -22,11 +22,72 @@ pub(crate) fn round_half_away(x: f32) -> f32 {
     }
 }
 
-#[allow(dead_code)] // used by the K-quants (next commit)
-/// C's `(int)roundf(x)` for values the kernels keep in range (saturating otherwise).
+/// ggml's K-quant `nearest_int`: round to nearest, ties to *even*, via the
+/// `x + 1.5 * 2^23` trick. Exact for `|x| <= 4194303`; garbage (but no panic) beyond,
+/// where ggml asserts.
 #[inline]
 pub(crate) fn nearest_int(x: f32) -> i32 {
-    round_half_away(x) as i32
+    let v = x + 12_582_912.0;
+    (v.to_bits() as i32 & 0x007f_ffff) - 0x0040_0000
+}
+
+/// C's `sqrtf`, correctly rounded, without `std`: an exact integer square root of the
+/// scaled significand, rounded once.
+pub(crate) fn sqrt(x: f32) -> f32 {
+    if x.is_nan() || x < 0.0 {
+        return f32::NAN;
+    }
+    if x == 0.0 || x == f32::INFINITY {
+        return x;
+    }
+    let bits = x.to_bits();
+    let biased = ((bits >> 23) & 0xff) as i32;
+    let mut mant = bits & 0x007f_ffff;
+    // x = mant * 2^e with mant a 24-bit integer (subnormals normalised).
+    let mut e = if biased == 0 {
+        let shift = mant.leading_zeros() as i32 - 8;
+        mant <<= shift;
+        1 - 150 - shift
+    } else {
+        mant |= 0x0080_0000;
+        biased - 150
+    };
+    let mut m = u64::from(mant);
+    if e & 1 != 0 {
+        m <<= 1;
+        e -= 1;
+    }
+    // sqrt(m * 2^28) has 26 or 27 bits: at least two below the 24 kept.
+    let big = m << 28;
+    let mut r = isqrt(big);
+    let mut k = e / 2 - 14;
+    if r * r != big {
+        // The true root lies strictly inside (r, r + 1); r + 1/2 rounds the same way.
+        r = 2 * r + 1;
+        k -= 1;
+    }
+    // `as f32` rounds to nearest even; the power-of-two scaling is exact (normal range).
+    r as f32 * f32::from_bits(((k + 127) as u32) << 23)
+}
+
+/// `floor(sqrt(n))`, digit by digit.
+fn isqrt(n: u64) -> u64 {
+    let mut rem = n;
+    let mut root = 0u64;
+    let mut bit = 1u64 << 62;
+    while bit > n {
+        bit >>= 2;
+    }
+    while bit != 0 {
+        if rem >= root + bit {
+            rem -= root + bit;
+            root = (root >> 1) + bit;
+        } else {
+            root >>= 1;
+        }
+        bit >>= 2;
+    }
+    root
 }
 
 /// `GGML_FP16_TO_FP32`.
@@ -41,14 +102,12 @@ pub(crate) fn f32_to_f16(x: f32) -> f16 {
     f16::from_f32(x)
 }
 
-#[allow(dead_code)] // used by the bf16 format (next commit)
 /// `GGML_BF16_TO_FP32`: the bf16 bits are the high half of the f32.
 #[inline]
 pub(crate) fn bf16_to_f32(h: bf16) -> f32 {
     f32::from_bits(u32::from(h.to_bits()) << 16)
 }
 
-#[allow(dead_code)] // used by the bf16 format (next commit)
 /// `GGML_FP32_TO_BF16` (`ggml_compute_fp32_to_bf16`): round to nearest even; NaN is
 /// truncated and forced quiet. Written out because ggml's NaN rule is its own.
 #[inline]
@@ -85,6 +144,34 @@ mod tests {
         }
         assert!(round_half_away(f32::NAN).is_nan());
         assert_eq!(round_half_away(f32::INFINITY), f32::INFINITY);
+    }
+
+    #[test]
+    fn nearest_int_ties_to_even() {
+        for (x, want) in [(0.5, 0), (1.5, 2), (2.5, 2), (-0.5, 0), (-1.5, -2), (-2.5, -2), (3.2, 3)]
+        {
+            assert_eq!(nearest_int(x), want, "nearest_int({x})");
+        }
+        assert_eq!(nearest_int(4_194_303.0), 4_194_303);
+        assert_eq!(nearest_int(-4_194_303.0), -4_194_303);
+    }
+
+    #[test]
+    fn sqrt_is_correctly_rounded() {
+        let n = if cfg!(miri) { 200 } else { 200_000 };
+        let mut s = 0x2545_f491u32;
+        for i in 0..n {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            // Every positive finite bit pattern class: subnormal, normal, huge.
+            let x = f32::from_bits(s & 0x7f7f_ffff);
+            assert_eq!(sqrt(x).to_bits(), x.sqrt().to_bits(), "sqrt({x:e}) (case {i})");
+        }
+        for x in [f32::MIN_POSITIVE, f32::MAX, 1.0, 2.0, 4.0, 1e-45, 0.0, -0.0, f32::INFINITY] {
+            assert_eq!(sqrt(x).to_bits(), x.sqrt().to_bits(), "sqrt({x:e})");
+        }
+        assert!(sqrt(-1.0).is_nan() && sqrt(f32::NAN).is_nan());
     }
 
     #[test]
