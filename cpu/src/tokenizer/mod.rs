@@ -32,6 +32,7 @@
 
 mod bpe;
 mod error;
+mod from_gguf;
 mod pretokenize;
 mod special;
 mod spm;
@@ -362,6 +363,22 @@ impl Tokenizer {
         let i = id as usize;
         let (a, b) = (*self.piece_at.get(i)?, *self.piece_at.get(i + 1)?);
         Some(&self.pieces[a..b])
+    }
+
+    /// The token that stands for the single byte `b`: byte-level BPE's
+    /// one-character token for it, or SentencePiece's `<0xNN>`.
+    ///
+    /// `None` means text containing this byte cannot be fully encoded: llama.cpp
+    /// (and so `encode`) drops such a byte. SmolLM2's vocabulary, for one, has
+    /// no token for 0x04, 0x06, 0x13, 0x14, 0x16, 0x1D or the UTF-8 lead bytes
+    /// 0xF1/0xF2 (code points U+40000..U+BFFFF); `decode(encode(s)) == s` holds
+    /// exactly for the texts whose bytes all have one.
+    pub fn byte_to_token(&self, b: u8) -> Option<u32> {
+        let id = match &self.algorithm {
+            Algorithm::Bpe { .. } => self.vocab.byte_token(b),
+            Algorithm::Spm { byte_fallback } => byte_fallback[usize::from(b)],
+        };
+        (id != NO_TOKEN).then_some(id)
     }
 
     /// A decoder for a stream of ids (e.g. generated tokens).
