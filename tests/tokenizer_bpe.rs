@@ -34,11 +34,14 @@ fn every_llama_cpp_reference_case_matches() {
     for case in cases {
         let text = case["text"].as_str().unwrap();
         let parse_special = case["parse_special"].as_bool().unwrap();
-        let want: Vec<u32> = case["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let want: Vec<u32> =
+            case["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
         // llama-tokenize ran with --no-bos; the model's add_bos_token is false anyway.
         let got = tok.encode(text, true, parse_special);
         if got != want {
-            mismatches.push(format!("{text:?} (parse_special={parse_special}):\n  got  {got:?}\n  want {want:?}"));
+            mismatches.push(format!(
+                "{text:?} (parse_special={parse_special}):\n  got  {got:?}\n  want {want:?}"
+            ));
         }
         assert_eq!(tok.decode(&got), text, "decode of {text:?}");
     }
@@ -106,9 +109,18 @@ fn stream_decoder_holds_split_characters() {
 fn unencodable_bytes_are_dropped() {
     let tok = tokenizer();
     let missing: Vec<u8> = (0..=255u8).filter(|&b| tok.byte_to_token(b).is_none()).collect();
-    assert_eq!(missing, [0x04, 0x06, 0x13, 0x14, 0x16, 0x1D, 0xC0, 0xC1, 0xF1, 0xF2, 0xF5, 0xF6, 0xF7, 0xF8, 0xF9, 0xFA, 0xFB, 0xFC, 0xFD, 0xFE, 0xFF]);
+    assert_eq!(
+        missing,
+        [
+            0x04, 0x06, 0x13, 0x14, 0x16, 0x1D, 0xC0, 0xC1, 0xF1, 0xF2, 0xF5, 0xF6, 0xF7, 0xF8,
+            0xF9, 0xFA, 0xFB, 0xFC, 0xFD, 0xFE, 0xFF
+        ]
+    );
     // llama.cpp gives no id for U+0004; the text around it is unaffected.
-    assert_eq!(tok.encode("a\u{4}b", false, false), [tok.encode("a", false, false), tok.encode("b", false, false)].concat());
+    assert_eq!(
+        tok.encode("a\u{4}b", false, false),
+        [tok.encode("a", false, false), tok.encode("b", false, false)].concat()
+    );
     // U+40000 = F1 80 80 80: the lead byte is lost, the continuation bytes remain.
     assert_eq!(tok.decode(&tok.encode("\u{40000}", false, false)), "\u{FFFD}\u{FFFD}\u{FFFD}");
     assert_eq!(tok.byte_to_token(b'\n'), Some(198));
@@ -133,15 +145,21 @@ fn bad_metadata_is_a_clear_error() {
     let ok = Tokenizer::from_data(base.clone()).unwrap();
     assert_eq!(ok.encode("ab", false, false), [2]);
 
-    let err = Tokenizer::from_data(TokenizerData { pre: Some("mystery".into()), ..base.clone() }).unwrap_err();
+    let err = Tokenizer::from_data(TokenizerData { pre: Some("mystery".into()), ..base.clone() })
+        .unwrap_err();
     assert_eq!(err, TokenizerError::UnknownPre("mystery".into()));
     assert!(err.to_string().contains("mystery"));
     let err = Tokenizer::from_data(TokenizerData { pre: None, ..base.clone() }).unwrap_err();
     assert_eq!(err, TokenizerError::MissingKey("tokenizer.ggml.pre"));
-    let err = Tokenizer::from_data(TokenizerData { model: "bert".into(), ..base.clone() }).unwrap_err();
+    let err =
+        Tokenizer::from_data(TokenizerData { model: "bert".into(), ..base.clone() }).unwrap_err();
     assert_eq!(err, TokenizerError::UnknownModel("bert".into()));
-    let err = Tokenizer::from_data(TokenizerData { token_types: Some(vec![1]), ..base.clone() }).unwrap_err();
-    assert!(matches!(err, TokenizerError::LengthMismatch { key: "tokenizer.ggml.token_type", len: 1, n_tokens: 3 }));
+    let err = Tokenizer::from_data(TokenizerData { token_types: Some(vec![1]), ..base.clone() })
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        TokenizerError::LengthMismatch { key: "tokenizer.ggml.token_type", len: 1, n_tokens: 3 }
+    ));
     let err = Tokenizer::from_data(TokenizerData { eos: Some(3), ..base.clone() }).unwrap_err();
     assert!(matches!(err, TokenizerError::SpecialIdOutOfRange { id: 3, .. }), "{err}");
     let err = Tokenizer::from_data(TokenizerData { tokens: vec![], ..base }).unwrap_err();
@@ -152,10 +170,11 @@ fn bad_metadata_is_a_clear_error() {
 fn llama3_pre_tokenizer_and_whole_word_lookup() {
     // A toy vocabulary with Llama 3 rules: "hello" is an entry, so it is one
     // token even though no merge builds it (ignore_merges); digits go in threes.
-    let mut tokens: Vec<String> = ["h", "e", "l", "o", "1", "2", "3", "4", "Ġ", "hello", "12", "123", "he"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let mut tokens: Vec<String> =
+        ["h", "e", "l", "o", "1", "2", "3", "4", "Ġ", "hello", "12", "123", "he"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
     tokens.push("<|eot_id|>".into());
     let tok = Tokenizer::from_data(TokenizerData {
         model: "gpt2".into(),

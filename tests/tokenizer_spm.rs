@@ -18,14 +18,17 @@ fn load() -> Tokenizer {
 fn ids_equal_sentencepiece() {
     let tok = load();
     assert_eq!(tok.kind(), TokenizerKind::SentencePiece);
-    let doc: Value = serde_json::from_str(&std::fs::read_to_string(format!("{DIR}/sp_expected.json")).unwrap()).unwrap();
+    let doc: Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{DIR}/sp_expected.json")).unwrap())
+            .unwrap();
     assert_eq!(tok.vocab_size() as u64, doc["vocab_size"].as_u64().unwrap());
     let cases = doc["cases"].as_array().unwrap();
     assert!(cases.len() >= 20);
     let mut mismatches = Vec::new();
     for case in cases {
         let text = case["text"].as_str().unwrap();
-        let want: Vec<u32> = case["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let want: Vec<u32> =
+            case["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
         let got = tok.encode(text, false, false);
         if got != want {
             mismatches.push(format!("{text:?}:\n  got  {got:?}\n  want {want:?}"));

@@ -35,10 +35,9 @@ fn pair_key(a: u32, b: u32) -> u64 {
 }
 
 impl Merges {
-    /// Parses `"left right"` rules (split at the first space after the first
-    /// character, as llama.cpp does). A rule seen twice keeps its last rank,
-    /// as in llama.cpp's `std::map::emplace`... which keeps the first; we keep
-    /// the first too.
+    /// Parses `"left right"` rules, split at the first space after the first
+    /// character as llama.cpp does. A rule listed twice keeps its first rank
+    /// (llama.cpp's `std::map::emplace` does not overwrite).
     pub(crate) fn new(rules: &[String], vocab: &Vocab) -> Self {
         let mut by_ids = FastMap::default();
         let mut by_text = HashMap::new();
@@ -188,7 +187,14 @@ fn push_symbol(bytes: &[u8], id: u32, vocab: &Vocab, s: &mut BpeScratch, out: &m
     }
 }
 
-fn add_candidate(left: u32, right: u32, word: &[u8], vocab: &Vocab, merges: &Merges, s: &mut BpeScratch) {
+fn add_candidate(
+    left: u32,
+    right: u32,
+    word: &[u8],
+    vocab: &Vocab,
+    merges: &Merges,
+    s: &mut BpeScratch,
+) {
     let l = s.symbols[left as usize];
     let r = s.symbols[right as usize];
     let found = if l.id != NO_TOKEN && r.id != NO_TOKEN {

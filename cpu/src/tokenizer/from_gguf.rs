@@ -26,8 +26,12 @@ fn string(g: &Gguf<'_>, key: &'static str) -> Result<Option<String>, TokenizerEr
 fn strings(g: &Gguf<'_>, key: &'static str) -> Result<Option<Vec<String>>, TokenizerError> {
     match g.get(key) {
         None => Ok(None),
-        Some(Value::Array(a)) => Ok(Some(a.iter_str().map_err(|e| bad(key, e))?.map(str::to_owned).collect())),
-        Some(v) => Err(bad(key, format_args!("expected an array of strings, found {:?}", v.value_type()))),
+        Some(Value::Array(a)) => {
+            Ok(Some(a.iter_str().map_err(|e| bad(key, e))?.map(str::to_owned).collect()))
+        }
+        Some(v) => {
+            Err(bad(key, format_args!("expected an array of strings, found {:?}", v.value_type())))
+        }
     }
 }
 
@@ -37,7 +41,9 @@ fn id(g: &Gguf<'_>, key: &'static str) -> Result<Option<u32>, TokenizerError> {
         None => Ok(None),
         Some(v) => match v.as_integer() {
             Some(i) if i < 0 => Ok(None),
-            Some(i) => u32::try_from(i).map(Some).map_err(|_| bad(key, format_args!("{i} does not fit a token id"))),
+            Some(i) => u32::try_from(i)
+                .map(Some)
+                .map_err(|_| bad(key, format_args!("{i} does not fit a token id"))),
             None => Err(bad(key, format_args!("expected an integer, found {:?}", v.value_type()))),
         },
     }
@@ -62,12 +68,22 @@ impl TokenizerData {
         let token_types = match g.get(TOKEN_TYPE) {
             None => None,
             Some(Value::Array(a)) => Some(a.iter_i32().map_err(|e| bad(TOKEN_TYPE, e))?.collect()),
-            Some(v) => return Err(bad(TOKEN_TYPE, format_args!("expected an array of i32, found {:?}", v.value_type()))),
+            Some(v) => {
+                return Err(bad(
+                    TOKEN_TYPE,
+                    format_args!("expected an array of i32, found {:?}", v.value_type()),
+                ))
+            }
         };
         let scores = match g.get(SCORES) {
             None => None,
             Some(Value::Array(a)) => Some(a.iter_f32().map_err(|e| bad(SCORES, e))?.collect()),
-            Some(v) => return Err(bad(SCORES, format_args!("expected an array of f32, found {:?}", v.value_type()))),
+            Some(v) => {
+                return Err(bad(
+                    SCORES,
+                    format_args!("expected an array of f32, found {:?}", v.value_type()),
+                ))
+            }
         };
         Ok(Self {
             model,

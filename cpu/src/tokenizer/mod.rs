@@ -159,14 +159,22 @@ impl Tokenizer {
         }
         let types: Vec<TokenType> = match &data.token_types {
             Some(t) if t.len() != n => {
-                return Err(TokenizerError::LengthMismatch { key: "tokenizer.ggml.token_type", len: t.len(), n_tokens: n })
+                return Err(TokenizerError::LengthMismatch {
+                    key: "tokenizer.ggml.token_type",
+                    len: t.len(),
+                    n_tokens: n,
+                })
             }
             Some(t) => t.iter().map(|&v| TokenType::from_i32(v)).collect(),
             None => vec![TokenType::Normal; n],
         };
         let scores = match data.scores {
             Some(s) if s.len() != n => {
-                return Err(TokenizerError::LengthMismatch { key: "tokenizer.ggml.scores", len: s.len(), n_tokens: n })
+                return Err(TokenizerError::LengthMismatch {
+                    key: "tokenizer.ggml.scores",
+                    len: s.len(),
+                    n_tokens: n,
+                })
             }
             Some(s) => s,
             None => vec![0.0; n],
@@ -184,28 +192,33 @@ impl Tokenizer {
             for (b, slot) in byte_fallback.iter_mut().enumerate() {
                 let hex = format!("<0x{b:02X}>");
                 let single = (b < 0x80).then(|| char::from(b as u8).to_string());
-                *slot = vocab
-                    .id(&hex)
-                    .or_else(|| single.and_then(|s| vocab.id(&s)))
-                    .unwrap_or(unk);
+                *slot = vocab.id(&hex).or_else(|| single.and_then(|s| vocab.id(&s))).unwrap_or(unk);
             }
             Algorithm::Spm { byte_fallback }
         } else {
-            let pre_name = data.pre.as_deref().ok_or(TokenizerError::MissingKey("tokenizer.ggml.pre"))?;
+            let pre_name =
+                data.pre.as_deref().ok_or(TokenizerError::MissingKey("tokenizer.ggml.pre"))?;
             let pre = PreTokenizer::from_name(pre_name)?;
-            let rules = data.merges.as_deref().ok_or(TokenizerError::MissingKey("tokenizer.ggml.merges"))?;
+            let rules = data
+                .merges
+                .as_deref()
+                .ok_or(TokenizerError::MissingKey("tokenizer.ggml.merges"))?;
             Algorithm::Bpe { pre, merges: bpe::Merges::new(rules, &vocab) }
         };
 
         let check = |key: &'static str, id: Option<u32>| -> Result<Option<u32>, TokenizerError> {
             match id {
-                Some(id) if id as usize >= n => Err(TokenizerError::SpecialIdOutOfRange { key, id, n_tokens: n }),
+                Some(id) if id as usize >= n => {
+                    Err(TokenizerError::SpecialIdOutOfRange { key, id, n_tokens: n })
+                }
                 other => Ok(other),
             }
         };
         let default_in_range = |id: u32| ((id as usize) < n).then_some(id);
-        let bos = check("tokenizer.ggml.bos_token_id", data.bos)?.or_else(|| default_in_range(if spm { 1 } else { 11 }));
-        let eos = check("tokenizer.ggml.eos_token_id", data.eos)?.or_else(|| default_in_range(if spm { 2 } else { 11 }));
+        let bos = check("tokenizer.ggml.bos_token_id", data.bos)?
+            .or_else(|| default_in_range(if spm { 1 } else { 11 }));
+        let eos = check("tokenizer.ggml.eos_token_id", data.eos)?
+            .or_else(|| default_in_range(if spm { 2 } else { 11 }));
         let mut eot = check("tokenizer.ggml.eot_token_id", data.eot)?;
         let eom = check("tokenizer.ggml.eom_token_id", data.eom)?;
         check("tokenizer.ggml.unknown_token_id", data.unk)?;
@@ -236,7 +249,12 @@ impl Tokenizer {
         let add_space_prefix = data.add_space_prefix.unwrap_or(spm);
 
         let mut specials: Vec<(u32, String, TokenType)> = (0..n as u32)
-            .filter(|&id| matches!(vocab.token_type(id), TokenType::Control | TokenType::UserDefined | TokenType::Unknown))
+            .filter(|&id| {
+                matches!(
+                    vocab.token_type(id),
+                    TokenType::Control | TokenType::UserDefined | TokenType::Unknown
+                )
+            })
             .map(|id| (id, vocab.texts[id as usize].clone(), vocab.token_type(id)))
             .collect();
         specials.sort_by(|a, b| b.1.len().cmp(&a.1.len()));
@@ -298,7 +316,14 @@ impl Tokenizer {
                             pre.split(&text[a..b], &mut split, &mut words);
                             let bytes = text[a..b].as_bytes();
                             for &(s, e) in &words {
-                                bpe::encode_word(&bytes[s..e], &self.vocab, merges, pre.ignore_merges(), &mut scratch, &mut out);
+                                bpe::encode_word(
+                                    &bytes[s..e],
+                                    &self.vocab,
+                                    merges,
+                                    pre.ignore_merges(),
+                                    &mut scratch,
+                                    &mut out,
+                                );
                             }
                         }
                     }

@@ -41,9 +41,8 @@ impl PreTokenizer {
         Ok(match pre {
             "gpt-2" | "gpt2" => Self::Gpt2,
             // llama.cpp gives these the same two regexes as smollm.
-            "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" | "minerva-7b" => {
-                Self::Smollm
-            }
+            "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone"
+            | "minerva-7b" => Self::Smollm,
             "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "pixtral" => Self::Llama3,
             other => return Err(TokenizerError::UnknownPre(other.to_owned())),
         })
@@ -58,7 +57,12 @@ impl PreTokenizer {
     /// Splits `text` into words, appending their byte ranges to `out`.
     ///
     /// `scratch` is reused between calls to avoid allocation.
-    pub(crate) fn split(self, text: &str, scratch: &mut SplitScratch, out: &mut Vec<(usize, usize)>) {
+    pub(crate) fn split(
+        self,
+        text: &str,
+        scratch: &mut SplitScratch,
+        out: &mut Vec<(usize, usize)>,
+    ) {
         let SplitScratch { cpts, flags: fl, byte_at, segs, next } = scratch;
         cpts.clear();
         fl.clear();
@@ -359,7 +363,10 @@ mod tests {
     #[test]
     fn gpt2_splits() {
         let w = words(PreTokenizer::Gpt2, "Hello world's  end 123 !!x\n\n y ");
-        assert_eq!(w, ["Hello", " world", "'s", " ", " end", " 123", " !!", "x", "\n\n", " y", " "]);
+        assert_eq!(
+            w,
+            ["Hello", " world", "'s", " ", " end", " 123", " !!", "x", "\n\n", " y", " "]
+        );
     }
 
     #[test]

@@ -40,7 +40,10 @@ pub(crate) fn partition(
             continue;
         }
         // Cheap pre-check: most special tokens never occur.
-        if !out.iter().any(|f| matches!(*f, Fragment::Text(a, b) if text[a..b].contains(tok.as_str()))) {
+        if !out
+            .iter()
+            .any(|f| matches!(*f, Fragment::Text(a, b) if text[a..b].contains(tok.as_str())))
+        {
             continue;
         }
         next.clear();
@@ -84,7 +87,12 @@ mod tests {
         partition(text, &specials(), true, &mut out);
         assert_eq!(
             out,
-            [Fragment::Token(1), Fragment::Text(12, 19), Fragment::Token(2), Fragment::Text(29, 30)]
+            [
+                Fragment::Token(1),
+                Fragment::Text(12, 19),
+                Fragment::Token(2),
+                Fragment::Text(29, 30)
+            ]
         );
     }
 

@@ -71,7 +71,8 @@ pub(crate) const BYTE_TO_CHAR: [char; 256] = {
     let mut n = 0u32;
     let mut b = 0usize;
     while b < 256 {
-        let printable = (b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
+        let printable =
+            (b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
         let cp = if printable {
             b as u32
         } else {
