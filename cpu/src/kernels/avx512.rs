@@ -192,7 +192,8 @@ unsafe fn row_dot<const F: u8, const T: usize>(
                 let two = b + 1 < n;
                 let blk = base.add(b * stride);
                 let u = if F == Q8_0 {
-                    let lo = _mm512_castsi256_si512(_mm256_loadu_si256(blk.add(qoff) as *const __m256i));
+                    let lo =
+                        _mm512_castsi256_si512(_mm256_loadu_si256(blk.add(qoff) as *const __m256i));
                     let z = if two {
                         _mm512_inserti64x4::<1>(
                             lo,
@@ -203,7 +204,8 @@ unsafe fn row_dot<const F: u8, const T: usize>(
                     };
                     _mm512_xor_si512(z, flip)
                 } else {
-                    let z = _mm512_broadcast_i32x4(_mm_loadu_si128(blk.add(qoff) as *const __m128i));
+                    let z =
+                        _mm512_broadcast_i32x4(_mm_loadu_si128(blk.add(qoff) as *const __m128i));
                     let z = if two {
                         _mm512_mask_broadcast_i32x4(
                             z,

@@ -59,7 +59,10 @@ pub struct Llama {
 
 impl std::fmt::Debug for Llama {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Llama").field("file", &self.file.path()).field("config", &self.config).finish()
+        f.debug_struct("Llama")
+            .field("file", &self.file.path())
+            .field("config", &self.config)
+            .finish()
     }
 }
 
@@ -258,8 +261,14 @@ impl Llama {
             rope_inplace(&mut s.q[t * q_dim..(t + 1) * q_dim], c.head_dim, &table);
             rope_inplace(&mut s.k[t * kv_dim..(t + 1) * kv_dim], c.head_dim, &table);
             let (page, slot) = slots[t];
-            kv.write(l, page, slot, &s.k[t * kv_dim..(t + 1) * kv_dim], &s.v[t * kv_dim..(t + 1) * kv_dim])
-                .map_err(|e| ModelError::Invalid(format!("KV write: {e}")))?;
+            kv.write(
+                l,
+                page,
+                slot,
+                &s.k[t * kv_dim..(t + 1) * kv_dim],
+                &s.v[t * kv_dim..(t + 1) * kv_dim],
+            )
+            .map_err(|e| ModelError::Invalid(format!("KV write: {e}")))?;
         }
 
         // Causal attention: token t sees positions 0..=pos0 + t. Tokens in parallel.
@@ -299,7 +308,12 @@ impl Llama {
     }
 
     /// Final norm and LM head for the rows `logits` asks for.
-    fn output(&self, n: usize, logits: Logits, s: &mut ForwardScratch) -> Result<Vec<f32>, ModelError> {
+    fn output(
+        &self,
+        n: usize,
+        logits: Logits,
+        s: &mut ForwardScratch,
+    ) -> Result<Vec<f32>, ModelError> {
         let c = &self.config;
         let start = match logits {
             Logits::None => return Ok(Vec::new()),
