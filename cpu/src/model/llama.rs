@@ -256,19 +256,16 @@ impl Llama {
         self.matmul(&lw.wv, &s.h, n, v, &mut s.matmul)?;
 
         // RoPE at each token's absolute position, then store K/V in the pages.
-        for t in 0..n {
+        let rows =
+            s.q.chunks_exact_mut(q_dim)
+                .zip(s.k.chunks_exact_mut(kv_dim))
+                .zip(s.v.chunks_exact(kv_dim));
+        for (t, (((q, k), v), &(page, slot))) in rows.zip(slots).enumerate() {
             let table = RopeTable::<MAX_ROPE_PAIRS>::new(pos0 + t, c.n_rot, c.rope_base);
-            rope_inplace(&mut s.q[t * q_dim..(t + 1) * q_dim], c.head_dim, &table);
-            rope_inplace(&mut s.k[t * kv_dim..(t + 1) * kv_dim], c.head_dim, &table);
-            let (page, slot) = slots[t];
-            kv.write(
-                l,
-                page,
-                slot,
-                &s.k[t * kv_dim..(t + 1) * kv_dim],
-                &s.v[t * kv_dim..(t + 1) * kv_dim],
-            )
-            .map_err(|e| ModelError::Invalid(format!("KV write: {e}")))?;
+            rope_inplace(q, c.head_dim, &table);
+            rope_inplace(k, c.head_dim, &table);
+            kv.write(l, page, slot, k, v)
+                .map_err(|e| ModelError::Invalid(format!("KV write: {e}")))?;
         }
 
         // Causal attention: token t sees positions 0..=pos0 + t. Tokens in parallel.
