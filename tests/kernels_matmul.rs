@@ -1,6 +1,7 @@
-//! The quantized matmul at every SIMD level against an f64 evaluation of ggml's dot
-//! product formulas on the same quantized activations (Q4_1·Q8_1, Q4_0·Q8_0,
-//! Q8_0·Q8_0), and F32 weights against an f64 dot product. Shapes are random: any number
+//! The quantized matmul at every SIMD level against pagoda-core's scalar reference dot
+//! products (`VecDot`, ggml's generic kernels: the scalar level must equal them bit for
+//! bit, the others within float-rounding budgets) and against an f64 evaluation of the
+//! same formulas (Q4_1·Q8_1, Q4_0·Q8_0, Q8_0·Q8_0); F32 weights against an f64 dot. Shapes are random: any number
 //! of rows and tokens (ragged against the 16-block groups, 4-token tiles and rayon
 //! chunks), columns a multiple of 32; scales include zero and extremes.
 
@@ -9,7 +10,7 @@ mod kernels_support;
 use half::f16;
 use kernels_support::{all_kernels, floats, q4_0_blocks, q4_1_blocks, q8_0_blocks, Rng};
 use pagoda::core::ggml_type::GgmlType;
-use pagoda::core::quant::{BlockQ8_0, BlockQ8_1};
+use pagoda::core::quant::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, VecDot};
 use pagoda::cpu::kernels::{KernelError, Kernels, MatmulScratch, QuantMatrix, SimdLevel};
 use proptest::prelude::*;
 
@@ -86,6 +87,29 @@ fn activations(ty: GgmlType, x: &[f32], n_tokens: usize, nb: usize) -> Vec<Vec<(
     out
 }
 
+/// pagoda-core's reference: scalar-level activations, then `VecDot::vec_dot` per output.
+fn core_reference(ty: GgmlType, bytes: &[u8], rows: usize, nb: usize, x: &[f32], n_tokens: usize) -> Vec<f32> {
+    let k = Kernels::new(SimdLevel::Scalar).unwrap();
+    let row_bytes = bytes.len() / rows;
+    let mut out = vec![0.0; rows * n_tokens];
+    for t in 0..n_tokens {
+        let xt = &x[t * nb * 32..(t + 1) * nb * 32];
+        let mut a0 = vec![BlockQ8_0 { d: f16::ZERO, qs: [0; 32] }; nb];
+        let mut a1 = vec![BlockQ8_1 { d: f16::ZERO, s: f16::ZERO, qs: [0; 32] }; nb];
+        k.quantize_q8_0(xt, &mut a0).unwrap();
+        k.quantize_q8_1(xt, &mut a1).unwrap();
+        for r in 0..rows {
+            let wr = &bytes[r * row_bytes..(r + 1) * row_bytes];
+            out[t * rows + r] = match ty {
+                GgmlType::Q4_1 => BlockQ4_1::vec_dot(bytemuck::cast_slice(wr), &a1),
+                GgmlType::Q4_0 => BlockQ4_0::vec_dot(bytemuck::cast_slice(wr), &a0),
+                _ => BlockQ8_0::vec_dot(bytemuck::cast_slice(wr), &a0),
+            };
+        }
+    }
+    out
+}
+
 /// `(value, error budget)` of one output in f64.
 fn reference(w: &[(f64, f64, [f64; 32])], a: &[(f64, f64, [i8; 32])]) -> (f64, f64) {
     let (mut v, mut mag) = (0.0f64, 0.0f64);
@@ -112,14 +136,26 @@ fn check_matmul(ty: GgmlType, rows: usize, nb: usize, n_tokens: usize, seed: u64
     let a = activations(ty, &x, n_tokens, nb);
     let m = QuantMatrix::new(ty, rows, nb * 32, &w.bytes).unwrap();
     let mut scratch = MatmulScratch::new();
+    let core_ref = core_reference(ty, &w.bytes, rows, nb, &x, n_tokens);
     for k in all_kernels() {
         let mut out = vec![f32::NAN; rows * n_tokens];
         k.matmul(&m, &x, n_tokens, &mut out, &mut scratch).unwrap();
+        if k.level() == SimdLevel::Scalar {
+            for (i, (g, c)) in out.iter().zip(&core_ref).enumerate() {
+                assert_eq!(g.to_bits(), c.to_bits(), "scalar {ty} output {i} != pagoda-core VecDot");
+            }
+        }
         for t in 0..n_tokens {
             for r in 0..rows {
                 let (want, mag) = reference(&w.blocks[r], &a[t]);
                 let got = out[t * rows + r];
                 let tol = 1e-5 * mag + 1e-30;
+                let c = f64::from(core_ref[t * rows + r]);
+                assert!(
+                    (f64::from(got) - c).abs() <= 2.0 * tol,
+                    "{} {ty} rows={rows} nb={nb} tokens={n_tokens} [t={t}, r={r}]: got {got}, pagoda-core {c} (tol {tol})",
+                    k.level()
+                );
                 assert!(
                     (f64::from(got) - want).abs() <= tol,
                     "{} {ty} rows={rows} nb={nb} tokens={n_tokens} [t={t}, r={r}]: got {got}, want {want} (tol {tol})",

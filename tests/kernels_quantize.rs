@@ -7,7 +7,7 @@ mod kernels_support;
 
 use half::f16;
 use kernels_support::{all_kernels, floats, Rng};
-use pagoda::core::quant::{BlockQ8_0, BlockQ8_1};
+use pagoda::core::quant::{BlockQ8_0, BlockQ8_1, Quantize};
 use pagoda::cpu::kernels::{KernelError, Kernels, SimdLevel};
 use proptest::prelude::*;
 
@@ -120,4 +120,35 @@ proptest! {
             .collect();
         check(&x);
     }
+}
+
+/// pagoda-core's quantizer is ggml's portable `_ref` (`roundf`, `id = 1/d`); the kernels
+/// follow llama.cpp's x86 path. They agree on `d` and differ by at most one in a quant,
+/// rarely (ties and last-bit differences of `id`).
+#[test]
+fn differs_from_pagoda_core_ref_by_at_most_one_rarely() {
+    let mut rng = Rng::new(42);
+    let x = floats(&mut rng, 32 * 4096, 3.0);
+    let mut core = vec![BlockQ8_1 { d: f16::ZERO, s: f16::ZERO, qs: [0; 32] }; 4096];
+    BlockQ8_1::quantize(&x, &mut core);
+    let mut core0 = vec![BlockQ8_0 { d: f16::ZERO, qs: [0; 32] }; 4096];
+    BlockQ8_0::quantize(&x, &mut core0);
+    let (_, ours) = quantize_all(&Kernels::new(SimdLevel::Scalar).unwrap(), &x);
+    let mut differing = 0usize;
+    for ((c, c0), o) in core.iter().zip(&core0).zip(&ours) {
+        assert_eq!(c.d, o.d);
+        assert_eq!((c0.d, c0.qs), (c.d, c.qs), "core Q8_0 and Q8_1 quants agree");
+        for (a, b) in c.qs.iter().zip(&o.qs) {
+            assert!((i32::from(*a) - i32::from(*b)).abs() <= 1);
+            differing += usize::from(a != b);
+        }
+    }
+    assert!(differing * 1000 < x.len(), "{differing} of {} quants differ", x.len());
+    // An exact tie: core rounds half away from zero, llama.cpp's x86 path to even.
+    let mut t = vec![0.0f32; 32];
+    t[0] = 127.0;
+    t[1] = 0.5;
+    BlockQ8_1::quantize(&t, &mut core[..1]);
+    let (_, ours) = quantize_all(&Kernels::new(SimdLevel::Scalar).unwrap(), &t);
+    assert_eq!((core[0].qs[1], ours[0].qs[1]), (1, 0));
 }

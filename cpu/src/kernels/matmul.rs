@@ -15,7 +15,9 @@ use rayon::prelude::*;
 
 use super::activations::{self, Acts, Correction, MatmulScratch};
 use super::error::{check_len, KernelError};
-use super::{float, scalar, Kernels, QuantMatrix, SimdLevel};
+use pagoda_core::quant::VecDot;
+
+use super::{float, Kernels, QuantMatrix, SimdLevel};
 
 /// Below this many weight bytes × tokens a call runs on the calling thread only.
 const PARALLEL_MIN_WORK: usize = 32 * 1024;
@@ -125,7 +127,7 @@ fn dot_q4_1(level: SimdLevel, w: &[BlockQ4_1], a: &[BlockQ8_1]) -> f32 {
         return unsafe { super::neon::vec_dot_q4_1_q8_1(w, a) };
     }
     let _ = level;
-    scalar::vec_dot_q4_1_q8_1(w, a)
+    BlockQ4_1::vec_dot(w, a)
 }
 
 fn dot_q4_0(level: SimdLevel, w: &[BlockQ4_0], a: &[BlockQ8_0]) -> f32 {
@@ -135,7 +137,7 @@ fn dot_q4_0(level: SimdLevel, w: &[BlockQ4_0], a: &[BlockQ8_0]) -> f32 {
         return unsafe { super::neon::vec_dot_q4_0_q8_0(w, a) };
     }
     let _ = level;
-    scalar::vec_dot_q4_0_q8_0(w, a)
+    BlockQ4_0::vec_dot(w, a)
 }
 
 fn dot_q8_0(level: SimdLevel, w: &[BlockQ8_0], a: &[BlockQ8_0]) -> f32 {
@@ -145,7 +147,7 @@ fn dot_q8_0(level: SimdLevel, w: &[BlockQ8_0], a: &[BlockQ8_0]) -> f32 {
         return unsafe { super::neon::vec_dot_q8_0_q8_0(w, a) };
     }
     let _ = level;
-    scalar::vec_dot_q8_0_q8_0(w, a)
+    BlockQ8_0::vec_dot(w, a)
 }
 
 #[cfg(target_arch = "x86_64")]
