@@ -37,7 +37,11 @@ fn check_rmsnorm(n: usize, seed: u64, scale: f32) {
         for i in 0..n {
             let want = f64::from(x[i]) * inv * f64::from(w[i]);
             let got = f64::from(out[i]);
-            assert!((got - want).abs() <= 1e-5 * want.abs() + 1e-30, "{} n={n} i={i}: {got} vs {want}", k.level());
+            assert!(
+                (got - want).abs() <= 1e-5 * want.abs() + 1e-30,
+                "{} n={n} i={i}: {got} vs {want}",
+                k.level()
+            );
         }
     }
 }
@@ -53,7 +57,11 @@ fn check_silu_mul(n: usize, seed: u64, scale: f32) {
             let gv = f64::from(g[i]);
             let want = gv / (1.0 + (-gv).exp()) * f64::from(u[i]);
             let got = f64::from(out[i]);
-            assert!((got - want).abs() <= 1e-5 * want.abs() + 1e-30, "{} n={n} i={i}: {got} vs {want}", k.level());
+            assert!(
+                (got - want).abs() <= 1e-5 * want.abs() + 1e-30,
+                "{} n={n} i={i}: {got} vs {want}",
+                k.level()
+            );
         }
     }
 }

@@ -18,7 +18,6 @@ use proptest::prelude::*;
 /// block with activation quants `y` (scale `dy`, sum-term `s`) being
 /// `c0·dy·Σ u_j·y_j + c1·s` (Q4_1) or `c0·dy·Σ u_j·y_j` (Q4_0, Q8_0; c1 = 0).
 struct Weights {
-    ty: GgmlType,
     bytes: Vec<u8>,
     /// Per row, per block: (d, m, signed quant values as used in the product).
     blocks: Vec<Vec<(f64, f64, [f64; 32])>>,
@@ -64,12 +63,17 @@ fn weights(ty: GgmlType, rows: usize, nb: usize, rng: &mut Rng, scale: f32) -> W
         };
         blocks.push(row);
     }
-    Weights { ty, bytes, blocks }
+    Weights { bytes, blocks }
 }
 
 /// Activation blocks as `(dy, s, y)` per token and block, quantized by the scalar level
 /// (every level quantizes to the same bytes: kernels_quantize.rs).
-fn activations(ty: GgmlType, x: &[f32], n_tokens: usize, nb: usize) -> Vec<Vec<(f64, f64, [i8; 32])>> {
+fn activations(
+    ty: GgmlType,
+    x: &[f32],
+    n_tokens: usize,
+    nb: usize,
+) -> Vec<Vec<(f64, f64, [i8; 32])>> {
     let k = Kernels::new(SimdLevel::Scalar).unwrap();
     let mut out = Vec::new();
     for t in 0..n_tokens {
@@ -88,7 +92,14 @@ fn activations(ty: GgmlType, x: &[f32], n_tokens: usize, nb: usize) -> Vec<Vec<(
 }
 
 /// pagoda-core's reference: scalar-level activations, then `VecDot::vec_dot` per output.
-fn core_reference(ty: GgmlType, bytes: &[u8], rows: usize, nb: usize, x: &[f32], n_tokens: usize) -> Vec<f32> {
+fn core_reference(
+    ty: GgmlType,
+    bytes: &[u8],
+    rows: usize,
+    nb: usize,
+    x: &[f32],
+    n_tokens: usize,
+) -> Vec<f32> {
     let k = Kernels::new(SimdLevel::Scalar).unwrap();
     let row_bytes = bytes.len() / rows;
     let mut out = vec![0.0; rows * n_tokens];
@@ -127,7 +138,15 @@ fn reference(w: &[(f64, f64, [f64; 32])], a: &[(f64, f64, [i8; 32])]) -> (f64, f
     (v, mag)
 }
 
-fn check_matmul(ty: GgmlType, rows: usize, nb: usize, n_tokens: usize, seed: u64, ws: f32, xs: f32) {
+fn check_matmul(
+    ty: GgmlType,
+    rows: usize,
+    nb: usize,
+    n_tokens: usize,
+    seed: u64,
+    ws: f32,
+    xs: f32,
+) {
     // Q8_1's s = d·Σq must fit f16 (ggml's format limit): |x| below ~2000.
     let xs = if ty == GgmlType::Q4_1 { xs.min(2000.0) } else { xs };
     let mut rng = Rng::new(seed);
@@ -142,7 +161,11 @@ fn check_matmul(ty: GgmlType, rows: usize, nb: usize, n_tokens: usize, seed: u64
         k.matmul(&m, &x, n_tokens, &mut out, &mut scratch).unwrap();
         if k.level() == SimdLevel::Scalar {
             for (i, (g, c)) in out.iter().zip(&core_ref).enumerate() {
-                assert_eq!(g.to_bits(), c.to_bits(), "scalar {ty} output {i} != pagoda-core VecDot");
+                assert_eq!(
+                    g.to_bits(),
+                    c.to_bits(),
+                    "scalar {ty} output {i} != pagoda-core VecDot"
+                );
             }
         }
         for t in 0..n_tokens {
@@ -184,7 +207,11 @@ fn check_f32(rows: usize, cols: usize, n_tokens: usize, seed: u64) {
                     mag += p.abs();
                 }
                 let got = f64::from(out[t * rows + r]);
-                assert!((got - want).abs() <= 1e-5 * mag + 1e-30, "{} F32 [t={t}, r={r}]", k.level());
+                assert!(
+                    (got - want).abs() <= 1e-5 * mag + 1e-30,
+                    "{} F32 [t={t}, r={r}]",
+                    k.level()
+                );
             }
         }
     }
@@ -231,7 +258,10 @@ fn q8_0_weights_with_minus_128_quants() {
     let m = QuantMatrix::new(GgmlType::Q8_0, rows, nb * 32, bytes).unwrap();
     let mut scratch = MatmulScratch::new();
     let mut want = vec![0.0; rows * n_tokens];
-    Kernels::new(SimdLevel::Scalar).unwrap().matmul(&m, &x, n_tokens, &mut want, &mut scratch).unwrap();
+    Kernels::new(SimdLevel::Scalar)
+        .unwrap()
+        .matmul(&m, &x, n_tokens, &mut want, &mut scratch)
+        .unwrap();
     for k in all_kernels() {
         let mut out = vec![0.0; rows * n_tokens];
         k.matmul(&m, &x, n_tokens, &mut out, &mut scratch).unwrap();
@@ -257,22 +287,22 @@ fn shape_errors_are_values_not_panics() {
     let k = Kernels::detect();
     let mut s = MatmulScratch::new();
     assert_eq!(
-        QuantMatrix::new(GgmlType::Q4_1, 2, 33, &data).unwrap_err(),
+        QuantMatrix::new(GgmlType::Q4_1, 2, 33, data).unwrap_err(),
         KernelError::ColsNotWholeBlocks { ty: GgmlType::Q4_1, cols: 33 }
     );
     assert_eq!(
-        QuantMatrix::new(GgmlType::Q4_1, 3, 64, &data).unwrap_err(),
+        QuantMatrix::new(GgmlType::Q4_1, 3, 64, data).unwrap_err(),
         KernelError::Length { what: "weights", expected: 120, got: 80 }
     );
     assert_eq!(
-        QuantMatrix::new(GgmlType::Q6_K, 1, 256, &data).unwrap_err(),
+        QuantMatrix::new(GgmlType::Q6_K, 1, 256, data).unwrap_err(),
         KernelError::UnsupportedType(GgmlType::Q6_K)
     );
     assert!(matches!(
         QuantMatrix::new(GgmlType::Q4_1, 2, 64, &all[1..81]),
         Err(KernelError::Misaligned { .. })
     ));
-    let m = QuantMatrix::new(GgmlType::Q4_1, 2, 64, &data).unwrap();
+    let m = QuantMatrix::new(GgmlType::Q4_1, 2, 64, data).unwrap();
     let mut out = vec![0.0; 4];
     assert_eq!(
         k.matmul(&m, &[0.0; 100], 2, &mut out, &mut s).unwrap_err(),

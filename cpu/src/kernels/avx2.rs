@@ -116,6 +116,8 @@ pub(crate) unsafe fn quantize_q8_1(x: &[f32], out: &mut [BlockQ8_1]) {
 /// The CPU must support AVX2, FMA and F16C; otherwise the contract of
 /// [`super::avx512::matmul_chunk`].
 #[target_feature(enable = "avx2,fma,f16c")]
+// Index loops: each step fills column `r` of several tile rows.
+#[allow(clippy::needless_range_loop)]
 pub(crate) unsafe fn matmul_chunk<const F: u8>(
     w: &[u8],
     row_bytes: usize,
@@ -225,23 +227,29 @@ unsafe fn row_dot<const F: u8, const T: usize>(
                     let x = _mm256_loadu_si256(blk.add(qoff) as *const __m256i);
                     let ax = _mm256_sign_epi8(x, x);
                     for t in 0..T {
-                        let y = _mm256_loadu_si256(
-                            acts.qs.as_ptr().add(((t0 + t) * nb + g + b) * QK) as *const __m256i,
+                        let y =
+                            _mm256_loadu_si256(acts.qs.as_ptr().add(((t0 + t) * nb + g + b) * QK)
+                                as *const __m256i);
+                        let p = _mm256_madd_epi16(
+                            _mm256_maddubs_epi16(ax, _mm256_sign_epi8(y, x)),
+                            ones,
                         );
-                        let p = _mm256_madd_epi16(_mm256_maddubs_epi16(ax, _mm256_sign_epi8(y, x)), ones);
                         let sc = _mm256_permutevar8x32_ps(dd[t], sel);
                         acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), sc, acc[t]);
                     }
                 } else {
                     let q = _mm_loadu_si128(blk.add(qoff) as *const __m128i);
                     let u = _mm256_and_si256(
-                        _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(q), _mm_srli_epi16::<4>(q)),
+                        _mm256_inserti128_si256::<1>(
+                            _mm256_castsi128_si256(q),
+                            _mm_srli_epi16::<4>(q),
+                        ),
                         low4,
                     );
                     for t in 0..T {
-                        let y = _mm256_loadu_si256(
-                            acts.qs.as_ptr().add(((t0 + t) * nb + g + b) * QK) as *const __m256i,
-                        );
+                        let y =
+                            _mm256_loadu_si256(acts.qs.as_ptr().add(((t0 + t) * nb + g + b) * QK)
+                                as *const __m256i);
                         let p = _mm256_madd_epi16(_mm256_maddubs_epi16(u, y), ones);
                         let sc = _mm256_permutevar8x32_ps(dd[t], sel);
                         acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), sc, acc[t]);

@@ -99,6 +99,8 @@ const fn geometry(f: u8) -> (usize, usize) {
 /// `w.len()` a multiple of `row_bytes`, every `outs[t].len() == w.len() / row_bytes`, and
 /// `acts` holds at least `outs.len()` tokens (`qs.len() >= n·nb·32`, `d`/`k` `>= n·nb`).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
+// Index loops: each step fills column `r` of several tile rows.
+#[allow(clippy::needless_range_loop)]
 pub(crate) unsafe fn matmul_chunk<const F: u8>(
     w: &[u8],
     row_bytes: usize,
@@ -109,7 +111,7 @@ pub(crate) unsafe fn matmul_chunk<const F: u8>(
     // Tiles of ROWS rows × up to 4 tokens, written out per token as ROWS contiguous
     // floats: with many tokens, writing each dot straight to `outs[t][r]` would touch
     // one cache line per (row, token) of an output that may not fit in cache.
-    const ROWS: usize = 16;
+    const ROWS: usize = 64;
     let mut tile = [[0.0f32; ROWS]; 4];
     let mut r0 = 0;
     while r0 < rows {
@@ -244,11 +246,8 @@ unsafe fn row_dot<const F: u8, const T: usize>(
                 hdr = _mm512_mask_blend_epi16(mask, hdr, _mm512_permutex2var_epi16(a, idx, b));
             }
             let dx = _mm512_cvtph_ps(_mm512_castsi512_si256(hdr));
-            let cx = if F == Q4_1 {
-                _mm512_cvtph_ps(_mm512_extracti64x4_epi64::<1>(hdr))
-            } else {
-                dx
-            };
+            let cx =
+                if F == Q4_1 { _mm512_cvtph_ps(_mm512_extracti64x4_epi64::<1>(hdr)) } else { dx };
             let mut dd = [_mm512_setzero_ps(); T];
             for t in 0..T {
                 let a = (t0 + t) * nb + g;
@@ -262,7 +261,8 @@ unsafe fn row_dot<const F: u8, const T: usize>(
                 let two = b + 1 < n;
                 let blk = base.add(b * stride);
                 let u = if F == Q8_0 {
-                    let lo = _mm512_castsi256_si512(_mm256_loadu_si256(blk.add(qoff) as *const __m256i));
+                    let lo =
+                        _mm512_castsi256_si512(_mm256_loadu_si256(blk.add(qoff) as *const __m256i));
                     let z = if two {
                         _mm512_inserti64x4::<1>(
                             lo,
@@ -273,7 +273,8 @@ unsafe fn row_dot<const F: u8, const T: usize>(
                     };
                     _mm512_xor_si512(z, flip)
                 } else {
-                    let z = _mm512_broadcast_i32x4(_mm_loadu_si128(blk.add(qoff) as *const __m128i));
+                    let z =
+                        _mm512_broadcast_i32x4(_mm_loadu_si128(blk.add(qoff) as *const __m128i));
                     let z = if two {
                         _mm512_mask_broadcast_i32x4(
                             z,

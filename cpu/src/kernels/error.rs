@@ -44,7 +44,9 @@ pub enum KernelError {
 impl fmt::Display for KernelError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            KernelError::LevelUnavailable(l) => write!(f, "SIMD level {l} is not available on this CPU"),
+            KernelError::LevelUnavailable(l) => {
+                write!(f, "SIMD level {l} is not available on this CPU")
+            }
             KernelError::UnsupportedType(t) => {
                 write!(f, "no matmul kernel for weight type {t} (supported: F32, Q4_0, Q4_1, Q8_0)")
             }
@@ -67,7 +69,11 @@ impl fmt::Display for KernelError {
 impl core::error::Error for KernelError {}
 
 /// `Err(Length)` unless `got == expected`.
-pub(crate) fn check_len(what: &'static str, expected: usize, got: usize) -> Result<(), KernelError> {
+pub(crate) fn check_len(
+    what: &'static str,
+    expected: usize,
+    got: usize,
+) -> Result<(), KernelError> {
     if expected == got {
         Ok(())
     } else {

@@ -13,7 +13,9 @@ use pagoda_core::ggml_type::GgmlType;
 use pagoda_core::quant::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, QK};
 use rayon::prelude::*;
 
-use super::activations::{self, Acts, Correction, MatmulScratch};
+use super::activations::MatmulScratch;
+#[cfg(target_arch = "x86_64")]
+use super::activations::{self, Acts, Correction};
 use super::error::{check_len, KernelError};
 use pagoda_core::quant::VecDot;
 
@@ -53,7 +55,10 @@ pub(crate) fn matmul(
                 for r in 0..n {
                     let wr = &wf[(r0 + r) * cols..(r0 + r + 1) * cols];
                     for (t, o) in outs.iter_mut().enumerate() {
-                        o[r] = float::run(level, float::Dot { a: wr, b: &x[t * cols..(t + 1) * cols] });
+                        o[r] = float::run(
+                            level,
+                            float::Dot { a: wr, b: &x[t * cols..(t + 1) * cols] },
+                        );
                     }
                 }
             });
@@ -76,7 +81,9 @@ pub(crate) fn matmul(
             let ty = w.ty();
             let acts = match (ty, level) {
                 (GgmlType::Q4_1, _) => activations::soa_from_q8_1(scratch, nb),
-                (GgmlType::Q4_0, _) => activations::soa_from_q8_0(scratch, nb, Correction::OffsetSum(8.0)),
+                (GgmlType::Q4_0, _) => {
+                    activations::soa_from_q8_0(scratch, nb, Correction::OffsetSum(8.0))
+                }
                 (_, SimdLevel::Avx512) => {
                     activations::soa_from_q8_0(scratch, nb, Correction::OffsetSum(128.0))
                 }
@@ -175,7 +182,9 @@ fn x86_chunk(
             (SimdLevel::Avx512, GgmlType::Q4_0) => {
                 avx512::matmul_chunk::<{ avx512::Q4_0 }>(w, row_bytes, acts, outs)
             }
-            (SimdLevel::Avx512, _) => avx512::matmul_chunk::<{ avx512::Q8_0 }>(w, row_bytes, acts, outs),
+            (SimdLevel::Avx512, _) => {
+                avx512::matmul_chunk::<{ avx512::Q8_0 }>(w, row_bytes, acts, outs)
+            }
             (_, GgmlType::Q4_1) => avx2::matmul_chunk::<{ avx512::Q4_1 }>(w, row_bytes, acts, outs),
             (_, GgmlType::Q4_0) => avx2::matmul_chunk::<{ avx512::Q4_0 }>(w, row_bytes, acts, outs),
             _ => avx2::matmul_chunk::<{ avx512::Q8_0 }>(w, row_bytes, acts, outs),

@@ -26,19 +26,23 @@ pub struct QuantMatrix<'a> {
 
 impl<'a> QuantMatrix<'a> {
     /// A view of `data` as a `rows × cols` matrix of type `ty`, or the reason it is not one.
-    pub fn new(ty: GgmlType, rows: usize, cols: usize, data: &'a [u8]) -> Result<Self, KernelError> {
+    pub fn new(
+        ty: GgmlType,
+        rows: usize,
+        cols: usize,
+        data: &'a [u8],
+    ) -> Result<Self, KernelError> {
         let align = match ty {
             GgmlType::F32 => 4,
             GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0 => 2,
             other => return Err(KernelError::UnsupportedType(other)),
         };
-        let row_bytes = ty
-            .row_bytes(cols as u64)
-            .ok_or(KernelError::ColsNotWholeBlocks { ty, cols })?;
+        let row_bytes =
+            ty.row_bytes(cols as u64).ok_or(KernelError::ColsNotWholeBlocks { ty, cols })?;
         let row_bytes = usize::try_from(row_bytes).map_err(|_| KernelError::Overflow)?;
         let total = row_bytes.checked_mul(rows).ok_or(KernelError::Overflow)?;
         super::error::check_len("weights", total, data.len())?;
-        if (data.as_ptr() as usize) % align != 0 {
+        if !(data.as_ptr() as usize).is_multiple_of(align) {
             return Err(KernelError::Misaligned { ty, align });
         }
         Ok(QuantMatrix { ty, rows, cols, row_bytes, data })

@@ -27,12 +27,12 @@ mod matmul;
 mod matrix;
 mod scalar;
 
-#[cfg(target_arch = "aarch64")]
-mod neon;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "aarch64")]
+mod neon;
 
 pub use activations::MatmulScratch;
 pub use error::KernelError;
@@ -131,7 +131,13 @@ impl Kernels {
     }
 
     /// RMSNorm: `out[i] = x[i] / sqrt(mean(x²) + eps) * w[i]`; all three the same length.
-    pub fn rmsnorm(&self, x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) -> Result<(), KernelError> {
+    pub fn rmsnorm(
+        &self,
+        x: &[f32],
+        w: &[f32],
+        eps: f32,
+        out: &mut [f32],
+    ) -> Result<(), KernelError> {
         check_len("w", x.len(), w.len())?;
         check_len("out", x.len(), out.len())?;
         if x.is_empty() {
