@@ -163,8 +163,8 @@ impl GgmlType {
         }
     }
 
-    /// `(values per block, bytes per block)`, or `None` for types whose geometry
-    /// pagoda does not know (the IQ and TQ families, MXFP4).
+    /// `(values per block, bytes per block)` as ggml stores the type (known for every
+    /// type ggml defines today, including those pagoda cannot compute with).
     pub const fn geometry(self) -> Option<(usize, usize)> {
         use GgmlType::*;
         Some(match self {
@@ -188,7 +188,20 @@ impl GgmlType {
             Q5_K => (256, 176),
             Q6_K => (256, 210),
             Q8_K => (256, 292),
-            _ => return None,
+            // Storage geometry only (pagoda has no kernels for these), so files
+            // using them can still be validated and described.
+            IQ2_XXS => (256, 66),
+            IQ2_XS => (256, 74),
+            IQ3_XXS => (256, 98),
+            IQ1_S => (256, 50),
+            IQ4_NL => (32, 18),
+            IQ3_S => (256, 110),
+            IQ2_S => (256, 82),
+            IQ4_XS => (256, 136),
+            IQ1_M => (256, 56),
+            TQ1_0 => (256, 54),
+            TQ2_0 => (256, 66),
+            MXFP4 => (32, 17),
         })
     }
 

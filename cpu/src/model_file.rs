@@ -1,1 +1,161 @@
-//! (to be written)
+//! A GGUF model file, memory-mapped read-only and validated once.
+//!
+//! [`ModelFile::open`] maps the file and runs [`Gguf::parse`] over the whole header,
+//! which checks every metadata entry and every tensor's shape, type and data bounds.
+//! After that, [`ModelFile::gguf`] hands out zero-copy views into the map.
+//!
+//! ```no_run
+//! use pagoda_cpu::model_file::{default_model_path, ModelFile};
+//! let model = ModelFile::open(default_model_path())?;
+//! let gguf = model.gguf();
+//! println!("{} layers", gguf.get_u32("llama.block_count")?);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::fmt;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use pagoda_core::gguf::{Gguf, GgufError, GgufLayout};
+
+/// The default model's file name, under `models/`.
+pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// The environment variable that overrides the default model path.
+pub const MODEL_ENV: &str = "PAGODA_MODEL";
+
+/// `$PAGODA_MODEL` if set (and not empty), else `models/SmolLM2-135M-Instruct.Q4_1.gguf`
+/// relative to the current directory.
+pub fn default_model_path() -> PathBuf {
+    match std::env::var_os(MODEL_ENV) {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => Path::new("models").join(DEFAULT_MODEL_FILE),
+    }
+}
+
+/// For tests: `$PAGODA_MODEL` if set (and not empty), else
+/// `<workspace_root>/models/SmolLM2-135M-Instruct.Q4_1.gguf`.
+///
+/// Tests pass e.g. `concat!(env!("CARGO_MANIFEST_DIR"), "/..")` from a member crate.
+pub fn workspace_model_path(workspace_root: &Path) -> PathBuf {
+    match std::env::var_os(MODEL_ENV) {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => workspace_root.join("models").join(DEFAULT_MODEL_FILE),
+    }
+}
+
+/// A GGUF file mapped read-only, with its whole header validated.
+///
+/// # If the file changes while mapped
+///
+/// The map is read-only and private to this process, but it still shows the file's
+/// current contents: the kernel does not snapshot it. If another process **truncates**
+/// the file while it is mapped, touching a page past the new end raises `SIGBUS` and
+/// kills the process; if it **rewrites** bytes in place, tensor views silently see the
+/// new bytes (and metadata read after `open` may no longer match what was validated).
+/// Rust cannot rule this out, so: do not modify, truncate or replace-in-place a model
+/// file while it is in use. Replacing it by rename (write a new file, `mv` it over
+/// the old path) is safe: the map keeps the old inode alive.
+pub struct ModelFile {
+    path: PathBuf,
+    map: Mmap,
+    /// What the validating parse in `open` learned, so `gguf()` is O(1).
+    layout: GgufLayout,
+}
+
+impl ModelFile {
+    /// Maps `path` read-only and validates it as GGUF (header, metadata, every
+    /// tensor's shape, type and bounds). Errors name the path.
+    pub fn open(path: impl AsRef<Path>) -> Result<ModelFile, ModelFileError> {
+        let path = path.as_ref().to_path_buf();
+        let file = File::open(&path)
+            .map_err(|source| ModelFileError::Io { path: path.clone(), source })?;
+        // SAFETY: the map is read-only and we never create mutable references into it.
+        // The remaining hazard is another process modifying or truncating the file
+        // while it is mapped, which Rust cannot rule out; it is documented on
+        // `ModelFile` as a requirement on callers (do not modify model files in use).
+        let map = unsafe { Mmap::map(&file) }
+            .map_err(|source| ModelFileError::Io { path: path.clone(), source })?;
+        let gguf = Gguf::parse(&map)
+            .map_err(|e| ModelFileError::Gguf { path: path.clone(), source: Box::new(e) })?;
+        let layout = gguf.layout();
+        Ok(ModelFile { path, map, layout })
+    }
+
+    /// The path the file was opened from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The mapped bytes (the whole file).
+    pub fn bytes(&self) -> &[u8] {
+        &self.map
+    }
+
+    /// Zero-copy access to metadata and tensors (O(1): no re-parse).
+    pub fn gguf(&self) -> Gguf<'_> {
+        match Gguf::from_layout(&self.map, self.layout) {
+            Some(g) => g,
+            // `layout` came from parsing exactly these mapped bytes; the map never moves.
+            None => unreachable!("the map of {} moved", self.path.display()),
+        }
+    }
+}
+
+impl fmt::Debug for ModelFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ModelFile")
+            .field("path", &self.path)
+            .field("bytes", &self.map.len())
+            .field("layout", &self.layout)
+            .finish()
+    }
+}
+
+/// Why a model file could not be opened.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ModelFileError {
+    /// Opening or mapping failed (missing file, permissions, …).
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file is not a valid GGUF file.
+    Gguf {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, and where (boxed: it carries names inline).
+        source: Box<GgufError>,
+    },
+}
+
+impl ModelFileError {
+    /// The file the error is about.
+    pub fn path(&self) -> &Path {
+        match self {
+            ModelFileError::Io { path, .. } | ModelFileError::Gguf { path, .. } => path,
+        }
+    }
+}
+
+impl fmt::Display for ModelFileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ModelFileError::Io { path, source } => write!(f, "{}: {source}", path.display()),
+            ModelFileError::Gguf { path, source } => write!(f, "{}: {source}", path.display()),
+        }
+    }
+}
+
+impl std::error::Error for ModelFileError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ModelFileError::Io { source, .. } => Some(source),
+            ModelFileError::Gguf { source, .. } => Some(&**source),
+        }
+    }
+}
