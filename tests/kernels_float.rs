@@ -1,7 +1,6 @@
 //! Float kernels (`dot_f32`, `rmsnorm`, `silu_mul`) at every SIMD level against f64
-//! evaluations of their definitions, over any length (ragged against vector widths).
-//! (pagoda-core's scalar `ops` are not written yet; when they are, these tests should
-//! also compare against them.)
+//! evaluations of their definitions and against pagoda-core's scalar `ops`, over any
+//! length (ragged against vector widths).
 
 mod kernels_support;
 
@@ -31,9 +30,18 @@ fn check_rmsnorm(n: usize, seed: u64, scale: f32) {
     let eps = 1e-5f64;
     let ms = x.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>() / n as f64;
     let inv = 1.0 / (ms + eps).sqrt();
+    let mut core_out = vec![f32::NAN; n];
+    pagoda::core::ops::rmsnorm(&x, &w, eps as f32, &mut core_out);
     for k in all_kernels() {
         let mut out = vec![f32::NAN; n];
         k.rmsnorm(&x, &w, eps as f32, &mut out).unwrap();
+        for (i, (o, c)) in out.iter().zip(&core_out).enumerate() {
+            assert!(
+                (o - c).abs() <= 2e-6 * c.abs() + 1e-30,
+                "{} n={n} i={i}: {o} vs core {c}",
+                k.level()
+            );
+        }
         for i in 0..n {
             let want = f64::from(x[i]) * inv * f64::from(w[i]);
             let got = f64::from(out[i]);
@@ -50,9 +58,18 @@ fn check_silu_mul(n: usize, seed: u64, scale: f32) {
     let mut rng = Rng::new(seed);
     let g = floats(&mut rng, n, scale);
     let u = floats(&mut rng, n, 1.0);
+    let mut core_out = g.clone();
+    pagoda::core::ops::silu_mul_inplace(&mut core_out, &u);
     for k in all_kernels() {
         let mut out = g.clone();
         k.silu_mul(&mut out, &u).unwrap();
+        for (i, (o, c)) in out.iter().zip(&core_out).enumerate() {
+            assert!(
+                (o - c).abs() <= 2e-6 * c.abs() + 1e-30,
+                "{} n={n} i={i}: {o} vs core {c}",
+                k.level()
+            );
+        }
         for i in 0..n {
             let gv = f64::from(g[i]);
             let want = gv / (1.0 + (-gv).exp()) * f64::from(u[i]);
