@@ -332,3 +332,70 @@ proptest! {
         check_matmul(ty, rows, nb, n_tokens, seed, ws, xs);
     }
 }
+
+/// `matmul_multi` gives each matrix exactly what `matmul` gives it alone (same kernels,
+/// same quantized activations), serial and parallel, one and several tokens.
+#[test]
+fn matmul_multi_equals_separate_matmuls() {
+    for ty in [GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::F32] {
+        for (rows, n_tokens) in
+            [([3usize, 5, 2], 1usize), ([576, 192, 192], 1), ([576, 192, 40], 5)]
+        {
+            let mut rng = Rng::new(rows[0] as u64 + n_tokens as u64);
+            let nb = 18;
+            let datas: Vec<Vec<u8>> = rows
+                .iter()
+                .map(|&r| {
+                    if ty == GgmlType::F32 {
+                        bytemuck::cast_slice(&floats(&mut rng, r * nb * 32, 0.1)).to_vec()
+                    } else {
+                        weights(ty, r, nb, &mut rng, 0.05).bytes
+                    }
+                })
+                .collect();
+            // Copies into u32 storage keep F32 data 4-aligned.
+            let stores: Vec<Vec<u32>> = datas
+                .iter()
+                .map(|d| d.chunks(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())).collect())
+                .collect();
+            let ms: Vec<QuantMatrix<'_>> = rows
+                .iter()
+                .zip(&stores)
+                .map(|(&r, d)| QuantMatrix::new(ty, r, nb * 32, bytemuck::cast_slice(d)).unwrap())
+                .collect();
+            let x = floats(&mut rng, n_tokens * nb * 32, 1.0);
+            let mut scratch = MatmulScratch::new();
+            for k in all_kernels() {
+                let mut multi: Vec<Vec<f32>> =
+                    rows.iter().map(|&r| vec![f32::NAN; r * n_tokens]).collect();
+                let mut outs: Vec<&mut [f32]> =
+                    multi.iter_mut().map(|v| v.as_mut_slice()).collect();
+                k.matmul_multi(&ms, &x, n_tokens, &mut outs, &mut scratch).unwrap();
+                for (m, w) in ms.iter().enumerate() {
+                    let mut one = vec![f32::NAN; w.rows() * n_tokens];
+                    k.matmul(w, &x, n_tokens, &mut one, &mut scratch).unwrap();
+                    assert_eq!(one, multi[m], "{} {ty} matrix {m}", k.level());
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn matmul_multi_rejects_mixed_matrices() {
+    let a = vec![0u16; 10 * 2];
+    let b = vec![0u16; 17 * 2];
+    let qa = QuantMatrix::new(GgmlType::Q4_1, 2, 32, bytemuck::cast_slice(&a)).unwrap();
+    let qb = QuantMatrix::new(GgmlType::Q8_0, 2, 32, bytemuck::cast_slice(&b)).unwrap();
+    let qc = QuantMatrix::new(GgmlType::Q4_1, 1, 64, bytemuck::cast_slice(&a)).unwrap();
+    let k = Kernels::detect();
+    let mut s = MatmulScratch::new();
+    let (mut o1, mut o2) = (vec![0.0; 2], vec![0.0; 2]);
+    let e = k.matmul_multi(&[qa, qb], &[0.0; 32], 1, &mut [&mut o1, &mut o2], &mut s);
+    assert_eq!(e.unwrap_err(), KernelError::Incompatible { what: "weight type" });
+    let e = k.matmul_multi(&[qa, qc], &[0.0; 32], 1, &mut [&mut o1, &mut o2[..1]], &mut s);
+    assert_eq!(e.unwrap_err(), KernelError::Incompatible { what: "cols" });
+    let e = k.matmul_multi(&[qa], &[0.0; 32], 1, &mut [&mut o1, &mut o2], &mut s);
+    assert!(matches!(e, Err(KernelError::Length { what: "outs", .. })));
+    assert!(k.matmul_multi(&[qa, qa], &[0.0; 32], 1, &mut [&mut o1, &mut o2], &mut s).is_ok());
+}
