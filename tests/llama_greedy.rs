@@ -17,11 +17,16 @@ fn greedy_matches_llamacpp_until_its_margin_drops() {
     for case in data["cases"].as_array().unwrap() {
         let prompt = common::ids(&case["prompt_ids"]);
         let want = common::ids(&case["generated_ids"]);
-        let margins: Vec<f64> =
-            case["top1_top2_margin"].as_array().unwrap().iter().map(|m| m.as_f64().unwrap()).collect();
+        let margins: Vec<f64> = case["top1_top2_margin"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m.as_f64().unwrap())
+            .collect();
         let mut session = Session::new(&model, SessionOptions::default()).unwrap();
         let mut sampler = Sampler::new(SamplerConfig::greedy()).unwrap();
-        let opts = GenerateOptions { n_predict: Some(want.len()), ignore_eos: true, no_kv_cache: false };
+        let opts =
+            GenerateOptions { n_predict: Some(want.len()), ignore_eos: true, no_kv_cache: false };
         let got = generate(&mut session, &mut sampler, &prompt, &opts, |_| false, |_| {}).unwrap();
         let agree = got.tokens.iter().zip(&want).take_while(|(a, b)| a == b).count();
         let must = margins.iter().position(|&m| m < 0.1).unwrap_or(want.len());

@@ -72,13 +72,20 @@ pub fn main(a: ChatArgs) -> CliResult {
         prompt.extend(tok.encode(&text, first, true));
         let cached = session.len();
         let mut decoder = tok.stream_decoder();
-        let result = generate(&mut session, &mut sampler, &prompt, &opts, |t| tok.is_eog(t), |t| {
-            if tok.is_eog(t) {
-                return;
-            }
-            let _ = stdout.write_all(decoder.push(t).as_bytes());
-            let _ = stdout.flush();
-        });
+        let result = generate(
+            &mut session,
+            &mut sampler,
+            &prompt,
+            &opts,
+            |t| tok.is_eog(t),
+            |t| {
+                if tok.is_eog(t) {
+                    return;
+                }
+                let _ = stdout.write_all(decoder.push(t).as_bytes());
+                let _ = stdout.flush();
+            },
+        );
         stdout.write_all(decoder.finish().as_bytes())?;
         writeln!(stdout)?;
         stdout.flush()?;

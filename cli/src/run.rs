@@ -63,14 +63,24 @@ pub fn main(a: RunArgs) -> CliResult {
     let mut text = String::new();
     let mut stdout = std::io::stdout().lock();
     let json = a.json;
-    let result = generate(&mut session, &mut sampler, &prompt_ids, &opts, |t| tok.is_eog(t), |t| {
-        let piece = decoder.push(t);
-        if !json {
-            let _ = stdout.write_all(piece.as_bytes());
-            let _ = stdout.flush();
-        }
-        text.push_str(&piece);
-    });
+    let result = generate(
+        &mut session,
+        &mut sampler,
+        &prompt_ids,
+        &opts,
+        |t| tok.is_eog(t),
+        |t| {
+            if tok.is_eog(t) && !a.ignore_eos {
+                return;
+            }
+            let piece = decoder.push(t);
+            if !json {
+                let _ = stdout.write_all(piece.as_bytes());
+                let _ = stdout.flush();
+            }
+            text.push_str(&piece);
+        },
+    );
     let tail = decoder.finish();
     text.push_str(&tail);
     let (gen, err) = match result {

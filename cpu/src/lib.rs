@@ -9,6 +9,7 @@
 //! | [`sampler`]     | greedy, temperature, top-k/top-p/min-p, repetition penalty     |
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod attention;
 pub mod chat;
 pub mod generate;
 pub mod kernels;

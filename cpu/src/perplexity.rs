@@ -34,7 +34,9 @@ pub fn perplexity(
 ) -> Result<Perplexity, ModelError> {
     let n_ctx = opts.n_ctx;
     if n_ctx < 4 {
-        return Err(ModelError::Invalid(format!("perplexity needs a context of at least 4, got {n_ctx}")));
+        return Err(ModelError::Invalid(format!(
+            "perplexity needs a context of at least 4, got {n_ctx}"
+        )));
     }
     let n_chunks = tokens.len() / n_ctx;
     if n_chunks == 0 {
@@ -68,7 +70,8 @@ pub fn perplexity(
     let mean2 = nll2 / count as f64;
     let var = mean2 - mean * mean;
     let ppl = mean.exp();
-    let ppl_stderr = if var > 0.0 && count > 1 { ppl * (var / (count - 1) as f64).sqrt() } else { 0.0 };
+    let ppl_stderr =
+        if var > 0.0 && count > 1 { ppl * (var / (count - 1) as f64).sqrt() } else { 0.0 };
     Ok(Perplexity { ppl, ppl_stderr, chunks: n_chunks, n_ctx, scored: count, running })
 }
 

@@ -66,15 +66,21 @@ impl LlamaConfig {
             return bad("a dimension in the llama.* metadata is 0".into());
         }
         if dim % n_heads != 0 {
-            return bad(format!("embedding_length {dim} is not a multiple of head_count {n_heads}"));
+            return bad(format!(
+                "embedding_length {dim} is not a multiple of head_count {n_heads}"
+            ));
         }
         if n_heads % n_kv_heads != 0 {
-            return bad(format!("head_count {n_heads} is not a multiple of head_count_kv {n_kv_heads}"));
+            return bad(format!(
+                "head_count {n_heads} is not a multiple of head_count_kv {n_kv_heads}"
+            ));
         }
         let head_dim = dim / n_heads;
         let n_rot = opt_u("llama.rope.dimension_count")?.unwrap_or(head_dim);
         if n_rot > head_dim || n_rot % 2 != 0 {
-            return bad(format!("rope.dimension_count {n_rot} must be even and at most head_dim {head_dim}"));
+            return bad(format!(
+                "rope.dimension_count {n_rot} must be even and at most head_dim {head_dim}"
+            ));
         }
         let embd = g.tensor("token_embd.weight")?;
         let vocab_size = embd.n_rows() as usize;

@@ -51,7 +51,14 @@ impl<'m> Session<'m> {
         let n_pages = opts.n_ctx.div_ceil(opts.block_size);
         let cache = KvCache::new(model.config(), opts.kv_type, n_pages, opts.block_size)?;
         let table = cache.new_table();
-        Ok(Session { model, cache, table, tokens: Vec::new(), opts, scratch: ForwardScratch::default() })
+        Ok(Session {
+            model,
+            cache,
+            table,
+            tokens: Vec::new(),
+            opts,
+            scratch: ForwardScratch::default(),
+        })
     }
 
     /// The model.
@@ -97,11 +104,15 @@ impl<'m> Session<'m> {
     /// Appends `tokens` (in chunks of `n_batch`) and returns the last token's logits.
     pub fn eval(&mut self, tokens: &[u32]) -> Result<Vec<f32>, ModelError> {
         let mut logits = Vec::new();
-        self.eval_with(tokens, |_, chunk_logits, is_last| {
-            if is_last {
-                logits = chunk_logits;
-            }
-        }, true)?;
+        self.eval_with(
+            tokens,
+            |_, chunk_logits, is_last| {
+                if is_last {
+                    logits = chunk_logits;
+                }
+            },
+            true,
+        )?;
         Ok(logits)
     }
 
@@ -144,13 +155,17 @@ impl<'m> Session<'m> {
 
     fn check_room(&self, n: usize) -> Result<(), ModelError> {
         if self.tokens.len() + n > self.opts.n_ctx {
-            return Err(ModelError::ContextFull { needed: self.tokens.len() + n, n_ctx: self.opts.n_ctx });
+            return Err(ModelError::ContextFull {
+                needed: self.tokens.len() + n,
+                n_ctx: self.opts.n_ctx,
+            });
         }
         Ok(())
     }
 
     fn forward(&mut self, chunk: &[u32], want: Logits) -> Result<Vec<f32>, ModelError> {
-        let l = self.model.forward(&mut self.cache, &mut self.table, chunk, want, &mut self.scratch)?;
+        let l =
+            self.model.forward(&mut self.cache, &mut self.table, chunk, want, &mut self.scratch)?;
         self.tokens.extend_from_slice(chunk);
         Ok(l)
     }
