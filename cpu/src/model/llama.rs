@@ -253,6 +253,32 @@ impl Llama {
             .map_err(|e| ModelError::Invalid(format!("matmul {}: {e}", w.name)))
     }
 
+    /// Several matmuls of the same input: `outs[i] = x · ws[i]ᵀ`. Quantizes `x` once and
+    /// runs one parallel region when the weights share a type and width (they do in every
+    /// GGUF pagoda has seen); falls back to one call each otherwise.
+    fn matmul_multi<const N: usize>(
+        &self,
+        ws: [&Weight; N],
+        x: &[f32],
+        n: usize,
+        mut outs: [&mut [f32]; N],
+        scratch: &mut MatmulScratch,
+    ) -> Result<(), ModelError> {
+        let same = ws.iter().all(|w| w.ty == ws[0].ty && w.cols == ws[0].cols);
+        if !same {
+            for (w, out) in ws.iter().zip(outs.iter_mut()) {
+                self.matmul(w, x, n, out, scratch)?;
+            }
+            return Ok(());
+        }
+        let bytes = self.file.bytes();
+        let mats = ws.map(|w| w.matrix(bytes));
+        self.kernels.matmul_multi(&mats, x, n, &mut outs, scratch).map_err(|e| {
+            let names: Vec<&str> = ws.iter().map(|w| w.name.as_str()).collect();
+            ModelError::Invalid(format!("matmul {}: {e}", names.join("+")))
+        })
+    }
+
     /// `h = rmsnorm(x) · gain`, row by row.
     fn rmsnorm_rows(&self, x: &[f32], gain: &[f32], h: &mut [f32]) {
         let dim = self.config.dim;
@@ -275,12 +301,17 @@ impl Llama {
         let (q_dim, kv_dim) = (c.n_heads * c.head_dim, c.kv_dim());
         let h = resize(&mut s.h, n * c.dim);
         self.rmsnorm_rows(&s.x, &lw.attn_norm, h);
-        let q = resize(&mut s.q, n * q_dim);
-        self.matmul(&lw.wq, &s.h, n, q, &mut s.matmul)?;
-        let k = resize(&mut s.k, n * kv_dim);
-        self.matmul(&lw.wk, &s.h, n, k, &mut s.matmul)?;
-        let v = resize(&mut s.v, n * kv_dim);
-        self.matmul(&lw.wv, &s.h, n, v, &mut s.matmul)?;
+        // q, k, v = h·Wqᵀ, h·Wkᵀ, h·Wvᵀ: one quantization of h, one parallel region.
+        resize(&mut s.q, n * q_dim);
+        resize(&mut s.k, n * kv_dim);
+        resize(&mut s.v, n * kv_dim);
+        self.matmul_multi(
+            [&lw.wq, &lw.wk, &lw.wv],
+            &s.h,
+            n,
+            [&mut s.q[..], &mut s.k[..], &mut s.v[..]],
+            &mut s.matmul,
+        )?;
 
         // RoPE at each token's absolute position, then store K/V in the pages.
         let rows =
@@ -324,10 +355,15 @@ impl Llama {
         let lw = &self.weights.layers[l];
         let h = resize(&mut s.h, n * c.dim);
         self.rmsnorm_rows(&s.x, &lw.ffn_norm, h);
-        let gate = resize(&mut s.gate, n * c.ffn_dim);
-        self.matmul(&lw.w_gate, &s.h, n, gate, &mut s.matmul)?;
-        let up = resize(&mut s.up, n * c.ffn_dim);
-        self.matmul(&lw.w_up, &s.h, n, up, &mut s.matmul)?;
+        resize(&mut s.gate, n * c.ffn_dim);
+        resize(&mut s.up, n * c.ffn_dim);
+        self.matmul_multi(
+            [&lw.w_gate, &lw.w_up],
+            &s.h,
+            n,
+            [&mut s.gate[..], &mut s.up[..]],
+            &mut s.matmul,
+        )?;
         self.kernels.silu_mul(&mut s.gate, &s.up).expect("same length");
         let o = resize(&mut s.out, n * c.dim);
         self.matmul(&lw.w_down, &s.gate, n, o, &mut s.matmul)?;
