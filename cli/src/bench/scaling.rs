@@ -247,33 +247,46 @@ fn report(
     let _ = writeln!(s, "|---|---:|---|---|");
     let _ = writeln!(s, "| paged KV cache | {sp:.2} | {} | O(N²L) |", local(paged));
     let _ = writeln!(s, "| no KV cache | {sn:.2} | {} | O(N³L) |", local(none));
-    let _ = writeln!(s, "\n## Why the exponents are lower than 2 and 3\n");
+    let _ = writeln!(s, "\n## Where the exponents come from\n");
+    let n_lo = paged.first().map_or(0, |p| p.n);
+    let n_hi = paged.last().map_or(0, |p| p.n);
     let _ = writeln!(
         s,
         "The lecture's exponents count only the attention term. Every decoding step also reads \
          all weights once ({:.1} MB here) whatever N is, so a paged generation costs \
-         `W·N + c·N²/2` rather than `c·N²`. A least-squares fit of that form to the paged \
-         points gives W ≈ {:.2} ms per step and c/2 ≈ {:.4} ms per token²: the quadratic \
-         term equals the linear one only at N ≈ {:.0}. Below that the measured slope sits \
-         near 1, and it climbs towards 2 as N grows (see the local exponents).\n",
+         `W·N + c·N²/2` rather than `c·N²`: slope 1 while the weight term dominates, 2 once \
+         attention does. A least-squares fit of that form to the paged points gives \
+         W ≈ {:.2} ms per step and c/2 ≈ {:.5} ms per token²; the two terms are equal at \
+         N* = W/(c/2) ≈ {:.0} (measured range {n_lo}…{n_hi}). {}\n",
         info.bytes as f64 / 1e6,
         pa * 1e3,
         pb * 1e3,
         pa / pb,
+        crossover_sentence(pa / pb, n_lo, n_hi, 1.0, sp),
     );
+    let (m_lo, m_hi) = (none.first().map_or(0, |p| p.n), none.last().map_or(0, |p| p.n));
     let _ = writeln!(
         s,
         "Without a cache, step t re-runs t tokens as one batched prompt: `w·t` for the matmuls \
          (weights read once per batch, multiply work per token) plus `c·t²` for attention, so \
-         the total is `w·N²/2 + c·N³/3`. The fit gives w/2 ≈ {:.4} ms per token² and \
-         c/3 ≈ {:.6} ms per token³: the cubic term catches up at N ≈ {:.0}. A 135M-parameter \
-         model with 3 KV heads has a small attention cost per token next to its matmuls, so \
-         at these N the no-cache slope sits between 2 and 3. The ratio no-cache / paged \
-         grows with N (last column), as the lecture predicts: it is the price of \
-         recomputing the prefix, roughly N/2 times the paged cost per step.\n",
+         the total is `w·N²/2 + c·N³/3`: slope 2 while the matmuls dominate, 3 once attention \
+         does. The fit gives w/2 ≈ {:.4} ms per token² and c/3 ≈ {:.6} ms per token³, equal \
+         at N* ≈ {:.0} (measured range {m_lo}…{m_hi}). {}\n",
         na * 1e3,
         nb * 1e3,
         na / nb,
+        crossover_sentence(na / nb, m_lo, m_hi, 2.0, sn),
+    );
+    let _ = writeln!(
+        s,
+        "The ratio no-cache / paged (last column of the table) is the price of recomputing \
+         the prefix at every step; the lecture predicts it grows about linearly in N (N³ over \
+         N²). Measured: {}.\n",
+        none.iter()
+            .filter_map(|q| paged.iter().find(|p| p.n == q.n).map(|p| (q.n, q.seconds / p.seconds)))
+            .map(|(n, r)| format!("{r:.1}× at N = {n}"))
+            .collect::<Vec<_>>()
+            .join(", "),
     );
     let _ = writeln!(s, "## Memory\n");
     let _ = writeln!(
@@ -320,6 +333,36 @@ fn report(
         measured_per_token,
     );
     s
+}
+
+/// What the crossover `n_star` means for the measured slope over `lo..=hi`, where the
+/// low-N exponent is `k` and the high-N one `k + 1`.
+fn crossover_sentence(n_star: f64, lo: usize, hi: usize, k: f64, slope: f64) -> String {
+    let (lo, hi) = (lo as f64, hi as f64);
+    if !n_star.is_finite() || n_star <= 0.0 {
+        format!(
+            "The fit is degenerate (noise, or too few points); the fitted slope {slope:.2} \
+             stands on its own."
+        )
+    } else if n_star < lo {
+        format!(
+            "The higher-order term already dominates at the smallest N, so the fitted slope \
+             {slope:.2} is close to {:.0}; it stays a little below because the lower-order \
+             term is still there.",
+            k + 1.0
+        )
+    } else if n_star > hi {
+        format!(
+            "The lower-order term dominates over the whole range, so the fitted slope \
+             {slope:.2} stays near {k:.0}; the higher exponent would show only past N ≈ {n_star:.0}."
+        )
+    } else {
+        format!(
+            "The crossover lies inside the range, so the fitted slope {slope:.2} sits between \
+             {k:.0} and {:.0}, and the local exponents climb with N.",
+            k + 1.0
+        )
+    }
 }
 
 fn plot(paged: &[Point], none: &[Point]) -> String {
