@@ -80,6 +80,19 @@ impl PageOps {
         }
     }
 
+    /// `p[j] = exp(p[j] - max)` for every `j`; returns `Σ p[j]` (`max ≥` every `p[j]`).
+    pub(super) fn exp_sum(self, p: &mut [f32], max: f32) -> f32 {
+        match self.level {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `new` checked AVX-512F at run time.
+            SimdLevel::Avx512 => unsafe { super::x86::exp_sum_avx512(p, max) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `new` checked AVX2 + FMA at run time.
+            SimdLevel::Avx2 => unsafe { super::x86::exp_sum_avx2(p, max) },
+            _ => scalar::exp_sum(p, max),
+        }
+    }
+
     /// `run` as f32s: borrowed as-is for f32 pages; widened into `buf` (resized to
     /// `run.len()`) for f16 (F16C / AVX-512 where available) and any other element type.
     pub(super) fn as_f32<'a, T: KvElement>(self, run: &'a [T], buf: &'a mut Vec<f32>) -> &'a [f32] {

@@ -22,3 +22,13 @@ pub(super) fn accumulate(acc: &mut [f32], p: &[f32], values: &[f32], hd: usize, 
         }
     }
 }
+
+/// `p[j] = exp(p[j] - max)`; returns `Σ p[j]`.
+pub(super) fn exp_sum(p: &mut [f32], max: f32) -> f32 {
+    let mut sum = 0.0;
+    for x in p {
+        *x = (*x - max).exp();
+        sum += *x;
+    }
+    sum
+}

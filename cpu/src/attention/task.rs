@@ -114,14 +114,8 @@ impl<T: KvElement, S: AsRef<[T]>> Shared<'_, T, S> {
                     part.acc[r * hd..(r + 1) * hd].iter_mut().for_each(|a| *a *= c);
                     *m = block_max;
                 }
-                let m = *m;
-                let mut l = 0.0;
-                for s in &mut p_r[..n_r] {
-                    *s = (*s - m).exp();
-                    l += *s;
-                }
+                part.sum[r] += self.ops.exp_sum(&mut p_r[..n_r], *m);
                 p_r[n_r..].fill(0.0);
-                part.sum[r] += l;
             }
 
             let values = self.kv.head_run(self.layer, page, KvHalf::Value, task.kv_head)?;

@@ -368,3 +368,98 @@ pub(super) unsafe fn widen_f16_avx512(src: &[half::f16], dst: &mut [f32]) {
         }
     }
 }
+
+// ------------------------------------------------------------------------------------------
+// exp (Cephes `expf`: range reduction by ln 2 in two parts, degree-6 polynomial, 2^n by
+// exponent bits; ≤ 2 ulp on the range softmax uses, arguments ≤ 0).
+
+const EXP_HI: f32 = 88.376_26;
+const EXP_LO: f32 = -87.336_55;
+const LOG2E: f32 = core::f32::consts::LOG2_E;
+const LN2_HI: f32 = 0.693_359_4;
+const LN2_LO: f32 = -2.121_944_4e-4;
+const EXP_P: [f32; 6] =
+    [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5];
+
+/// `p[j] = exp(p[j] - max)` for all `j`; returns `Σ p[j]`. Arguments below −87.3 give 0.
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn exp_sum_avx512(p: &mut [f32], max: f32) -> f32 {
+    // SAFETY: every access is a masked 16-lane load/store of `p[j..j + len]` with
+    // `j + len ≤ p.len()`.
+    unsafe {
+        let mut sum = _mm512_setzero_ps();
+        let mut j = 0;
+        while j < p.len() {
+            let m = mask16((p.len() - j).min(16));
+            let ptr = p.as_mut_ptr().add(j);
+            let x = _mm512_sub_ps(_mm512_maskz_loadu_ps(m, ptr), _mm512_set1_ps(max));
+            let under = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, _mm512_set1_ps(EXP_LO));
+            let x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(EXP_LO)), _mm512_set1_ps(EXP_HI));
+            let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+                _mm512_mul_ps(x, _mm512_set1_ps(LOG2E)),
+            );
+            let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), x);
+            let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), r);
+            let mut y = _mm512_set1_ps(EXP_P[0]);
+            for &c in &EXP_P[1..] {
+                y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(c));
+            }
+            let y = _mm512_fmadd_ps(y, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0)));
+            let bits = _mm512_slli_epi32::<23>(_mm512_add_epi32(
+                _mm512_cvtps_epi32(n),
+                _mm512_set1_epi32(127),
+            ));
+            let e = _mm512_mul_ps(y, _mm512_castsi512_ps(bits));
+            let e = _mm512_maskz_mov_ps(!under, e);
+            _mm512_mask_storeu_ps(ptr, m, e);
+            sum = _mm512_add_ps(sum, _mm512_maskz_mov_ps(m, e));
+            j += 16;
+        }
+        _mm512_reduce_add_ps(sum)
+    }
+}
+
+/// `p[j] = exp(p[j] - max)` for all `j`; returns `Σ p[j]`. Arguments below −87.3 give 0.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn exp_sum_avx2(p: &mut [f32], max: f32) -> f32 {
+    // SAFETY: every access is an 8-lane load/store of `p[j..j + 8]` with `j + 8 ≤ p.len()`,
+    // or a masked one of `p[j..]` for the tail.
+    unsafe {
+        let mut sum = _mm256_setzero_ps();
+        let mut j = 0;
+        while j < p.len() {
+            let len = (p.len() - j).min(8);
+            let mask = if len == 8 { _mm256_set1_epi32(-1) } else { tail_mask8(len) };
+            let ptr = p.as_mut_ptr().add(j);
+            let x = _mm256_sub_ps(_mm256_maskload_ps(ptr, mask), _mm256_set1_ps(max));
+            let keep = _mm256_cmp_ps::<_CMP_GE_OQ>(x, _mm256_set1_ps(EXP_LO));
+            let x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(EXP_LO)), _mm256_set1_ps(EXP_HI));
+            let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+                _mm256_mul_ps(x, _mm256_set1_ps(LOG2E)),
+            );
+            let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HI), x);
+            let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), r);
+            let mut y = _mm256_set1_ps(EXP_P[0]);
+            for &c in &EXP_P[1..] {
+                y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(c));
+            }
+            let y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0)));
+            let bits = _mm256_slli_epi32::<23>(_mm256_add_epi32(
+                _mm256_cvtps_epi32(n),
+                _mm256_set1_epi32(127),
+            ));
+            let e = _mm256_and_ps(_mm256_mul_ps(y, _mm256_castsi256_ps(bits)), keep);
+            let e = _mm256_and_ps(e, _mm256_castsi256_ps(mask));
+            _mm256_maskstore_ps(ptr, mask, e);
+            sum = _mm256_add_ps(sum, e);
+            j += 8;
+        }
+        hsum8(sum)
+    }
+}
