@@ -1,6 +1,8 @@
 //! `pagoda`: the command-line front end. Thin: parses flags, calls the libraries, prints.
 #![forbid(unsafe_code)]
 
+mod inspect;
+
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -15,9 +17,21 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
-enum Command {}
+enum Command {
+    /// Print a GGUF file's metadata and tensor table (like gguf-dump).
+    Inspect(inspect::InspectArgs),
+}
 
 fn main() {
     let cli = Cli::parse();
-    match cli.command {}
+    let result = match cli.command {
+        Command::Inspect(args) => inspect::run(&args),
+    };
+    match result {
+        Ok(out) => print!("{out}"),
+        Err(message) => {
+            eprintln!("error: {message}");
+            std::process::exit(1);
+        }
+    }
 }
