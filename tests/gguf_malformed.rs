@@ -550,6 +550,13 @@ fn overflowing_and_bad_shapes() {
     // Fits i64 as elements, but the byte size overflows.
     let e = parse_err(&one_tensor(tensor("t", &[1 << 31, 1 << 31], GgmlType::F32, vec![])));
     assert_eq!(e.kind, GgufErrorKind::SizeOverflow);
+    // Found by the fuzzer: zero elements per row, but a row count that overflows.
+    let e = parse_err(&one_tensor(tensor("t", &[0, 1 << 32, 1 << 32], GgmlType::F32, vec![])));
+    assert_eq!(e.kind, GgufErrorKind::SizeOverflow);
+    let zero = one_tensor(tensor("t", &[0, 1 << 31, 1 << 31], GgmlType::F32, vec![]));
+    let g = parse(&zero).unwrap();
+    let t = g.tensor("t").unwrap();
+    assert_eq!((t.n_elements(), t.n_rows(), t.data().len()), (0, 1 << 62, 0));
     let e = parse_err(&one_tensor(tensor("t", &[1, 1, 1, 1, 1], GgmlType::F32, vec![0; 4])));
     assert_eq!(e.to_string(), "tensor 't': 5 dimensions, more than ggml's 4");
     let e = parse_err(&one_tensor(tensor("t", &[33], GgmlType::Q4_1, vec![0; 40])));

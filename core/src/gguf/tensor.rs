@@ -69,7 +69,7 @@ impl<'a> TensorView<'a> {
 
     /// Number of rows: the product of all dimensions but the first.
     pub fn n_rows(&self) -> u64 {
-        // Checked in parse: the full product fits, so this one does too.
+        // Checked in parse: this product fits u64 (even when ne[0] is 0).
         self.dims().iter().skip(1).product()
     }
 
@@ -169,7 +169,11 @@ impl<'a> TensorInfo<'a> {
             } else {
                 GgufErrorKind::SizeOverflow
             }))?;
-        let n_rows = dims[1..].iter().product::<u64>(); // ≤ n_elements: no overflow
+        // Not bounded by n_elements: with ne[0] = 0 the other dimensions may be anything.
+        let n_rows = dims[1..]
+            .iter()
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+            .ok_or(at(GgufErrorKind::SizeOverflow))?;
         let n_bytes = row_bytes.checked_mul(n_rows).ok_or(at(GgufErrorKind::SizeOverflow))?;
         if offset % alignment != 0 {
             return Err(at(GgufErrorKind::MisalignedOffset { offset, alignment }));
