@@ -404,6 +404,18 @@ fn absurd_counts() {
 }
 
 #[test]
+fn the_tensor_cap_itself_is_accepted() {
+    let mut b = Builder::default();
+    for i in 0..MAX_TENSORS {
+        b = b.tensor(tensor(&format!("t{i}"), &[0], GgmlType::F32, vec![]));
+    }
+    let bytes = b.build().bytes;
+    let g = parse(&bytes).unwrap();
+    assert_eq!(g.tensor_count() as u64, MAX_TENSORS);
+    assert_eq!(g.tensor("t16383").unwrap().n_elements(), 0);
+}
+
+#[test]
 fn absurd_string_and_array_lengths() {
     // A 2^40-byte key.
     let mut bytes = with_header(3, 0, 1);
