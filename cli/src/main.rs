@@ -1,7 +1,17 @@
-//! `pagoda`: the command-line front end. Thin: parses flags, calls the libraries, prints.
+//! `pagoda`: the command-line front end. Thin: parses flags (in llama.cpp's habits),
+//! calls the libraries, prints.
+//!
+//! Exit codes: 0 success, 1 runtime error (bad model, prompt too long, …), 2 usage error.
 #![forbid(unsafe_code)]
 
+mod chat;
+mod common;
 mod inspect;
+mod perplexity;
+mod run;
+mod tokenize;
+
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
@@ -18,20 +28,32 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Generate text from a prompt, streaming it to stdout.
+    Run(run::RunArgs),
+    /// Interactive multi-turn chat with the model's chat template (Ctrl-D ends).
+    Chat(chat::ChatArgs),
+    /// Print the token ids of a text as a JSON array.
+    Tokenize(tokenize::TokenizeArgs),
+    /// Perplexity of a text file, by llama.cpp's method.
+    Perplexity(perplexity::PerplexityArgs),
     /// Print a GGUF file's metadata and tensor table (like gguf-dump).
     Inspect(inspect::InspectArgs),
 }
 
-fn main() {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Inspect(args) => inspect::run(&args),
+        Command::Run(a) => run::main(a),
+        Command::Chat(a) => chat::main(a),
+        Command::Tokenize(a) => tokenize::main(a),
+        Command::Perplexity(a) => perplexity::main(a),
+        Command::Inspect(a) => inspect::run(&a).map(|out| print!("{out}")).map_err(Into::into),
     };
     match result {
-        Ok(out) => print!("{out}"),
-        Err(message) => {
-            eprintln!("error: {message}");
-            std::process::exit(1);
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
         }
     }
 }
