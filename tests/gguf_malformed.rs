@@ -382,6 +382,8 @@ fn unsupported_versions() {
     let e = parse_err(&with_header(1, 0, 0));
     assert_eq!(e.kind, GgufErrorKind::UnsupportedVersion(1));
     assert!(e.to_string().contains("GGUF version 1 is not supported"), "{e}");
+    let e = parse_err(&with_header(3u32.swap_bytes(), 0, 0));
+    assert!(e.to_string().contains("big-endian"), "{e}");
     for v in [0, 4, u32::MAX, 3u32.swap_bytes()] {
         assert_eq!(parse_err(&with_header(v, 0, 0)).kind, GgufErrorKind::UnsupportedVersion(v));
     }
@@ -541,6 +543,11 @@ fn bad_alignment() {
         let e = parse_err(&sample().kv("general.alignment", u32v(a)).build().bytes);
         assert_eq!(e.kind, GgufErrorKind::BadAlignment { value: a as u64 }, "{e}");
     }
+    let e = parse_err(&sample().kv("general.alignment", u32v(3)).build().bytes);
+    assert_eq!(
+        e.to_string(),
+        "metadata key 'general.alignment': alignment 3 is invalid (general.alignment must be a power of two from 1 to 65 536)"
+    );
     let e = parse_err(&sample().kv("general.alignment", strv("32")).build().bytes);
     assert!(matches!(e.kind, GgufErrorKind::WrongType { found: "string", .. }), "{e}");
 }
