@@ -10,11 +10,13 @@
 //! Throughput is the KV bytes read per call (`n_ctx × 3 heads × 64 × 2 (K and V) × size`);
 //! criterion prints it as bytes/s. Run briefly, one thread for per-thread ratios:
 //! `RAYON_NUM_THREADS=1 cargo bench --bench attention -- --warm-up-time 1 --measurement-time 2`.
+//! On a loaded machine prefer `PAGODA_BENCH_MIN=1 RAYON_NUM_THREADS=1 cargo bench --bench
+//! attention`: best of alternating runs per case, with ratios (`PAGODA_BENCH_MS` per case).
 
 use std::hint::black_box;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use half::f16;
 use pagoda::core::attention::{paged_decode, paged_prefill, AttnConfig};
 use pagoda::core::kv::{KvConfig, KvElement, KvPages};
@@ -131,10 +133,104 @@ fn bench(c: &mut Criterion) {
     prefill::<f16>(c, "f16");
 }
 
+/// Best of alternating runs of `a` and `b` for `budget`: the least disturbed run of each.
+fn best_pair(budget: Duration, a: &mut dyn FnMut(), b: &mut dyn FnMut()) -> (Duration, Duration) {
+    let start = Instant::now();
+    let (mut best_a, mut best_b) = (Duration::MAX, Duration::MAX);
+    let mut n = 0;
+    while n < 5 || start.elapsed() < budget {
+        let t = Instant::now();
+        a();
+        best_a = best_a.min(t.elapsed());
+        let t = Instant::now();
+        b();
+        best_b = best_b.min(t.elapsed());
+        n += 1;
+    }
+    (best_a, best_b)
+}
+
+/// `PAGODA_BENCH_MIN=1`: instead of criterion, print the best of alternating runs per
+/// case (on a shared, loaded machine the minimum is the least disturbed run), with the
+/// ratio between the two sides and the kernel's KV bytes/s.
+fn min_of_runs<T: KvElement>(name: &str) {
+    let budget = Duration::from_millis(
+        std::env::var("PAGODA_BENCH_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(800),
+    );
+    let cfg = AttnConfig::new(N_HEADS, N_KV_HEADS, HEAD_DIM).unwrap();
+    let level = simd_level();
+    let q = query(1);
+    let (mut o1, mut o2) = (vec![0.0f32; q.len()], vec![0.0f32; q.len()]);
+    println!("{name}: decode, core scalar vs {level} kernel (threads: rayon default pool)");
+    for n_ctx in CONTEXTS {
+        let (kv, pages) = cache::<T>(n_ctx, 16);
+        let (a, b) = best_pair(
+            budget,
+            &mut || paged_decode(&kv, 0, &pages, n_ctx, black_box(&q), &mut o1, &cfg).unwrap(),
+            &mut || {
+                paged_attention(level, &kv, 0, &pages, n_ctx, black_box(&q), &mut o2, &cfg).unwrap()
+            },
+        );
+        let gbs = kv_bytes::<T>(n_ctx) as f64 / b.as_secs_f64() / 1e9;
+        println!(
+            "  ctx {n_ctx:>6}: core {:>10.1} us  simd {:>9.1} us  speedup {:>6.1}x  {gbs:.2} GB/s",
+            a.as_secs_f64() * 1e6,
+            b.as_secs_f64() * 1e6,
+            a.as_secs_f64() / b.as_secs_f64()
+        );
+    }
+    println!("{name}: paging overhead, same kernel, no split: block 16 vs one page");
+    for n_ctx in CONTEXTS {
+        let (kv16, p16) = cache::<T>(n_ctx, 16);
+        let (kv1, p1) = cache::<T>(n_ctx, n_ctx);
+        let split = Split::Ranges(1);
+        let (a, b) = best_pair(
+            budget,
+            &mut || {
+                paged_attention_split(level, &kv16, 0, &p16, n_ctx, &q, &mut o1, &cfg, split)
+                    .unwrap()
+            },
+            &mut || {
+                paged_attention_split(level, &kv1, 0, &p1, n_ctx, &q, &mut o2, &cfg, split).unwrap()
+            },
+        );
+        println!(
+            "  ctx {n_ctx:>6}: paged {:>9.1} us  contiguous {:>9.1} us  overhead {:>+6.1}%",
+            a.as_secs_f64() * 1e6,
+            b.as_secs_f64() * 1e6,
+            (a.as_secs_f64() / b.as_secs_f64() - 1.0) * 100.0
+        );
+    }
+    let n = 512;
+    let q = query(n);
+    let (mut o1, mut o2) = (vec![0.0f32; q.len()], vec![0.0f32; q.len()]);
+    let (kv, pages) = cache::<T>(n, 16);
+    let (a, b) = best_pair(
+        budget,
+        &mut || paged_prefill(&kv, 0, &pages, n, black_box(&q), &mut o1, &cfg).unwrap(),
+        &mut || paged_attention(level, &kv, 0, &pages, n, black_box(&q), &mut o2, &cfg).unwrap(),
+    );
+    println!(
+        "{name}: prefill 512: core {:.2} ms  simd {:.2} ms  speedup {:.1}x",
+        a.as_secs_f64() * 1e3,
+        b.as_secs_f64() * 1e3,
+        a.as_secs_f64() / b.as_secs_f64()
+    );
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(2)).sample_size(20);
     targets = bench
 }
-criterion_main!(benches);
+
+fn main() {
+    if std::env::var_os("PAGODA_BENCH_MIN").is_some() {
+        min_of_runs::<f32>("f32");
+        min_of_runs::<f16>("f16");
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

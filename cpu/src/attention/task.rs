@@ -94,6 +94,16 @@ impl<T: KvElement, S: AsRef<[T]>> Shared<'_, T, S> {
             // Slots any row reads; later slots of the last page are unwritten.
             let n = (max_visible - start).min(bs);
             let page = self.pages[i];
+            if i + 1 < task.pages.end && start + bs < max_visible {
+                let next = self.pages[i + 1];
+                self.ops.prefetch(self.kv.head_run(self.layer, next, KvHalf::Key, task.kv_head)?);
+                self.ops.prefetch(self.kv.head_run(
+                    self.layer,
+                    next,
+                    KvHalf::Value,
+                    task.kv_head,
+                )?);
+            }
             let keys = self.kv.head_run(self.layer, page, KvHalf::Key, task.kv_head)?;
             let keys = self.ops.as_f32(&keys[..n * hd], &mut kbuf);
             let p = &mut p[..rows * n];
