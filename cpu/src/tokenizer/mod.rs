@@ -262,7 +262,8 @@ impl Tokenizer {
             })
             .map(|id| (id, vocab.texts[id as usize].clone(), vocab.token_type(id)))
             .collect();
-        specials.sort_by(|a, b| b.1.len().cmp(&a.1.len()));
+        // Stable: equal lengths keep id order.
+        specials.sort_by_key(|s| core::cmp::Reverse(s.1.len()));
 
         let mut pieces = Vec::new();
         let mut piece_at = Vec::with_capacity(n + 1);
