@@ -1,5 +1,16 @@
-//! `pagoda`: the command-line front end. Thin: parses flags, calls the libraries, prints.
+//! `pagoda`: the command-line front end. Thin: parses flags (in llama.cpp's habits),
+//! calls the libraries, prints.
+//!
+//! Exit codes: 0 success, 1 runtime error (bad model, prompt too long, …), 2 usage error.
 #![forbid(unsafe_code)]
+
+mod chat;
+mod common;
+mod perplexity;
+mod run;
+mod tokenize;
+
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
@@ -15,9 +26,30 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
-enum Command {}
+enum Command {
+    /// Generate text from a prompt, streaming it to stdout.
+    Run(run::RunArgs),
+    /// Interactive multi-turn chat with the model's chat template (Ctrl-D ends).
+    Chat(chat::ChatArgs),
+    /// Print the token ids of a text as a JSON array.
+    Tokenize(tokenize::TokenizeArgs),
+    /// Perplexity of a text file, by llama.cpp's method.
+    Perplexity(perplexity::PerplexityArgs),
+}
 
-fn main() {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {}
+    let result = match cli.command {
+        Command::Run(a) => run::main(a),
+        Command::Chat(a) => chat::main(a),
+        Command::Tokenize(a) => tokenize::main(a),
+        Command::Perplexity(a) => perplexity::main(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
 }

@@ -9,8 +9,12 @@
 //! | [`sampler`]     | greedy, temperature, top-k/top-p/min-p, repetition penalty     |
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod attention;
+pub mod chat;
+pub mod generate;
 pub mod kernels;
 pub mod model;
 pub mod model_file;
+pub mod perplexity;
 pub mod sampler;
 pub mod tokenizer;

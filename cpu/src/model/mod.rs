@@ -1,1 +1,84 @@
-//! (to be written)
+//! The Llama model on the paged KV cache.
+//!
+//! - [`LlamaConfig`]: hyper-parameters from GGUF metadata.
+//! - [`LlamaWeights`]: where each weight lives in the mapped file.
+//! - [`KvCache`]: page pool + K/V page storage; sequences are block tables into it.
+//! - [`Llama`]: the forward pass.
+//! - [`Session`]: one sequence with its own cache, the unit the CLI drives.
+
+mod config;
+mod kv_cache;
+mod llama;
+mod session;
+mod weights;
+
+use std::fmt;
+
+pub use config::LlamaConfig;
+pub use kv_cache::{KvCache, KvStore, KvType, SeqTable};
+pub use llama::{ForwardScratch, Llama, Logits};
+pub use session::{Session, SessionOptions};
+pub use weights::{LayerWeights, LlamaWeights, Weight};
+
+use crate::model_file::ModelFileError;
+
+/// Why a model could not be loaded or run.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ModelError {
+    /// The file could not be opened or is not valid GGUF.
+    File(ModelFileError),
+    /// Metadata or a tensor is missing or malformed.
+    Gguf(pagoda_core::gguf::GgufError),
+    /// The file is valid but describes something pagoda cannot run.
+    Unsupported(String),
+    /// Inconsistent shapes or values.
+    Invalid(String),
+    /// The sequence does not fit in the context.
+    ContextFull {
+        /// Tokens the sequence would hold.
+        needed: usize,
+        /// The context size.
+        n_ctx: usize,
+    },
+    /// The KV page pool is exhausted.
+    KvFull(String),
+}
+
+impl fmt::Display for ModelError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ModelError::File(e) => write!(f, "{e}"),
+            ModelError::Gguf(e) => write!(f, "{e}"),
+            ModelError::Unsupported(m) => write!(f, "unsupported model: {m}"),
+            ModelError::Invalid(m) => write!(f, "{m}"),
+            ModelError::ContextFull { needed, n_ctx } => write!(
+                f,
+                "the sequence needs {needed} tokens but the context holds {n_ctx} (raise -c)"
+            ),
+            ModelError::KvFull(m) => write!(f, "KV cache full: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for ModelError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ModelError::File(e) => Some(e),
+            ModelError::Gguf(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<ModelFileError> for ModelError {
+    fn from(e: ModelFileError) -> Self {
+        ModelError::File(e)
+    }
+}
+
+impl From<pagoda_core::gguf::GgufError> for ModelError {
+    fn from(e: pagoda_core::gguf::GgufError) -> Self {
+        ModelError::Gguf(e)
+    }
+}

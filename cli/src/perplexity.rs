@@ -1,0 +1,61 @@
+//! `pagoda perplexity`: llama.cpp's perplexity over a text file.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::Args;
+use serde_json::json;
+
+use crate::common::{load, read_text_file, CliResult, ContextArgs, ModelArgs};
+
+#[derive(Args, Debug)]
+pub struct PerplexityArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The text file (UTF-8).
+    #[arg(short = 'f', long = "file")]
+    file: PathBuf,
+    #[command(flatten)]
+    ctx: ContextArgs,
+    /// Print one JSON object at the end instead of llama.cpp's text.
+    #[arg(long = "json")]
+    json: bool,
+}
+
+pub fn main(a: PerplexityArgs) -> CliResult {
+    let text = read_text_file(&a.file)?;
+    let loaded = load(&a.model)?;
+    let tokens = loaded.tokenizer.encode(&text, true, false);
+    let opts = a.ctx.session(512);
+    let t0 = Instant::now();
+    if !a.json {
+        eprintln!(
+            "perplexity: {} tokens, {} chunks of {}",
+            tokens.len(),
+            tokens.len() / opts.n_ctx,
+            opts.n_ctx
+        );
+    }
+    let json = a.json;
+    let mut out = std::io::stdout().lock();
+    let r = pagoda_cpu::perplexity::perplexity(&loaded.model, &tokens, &opts, |i, ppl| {
+        if !json {
+            let _ = write!(out, "[{}]{ppl:.4},", i + 1);
+            let _ = out.flush();
+        }
+    })?;
+    if json {
+        let obj = json!({
+            "ppl": r.ppl, "ppl_stderr": r.ppl_stderr, "chunks": r.chunks, "ctx": r.n_ctx,
+            "scored_tokens": r.scored, "running": r.running,
+            "seconds": t0.elapsed().as_secs_f64(),
+        });
+        writeln!(out, "{obj}")?;
+    } else {
+        writeln!(out)?;
+        writeln!(out, "Final estimate: PPL = {:.4} +/- {:.5}", r.ppl, r.ppl_stderr)?;
+        eprintln!("perplexity: {:.1} s", t0.elapsed().as_secs_f64());
+    }
+    Ok(())
+}

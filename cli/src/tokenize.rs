@@ -1,0 +1,23 @@
+//! `pagoda tokenize`: the ids of a text, as a JSON array.
+
+use clap::Args;
+
+use crate::common::{load, CliResult, ModelArgs};
+
+#[derive(Args, Debug)]
+pub struct TokenizeArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Treat special-token text (e.g. `<|im_start|>`) as plain text.
+    #[arg(long = "no-special")]
+    no_special: bool,
+    /// The text.
+    text: String,
+}
+
+pub fn main(a: TokenizeArgs) -> CliResult {
+    let loaded = load(&a.model)?;
+    let ids = loaded.tokenizer.encode(&a.text, true, !a.no_special);
+    println!("{}", serde_json::to_string(&ids)?);
+    Ok(())
+}

@@ -1,0 +1,196 @@
+//! End-to-end tests of `pagoda run`, `chat`, `tokenize` and `perplexity`, and of every
+//! kind of bad input: one-line error, exit code 1 (2 for usage), no panic.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn model() -> PathBuf {
+    let p = pagoda_cpu::model_file::workspace_model_path(&root());
+    assert!(p.exists(), "model {} missing: run scripts/fetch-model.sh", p.display());
+    p
+}
+
+fn pagoda(args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_pagoda"));
+    c.args(args).env("PAGODA_MODEL", model()).current_dir(root());
+    c
+}
+
+fn run(args: &[&str]) -> Output {
+    pagoda(args).output().expect("spawn pagoda")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A failed run: the exit code, one `error:` line, and no panic.
+fn assert_error(o: &Output, code: i32, needle: &str) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(code), "exit code; stderr: {err}");
+    assert!(!err.contains("panicked"), "panic: {err}");
+    assert!(err.contains(needle), "stderr should mention {needle:?}: {err}");
+}
+
+#[test]
+fn run_streams_greedy_text_and_stats() {
+    let o = run(&["run", "-p", "The capital of France is", "-n", "8", "--temp", "0", "-t", "1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    let out = String::from_utf8(o.stdout).unwrap();
+    assert!(out.starts_with(" Paris."), "stdout: {out:?}");
+    for field in ["load", "prompt 5 tokens", "generated 8 tokens", "KV 1 pages"] {
+        assert!(err.contains(field), "stats line lacks {field:?}: {err}");
+    }
+}
+
+#[test]
+fn run_json_has_ids_text_and_timings() {
+    let o = run(&["run", "-p", "The capital of France is", "-n", "6", "--temp", "0", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("one JSON object");
+    assert_eq!(v["prompt_tokens"], serde_json::json!([504, 3575, 282, 4649, 314]));
+    // llama.cpp's greedy continuation (tests/data/llamacpp/greedy_dev.json).
+    assert_eq!(v["tokens"], serde_json::json!([7042, 30, 198, 198, 504, 1797]));
+    assert!(v["text"].as_str().unwrap().starts_with(" Paris.\n\nThe"));
+    assert!(v["timings"]["predicted_per_second"].as_f64().unwrap() > 0.0);
+    assert_eq!(v["stop"], "length");
+}
+
+#[test]
+fn same_seed_same_text_sampling() {
+    let args =
+        ["run", "-p", "Once upon a time", "-n", "12", "--temp", "0.9", "--seed", "7", "--json"];
+    let a: serde_json::Value = serde_json::from_slice(&run(&args).stdout).unwrap();
+    let b: serde_json::Value = serde_json::from_slice(&run(&args).stdout).unwrap();
+    assert_eq!(a["tokens"], b["tokens"]);
+}
+
+#[test]
+fn chat_second_turn_reuses_the_cached_history() {
+    let mut child = pagoda(&["chat", "--temp", "0", "-n", "24", "-t", "1"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"What is the capital of France?\nAnd of Italy?\n")
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    let out = String::from_utf8(o.stdout).unwrap();
+    assert!(out.contains("Paris"), "first answer: {out}");
+    // Parse "[turn N: C tokens cached, prompt P new tokens (…), reply R tokens …]".
+    let turns: Vec<(usize, usize, usize)> = err
+        .lines()
+        .filter(|l| l.starts_with("[turn"))
+        .map(|l| {
+            let num = |after: &str| -> usize {
+                let i = l.find(after).unwrap() + after.len();
+                l[i..].split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+            };
+            (num(": "), num("prompt "), num("reply "))
+        })
+        .collect();
+    assert_eq!(turns.len(), 2, "{err}");
+    let (cached1, prompt1, reply1) = turns[0];
+    let (cached2, prompt2, _) = turns[1];
+    assert_eq!(cached1, 0);
+    // Turn 2 starts from everything turn 1 cached: prompt + reply (its end-of-turn token is
+    // the one token not yet in the cache, so it leads turn 2's prompt).
+    assert_eq!(cached2, prompt1 + reply1 - 1, "{err}");
+    // …and processes only the new turn: "<|im_end|>" "\n" "<|im_start|>user\nAnd of Italy?<|im_end|>\n<|im_start|>assistant\n"
+    assert!(prompt2 < 20, "turn 2 re-processed the history: {prompt2} prompt tokens; {err}");
+}
+
+#[test]
+fn tokenize_prints_ids() {
+    let o = run(&["tokenize", "Hello world<|im_end|>"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(String::from_utf8(o.stdout).unwrap().trim(), "[19556,905,2]");
+    let o = run(&["tokenize", "--no-special", "<|im_end|>"]);
+    let ids: Vec<u32> = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(ids.len() > 1, "special text must be split when --no-special: {ids:?}");
+}
+
+#[test]
+fn missing_model_says_how_to_fetch_it() {
+    let o = Command::new(env!("CARGO_BIN_EXE_pagoda"))
+        .args(["run", "-p", "hi"])
+        .env_remove("PAGODA_MODEL")
+        .current_dir(std::env::temp_dir())
+        .output()
+        .unwrap();
+    assert_error(&o, 1, "scripts/fetch-model.sh");
+    let o = run(&["run", "-m", "/nonexistent/model.gguf", "-p", "hi"]);
+    assert_error(&o, 1, "/nonexistent/model.gguf");
+}
+
+#[test]
+fn corrupt_model_is_a_clear_error() {
+    let dir = std::env::temp_dir().join(format!("pagoda-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bytes = std::fs::read(model()).unwrap();
+    let truncated = dir.join("truncated.gguf");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let o = run(&["run", "-m", truncated.to_str().unwrap(), "-p", "hi"]);
+    assert_error(&o, 1, "past the end of the file");
+    let garbage = dir.join("garbage.gguf");
+    std::fs::write(&garbage, b"not a gguf file at all").unwrap();
+    let o = run(&["run", "-m", garbage.to_str().unwrap(), "-p", "hi"]);
+    assert_error(&o, 1, "magic");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn prompt_longer_than_context_is_refused() {
+    let long = "word ".repeat(100);
+    let o = run(&["run", "-p", &long, "-c", "32", "-n", "4"]);
+    assert_error(&o, 1, "context");
+}
+
+#[test]
+fn non_utf8_prompt_file_is_refused() {
+    let p = std::env::temp_dir().join(format!("pagoda-bad-{}.txt", std::process::id()));
+    std::fs::write(&p, b"hello \xff\xfe world").unwrap();
+    let o = run(&["run", "-f", p.to_str().unwrap(), "-n", "4"]);
+    std::fs::remove_file(&p).ok();
+    assert_error(&o, 1, "not valid UTF-8");
+}
+
+#[test]
+fn invalid_flags_are_usage_errors() {
+    for args in [
+        &["run", "-p", "hi", "-n", "-5"][..],
+        &["run", "-p", "hi", "-c", "0"],
+        &["run", "-p", "hi", "--kv-type", "q3"],
+        &["run", "-p", "hi", "-t", "0"],
+        &["run", "-p", "hi", "--temp", "warm"],
+        &["frobnicate"],
+    ] {
+        let o = run(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+    }
+    // Out-of-range sampler values are runtime errors with a message.
+    let o = run(&["run", "-p", "hi", "--top-p", "1.5"]);
+    assert_error(&o, 1, "top-p");
+}
+
+#[test]
+fn text_already_streamed_stays_when_the_context_fills() {
+    let o =
+        run(&["run", "-p", "The capital of France is", "-c", "12", "--temp", "0", "--ignore-eos"]);
+    assert!(o.status.success(), "a full context is a normal stop: {}", stderr(&o));
+    let out = String::from_utf8(o.stdout).unwrap();
+    assert!(out.starts_with(" Paris."), "{out:?}");
+}

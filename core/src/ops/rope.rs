@@ -1,0 +1,120 @@
+//! Rotary position embedding (Su et al. 2021) in llama.cpp's "normal" convention for the
+//! Llama architecture: adjacent pairs `(x[2i], x[2i+1])` rotate together.
+//!
+//! ```text
+//! head: | x0 x1 | x2 x3 | … | x(d-2) x(d-1) |     (only the first n_rot dims rotate)
+//!          θ₀      θ₁          θ(d/2-1)          θᵢ = pos · base^(-2i/n_rot)
+//! ```
+//!
+//! (GGUF converters permute Hugging Face's q/k weights so that this adjacent-pair form
+//! is right for Llama files.) Angles are built as ggml builds them: `θ₀ = pos`, then
+//! repeated multiplication by `base^(-2/n_rot)` in `f32`, so they round the same way.
+
+/// The cos/sin table for one position: `n_rot / 2` angle pairs.
+///
+/// Built once per position and applied to every query and key head of that token.
+#[derive(Clone, Copy, Debug)]
+pub struct RopeTable<const MAX_PAIRS: usize> {
+    cos: [f32; MAX_PAIRS],
+    sin: [f32; MAX_PAIRS],
+    pairs: usize,
+}
+
+impl<const MAX_PAIRS: usize> RopeTable<MAX_PAIRS> {
+    /// The table for position `pos`, rotating the first `n_rot` dims (even, at most
+    /// `2 * MAX_PAIRS`; larger values are clamped) with frequency base `freq_base`.
+    pub fn new(pos: usize, n_rot: usize, freq_base: f32) -> Self {
+        let pairs = (n_rot / 2).min(MAX_PAIRS);
+        let mut cos = [0.0; MAX_PAIRS];
+        let mut sin = [0.0; MAX_PAIRS];
+        let theta_scale = libm::powf(freq_base, -2.0 / n_rot.max(1) as f32);
+        let mut theta = pos as f32;
+        for i in 0..pairs {
+            cos[i] = libm::cosf(theta);
+            sin[i] = libm::sinf(theta);
+            theta *= theta_scale;
+        }
+        Self { cos, sin, pairs }
+    }
+
+    /// Number of rotated pairs.
+    pub fn pairs(&self) -> usize {
+        self.pairs
+    }
+
+    /// `(cos θᵢ, sin θᵢ)` of pair `i`.
+    pub fn angle(&self, i: usize) -> (f32, f32) {
+        (self.cos[i], self.sin[i])
+    }
+
+    /// The cosines of all pairs.
+    pub fn cos(&self) -> &[f32] {
+        &self.cos[..self.pairs]
+    }
+
+    /// The sines of all pairs.
+    pub fn sin(&self) -> &[f32] {
+        &self.sin[..self.pairs]
+    }
+}
+
+/// Rotate every head of `x` (`n_heads × head_dim`, heads contiguous) in place.
+///
+/// Dims past `2 * table.pairs()` in each head are left unchanged (partial rotary).
+pub fn rope_inplace<const P: usize>(x: &mut [f32], head_dim: usize, table: &RopeTable<P>) {
+    if head_dim == 0 {
+        return;
+    }
+    let pairs = table.pairs.min(head_dim / 2);
+    for head in x.chunks_exact_mut(head_dim) {
+        for i in 0..pairs {
+            let (c, s) = (table.cos[i], table.sin[i]);
+            let x0 = head[2 * i];
+            let x1 = head[2 * i + 1];
+            head[2 * i] = x0 * c - x1 * s;
+            head[2 * i + 1] = x0 * s + x1 * c;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn position_zero_is_identity() {
+        let t = RopeTable::<32>::new(0, 64, 10000.0);
+        let mut x: [f32; 64] = core::array::from_fn(|i| i as f32);
+        let orig = x;
+        rope_inplace(&mut x, 64, &t);
+        assert_eq!(x, orig);
+    }
+
+    #[test]
+    fn rotation_preserves_pair_norms_and_matches_formula() {
+        let pos = 7;
+        let t = RopeTable::<32>::new(pos, 64, 100000.0);
+        let mut x: [f32; 128] = core::array::from_fn(|i| (i as f32 * 0.37).sin());
+        let orig = x;
+        rope_inplace(&mut x, 64, &t);
+        for h in 0..2 {
+            for i in 0..32 {
+                let theta = pos as f64 * 100000f64.powf(-2.0 * i as f64 / 64.0);
+                let (a, b) = (orig[h * 64 + 2 * i] as f64, orig[h * 64 + 2 * i + 1] as f64);
+                let ea = a * theta.cos() - b * theta.sin();
+                let eb = a * theta.sin() + b * theta.cos();
+                assert!((x[h * 64 + 2 * i] as f64 - ea).abs() < 1e-4, "head {h} pair {i}");
+                assert!((x[h * 64 + 2 * i + 1] as f64 - eb).abs() < 1e-4, "head {h} pair {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn partial_rotation_leaves_tail() {
+        let t = RopeTable::<32>::new(3, 4, 10000.0);
+        let mut x = [1.0f32; 8];
+        rope_inplace(&mut x, 8, &t);
+        assert_eq!(&x[4..], &[1.0; 4]);
+        assert_ne!(x[0], 1.0);
+    }
+}

@@ -1,0 +1,251 @@
+//! AVX2 + FMA + F16C kernels: activation quantization and the integer matmul.
+//!
+//! Every function here is `unsafe` because of `#[target_feature]`; callers are the safe
+//! dispatchers in this module's parent, which only call them for [`SimdLevel::Avx2`] or
+//! wider (a [`Kernels`](super::Kernels) at such a level exists only after run-time
+//! detection).
+//!
+//! One block per step (32 quants, `vpmaddubsw` + `vpmaddwd`), one group of 8 blocks'
+//! headers per gather, up to four tokens per decoded weight register. Q4 weights are used
+//! as unsigned nibbles (0..15, products fit `vpmaddubsw`'s i16 lanes); Q8_0 weights use
+//! ggml's sign trick (`|x| · sign(y, x)`), so Q8_0 activations carry no correction term.
+
+use core::arch::x86_64::*;
+
+use pagoda_core::quant::{BlockQ8_0, BlockQ8_1, QK};
+
+use super::activations::Acts;
+use super::avx512::{Q4_1, Q8_0};
+use super::scalar::scales;
+
+/// Quantize one 32-value block like llama.cpp's AVX2 `quantize_row_q8_*`: returns
+/// `(d, sum(qs))` and writes the quants.
+///
+/// # Safety
+/// The CPU must support AVX2; `x` valid for 32 reads, `qs` for 32 writes.
+#[inline(always)]
+unsafe fn quantize_block(x: *const f32, qs: *mut i8) -> (f32, i32) {
+    // SAFETY: pointer validity per the contract; AVX2 enabled by the calling
+    // `target_feature` function this inlines into.
+    unsafe {
+        let v = [
+            _mm256_loadu_ps(x),
+            _mm256_loadu_ps(x.add(8)),
+            _mm256_loadu_ps(x.add(16)),
+            _mm256_loadu_ps(x.add(24)),
+        ];
+        let sign = _mm256_set1_ps(-0.0);
+        let mut m = _mm256_andnot_ps(sign, v[0]);
+        m = _mm256_max_ps(m, _mm256_andnot_ps(sign, v[1]));
+        m = _mm256_max_ps(m, _mm256_andnot_ps(sign, v[2]));
+        m = _mm256_max_ps(m, _mm256_andnot_ps(sign, v[3]));
+        let mut m4 = _mm_max_ps(_mm256_extractf128_ps::<1>(m), _mm256_castps256_ps128(m));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        let (d, id) = scales(_mm_cvtss_f32(m4));
+        let mul = _mm256_set1_ps(id);
+        const NEAREST: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+        let i: [__m256i; 4] = core::array::from_fn(|j| {
+            _mm256_cvtps_epi32(_mm256_round_ps::<NEAREST>(_mm256_mul_ps(v[j], mul)))
+        });
+        let s = _mm256_add_epi32(_mm256_add_epi32(i[0], i[1]), _mm256_add_epi32(i[2], i[3]));
+        let p01 = _mm256_packs_epi32(i[0], i[1]);
+        let p23 = _mm256_packs_epi32(i[2], i[3]);
+        let p = _mm256_packs_epi16(p01, p23);
+        let p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256(qs as *mut __m256i, p);
+        (d, hsum_i32(s))
+    }
+}
+
+#[inline(always)]
+unsafe fn hsum_i32(a: __m256i) -> i32 {
+    // SAFETY: register-only AVX2 operations; features per the calling function.
+    unsafe {
+        let s = _mm_add_epi32(_mm256_castsi256_si128(a), _mm256_extracti128_si256::<1>(a));
+        let s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+        _mm_cvtsi128_si32(s)
+    }
+}
+
+#[inline(always)]
+unsafe fn hsum_f32(a: __m256) -> f32 {
+    // SAFETY: register-only AVX operations; features per the calling function.
+    unsafe {
+        let s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps::<1>(a));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        _mm_cvtss_f32(s)
+    }
+}
+
+/// `x` to Q8_0 blocks; `x.len() == 32 * out.len()`.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn quantize_q8_0(x: &[f32], out: &mut [BlockQ8_0]) {
+    debug_assert_eq!(x.len(), out.len() * QK);
+    for (b, xs) in out.iter_mut().zip(x.chunks_exact(QK)) {
+        // SAFETY: `xs` has 32 floats and `b.qs` 32 bytes; features per this fn's contract.
+        let (d, _) = unsafe { quantize_block(xs.as_ptr(), b.qs.as_mut_ptr()) };
+        b.d = half::f16::from_f32(d);
+    }
+}
+
+/// `x` to Q8_1 blocks; `x.len() == 32 * out.len()`.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn quantize_q8_1(x: &[f32], out: &mut [BlockQ8_1]) {
+    debug_assert_eq!(x.len(), out.len() * QK);
+    for (b, xs) in out.iter_mut().zip(x.chunks_exact(QK)) {
+        // SAFETY: `xs` has 32 floats and `b.qs` 32 bytes; features per this fn's contract.
+        let (d, sum) = unsafe { quantize_block(xs.as_ptr(), b.qs.as_mut_ptr()) };
+        b.d = half::f16::from_f32(d);
+        b.s = half::f16::from_f32(d * sum as f32);
+    }
+}
+
+/// Dot products of the weight rows in `w` (format `F`) with every token of `acts`:
+/// `outs[t][r] = row r · token t`.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C; otherwise the contract of
+/// [`super::avx512::matmul_chunk`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn matmul_chunk<const F: u8>(
+    w: &[u8],
+    row_bytes: usize,
+    acts: &Acts<'_>,
+    outs: &mut [&mut [f32]],
+) {
+    let rows = w.len().checked_div(row_bytes).unwrap_or(0);
+    let nt = outs.len();
+    for r in 0..rows {
+        // SAFETY: row `r` lies within `w`; the callee's contract is this fn's contract.
+        let row = unsafe { w.as_ptr().add(r * row_bytes) };
+        let mut t = 0;
+        while t + 4 <= nt {
+            // SAFETY: tokens t..t+4 exist in `acts`.
+            let v = unsafe { row_dot::<F, 4>(row, acts, t) };
+            for (i, v) in v.into_iter().enumerate() {
+                outs[t + i][r] = v;
+            }
+            t += 4;
+        }
+        while t < nt {
+            // SAFETY: token t exists in `acts`.
+            let v = unsafe { row_dot::<F, 1>(row, acts, t) };
+            outs[t][r] = v[0];
+            t += 1;
+        }
+    }
+}
+
+/// One weight row against tokens `t0..t0+T`.
+///
+/// # Safety
+/// As [`matmul_chunk`]; `row` points at a whole row of `acts.nb` blocks.
+#[inline(always)]
+unsafe fn row_dot<const F: u8, const T: usize>(
+    row: *const u8,
+    acts: &Acts<'_>,
+    t0: usize,
+) -> [f32; T] {
+    let (stride, qoff) = match F {
+        Q4_1 => (20usize, 4usize),
+        Q8_0 => (34, 2),
+        _ => (18, 2),
+    };
+    let nb = acts.nb;
+    // SAFETY (whole body): weight reads stay inside the row's `nb` blocks (the gather reads
+    // the first 4 bytes of existing blocks only, masked lanes read nothing), activation
+    // reads stay inside token t's blocks (the scale loads are masked to the group), and
+    // AVX2/FMA/F16C are enabled by the caller's `target_feature`.
+    unsafe {
+        let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let gather_idx = _mm256_mullo_epi32(lane, _mm256_set1_epi32(stride as i32));
+        let low4 = _mm256_set1_epi8(0x0F);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); T];
+        let mut acck = [_mm256_setzero_ps(); T];
+        let mut g = 0;
+        while g < nb {
+            let n = (nb - g).min(8);
+            let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), lane);
+            let base = row.add(g * stride);
+            let hdr = _mm256_mask_i32gather_epi32::<1>(
+                _mm256_setzero_si256(),
+                base as *const i32,
+                gather_idx,
+                mask,
+            );
+            let dx = f16_lo_to_f32(hdr);
+            let cx = if F == Q4_1 { f16_lo_to_f32(_mm256_srli_epi32::<16>(hdr)) } else { dx };
+            let mut dd = [_mm256_setzero_ps(); T];
+            for t in 0..T {
+                let a = (t0 + t) * nb + g;
+                let dy = _mm256_maskload_ps(acts.d.as_ptr().add(a), mask);
+                let ky = _mm256_maskload_ps(acts.k.as_ptr().add(a), mask);
+                dd[t] = _mm256_mul_ps(dx, dy);
+                acck[t] = _mm256_fmadd_ps(cx, ky, acck[t]);
+            }
+            for b in 0..n {
+                let blk = base.add(b * stride);
+                let sel = _mm256_set1_epi32(b as i32);
+                if F == Q8_0 {
+                    let x = _mm256_loadu_si256(blk.add(qoff) as *const __m256i);
+                    let ax = _mm256_sign_epi8(x, x);
+                    for t in 0..T {
+                        let y =
+                            _mm256_loadu_si256(acts.qs.as_ptr().add(((t0 + t) * nb + g + b) * QK)
+                                as *const __m256i);
+                        let p = _mm256_madd_epi16(
+                            _mm256_maddubs_epi16(ax, _mm256_sign_epi8(y, x)),
+                            ones,
+                        );
+                        let sc = _mm256_permutevar8x32_ps(dd[t], sel);
+                        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), sc, acc[t]);
+                    }
+                } else {
+                    let q = _mm_loadu_si128(blk.add(qoff) as *const __m128i);
+                    let u = _mm256_and_si256(
+                        _mm256_inserti128_si256::<1>(
+                            _mm256_castsi128_si256(q),
+                            _mm_srli_epi16::<4>(q),
+                        ),
+                        low4,
+                    );
+                    for t in 0..T {
+                        let y =
+                            _mm256_loadu_si256(acts.qs.as_ptr().add(((t0 + t) * nb + g + b) * QK)
+                                as *const __m256i);
+                        let p = _mm256_madd_epi16(_mm256_maddubs_epi16(u, y), ones);
+                        let sc = _mm256_permutevar8x32_ps(dd[t], sel);
+                        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), sc, acc[t]);
+                    }
+                }
+            }
+            g += 8;
+        }
+        let mut out = [0.0f32; T];
+        for t in 0..T {
+            out[t] = hsum_f32(_mm256_add_ps(acc[t], acck[t]));
+        }
+        out
+    }
+}
+
+/// The low 16 bits of each i32 lane, read as f16, widened to f32.
+#[inline(always)]
+unsafe fn f16_lo_to_f32(v: __m256i) -> __m256 {
+    // SAFETY: register-only AVX2/SSE4.1/F16C operations; features per the caller.
+    unsafe {
+        let m = _mm256_and_si256(v, _mm256_set1_epi32(0xFFFF));
+        let h = _mm_packus_epi32(_mm256_castsi256_si128(m), _mm256_extracti128_si256::<1>(m));
+        _mm256_cvtph_ps(h)
+    }
+}

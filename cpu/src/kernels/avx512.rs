@@ -1,0 +1,241 @@
+//! AVX-512 (F/BW/VL/DQ) + VNNI kernels: activation quantization and the integer matmul.
+//!
+//! Every function here is `unsafe` because of `#[target_feature]`; callers are the safe
+//! dispatchers in this module's parent, which only call them for [`SimdLevel::Avx512`]
+//! (a [`Kernels`](super::Kernels) at that level exists only after run-time detection).
+//!
+//! The matmul reads two weight blocks per `vpdpbusd` (64 quants), one group of 16 blocks'
+//! headers per gather, and up to four tokens per decoded weight register:
+//!
+//! ```text
+//! zmm u  = | lo nibbles b | hi nibbles b | lo b+1 | hi b+1 |   (u8, weights as unsigned)
+//! zmm y  = | qs b (32 × i8)              | qs b+1            |   (activations, SoA)
+//! vpdpbusd -> 16 × i32 (8 per block) -> f32 -> × (dx·dy of its block) -> accumulate
+//! ```
+
+use core::arch::x86_64::*;
+
+use pagoda_core::quant::{BlockQ8_0, BlockQ8_1, QK};
+
+use super::activations::Acts;
+use super::scalar::scales;
+
+/// Weight format selector for the generic kernel.
+pub(crate) const Q4_0: u8 = 0;
+/// Weight format selector for the generic kernel.
+pub(crate) const Q4_1: u8 = 1;
+/// Weight format selector for the generic kernel.
+pub(crate) const Q8_0: u8 = 2;
+
+/// Quantize one 32-value block: returns `(d, sum(qs))` and writes the quants.
+///
+/// # Safety
+/// The CPU must support AVX-512 F/BW/VL/DQ; `x` must be valid for 32 reads and `qs` for
+/// 32 writes.
+#[inline(always)]
+unsafe fn quantize_block(x: *const f32, qs: *mut i8) -> (f32, i32) {
+    // SAFETY: the caller guarantees 32 readable floats at `x`, 32 writable bytes at `qs`
+    // and the AVX-512 features (this function inlines into a `target_feature` function).
+    unsafe {
+        let v0 = _mm512_loadu_ps(x);
+        let v1 = _mm512_loadu_ps(x.add(16));
+        let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+        let (d, id) = scales(amax);
+        let m = _mm512_set1_ps(id);
+        const NEAREST: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+        let r0 = _mm512_roundscale_ps::<NEAREST>(_mm512_mul_ps(v0, m));
+        let r1 = _mm512_roundscale_ps::<NEAREST>(_mm512_mul_ps(v1, m));
+        let i0 = _mm512_cvtps_epi32(r0);
+        let i1 = _mm512_cvtps_epi32(r1);
+        _mm_storeu_si128(qs as *mut __m128i, _mm512_cvtsepi32_epi8(i0));
+        _mm_storeu_si128(qs.add(16) as *mut __m128i, _mm512_cvtsepi32_epi8(i1));
+        (d, _mm512_reduce_add_epi32(_mm512_add_epi32(i0, i1)))
+    }
+}
+
+/// `x` to Q8_0 blocks; `x.len() == 32 * out.len()`.
+///
+/// # Safety
+/// The CPU must support AVX-512 F/BW/VL/DQ.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
+pub(crate) unsafe fn quantize_q8_0(x: &[f32], out: &mut [BlockQ8_0]) {
+    debug_assert_eq!(x.len(), out.len() * QK);
+    for (b, xs) in out.iter_mut().zip(x.chunks_exact(QK)) {
+        // SAFETY: `xs` has 32 floats and `b.qs` 32 bytes; features per this fn's contract.
+        let (d, _) = unsafe { quantize_block(xs.as_ptr(), b.qs.as_mut_ptr()) };
+        b.d = half::f16::from_f32(d);
+    }
+}
+
+/// `x` to Q8_1 blocks; `x.len() == 32 * out.len()`.
+///
+/// # Safety
+/// The CPU must support AVX-512 F/BW/VL/DQ.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
+pub(crate) unsafe fn quantize_q8_1(x: &[f32], out: &mut [BlockQ8_1]) {
+    debug_assert_eq!(x.len(), out.len() * QK);
+    for (b, xs) in out.iter_mut().zip(x.chunks_exact(QK)) {
+        // SAFETY: `xs` has 32 floats and `b.qs` 32 bytes; features per this fn's contract.
+        let (d, sum) = unsafe { quantize_block(xs.as_ptr(), b.qs.as_mut_ptr()) };
+        b.d = half::f16::from_f32(d);
+        b.s = half::f16::from_f32(d * sum as f32);
+    }
+}
+
+/// `(bytes per block, offset of the quants in a block)` of a weight format.
+const fn geometry(f: u8) -> (usize, usize) {
+    match f {
+        Q4_0 => (18, 2),
+        Q4_1 => (20, 4),
+        _ => (34, 2),
+    }
+}
+
+/// Dot products of the weight rows in `w` (`row_bytes` each, format `F`) with every
+/// token of `acts`: `outs[t][r] = row r · token t`.
+///
+/// # Safety
+/// The CPU must support AVX-512 F/BW/VL/DQ and VNNI. `row_bytes == acts.nb * geometry(F).0`,
+/// `w.len()` a multiple of `row_bytes`, every `outs[t].len() == w.len() / row_bytes`, and
+/// `acts` holds at least `outs.len()` tokens (`qs.len() >= n·nb·32`, `d`/`k` `>= n·nb`).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
+pub(crate) unsafe fn matmul_chunk<const F: u8>(
+    w: &[u8],
+    row_bytes: usize,
+    acts: &Acts<'_>,
+    outs: &mut [&mut [f32]],
+) {
+    let rows = w.len().checked_div(row_bytes).unwrap_or(0);
+    let nt = outs.len();
+    for r in 0..rows {
+        // SAFETY: row `r` lies within `w`; the callee's contract is this fn's contract.
+        let row = unsafe { w.as_ptr().add(r * row_bytes) };
+        let mut t = 0;
+        while t + 4 <= nt {
+            // SAFETY: tokens t..t+4 exist in `acts` (nt <= tokens in acts).
+            let v = unsafe { row_dot::<F, 4>(row, acts, t) };
+            for (i, v) in v.into_iter().enumerate() {
+                outs[t + i][r] = v;
+            }
+            t += 4;
+        }
+        while t + 2 <= nt {
+            // SAFETY: as above.
+            let v = unsafe { row_dot::<F, 2>(row, acts, t) };
+            outs[t][r] = v[0];
+            outs[t + 1][r] = v[1];
+            t += 2;
+        }
+        if t < nt {
+            // SAFETY: as above.
+            let v = unsafe { row_dot::<F, 1>(row, acts, t) };
+            outs[t][r] = v[0];
+        }
+    }
+}
+
+/// One weight row against tokens `t0..t0+T`.
+///
+/// # Safety
+/// As [`matmul_chunk`]; `row` points at a whole row of `acts.nb` blocks.
+#[inline(always)]
+unsafe fn row_dot<const F: u8, const T: usize>(
+    row: *const u8,
+    acts: &Acts<'_>,
+    t0: usize,
+) -> [f32; T] {
+    let (stride, qoff) = geometry(F);
+    let nb = acts.nb;
+    // SAFETY (whole body): every weight access stays inside the row (block b < nb is
+    // `stride` bytes at `row + b*stride`; the gather reads its first 4 bytes, the quant
+    // loads bytes qoff..stride), every activation access stays inside token t's nb blocks
+    // (the second block of a pair is loaded only when it exists, else masked off), and
+    // the features are enabled by the caller's `target_feature`.
+    unsafe {
+        let lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        let gather_idx = _mm512_mullo_epi32(lane, _mm512_set1_epi32(stride as i32));
+        // Lanes 0..8 take the scale of block b of a pair, lanes 8..16 that of block b+1.
+        let pair_sel = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+        let nibble_shift = _mm512_setr_epi64(0, 0, 4, 4, 0, 0, 4, 4);
+        let low4 = _mm512_set1_epi8(0x0F);
+        let flip = _mm512_set1_epi8(0x80u8 as i8);
+
+        let mut acc = [_mm512_setzero_ps(); T];
+        let mut acck = [_mm512_setzero_ps(); T];
+        let mut g = 0;
+        while g < nb {
+            let n = (nb - g).min(16);
+            let m16: __mmask16 = if n == 16 { 0xFFFF } else { ((1u32 << n) - 1) as u16 };
+            let base = row.add(g * stride);
+            let hdr = _mm512_mask_i32gather_epi32::<1>(
+                _mm512_setzero_si512(),
+                m16,
+                gather_idx,
+                base as *const i32,
+            );
+            let dx = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(hdr));
+            let cx = if F == Q4_1 {
+                _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(hdr)))
+            } else {
+                dx
+            };
+            let mut dd = [_mm512_setzero_ps(); T];
+            for t in 0..T {
+                let a = (t0 + t) * nb + g;
+                let dy = _mm512_maskz_loadu_ps(m16, acts.d.as_ptr().add(a));
+                let ky = _mm512_maskz_loadu_ps(m16, acts.k.as_ptr().add(a));
+                dd[t] = _mm512_mul_ps(dx, dy);
+                acck[t] = _mm512_fmadd_ps(cx, ky, acck[t]);
+            }
+            let mut b = 0;
+            while b < n {
+                let two = b + 1 < n;
+                let blk = base.add(b * stride);
+                let u = if F == Q8_0 {
+                    let lo =
+                        _mm512_castsi256_si512(_mm256_loadu_si256(blk.add(qoff) as *const __m256i));
+                    let z = if two {
+                        _mm512_inserti64x4::<1>(
+                            lo,
+                            _mm256_loadu_si256(blk.add(stride + qoff) as *const __m256i),
+                        )
+                    } else {
+                        lo
+                    };
+                    _mm512_xor_si512(z, flip)
+                } else {
+                    let z =
+                        _mm512_broadcast_i32x4(_mm_loadu_si128(blk.add(qoff) as *const __m128i));
+                    let z = if two {
+                        _mm512_mask_broadcast_i32x4(
+                            z,
+                            0xFF00,
+                            _mm_loadu_si128(blk.add(stride + qoff) as *const __m128i),
+                        )
+                    } else {
+                        z
+                    };
+                    _mm512_and_si512(_mm512_srlv_epi64(z, nibble_shift), low4)
+                };
+                let ymask: __mmask64 = if two { !0 } else { 0xFFFF_FFFF };
+                let sel = _mm512_add_epi32(pair_sel, _mm512_set1_epi32(b as i32));
+                for t in 0..T {
+                    let y = _mm512_maskz_loadu_epi8(
+                        ymask,
+                        acts.qs.as_ptr().add(((t0 + t) * nb + g + b) * QK),
+                    );
+                    let s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, y);
+                    let sc = _mm512_permutexvar_ps(sel, dd[t]);
+                    acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), sc, acc[t]);
+                }
+                b += 2;
+            }
+            g += 16;
+        }
+        let mut out = [0.0f32; T];
+        for t in 0..T {
+            out[t] = _mm512_reduce_add_ps(_mm512_add_ps(acc[t], acck[t]));
+        }
+        out
+    }
+}

@@ -1,0 +1,221 @@
+//! The matmul driver: validate, quantize the activations once, split the weight rows
+//! over rayon, run the level's row kernel on each chunk.
+//!
+//! ```text
+//! x:   n_tokens × cols (row-major f32)        W: rows × cols (ggml blocks, row-major)
+//! out: n_tokens × rows (row-major f32)        out[t][r] = W[r] · x[t]
+//! ```
+//!
+//! Each rayon task owns a chunk of weight rows and computes them against *all* tokens,
+//! so a weight block is read from memory once per call, whatever the batch size.
+
+use pagoda_core::ggml_type::GgmlType;
+use pagoda_core::quant::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, QK};
+use rayon::prelude::*;
+
+use super::activations::{self, Acts, Correction, MatmulScratch};
+use super::error::{check_len, KernelError};
+use super::{float, scalar, Kernels, QuantMatrix, SimdLevel};
+
+/// Below this many weight bytes × tokens a call runs on the calling thread only.
+const PARALLEL_MIN_WORK: usize = 32 * 1024;
+
+pub(crate) fn matmul(
+    k: &Kernels,
+    w: &QuantMatrix<'_>,
+    x: &[f32],
+    n_tokens: usize,
+    out: &mut [f32],
+    scratch: &mut MatmulScratch,
+) -> Result<(), KernelError> {
+    let (rows, cols) = (w.rows(), w.cols());
+    check_len("x", n_tokens.checked_mul(cols).ok_or(KernelError::Overflow)?, x.len())?;
+    check_len("out", n_tokens.checked_mul(rows).ok_or(KernelError::Overflow)?, out.len())?;
+    if rows == 0 || n_tokens == 0 {
+        return Ok(());
+    }
+    if cols == 0 {
+        out.fill(0.0);
+        return Ok(());
+    }
+    let level = k.level();
+    let nb = cols / QK;
+    let row_bytes = w.row_bytes();
+    let data = w.data();
+    match w.ty() {
+        GgmlType::F32 => {
+            let wf: &[f32] = bytemuck::try_cast_slice(data)
+                .map_err(|_| KernelError::Misaligned { ty: GgmlType::F32, align: 4 })?;
+            for_row_chunks(rows, n_tokens, row_bytes, out, |r0, outs| {
+                let n = outs[0].len();
+                for r in 0..n {
+                    let wr = &wf[(r0 + r) * cols..(r0 + r + 1) * cols];
+                    for (t, o) in outs.iter_mut().enumerate() {
+                        o[r] = float::run(
+                            level,
+                            float::Dot { a: wr, b: &x[t * cols..(t + 1) * cols] },
+                        );
+                    }
+                }
+            });
+            return Ok(());
+        }
+        GgmlType::Q4_1 => {
+            scratch.q8_1.resize(n_tokens * nb, BlockQ8_1::zeroed());
+            k.quantize_q8_1(x, &mut scratch.q8_1)?;
+        }
+        GgmlType::Q4_0 | GgmlType::Q8_0 => {
+            scratch.q8_0.resize(n_tokens * nb, BlockQ8_0::zeroed());
+            k.quantize_q8_0(x, &mut scratch.q8_0)?;
+        }
+        other => return Err(KernelError::UnsupportedType(other)),
+    }
+
+    match level {
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx512 | SimdLevel::Avx2 => {
+            let ty = w.ty();
+            let acts = match (ty, level) {
+                (GgmlType::Q4_1, _) => activations::soa_from_q8_1(scratch, nb),
+                (GgmlType::Q4_0, _) => {
+                    activations::soa_from_q8_0(scratch, nb, Correction::OffsetSum(8.0))
+                }
+                (_, SimdLevel::Avx512) => {
+                    activations::soa_from_q8_0(scratch, nb, Correction::OffsetSum(128.0))
+                }
+                _ => activations::soa_from_q8_0(scratch, nb, Correction::Zero),
+            };
+            let acts = &acts;
+            for_row_chunks(rows, n_tokens, row_bytes, out, |r0, outs| {
+                let n = outs[0].len();
+                let wc = &data[r0 * row_bytes..(r0 + n) * row_bytes];
+                x86_chunk(level, ty, wc, row_bytes, acts, outs);
+            });
+        }
+        _ => {
+            // Scalar and NEON read ggml blocks directly. The casts cannot fail: the data
+            // is 2-aligned (checked by QuantMatrix::new) and a whole number of blocks.
+            let q8_0 = &scratch.q8_0;
+            let q8_1 = &scratch.q8_1;
+            let ty = w.ty();
+            for_row_chunks(rows, n_tokens, row_bytes, out, |r0, outs| {
+                let n = outs[0].len();
+                for r in 0..n {
+                    let wr = &data[(r0 + r) * row_bytes..(r0 + r + 1) * row_bytes];
+                    for (t, o) in outs.iter_mut().enumerate() {
+                        let a = t * nb..(t + 1) * nb;
+                        o[r] = match ty {
+                            GgmlType::Q4_1 => dot_q4_1(level, cast(wr), &q8_1[a]),
+                            GgmlType::Q4_0 => dot_q4_0(level, cast(wr), &q8_0[a]),
+                            _ => dot_q8_0(level, cast(wr), &q8_0[a]),
+                        };
+                    }
+                }
+            });
+        }
+    }
+    Ok(())
+}
+
+fn cast<T: bytemuck::Pod>(b: &[u8]) -> &[T] {
+    bytemuck::cast_slice(b)
+}
+
+use bytemuck::Zeroable;
+
+fn dot_q4_1(level: SimdLevel, w: &[BlockQ4_1], a: &[BlockQ8_1]) -> f32 {
+    #[cfg(target_arch = "aarch64")]
+    if level == SimdLevel::Neon {
+        // SAFETY: a Kernels at the Neon level exists only after NEON was detected.
+        return unsafe { super::neon::vec_dot_q4_1_q8_1(w, a) };
+    }
+    let _ = level;
+    scalar::vec_dot_q4_1_q8_1(w, a)
+}
+
+fn dot_q4_0(level: SimdLevel, w: &[BlockQ4_0], a: &[BlockQ8_0]) -> f32 {
+    #[cfg(target_arch = "aarch64")]
+    if level == SimdLevel::Neon {
+        // SAFETY: a Kernels at the Neon level exists only after NEON was detected.
+        return unsafe { super::neon::vec_dot_q4_0_q8_0(w, a) };
+    }
+    let _ = level;
+    scalar::vec_dot_q4_0_q8_0(w, a)
+}
+
+fn dot_q8_0(level: SimdLevel, w: &[BlockQ8_0], a: &[BlockQ8_0]) -> f32 {
+    #[cfg(target_arch = "aarch64")]
+    if level == SimdLevel::Neon {
+        // SAFETY: a Kernels at the Neon level exists only after NEON was detected.
+        return unsafe { super::neon::vec_dot_q8_0_q8_0(w, a) };
+    }
+    let _ = level;
+    scalar::vec_dot_q8_0_q8_0(w, a)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn x86_chunk(
+    level: SimdLevel,
+    ty: GgmlType,
+    w: &[u8],
+    row_bytes: usize,
+    acts: &Acts<'_>,
+    outs: &mut [&mut [f32]],
+) {
+    use super::{avx2, avx512};
+    debug_assert!(outs.iter().all(|o| o.len() * row_bytes == w.len()));
+    debug_assert!(acts.d.len() >= outs.len() * acts.nb);
+    // SAFETY: `level` comes from a `Kernels`, which exists at Avx512/Avx2 only after
+    // run-time detection of those features (`SimdLevel::is_available`). The shape
+    // contract holds: `w` is whole rows of `row_bytes == nb * block bytes` (QuantMatrix
+    // invariant), each `outs[t]` has one slot per row of `w` (for_row_chunks), and
+    // `acts` holds `n_tokens * nb` blocks (quantized from `x` of `n_tokens * cols`).
+    unsafe {
+        match (level, ty) {
+            (SimdLevel::Avx512, GgmlType::Q4_1) => {
+                avx512::matmul_chunk::<{ avx512::Q4_1 }>(w, row_bytes, acts, outs)
+            }
+            (SimdLevel::Avx512, GgmlType::Q4_0) => {
+                avx512::matmul_chunk::<{ avx512::Q4_0 }>(w, row_bytes, acts, outs)
+            }
+            (SimdLevel::Avx512, _) => {
+                avx512::matmul_chunk::<{ avx512::Q8_0 }>(w, row_bytes, acts, outs)
+            }
+            (_, GgmlType::Q4_1) => avx2::matmul_chunk::<{ avx512::Q4_1 }>(w, row_bytes, acts, outs),
+            (_, GgmlType::Q4_0) => avx2::matmul_chunk::<{ avx512::Q4_0 }>(w, row_bytes, acts, outs),
+            _ => avx2::matmul_chunk::<{ avx512::Q8_0 }>(w, row_bytes, acts, outs),
+        }
+    }
+}
+
+/// Split `out` (`n_tokens × rows`) into chunks of rows and run `f(first_row, outs)` on
+/// each, in parallel when the work is large enough; `outs[t]` is token t's slice of the
+/// chunk's rows.
+fn for_row_chunks<F>(rows: usize, n_tokens: usize, row_bytes: usize, out: &mut [f32], f: F)
+where
+    F: Fn(usize, &mut [&mut [f32]]) + Sync,
+{
+    let work = rows.saturating_mul(row_bytes).saturating_mul(n_tokens.min(16));
+    let threads = rayon::current_num_threads();
+    if work < PARALLEL_MIN_WORK || threads == 1 {
+        let mut outs: Vec<&mut [f32]> = out.chunks_mut(rows).collect();
+        f(0, &mut outs);
+        return;
+    }
+    // Several chunks per thread so that work stealing evens out uneven cores; a multiple
+    // of 4 rows; at least 8 rows so per-chunk overhead stays small.
+    let chunk = rows.div_ceil(threads * 8).max(8).next_multiple_of(4);
+    if n_tokens == 1 {
+        out.par_chunks_mut(chunk).enumerate().for_each(|(c, o)| f(c * chunk, &mut [o]));
+        return;
+    }
+    let n_chunks = rows.div_ceil(chunk);
+    let mut per_chunk: Vec<Vec<&mut [f32]>> =
+        (0..n_chunks).map(|_| Vec::with_capacity(n_tokens)).collect();
+    for tok in out.chunks_mut(rows) {
+        for (c, piece) in tok.chunks_mut(chunk).enumerate() {
+            per_chunk[c].push(piece);
+        }
+    }
+    per_chunk.into_par_iter().enumerate().for_each(|(c, mut outs)| f(c * chunk, &mut outs));
+}

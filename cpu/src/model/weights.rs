@@ -1,0 +1,171 @@
+//! Where each weight lives in the mapped file.
+//!
+//! Weights are never copied (except the tiny f32 norm vectors): a [`Weight`] records
+//! the type, shape and byte range of a tensor inside the map, and
+//! [`Weight::matrix`] turns it into a kernel view on demand.
+
+use std::ops::Range;
+
+use pagoda_core::gguf::Gguf;
+use pagoda_core::quant::GgmlType;
+
+use crate::kernels::QuantMatrix;
+
+use super::{LlamaConfig, ModelError};
+
+/// A 2-D weight inside the mapped file: `rows × cols`, row-major, ggml type `ty`.
+///
+/// ggml's shape `[ne0, ne1]` is `[cols, rows]`: `ne0` is the row length.
+#[derive(Clone, Debug)]
+pub struct Weight {
+    /// The tensor's name in the file.
+    pub name: String,
+    /// Element type.
+    pub ty: GgmlType,
+    /// Output features.
+    pub rows: usize,
+    /// Input features (row length).
+    pub cols: usize,
+    /// Byte range of the data within the file.
+    pub range: Range<usize>,
+}
+
+impl Weight {
+    fn load(g: &Gguf<'_>, name: &str, rows: usize, cols: usize) -> Result<Self, ModelError> {
+        let t = g.tensor(name)?;
+        t.check_supported()?;
+        let dims = t.dims();
+        let got_cols = dims.first().copied().unwrap_or(1) as usize;
+        let got_rows = (t.n_elements() / dims.first().copied().unwrap_or(1).max(1)) as usize;
+        if got_cols != cols || got_rows != rows {
+            return Err(ModelError::Invalid(format!(
+                "tensor '{name}' has shape {dims:?}, expected [{cols}, {rows}]"
+            )));
+        }
+        let start = (t.data().as_ptr() as usize) - (g.bytes().as_ptr() as usize);
+        // Validate once that the kernels accept this shape and type.
+        QuantMatrix::new(t.ggml_type(), rows, cols, t.data())
+            .map_err(|e| ModelError::Invalid(format!("tensor '{name}': {e}")))?;
+        Ok(Weight {
+            name: name.to_string(),
+            ty: t.ggml_type(),
+            rows,
+            cols,
+            range: start..start + t.data().len(),
+        })
+    }
+
+    /// The kernel view of this weight over the file's bytes.
+    pub fn matrix<'a>(&self, file: &'a [u8]) -> QuantMatrix<'a> {
+        QuantMatrix::new(self.ty, self.rows, self.cols, &file[self.range.clone()])
+            .expect("weight shape validated at load")
+    }
+
+    /// Bytes of the weight.
+    pub fn bytes(&self) -> usize {
+        self.range.len()
+    }
+}
+
+fn load_f32(g: &Gguf<'_>, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
+    let t = g.tensor(name)?;
+    if t.n_elements() as usize != len {
+        return Err(ModelError::Invalid(format!(
+            "tensor '{name}' has {} elements, expected {len}",
+            t.n_elements()
+        )));
+    }
+    let mut out = vec![0.0f32; len];
+    pagoda_core::quant::dequantize_row(t.ggml_type(), t.data(), &mut out)
+        .map_err(|e| ModelError::Invalid(format!("tensor '{name}': {e}")))?;
+    Ok(out)
+}
+
+/// One transformer block's weights. Shapes are `(rows, cols)` = `(out, in)`.
+#[derive(Clone, Debug)]
+pub struct LayerWeights {
+    /// `(dim)` RMSNorm gain before attention.
+    pub attn_norm: Vec<f32>,
+    /// `(n_heads · head_dim, dim)` query projection.
+    pub wq: Weight,
+    /// `(n_kv_heads · head_dim, dim)` key projection.
+    pub wk: Weight,
+    /// `(n_kv_heads · head_dim, dim)` value projection.
+    pub wv: Weight,
+    /// `(dim, n_heads · head_dim)` attention output projection.
+    pub wo: Weight,
+    /// `(dim)` RMSNorm gain before the FFN.
+    pub ffn_norm: Vec<f32>,
+    /// `(ffn_dim, dim)` SwiGLU gate.
+    pub w_gate: Weight,
+    /// `(ffn_dim, dim)` SwiGLU up.
+    pub w_up: Weight,
+    /// `(dim, ffn_dim)` SwiGLU down.
+    pub w_down: Weight,
+}
+
+/// All weights of a Llama model.
+#[derive(Clone, Debug)]
+pub struct LlamaWeights {
+    /// `(vocab, dim)` token embeddings.
+    pub token_embd: Weight,
+    /// The blocks, in order.
+    pub layers: Vec<LayerWeights>,
+    /// `(dim)` final RMSNorm gain.
+    pub output_norm: Vec<f32>,
+    /// `(vocab, dim)` LM head: `output.weight`, or `token_embd` when tied (absent).
+    pub output: Weight,
+}
+
+impl LlamaWeights {
+    /// Locates every weight and checks its shape against `c`.
+    pub fn load(g: &Gguf<'_>, c: &LlamaConfig) -> Result<Self, ModelError> {
+        let q_dim = c.n_heads * c.head_dim;
+        let kv_dim = c.kv_dim();
+        let token_embd = Weight::load(g, "token_embd.weight", c.vocab_size, c.dim)?;
+        let output = match g.tensor("output.weight") {
+            Ok(_) => Weight::load(g, "output.weight", c.vocab_size, c.dim)?,
+            Err(_) => token_embd.clone(),
+        };
+        let mut layers = Vec::with_capacity(c.n_layers);
+        for l in 0..c.n_layers {
+            let n = |s: &str| format!("blk.{l}.{s}.weight");
+            layers.push(LayerWeights {
+                attn_norm: load_f32(g, &n("attn_norm"), c.dim)?,
+                wq: Weight::load(g, &n("attn_q"), q_dim, c.dim)?,
+                wk: Weight::load(g, &n("attn_k"), kv_dim, c.dim)?,
+                wv: Weight::load(g, &n("attn_v"), kv_dim, c.dim)?,
+                wo: Weight::load(g, &n("attn_output"), c.dim, q_dim)?,
+                ffn_norm: load_f32(g, &n("ffn_norm"), c.dim)?,
+                w_gate: Weight::load(g, &n("ffn_gate"), c.ffn_dim, c.dim)?,
+                w_up: Weight::load(g, &n("ffn_up"), c.ffn_dim, c.dim)?,
+                w_down: Weight::load(g, &n("ffn_down"), c.dim, c.ffn_dim)?,
+            });
+        }
+        Ok(LlamaWeights {
+            token_embd,
+            layers,
+            output_norm: load_f32(g, "output_norm.weight", c.dim)?,
+            output,
+        })
+    }
+
+    /// Bytes of weights read to decode one token: every matrix once, plus the LM head.
+    pub fn bytes_per_token(&self) -> usize {
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                l.wq.bytes()
+                    + l.wk.bytes()
+                    + l.wv.bytes()
+                    + l.wo.bytes()
+                    + l.w_gate.bytes()
+                    + l.w_up.bytes()
+                    + l.w_down.bytes()
+                    + 8 * l.attn_norm.len()
+            })
+            .sum();
+        layers + self.output.bytes() + 4 * self.output_norm.len()
+    }
+}

@@ -1,0 +1,83 @@
+//! Perplexity, by llama.cpp's method (`llama-perplexity`, default non-strided mode).
+//!
+//! The token stream is cut into `⌊N / n_ctx⌋` chunks of `n_ctx` tokens. Each chunk runs
+//! from an empty cache; only its second half is scored: the logits at positions
+//! `n_ctx/2 .. n_ctx-2` predict tokens `n_ctx/2+1 .. n_ctx-1`. PPL = exp(mean NLL), and
+//! the ± is llama.cpp's estimate `PPL · sqrt((⟨nll²⟩ − ⟨nll⟩²) / (count − 1))`.
+
+use crate::model::{Llama, ModelError, Session, SessionOptions};
+
+/// The result of a perplexity run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Perplexity {
+    /// exp(mean negative log-likelihood).
+    pub ppl: f64,
+    /// llama.cpp's standard-error estimate of `ppl`.
+    pub ppl_stderr: f64,
+    /// Chunks scored.
+    pub chunks: usize,
+    /// Tokens per chunk.
+    pub n_ctx: usize,
+    /// Tokens scored.
+    pub scored: usize,
+    /// Running PPL after each chunk.
+    pub running: Vec<f64>,
+}
+
+/// Scores `tokens` in chunks of `opts.n_ctx`, calling `on_chunk(i, running_ppl)` after
+/// each. Errors if there is not even one full chunk.
+pub fn perplexity(
+    model: &Llama,
+    tokens: &[u32],
+    opts: &SessionOptions,
+    mut on_chunk: impl FnMut(usize, f64),
+) -> Result<Perplexity, ModelError> {
+    let n_ctx = opts.n_ctx;
+    if n_ctx < 4 {
+        return Err(ModelError::Invalid(format!(
+            "perplexity needs a context of at least 4, got {n_ctx}"
+        )));
+    }
+    let n_chunks = tokens.len() / n_ctx;
+    if n_chunks == 0 {
+        return Err(ModelError::Invalid(format!(
+            "the text has {} tokens, fewer than one chunk of {n_ctx} (use a smaller -c)",
+            tokens.len()
+        )));
+    }
+    let vocab = model.config().vocab_size;
+    let first = n_ctx / 2;
+    let mut session = Session::new(model, opts.clone())?;
+    let (mut nll, mut nll2, mut count) = (0.0f64, 0.0f64, 0usize);
+    let mut running = Vec::with_capacity(n_chunks);
+    for i in 0..n_chunks {
+        let chunk = &tokens[i * n_ctx..(i + 1) * n_ctx];
+        session.clear();
+        let logits = session.eval_all(chunk, first)?;
+        // Row j of `logits` is position first + j; rows up to n_ctx - 2 predict a token.
+        for (j, row) in logits.chunks_exact(vocab).take(n_ctx - 1 - first).enumerate() {
+            let target = chunk[first + j + 1] as usize;
+            let lp = log_softmax_at(row, target);
+            nll -= lp;
+            nll2 += lp * lp;
+            count += 1;
+        }
+        let ppl = (nll / count as f64).exp();
+        running.push(ppl);
+        on_chunk(i, ppl);
+    }
+    let mean = nll / count as f64;
+    let mean2 = nll2 / count as f64;
+    let var = mean2 - mean * mean;
+    let ppl = mean.exp();
+    let ppl_stderr =
+        if var > 0.0 && count > 1 { ppl * (var / (count - 1) as f64).sqrt() } else { 0.0 };
+    Ok(Perplexity { ppl, ppl_stderr, chunks: n_chunks, n_ctx, scored: count, running })
+}
+
+/// `log softmax(row)[target]`, in f64.
+pub fn log_softmax_at(row: &[f32], target: usize) -> f64 {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let sum: f64 = row.iter().map(|&v| (v as f64 - max).exp()).sum();
+    row[target] as f64 - max - sum.ln()
+}
