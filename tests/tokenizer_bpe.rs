@@ -221,3 +221,35 @@ proptest! {
         prop_assert_eq!(streamed, tok.decode(&ids));
     }
 }
+
+#[test]
+fn pre_tokenizers_match_llama_cpp() {
+    // llama.cpp's ids for the default model's vocabulary under each supported `pre`
+    // (made by scripts/gen_bpe_pre_reference.py).
+    let path = workspace_model_path(Path::new(env!("CARGO_MANIFEST_DIR")));
+    let model =
+        ModelFile::open(&path).unwrap_or_else(|e| panic!("{e} (run scripts/fetch-model.sh)"));
+    let data = TokenizerData::from_gguf(&model.gguf()).unwrap();
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/tokenizer/bpe_pre_llamacpp.json");
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+    let texts: Vec<&str> =
+        doc["texts"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+    let by_pre = doc["ids"].as_object().unwrap();
+    assert_eq!(by_pre.len(), 3);
+    let mut mismatches = Vec::new();
+    for (pre, cases) in by_pre {
+        let tok =
+            Tokenizer::from_data(TokenizerData { pre: Some(pre.clone()), ..data.clone() }).unwrap();
+        let cases = cases.as_array().unwrap();
+        assert_eq!(cases.len(), texts.len());
+        for (text, want) in texts.iter().zip(cases) {
+            let want: Vec<u32> =
+                want.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+            let got = tok.encode(text, false, false);
+            if got != want {
+                mismatches.push(format!("pre {pre}, {text:?}:\n  got  {got:?}\n  want {want:?}"));
+            }
+        }
+    }
+    assert!(mismatches.is_empty(), "{} mismatches:\n{}", mismatches.len(), mismatches.join("\n"));
+}
