@@ -362,6 +362,15 @@ mod tests {
     use crate::kv::KvConfig;
 
     #[test]
+    fn scale_is_inverse_sqrt_head_dim_and_gqa_maps_groups() {
+        let cfg = AttnConfig::new(9, 3, 64).unwrap();
+        assert_eq!(cfg.scale, 0.125);
+        assert_eq!(AttnConfig::new(1, 1, 2).unwrap().scale, core::f32::consts::FRAC_1_SQRT_2);
+        let heads: [usize; 9] = core::array::from_fn(|h| cfg.kv_head_of(h));
+        assert_eq!(heads, [0, 0, 0, 1, 1, 1, 2, 2, 2]);
+    }
+
+    #[test]
     fn single_token_returns_its_value() {
         let kc = KvConfig { n_layers: 1, n_kv_heads: 1, head_dim: 2, block_size: 4, n_pages: 2 };
         let mut kv = KvPages::new(kc, [0.0f32; 32]).unwrap();

@@ -445,9 +445,9 @@ mod tests {
         assert_eq!(kv.key(1, PageId(2), 1, 3).unwrap(), &k[5..10]);
         assert_eq!(kv.value(1, PageId(2), 2, 3).unwrap(), &v[10..15]);
         // Documented index formula for (layer 1, page 2, V, head 2, slot 3, d 4).
-        let idx = ((((1 * 3 + 2) * 2 + 1) * 3 + 2) * 4 + 3) * 5 + 4;
-        drop(kv);
-        assert_eq!(slab[idx], 114.0);
+        let (layer, page, half, head, slot, d) = (1, 2, 1, 2, 3, 4);
+        let idx = ((((layer * 3 + page) * 2 + half) * 3 + head) * 4 + slot) * 5 + d;
+        assert_eq!(kv.into_slab()[idx], 114.0);
     }
 
     #[test]

@@ -20,7 +20,10 @@ fn config() -> ProptestConfig {
 const N_KV_HEADS: usize = 2;
 const HEAD_DIM: usize = 3;
 const ROW: usize = N_KV_HEADS * HEAD_DIM;
-const N_PAGES: usize = 64;
+/// Enough for the longest prefix plus every child's appends at block size 1.
+const N_PAGES: usize = if cfg!(miri) { 24 } else { 64 };
+const MAX_PREFIX: usize = if cfg!(miri) { 8 } else { 20 };
+const MAX_EXTRA: usize = if cfg!(miri) { 5 } else { 12 };
 /// Fixed-capacity page lists: the no-heap configuration.
 type Table = BlockTable<ArrayPageList<N_PAGES>>;
 
@@ -55,9 +58,9 @@ proptest! {
     #[test]
     fn forks_read_back_their_own_tokens(
         block_size in 1..6usize,
-        prefix in 0..20usize,
+        prefix in 0..MAX_PREFIX,
         // Per child: how many tokens it appends after the fork (child 0 is the parent).
-        extra in prop::collection::vec(0..12usize, 2..4),
+        extra in prop::collection::vec(0..MAX_EXTRA, 2..4),
         // Interleaving of the appends.
         order_seed in any::<u64>(),
     ) {

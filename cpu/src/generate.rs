@@ -112,7 +112,7 @@ pub fn generate(
     opts: &GenerateOptions,
     is_eog: impl Fn(u32) -> bool,
     mut on_token: impl FnMut(u32),
-) -> Result<Generation, GenerateError> {
+) -> Result<Generation, Box<GenerateError>> {
     let mut gen = Generation {
         tokens: Vec::new(),
         stop: StopReason::Length,
@@ -127,7 +127,7 @@ pub fn generate(
         } else {
             ModelError::ContextFull { needed: session.len() + prompt.len() + 1, n_ctx }
         };
-        return Err(GenerateError { error, partial: gen });
+        return Err(Box::new(GenerateError { error, partial: gen }));
     }
     for &t in session.tokens().iter().chain(prompt) {
         sampler.accept(t);
@@ -149,7 +149,7 @@ pub fn generate(
             Ok(l) => l,
             Err(error) => {
                 gen.gen_time = t1.elapsed();
-                return Err(GenerateError { error, partial: gen });
+                return Err(Box::new(GenerateError { error, partial: gen }));
             }
         };
         let tok = sampler.sample(&mut l);

@@ -1,4 +1,10 @@
 //! Q8_0: 32 values per block, signed 8-bit quants with one scale.
+//!
+//! Note for SIMD ports: llama.cpp's x86 `quantize_row_q8_{0,1}` (AVX2/AVX-512) differ
+//! from the `_ref` quantizer reproduced here in two ways: the multiplier is
+//! `127 / amax` instead of `1 / (amax / 127)`, and rounding is ties-to-even
+//! (`_mm256_round_ps`) instead of `roundf`. Results differ only in rare ulp/tie cases;
+//! a kernel that must match llama.cpp's x86 logits bit for bit follows those rules.
 
 use half::f16;
 

@@ -34,8 +34,8 @@ pub enum QuantError {
         /// Length of the output slice.
         out: usize,
     },
-    /// The bytes are not aligned for the block type (only [`GgmlType::F32`] and
-    /// [`GgmlType::Q8_K`] need more than 2-byte alignment).
+    /// The bytes are not aligned for the block type: 2 bytes for F16, BF16 and the
+    /// f16-scaled blocks, 4 for F32 and Q8_K. (GGUF tensor data is 32-byte aligned.)
     Misaligned {
         /// The tensor type.
         ty: GgmlType,
@@ -120,15 +120,16 @@ mod tests {
 
     #[test]
     fn bad_lengths_are_errors() {
-        let bytes = [0u8; 40];
+        let words = [0u32; 10];
+        let bytes: &[u8] = bytemuck::cast_slice(&words);
         let mut out = [0.0f32; 64];
-        assert_eq!(dequantize_row(GgmlType::Q4_1, &bytes, &mut out), Ok(()));
+        assert_eq!(dequantize_row(GgmlType::Q4_1, bytes, &mut out), Ok(()));
         assert!(matches!(
             dequantize_row(GgmlType::Q4_1, &bytes[..39], &mut out),
             Err(QuantError::PartialBlock { bytes: 39, block_bytes: 20, .. })
         ));
         assert!(matches!(
-            dequantize_row(GgmlType::Q4_1, &bytes, &mut out[..63]),
+            dequantize_row(GgmlType::Q4_1, bytes, &mut out[..63]),
             Err(QuantError::LengthMismatch { values: 64, out: 63, .. })
         ));
     }

@@ -145,54 +145,84 @@ impl Llama {
         logits: Logits,
         scratch: &mut ForwardScratch,
     ) -> Result<Vec<f32>, ModelError> {
-        if tokens.is_empty() {
-            return Ok(Vec::new());
+        let mut items = [BatchItem { table, tokens, logits }];
+        let mut out = self.forward_batch(cache, &mut items, scratch)?;
+        Ok(out.pop().unwrap_or_default())
+    }
+
+    /// One forward pass over a flat batch: the next tokens of several sequences (a decode
+    /// step of each running sequence, prompt chunks of others) go through every matmul
+    /// together, so each weight is read once per step; attention reads each sequence's
+    /// own pages. Returns each item's logits as asked for (`n_out × vocab`).
+    ///
+    /// All or nothing: on error no table changes length.
+    pub fn forward_batch(
+        &self,
+        cache: &mut KvCache,
+        items: &mut [BatchItem<'_>],
+        scratch: &mut ForwardScratch,
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
+        for it in items.iter() {
+            if let Some(&bad) = it.tokens.iter().find(|&&t| t as usize >= self.config.vocab_size) {
+                return Err(ModelError::Invalid(format!(
+                    "token id {bad} is outside the vocabulary ({} tokens)",
+                    self.config.vocab_size
+                )));
+            }
         }
-        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.config.vocab_size) {
-            return Err(ModelError::Invalid(format!(
-                "token id {bad} is outside the vocabulary ({} tokens)",
-                self.config.vocab_size
-            )));
+        // Take the slots of every new token; undo everything if the pool runs dry.
+        let mut layout = BatchLayout::default();
+        for i in 0..items.len() {
+            let it = &mut items[i];
+            let pos0 = it.table.len();
+            if let Err(e) = cache.append(it.table, it.tokens.len()) {
+                for (done, span) in items.iter_mut().zip(&layout.spans) {
+                    cache.truncate(done.table, span.pos0);
+                }
+                return Err(e);
+            }
+            let off = layout.tokens.len();
+            for p in pos0..pos0 + it.tokens.len() {
+                let sl = it.table.slot(p).expect("slot appended above");
+                layout.slots.push((sl.page, sl.slot));
+                layout.positions.push(p);
+            }
+            layout.tokens.extend_from_slice(it.tokens);
+            layout.spans.push(SeqSpan {
+                pages: it.table.pages().to_vec(),
+                pos0,
+                off,
+                n: it.tokens.len(),
+                logits: it.logits,
+            });
         }
-        let pos0 = table.len();
-        cache.append(table, tokens.len())?;
-        let slots: Vec<(PageId, usize)> = (pos0..pos0 + tokens.len())
-            .map(|p| {
-                let s = table.slot(p).expect("slot appended above");
-                (s.page, s.slot)
-            })
-            .collect();
-        let pages = table.pages().to_vec();
-        let result = match cache_store_mut(cache) {
-            KvStore::F32(kv) => self.run(kv, &pages, &slots, pos0, tokens, logits, scratch),
-            KvStore::F16(kv) => self.run(kv, &pages, &slots, pos0, tokens, logits, scratch),
+        let result = match cache.store_mut() {
+            KvStore::F32(kv) => self.run(kv, &layout, scratch),
+            KvStore::F16(kv) => self.run(kv, &layout, scratch),
         };
         if result.is_err() {
-            cache.truncate(table, pos0);
+            for (it, span) in items.iter_mut().zip(&layout.spans) {
+                cache.truncate(it.table, span.pos0);
+            }
         }
         result
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn run<T: KvElement>(
         &self,
         kv: &mut KvPages<T, Vec<T>>,
-        pages: &[PageId],
-        slots: &[(PageId, usize)],
-        pos0: usize,
-        tokens: &[u32],
-        logits: Logits,
+        b: &BatchLayout,
         s: &mut ForwardScratch,
-    ) -> Result<Vec<f32>, ModelError> {
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
         let c = &self.config;
-        let n = tokens.len();
+        let n = b.tokens.len();
         let x = resize(&mut s.x, n * c.dim);
-        self.embed(tokens, x)?;
+        self.embed(&b.tokens, x)?;
         for l in 0..c.n_layers {
-            self.attention_block(l, kv, pages, slots, pos0, n, s)?;
+            self.attention_block(l, kv, b, s)?;
             self.ffn_block(l, n, s)?;
         }
-        self.output(n, logits, s)
+        self.output(b, s)
     }
 
     /// `x[t] = token_embd[tokens[t]]`, dequantized.
@@ -223,6 +253,32 @@ impl Llama {
             .map_err(|e| ModelError::Invalid(format!("matmul {}: {e}", w.name)))
     }
 
+    /// Several matmuls of the same input: `outs[i] = x · ws[i]ᵀ`. Quantizes `x` once and
+    /// runs one parallel region when the weights share a type and width (they do in every
+    /// GGUF pagoda has seen); falls back to one call each otherwise.
+    fn matmul_multi<const N: usize>(
+        &self,
+        ws: [&Weight; N],
+        x: &[f32],
+        n: usize,
+        mut outs: [&mut [f32]; N],
+        scratch: &mut MatmulScratch,
+    ) -> Result<(), ModelError> {
+        let same = ws.iter().all(|w| w.ty == ws[0].ty && w.cols == ws[0].cols);
+        if !same {
+            for (w, out) in ws.iter().zip(outs.iter_mut()) {
+                self.matmul(w, x, n, out, scratch)?;
+            }
+            return Ok(());
+        }
+        let bytes = self.file.bytes();
+        let mats = ws.map(|w| w.matrix(bytes));
+        self.kernels.matmul_multi(&mats, x, n, &mut outs, scratch).map_err(|e| {
+            let names: Vec<&str> = ws.iter().map(|w| w.name.as_str()).collect();
+            ModelError::Invalid(format!("matmul {}: {e}", names.join("+")))
+        })
+    }
+
     /// `h = rmsnorm(x) · gain`, row by row.
     fn rmsnorm_rows(&self, x: &[f32], gain: &[f32], h: &mut [f32]) {
         let dim = self.config.dim;
@@ -232,53 +288,56 @@ impl Llama {
     }
 
     /// Pre-norm, QKV, RoPE, KV write, causal paged attention, output projection, residual.
-    #[allow(clippy::too_many_arguments)]
     fn attention_block<T: KvElement>(
         &self,
         l: usize,
         kv: &mut KvPages<T, Vec<T>>,
-        pages: &[PageId],
-        slots: &[(PageId, usize)],
-        pos0: usize,
-        n: usize,
+        b: &BatchLayout,
         s: &mut ForwardScratch,
     ) -> Result<(), ModelError> {
         let c = &self.config;
+        let n = b.tokens.len();
         let lw = &self.weights.layers[l];
         let (q_dim, kv_dim) = (c.n_heads * c.head_dim, c.kv_dim());
         let h = resize(&mut s.h, n * c.dim);
         self.rmsnorm_rows(&s.x, &lw.attn_norm, h);
-        let q = resize(&mut s.q, n * q_dim);
-        self.matmul(&lw.wq, &s.h, n, q, &mut s.matmul)?;
-        let k = resize(&mut s.k, n * kv_dim);
-        self.matmul(&lw.wk, &s.h, n, k, &mut s.matmul)?;
-        let v = resize(&mut s.v, n * kv_dim);
-        self.matmul(&lw.wv, &s.h, n, v, &mut s.matmul)?;
+        // q, k, v = h·Wqᵀ, h·Wkᵀ, h·Wvᵀ: one quantization of h, one parallel region.
+        resize(&mut s.q, n * q_dim);
+        resize(&mut s.k, n * kv_dim);
+        resize(&mut s.v, n * kv_dim);
+        self.matmul_multi(
+            [&lw.wq, &lw.wk, &lw.wv],
+            &s.h,
+            n,
+            [&mut s.q[..], &mut s.k[..], &mut s.v[..]],
+            &mut s.matmul,
+        )?;
 
         // RoPE at each token's absolute position, then store K/V in the pages.
-        for t in 0..n {
-            let table = RopeTable::<MAX_ROPE_PAIRS>::new(pos0 + t, c.n_rot, c.rope_base);
-            rope_inplace(&mut s.q[t * q_dim..(t + 1) * q_dim], c.head_dim, &table);
-            rope_inplace(&mut s.k[t * kv_dim..(t + 1) * kv_dim], c.head_dim, &table);
-            let (page, slot) = slots[t];
-            kv.write(
-                l,
-                page,
-                slot,
-                &s.k[t * kv_dim..(t + 1) * kv_dim],
-                &s.v[t * kv_dim..(t + 1) * kv_dim],
-            )
-            .map_err(|e| ModelError::Invalid(format!("KV write: {e}")))?;
+        let rows =
+            s.q.chunks_exact_mut(q_dim)
+                .zip(s.k.chunks_exact_mut(kv_dim))
+                .zip(s.v.chunks_exact(kv_dim));
+        for (((q, k), v), (&(page, slot), &pos)) in rows.zip(b.slots.iter().zip(&b.positions)) {
+            let table = RopeTable::<MAX_ROPE_PAIRS>::new(pos, c.n_rot, c.rope_base);
+            rope_inplace(q, c.head_dim, &table);
+            rope_inplace(k, c.head_dim, &table);
+            kv.write(l, page, slot, k, v)
+                .map_err(|e| ModelError::Invalid(format!("KV write: {e}")))?;
         }
 
-        // Causal attention: token t sees positions 0..=pos0 + t. Tokens in parallel.
+        // Causal attention: a token at position p of its sequence sees positions 0..=p of
+        // that sequence's pages. Tokens in parallel.
         let cfg = AttnConfig::new(c.n_heads, c.n_kv_heads, c.head_dim)
             .map_err(|e| ModelError::Invalid(format!("attention: {e}")))?;
         let att = resize(&mut s.att, n * q_dim);
         let kv_ref: &KvPages<T, Vec<T>> = kv;
+        let owner: Vec<usize> =
+            b.spans.iter().enumerate().flat_map(|(i, sp)| std::iter::repeat_n(i, sp.n)).collect();
         att.par_chunks_mut(q_dim).zip(s.q.par_chunks(q_dim)).enumerate().try_for_each(
             |(t, (out, q))| {
-                paged_decode(kv_ref, l, pages, pos0 + t + 1, q, out, &cfg)
+                let span = &b.spans[owner[t]];
+                paged_decode(kv_ref, l, &span.pages, b.positions[t] + 1, q, out, &cfg)
                     .map_err(|e| ModelError::Invalid(format!("attention: {e}")))
             },
         )?;
@@ -296,10 +355,15 @@ impl Llama {
         let lw = &self.weights.layers[l];
         let h = resize(&mut s.h, n * c.dim);
         self.rmsnorm_rows(&s.x, &lw.ffn_norm, h);
-        let gate = resize(&mut s.gate, n * c.ffn_dim);
-        self.matmul(&lw.w_gate, &s.h, n, gate, &mut s.matmul)?;
-        let up = resize(&mut s.up, n * c.ffn_dim);
-        self.matmul(&lw.w_up, &s.h, n, up, &mut s.matmul)?;
+        resize(&mut s.gate, n * c.ffn_dim);
+        resize(&mut s.up, n * c.ffn_dim);
+        self.matmul_multi(
+            [&lw.w_gate, &lw.w_up],
+            &s.h,
+            n,
+            [&mut s.gate[..], &mut s.up[..]],
+            &mut s.matmul,
+        )?;
         self.kernels.silu_mul(&mut s.gate, &s.up).expect("same length");
         let o = resize(&mut s.out, n * c.dim);
         self.matmul(&lw.w_down, &s.gate, n, o, &mut s.matmul)?;
@@ -307,31 +371,75 @@ impl Llama {
         Ok(())
     }
 
-    /// Final norm and LM head for the rows `logits` asks for.
-    fn output(
-        &self,
-        n: usize,
-        logits: Logits,
-        s: &mut ForwardScratch,
-    ) -> Result<Vec<f32>, ModelError> {
+    /// Final norm and LM head for the rows each item's `logits` asks for, in one matmul.
+    fn output(&self, b: &BatchLayout, s: &mut ForwardScratch) -> Result<Vec<Vec<f32>>, ModelError> {
         let c = &self.config;
-        let start = match logits {
-            Logits::None => return Ok(Vec::new()),
-            Logits::Last => n - 1,
-            Logits::From(i) => i.min(n),
-        };
-        let rows = n - start;
-        if rows == 0 {
-            return Ok(Vec::new());
-        }
+        // Rows of x that need logits, per span.
+        let ranges: Vec<std::ops::Range<usize>> = b
+            .spans
+            .iter()
+            .map(|sp| {
+                let start = match sp.logits {
+                    Logits::None => sp.n,
+                    Logits::Last => sp.n.saturating_sub(1),
+                    Logits::From(i) => i.min(sp.n),
+                };
+                sp.off + start..sp.off + sp.n
+            })
+            .collect();
+        let rows: usize = ranges.iter().map(|r| r.len()).sum();
         let h = resize(&mut s.h, rows * c.dim);
-        self.rmsnorm_rows(&s.x[start * c.dim..], &self.weights.output_norm, h);
-        let mut out = vec![0.0f32; rows * c.vocab_size];
-        self.matmul(&self.weights.output, &s.h, rows, &mut out, &mut s.matmul)?;
+        let mut at = 0;
+        for r in &ranges {
+            let len = r.len() * c.dim;
+            self.rmsnorm_rows(
+                &s.x[r.start * c.dim..r.end * c.dim],
+                &self.weights.output_norm,
+                &mut h[at..at + len],
+            );
+            at += len;
+        }
+        let mut all = vec![0.0f32; rows * c.vocab_size];
+        if rows > 0 {
+            self.matmul(&self.weights.output, &s.h, rows, &mut all, &mut s.matmul)?;
+        }
+        let mut out = Vec::with_capacity(ranges.len());
+        let mut at = 0;
+        for r in &ranges {
+            let len = r.len() * c.vocab_size;
+            out.push(all[at..at + len].to_vec());
+            at += len;
+        }
         Ok(out)
     }
 }
 
-fn cache_store_mut(cache: &mut KvCache) -> &mut KvStore {
-    cache.store_mut()
+/// One sequence's part of [`Llama::forward_batch`].
+#[derive(Debug)]
+pub struct BatchItem<'a> {
+    /// The sequence's block table (its cached tokens come first).
+    pub table: &'a mut SeqTable,
+    /// The tokens to append.
+    pub tokens: &'a [u32],
+    /// Which of them need logits.
+    pub logits: Logits,
+}
+
+/// A sequence's tokens within the flat batch.
+#[derive(Debug)]
+struct SeqSpan {
+    pages: Vec<PageId>,
+    pos0: usize,
+    off: usize,
+    n: usize,
+    logits: Logits,
+}
+
+/// Where every token of a flat batch comes from and goes to.
+#[derive(Debug, Default)]
+struct BatchLayout {
+    spans: Vec<SeqSpan>,
+    tokens: Vec<u32>,
+    positions: Vec<usize>,
+    slots: Vec<(PageId, usize)>,
 }

@@ -16,7 +16,7 @@ use std::fmt;
 
 pub use config::LlamaConfig;
 pub use kv_cache::{KvCache, KvStore, KvType, SeqTable};
-pub use llama::{ForwardScratch, Llama, Logits};
+pub use llama::{BatchItem, ForwardScratch, Llama, Logits};
 pub use session::{Session, SessionOptions};
 pub use weights::{LayerWeights, LlamaWeights, Weight};
 

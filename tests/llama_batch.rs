@@ -1,0 +1,58 @@
+//! A flat batch of several sequences gives each the same result as running it alone.
+
+mod common;
+
+use pagoda::cpu::model::{
+    BatchItem, ForwardScratch, KvCache, KvType, Llama, Logits, Session, SessionOptions,
+};
+use pagoda::cpu::sampler::argmax;
+
+fn alone(model: &Llama, prompt: &[u32], steps: usize) -> Vec<u32> {
+    let mut s = Session::new(model, SessionOptions::default()).unwrap();
+    let mut logits = s.eval(prompt).unwrap();
+    let mut out = Vec::new();
+    for _ in 0..steps {
+        let t = argmax(&logits);
+        out.push(t);
+        logits = s.eval(&[t]).unwrap();
+    }
+    out
+}
+
+#[test]
+fn batched_greedy_equals_each_sequence_alone() {
+    let model = Llama::load(common::model_path()).expect("load model");
+    let data = common::data_json("llamacpp/greedy_dev.json");
+    let prompts: Vec<Vec<u32>> =
+        data["cases"].as_array().unwrap().iter().map(|c| common::ids(&c["prompt_ids"])).collect();
+    let steps = 24;
+    let want: Vec<Vec<u32>> = prompts.iter().map(|p| alone(&model, p, steps)).collect();
+
+    let mut cache = KvCache::new(model.config(), KvType::F16, 64, 16).unwrap();
+    let mut tables: Vec<_> = prompts.iter().map(|_| cache.new_table()).collect();
+    let mut scratch = ForwardScratch::default();
+    let mut got: Vec<Vec<u32>> = vec![Vec::new(); prompts.len()];
+    // Step 0: all prompts in one batch; then one decode token per sequence per step.
+    let mut next: Vec<Vec<u32>> = prompts.clone();
+    for _ in 0..steps {
+        let mut items: Vec<BatchItem> = tables
+            .iter_mut()
+            .zip(&next)
+            .map(|(table, toks)| BatchItem { table, tokens: toks, logits: Logits::Last })
+            .collect();
+        let logits = model.forward_batch(&mut cache, &mut items, &mut scratch).unwrap();
+        for (i, l) in logits.iter().enumerate() {
+            let t = argmax(l);
+            got[i].push(t);
+            next[i] = vec![t];
+        }
+    }
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(g, w, "sequence {i}: batched output differs from running alone");
+    }
+    for t in &mut tables {
+        cache.free(t);
+    }
+    assert_eq!(cache.pages_in_use(), 0);
+    cache.pool().check_invariants().unwrap();
+}
