@@ -7,6 +7,7 @@
 mod bench;
 mod chat;
 mod common;
+mod inspect;
 mod perplexity;
 mod plot;
 mod run;
@@ -39,6 +40,8 @@ enum Command {
     Perplexity(perplexity::PerplexityArgs),
     /// Tokens/s like llama-bench; --scaling: time and KV memory vs N.
     Bench(bench::BenchArgs),
+    /// Print a GGUF file's metadata and tensor table (like gguf-dump).
+    Inspect(inspect::InspectArgs),
 }
 
 fn main() -> ExitCode {
@@ -49,6 +52,7 @@ fn main() -> ExitCode {
         Command::Tokenize(a) => tokenize::main(a),
         Command::Perplexity(a) => perplexity::main(a),
         Command::Bench(a) => bench::main(a),
+        Command::Inspect(a) => inspect::run(&a).map(|out| print!("{out}")).map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
