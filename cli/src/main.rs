@@ -4,6 +4,7 @@
 //! Exit codes: 0 success, 1 runtime error (bad model, prompt too long, …), 2 usage error.
 #![forbid(unsafe_code)]
 
+mod batch;
 mod chat;
 mod common;
 mod perplexity;
@@ -29,6 +30,8 @@ struct Cli {
 enum Command {
     /// Generate text from a prompt, streaming it to stdout.
     Run(run::RunArgs),
+    /// Run many requests (JSONL) concurrently through the engine, one result line each.
+    Batch(batch::BatchArgs),
     /// Interactive multi-turn chat with the model's chat template (Ctrl-D ends).
     Chat(chat::ChatArgs),
     /// Print the token ids of a text as a JSON array.
@@ -41,6 +44,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(a) => run::main(a),
+        Command::Batch(a) => batch::main(a),
         Command::Chat(a) => chat::main(a),
         Command::Tokenize(a) => tokenize::main(a),
         Command::Perplexity(a) => perplexity::main(a),
