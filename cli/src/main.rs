@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 mod batch;
+mod bench;
 mod chat;
 mod common;
 mod perplexity;
@@ -32,6 +33,8 @@ enum Command {
     Run(run::RunArgs),
     /// Run many requests (JSONL) concurrently through the engine, one result line each.
     Batch(batch::BatchArgs),
+    /// Aggregate throughput of the engine by batch size (like llama-batched-bench).
+    Bench(bench::BenchArgs),
     /// Interactive multi-turn chat with the model's chat template (Ctrl-D ends).
     Chat(chat::ChatArgs),
     /// Print the token ids of a text as a JSON array.
@@ -45,6 +48,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(a) => run::main(a),
         Command::Batch(a) => batch::main(a),
+        Command::Bench(a) => bench::main(a),
         Command::Chat(a) => chat::main(a),
         Command::Tokenize(a) => tokenize::main(a),
         Command::Perplexity(a) => perplexity::main(a),

@@ -197,7 +197,7 @@ fn run_samples(
         let mut d = tok.stream_decoder();
         let mut text = String::new();
         for &t in &s.tokens {
-            if !(tok.is_eog(t) && !a.ignore_eos) {
+            if a.ignore_eos || !tok.is_eog(t) {
                 text.push_str(&d.push(t));
             }
         }
