@@ -96,7 +96,7 @@ fn stream_decoder_holds_split_characters() {
     assert_eq!(text, "emoji 😀🎉👍 日本語");
 
     // A dangling lead byte at the end comes out as U+FFFD; an invalid byte at once.
-    let lead = tok.token_id(&"\u{f0}".to_string()).expect("byte token for 0xF0 (ð)");
+    let lead = tok.byte_to_token(0xF0).expect("a token for the lead byte 0xF0");
     let mut dec = tok.stream_decoder();
     assert_eq!(dec.push(lead), "");
     assert_eq!(dec.push(19556), "\u{FFFD}Hello");
@@ -220,4 +220,36 @@ proptest! {
         streamed.push_str(&dec.finish());
         prop_assert_eq!(streamed, tok.decode(&ids));
     }
+}
+
+#[test]
+fn pre_tokenizers_match_llama_cpp() {
+    // llama.cpp's ids for the default model's vocabulary under each supported `pre`
+    // (made by scripts/gen_bpe_pre_reference.py).
+    let path = workspace_model_path(Path::new(env!("CARGO_MANIFEST_DIR")));
+    let model =
+        ModelFile::open(&path).unwrap_or_else(|e| panic!("{e} (run scripts/fetch-model.sh)"));
+    let data = TokenizerData::from_gguf(&model.gguf()).unwrap();
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/tokenizer/bpe_pre_llamacpp.json");
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+    let texts: Vec<&str> =
+        doc["texts"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+    let by_pre = doc["ids"].as_object().unwrap();
+    assert_eq!(by_pre.len(), 3);
+    let mut mismatches = Vec::new();
+    for (pre, cases) in by_pre {
+        let tok =
+            Tokenizer::from_data(TokenizerData { pre: Some(pre.clone()), ..data.clone() }).unwrap();
+        let cases = cases.as_array().unwrap();
+        assert_eq!(cases.len(), texts.len());
+        for (text, want) in texts.iter().zip(cases) {
+            let want: Vec<u32> =
+                want.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+            let got = tok.encode(text, false, false);
+            if got != want {
+                mismatches.push(format!("pre {pre}, {text:?}:\n  got  {got:?}\n  want {want:?}"));
+            }
+        }
+    }
+    assert!(mismatches.is_empty(), "{} mismatches:\n{}", mismatches.len(), mismatches.join("\n"));
 }

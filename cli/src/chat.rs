@@ -89,10 +89,7 @@ pub fn main(a: ChatArgs) -> CliResult {
         stdout.write_all(decoder.finish().as_bytes())?;
         writeln!(stdout)?;
         stdout.flush()?;
-        let gen = match result {
-            Ok(g) => g,
-            Err(e) => return Err(e.into()),
-        };
+        let gen = result?;
         if gen.stop == StopReason::EndOfGeneration {
             pending = gen.tokens.last().copied();
         }

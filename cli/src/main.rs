@@ -8,6 +8,7 @@ mod batch;
 mod bench;
 mod chat;
 mod common;
+mod inspect;
 mod perplexity;
 mod run;
 mod tokenize;
@@ -41,6 +42,8 @@ enum Command {
     Tokenize(tokenize::TokenizeArgs),
     /// Perplexity of a text file, by llama.cpp's method.
     Perplexity(perplexity::PerplexityArgs),
+    /// Print a GGUF file's metadata and tensor table (like gguf-dump).
+    Inspect(inspect::InspectArgs),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +55,7 @@ fn main() -> ExitCode {
         Command::Chat(a) => chat::main(a),
         Command::Tokenize(a) => tokenize::main(a),
         Command::Perplexity(a) => perplexity::main(a),
+        Command::Inspect(a) => inspect::run(&a).map(|out| print!("{out}")).map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

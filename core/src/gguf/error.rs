@@ -150,7 +150,7 @@ pub enum GgufErrorKind {
     },
     /// The same key or tensor name twice.
     Duplicate,
-    /// `general.alignment` is zero or not a power of two, or not an unsigned integer.
+    /// `general.alignment` is not a power of two in `1..=MAX_ALIGNMENT`.
     BadAlignment {
         /// The value found (0 if it had the wrong type).
         value: u64,
@@ -313,6 +313,11 @@ impl fmt::Display for GgufErrorKind {
             UnsupportedVersion(1) => {
                 f.write_str("GGUF version 1 is not supported (only versions 2 and 3); re-convert the model")
             }
+            UnsupportedVersion(v) if matches!(v.swap_bytes(), 2 | 3) => write!(
+                f,
+                "GGUF version {} in big-endian byte order is not supported (only little-endian)",
+                v.swap_bytes()
+            ),
             UnsupportedVersion(v) => {
                 write!(f, "unsupported GGUF version {v} (only versions 2 and 3 are supported)")
             }
@@ -339,7 +344,8 @@ impl fmt::Display for GgufErrorKind {
             Duplicate => f.write_str("appears more than once"),
             BadAlignment { value } => write!(
                 f,
-                "alignment {value} is not a power of two (general.alignment must be a non-zero u32 power of two)"
+                "alignment {value} is invalid (general.alignment must be a power of two from 1 to {})",
+                Grouped(super::MAX_ALIGNMENT)
             ),
             TooManyDims { n_dims } => write!(f, "{n_dims} dimensions, more than ggml's 4"),
             BadDim { index, value } => {

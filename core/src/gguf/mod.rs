@@ -44,10 +44,14 @@ use value::{read_value, Mode};
 pub const MAGIC: [u8; 4] = *b"GGUF";
 /// `general.alignment` when the file does not set it.
 pub const DEFAULT_ALIGNMENT: u64 = 32;
-/// Most tensors a file may declare.
-pub const MAX_TENSORS: u64 = 1 << 16;
-/// Most metadata entries a file may declare.
-pub const MAX_KV: u64 = 1 << 16;
+/// Most tensors a file may declare (real models: a few hundred to a few thousand).
+///
+/// Also bounds the worst case of duplicate-name detection, which has no heap to sort
+/// names in: a Bloom filter makes it linear for real files, but crafted colliding
+/// names fall back to re-scanning earlier entries (quadratic in this cap).
+pub const MAX_TENSORS: u64 = 1 << 14;
+/// Most metadata entries a file may declare (real models: a few dozen).
+pub const MAX_KV: u64 = 1 << 12;
 /// Longest string (key, tensor name or value), in bytes.
 pub const MAX_STRING_LEN: usize = 1 << 26;
 /// Most elements in one metadata array.
@@ -149,13 +153,15 @@ impl<'a> Gguf<'a> {
         }
 
         let tensor_info_start = c.pos();
-        let mut seen = NameFilter::new();
+        seen = NameFilter::new(); // reuse the 8 KiB of stack
         for index in 0..n_tensors {
             let info = TensorInfo::read(&mut c, index, alignment)?;
             if seen.maybe_contains_then_insert(info.name) {
                 let mut earlier = Cursor::new(bytes, tensor_info_start);
-                for i in 0..index {
-                    if TensorInfo::read(&mut earlier, i, alignment)?.name == info.name {
+                for _ in 0..index {
+                    let name = TensorInfo::skip_to_name(&mut earlier)
+                        .map_err(|k| GgufError::new(Location::TensorInfo { index }, k))?;
+                    if name == info.name.as_bytes() {
                         return Err(GgufError::new(
                             Location::Tensor(Name::new(info.name.as_bytes())),
                             GgufErrorKind::Duplicate,
@@ -369,7 +375,7 @@ fn read_entry<'a>(
     let type_offset = c.pos() as u64;
     let type_id = c.u32("value type").map_err(at)?;
     let t = ValueType::from_id(type_id)
-        .ok_or(at(GgufErrorKind::UnknownValueType { id: type_id, offset: type_offset }))?;
+        .ok_or_else(|| at(GgufErrorKind::UnknownValueType { id: type_id, offset: type_offset }))?;
     let value = read_value(c, t, key, 0, mode).map_err(at)?;
     Ok((key, value))
 }
@@ -492,5 +498,86 @@ impl NameFilter {
             self.bits[word] |= 1 << bit;
         }
         hit
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ggml_type::GgmlType;
+    use std::vec::Vec;
+
+    /// A v3 file: one u32 key, one string-array key, one 4-value F32 tensor.
+    fn tiny() -> Vec<u8> {
+        let mut b = Vec::new();
+        let s = |b: &mut Vec<u8>, s: &str| {
+            b.extend((s.len() as u64).to_le_bytes());
+            b.extend(s.as_bytes());
+        };
+        b.extend(b"GGUF");
+        b.extend(3u32.to_le_bytes());
+        b.extend(1u64.to_le_bytes()); // tensors
+        b.extend(2u64.to_le_bytes()); // metadata entries
+        s(&mut b, "llama.block_count");
+        b.extend(ValueType::U32.id().to_le_bytes());
+        b.extend(30u32.to_le_bytes());
+        s(&mut b, "tokens");
+        b.extend(ValueType::Array.id().to_le_bytes());
+        b.extend(ValueType::String.id().to_le_bytes());
+        b.extend(2u64.to_le_bytes());
+        s(&mut b, "a");
+        s(&mut b, "bc");
+        s(&mut b, "w");
+        b.extend(1u32.to_le_bytes());
+        b.extend(4u64.to_le_bytes());
+        b.extend(GgmlType::F32.id().to_le_bytes());
+        b.extend(0u64.to_le_bytes());
+        b.resize(b.len().next_multiple_of(32), 0);
+        for x in [1.0f32, 2.0, 3.0, 4.0] {
+            b.extend(x.to_le_bytes());
+        }
+        b
+    }
+
+    #[test]
+    fn parses_a_tiny_file() {
+        let bytes = tiny();
+        let g = Gguf::parse(&bytes).unwrap();
+        assert_eq!((g.version(), g.metadata_len(), g.tensor_count()), (3, 2, 1));
+        assert_eq!(g.get_u32("llama.block_count"), Ok(30));
+        assert_eq!(g.get_u64("llama.block_count"), Ok(30));
+        let tokens = g.get_array("tokens").unwrap();
+        assert!(tokens.iter_str().unwrap().eq(["a", "bc"]));
+        let w = g.tensor("w").unwrap();
+        assert_eq!((w.ggml_type(), w.dims(), w.data().len()), (GgmlType::F32, &[4u64][..], 16));
+        assert_eq!(w.data()[..4], 1.0f32.to_le_bytes());
+        assert_eq!(g.data_start() as usize, bytes.len() - 16);
+    }
+
+    #[test]
+    fn every_prefix_is_an_error() {
+        let bytes = tiny();
+        for cut in 0..bytes.len() {
+            assert!(Gguf::parse(&bytes[..cut]).is_err(), "prefix of {cut} bytes parsed");
+        }
+    }
+
+    #[test]
+    fn layout_rebuilds_only_for_the_same_bytes() {
+        let bytes = tiny();
+        let g = Gguf::parse(&bytes).unwrap();
+        let again = Gguf::from_layout(&bytes, g.layout()).unwrap();
+        assert_eq!(again.tensor("w").unwrap(), g.tensor("w").unwrap());
+        let copy = bytes.clone();
+        assert!(Gguf::from_layout(&copy, g.layout()).is_none());
+        assert!(Gguf::from_layout(&bytes[..bytes.len() - 1], g.layout()).is_none());
+    }
+
+    #[test]
+    fn name_filter_remembers() {
+        let mut f = NameFilter::new();
+        assert!(!f.maybe_contains_then_insert("blk.0.attn_q.weight"));
+        assert!(!f.maybe_contains_then_insert("blk.0.attn_k.weight"));
+        assert!(f.maybe_contains_then_insert("blk.0.attn_q.weight"));
     }
 }

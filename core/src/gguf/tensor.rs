@@ -69,7 +69,7 @@ impl<'a> TensorView<'a> {
 
     /// Number of rows: the product of all dimensions but the first.
     pub fn n_rows(&self) -> u64 {
-        // Checked in parse: the full product fits, so this one does too.
+        // Checked in parse: this product fits u64 (even when ne[0] is 0).
         self.dims().iter().skip(1).product()
     }
 
@@ -147,14 +147,15 @@ impl<'a> TensorInfo<'a> {
                 return Err(at(GgufErrorKind::BadDim { index: i as u32, value }));
             }
             *d = value;
-            n_elements = n_elements.checked_mul(value).ok_or(at(GgufErrorKind::SizeOverflow))?;
+            n_elements =
+                n_elements.checked_mul(value).ok_or_else(|| at(GgufErrorKind::SizeOverflow))?;
         }
         if n_elements > i64::MAX as u64 {
             return Err(at(GgufErrorKind::SizeOverflow));
         }
         let type_id = c.u32("tensor type").map_err(at)?;
         let ggml_type = GgmlType::from_id(type_id)
-            .ok_or(at(GgufErrorKind::UnknownTensorType { id: type_id }))?;
+            .ok_or_else(|| at(GgufErrorKind::UnknownTensorType { id: type_id }))?;
         let offset = c.u64("tensor data offset").map_err(at)?;
 
         let Some(block_size) = ggml_type.block_size() else {
@@ -163,26 +164,43 @@ impl<'a> TensorInfo<'a> {
             return Err(at(GgufErrorKind::UnsupportedTensorType(ggml_type)));
         };
         let row_len = dims[0];
-        let row_bytes =
-            ggml_type.row_bytes(row_len).ok_or(at(if row_len % block_size as u64 != 0 {
+        let row_bytes = ggml_type.row_bytes(row_len).ok_or_else(|| {
+            at(if row_len % block_size as u64 != 0 {
                 GgufErrorKind::PartialBlock { ggml_type, row_len, block_size: block_size as u64 }
             } else {
                 GgufErrorKind::SizeOverflow
-            }))?;
-        let n_rows = dims[1..].iter().product::<u64>(); // ≤ n_elements: no overflow
-        let n_bytes = row_bytes.checked_mul(n_rows).ok_or(at(GgufErrorKind::SizeOverflow))?;
+            })
+        })?;
+        // Not bounded by n_elements: with ne[0] = 0 the other dimensions may be anything.
+        let n_rows = dims[1..]
+            .iter()
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+            .ok_or_else(|| at(GgufErrorKind::SizeOverflow))?;
+        let n_bytes =
+            row_bytes.checked_mul(n_rows).ok_or_else(|| at(GgufErrorKind::SizeOverflow))?;
         if offset % alignment != 0 {
             return Err(at(GgufErrorKind::MisalignedOffset { offset, alignment }));
         }
         Ok(TensorInfo { name, ggml_type, dims, n_dims: n_dims as usize, offset, n_bytes })
     }
 
+    /// Skips a tensor info that [`TensorInfo::read`] has already validated, returning
+    /// only its name (a cheap walk for duplicate detection).
+    pub(crate) fn skip_to_name(c: &mut Cursor<'a>) -> Result<&'a [u8], GgufErrorKind> {
+        let name = c.string_bytes()?;
+        let n_dims = c.u32("dimension count")?;
+        // dims, type, offset
+        c.skip(u64::from(n_dims) * 8 + 4 + 8, "tensor info")?;
+        Ok(name)
+    }
+
     /// The view, once the data section start is known; checks the file bounds.
     pub(crate) fn view(self, file: &'a [u8], data_start: u64) -> Result<TensorView<'a>, GgufError> {
         let at = |kind| GgufError::new(Location::Tensor(Name::new(self.name.as_bytes())), kind);
         let file_len = file.len() as u64;
-        let start = data_start.checked_add(self.offset).ok_or(at(GgufErrorKind::SizeOverflow))?;
-        let end = start.checked_add(self.n_bytes).ok_or(at(GgufErrorKind::SizeOverflow))?;
+        let start =
+            data_start.checked_add(self.offset).ok_or_else(|| at(GgufErrorKind::SizeOverflow))?;
+        let end = start.checked_add(self.n_bytes).ok_or_else(|| at(GgufErrorKind::SizeOverflow))?;
         if end > file_len {
             return Err(at(GgufErrorKind::DataPastEnd { end, file_len }));
         }

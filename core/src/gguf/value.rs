@@ -516,6 +516,9 @@ fn read_array<'a>(
                     (ValueType::String, Mode::Trusted) => {
                         c.string_bytes()?;
                     }
+                    (ValueType::String, Mode::Validate) => {
+                        c.string()?;
+                    }
                     _ => {
                         read_value(c, elem_type, key, depth, mode)?;
                     }

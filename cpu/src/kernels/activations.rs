@@ -17,6 +17,8 @@
 //!
 //! A row's dot product is then `Σ_b dx·dy·Σ_j u_j·y_j + Σ_b c_b·k_b` where `c_b` is the
 //! weight block's `m` (Q4_1) or `d` (Q4_0, Q8_0).
+// The SoA half is read by the x86 kernels only.
+#![cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 
 use pagoda_core::quant::{BlockQ8_0, BlockQ8_1, QK};
 

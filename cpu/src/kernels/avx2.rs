@@ -116,6 +116,8 @@ pub(crate) unsafe fn quantize_q8_1(x: &[f32], out: &mut [BlockQ8_1]) {
 /// The CPU must support AVX2, FMA and F16C; otherwise the contract of
 /// [`super::avx512::matmul_chunk`].
 #[target_feature(enable = "avx2,fma,f16c")]
+// Index loops: each step fills column `r` of several tile rows.
+#[allow(clippy::needless_range_loop)]
 pub(crate) unsafe fn matmul_chunk<const F: u8>(
     w: &[u8],
     row_bytes: usize,
@@ -123,25 +125,50 @@ pub(crate) unsafe fn matmul_chunk<const F: u8>(
     outs: &mut [&mut [f32]],
 ) {
     let rows = w.len().checked_div(row_bytes).unwrap_or(0);
-    let nt = outs.len();
-    for r in 0..rows {
-        // SAFETY: row `r` lies within `w`; the callee's contract is this fn's contract.
-        let row = unsafe { w.as_ptr().add(r * row_bytes) };
+    // Tiles of ROWS rows × up to 4 tokens, written out per token as ROWS contiguous
+    // floats: with many tokens, writing each dot straight to `outs[t][r]` would touch
+    // one cache line per (row, token) of an output that may not fit in cache.
+    const ROWS: usize = 16;
+    let mut tile = [[0.0f32; ROWS]; 4];
+    let mut r0 = 0;
+    while r0 < rows {
+        let rn = (rows - r0).min(ROWS);
         let mut t = 0;
-        while t + 4 <= nt {
-            // SAFETY: tokens t..t+4 exist in `acts`.
-            let v = unsafe { row_dot::<F, 4>(row, acts, t) };
-            for (i, v) in v.into_iter().enumerate() {
-                outs[t + i][r] = v;
+        while t < outs.len() {
+            let tn = (outs.len() - t).min(4);
+            for r in 0..rn {
+                // SAFETY: row `r0 + r` lies within `w` and tokens t..t+tn exist in `acts`
+                // (this fn's contract); the callee's other requirements are this fn's.
+                unsafe {
+                    let row = w.as_ptr().add((r0 + r) * row_bytes);
+                    match tn {
+                        4 => {
+                            let v = row_dot::<F, 4>(row, acts, t);
+                            for i in 0..4 {
+                                tile[i][r] = v[i];
+                            }
+                        }
+                        3 => {
+                            let v = row_dot::<F, 3>(row, acts, t);
+                            for i in 0..3 {
+                                tile[i][r] = v[i];
+                            }
+                        }
+                        2 => {
+                            let v = row_dot::<F, 2>(row, acts, t);
+                            tile[0][r] = v[0];
+                            tile[1][r] = v[1];
+                        }
+                        _ => tile[0][r] = row_dot::<F, 1>(row, acts, t)[0],
+                    }
+                }
             }
-            t += 4;
+            for i in 0..tn {
+                outs[t + i][r0..r0 + rn].copy_from_slice(&tile[i][..rn]);
+            }
+            t += tn;
         }
-        while t < nt {
-            // SAFETY: token t exists in `acts`.
-            let v = unsafe { row_dot::<F, 1>(row, acts, t) };
-            outs[t][r] = v[0];
-            t += 1;
-        }
+        r0 += rn;
     }
 }
 

@@ -5,7 +5,7 @@
 //! (a [`Kernels`](super::Kernels) at that level exists only after run-time detection).
 //!
 //! The matmul reads two weight blocks per `vpdpbusd` (64 quants), one group of 16 blocks'
-//! headers per gather, and up to four tokens per decoded weight register:
+//! headers per few word permutes, and up to four tokens per decoded weight register:
 //!
 //! ```text
 //! zmm u  = | lo nibbles b | hi nibbles b | lo b+1 | hi b+1 |   (u8, weights as unsigned)
@@ -99,6 +99,8 @@ const fn geometry(f: u8) -> (usize, usize) {
 /// `w.len()` a multiple of `row_bytes`, every `outs[t].len() == w.len() / row_bytes`, and
 /// `acts` holds at least `outs.len()` tokens (`qs.len() >= n·nb·32`, `d`/`k` `>= n·nb`).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
+// Index loops: each step fills column `r` of several tile rows.
+#[allow(clippy::needless_range_loop)]
 pub(crate) unsafe fn matmul_chunk<const F: u8>(
     w: &[u8],
     row_bytes: usize,
@@ -106,32 +108,99 @@ pub(crate) unsafe fn matmul_chunk<const F: u8>(
     outs: &mut [&mut [f32]],
 ) {
     let rows = w.len().checked_div(row_bytes).unwrap_or(0);
-    let nt = outs.len();
-    for r in 0..rows {
-        // SAFETY: row `r` lies within `w`; the callee's contract is this fn's contract.
-        let row = unsafe { w.as_ptr().add(r * row_bytes) };
+    // Tiles of ROWS rows × up to 4 tokens, written out per token as ROWS contiguous
+    // floats: with many tokens, writing each dot straight to `outs[t][r]` would touch
+    // one cache line per (row, token) of an output that may not fit in cache.
+    const ROWS: usize = 64;
+    let mut tile = [[0.0f32; ROWS]; 4];
+    let mut r0 = 0;
+    while r0 < rows {
+        let rn = (rows - r0).min(ROWS);
         let mut t = 0;
-        while t + 4 <= nt {
-            // SAFETY: tokens t..t+4 exist in `acts` (nt <= tokens in acts).
-            let v = unsafe { row_dot::<F, 4>(row, acts, t) };
-            for (i, v) in v.into_iter().enumerate() {
-                outs[t + i][r] = v;
+        while t < outs.len() {
+            let tn = (outs.len() - t).min(4);
+            for r in 0..rn {
+                // SAFETY: row `r0 + r` lies within `w` and tokens t..t+tn exist in `acts`
+                // (this fn's contract); the callee's other requirements are this fn's.
+                unsafe {
+                    let row = w.as_ptr().add((r0 + r) * row_bytes);
+                    match tn {
+                        4 => {
+                            let v = row_dot::<F, 4>(row, acts, t);
+                            for i in 0..4 {
+                                tile[i][r] = v[i];
+                            }
+                        }
+                        3 => {
+                            let v = row_dot::<F, 3>(row, acts, t);
+                            for i in 0..3 {
+                                tile[i][r] = v[i];
+                            }
+                        }
+                        2 => {
+                            let v = row_dot::<F, 2>(row, acts, t);
+                            tile[0][r] = v[0];
+                            tile[1][r] = v[1];
+                        }
+                        _ => tile[0][r] = row_dot::<F, 1>(row, acts, t)[0],
+                    }
+                }
             }
-            t += 4;
+            for i in 0..tn {
+                outs[t + i][r0..r0 + rn].copy_from_slice(&tile[i][..rn]);
+            }
+            t += tn;
         }
-        while t + 2 <= nt {
-            // SAFETY: as above.
-            let v = unsafe { row_dot::<F, 2>(row, acts, t) };
-            outs[t][r] = v[0];
-            outs[t + 1][r] = v[1];
-            t += 2;
-        }
-        if t < nt {
-            // SAFETY: as above.
-            let v = unsafe { row_dot::<F, 1>(row, acts, t) };
-            outs[t][r] = v[0];
+        r0 += rn;
+    }
+}
+
+/// The 64 bytes at `p`, or only the first `len` of them (the rest zero) when `len < 64`.
+///
+/// # Safety
+/// `min(len, 64)` bytes at `p` must be readable; AVX-512 BW enabled by the caller.
+#[inline(always)]
+unsafe fn load_upto(p: *const u8, len: usize) -> __m512i {
+    // SAFETY: masked-off bytes are not accessed (AVX-512 masked loads suppress faults);
+    // the rest is readable per the contract.
+    unsafe {
+        if len >= 64 {
+            _mm512_loadu_si512(p as *const __m512i)
+        } else {
+            _mm512_maskz_loadu_epi8((1u64 << len) - 1, p as *const i8)
         }
     }
+}
+
+/// Word-permute tables that gather block headers out of 128-byte pieces of a group:
+/// for piece `p`, `(index vector, lanes taken from this piece)`. Lane `l < 16` takes
+/// the word holding block `l`'s `d`, lane `16 + l` the word after it (Q4_1's `m`).
+#[inline(always)]
+unsafe fn header_permute<const F: u8>(p: usize) -> (__m512i, __mmask32) {
+    const fn table(stride: usize) -> [([u16; 32], u32); 5] {
+        let mut t = [([0u16; 32], 0u32); 5];
+        let mut lane = 0;
+        while lane < 32 {
+            let word = (lane % 16) * stride / 2 + lane / 16;
+            let piece = word / 64;
+            if piece < 5 {
+                t[piece].0[lane] = (word % 64) as u16;
+                t[piece].1 |= 1 << lane;
+            }
+            lane += 1;
+        }
+        t
+    }
+    static Q4_0_T: [([u16; 32], u32); 5] = table(geometry(Q4_0).0);
+    static Q4_1_T: [([u16; 32], u32); 5] = table(geometry(Q4_1).0);
+    static Q8_0_T: [([u16; 32], u32); 5] = table(geometry(Q8_0).0);
+    let t = match F {
+        Q4_0 => &Q4_0_T[p],
+        Q4_1 => &Q4_1_T[p],
+        _ => &Q8_0_T[p],
+    };
+    // SAFETY: a 64-byte read of a `[u16; 32]`; AVX-512 F enabled by the caller.
+    unsafe { (_mm512_loadu_si512(t.0.as_ptr() as *const __m512i), t.1) }
 }
 
 /// One weight row against tokens `t0..t0+T`.
@@ -147,13 +216,11 @@ unsafe fn row_dot<const F: u8, const T: usize>(
     let (stride, qoff) = geometry(F);
     let nb = acts.nb;
     // SAFETY (whole body): every weight access stays inside the row (block b < nb is
-    // `stride` bytes at `row + b*stride`; the gather reads its first 4 bytes, the quant
-    // loads bytes qoff..stride), every activation access stays inside token t's nb blocks
+    // `stride` bytes at `row + b*stride`; header loads are masked to the group's
+    // n*stride bytes, the quant loads read bytes qoff..stride), every activation access stays inside token t's nb blocks
     // (the second block of a pair is loaded only when it exists, else masked off), and
     // the features are enabled by the caller's `target_feature`.
     unsafe {
-        let lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-        let gather_idx = _mm512_mullo_epi32(lane, _mm512_set1_epi32(stride as i32));
         // Lanes 0..8 take the scale of block b of a pair, lanes 8..16 that of block b+1.
         let pair_sel = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
         let nibble_shift = _mm512_setr_epi64(0, 0, 4, 4, 0, 0, 4, 4);
@@ -167,18 +234,20 @@ unsafe fn row_dot<const F: u8, const T: usize>(
             let n = (nb - g).min(16);
             let m16: __mmask16 = if n == 16 { 0xFFFF } else { ((1u32 << n) - 1) as u16 };
             let base = row.add(g * stride);
-            let hdr = _mm512_mask_i32gather_epi32::<1>(
-                _mm512_setzero_si512(),
-                m16,
-                gather_idx,
-                base as *const i32,
-            );
-            let dx = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(hdr));
-            let cx = if F == Q4_1 {
-                _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(hdr)))
-            } else {
-                dx
-            };
+            // Headers of the group's blocks, picked out of the group's bytes (loaded
+            // 128 at a time) with word permutes: f16 d of block i -> word i, Q4_1's m of
+            // block i -> word 16 + i. (Cheaper on Zen 4 than a 16-lane gather.)
+            let span = n * stride;
+            let mut hdr = _mm512_setzero_si512();
+            for p in 0..span.div_ceil(128) {
+                let a = load_upto(base.add(128 * p), span - 128 * p);
+                let b = load_upto(base.add(128 * p + 64), span.saturating_sub(128 * p + 64));
+                let (idx, mask) = header_permute::<F>(p);
+                hdr = _mm512_mask_blend_epi16(mask, hdr, _mm512_permutex2var_epi16(a, idx, b));
+            }
+            let dx = _mm512_cvtph_ps(_mm512_castsi512_si256(hdr));
+            let cx =
+                if F == Q4_1 { _mm512_cvtph_ps(_mm512_extracti64x4_epi64::<1>(hdr)) } else { dx };
             let mut dd = [_mm512_setzero_ps(); T];
             for t in 0..T {
                 let a = (t0 + t) * nb + g;
@@ -220,10 +289,12 @@ unsafe fn row_dot<const F: u8, const T: usize>(
                 let ymask: __mmask64 = if two { !0 } else { 0xFFFF_FFFF };
                 let sel = _mm512_add_epi32(pair_sel, _mm512_set1_epi32(b as i32));
                 for t in 0..T {
-                    let y = _mm512_maskz_loadu_epi8(
-                        ymask,
-                        acts.qs.as_ptr().add(((t0 + t) * nb + g + b) * QK),
-                    );
+                    let yp = acts.qs.as_ptr().add(((t0 + t) * nb + g + b) * QK);
+                    let y = if two {
+                        _mm512_loadu_si512(yp as *const __m512i)
+                    } else {
+                        _mm512_maskz_loadu_epi8(ymask, yp)
+                    };
                     let s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, y);
                     let sc = _mm512_permutexvar_ps(sel, dd[t]);
                     acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), sc, acc[t]);

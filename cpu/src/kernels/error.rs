@@ -37,6 +37,11 @@ pub enum KernelError {
         /// The alignment required, in bytes.
         align: usize,
     },
+    /// The matrices of one `matmul_multi` call differ in `what` (`"weight type"`, `"cols"`).
+    Incompatible {
+        /// What differs.
+        what: &'static str,
+    },
     /// A shape whose size overflows `usize`.
     Overflow,
 }
@@ -60,6 +65,9 @@ impl fmt::Display for KernelError {
             }
             KernelError::Misaligned { ty, align } => {
                 write!(f, "{ty} weight data is not aligned to {align} bytes")
+            }
+            KernelError::Incompatible { what } => {
+                write!(f, "the matrices of one matmul_multi call differ in {what}")
             }
             KernelError::Overflow => f.write_str("shape size overflows usize"),
         }

@@ -13,13 +13,18 @@ use pagoda_core::ggml_type::GgmlType;
 use pagoda_core::quant::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, QK};
 use rayon::prelude::*;
 
-use super::activations::{self, Acts, Correction, MatmulScratch};
+use super::activations::MatmulScratch;
+#[cfg(target_arch = "x86_64")]
+use super::activations::{self, Acts, Correction};
 use super::error::{check_len, KernelError};
-use super::{float, scalar, Kernels, QuantMatrix, SimdLevel};
+use pagoda_core::quant::VecDot;
+
+use super::{float, Kernels, QuantMatrix, SimdLevel};
 
 /// Below this many weight bytes × tokens a call runs on the calling thread only.
 const PARALLEL_MIN_WORK: usize = 32 * 1024;
 
+/// `matmul_multi` over one matrix.
 pub(crate) fn matmul(
     k: &Kernels,
     w: &QuantMatrix<'_>,
@@ -28,28 +33,52 @@ pub(crate) fn matmul(
     out: &mut [f32],
     scratch: &mut MatmulScratch,
 ) -> Result<(), KernelError> {
-    let (rows, cols) = (w.rows(), w.cols());
+    matmul_multi(k, core::slice::from_ref(w), x, n_tokens, &mut [out], scratch)
+}
+
+/// Several matrices of one type and width against the same `x`: the activations are
+/// quantized once and all rows of all matrices share one parallel region.
+pub(crate) fn matmul_multi(
+    k: &Kernels,
+    ws: &[QuantMatrix<'_>],
+    x: &[f32],
+    n_tokens: usize,
+    outs: &mut [&mut [f32]],
+    scratch: &mut MatmulScratch,
+) -> Result<(), KernelError> {
+    check_len("outs", ws.len(), outs.len())?;
+    let Some(first) = ws.first() else { return Ok(()) };
+    let (ty, cols) = (first.ty(), first.cols());
+    for (w, out) in ws.iter().zip(outs.iter()) {
+        if w.ty() != ty {
+            return Err(KernelError::Incompatible { what: "weight type" });
+        }
+        if w.cols() != cols {
+            return Err(KernelError::Incompatible { what: "cols" });
+        }
+        check_len("out", n_tokens.checked_mul(w.rows()).ok_or(KernelError::Overflow)?, out.len())?;
+    }
     check_len("x", n_tokens.checked_mul(cols).ok_or(KernelError::Overflow)?, x.len())?;
-    check_len("out", n_tokens.checked_mul(rows).ok_or(KernelError::Overflow)?, out.len())?;
-    if rows == 0 || n_tokens == 0 {
+    if n_tokens == 0 || ws.iter().all(|w| w.rows() == 0) {
         return Ok(());
     }
     if cols == 0 {
-        out.fill(0.0);
+        outs.iter_mut().for_each(|o| o.fill(0.0));
         return Ok(());
     }
     let level = k.level();
     let nb = cols / QK;
-    let row_bytes = w.row_bytes();
-    let data = w.data();
-    match w.ty() {
+    match ty {
         GgmlType::F32 => {
-            let wf: &[f32] = bytemuck::try_cast_slice(data)
+            let wf: Vec<&[f32]> = ws
+                .iter()
+                .map(|w| bytemuck::try_cast_slice(w.data()))
+                .collect::<Result<_, _>>()
                 .map_err(|_| KernelError::Misaligned { ty: GgmlType::F32, align: 4 })?;
-            for_row_chunks(rows, n_tokens, row_bytes, out, |r0, outs| {
+            for_row_chunks(ws, n_tokens, outs, |m, r0, outs| {
                 let n = outs[0].len();
                 for r in 0..n {
-                    let wr = &wf[(r0 + r) * cols..(r0 + r + 1) * cols];
+                    let wr = &wf[m][(r0 + r) * cols..(r0 + r + 1) * cols];
                     for (t, o) in outs.iter_mut().enumerate() {
                         o[r] = float::run(
                             level,
@@ -74,7 +103,6 @@ pub(crate) fn matmul(
     match level {
         #[cfg(target_arch = "x86_64")]
         SimdLevel::Avx512 | SimdLevel::Avx2 => {
-            let ty = w.ty();
             let acts = match (ty, level) {
                 (GgmlType::Q4_1, _) => activations::soa_from_q8_1(scratch, nb),
                 (GgmlType::Q4_0, _) => {
@@ -86,9 +114,10 @@ pub(crate) fn matmul(
                 _ => activations::soa_from_q8_0(scratch, nb, Correction::Zero),
             };
             let acts = &acts;
-            for_row_chunks(rows, n_tokens, row_bytes, out, |r0, outs| {
+            for_row_chunks(ws, n_tokens, outs, |m, r0, outs| {
                 let n = outs[0].len();
-                let wc = &data[r0 * row_bytes..(r0 + n) * row_bytes];
+                let row_bytes = ws[m].row_bytes();
+                let wc = &ws[m].data()[r0 * row_bytes..(r0 + n) * row_bytes];
                 x86_chunk(level, ty, wc, row_bytes, acts, outs);
             });
         }
@@ -97,9 +126,10 @@ pub(crate) fn matmul(
             // is 2-aligned (checked by QuantMatrix::new) and a whole number of blocks.
             let q8_0 = &scratch.q8_0;
             let q8_1 = &scratch.q8_1;
-            let ty = w.ty();
-            for_row_chunks(rows, n_tokens, row_bytes, out, |r0, outs| {
+            for_row_chunks(ws, n_tokens, outs, |m, r0, outs| {
                 let n = outs[0].len();
+                let row_bytes = ws[m].row_bytes();
+                let data = ws[m].data();
                 for r in 0..n {
                     let wr = &data[(r0 + r) * row_bytes..(r0 + r + 1) * row_bytes];
                     for (t, o) in outs.iter_mut().enumerate() {
@@ -130,7 +160,7 @@ fn dot_q4_1(level: SimdLevel, w: &[BlockQ4_1], a: &[BlockQ8_1]) -> f32 {
         return unsafe { super::neon::vec_dot_q4_1_q8_1(w, a) };
     }
     let _ = level;
-    scalar::vec_dot_q4_1_q8_1(w, a)
+    BlockQ4_1::vec_dot(w, a)
 }
 
 fn dot_q4_0(level: SimdLevel, w: &[BlockQ4_0], a: &[BlockQ8_0]) -> f32 {
@@ -140,7 +170,7 @@ fn dot_q4_0(level: SimdLevel, w: &[BlockQ4_0], a: &[BlockQ8_0]) -> f32 {
         return unsafe { super::neon::vec_dot_q4_0_q8_0(w, a) };
     }
     let _ = level;
-    scalar::vec_dot_q4_0_q8_0(w, a)
+    BlockQ4_0::vec_dot(w, a)
 }
 
 fn dot_q8_0(level: SimdLevel, w: &[BlockQ8_0], a: &[BlockQ8_0]) -> f32 {
@@ -150,7 +180,7 @@ fn dot_q8_0(level: SimdLevel, w: &[BlockQ8_0], a: &[BlockQ8_0]) -> f32 {
         return unsafe { super::neon::vec_dot_q8_0_q8_0(w, a) };
     }
     let _ = level;
-    scalar::vec_dot_q8_0_q8_0(w, a)
+    BlockQ8_0::vec_dot(w, a)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -188,34 +218,51 @@ fn x86_chunk(
     }
 }
 
-/// Split `out` (`n_tokens × rows`) into chunks of rows and run `f(first_row, outs)` on
-/// each, in parallel when the work is large enough; `outs[t]` is token t's slice of the
-/// chunk's rows.
-fn for_row_chunks<F>(rows: usize, n_tokens: usize, row_bytes: usize, out: &mut [f32], f: F)
+/// Split each `outs[m]` (`n_tokens × ws[m].rows()`) into chunks of rows and run
+/// `f(m, first_row, chunk_outs)` on each chunk, in parallel when the work is large
+/// enough; `chunk_outs[t]` is token t's slice of the chunk's rows.
+fn for_row_chunks<F>(ws: &[QuantMatrix<'_>], n_tokens: usize, outs: &mut [&mut [f32]], f: F)
 where
-    F: Fn(usize, &mut [&mut [f32]]) + Sync,
+    F: Fn(usize, usize, &mut [&mut [f32]]) + Sync,
 {
-    let work = rows.saturating_mul(row_bytes).saturating_mul(n_tokens.min(16));
+    let total_rows: usize = ws.iter().map(|w| w.rows()).sum();
+    let work: usize = ws
+        .iter()
+        .map(|w| w.rows().saturating_mul(w.row_bytes()))
+        .fold(0usize, usize::saturating_add)
+        .saturating_mul(n_tokens.min(16));
     let threads = rayon::current_num_threads();
     if work < PARALLEL_MIN_WORK || threads == 1 {
-        let mut outs: Vec<&mut [f32]> = out.chunks_mut(rows).collect();
-        f(0, &mut outs);
+        for (m, (w, out)) in ws.iter().zip(outs.iter_mut()).enumerate() {
+            if w.rows() > 0 {
+                let mut per_token: Vec<&mut [f32]> = out.chunks_mut(w.rows()).collect();
+                f(m, 0, &mut per_token);
+            }
+        }
         return;
     }
     // Several chunks per thread so that work stealing evens out uneven cores; a multiple
     // of 4 rows; at least 8 rows so per-chunk overhead stays small.
-    let chunk = rows.div_ceil(threads * 8).max(8).next_multiple_of(4);
-    if n_tokens == 1 {
-        out.par_chunks_mut(chunk).enumerate().for_each(|(c, o)| f(c * chunk, &mut [o]));
+    let chunk = total_rows.div_ceil(threads * 8).max(8).next_multiple_of(4);
+    if n_tokens == 1 && ws.len() == 1 {
+        outs[0].par_chunks_mut(chunk).enumerate().for_each(|(c, o)| f(0, c * chunk, &mut [o]));
         return;
     }
-    let n_chunks = rows.div_ceil(chunk);
-    let mut per_chunk: Vec<Vec<&mut [f32]>> =
-        (0..n_chunks).map(|_| Vec::with_capacity(n_tokens)).collect();
-    for tok in out.chunks_mut(rows) {
-        for (c, piece) in tok.chunks_mut(chunk).enumerate() {
-            per_chunk[c].push(piece);
+    let mut tasks: Vec<(usize, usize, Vec<&mut [f32]>)> = Vec::new();
+    for (m, (w, out)) in ws.iter().zip(outs.iter_mut()).enumerate() {
+        let rows = w.rows();
+        if rows == 0 {
+            continue;
+        }
+        let first = tasks.len();
+        for c in 0..rows.div_ceil(chunk) {
+            tasks.push((m, c * chunk, Vec::with_capacity(n_tokens)));
+        }
+        for tok in out.chunks_mut(rows) {
+            for (c, piece) in tok.chunks_mut(chunk).enumerate() {
+                tasks[first + c].2.push(piece);
+            }
         }
     }
-    per_chunk.into_par_iter().enumerate().for_each(|(c, mut outs)| f(c * chunk, &mut outs));
+    tasks.into_par_iter().for_each(|(m, r0, mut o)| f(m, r0, &mut o));
 }

@@ -42,7 +42,7 @@ impl<'a> QuantMatrix<'a> {
         let row_bytes = usize::try_from(row_bytes).map_err(|_| KernelError::Overflow)?;
         let total = row_bytes.checked_mul(rows).ok_or(KernelError::Overflow)?;
         super::error::check_len("weights", total, data.len())?;
-        if (data.as_ptr() as usize) % align != 0 {
+        if !(data.as_ptr() as usize).is_multiple_of(align) {
             return Err(KernelError::Misaligned { ty, align });
         }
         Ok(QuantMatrix { ty, rows, cols, row_bytes, data })

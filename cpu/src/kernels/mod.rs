@@ -124,6 +124,22 @@ impl Kernels {
         matmul::matmul(self, w, x, n_tokens, out, scratch)
     }
 
+    /// Several matrices against the same `x` in one call: `outs[m]` gets
+    /// `ws[m] · x` (`n_tokens × ws[m].rows()`), as [`matmul`](Self::matmul) would, but the
+    /// activations are quantized once and all rows share one parallel region (e.g. the
+    /// Q, K, V projections, or FFN gate and up). All matrices must have the same type and
+    /// `cols` ([`KernelError::Incompatible`] otherwise).
+    pub fn matmul_multi(
+        &self,
+        ws: &[QuantMatrix<'_>],
+        x: &[f32],
+        n_tokens: usize,
+        outs: &mut [&mut [f32]],
+        scratch: &mut MatmulScratch,
+    ) -> Result<(), KernelError> {
+        matmul::matmul_multi(self, ws, x, n_tokens, outs, scratch)
+    }
+
     /// `Σ a[i]·b[i]`; errors if the lengths differ.
     pub fn dot_f32(&self, a: &[f32], b: &[f32]) -> Result<f32, KernelError> {
         check_len("b", a.len(), b.len())?;

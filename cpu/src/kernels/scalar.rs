@@ -1,4 +1,5 @@
-//! The scalar level: portable kernels on ggml's block layouts.
+//! The scalar level's activation quantizers. (Its dot products are pagoda-core's
+//! reference `VecDot` implementations, used directly.)
 //!
 //! Activation quantization here follows what llama.cpp executes on x86 (its AVX/AVX2
 //! `quantize_row_q8_0` / `quantize_row_q8_1`), which every SIMD level reproduces byte for
@@ -10,12 +11,14 @@
 //! Q8_1 only: s = f16(d * (float) sum(q))
 //! ```
 //!
-//! This differs from ggml's portable `quantize_row_q8_1_ref` (`id = 1/d`, `roundf`, half
-//! away from zero) on exact ties and on the last bit of `id`; llama.cpp parity on x86
-//! needs the former.
+//! This differs from ggml's portable `quantize_row_q8_1_ref` (pagoda-core's `Quantize`
+//! for `BlockQ8_0`/`BlockQ8_1`: `id = 1/d`, `roundf`, half away from zero) on exact ties
+//! and where `1/(amax/127)` and `127/amax` differ in the last bit: a quant then differs
+//! by one. llama.cpp built for x86 (AVX or wider, as on the reference machine) never runs
+//! the `_ref` quantizer for activations, so parity with it needs this rule.
 
 use half::f16;
-use pagoda_core::quant::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, QK};
+use pagoda_core::quant::{BlockQ8_0, BlockQ8_1, QK};
 
 /// `(d, id)` for a block whose largest magnitude is `amax`.
 #[inline]
@@ -55,44 +58,4 @@ pub(crate) fn quantize_q8_1(x: &[f32], out: &mut [BlockQ8_1]) {
         let (d, qs, sum) = quantize_block(xs);
         *b = BlockQ8_1 { d: f16::from_f32(d), s: f16::from_f32(d * sum as f32), qs };
     }
-}
-
-/// Q4_0 · Q8_0 over whole rows (ggml's `ggml_vec_dot_q4_0_q8_0_generic`).
-pub(crate) fn vec_dot_q4_0_q8_0(w: &[BlockQ4_0], a: &[BlockQ8_0]) -> f32 {
-    let mut sum = 0.0f32;
-    for (x, y) in w.iter().zip(a) {
-        let mut sumi = 0i32;
-        for j in 0..QK / 2 {
-            let v0 = i32::from(x.qs[j] & 0x0F) - 8;
-            let v1 = i32::from(x.qs[j] >> 4) - 8;
-            sumi += v0 * i32::from(y.qs[j]) + v1 * i32::from(y.qs[j + QK / 2]);
-        }
-        sum += sumi as f32 * (x.d.to_f32() * y.d.to_f32());
-    }
-    sum
-}
-
-/// Q4_1 · Q8_1 over whole rows (ggml's `ggml_vec_dot_q4_1_q8_1_generic`).
-pub(crate) fn vec_dot_q4_1_q8_1(w: &[BlockQ4_1], a: &[BlockQ8_1]) -> f32 {
-    let mut sum = 0.0f32;
-    for (x, y) in w.iter().zip(a) {
-        let mut sumi = 0i32;
-        for j in 0..QK / 2 {
-            let v0 = i32::from(x.qs[j] & 0x0F);
-            let v1 = i32::from(x.qs[j] >> 4);
-            sumi += v0 * i32::from(y.qs[j]) + v1 * i32::from(y.qs[j + QK / 2]);
-        }
-        sum += (x.d.to_f32() * y.d.to_f32()) * sumi as f32 + x.m.to_f32() * y.s.to_f32();
-    }
-    sum
-}
-
-/// Q8_0 · Q8_0 over whole rows (ggml's `ggml_vec_dot_q8_0_q8_0_generic`).
-pub(crate) fn vec_dot_q8_0_q8_0(w: &[BlockQ8_0], a: &[BlockQ8_0]) -> f32 {
-    let mut sum = 0.0f32;
-    for (x, y) in w.iter().zip(a) {
-        let sumi: i32 = x.qs.iter().zip(&y.qs).map(|(&p, &q)| i32::from(p) * i32::from(q)).sum();
-        sum += sumi as f32 * (x.d.to_f32() * y.d.to_f32());
-    }
-    sum
 }

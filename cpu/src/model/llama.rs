@@ -21,13 +21,14 @@
 
 use std::path::Path;
 
-use pagoda_core::attention::{paged_decode, AttnConfig};
+use pagoda_core::attention::AttnConfig;
 use pagoda_core::gguf::Gguf;
 use pagoda_core::kv::{KvElement, KvPages};
 use pagoda_core::ops::{rope_inplace, RopeTable};
 use pagoda_core::pool::PageId;
 use rayon::prelude::*;
 
+use crate::attention::paged_attention;
 use crate::kernels::{Kernels, MatmulScratch};
 use crate::model_file::ModelFile;
 
@@ -253,6 +254,32 @@ impl Llama {
             .map_err(|e| ModelError::Invalid(format!("matmul {}: {e}", w.name)))
     }
 
+    /// Several matmuls of the same input: `outs[i] = x · ws[i]ᵀ`. Quantizes `x` once and
+    /// runs one parallel region when the weights share a type and width (they do in every
+    /// GGUF pagoda has seen); falls back to one call each otherwise.
+    fn matmul_multi<const N: usize>(
+        &self,
+        ws: [&Weight; N],
+        x: &[f32],
+        n: usize,
+        mut outs: [&mut [f32]; N],
+        scratch: &mut MatmulScratch,
+    ) -> Result<(), ModelError> {
+        let same = ws.iter().all(|w| w.ty == ws[0].ty && w.cols == ws[0].cols);
+        if !same {
+            for (w, out) in ws.iter().zip(outs.iter_mut()) {
+                self.matmul(w, x, n, out, scratch)?;
+            }
+            return Ok(());
+        }
+        let bytes = self.file.bytes();
+        let mats = ws.map(|w| w.matrix(bytes));
+        self.kernels.matmul_multi(&mats, x, n, &mut outs, scratch).map_err(|e| {
+            let names: Vec<&str> = ws.iter().map(|w| w.name.as_str()).collect();
+            ModelError::Invalid(format!("matmul {}: {e}", names.join("+")))
+        })
+    }
+
     /// `h = rmsnorm(x) · gain`, row by row.
     fn rmsnorm_rows(&self, x: &[f32], gain: &[f32], h: &mut [f32]) {
         let dim = self.config.dim;
@@ -275,12 +302,17 @@ impl Llama {
         let (q_dim, kv_dim) = (c.n_heads * c.head_dim, c.kv_dim());
         let h = resize(&mut s.h, n * c.dim);
         self.rmsnorm_rows(&s.x, &lw.attn_norm, h);
-        let q = resize(&mut s.q, n * q_dim);
-        self.matmul(&lw.wq, &s.h, n, q, &mut s.matmul)?;
-        let k = resize(&mut s.k, n * kv_dim);
-        self.matmul(&lw.wk, &s.h, n, k, &mut s.matmul)?;
-        let v = resize(&mut s.v, n * kv_dim);
-        self.matmul(&lw.wv, &s.h, n, v, &mut s.matmul)?;
+        // q, k, v = h·Wqᵀ, h·Wkᵀ, h·Wvᵀ: one quantization of h, one parallel region.
+        resize(&mut s.q, n * q_dim);
+        resize(&mut s.k, n * kv_dim);
+        resize(&mut s.v, n * kv_dim);
+        self.matmul_multi(
+            [&lw.wq, &lw.wk, &lw.wv],
+            &s.h,
+            n,
+            [&mut s.q[..], &mut s.k[..], &mut s.v[..]],
+            &mut s.matmul,
+        )?;
 
         // RoPE at each token's absolute position, then store K/V in the pages.
         let rows =
@@ -296,20 +328,26 @@ impl Llama {
         }
 
         // Causal attention: a token at position p of its sequence sees positions 0..=p of
-        // that sequence's pages. Tokens in parallel.
+        // that sequence's pages (a span's tokens sit at consecutive positions). Spans in
+        // parallel; each call splits its own work over (token group, kv head, page range).
         let cfg = AttnConfig::new(c.n_heads, c.n_kv_heads, c.head_dim)
             .map_err(|e| ModelError::Invalid(format!("attention: {e}")))?;
         let att = resize(&mut s.att, n * q_dim);
         let kv_ref: &KvPages<T, Vec<T>> = kv;
-        let owner: Vec<usize> =
-            b.spans.iter().enumerate().flat_map(|(i, sp)| std::iter::repeat_n(i, sp.n)).collect();
-        att.par_chunks_mut(q_dim).zip(s.q.par_chunks(q_dim)).enumerate().try_for_each(
-            |(t, (out, q))| {
-                let span = &b.spans[owner[t]];
-                paged_decode(kv_ref, l, &span.pages, b.positions[t] + 1, q, out, &cfg)
-                    .map_err(|e| ModelError::Invalid(format!("attention: {e}")))
-            },
-        )?;
+        let level = self.kernels.level();
+        let mut outs: Vec<(&SeqSpan, &mut [f32], &[f32])> = Vec::with_capacity(b.spans.len());
+        let (mut att_rest, mut q_rest) = (&mut att[..], &s.q[..]);
+        for sp in &b.spans {
+            let (a, ar) = std::mem::take(&mut att_rest).split_at_mut(sp.n * q_dim);
+            let (q, qr) = q_rest.split_at(sp.n * q_dim);
+            outs.push((sp, a, q));
+            att_rest = ar;
+            q_rest = qr;
+        }
+        outs.into_par_iter().try_for_each(|(sp, out, q)| {
+            paged_attention(level, kv_ref, l, &sp.pages, sp.pos0 + sp.n, q, out, &cfg)
+                .map_err(|e| ModelError::Invalid(format!("attention: {e}")))
+        })?;
 
         // x += att · Woᵀ
         let o = resize(&mut s.out, n * c.dim);
@@ -324,10 +362,15 @@ impl Llama {
         let lw = &self.weights.layers[l];
         let h = resize(&mut s.h, n * c.dim);
         self.rmsnorm_rows(&s.x, &lw.ffn_norm, h);
-        let gate = resize(&mut s.gate, n * c.ffn_dim);
-        self.matmul(&lw.w_gate, &s.h, n, gate, &mut s.matmul)?;
-        let up = resize(&mut s.up, n * c.ffn_dim);
-        self.matmul(&lw.w_up, &s.h, n, up, &mut s.matmul)?;
+        resize(&mut s.gate, n * c.ffn_dim);
+        resize(&mut s.up, n * c.ffn_dim);
+        self.matmul_multi(
+            [&lw.w_gate, &lw.w_up],
+            &s.h,
+            n,
+            [&mut s.gate[..], &mut s.up[..]],
+            &mut s.matmul,
+        )?;
         self.kernels.silu_mul(&mut s.gate, &s.up).expect("same length");
         let o = resize(&mut s.out, n * c.dim);
         self.matmul(&lw.w_down, &s.gate, n, o, &mut s.matmul)?;

@@ -46,7 +46,12 @@ pub use vocab::TokenType;
 
 use pretokenize::{PreTokenizer, SplitScratch};
 use special::Fragment;
-use vocab::{Vocab, NO_TOKEN};
+use vocab::{FastMap, Vocab, NO_TOKEN};
+
+/// Words longer than this (bytes) are not cached by `encode`.
+const WORD_CACHE_MAX_LEN: usize = 32;
+/// `encode`'s per-call word cache stops growing at this many entries.
+const WORD_CACHE_MAX_ENTRIES: usize = 1 << 16;
 
 /// Everything the tokenizer needs from the model file, as plain data (the
 /// `tokenizer.ggml.*` keys). `None` means the key is absent; llama.cpp's
@@ -257,7 +262,8 @@ impl Tokenizer {
             })
             .map(|id| (id, vocab.texts[id as usize].clone(), vocab.token_type(id)))
             .collect();
-        specials.sort_by(|a, b| b.1.len().cmp(&a.1.len()));
+        // Stable: equal lengths keep id order.
+        specials.sort_by_key(|s| core::cmp::Reverse(s.1.len()));
 
         let mut pieces = Vec::new();
         let mut piece_at = Vec::with_capacity(n + 1);
@@ -308,22 +314,40 @@ impl Tokenizer {
                 let mut split = SplitScratch::default();
                 let mut words = Vec::new();
                 let mut scratch = bpe::BpeScratch::default();
+                // Words repeat (1 MB of English has ~200k words but a few
+                // thousand distinct ones): remember short words' ids for this call.
+                let mut cache: FastMap<&[u8], (usize, usize)> = FastMap::default();
+                let mut cached_ids: Vec<u32> = Vec::new();
+                let ignore_merges = pre.ignore_merges();
                 for frag in frags {
                     match frag {
                         Fragment::Token(id) => out.push(id),
                         Fragment::Text(a, b) => {
                             words.clear();
                             pre.split(&text[a..b], &mut split, &mut words);
-                            let bytes = text[a..b].as_bytes();
+                            let bytes = &text.as_bytes()[a..b];
                             for &(s, e) in &words {
+                                let word = &bytes[s..e];
+                                let cacheable = word.len() <= WORD_CACHE_MAX_LEN
+                                    && cache.len() < WORD_CACHE_MAX_ENTRIES;
+                                if let Some(&(from, to)) = cache.get(word) {
+                                    out.extend_from_slice(&cached_ids[from..to]);
+                                    continue;
+                                }
+                                let first = out.len();
                                 bpe::encode_word(
-                                    &bytes[s..e],
+                                    word,
                                     &self.vocab,
                                     merges,
-                                    pre.ignore_merges(),
+                                    ignore_merges,
                                     &mut scratch,
                                     &mut out,
                                 );
+                                if cacheable {
+                                    let from = cached_ids.len();
+                                    cached_ids.extend_from_slice(&out[first..]);
+                                    cache.insert(word, (from, cached_ids.len()));
+                                }
                             }
                         }
                     }

@@ -85,8 +85,8 @@ impl PreTokenizer {
             next.clear();
             for &(ini, end) in segs.iter() {
                 let mut prev = ini;
-                for pos in ini..end {
-                    if fl[pos] & NUMBER != 0 {
+                for (pos, &f) in fl.iter().enumerate().take(end).skip(ini) {
+                    if f & NUMBER != 0 {
                         if pos > prev {
                             next.push((prev, pos));
                         }
