@@ -276,7 +276,8 @@ impl<'m> Engine<'m> {
             self.stats.batch_tokens += n as u64;
             self.stats.prefill_computed += prompt_part as u64;
             // Generated tokens other than the pending last one are recomputation.
-            let recomputed = (start + n).min(seq.tokens.len() - 1).saturating_sub(seq.prompt_len.max(start));
+            let recomputed =
+                (start + n).min(seq.tokens.len() - 1).saturating_sub(seq.prompt_len.max(start));
             self.stats.recomputed_tokens += recomputed as u64;
             out.batch_tokens += n;
             if self.config.prefix_caching {
@@ -288,7 +289,8 @@ impl<'m> Engine<'m> {
             let group = self.groups.get_mut(&seq.id).expect("running sequence has a group");
             if seq.forks_pending > 0 {
                 for k in 1..=seq.forks_pending {
-                    let table = seq.table.fork(self.cache.pool_mut()).map_err(EngineError::Table)?;
+                    let table =
+                        seq.table.fork(self.cache.pool_mut()).map_err(EngineError::Table)?;
                     let mut cfg = group.sampler.clone();
                     cfg.seed = cfg.seed.wrapping_add(k as u64);
                     let mut sampler = Sampler::new(cfg)?;
@@ -333,7 +335,8 @@ impl<'m> Engine<'m> {
                 self.free_pages(&mut seq);
                 let group = self.groups.get_mut(&seq.id).expect("group of a running sequence");
                 let generated = seq.generated().to_vec();
-                group.samples[seq.sample] = Some(SampleOutput { tokens: generated, finish: reason });
+                group.samples[seq.sample] =
+                    Some(SampleOutput { tokens: generated, finish: reason });
                 if group.samples.iter().all(Option::is_some) {
                     let g = self.groups.remove(&seq.id).expect("just looked up");
                     out.finished.push(RequestOutput {
@@ -439,7 +442,9 @@ impl<'m> Engine<'m> {
             let mut seq = self.waiting.pop_front().expect("front exists");
             for &(key, page) in &hits {
                 self.index.acquire(page);
-                seq.table.push_shared_page(page, self.cache.pool_mut()).map_err(EngineError::Table)?;
+                seq.table
+                    .push_shared_page(page, self.cache.pool_mut())
+                    .map_err(EngineError::Table)?;
                 seq.page_keys.push(key);
             }
             if self.config.prefix_caching {
