@@ -40,7 +40,7 @@ fn eight_greedy_samples_share_the_prompt_pages_and_agree() {
     let samples = &done[0].samples;
     assert_eq!(samples.len(), 8);
     assert!(samples.iter().all(|s| s == &samples[0]), "greedy samples differ: {samples:?}");
-    assert_eq!(samples[0].tokens, engine_common::reference(&model, &prompt, steps));
+    assert_eq!(samples[0].tokens, engine_common::reference(&model, &prompt, steps, 16));
     assert_eq!(engine.pages_held(), 0);
 }
 

@@ -32,7 +32,7 @@ fn a_small_pool_completes_every_request_with_reference_outputs() {
             let p = &prompts[out.id.0 as usize];
             assert_eq!(
                 out.samples[0].tokens,
-                engine_common::reference(&model, p, steps),
+                engine_common::reference(&model, p, steps, 16),
                 "{} (preempted {} times, prefix cache {prefix_caching})",
                 out.id,
                 out.preemptions

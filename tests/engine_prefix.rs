@@ -48,8 +48,8 @@ fn second_request_prefills_only_its_suffix_and_matches_the_uncached_run() {
     let (uncached, _) = engine_common::run_checked(&mut plain);
     assert_eq!(plain.stats().prefill_computed, b.len() as u64);
     assert_eq!(done_b[0].samples, uncached[0].samples);
-    assert_eq!(done_b[0].samples[0].tokens, engine_common::reference(&model, &b, steps));
-    assert_eq!(done_a[0].samples[0].tokens, engine_common::reference(&model, &a, steps));
+    assert_eq!(done_b[0].samples[0].tokens, engine_common::reference(&model, &b, steps, 16));
+    assert_eq!(done_a[0].samples[0].tokens, engine_common::reference(&model, &a, steps, 16));
 
     // A's pages stay cached after both finished; clearing gives every page back.
     assert_eq!(engine.pages_held(), 0);

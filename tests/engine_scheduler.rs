@@ -82,7 +82,7 @@ proptest! {
         }
         for r in &requests {
             let got = &outputs[&r.id].samples[0].tokens;
-            let want = engine_common::reference(model, &r.prompt, r.max_tokens);
+            let want = engine_common::reference(model, &r.prompt, r.max_tokens, 8);
             prop_assert_eq!(got, &want, "{} differs from its unbatched run", r.id);
         }
         prop_assert_eq!(engine.num_running() + engine.num_waiting(), 0);

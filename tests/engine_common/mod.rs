@@ -6,9 +6,11 @@ use pagoda::cpu::model::{Llama, Session, SessionOptions};
 use pagoda::cpu::sampler::argmax;
 
 /// The unbatched reference: `steps` greedy tokens of `prompt` through a [`Session`] of its
-/// own (prompt in one chunk, then one token at a time).
-pub fn reference(model: &Llama, prompt: &[u32], steps: usize) -> Vec<u32> {
-    let mut s = Session::new(model, SessionOptions::default()).expect("session");
+/// own (prompt in one chunk, then one token at a time) with pages of `block_size` tokens
+/// (the page size changes the order of attention's per-page sums, so it must match).
+pub fn reference(model: &Llama, prompt: &[u32], steps: usize, block_size: usize) -> Vec<u32> {
+    let opts = SessionOptions { block_size, ..SessionOptions::default() };
+    let mut s = Session::new(model, opts).expect("session");
     let mut logits = s.eval(prompt).expect("prompt");
     let mut out = Vec::new();
     for i in 0..steps {
