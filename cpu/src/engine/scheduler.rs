@@ -42,7 +42,9 @@ pub struct EngineConfig {
     pub block_size: usize,
     /// Element type of the pages.
     pub kv_type: KvType,
-    /// Most tokens in one forward pass (decode tokens plus prompt chunks).
+    /// Most tokens in one forward pass (decode tokens plus prompt chunks). Running
+    /// sequences are served oldest first, so with fewer tokens than running sequences the
+    /// newest ones wait until older ones finish.
     pub max_batch_tokens: usize,
     /// Reuse the pages of cached prompt prefixes.
     pub prefix_caching: bool,
