@@ -24,12 +24,19 @@ struct Arrival {
     shared_prefix: usize,
     own: usize,
     max_tokens: usize,
+    samples: usize,
 }
 
 fn arrival() -> impl Strategy<Value = Arrival> {
-    (0usize..6, 0usize..24, 1usize..16, 1usize..8).prop_map(|(step, shared_prefix, own, max)| {
-        Arrival { step, shared_prefix, own, max_tokens: max }
-    })
+    (0usize..6, 0usize..24, 1usize..16, 1usize..8, 1usize..4).prop_map(
+        |(step, shared_prefix, own, max, samples)| Arrival {
+            step,
+            shared_prefix,
+            own,
+            max_tokens: max,
+            samples,
+        },
+    )
 }
 
 proptest! {
@@ -60,7 +67,8 @@ proptest! {
             .map(|(i, a)| {
                 let mut p = stem[..a.shared_prefix].to_vec();
                 p.extend(engine_common::prompt(seed ^ (i as u64 + 1), a.own));
-                Request::greedy(i as u64, p, a.max_tokens)
+                // Several greedy samples fork the prompt and copy its last page on write.
+                Request { n: a.samples, ..Request::greedy(i as u64, p, a.max_tokens) }
             })
             .collect();
         let mut outputs = HashMap::new();
@@ -81,9 +89,12 @@ proptest! {
             prop_assert!(step < 10_000, "no progress");
         }
         for r in &requests {
-            let got = &outputs[&r.id].samples[0].tokens;
             let want = engine_common::reference(model, &r.prompt, r.max_tokens, 8);
-            prop_assert_eq!(got, &want, "{} differs from its unbatched run", r.id);
+            let samples = &outputs[&r.id].samples;
+            prop_assert_eq!(samples.len(), r.n);
+            for (k, s) in samples.iter().enumerate() {
+                prop_assert_eq!(&s.tokens, &want, "{} sample {} differs from its unbatched run", r.id, k);
+            }
         }
         prop_assert_eq!(engine.num_running() + engine.num_waiting(), 0);
         prop_assert_eq!(engine.pages_held(), 0);
