@@ -23,7 +23,7 @@ use std::path::Path;
 
 use pagoda_core::attention::{paged_decode, AttnConfig};
 use pagoda_core::gguf::Gguf;
-use pagoda_core::kv::{KvElement, KvPages};
+use pagoda_core::kv::{KvFormat, KvPages};
 use pagoda_core::ops::{rope_inplace, RopeTable};
 use pagoda_core::pool::PageId;
 use rayon::prelude::*;
@@ -199,6 +199,9 @@ impl Llama {
         let result = match cache.store_mut() {
             KvStore::F32(kv) => self.run(kv, &layout, scratch),
             KvStore::F16(kv) => self.run(kv, &layout, scratch),
+            KvStore::Bf16(kv) => self.run(kv, &layout, scratch),
+            KvStore::Q8_0(kv) => self.run(kv, &layout, scratch),
+            KvStore::Q4_0(kv) => self.run(kv, &layout, scratch),
         };
         if result.is_err() {
             for (it, span) in items.iter_mut().zip(&layout.spans) {
@@ -208,7 +211,7 @@ impl Llama {
         result
     }
 
-    fn run<T: KvElement>(
+    fn run<T: KvFormat>(
         &self,
         kv: &mut KvPages<T, Vec<T>>,
         b: &BatchLayout,
@@ -288,7 +291,7 @@ impl Llama {
     }
 
     /// Pre-norm, QKV, RoPE, KV write, causal paged attention, output projection, residual.
-    fn attention_block<T: KvElement>(
+    fn attention_block<T: KvFormat>(
         &self,
         l: usize,
         kv: &mut KvPages<T, Vec<T>>,
