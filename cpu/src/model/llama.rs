@@ -21,13 +21,14 @@
 
 use std::path::Path;
 
-use pagoda_core::attention::{paged_decode, AttnConfig};
+use pagoda_core::attention::AttnConfig;
 use pagoda_core::gguf::Gguf;
 use pagoda_core::kv::{KvFormat, KvPages};
 use pagoda_core::ops::{rope_inplace, RopeTable};
 use pagoda_core::pool::PageId;
 use rayon::prelude::*;
 
+use crate::attention::paged_attention;
 use crate::kernels::{Kernels, MatmulScratch};
 use crate::model_file::ModelFile;
 
@@ -330,20 +331,26 @@ impl Llama {
         }
 
         // Causal attention: a token at position p of its sequence sees positions 0..=p of
-        // that sequence's pages. Tokens in parallel.
+        // that sequence's pages (a span's tokens sit at consecutive positions). Spans in
+        // parallel; each call splits its own work over (token group, kv head, page range).
         let cfg = AttnConfig::new(c.n_heads, c.n_kv_heads, c.head_dim)
             .map_err(|e| ModelError::Invalid(format!("attention: {e}")))?;
         let att = resize(&mut s.att, n * q_dim);
         let kv_ref: &KvPages<T, Vec<T>> = kv;
-        let owner: Vec<usize> =
-            b.spans.iter().enumerate().flat_map(|(i, sp)| std::iter::repeat_n(i, sp.n)).collect();
-        att.par_chunks_mut(q_dim).zip(s.q.par_chunks(q_dim)).enumerate().try_for_each(
-            |(t, (out, q))| {
-                let span = &b.spans[owner[t]];
-                paged_decode(kv_ref, l, &span.pages, b.positions[t] + 1, q, out, &cfg)
-                    .map_err(|e| ModelError::Invalid(format!("attention: {e}")))
-            },
-        )?;
+        let level = self.kernels.level();
+        let mut outs: Vec<(&SeqSpan, &mut [f32], &[f32])> = Vec::with_capacity(b.spans.len());
+        let (mut att_rest, mut q_rest) = (&mut att[..], &s.q[..]);
+        for sp in &b.spans {
+            let (a, ar) = std::mem::take(&mut att_rest).split_at_mut(sp.n * q_dim);
+            let (q, qr) = q_rest.split_at(sp.n * q_dim);
+            outs.push((sp, a, q));
+            att_rest = ar;
+            q_rest = qr;
+        }
+        outs.into_par_iter().try_for_each(|(sp, out, q)| {
+            paged_attention(level, kv_ref, l, &sp.pages, sp.pos0 + sp.n, q, out, &cfg)
+                .map_err(|e| ModelError::Invalid(format!("attention: {e}")))
+        })?;
 
         // x += att · Woᵀ
         let o = resize(&mut s.out, n * c.dim);

@@ -1,0 +1,137 @@
+//! One attention task: a chunk of query tokens × one kv head × a range of pages.
+//!
+//! The task gathers its `rows = tokens × group` query rows (every query head of the GQA
+//! group, for every token of the chunk) and walks its pages once. Per page it reads the kv
+//! head's key run, scores all rows against it, updates each row's online softmax, then
+//! reads the value run and accumulates all rows:
+//!
+//! ```text
+//! for page in range:                        keys, values: n × hd   (one head_run each)
+//!     S = scale · Q Kᵀ                       rows × n   (ops.scores)
+//!     per row r:  n_r = slots of this page row r may see (causal)
+//!                 m' = max(m, max S[r][..n_r]);  c = exp(m - m')
+//!                 l = l·c + Σ exp(S[r][j] - m');  acc[r] *= c;  m = m'
+//!                 P[r][j] = exp(S[r][j] - m') for j < n_r, else 0
+//!     acc += P V                             rows × hd  (ops.accumulate)
+//! ```
+//!
+//! The result is unnormalised (`m`, `l`, `acc` per row): the caller divides, or merges the
+//! partials of several page ranges with the log-sum-exp rule.
+
+use core::ops::Range;
+
+use pagoda_core::attention::{AttnConfig, AttnError};
+use pagoda_core::kv::{KvElement, KvHalf, KvPages};
+use pagoda_core::pool::PageId;
+
+use super::ops::PageOps;
+
+/// The softmax state of a task's rows: `rows` maxima and sums, `rows × head_dim` outputs.
+#[derive(Debug)]
+pub(super) struct Partial {
+    /// Running max of the scores per row (`-inf` if the row saw no token here).
+    pub max: Vec<f32>,
+    /// Σ exp(score - max) per row.
+    pub sum: Vec<f32>,
+    /// Σ exp(score - max) · value per row, `rows × head_dim`.
+    pub acc: Vec<f32>,
+}
+
+/// What one task covers.
+#[derive(Clone, Debug)]
+pub(super) struct Task {
+    /// Query tokens (indices into the call's chunk of `n_new` tokens).
+    pub tokens: Range<usize>,
+    /// The kv head; the task serves query heads `kv_head·group .. (kv_head+1)·group`.
+    pub kv_head: usize,
+    /// Logical page indices into the block table.
+    pub pages: Range<usize>,
+}
+
+/// Everything a task reads, shared by all tasks of a call (already validated).
+pub(super) struct Shared<'a, T, S> {
+    pub ops: PageOps,
+    pub kv: &'a KvPages<T, S>,
+    pub layer: usize,
+    pub pages: &'a [PageId],
+    /// Position of query token 0 (`n_ctx - n_new`).
+    pub first_pos: usize,
+    pub q: &'a [f32],
+    pub cfg: &'a AttnConfig,
+}
+
+impl<T: KvElement, S: AsRef<[T]>> Shared<'_, T, S> {
+    /// Runs `task`; errors only if the KV storage rejects an access (validated beforehand).
+    pub(super) fn run(&self, task: &Task) -> Result<Partial, AttnError> {
+        let cfg = self.cfg;
+        let (hd, group) = (cfg.head_dim, cfg.group_size());
+        let bs = self.kv.config().block_size;
+        let rows = task.tokens.len() * group;
+
+        // Query rows of the group, token-major: row = t_local · group + g.
+        let mut q = Vec::with_capacity(rows * hd);
+        let mut visible = Vec::with_capacity(rows);
+        for t in task.tokens.clone() {
+            let head0 = t * cfg.n_heads + task.kv_head * group;
+            q.extend_from_slice(&self.q[head0 * hd..(head0 + group) * hd]);
+            visible.extend(core::iter::repeat_n(self.first_pos + t + 1, group));
+        }
+        let max_visible = self.first_pos + task.tokens.end;
+
+        let mut part = Partial {
+            max: vec![f32::NEG_INFINITY; rows],
+            sum: vec![0.0; rows],
+            acc: vec![0.0; rows * hd],
+        };
+        let mut p = vec![0.0f32; rows * bs];
+        let (mut kbuf, mut vbuf) = (Vec::new(), Vec::new());
+
+        for i in task.pages.clone() {
+            let start = i * bs;
+            if start >= max_visible {
+                break;
+            }
+            // Slots any row reads; later slots of the last page are unwritten.
+            let n = (max_visible - start).min(bs);
+            let page = self.pages[i];
+            if i + 1 < task.pages.end && start + bs < max_visible {
+                let next = self.pages[i + 1];
+                self.ops.prefetch(self.kv.head_run(self.layer, next, KvHalf::Key, task.kv_head)?);
+                self.ops.prefetch(self.kv.head_run(
+                    self.layer,
+                    next,
+                    KvHalf::Value,
+                    task.kv_head,
+                )?);
+            }
+            let keys = self.kv.head_run(self.layer, page, KvHalf::Key, task.kv_head)?;
+            let keys = self.ops.as_f32(&keys[..n * hd], &mut kbuf);
+            let p = &mut p[..rows * n];
+            self.ops.scores(&q, keys, hd, n, cfg.scale, p);
+
+            for (r, p_r) in p.chunks_exact_mut(n).enumerate() {
+                let n_r = visible[r].saturating_sub(start).min(n);
+                if n_r == 0 {
+                    p_r.fill(0.0);
+                    continue;
+                }
+                let block_max = p_r[..n_r].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let m = &mut part.max[r];
+                if block_max > *m {
+                    // exp(-inf) = 0 on the row's first page: nothing summed yet to rescale.
+                    let c = (*m - block_max).exp();
+                    part.sum[r] *= c;
+                    part.acc[r * hd..(r + 1) * hd].iter_mut().for_each(|a| *a *= c);
+                    *m = block_max;
+                }
+                part.sum[r] += self.ops.exp_sum(&mut p_r[..n_r], *m);
+                p_r[n_r..].fill(0.0);
+            }
+
+            let values = self.kv.head_run(self.layer, page, KvHalf::Value, task.kv_head)?;
+            let values = self.ops.as_f32(&values[..n * hd], &mut vbuf);
+            self.ops.accumulate(&mut part.acc, p, values, hd, n);
+        }
+        Ok(part)
+    }
+}

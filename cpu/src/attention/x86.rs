@@ -1,0 +1,465 @@
+//! AVX2 (+FMA, F16C) and AVX-512 page kernels: the same contracts as [`super::scalar`].
+//!
+//! Ragged `head_dim` tails (not a multiple of 8 or 16) use masked loads and stores
+//! (`vmaskmovps` / AVX-512 `k` masks), so there is no scalar tail loop and no read past a
+//! slice. Scores are computed four keys at a time so each query chunk is loaded once per
+//! four keys and four FMA chains run in parallel; values are accumulated 32 (AVX2) or 64
+//! (AVX-512) output floats at a time for the same reason.
+//!
+//! Every function is an `unsafe fn` with `#[target_feature]`; callers must have checked the
+//! features at run time (done once in `super::ops`) and pass slices of the documented shapes.
+
+use core::arch::x86_64::*;
+
+// ------------------------------------------------------------------------------------------
+// AVX2
+
+/// A lane mask of the first `len` (< 8) lanes for `_mm256_maskload_ps`.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn tail_mask8(len: usize) -> __m256i {
+    // SAFETY: the caller guarantees AVX2; no memory is touched.
+    // Intrinsics are safe here on newer compilers, unsafe on older (rust-version).
+    #[allow(unused_unsafe)]
+    unsafe {
+        debug_assert!(len < 8);
+        let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        _mm256_cmpgt_epi32(_mm256_set1_epi32(len as i32), lanes)
+    }
+}
+
+/// Sum of the 8 lanes.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn hsum8(v: __m256) -> f32 {
+    // SAFETY: the caller guarantees AVX2; no memory is touched.
+    // Intrinsics are safe here on newer compilers, unsafe on older (rust-version).
+    #[allow(unused_unsafe)]
+    unsafe {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        _mm_cvtss_f32(s)
+    }
+}
+
+/// See [`super::scalar::scores`].
+///
+/// # Safety
+/// The CPU has AVX2 and FMA; `q.len() ≥ rows·hd` for the rows implied by `out.len() / n`,
+/// `keys.len() ≥ n·hd`, `out.len()` a multiple of `n`, `n ≥ 1`, `hd ≥ 1`.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn scores_avx2(
+    q: &[f32],
+    keys: &[f32],
+    hd: usize,
+    n: usize,
+    scale: f32,
+    out: &mut [f32],
+) {
+    // SAFETY: the caller guarantees the target features and the slice shapes
+    // documented above; individual pointer offsets are justified inline.
+    unsafe {
+        let rows = out.len() / n;
+        debug_assert!(q.len() >= rows * hd && keys.len() >= n * hd);
+        let full = hd / 8 * 8;
+        let mask = tail_mask8(hd - full);
+        let kp = keys.as_ptr();
+        for r in 0..rows {
+            let qp = q.as_ptr().add(r * hd);
+            let op = out.as_mut_ptr().add(r * n);
+            let mut j = 0;
+            // SAFETY (whole loop): every pointer offset stays below `rows·hd` (q), `n·hd` (keys)
+            // and `rows·n` (out), which the caller guarantees; the tail uses masked loads.
+            while j + 4 <= n {
+                let k0 = kp.add(j * hd);
+                let (k1, k2, k3) = (k0.add(hd), k0.add(2 * hd), k0.add(3 * hd));
+                let (mut a0, mut a1, mut a2, mut a3) = (
+                    _mm256_setzero_ps(),
+                    _mm256_setzero_ps(),
+                    _mm256_setzero_ps(),
+                    _mm256_setzero_ps(),
+                );
+                let mut d = 0;
+                while d < full {
+                    let qv = _mm256_loadu_ps(qp.add(d));
+                    a0 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0.add(d)), a0);
+                    a1 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k1.add(d)), a1);
+                    a2 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k2.add(d)), a2);
+                    a3 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k3.add(d)), a3);
+                    d += 8;
+                }
+                if full < hd {
+                    let qv = _mm256_maskload_ps(qp.add(d), mask);
+                    a0 = _mm256_fmadd_ps(qv, _mm256_maskload_ps(k0.add(d), mask), a0);
+                    a1 = _mm256_fmadd_ps(qv, _mm256_maskload_ps(k1.add(d), mask), a1);
+                    a2 = _mm256_fmadd_ps(qv, _mm256_maskload_ps(k2.add(d), mask), a2);
+                    a3 = _mm256_fmadd_ps(qv, _mm256_maskload_ps(k3.add(d), mask), a3);
+                }
+                // Four horizontal sums at once: lanes of the result are (Σa0, Σa1, Σa2, Σa3).
+                let h01 = _mm256_hadd_ps(a0, a1);
+                let h23 = _mm256_hadd_ps(a2, a3);
+                let h = _mm256_hadd_ps(h01, h23);
+                let s = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps::<1>(h));
+                _mm_storeu_ps(op.add(j), _mm_mul_ps(s, _mm_set1_ps(scale)));
+                j += 4;
+            }
+            while j < n {
+                let k0 = kp.add(j * hd);
+                let mut a0 = _mm256_setzero_ps();
+                let mut d = 0;
+                while d < full {
+                    a0 =
+                        _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(d)), _mm256_loadu_ps(k0.add(d)), a0);
+                    d += 8;
+                }
+                if full < hd {
+                    let qv = _mm256_maskload_ps(qp.add(d), mask);
+                    a0 = _mm256_fmadd_ps(qv, _mm256_maskload_ps(k0.add(d), mask), a0);
+                }
+                *op.add(j) = scale * hsum8(a0);
+                j += 1;
+            }
+        }
+    }
+}
+
+/// See [`super::scalar::accumulate`].
+///
+/// # Safety
+/// The CPU has AVX2 and FMA; `acc.len()` a multiple of `hd`, `p.len() ≥ rows·n` for
+/// `rows = acc.len() / hd`, `values.len() ≥ n·hd`, `hd ≥ 1`.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn accumulate_avx2(
+    acc: &mut [f32],
+    p: &[f32],
+    values: &[f32],
+    hd: usize,
+    n: usize,
+) {
+    // SAFETY: the caller guarantees the target features and the slice shapes
+    // documented above; individual pointer offsets are justified inline.
+    unsafe {
+        let rows = acc.len() / hd;
+        debug_assert!(p.len() >= rows * n && values.len() >= n * hd);
+        let vp = values.as_ptr();
+        for r in 0..rows {
+            let ap = acc.as_mut_ptr().add(r * hd);
+            let pr = p.as_ptr().add(r * n);
+            // SAFETY (whole loop): offsets stay below `rows·hd` (acc), `rows·n` (p) and `n·hd`
+            // (values) per the caller's contract; the `hd % 8` tail is masked.
+            let mut d = 0;
+            while d + 32 <= hd {
+                let mut a0 = _mm256_loadu_ps(ap.add(d));
+                let mut a1 = _mm256_loadu_ps(ap.add(d + 8));
+                let mut a2 = _mm256_loadu_ps(ap.add(d + 16));
+                let mut a3 = _mm256_loadu_ps(ap.add(d + 24));
+                for j in 0..n {
+                    let w = _mm256_set1_ps(*pr.add(j));
+                    let v = vp.add(j * hd + d);
+                    a0 = _mm256_fmadd_ps(w, _mm256_loadu_ps(v), a0);
+                    a1 = _mm256_fmadd_ps(w, _mm256_loadu_ps(v.add(8)), a1);
+                    a2 = _mm256_fmadd_ps(w, _mm256_loadu_ps(v.add(16)), a2);
+                    a3 = _mm256_fmadd_ps(w, _mm256_loadu_ps(v.add(24)), a3);
+                }
+                _mm256_storeu_ps(ap.add(d), a0);
+                _mm256_storeu_ps(ap.add(d + 8), a1);
+                _mm256_storeu_ps(ap.add(d + 16), a2);
+                _mm256_storeu_ps(ap.add(d + 24), a3);
+                d += 32;
+            }
+            while d < hd {
+                let len = (hd - d).min(8);
+                let mask = if len == 8 { _mm256_set1_epi32(-1) } else { tail_mask8(len) };
+                let mut a0 = _mm256_maskload_ps(ap.add(d), mask);
+                for j in 0..n {
+                    let w = _mm256_set1_ps(*pr.add(j));
+                    a0 = _mm256_fmadd_ps(w, _mm256_maskload_ps(vp.add(j * hd + d), mask), a0);
+                }
+                _mm256_maskstore_ps(ap.add(d), mask, a0);
+                d += len;
+            }
+        }
+    }
+}
+
+/// Widens `src` (IEEE binary16 bits) into `dst`, `dst.len() == src.len()`.
+///
+/// # Safety
+/// The CPU has AVX2 and F16C.
+#[target_feature(enable = "avx2,f16c")]
+pub(super) unsafe fn widen_f16_avx2(src: &[half::f16], dst: &mut [f32]) {
+    // SAFETY: the caller guarantees the target features and the slice shapes
+    // documented above; individual pointer offsets are justified inline.
+    unsafe {
+        let len = src.len().min(dst.len());
+        let sp = src.as_ptr().cast::<u16>();
+        let dp = dst.as_mut_ptr();
+        let mut i = 0;
+        // SAFETY: `i + 8 ≤ len` bounds every 8-element load and store; `f16` is
+        // `repr(transparent)` over `u16`.
+        while i + 8 <= len {
+            let h = _mm_loadu_si128(sp.add(i).cast());
+            _mm256_storeu_ps(dp.add(i), _mm256_cvtph_ps(h));
+            i += 8;
+        }
+        for (d, s) in dst[i..len].iter_mut().zip(&src[i..len]) {
+            *d = s.to_f32();
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// AVX-512
+
+/// The first `len` (≤ 16) lanes.
+#[inline]
+fn mask16(len: usize) -> __mmask16 {
+    debug_assert!(len <= 16);
+    ((1u32 << len) - 1) as __mmask16
+}
+
+/// See [`super::scalar::scores`].
+///
+/// # Safety
+/// The CPU has AVX-512F; shapes as for [`scores_avx2`].
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn scores_avx512(
+    q: &[f32],
+    keys: &[f32],
+    hd: usize,
+    n: usize,
+    scale: f32,
+    out: &mut [f32],
+) {
+    // SAFETY: the caller guarantees the target features and the slice shapes
+    // documented above; individual pointer offsets are justified inline.
+    unsafe {
+        let rows = out.len() / n;
+        debug_assert!(q.len() >= rows * hd && keys.len() >= n * hd);
+        let kp = keys.as_ptr();
+        for r in 0..rows {
+            let qp = q.as_ptr().add(r * hd);
+            let op = out.as_mut_ptr().add(r * n);
+            let mut j = 0;
+            // SAFETY (whole loop): offsets stay below `rows·hd`, `n·hd`, `rows·n`; every load
+            // of a partial 16-lane chunk is masked, so nothing past a slice is touched.
+            while j + 4 <= n {
+                let k0 = kp.add(j * hd);
+                let (k1, k2, k3) = (k0.add(hd), k0.add(2 * hd), k0.add(3 * hd));
+                let (mut a0, mut a1, mut a2, mut a3) = (
+                    _mm512_setzero_ps(),
+                    _mm512_setzero_ps(),
+                    _mm512_setzero_ps(),
+                    _mm512_setzero_ps(),
+                );
+                let mut d = 0;
+                while d < hd {
+                    let m = mask16((hd - d).min(16));
+                    let qv = _mm512_maskz_loadu_ps(m, qp.add(d));
+                    a0 = _mm512_fmadd_ps(qv, _mm512_maskz_loadu_ps(m, k0.add(d)), a0);
+                    a1 = _mm512_fmadd_ps(qv, _mm512_maskz_loadu_ps(m, k1.add(d)), a1);
+                    a2 = _mm512_fmadd_ps(qv, _mm512_maskz_loadu_ps(m, k2.add(d)), a2);
+                    a3 = _mm512_fmadd_ps(qv, _mm512_maskz_loadu_ps(m, k3.add(d)), a3);
+                    d += 16;
+                }
+                *op.add(j) = scale * _mm512_reduce_add_ps(a0);
+                *op.add(j + 1) = scale * _mm512_reduce_add_ps(a1);
+                *op.add(j + 2) = scale * _mm512_reduce_add_ps(a2);
+                *op.add(j + 3) = scale * _mm512_reduce_add_ps(a3);
+                j += 4;
+            }
+            while j < n {
+                let k0 = kp.add(j * hd);
+                let mut a0 = _mm512_setzero_ps();
+                let mut d = 0;
+                while d < hd {
+                    let m = mask16((hd - d).min(16));
+                    let qv = _mm512_maskz_loadu_ps(m, qp.add(d));
+                    a0 = _mm512_fmadd_ps(qv, _mm512_maskz_loadu_ps(m, k0.add(d)), a0);
+                    d += 16;
+                }
+                *op.add(j) = scale * _mm512_reduce_add_ps(a0);
+                j += 1;
+            }
+        }
+    }
+}
+
+/// See [`super::scalar::accumulate`].
+///
+/// # Safety
+/// The CPU has AVX-512F; shapes as for [`accumulate_avx2`].
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn accumulate_avx512(
+    acc: &mut [f32],
+    p: &[f32],
+    values: &[f32],
+    hd: usize,
+    n: usize,
+) {
+    // SAFETY: the caller guarantees the target features and the slice shapes
+    // documented above; individual pointer offsets are justified inline.
+    unsafe {
+        let rows = acc.len() / hd;
+        debug_assert!(p.len() >= rows * n && values.len() >= n * hd);
+        let vp = values.as_ptr();
+        for r in 0..rows {
+            let ap = acc.as_mut_ptr().add(r * hd);
+            let pr = p.as_ptr().add(r * n);
+            // SAFETY (whole loop): offsets stay below `rows·hd`, `rows·n`, `n·hd`; the tail
+            // chunk is masked on load and store.
+            let mut d = 0;
+            while d + 64 <= hd {
+                let mut a0 = _mm512_loadu_ps(ap.add(d));
+                let mut a1 = _mm512_loadu_ps(ap.add(d + 16));
+                let mut a2 = _mm512_loadu_ps(ap.add(d + 32));
+                let mut a3 = _mm512_loadu_ps(ap.add(d + 48));
+                for j in 0..n {
+                    let w = _mm512_set1_ps(*pr.add(j));
+                    let v = vp.add(j * hd + d);
+                    a0 = _mm512_fmadd_ps(w, _mm512_loadu_ps(v), a0);
+                    a1 = _mm512_fmadd_ps(w, _mm512_loadu_ps(v.add(16)), a1);
+                    a2 = _mm512_fmadd_ps(w, _mm512_loadu_ps(v.add(32)), a2);
+                    a3 = _mm512_fmadd_ps(w, _mm512_loadu_ps(v.add(48)), a3);
+                }
+                _mm512_storeu_ps(ap.add(d), a0);
+                _mm512_storeu_ps(ap.add(d + 16), a1);
+                _mm512_storeu_ps(ap.add(d + 32), a2);
+                _mm512_storeu_ps(ap.add(d + 48), a3);
+                d += 64;
+            }
+            while d < hd {
+                let m = mask16((hd - d).min(16));
+                let mut a0 = _mm512_maskz_loadu_ps(m, ap.add(d));
+                for j in 0..n {
+                    let w = _mm512_set1_ps(*pr.add(j));
+                    a0 = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(m, vp.add(j * hd + d)), a0);
+                }
+                _mm512_mask_storeu_ps(ap.add(d), m, a0);
+                d += 16;
+            }
+        }
+    }
+}
+
+/// Widens `src` (IEEE binary16) into `dst`, `dst.len() == src.len()`.
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn widen_f16_avx512(src: &[half::f16], dst: &mut [f32]) {
+    // SAFETY: the caller guarantees the target features and the slice shapes
+    // documented above; individual pointer offsets are justified inline.
+    unsafe {
+        let len = src.len().min(dst.len());
+        let sp = src.as_ptr().cast::<u16>();
+        let dp = dst.as_mut_ptr();
+        let mut i = 0;
+        // SAFETY: `i + 16 ≤ len` bounds every load and store; `f16` is `repr(transparent)`
+        // over `u16`.
+        while i + 16 <= len {
+            let h = _mm256_loadu_si256(sp.add(i).cast());
+            _mm512_storeu_ps(dp.add(i), _mm512_cvtph_ps(h));
+            i += 16;
+        }
+        for (d, s) in dst[i..len].iter_mut().zip(&src[i..len]) {
+            *d = s.to_f32();
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// exp (Cephes `expf`: range reduction by ln 2 in two parts, degree-6 polynomial, 2^n by
+// exponent bits; ≤ 2 ulp on the range softmax uses, arguments ≤ 0).
+
+const EXP_HI: f32 = 88.376_26;
+const EXP_LO: f32 = -87.336_55;
+const LOG2E: f32 = core::f32::consts::LOG2_E;
+const LN2_HI: f32 = 0.693_359_4;
+const LN2_LO: f32 = -2.121_944_4e-4;
+const EXP_P: [f32; 6] =
+    [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5];
+
+/// `p[j] = exp(p[j] - max)` for all `j`; returns `Σ p[j]`. Arguments below −87.3 give 0.
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn exp_sum_avx512(p: &mut [f32], max: f32) -> f32 {
+    // SAFETY: every access is a masked 16-lane load/store of `p[j..j + len]` with
+    // `j + len ≤ p.len()`.
+    unsafe {
+        let mut sum = _mm512_setzero_ps();
+        let mut j = 0;
+        while j < p.len() {
+            let m = mask16((p.len() - j).min(16));
+            let ptr = p.as_mut_ptr().add(j);
+            let x = _mm512_sub_ps(_mm512_maskz_loadu_ps(m, ptr), _mm512_set1_ps(max));
+            let under = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, _mm512_set1_ps(EXP_LO));
+            let x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(EXP_LO)), _mm512_set1_ps(EXP_HI));
+            let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+                _mm512_mul_ps(x, _mm512_set1_ps(LOG2E)),
+            );
+            let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), x);
+            let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), r);
+            let mut y = _mm512_set1_ps(EXP_P[0]);
+            for &c in &EXP_P[1..] {
+                y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(c));
+            }
+            let y = _mm512_fmadd_ps(y, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0)));
+            let bits = _mm512_slli_epi32::<23>(_mm512_add_epi32(
+                _mm512_cvtps_epi32(n),
+                _mm512_set1_epi32(127),
+            ));
+            let e = _mm512_mul_ps(y, _mm512_castsi512_ps(bits));
+            let e = _mm512_maskz_mov_ps(!under, e);
+            _mm512_mask_storeu_ps(ptr, m, e);
+            sum = _mm512_add_ps(sum, _mm512_maskz_mov_ps(m, e));
+            j += 16;
+        }
+        _mm512_reduce_add_ps(sum)
+    }
+}
+
+/// `p[j] = exp(p[j] - max)` for all `j`; returns `Σ p[j]`. Arguments below −87.3 give 0.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn exp_sum_avx2(p: &mut [f32], max: f32) -> f32 {
+    // SAFETY: every access is an 8-lane load/store of `p[j..j + 8]` with `j + 8 ≤ p.len()`,
+    // or a masked one of `p[j..]` for the tail.
+    unsafe {
+        let mut sum = _mm256_setzero_ps();
+        let mut j = 0;
+        while j < p.len() {
+            let len = (p.len() - j).min(8);
+            let mask = if len == 8 { _mm256_set1_epi32(-1) } else { tail_mask8(len) };
+            let ptr = p.as_mut_ptr().add(j);
+            let x = _mm256_sub_ps(_mm256_maskload_ps(ptr, mask), _mm256_set1_ps(max));
+            let keep = _mm256_cmp_ps::<_CMP_GE_OQ>(x, _mm256_set1_ps(EXP_LO));
+            let x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(EXP_LO)), _mm256_set1_ps(EXP_HI));
+            let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+                _mm256_mul_ps(x, _mm256_set1_ps(LOG2E)),
+            );
+            let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HI), x);
+            let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), r);
+            let mut y = _mm256_set1_ps(EXP_P[0]);
+            for &c in &EXP_P[1..] {
+                y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(c));
+            }
+            let y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0)));
+            let bits = _mm256_slli_epi32::<23>(_mm256_add_epi32(
+                _mm256_cvtps_epi32(n),
+                _mm256_set1_epi32(127),
+            ));
+            let e = _mm256_and_ps(_mm256_mul_ps(y, _mm256_castsi256_ps(bits)), keep);
+            let e = _mm256_and_ps(e, _mm256_castsi256_ps(mask));
+            _mm256_maskstore_ps(ptr, mask, e);
+            sum = _mm256_add_ps(sum, e);
+            j += 8;
+        }
+        hsum8(sum)
+    }
+}

@@ -1,0 +1,299 @@
+//! `pagoda_cpu::attention::paged_attention` at every SIMD level this CPU has equals core's
+//! scalar specification (`paged_prefill` / `paged_decode`) and core's naive f64 attention,
+//! within 1e-5 relative error, over random head counts, GQA ratios (1, 2, 3, 8), head dims
+//! (ragged tails: not multiples of 8 or 16), block sizes, contexts up to 2000 tokens,
+//! prefill chunks spanning several tasks, random page permutations, f32 and f16 pages, and
+//! with the flash-decoding split off, automatic, and forced to several page ranges.
+
+use half::f16;
+use pagoda_core::attention::naive::naive_attention;
+use pagoda_core::attention::{paged_decode, paged_prefill, AttnConfig, AttnError};
+use pagoda_core::kv::{KvConfig, KvElement, KvError, KvPages};
+use pagoda_core::pool::PageId;
+use pagoda_cpu::attention::{paged_attention, paged_attention_split, Split};
+use pagoda_cpu::kernels::SimdLevel;
+use proptest::prelude::*;
+
+fn config() -> ProptestConfig {
+    if std::env::var_os("PROPTEST_CASES").is_some() {
+        ProptestConfig { failure_persistence: None, ..ProptestConfig::default() }
+    } else {
+        ProptestConfig { cases: 48, failure_persistence: None, ..ProptestConfig::default() }
+    }
+}
+
+const REL_TOL: f32 = 1e-5;
+
+/// xorshift64*: deterministic data from a proptest-chosen seed.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    /// Uniform in [-1, 1).
+    fn unit(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Case {
+    n_kv_heads: usize,
+    group: usize,
+    head_dim: usize,
+    block_size: usize,
+    n_ctx: usize,
+    n_new: usize,
+    q_gain: f32,
+    split: Split,
+    seed: u64,
+}
+
+fn case() -> impl Strategy<Value = Case> {
+    (
+        1..=4usize,
+        prop::sample::select(vec![1usize, 2, 3, 8]),
+        prop_oneof![1..=80usize, prop::sample::select(vec![8usize, 16, 17, 31, 33, 64, 65])],
+        prop::sample::select(vec![1usize, 2, 3, 5, 8, 16, 32]),
+        1..=2000usize,
+        1..=20usize,
+        prop::sample::select(vec![0.1f32, 1.0, 4.0]),
+        prop::sample::select(vec![
+            Split::Auto,
+            Split::Ranges(1),
+            Split::Ranges(2),
+            Split::Ranges(3),
+            Split::Ranges(7),
+        ]),
+        any::<u64>(),
+    )
+        .prop_map(
+            |(n_kv_heads, group, head_dim, block_size, n_ctx, n_new, q_gain, split, seed)| Case {
+                n_kv_heads,
+                group,
+                head_dim,
+                block_size,
+                n_ctx,
+                n_new: n_new.min(n_ctx),
+                q_gain,
+                split,
+                seed: seed | 1,
+            },
+        )
+}
+
+/// The paged cache (layer 1 holds the data, layer 0 noise, unwritten slots NaN) through a
+/// random page permutation, the same K/V contiguous (as stored, i.e. rounded to `T`), and q.
+#[allow(clippy::type_complexity)]
+fn build<T: KvElement>(
+    c: &Case,
+) -> (KvPages<T, Vec<T>>, Vec<PageId>, Vec<f32>, Vec<f32>, Vec<f32>, AttnConfig) {
+    let mut rng = Rng(c.seed);
+    let needed = c.n_ctx.div_ceil(c.block_size);
+    let n_pages = needed + 3;
+    let kc = KvConfig {
+        n_layers: 2,
+        n_kv_heads: c.n_kv_heads,
+        head_dim: c.head_dim,
+        block_size: c.block_size,
+        n_pages,
+    };
+    let mut kv = KvPages::new(kc, vec![T::from_f32(f32::NAN); kc.slab_len().unwrap()]).unwrap();
+    let mut perm: Vec<u32> = (0..n_pages as u32).collect();
+    for i in (1..n_pages).rev() {
+        perm.swap(i, rng.below(i + 1));
+    }
+    let pages: Vec<PageId> = perm[..needed].iter().map(|&p| PageId(p)).collect();
+    let row = kc.row_len();
+    let (mut k, mut v) = (Vec::with_capacity(c.n_ctx * row), Vec::with_capacity(c.n_ctx * row));
+    for pos in 0..c.n_ctx {
+        let page = pages[pos / c.block_size];
+        let slot = pos % c.block_size;
+        let k_row: Vec<f32> = (0..row).map(|_| rng.unit()).collect();
+        let v_row: Vec<f32> = (0..row).map(|_| rng.unit()).collect();
+        let noise: Vec<f32> = (0..row).map(|_| 100.0 + rng.unit()).collect();
+        kv.write(1, page, slot, &k_row, &v_row).unwrap();
+        kv.write(0, page, slot, &noise, &noise).unwrap();
+        k.extend(k_row.iter().map(|&x| T::from_f32(x).to_f32()));
+        v.extend(v_row.iter().map(|&x| T::from_f32(x).to_f32()));
+    }
+    let cfg = AttnConfig::new(c.n_kv_heads * c.group, c.n_kv_heads, c.head_dim).unwrap();
+    let q: Vec<f32> = (0..c.n_new * cfg.q_len()).map(|_| c.q_gain * rng.unit()).collect();
+    (kv, pages, k, v, q, cfg)
+}
+
+/// Error relative to the weighted mean of |v| (`scale`), as in core's attention tests: each
+/// output is `Σ p_t v_t / Σ p_t`, which may cancel to ~0.
+fn assert_close(what: &str, got: &[f32], want: &[f32], scale: &[f32]) -> Result<(), TestCaseError> {
+    prop_assert_eq!(got.len(), want.len());
+    for (i, ((&g, &w), &s)) in got.iter().zip(want).zip(scale).enumerate() {
+        let rel = (g - w).abs() / s.max(w.abs()).max(f32::MIN_POSITIVE);
+        prop_assert!(rel <= REL_TOL, "{}: element {}: {} vs {} (rel {:e})", what, i, g, w, rel);
+    }
+    Ok(())
+}
+
+fn check<T: KvElement>(c: &Case) -> Result<(), TestCaseError> {
+    let (kv, pages, k, v, q, cfg) = build::<T>(c);
+    let q_len = cfg.q_len();
+    let first = c.n_ctx - c.n_new;
+    let mut scores = vec![0.0f64; c.n_ctx];
+    let v_abs: Vec<f32> = v.iter().map(|x| x.abs()).collect();
+    let mut scale = vec![0.0f32; q.len()];
+    naive_attention(&q, &k, &v_abs, first, &cfg, &mut scores, &mut scale).unwrap();
+
+    let mut naive = vec![0.0f32; q.len()];
+    naive_attention(&q, &k, &v, first, &cfg, &mut scores, &mut naive).unwrap();
+    let mut core_prefill = vec![f32::NAN; q.len()];
+    paged_prefill(&kv, 1, &pages, c.n_ctx, &q, &mut core_prefill, &cfg).unwrap();
+    let q_last = &q[(c.n_new - 1) * q_len..];
+    let mut core_decode = vec![f32::NAN; q_len];
+    paged_decode(&kv, 1, &pages, c.n_ctx, q_last, &mut core_decode, &cfg).unwrap();
+
+    for level in SimdLevel::available() {
+        let mut got = vec![f32::NAN; q.len()];
+        paged_attention_split(level, &kv, 1, &pages, c.n_ctx, &q, &mut got, &cfg, c.split).unwrap();
+        assert_close(&format!("{level} prefill vs naive"), &got, &naive, &scale)?;
+        assert_close(&format!("{level} prefill vs core"), &got, &core_prefill, &scale)?;
+
+        let mut got = vec![f32::NAN; q_len];
+        paged_attention_split(level, &kv, 1, &pages, c.n_ctx, q_last, &mut got, &cfg, c.split)
+            .unwrap();
+        let last_scale = &scale[(c.n_new - 1) * q_len..];
+        assert_close(&format!("{level} decode vs core"), &got, &core_decode, last_scale)?;
+        assert_close(
+            &format!("{level} decode vs naive"),
+            &got,
+            &naive[(c.n_new - 1) * q_len..],
+            last_scale,
+        )?;
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn simd_f32_pages_match_core(c in case()) {
+        check::<f32>(&c)?;
+    }
+
+    #[test]
+    fn simd_f16_pages_match_core_on_the_same_pages(c in case()) {
+        check::<f16>(&c)?;
+    }
+}
+
+fn long_case(split: Split) -> Case {
+    Case {
+        n_kv_heads: 1,
+        group: 3,
+        head_dim: 19,
+        block_size: 16,
+        n_ctx: 1500,
+        n_new: 1,
+        q_gain: 4.0,
+        split,
+        seed: 7,
+    }
+}
+
+/// Splitting the context (flash-decoding) changes only float rounding, for every range count
+/// up to one range per page.
+#[test]
+fn split_ranges_agree_with_unsplit() {
+    let (kv, pages, _, _, q, cfg) = build::<f32>(&long_case(Split::Auto));
+    for level in SimdLevel::available() {
+        let mut whole = vec![0.0; q.len()];
+        paged_attention_split(level, &kv, 1, &pages, 1500, &q, &mut whole, &cfg, Split::Ranges(1))
+            .unwrap();
+        for ranges in [2, 3, 4, 5, 16, 94, 1000] {
+            let mut got = vec![0.0; q.len()];
+            let split = Split::Ranges(ranges);
+            paged_attention_split(level, &kv, 1, &pages, 1500, &q, &mut got, &cfg, split).unwrap();
+            for (g, w) in got.iter().zip(&whole) {
+                assert!((g - w).abs() <= 1e-5 * w.abs().max(0.05), "{level} {ranges}: {g} vs {w}");
+            }
+        }
+    }
+}
+
+/// The causal mask: changing the last token's K/V leaves earlier queries of the chunk alone.
+#[test]
+fn prefill_is_causal_at_every_level() {
+    let c = Case { n_ctx: 40, n_new: 12, block_size: 5, ..long_case(Split::Auto) };
+    for level in SimdLevel::available() {
+        let (mut kv, pages, _, _, q, cfg) = build::<f32>(&c);
+        let mut before = vec![0.0; q.len()];
+        paged_attention(level, &kv, 1, &pages, c.n_ctx, &q, &mut before, &cfg).unwrap();
+        let row = vec![5.0; c.head_dim];
+        kv.write(1, pages[(c.n_ctx - 1) / c.block_size], (c.n_ctx - 1) % c.block_size, &row, &row)
+            .unwrap();
+        let mut after = vec![0.0; q.len()];
+        paged_attention(level, &kv, 1, &pages, c.n_ctx, &q, &mut after, &cfg).unwrap();
+        let q_len = cfg.q_len();
+        assert_eq!(before[..11 * q_len], after[..11 * q_len], "{level}");
+        assert_ne!(before[11 * q_len..], after[11 * q_len..], "{level}");
+    }
+}
+
+/// Bad arguments give core's error values, never a panic.
+#[test]
+fn bad_arguments_are_core_errors() {
+    let kc = KvConfig { n_layers: 1, n_kv_heads: 1, head_dim: 2, block_size: 4, n_pages: 2 };
+    let kv = KvPages::new(kc, vec![0.0f32; 32]).unwrap();
+    let cfg = AttnConfig::new(2, 1, 2).unwrap();
+    let q = [0.0; 4];
+    let mut out = [0.0; 4];
+    let p = [PageId(0), PageId(1)];
+    for level in SimdLevel::ALL {
+        let run = |pages: &[PageId], n_ctx, q: &[f32], out: &mut [f32], cfg: &AttnConfig| {
+            paged_attention(level, &kv, 0, pages, n_ctx, q, out, cfg)
+        };
+        assert_eq!(run(&p, 0, &q, &mut out, &cfg), Err(AttnError::EmptyContext));
+        assert_eq!(
+            run(&p, 9, &q, &mut out, &cfg),
+            Err(AttnError::TooFewPages { needed: 3, got: 2 })
+        );
+        assert!(matches!(
+            paged_attention(level, &kv, 1, &p, 1, &q, &mut out, &cfg),
+            Err(AttnError::Kv(KvError::LayerOutOfRange { .. }))
+        ));
+        assert!(matches!(
+            run(&[PageId(2)], 1, &q, &mut out, &cfg),
+            Err(AttnError::Kv(KvError::PageOutOfRange { .. }))
+        ));
+        assert!(matches!(
+            run(&p, 1, &q[..3], &mut out, &cfg),
+            Err(AttnError::Length { what: "q (whole tokens)", .. })
+        ));
+        assert_eq!(run(&p, 1, &[], &mut [], &cfg), Err(AttnError::EmptyContext));
+        assert!(matches!(
+            run(&p, 1, &q, &mut out[..2], &cfg),
+            Err(AttnError::Length { what: "out", .. })
+        ));
+        assert_eq!(
+            run(&p, 1, &[0.0; 8], &mut [0.0; 8], &cfg),
+            Err(AttnError::ChunkLongerThanContext { n_new: 2, n_ctx: 1 })
+        );
+        let other = AttnConfig::new(2, 2, 2).unwrap();
+        assert!(matches!(
+            run(&p, 1, &q, &mut out, &other),
+            Err(AttnError::ConfigMismatch { what: "n_kv_heads", .. })
+        ));
+        let zero = AttnConfig { head_dim: 0, ..cfg };
+        assert_eq!(run(&p, 1, &q, &mut out, &zero), Err(AttnError::ZeroDimension));
+        let ragged = AttnConfig { n_heads: 3, n_kv_heads: 2, ..cfg };
+        assert_eq!(
+            run(&p, 1, &q, &mut out, &ragged),
+            Err(AttnError::HeadsNotDivisible { n_heads: 3, n_kv_heads: 2 })
+        );
+    }
+}
