@@ -9,12 +9,16 @@
 //! ```
 
 use half::{bf16, f16};
+use pagoda_core::attention::{paged_decode, paged_prefill, AttnConfig, AttnError};
 use pagoda_core::kv::{KvConfig, KvFormat, KvPages};
 use pagoda_core::pool::{BlockPool, PageEntry, PageId};
 use pagoda_core::quant::{BlockQ4_0, BlockQ8_0};
 use pagoda_core::table::{BlockTable, CopyOnWrite};
 
+use rayon::prelude::*;
+
 use super::{LlamaConfig, ModelError};
+use crate::kernels::SimdLevel;
 
 /// Storage format of the KV pages (`--kv-type`).
 ///
@@ -99,6 +103,48 @@ pub enum KvStore {
     Q8_0(KvPages<BlockQ8_0, Vec<BlockQ8_0>>),
     /// q4_0 pages (blocks of 32 values).
     Q4_0(KvPages<BlockQ4_0, Vec<BlockQ4_0>>),
+}
+
+/// A causal paged attention over pages of format `T`, with the contract of
+/// [`crate::attention::paged_attention`] (`level`, `kv`, `layer`, `pages`, `n_ctx`, `q`, `out`,
+/// `cfg`): the forward pass takes one per format.
+pub(crate) type AttentionFn<T> = fn(
+    SimdLevel,
+    &KvPages<T, Vec<T>>,
+    usize,
+    &[PageId],
+    usize,
+    &[f32],
+    &mut [f32],
+    &AttnConfig,
+) -> Result<(), AttnError>;
+
+/// [`AttentionFn`] for formats without SIMD kernels (q8_0, q4_0): core's reference attention,
+/// which reads the blocks in place, with the chunk's query tokens in parallel (`level` is
+/// unused). Same result and errors as `pagoda_core::attention::paged_prefill`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn reference_attention<T: KvFormat>(
+    _level: SimdLevel,
+    kv: &KvPages<T, Vec<T>>,
+    layer: usize,
+    pages: &[PageId],
+    n_ctx: usize,
+    q: &[f32],
+    out: &mut [f32],
+    cfg: &AttnConfig,
+) -> Result<(), AttnError> {
+    let per_token = cfg.q_len();
+    let n_new = q.len().checked_div(per_token).unwrap_or(0);
+    let whole = n_new > 0 && n_new * per_token == q.len() && out.len() == q.len();
+    if !whole || n_new > n_ctx {
+        // A shape error: core's prefill names it.
+        return paged_prefill(kv, layer, pages, n_ctx, q, out, cfg);
+    }
+    let first = n_ctx - n_new;
+    out.par_chunks_mut(per_token)
+        .zip(q.par_chunks(per_token))
+        .enumerate()
+        .try_for_each(|(i, (out, q))| paged_decode(kv, layer, pages, first + i + 1, q, out, cfg))
 }
 
 /// A sequence's block table, growable.

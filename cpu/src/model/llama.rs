@@ -32,7 +32,7 @@ use crate::attention::paged_attention;
 use crate::kernels::{Kernels, MatmulScratch};
 use crate::model_file::ModelFile;
 
-use super::kv_cache::{KvCache, KvStore, SeqTable};
+use super::kv_cache::{reference_attention, AttentionFn, KvCache, KvStore, SeqTable};
 use super::weights::{LlamaWeights, Weight};
 use super::{LlamaConfig, ModelError};
 
@@ -198,11 +198,12 @@ impl Llama {
             });
         }
         let result = match cache.store_mut() {
-            KvStore::F32(kv) => self.run(kv, &layout, scratch),
-            KvStore::F16(kv) => self.run(kv, &layout, scratch),
-            KvStore::Bf16(kv) => self.run(kv, &layout, scratch),
-            KvStore::Q8_0(kv) => self.run(kv, &layout, scratch),
-            KvStore::Q4_0(kv) => self.run(kv, &layout, scratch),
+            KvStore::F32(kv) => self.run(kv, &layout, scratch, paged_attention),
+            KvStore::F16(kv) => self.run(kv, &layout, scratch, paged_attention),
+            KvStore::Bf16(kv) => self.run(kv, &layout, scratch, paged_attention),
+            // No SIMD kernels for block formats yet: core's reference, tokens in parallel.
+            KvStore::Q8_0(kv) => self.run(kv, &layout, scratch, reference_attention),
+            KvStore::Q4_0(kv) => self.run(kv, &layout, scratch, reference_attention),
         };
         if result.is_err() {
             for (it, span) in items.iter_mut().zip(&layout.spans) {
@@ -217,13 +218,14 @@ impl Llama {
         kv: &mut KvPages<T, Vec<T>>,
         b: &BatchLayout,
         s: &mut ForwardScratch,
+        attend: AttentionFn<T>,
     ) -> Result<Vec<Vec<f32>>, ModelError> {
         let c = &self.config;
         let n = b.tokens.len();
         let x = resize(&mut s.x, n * c.dim);
         self.embed(&b.tokens, x)?;
         for l in 0..c.n_layers {
-            self.attention_block(l, kv, b, s)?;
+            self.attention_block(l, kv, b, s, attend)?;
             self.ffn_block(l, n, s)?;
         }
         self.output(b, s)
@@ -298,6 +300,7 @@ impl Llama {
         kv: &mut KvPages<T, Vec<T>>,
         b: &BatchLayout,
         s: &mut ForwardScratch,
+        attend: AttentionFn<T>,
     ) -> Result<(), ModelError> {
         let c = &self.config;
         let n = b.tokens.len();
@@ -348,7 +351,7 @@ impl Llama {
             q_rest = qr;
         }
         outs.into_par_iter().try_for_each(|(sp, out, q)| {
-            paged_attention(level, kv_ref, l, &sp.pages, sp.pos0 + sp.n, q, out, &cfg)
+            attend(level, kv_ref, l, &sp.pages, sp.pos0 + sp.n, q, out, &cfg)
                 .map_err(|e| ModelError::Invalid(format!("attention: {e}")))
         })?;
 
