@@ -4,6 +4,8 @@
 //! Exit codes: 0 success, 1 runtime error (bad model, prompt too long, …), 2 usage error.
 #![forbid(unsafe_code)]
 
+mod batch;
+mod bench;
 mod chat;
 mod common;
 mod inspect;
@@ -30,6 +32,10 @@ struct Cli {
 enum Command {
     /// Generate text from a prompt, streaming it to stdout.
     Run(run::RunArgs),
+    /// Run many requests (JSONL) concurrently through the engine, one result line each.
+    Batch(batch::BatchArgs),
+    /// Aggregate throughput of the engine by batch size (like llama-batched-bench).
+    Bench(bench::BenchArgs),
     /// Interactive multi-turn chat with the model's chat template (Ctrl-D ends).
     Chat(chat::ChatArgs),
     /// Print the token ids of a text as a JSON array.
@@ -44,6 +50,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(a) => run::main(a),
+        Command::Batch(a) => batch::main(a),
+        Command::Bench(a) => bench::main(a),
         Command::Chat(a) => chat::main(a),
         Command::Tokenize(a) => tokenize::main(a),
         Command::Perplexity(a) => perplexity::main(a),
