@@ -15,6 +15,7 @@
 //! never the global one. Tokens are pseudo-random ids from a fixed seed, as llama-bench
 //! uses random tokens: the timing does not depend on what the tokens say.
 
+mod batched;
 mod scaling;
 
 use std::path::{Path, PathBuf};
@@ -50,7 +51,7 @@ pub struct BenchArgs {
     /// Print a JSON array of rows instead of the markdown table.
     #[arg(long = "json")]
     json: bool,
-    /// KV page element type: f32 or f16.
+    /// KV page element type: f32, f16, bf16, q8_0 or q4_0.
     #[arg(long = "kv-type", default_value = "f16", value_parser = parse_kv_type)]
     kv_type: KvType,
     /// Tokens per KV page.
@@ -59,6 +60,10 @@ pub struct BenchArgs {
     /// Tokens per forward pass while processing a prompt (and while filling the depth).
     #[arg(short = 'b', long = "batch-size", default_value_t = 512)]
     batch: usize,
+    /// Measure the multi-sequence engine instead: aggregate throughput with B sequences
+    /// at once for each B given (like llama-batched-bench), using the first -p and -n.
+    #[arg(long = "batch", value_delimiter = ',')]
+    engine_batch: Vec<usize>,
     /// Run the complexity experiment instead: generation time and KV bytes vs N, with
     /// the paged cache and without a cache; writes docs/scaling.md and docs/scaling.svg.
     #[arg(long = "scaling")]
@@ -75,7 +80,9 @@ pub struct BenchArgs {
 }
 
 fn parse_kv_type(s: &str) -> Result<KvType, String> {
-    KvType::from_name(s).ok_or_else(|| format!("unknown KV type '{s}' (expected f32 or f16)"))
+    KvType::from_name(s).ok_or_else(|| {
+        format!("unknown KV type '{s}' (expected one of {})", KvType::NAMES.join(", "))
+    })
 }
 
 pub fn main(a: BenchArgs) -> CliResult {
@@ -96,6 +103,14 @@ pub fn main(a: BenchArgs) -> CliResult {
     let path = a.model.clone().unwrap_or_else(default_model_path);
     let model = load_model(&path, a.model.is_some())?;
     let info = ModelInfo::of(&model, &path);
+    if !a.engine_batch.is_empty() {
+        let p = a.n_prompt.first().copied().unwrap_or(0);
+        let n = a.n_gen.first().copied().unwrap_or(0);
+        let pool = thread_pool(threads[0])?;
+        return pool
+            .install(|| batched::run(&model, &a.engine_batch, p, n, a.reps, a.json))
+            .map_err(Into::into);
+    }
     if a.scaling {
         let opts = scaling::ScalingOptions {
             n_list: a.n_list.clone(),
@@ -168,10 +183,7 @@ pub(crate) fn thread_pool(t: usize) -> CliResult<rayon::ThreadPool> {
 }
 
 pub(crate) fn kv_name(k: KvType) -> &'static str {
-    match k {
-        KvType::F32 => "f32",
-        KvType::F16 => "f16",
-    }
+    k.name()
 }
 
 fn load_model(path: &Path, explicit: bool) -> CliResult<Llama> {

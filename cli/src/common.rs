@@ -34,7 +34,7 @@ pub struct ContextArgs {
     #[arg(short = 'b', long = "batch-size", default_value_t = 512,
           value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub batch: u32,
-    /// KV page element type: f32 or f16.
+    /// KV page format: f32, f16, bf16, q8_0 or q4_0 (the block formats need head_dim % 32 == 0).
     #[arg(long = "kv-type", default_value = "f16", value_parser = parse_kv_type)]
     pub kv_type: KvType,
     /// Tokens per KV page.
@@ -44,7 +44,8 @@ pub struct ContextArgs {
 }
 
 fn parse_kv_type(s: &str) -> Result<KvType, String> {
-    KvType::from_name(s).ok_or_else(|| format!("unknown KV type '{s}' (expected f32 or f16)"))
+    KvType::from_name(s)
+        .ok_or_else(|| format!("unknown KV type '{s}' (expected f32, f16, bf16, q8_0 or q4_0)"))
 }
 
 impl ContextArgs {

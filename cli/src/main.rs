@@ -4,6 +4,7 @@
 //! Exit codes: 0 success, 1 runtime error (bad model, prompt too long, …), 2 usage error.
 #![forbid(unsafe_code)]
 
+mod batch;
 mod bench;
 mod chat;
 mod common;
@@ -32,14 +33,16 @@ struct Cli {
 enum Command {
     /// Generate text from a prompt, streaming it to stdout.
     Run(run::RunArgs),
+    /// Run many requests (JSONL) concurrently through the engine, one result line each.
+    Batch(batch::BatchArgs),
+    /// Tokens/s like llama-bench; --batch: engine throughput by batch size; --scaling: time and KV memory vs N.
+    Bench(bench::BenchArgs),
     /// Interactive multi-turn chat with the model's chat template (Ctrl-D ends).
     Chat(chat::ChatArgs),
     /// Print the token ids of a text as a JSON array.
     Tokenize(tokenize::TokenizeArgs),
     /// Perplexity of a text file, by llama.cpp's method.
     Perplexity(perplexity::PerplexityArgs),
-    /// Tokens/s like llama-bench; --scaling: time and KV memory vs N.
-    Bench(bench::BenchArgs),
     /// Print a GGUF file's metadata and tensor table (like gguf-dump).
     Inspect(inspect::InspectArgs),
 }
@@ -48,10 +51,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(a) => run::main(a),
+        Command::Batch(a) => batch::main(a),
+        Command::Bench(a) => bench::main(a),
         Command::Chat(a) => chat::main(a),
         Command::Tokenize(a) => tokenize::main(a),
         Command::Perplexity(a) => perplexity::main(a),
-        Command::Bench(a) => bench::main(a),
         Command::Inspect(a) => inspect::run(&a).map(|out| print!("{out}")).map_err(Into::into),
     };
     match result {

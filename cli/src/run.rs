@@ -9,7 +9,12 @@ use pagoda_cpu::model::Session;
 use pagoda_cpu::sampler::Sampler;
 use serde_json::json;
 
-use crate::common::{load, read_text_file, CliResult, ContextArgs, ModelArgs, SamplingArgs};
+use pagoda_cpu::engine::{Engine, EngineConfig, FinishReason, Request, RequestId};
+use pagoda_cpu::sampler::SamplerConfig;
+
+use crate::common::{
+    load, read_text_file, CliResult, ContextArgs, Loaded, ModelArgs, SamplingArgs,
+};
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
@@ -35,9 +40,14 @@ pub struct RunArgs {
     /// Recompute the whole sequence every step (the O(N³) baseline).
     #[arg(long = "no-kv-cache")]
     no_kv_cache: bool,
-    /// Print one JSON object instead of streaming text.
+    /// Print one JSON object instead of streaming text (a JSON array with --samples).
     #[arg(long = "json")]
     json: bool,
+    /// Draw N samples: the prompt is prefilled once and its pages shared by all samples
+    /// (copy-on-write); sample i uses seed + i. Printed in turn.
+    #[arg(long = "samples", default_value_t = 1, conflicts_with = "no_kv_cache",
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
+    samples: u32,
 }
 
 pub fn main(a: RunArgs) -> CliResult {
@@ -52,6 +62,9 @@ pub fn main(a: RunArgs) -> CliResult {
     let prompt_ids = tok.encode(&prompt, true, true);
     if prompt_ids.is_empty() {
         return Err("the prompt is empty".into());
+    }
+    if a.samples > 1 {
+        return run_samples(&a, &loaded, prompt_ids, sampler.config().clone());
     }
     let mut session = Session::new(&loaded.model, a.ctx.session(2048))?;
     let opts = GenerateOptions {
@@ -132,4 +145,90 @@ fn timings(g: &Generation, load_s: f64) -> serde_json::Value {
         "predicted_ms": g.gen_time.as_secs_f64() * 1e3,
         "predicted_per_second": g.gen_tps(),
     })
+}
+
+/// `--samples N`: one request of N samples through the engine (prefill once, fork).
+fn run_samples(
+    a: &RunArgs,
+    loaded: &Loaded,
+    prompt_ids: Vec<u32>,
+    sampler: SamplerConfig,
+) -> CliResult {
+    let tok = &loaded.tokenizer;
+    let opts = a.ctx.session(2048);
+    let n = a.samples as usize;
+    if prompt_ids.len() >= opts.n_ctx {
+        return Err(pagoda_cpu::model::ModelError::ContextFull {
+            needed: prompt_ids.len() + 1,
+            n_ctx: opts.n_ctx,
+        }
+        .into());
+    }
+    let room = opts.n_ctx - prompt_ids.len();
+    let max_tokens = if a.n_predict >= 0 { (a.n_predict as usize).clamp(1, room) } else { room };
+    // The shared prompt pages, plus each sample's own growth and its copy of the last page.
+    let bs = opts.block_size;
+    let kv_pages = prompt_ids.len().div_ceil(bs) + n * (max_tokens.div_ceil(bs) + 1);
+    let config = EngineConfig {
+        kv_pages,
+        block_size: bs,
+        kv_type: opts.kv_type,
+        max_batch_tokens: opts.n_batch,
+        prefix_caching: false,
+    };
+    let mut engine = Engine::new(&loaded.model, config)?;
+    let stop_tokens = if a.ignore_eos { Vec::new() } else { tok.eog_ids().to_vec() };
+    let seed = sampler.seed;
+    engine.add_request(Request {
+        id: RequestId(0),
+        prompt: prompt_ids.clone(),
+        max_tokens,
+        sampler,
+        n,
+        stop_tokens,
+    })?;
+    let t0 = std::time::Instant::now();
+    let done = engine.run_to_completion()?;
+    let wall = t0.elapsed().as_secs_f64();
+    let samples = &done.first().ok_or("the engine returned no output")?.samples;
+    let mut stdout = std::io::stdout().lock();
+    let mut all = Vec::new();
+    for (i, s) in samples.iter().enumerate() {
+        let mut d = tok.stream_decoder();
+        let mut text = String::new();
+        for &t in &s.tokens {
+            if a.ignore_eos || !tok.is_eog(t) {
+                text.push_str(&d.push(t));
+            }
+        }
+        text.push_str(&d.finish());
+        let sample_seed = seed.wrapping_add(i as u64);
+        let stop = match s.finish {
+            FinishReason::Stop => "eog",
+            _ => "length",
+        };
+        if a.json {
+            all.push(json!({ "sample": i, "seed": sample_seed, "tokens": s.tokens,
+                             "text": text, "stop": stop }));
+        } else {
+            writeln!(stdout, "--- sample {i} (seed {sample_seed}) ---")?;
+            writeln!(stdout, "{text}")?;
+        }
+    }
+    if a.json {
+        writeln!(stdout, "{}", serde_json::Value::Array(all))?;
+    }
+    stdout.flush()?;
+    let st = engine.stats();
+    eprintln!(
+        "load {:.2} s | prompt {} tokens once | {n} samples, {} tokens, {:.1} t/s | \
+         KV peak {} pages ({} bytes)",
+        loaded.load_time.as_secs_f64(),
+        prompt_ids.len(),
+        st.generated_tokens,
+        st.generated_tokens as f64 / wall.max(1e-9),
+        st.peak_pages,
+        st.peak_pages * engine.cache().page_bytes(),
+    );
+    Ok(())
 }

@@ -19,10 +19,18 @@
 //! Vectors: `q` and `out` are `[head][head_dim]`, `n_heads × head_dim` f32s per token.
 //! Accumulation is in f32; [`naive`] is the materialised-scores, f64 reference they are
 //! tested against.
+//!
+//! # Page formats
+//!
+//! One implementation serves every [`KvFormat`] (f32, f16, bf16, q8_0, q4_0): keys and values
+//! are read in place, one slot row at a time, through the format's two row operations,
+//! `q_h · k_t` = [`KvFormat::dot`] and `acc += p · v_t` = [`KvFormat::add_scaled`]. A q8_0 row
+//! is dotted block by block (`Σ_b d_b · Σ_i q_i · qs_i`); nothing is widened into a copy of
+//! the page, let alone of the cache.
 
 use core::fmt;
 
-use crate::kv::{KvElement, KvError, KvHalf, KvPages};
+use crate::kv::{KvError, KvFormat, KvHalf, KvPages};
 use crate::pool::PageId;
 
 pub mod naive;
@@ -184,7 +192,7 @@ impl From<KvError> for AttnError {
 }
 
 /// Checks everything both entry points share; returns the pages actually read.
-fn validate<'p, T: KvElement, S: AsRef<[T]>>(
+fn validate<'p, T: KvFormat, S: AsRef<[T]>>(
     kv: &KvPages<T, S>,
     layer: usize,
     pages: &'p [PageId],
@@ -219,7 +227,7 @@ fn validate<'p, T: KvElement, S: AsRef<[T]>>(
 ///
 /// `pages` is the sequence's block table (`BlockTable::pages()`; extra trailing pages are
 /// ignored); `q` and `out` are `n_heads × head_dim` f32s, `[head][head_dim]`.
-pub fn paged_decode<T: KvElement, S: AsRef<[T]>>(
+pub fn paged_decode<T: KvFormat, S: AsRef<[T]>>(
     kv: &KvPages<T, S>,
     layer: usize,
     pages: &[PageId],
@@ -245,7 +253,7 @@ pub fn paged_decode<T: KvElement, S: AsRef<[T]>>(
 ///
 /// `q` and `out` are `[token][head][head_dim]`, `n_new × n_heads × head_dim` f32s; `n_new` is
 /// `q.len() / (n_heads × head_dim)`.
-pub fn paged_prefill<T: KvElement, S: AsRef<[T]>>(
+pub fn paged_prefill<T: KvFormat, S: AsRef<[T]>>(
     kv: &KvPages<T, S>,
     layer: usize,
     pages: &[PageId],
@@ -280,7 +288,7 @@ pub fn paged_prefill<T: KvElement, S: AsRef<[T]>>(
 }
 
 /// One query token over the first `n_ctx` positions; arguments already validated.
-fn attend_token<T: KvElement, S: AsRef<[T]>>(
+fn attend_token<T: KvFormat, S: AsRef<[T]>>(
     kv: &KvPages<T, S>,
     layer: usize,
     pages: &[PageId],
@@ -290,7 +298,7 @@ fn attend_token<T: KvElement, S: AsRef<[T]>>(
     cfg: &AttnConfig,
 ) -> Result<(), AttnError> {
     let hd = cfg.head_dim;
-    let block_size = kv.config().block_size;
+    let (block_size, row_units) = (kv.config().block_size, kv.row_units());
     for (h, (q_h, acc)) in q.chunks_exact(hd).zip(out.chunks_exact_mut(hd)).enumerate() {
         let kv_head = cfg.kv_head_of(h);
         acc.fill(0.0);
@@ -303,8 +311,8 @@ fn attend_token<T: KvElement, S: AsRef<[T]>>(
             let n = (n_ctx - first).min(block_size);
             let keys = kv.head_run(layer, page, KvHalf::Key, kv_head)?;
             let values = kv.head_run(layer, page, KvHalf::Value, kv_head)?;
-            for (k, v) in keys.chunks_exact(hd).zip(values.chunks_exact(hd)).take(n) {
-                let score = cfg.scale * dot(q_h, k);
+            for (k, v) in keys.chunks_exact(row_units).zip(values.chunks_exact(row_units)).take(n) {
+                let score = cfg.scale * T::dot(q_h, k);
                 state.push(score, v, acc);
             }
         }
@@ -326,7 +334,7 @@ impl OnlineSoftmax {
 
     /// Adds one token with `score` and value `v` to the unnormalised output `acc`.
     #[inline]
-    fn push<T: KvElement>(&mut self, score: f32, v: &[T], acc: &mut [f32]) {
+    fn push<T: KvFormat>(&mut self, score: f32, v: &[T], acc: &mut [f32]) {
         if score > self.max {
             // Rescale what was summed under the old max (exp(-inf) = 0 on the first token).
             let correction = libm::expf(self.max - score);
@@ -338,9 +346,7 @@ impl OnlineSoftmax {
         }
         let p = libm::expf(score - self.max);
         self.sum += p;
-        for (a, &x) in acc.iter_mut().zip(v) {
-            *a += p * x.to_f32();
-        }
+        T::add_scaled(p, v, acc);
     }
 
     fn finish(self, acc: &mut [f32]) {
@@ -349,11 +355,6 @@ impl OnlineSoftmax {
             *a *= inv;
         }
     }
-}
-
-#[inline]
-fn dot<T: KvElement>(q: &[f32], k: &[T]) -> f32 {
-    q.iter().zip(k).map(|(&a, &b)| a * b.to_f32()).sum()
 }
 
 #[cfg(test)]

@@ -17,7 +17,8 @@
 //! ```
 //!
 //! Element index of `(layer, page, K|V, kv_head, slot, d)`:
-//! `((((layer * n_pages + page) * 2 + kv) * n_kv_heads + kv_head) * block_size + slot) * head_dim + d`.
+//! `((((layer * n_pages + page) * 2 + kv) * n_kv_heads + kv_head) * block_size + slot) * head_dim + d`
+//! (for a block format, replace `head_dim` by the row units and `d` by the block `d / 32`).
 //!
 //! # Why this order
 //!
@@ -32,50 +33,45 @@
 //! Layers outermost keeps each layer's pages in one region (the forward pass runs layer by
 //! layer), and a page copy for copy-on-write is `2 × n_kv_heads` short `copy_within`s per layer.
 //!
-//! # Element types
+//! # Formats
 //!
-//! [`KvElement`] is implemented for `f32` and `half::f16` (convert on write, widen to f32 on
-//! read). `bf16` fits the same trait. A block-quantized page (q8_0: 32 values share a scale)
-//! does not have one element per value; it would be a separate storage type with the same
-//! layout above, where `head_dim` is stored as `head_dim / 32` blocks per slot.
+//! The slab is a `[F]` of *units* of a [`KvFormat`] `F`. Float element types ([`KvElement`]:
+//! `f32`, `half::f16`, `half::bf16`) are units of one value; block-quantized formats are units
+//! of 32 values sharing one f16 scale (`quant::BlockQ8_0`, `quant::BlockQ4_0`). The layout above
+//! is the same for all of them, with `head_dim` read as `head_dim / F::VALUES_PER_UNIT` units
+//! per slot ("row units"); index formulas and run lengths below count units.
+//!
+//! ```text
+//! slot, f32 (head_dim 64):  [ x0 x1 ... x63 ]                        64 units, 256 B
+//! slot, q8_0:               [ d q0 ... q31 | d q32 ... q63 ]          2 units,  68 B
+//! ```
+//!
+//! A block never straddles two slots or two heads, so writing one token re-quantizes only
+//! that token's rows and copy-on-write copies whole slots. Formats with
+//! `VALUES_PER_UNIT > 1` need `head_dim` to be a multiple of it
+//! ([`KvError::HeadDimNotMultiple`] otherwise).
+//!
+//! | format      | unit          | bytes per value | SmolLM2-135M bytes per token (30 × 3 × 64, K+V) |
+//! |-------------|---------------|-----------------|--------------------------------------------------|
+//! | `f32`       | `f32`         | 4               | 46 080                                           |
+//! | `f16`       | `half::f16`   | 2               | 23 040                                           |
+//! | `bf16`      | `half::bf16`  | 2               | 23 040                                           |
+//! | `q8_0`      | `BlockQ8_0`   | 34 / 32         | 12 240                                           |
+//! | `q4_0`      | `BlockQ4_0`   | 18 / 32         | 6 480                                            |
 
 use core::fmt;
 use core::marker::PhantomData;
 
 use crate::pool::PageId;
 
+mod format;
+mod q4_0;
+mod q8_0;
+
+pub use format::{KvElement, KvFormat};
+
 /// vLLM's default tokens per page.
 pub const DEFAULT_BLOCK_SIZE: usize = 16;
-
-/// An element type a KV page can store: converts to and from `f32`.
-pub trait KvElement: Copy + Default + PartialEq + fmt::Debug + Send + Sync + 'static {
-    /// Widens to `f32` (exact for `f32` and `f16`).
-    fn to_f32(self) -> f32;
-    /// Narrows from `f32` (round to nearest for `f16`).
-    fn from_f32(x: f32) -> Self;
-}
-
-impl KvElement for f32 {
-    #[inline(always)]
-    fn to_f32(self) -> f32 {
-        self
-    }
-    #[inline(always)]
-    fn from_f32(x: f32) -> Self {
-        x
-    }
-}
-
-impl KvElement for half::f16 {
-    #[inline(always)]
-    fn to_f32(self) -> f32 {
-        half::f16::to_f32(self)
-    }
-    #[inline(always)]
-    fn from_f32(x: f32) -> Self {
-        half::f16::from_f32(x)
-    }
-}
 
 /// Whether a row is a key or a value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -134,16 +130,38 @@ impl KvConfig {
         dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or(KvError::SizeOverflow)
     }
 
-    /// Bytes the slab takes with element type `T`.
-    pub fn slab_bytes<T>(&self) -> Result<usize, KvError> {
-        self.slab_len()?.checked_mul(core::mem::size_of::<T>()).ok_or(KvError::SizeOverflow)
+    /// Units of format `F` in one slot of one head: `head_dim / F::VALUES_PER_UNIT`.
+    /// Errors if `head_dim` is 0 or not a multiple of `F::VALUES_PER_UNIT`.
+    pub fn row_units<F: KvFormat>(&self) -> Result<usize, KvError> {
+        if self.head_dim == 0 {
+            return Err(KvError::ZeroDimension { name: "head_dim" });
+        }
+        if self.head_dim % F::VALUES_PER_UNIT != 0 {
+            return Err(KvError::HeadDimNotMultiple {
+                head_dim: self.head_dim,
+                values_per_unit: F::VALUES_PER_UNIT,
+            });
+        }
+        Ok(self.head_dim / F::VALUES_PER_UNIT)
     }
 
-    /// Start of `(layer, page, half, kv_head)`'s run of `block_size × head_dim` elements.
-    /// Unchecked arithmetic: callers validate indices first.
-    fn run_start(&self, layer: usize, page: usize, half: KvHalf, kv_head: usize) -> usize {
-        (((layer * self.n_pages + page) * 2 + half as usize) * self.n_kv_heads + kv_head)
-            * self.head_run_len()
+    /// Units of format `F` the slab must hold: [`slab_len`](Self::slab_len)` / VALUES_PER_UNIT`
+    /// (equal to `slab_len` for float elements).
+    pub fn slab_units<F: KvFormat>(&self) -> Result<usize, KvError> {
+        let values = self.slab_len()?;
+        Ok(values / self.head_dim * self.row_units::<F>()?)
+    }
+
+    /// Bytes the slab takes in format `F`.
+    pub fn slab_bytes<F: KvFormat>(&self) -> Result<usize, KvError> {
+        self.slab_units::<F>()?.checked_mul(core::mem::size_of::<F>()).ok_or(KvError::SizeOverflow)
+    }
+
+    /// Bytes one token takes in format `F` across all layers, K and V:
+    /// `n_layers × 2 × n_kv_heads × row_units × size_of::<F>()`.
+    pub fn bytes_per_token<F: KvFormat>(&self) -> Result<usize, KvError> {
+        let per_page = KvConfig { n_pages: 1, ..*self }.slab_bytes::<F>()?;
+        Ok(per_page / self.block_size)
     }
 }
 
@@ -193,6 +211,13 @@ pub enum KvError {
         /// Number of kv heads.
         n_kv_heads: usize,
     },
+    /// `head_dim` is not a multiple of the format's values per unit (32 for q8_0 and q4_0).
+    HeadDimNotMultiple {
+        /// The config's `head_dim`.
+        head_dim: usize,
+        /// Values one unit of the format stores.
+        values_per_unit: usize,
+    },
     /// A K or V row does not have `n_kv_heads × head_dim` elements.
     RowLength {
         /// Expected length.
@@ -222,6 +247,11 @@ impl fmt::Display for KvError {
             KvError::HeadOutOfRange { kv_head, n_kv_heads } => {
                 write!(f, "KV head {kv_head} out of range (n_kv_heads = {n_kv_heads})")
             }
+            KvError::HeadDimNotMultiple { head_dim, values_per_unit } => write!(
+                f,
+                "KV format stores blocks of {values_per_unit} values, but head_dim {head_dim} \
+                 is not a multiple of {values_per_unit}"
+            ),
             KvError::RowLength { expected, got } => {
                 write!(f, "K/V row has {got} elements, expected n_kv_heads × head_dim = {expected}")
             }
@@ -231,32 +261,49 @@ impl fmt::Display for KvError {
 
 impl core::error::Error for KvError {}
 
-/// Keys and values of all layers in pages, over a caller-provided slab `S`
-/// (`&mut [T]`, `&[T]` for read-only use, or with `alloc` a `Vec<T>`). See the module docs
-/// for the layout.
+/// Keys and values of all layers in pages, over a caller-provided slab `S` of units of the
+/// format `T` (`&mut [T]`, `&[T]` for read-only use, or with `alloc` a `Vec<T>`). See the
+/// module docs for the layout; all run and row slices below are in units of `T`.
 #[derive(Debug)]
 pub struct KvPages<T, S> {
     config: KvConfig,
+    /// `head_dim / T::VALUES_PER_UNIT`, checked in `new`.
+    row_units: usize,
     slab: S,
-    _element: PhantomData<T>,
+    _format: PhantomData<T>,
 }
 
-impl<T: KvElement, S: AsRef<[T]>> KvPages<T, S> {
-    /// Wraps `slab`, which must hold at least `config.slab_len()` elements (extra ones are
-    /// ignored). Does not clear it: slots are written before they are read.
+impl<T: KvFormat, S: AsRef<[T]>> KvPages<T, S> {
+    /// Wraps `slab`, which must hold at least `config.slab_units::<T>()` units (extra ones are
+    /// ignored; for float elements that is `config.slab_len()`). Does not clear it: slots are
+    /// written before they are read. Errors on a zero dimension, a `head_dim` that is not a
+    /// multiple of `T::VALUES_PER_UNIT`, or a short slab.
     pub fn new(config: KvConfig, slab: S) -> Result<Self, KvError> {
-        let needed = config.slab_len()?;
+        let needed = config.slab_units::<T>()?;
+        let row_units = config.row_units::<T>()?;
         let got = slab.as_ref().len();
         if got < needed {
             return Err(KvError::SlabTooSmall { needed, got });
         }
-        Ok(KvPages { config, slab, _element: PhantomData })
+        Ok(KvPages { config, row_units, slab, _format: PhantomData })
     }
 
     /// The shape.
     #[inline]
     pub fn config(&self) -> &KvConfig {
         &self.config
+    }
+
+    /// Units of `T` per slot of one head: `head_dim / T::VALUES_PER_UNIT`.
+    #[inline]
+    pub fn row_units(&self) -> usize {
+        self.row_units
+    }
+
+    /// Units of one head's keys (or values) in one page: `block_size × row_units`.
+    #[inline]
+    pub fn head_run_units(&self) -> usize {
+        self.config.block_size * self.row_units
     }
 
     /// Gives the slab back.
@@ -290,8 +337,18 @@ impl<T: KvElement, S: AsRef<[T]>> KvPages<T, S> {
         Ok(())
     }
 
-    /// One kv head's keys or values in one page: `block_size × head_dim` elements,
-    /// slot-major (`[slot][d]`). This is the contiguous run decode streams through.
+    /// Start of `(layer, page, half, kv_head)`'s run of `block_size × row_units` units:
+    /// `(((layer · n_pages + page) · 2 + half) · n_kv_heads + kv_head) · block_size · row_units`.
+    /// Unchecked arithmetic: callers validate indices first.
+    fn run_start(&self, layer: usize, page: usize, half: KvHalf, kv_head: usize) -> usize {
+        let c = &self.config;
+        (((layer * c.n_pages + page) * 2 + half as usize) * c.n_kv_heads + kv_head)
+            * self.head_run_units()
+    }
+
+    /// One kv head's keys or values in one page: `block_size` slots of
+    /// [`row_units`](Self::row_units) units, slot-major (`[slot][unit]`). This is the
+    /// contiguous run decode streams through.
     pub fn head_run(
         &self,
         layer: usize,
@@ -301,11 +358,12 @@ impl<T: KvElement, S: AsRef<[T]>> KvPages<T, S> {
     ) -> Result<&[T], KvError> {
         self.check_page(layer, page)?;
         self.check_head(kv_head)?;
-        let start = self.config.run_start(layer, page.index(), half, kv_head);
-        Ok(&self.slab.as_ref()[start..start + self.config.head_run_len()])
+        let start = self.run_start(layer, page.index(), half, kv_head);
+        Ok(&self.slab.as_ref()[start..start + self.head_run_units()])
     }
 
-    /// The key of token `slot` of `page`, for one kv head: `head_dim` elements.
+    /// The key of token `slot` of `page`, for one kv head: [`row_units`](Self::row_units)
+    /// units (`head_dim` elements for float formats).
     pub fn key(
         &self,
         layer: usize,
@@ -316,7 +374,8 @@ impl<T: KvElement, S: AsRef<[T]>> KvPages<T, S> {
         self.row(layer, page, KvHalf::Key, kv_head, slot)
     }
 
-    /// The value of token `slot` of `page`, for one kv head: `head_dim` elements.
+    /// The value of token `slot` of `page`, for one kv head: [`row_units`](Self::row_units)
+    /// units (`head_dim` elements for float formats).
     pub fn value(
         &self,
         layer: usize,
@@ -325,6 +384,25 @@ impl<T: KvElement, S: AsRef<[T]>> KvPages<T, S> {
         slot: usize,
     ) -> Result<&[T], KvError> {
         self.row(layer, page, KvHalf::Value, kv_head, slot)
+    }
+
+    /// Decodes the key (or value) of token `slot` of `page`, one kv head, into `out`
+    /// (`head_dim` f32s). For tests and debugging; attention reads rows in place.
+    pub fn read_row(
+        &self,
+        layer: usize,
+        page: PageId,
+        half: KvHalf,
+        kv_head: usize,
+        slot: usize,
+        out: &mut [f32],
+    ) -> Result<(), KvError> {
+        let row = self.row(layer, page, half, kv_head, slot)?;
+        if out.len() != self.config.head_dim {
+            return Err(KvError::RowLength { expected: self.config.head_dim, got: out.len() });
+        }
+        T::decode(row, out);
+        Ok(())
     }
 
     fn row(
@@ -337,14 +415,15 @@ impl<T: KvElement, S: AsRef<[T]>> KvPages<T, S> {
     ) -> Result<&[T], KvError> {
         self.check_slot(slot)?;
         let run = self.head_run(layer, page, half, kv_head)?;
-        let hd = self.config.head_dim;
-        Ok(&run[slot * hd..(slot + 1) * hd])
+        let ru = self.row_units;
+        Ok(&run[slot * ru..(slot + 1) * ru])
     }
 }
 
-impl<T: KvElement, S: AsRef<[T]> + AsMut<[T]>> KvPages<T, S> {
+impl<T: KvFormat, S: AsRef<[T]> + AsMut<[T]>> KvPages<T, S> {
     /// Stores one token's keys and values for `layer` at `(page, slot)`. `k` and `v` are
-    /// `[kv_head][head_dim]` rows of `n_kv_heads × head_dim` f32s, converted to `T`.
+    /// `[kv_head][head_dim]` rows of `n_kv_heads × head_dim` f32s, encoded into `T`
+    /// (rounded, or quantized block by block: each head's row is its own blocks).
     pub fn write(
         &mut self,
         layer: usize,
@@ -361,21 +440,19 @@ impl<T: KvElement, S: AsRef<[T]> + AsMut<[T]>> KvPages<T, S> {
                 return Err(KvError::RowLength { expected, got });
             }
         }
-        let c = self.config;
-        let slab = self.slab.as_mut();
+        let (hd, ru) = (self.config.head_dim, self.row_units);
         for (half, row) in [(KvHalf::Key, k), (KvHalf::Value, v)] {
-            for (h, src) in row.chunks_exact(c.head_dim).enumerate() {
-                let start = c.run_start(layer, page.index(), half, h) + slot * c.head_dim;
-                for (d, &x) in slab[start..start + c.head_dim].iter_mut().zip(src) {
-                    *d = T::from_f32(x);
-                }
+            for (h, src) in row.chunks_exact(hd).enumerate() {
+                let start = self.run_start(layer, page.index(), half, h) + slot * ru;
+                T::encode(src, &mut self.slab.as_mut()[start..start + ru]);
             }
         }
         Ok(())
     }
 
     /// Copies slots `0..n_tokens` of every kv head, K and V, from page `from` to page `to`
-    /// in one layer. For copy-on-write (see [`crate::table::CopyOnWrite`]).
+    /// in one layer. For copy-on-write (see [`crate::table::CopyOnWrite`]). Copies units as
+    /// they are: no re-quantization.
     pub fn copy_page_layer(
         &mut self,
         layer: usize,
@@ -391,14 +468,12 @@ impl<T: KvElement, S: AsRef<[T]> + AsMut<[T]>> KvPages<T, S> {
                 block_size: self.config.block_size,
             });
         }
-        let c = self.config;
-        let n = n_tokens * c.head_dim;
-        let slab = self.slab.as_mut();
+        let n = n_tokens * self.row_units;
         for half in [KvHalf::Key, KvHalf::Value] {
-            for h in 0..c.n_kv_heads {
-                let src = c.run_start(layer, from.index(), half, h);
-                let dst = c.run_start(layer, to.index(), half, h);
-                slab.copy_within(src..src + n, dst);
+            for h in 0..self.config.n_kv_heads {
+                let src = self.run_start(layer, from.index(), half, h);
+                let dst = self.run_start(layer, to.index(), half, h);
+                self.slab.as_mut().copy_within(src..src + n, dst);
             }
         }
         Ok(())
@@ -427,6 +502,7 @@ mod tests {
         let c = cfg();
         assert_eq!(c.slab_len(), Ok(2 * 3 * 2 * 3 * 4 * 5));
         assert_eq!(c.slab_bytes::<f16>(), Ok(2 * 720));
+        assert_eq!(c.bytes_per_token::<f32>(), Ok(2 * 2 * 3 * 5 * 4));
         let zero = KvConfig { head_dim: 0, ..c };
         assert_eq!(zero.slab_len(), Err(KvError::ZeroDimension { name: "head_dim" }));
         let huge = KvConfig { n_pages: usize::MAX, ..c };
@@ -498,6 +574,56 @@ mod tests {
         assert!(matches!(
             KvPages::new(cfg(), [0.0f32; 719]),
             Err(KvError::SlabTooSmall { needed: 720, got: 719 })
+        ));
+    }
+
+    #[test]
+    fn block_formats_store_whole_blocks_per_slot() {
+        use crate::quant::BlockQ8_0;
+        let c = KvConfig { n_layers: 2, n_kv_heads: 2, head_dim: 64, block_size: 3, n_pages: 2 };
+        assert_eq!(c.row_units::<BlockQ8_0>(), Ok(2));
+        assert_eq!(c.slab_units::<BlockQ8_0>(), Ok(2 * 2 * 2 * 2 * 3 * 2));
+        assert_eq!(c.bytes_per_token::<BlockQ8_0>(), Ok(2 * 2 * 2 * 2 * 34));
+        let n = c.slab_units::<BlockQ8_0>().unwrap();
+        let mut kv = KvPages::new(c, [BlockQ8_0::zero(); 96]).unwrap();
+        assert_eq!(n, 96);
+        let k: [f32; 128] = core::array::from_fn(|i| (i as f32 - 60.0) / 16.0);
+        let v: [f32; 128] = core::array::from_fn(|i| (i as f32 * 0.7).sin());
+        kv.write(1, PageId(1), 2, &k, &v).unwrap();
+        let mut row = [0.0f32; 64];
+        for h in 0..2 {
+            kv.read_row(1, PageId(1), KvHalf::Key, h, 2, &mut row).unwrap();
+            // Within half a quantization step (amax / 127 / 2, plus the f16 scale's rounding).
+            let close = |got: &[f32], want: &[f32]| {
+                let amax = want.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+                got.iter().zip(want).all(|(a, b)| (a - b).abs() <= amax / 127.0 * 0.6)
+            };
+            assert!(close(&row, &k[h * 64..(h + 1) * 64]));
+            kv.read_row(1, PageId(1), KvHalf::Value, h, 2, &mut row).unwrap();
+            assert!(close(&row, &v[h * 64..(h + 1) * 64]));
+            assert_eq!(kv.key(1, PageId(1), h, 2).unwrap().len(), 2);
+        }
+        // Other slots stay untouched (zero blocks); copy-on-write copies the blocks verbatim.
+        kv.read_row(1, PageId(1), KvHalf::Key, 0, 1, &mut row).unwrap();
+        assert!(row.iter().all(|&x| x == 0.0));
+        kv.copy_page(PageId(1), PageId(0), 3).unwrap();
+        assert_eq!(kv.key(1, PageId(0), 1, 2), kv.key(1, PageId(1), 1, 2));
+        assert_eq!(kv.value(1, PageId(0), 0, 2), kv.value(1, PageId(1), 0, 2));
+    }
+
+    #[test]
+    fn block_formats_need_head_dim_multiple_of_32() {
+        use crate::quant::BlockQ8_0;
+        let c = KvConfig { n_layers: 1, n_kv_heads: 1, head_dim: 48, block_size: 1, n_pages: 1 };
+        let err = KvPages::new(c, [BlockQ8_0::zero(); 2]).unwrap_err();
+        assert_eq!(err, KvError::HeadDimNotMultiple { head_dim: 48, values_per_unit: 32 });
+        let mut msg = std::string::String::new();
+        core::fmt::write(&mut msg, format_args!("{err}")).unwrap();
+        assert!(msg.contains("head_dim 48") && msg.contains("32"), "{msg}");
+        assert_eq!(c.row_units::<f32>(), Ok(48));
+        assert!(matches!(
+            KvPages::new(KvConfig { head_dim: 64, ..c }, [BlockQ8_0::zero(); 3]),
+            Err(KvError::SlabTooSmall { needed: 4, got: 3 })
         ));
     }
 }

@@ -183,6 +183,11 @@ pub enum TableError {
     },
     /// A block size of 0 was given.
     ZeroBlockSize,
+    /// A whole page can only be added at a page boundary; the table holds `len` tokens.
+    NotPageAligned {
+        /// Tokens in the table.
+        len: usize,
+    },
 }
 
 impl fmt::Display for TableError {
@@ -193,6 +198,10 @@ impl fmt::Display for TableError {
                 write!(f, "block table page list is full ({capacity} pages)")
             }
             TableError::ZeroBlockSize => write!(f, "block size must be at least 1"),
+            TableError::NotPageAligned { len } => write!(
+                f,
+                "cannot add a whole page to a table of {len} tokens (not a page boundary)"
+            ),
         }
     }
 }
@@ -302,6 +311,40 @@ impl<L: PageList> BlockTable<L> {
         }
         self.n_tokens += 1;
         Ok(AppendOutcome { slot: Slot { page: last, slot }, copy: None })
+    }
+
+    /// Appends a full page that is already allocated and holds the next `block_size`
+    /// tokens of this sequence (a prefix-cache page, say), taking one more reference on it.
+    ///
+    /// ```text
+    ///   before: [p7 p2]      len 32        after: [p7 p2 p9]   len 48
+    ///                                             └ shared ┘ refcount(p9) += 1
+    /// ```
+    ///
+    /// The table must end on a page boundary (`len() % block_size() == 0`), so the shared
+    /// page is never written through this table: appends after it take a fresh page.
+    /// All or nothing.
+    pub fn push_shared_page<S>(
+        &mut self,
+        page: PageId,
+        pool: &mut BlockPool<S>,
+    ) -> Result<(), TableError>
+    where
+        S: AsRef<[PageEntry]> + AsMut<[PageEntry]>,
+    {
+        if self.n_tokens % self.block_size != 0 {
+            return Err(TableError::NotPageAligned { len: self.n_tokens });
+        }
+        if self.pages.as_slice().len() >= self.pages.capacity() {
+            return Err(TableError::ListFull { capacity: self.pages.capacity() });
+        }
+        pool.retain(page)?;
+        if self.pages.push(page).is_err() {
+            pool.release(page)?;
+            return Err(TableError::ListFull { capacity: self.pages.capacity() });
+        }
+        self.n_tokens += self.block_size;
+        Ok(())
     }
 
     /// A new table sharing every page of this one (each page's refcount goes up by one),
@@ -430,6 +473,37 @@ mod tests {
         assert_eq!(o.copy, None);
         assert_eq!(b.pages()[0], a.pages()[0]);
         pool.check_holders([a.pages(), b.pages()].into_iter()).unwrap();
+    }
+
+    #[test]
+    fn push_shared_page_retains_and_needs_a_page_boundary() {
+        let mut pool = BlockPool::new([PageEntry::VACANT; 4]).unwrap();
+        let mut a = Table::new(2, ArrayPageList::default()).unwrap();
+        for _ in 0..3 {
+            let _ = a.append_slot(&mut pool).unwrap();
+        }
+        let mut b = Table::new(2, ArrayPageList::default()).unwrap();
+        b.push_shared_page(a.pages()[0], &mut pool).unwrap();
+        assert_eq!(b.len(), 2);
+        assert_eq!(pool.refcount(a.pages()[0]), Ok(2));
+        // The next append takes a fresh page, never writing into the shared one.
+        let o = b.append_slot(&mut pool).unwrap();
+        assert_eq!((o.slot.slot, o.copy), (0, None));
+        assert_ne!(o.slot.page, a.pages()[0]);
+        assert_eq!(
+            b.push_shared_page(a.pages()[1], &mut pool),
+            Err(TableError::NotPageAligned { len: 3 })
+        );
+        assert_eq!(
+            b.truncate(2, &mut pool).and_then(|()| b.push_shared_page(PageId(3), &mut pool)),
+            Err(TableError::Pool(PoolError::NotAllocated { page: PageId(3) }))
+        );
+        assert_eq!(b.len(), 2);
+        pool.check_holders([a.pages(), b.pages()].into_iter()).unwrap();
+        a.free(&mut pool).unwrap();
+        b.free(&mut pool).unwrap();
+        assert_eq!(pool.free_count(), 4);
+        pool.check_invariants().unwrap();
     }
 
     #[test]

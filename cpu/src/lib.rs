@@ -7,10 +7,12 @@
 //! | [`kernels`]     | SIMD kernels (pulp, run-time dispatch) and quantized matmul    |
 //! | [`model`]       | the Llama forward pass on the paged KV cache                   |
 //! | [`sampler`]     | greedy, temperature, top-k/top-p/min-p, repetition penalty     |
+//! | [`engine`]      | many sequences in one page pool: batching, prefix cache, forks |
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod attention;
 pub mod chat;
+pub mod engine;
 pub mod generate;
 pub mod kernels;
 pub mod model;

@@ -173,9 +173,10 @@ fn report(
     wall: f64,
 ) -> String {
     let cfg = model.config();
-    let vb = o.kv_type.bytes();
-    let per_token = |kv_heads: usize| 2 * cfg.n_layers * kv_heads * cfg.head_dim * vb;
-    let one_layer = |n: usize| 2 * n * cfg.kv_dim() * vb;
+    // KV bytes per token are linear in the number of KV heads (same format per head).
+    let model_per_token = o.kv_type.bytes_per_token(cfg).unwrap_or(0);
+    let per_token = |kv_heads: usize| model_per_token / cfg.n_kv_heads.max(1) * kv_heads;
+    let one_layer = |n: usize| n * model_per_token / cfg.n_layers.max(1);
     let sp = loglog_slope(paged);
     let sn = loglog_slope(none);
     let (pa, pb) = two_term_fit(paged, 1);
@@ -299,7 +300,7 @@ fn report(
         s,
         "Peak KV bytes are read from the page pool after the last step (pages are only added \
          within a step). The paged cache holds K and V for every layer: {} bytes per token \
-         ({} layers × 2 × {} KV heads × {} dims × {} bytes), allocated a page of {} tokens at \
+         ({} layers × 2 × {} KV heads × {} dims in {}), allocated a page of {} tokens at \
          a time — O(N·L). pagoda's `--no-kv-cache` mode reuses the same paged cache as scratch \
          for the attention inside each recomputation, so its measured peak equals the paged \
          one; a no-cache forward pass that keeps only the current layer's K and V would need \
@@ -309,7 +310,7 @@ fn report(
         cfg.n_layers,
         cfg.n_kv_heads,
         cfg.head_dim,
-        vb,
+        kv_name(o.kv_type),
         o.block_size,
         one_layer(none.last().map_or(0, |p| p.n)),
         none.last().map_or(0, |p| p.n),

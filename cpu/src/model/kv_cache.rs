@@ -8,14 +8,29 @@
 //!  BlockTable per sequence: logical page i → PageId, token count
 //! ```
 
-use half::f16;
-use pagoda_core::kv::{KvConfig, KvElement, KvPages};
+use half::{bf16, f16};
+use pagoda_core::attention::{paged_decode, paged_prefill, AttnConfig, AttnError};
+use pagoda_core::kv::{KvConfig, KvFormat, KvPages};
 use pagoda_core::pool::{BlockPool, PageEntry, PageId};
+use pagoda_core::quant::{BlockQ4_0, BlockQ8_0};
 use pagoda_core::table::{BlockTable, CopyOnWrite};
 
-use super::{LlamaConfig, ModelError};
+use rayon::prelude::*;
 
-/// Element type of the KV pages.
+use super::{LlamaConfig, ModelError};
+use crate::kernels::SimdLevel;
+
+/// Storage format of the KV pages (`--kv-type`).
+///
+/// | name   | stores                                   | bytes per value |
+/// |--------|------------------------------------------|-----------------|
+/// | `f32`  | f32                                      | 4               |
+/// | `f16`  | IEEE half (llama.cpp's default)          | 2               |
+/// | `bf16` | bfloat16 (f32's range, 8 mantissa bits)  | 2               |
+/// | `q8_0` | ggml Q8_0: 32 i8 + one f16 scale         | 34 / 32         |
+/// | `q4_0` | ggml Q4_0: 32 nibbles + one f16 scale    | 18 / 32         |
+///
+/// The block formats need `head_dim` to be a multiple of 32.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum KvType {
     /// 4 bytes per value.
@@ -23,34 +38,113 @@ pub enum KvType {
     /// 2 bytes per value (llama.cpp's default).
     #[default]
     F16,
+    /// 2 bytes per value, bfloat16.
+    Bf16,
+    /// 34 bytes per 32 values.
+    Q8_0,
+    /// 18 bytes per 32 values.
+    Q4_0,
 }
 
 impl KvType {
-    /// Parses `f32` / `f16`.
+    /// Every type, in the order of [`KvType::NAMES`].
+    pub const ALL: [KvType; 5] =
+        [KvType::F32, KvType::F16, KvType::Bf16, KvType::Q8_0, KvType::Q4_0];
+    /// The names [`from_name`](Self::from_name) accepts.
+    pub const NAMES: [&'static str; 5] = ["f32", "f16", "bf16", "q8_0", "q4_0"];
+
+    /// Parses `f32` / `f16` / `bf16` / `q8_0` / `q4_0`.
     pub fn from_name(s: &str) -> Option<Self> {
-        match s {
-            "f32" => Some(KvType::F32),
-            "f16" => Some(KvType::F16),
-            _ => None,
-        }
+        Self::NAMES.iter().position(|&n| n == s).map(|i| Self::ALL[i])
     }
 
-    /// Bytes per stored value.
-    pub fn bytes(self) -> usize {
-        match self {
-            KvType::F32 => 4,
-            KvType::F16 => 2,
-        }
+    /// The name [`from_name`](Self::from_name) parses.
+    pub fn name(self) -> &'static str {
+        Self::NAMES[Self::ALL.iter().position(|&t| t == self).expect("ALL lists every type")]
+    }
+
+    /// KV bytes one token takes in a model of shape `c`, all layers, K and V:
+    /// `n_layers × 2 × n_kv_heads × (bytes of head_dim values)`. Errors if `head_dim` does
+    /// not fit the format's blocks.
+    pub fn bytes_per_token(self, c: &LlamaConfig) -> Result<usize, ModelError> {
+        let kc = KvConfig::new(c.n_layers, c.n_kv_heads, c.head_dim, 1);
+        let r = match self {
+            KvType::F32 => kc.bytes_per_token::<f32>(),
+            KvType::F16 => kc.bytes_per_token::<f16>(),
+            KvType::Bf16 => kc.bytes_per_token::<bf16>(),
+            KvType::Q8_0 => kc.bytes_per_token::<BlockQ8_0>(),
+            KvType::Q4_0 => kc.bytes_per_token::<BlockQ4_0>(),
+        };
+        r.map_err(|e| kv_error(self, e))
     }
 }
 
-/// The page slab, by element type.
+impl std::fmt::Display for KvType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+fn kv_error(t: KvType, e: pagoda_core::kv::KvError) -> ModelError {
+    ModelError::Invalid(format!("KV cache ({t} pages): {e}"))
+}
+
+/// The page slab, by format. Every arm is a [`KvPages`]; the forward pass is generic over
+/// the format and dispatches once per call.
 #[derive(Debug)]
 pub enum KvStore {
     /// f32 pages.
     F32(KvPages<f32, Vec<f32>>),
     /// f16 pages.
     F16(KvPages<f16, Vec<f16>>),
+    /// bf16 pages.
+    Bf16(KvPages<bf16, Vec<bf16>>),
+    /// q8_0 pages (blocks of 32 values).
+    Q8_0(KvPages<BlockQ8_0, Vec<BlockQ8_0>>),
+    /// q4_0 pages (blocks of 32 values).
+    Q4_0(KvPages<BlockQ4_0, Vec<BlockQ4_0>>),
+}
+
+/// A causal paged attention over pages of format `T`, with the contract of
+/// [`crate::attention::paged_attention`] (`level`, `kv`, `layer`, `pages`, `n_ctx`, `q`, `out`,
+/// `cfg`): the forward pass takes one per format.
+pub(crate) type AttentionFn<T> = fn(
+    SimdLevel,
+    &KvPages<T, Vec<T>>,
+    usize,
+    &[PageId],
+    usize,
+    &[f32],
+    &mut [f32],
+    &AttnConfig,
+) -> Result<(), AttnError>;
+
+/// [`AttentionFn`] for formats without SIMD kernels (q8_0, q4_0): core's reference attention,
+/// which reads the blocks in place, with the chunk's query tokens in parallel (`level` is
+/// unused). Same result and errors as `pagoda_core::attention::paged_prefill`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn reference_attention<T: KvFormat>(
+    _level: SimdLevel,
+    kv: &KvPages<T, Vec<T>>,
+    layer: usize,
+    pages: &[PageId],
+    n_ctx: usize,
+    q: &[f32],
+    out: &mut [f32],
+    cfg: &AttnConfig,
+) -> Result<(), AttnError> {
+    let per_token = cfg.q_len();
+    let n_new = q.len().checked_div(per_token).unwrap_or(0);
+    let whole = n_new > 0 && n_new * per_token == q.len() && out.len() == q.len();
+    if !whole || n_new > n_ctx {
+        // A shape error: core's prefill names it.
+        return paged_prefill(kv, layer, pages, n_ctx, q, out, cfg);
+    }
+    let first = n_ctx - n_new;
+    out.par_chunks_mut(per_token)
+        .zip(q.par_chunks(per_token))
+        .enumerate()
+        .try_for_each(|(i, (out, q))| paged_decode(kv, layer, pages, first + i + 1, q, out, cfg))
 }
 
 /// A sequence's block table, growable.
@@ -63,12 +157,12 @@ pub struct KvCache {
     store: KvStore,
     config: KvConfig,
     kv_type: KvType,
+    page_bytes: usize,
 }
 
-fn slab<T: KvElement>(config: KvConfig) -> Result<KvPages<T, Vec<T>>, ModelError> {
-    let len = config.slab_len().map_err(|e| ModelError::Invalid(format!("KV cache: {e}")))?;
-    KvPages::new(config, vec![T::default(); len])
-        .map_err(|e| ModelError::Invalid(format!("KV cache: {e}")))
+fn slab<T: KvFormat>(config: KvConfig, t: KvType) -> Result<KvPages<T, Vec<T>>, ModelError> {
+    let len = config.slab_units::<T>().map_err(|e| kv_error(t, e))?;
+    KvPages::new(config, vec![T::zero(); len]).map_err(|e| kv_error(t, e))
 }
 
 impl KvCache {
@@ -85,12 +179,16 @@ impl KvCache {
         let mut config = KvConfig::new(c.n_layers, c.n_kv_heads, c.head_dim, n_pages);
         config.block_size = block_size;
         let store = match kv_type {
-            KvType::F32 => KvStore::F32(slab(config)?),
-            KvType::F16 => KvStore::F16(slab(config)?),
+            KvType::F32 => KvStore::F32(slab(config, kv_type)?),
+            KvType::F16 => KvStore::F16(slab(config, kv_type)?),
+            KvType::Bf16 => KvStore::Bf16(slab(config, kv_type)?),
+            KvType::Q8_0 => KvStore::Q8_0(slab(config, kv_type)?),
+            KvType::Q4_0 => KvStore::Q4_0(slab(config, kv_type)?),
         };
+        let page_bytes = kv_type.bytes_per_token(c)? * block_size;
         let pool = BlockPool::new(vec![PageEntry::default(); n_pages])
             .map_err(|e| ModelError::Invalid(format!("KV cache: {e}")))?;
-        Ok(KvCache { pool, store, config, kv_type })
+        Ok(KvCache { pool, store, config, kv_type, page_bytes })
     }
 
     /// A new, empty sequence table.
@@ -123,7 +221,7 @@ impl KvCache {
         &self.config
     }
 
-    /// Element type.
+    /// Storage format.
     pub fn kv_type(&self) -> KvType {
         self.kv_type
     }
@@ -135,11 +233,12 @@ impl KvCache {
 
     /// Bytes of one page across all layers (K and V).
     pub fn page_bytes(&self) -> usize {
-        2 * self.config.n_layers
-            * self.config.n_kv_heads
-            * self.config.head_dim
-            * self.config.block_size
-            * self.kv_type.bytes()
+        self.page_bytes
+    }
+
+    /// Bytes one token takes across all layers (K and V): `page_bytes / block_size`.
+    pub fn bytes_per_token(&self) -> usize {
+        self.page_bytes / self.config.block_size
     }
 
     /// Appends `n` token slots to `table`, taking pages from the pool and performing
@@ -172,6 +271,9 @@ impl KvCache {
         let r = match &mut self.store {
             KvStore::F32(p) => p.copy_page(cow.from, cow.to, cow.tokens),
             KvStore::F16(p) => p.copy_page(cow.from, cow.to, cow.tokens),
+            KvStore::Bf16(p) => p.copy_page(cow.from, cow.to, cow.tokens),
+            KvStore::Q8_0(p) => p.copy_page(cow.from, cow.to, cow.tokens),
+            KvStore::Q4_0(p) => p.copy_page(cow.from, cow.to, cow.tokens),
         };
         r.expect("pages handed out by this cache's pool are in range");
     }
@@ -194,5 +296,55 @@ impl KvCache {
     /// Bytes of the pages in use.
     pub fn bytes_in_use(&self) -> usize {
         self.pages_in_use() * self.page_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SmolLM2-135M's attention shape: 30 layers, 3 kv heads of 64.
+    fn smollm2() -> LlamaConfig {
+        LlamaConfig {
+            n_layers: 30,
+            dim: 576,
+            ffn_dim: 1536,
+            n_heads: 9,
+            n_kv_heads: 3,
+            head_dim: 64,
+            n_rot: 64,
+            rope_base: 100_000.0,
+            rms_eps: 1e-5,
+            vocab_size: 49_152,
+            context_length: 8192,
+        }
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for t in KvType::ALL {
+            assert_eq!(KvType::from_name(t.name()), Some(t));
+        }
+        assert_eq!(KvType::from_name("q8"), None);
+        assert_eq!(KvType::from_name("F16"), None);
+    }
+
+    #[test]
+    fn bytes_per_token_of_each_format() {
+        let c = smollm2();
+        let got = KvType::ALL.map(|t| t.bytes_per_token(&c).unwrap());
+        // 30 × 2 × 3 = 180 rows of 64 values per token.
+        assert_eq!(got, [180 * 256, 180 * 128, 180 * 128, 180 * 68, 180 * 36]);
+        let cache = KvCache::new(&c, KvType::Q8_0, 2, 16).unwrap();
+        assert_eq!(cache.page_bytes(), 16 * 180 * 68);
+        assert_eq!(cache.bytes_per_token(), 180 * 68);
+    }
+
+    #[test]
+    fn block_formats_reject_head_dims_not_a_multiple_of_32() {
+        let c = LlamaConfig { head_dim: 48, ..smollm2() };
+        let err = KvCache::new(&c, KvType::Q8_0, 2, 16).unwrap_err().to_string();
+        assert!(err.contains("q8_0") && err.contains("head_dim 48"), "{err}");
+        assert!(KvCache::new(&c, KvType::Bf16, 2, 16).is_ok());
     }
 }

@@ -23,7 +23,7 @@ use std::path::Path;
 
 use pagoda_core::attention::AttnConfig;
 use pagoda_core::gguf::Gguf;
-use pagoda_core::kv::{KvElement, KvPages};
+use pagoda_core::kv::{KvFormat, KvPages};
 use pagoda_core::ops::{rope_inplace, RopeTable};
 use pagoda_core::pool::PageId;
 use rayon::prelude::*;
@@ -32,7 +32,7 @@ use crate::attention::paged_attention;
 use crate::kernels::{Kernels, MatmulScratch};
 use crate::model_file::ModelFile;
 
-use super::kv_cache::{KvCache, KvStore, SeqTable};
+use super::kv_cache::{reference_attention, AttentionFn, KvCache, KvStore, SeqTable};
 use super::weights::{LlamaWeights, Weight};
 use super::{LlamaConfig, ModelError};
 
@@ -198,8 +198,12 @@ impl Llama {
             });
         }
         let result = match cache.store_mut() {
-            KvStore::F32(kv) => self.run(kv, &layout, scratch),
-            KvStore::F16(kv) => self.run(kv, &layout, scratch),
+            KvStore::F32(kv) => self.run(kv, &layout, scratch, paged_attention),
+            KvStore::F16(kv) => self.run(kv, &layout, scratch, paged_attention),
+            KvStore::Bf16(kv) => self.run(kv, &layout, scratch, paged_attention),
+            // No SIMD kernels for block formats yet: core's reference, tokens in parallel.
+            KvStore::Q8_0(kv) => self.run(kv, &layout, scratch, reference_attention),
+            KvStore::Q4_0(kv) => self.run(kv, &layout, scratch, reference_attention),
         };
         if result.is_err() {
             for (it, span) in items.iter_mut().zip(&layout.spans) {
@@ -209,18 +213,19 @@ impl Llama {
         result
     }
 
-    fn run<T: KvElement>(
+    fn run<T: KvFormat>(
         &self,
         kv: &mut KvPages<T, Vec<T>>,
         b: &BatchLayout,
         s: &mut ForwardScratch,
+        attend: AttentionFn<T>,
     ) -> Result<Vec<Vec<f32>>, ModelError> {
         let c = &self.config;
         let n = b.tokens.len();
         let x = resize(&mut s.x, n * c.dim);
         self.embed(&b.tokens, x)?;
         for l in 0..c.n_layers {
-            self.attention_block(l, kv, b, s)?;
+            self.attention_block(l, kv, b, s, attend)?;
             self.ffn_block(l, n, s)?;
         }
         self.output(b, s)
@@ -289,12 +294,13 @@ impl Llama {
     }
 
     /// Pre-norm, QKV, RoPE, KV write, causal paged attention, output projection, residual.
-    fn attention_block<T: KvElement>(
+    fn attention_block<T: KvFormat>(
         &self,
         l: usize,
         kv: &mut KvPages<T, Vec<T>>,
         b: &BatchLayout,
         s: &mut ForwardScratch,
+        attend: AttentionFn<T>,
     ) -> Result<(), ModelError> {
         let c = &self.config;
         let n = b.tokens.len();
@@ -345,7 +351,7 @@ impl Llama {
             q_rest = qr;
         }
         outs.into_par_iter().try_for_each(|(sp, out, q)| {
-            paged_attention(level, kv_ref, l, &sp.pages, sp.pos0 + sp.n, q, out, &cfg)
+            attend(level, kv_ref, l, &sp.pages, sp.pos0 + sp.n, q, out, &cfg)
                 .map_err(|e| ModelError::Invalid(format!("attention: {e}")))
         })?;
 

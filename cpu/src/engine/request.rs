@@ -1,0 +1,116 @@
+//! What goes into the engine (a [`Request`]) and what comes out (tokens as they are chosen,
+//! a [`RequestOutput`] per request when all its samples are done).
+
+use crate::sampler::SamplerConfig;
+
+/// The caller's name for a request; unique among the requests the engine is working on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RequestId(pub u64);
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "request {}", self.0)
+    }
+}
+
+/// One prompt to complete, `n` times.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Request {
+    /// The caller's id for it (see [`RequestId`]).
+    pub id: RequestId,
+    /// Prompt token ids (at least one).
+    pub prompt: Vec<u32>,
+    /// Most tokens to generate per sample (at least one).
+    pub max_tokens: usize,
+    /// Sampling settings. Sample `i` draws from its own generator seeded with
+    /// `sampler.seed + i` (wrapping), so sample 0 is what a single run with this seed gives.
+    pub sampler: SamplerConfig,
+    /// Number of samples (at least one). The prompt is prefilled once; the samples then
+    /// share its pages through [`BlockTable::fork`](pagoda_core::table::BlockTable::fork)
+    /// and copy only the partly filled last page on their first write (copy-on-write).
+    pub n: usize,
+    /// Tokens that end a sample (included in its output), e.g.
+    /// [`Tokenizer::eog_ids`](crate::tokenizer::Tokenizer::eog_ids); empty: always run to
+    /// `max_tokens`.
+    pub stop_tokens: Vec<u32>,
+}
+
+impl Request {
+    /// One greedy sample of `prompt`, at most `max_tokens` tokens, no stop tokens.
+    pub fn greedy(id: u64, prompt: Vec<u32>, max_tokens: usize) -> Self {
+        Request {
+            id: RequestId(id),
+            prompt,
+            max_tokens,
+            sampler: SamplerConfig::greedy(),
+            n: 1,
+            stop_tokens: Vec::new(),
+        }
+    }
+}
+
+/// Why a sample stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FinishReason {
+    /// It produced one of the request's stop tokens (the last token of its output).
+    Stop,
+    /// It generated `max_tokens` tokens.
+    Length,
+}
+
+impl FinishReason {
+    /// A short name for output (`"stop"`, `"length"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+        }
+    }
+}
+
+/// The tokens of one finished sample.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SampleOutput {
+    /// Generated token ids, in order.
+    pub tokens: Vec<u32>,
+    /// Why it stopped.
+    pub finish: FinishReason,
+}
+
+/// A finished request: every sample, in sample order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestOutput {
+    /// The request's id.
+    pub id: RequestId,
+    /// Prompt length in tokens.
+    pub prompt_tokens: usize,
+    /// Prompt tokens whose KV came from the prefix cache when the request first started
+    /// (their prefill was skipped).
+    pub cached_prompt_tokens: usize,
+    /// Times one of its samples was preempted (and later recomputed).
+    pub preemptions: usize,
+    /// One entry per sample.
+    pub samples: Vec<SampleOutput>,
+}
+
+/// A token just chosen for a sample (for streaming).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TokenEvent {
+    /// The request.
+    pub id: RequestId,
+    /// Which of its samples.
+    pub sample: usize,
+    /// The token.
+    pub token: u32,
+}
+
+/// What one [`Engine::step`](super::Engine::step) produced.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StepOutput {
+    /// Every token chosen in this step, in batch order.
+    pub tokens: Vec<TokenEvent>,
+    /// Requests whose last sample finished in this step.
+    pub finished: Vec<RequestOutput>,
+    /// Tokens that went through the forward pass (decode tokens and prompt chunks).
+    pub batch_tokens: usize,
+}

@@ -1,0 +1,617 @@
+//! The engine: a request queue and a step loop over one model and one page pool.
+//!
+//! Each [`Engine::step`] builds one flat batch within `max_batch_tokens`:
+//!
+//! ```text
+//!   running (oldest first):  A:1  B:1  C:1  D:chunk …   next token of each; a sequence
+//!                                                       still prefilling gets a chunk
+//!   waiting (FIFO):          E:chunk  F:…               admitted while pages and budget last
+//!   ─────────────────────────────────────────────────
+//!   forward_batch(A B C D E)   → logits of every sequence whose pending tokens are all in
+//!                                → sample, stream, finish, free pages at once
+//! ```
+//!
+//! Pages: a step first reserves the new pages its batch will take (growth into a fresh
+//! page, plus a copy of a shared partly filled last page), counting free pages and cached
+//! pages nobody uses (reclaimed least recently used first). When a running sequence's pages
+//! do not fit, the most recently started running sequence is preempted: its pages go back,
+//! its tokens and sampler stay, and it waits at the head of the queue to be recomputed.
+//! A waiting request is admitted only when the pool can hold its next chunk, and no request
+//! is admitted in a step that had to preempt.
+
+use std::collections::{HashMap, VecDeque};
+
+use pagoda_core::pool::PageId;
+use pagoda_core::table::TableError;
+
+use super::prefix_index::PrefixIndex;
+use super::sequence::Sequence;
+use super::{
+    EngineError, EngineStats, FinishReason, Request, RequestId, RequestOutput, SampleOutput,
+    StepOutput, TokenEvent,
+};
+use crate::model::{BatchItem, ForwardScratch, KvCache, KvType, Llama, Logits};
+use crate::sampler::{Sampler, SamplerConfig};
+
+/// Engine settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EngineConfig {
+    /// Pages in the pool shared by every sequence.
+    pub kv_pages: usize,
+    /// Tokens per page.
+    pub block_size: usize,
+    /// Element type of the pages.
+    pub kv_type: KvType,
+    /// Most tokens in one forward pass (decode tokens plus prompt chunks). Running
+    /// sequences are served oldest first, so with fewer tokens than running sequences the
+    /// newest ones wait until older ones finish.
+    pub max_batch_tokens: usize,
+    /// Reuse the pages of cached prompt prefixes.
+    pub prefix_caching: bool,
+}
+
+impl Default for EngineConfig {
+    /// 512 pages of 16 tokens (8192 tokens), f16, 512 tokens per step, prefix caching on.
+    fn default() -> Self {
+        EngineConfig {
+            kv_pages: 512,
+            block_size: pagoda_core::kv::DEFAULT_BLOCK_SIZE,
+            kv_type: KvType::F16,
+            max_batch_tokens: 512,
+            prefix_caching: true,
+        }
+    }
+}
+
+/// What the engine remembers about a request until its last sample finishes.
+#[derive(Debug)]
+struct Group {
+    max_tokens: usize,
+    stop_tokens: Vec<u32>,
+    sampler: SamplerConfig,
+    prompt_len: usize,
+    cached_prompt_tokens: Option<usize>,
+    preemptions: usize,
+    samples: Vec<Option<SampleOutput>>,
+}
+
+/// Many sequences, one model, one page pool: continuous batching with chunked prefill,
+/// prefix caching, copy-on-write parallel sampling and preemption by recomputation.
+///
+/// ```no_run
+/// # use pagoda_cpu::model::Llama;
+/// # use pagoda_cpu::engine::{Engine, EngineConfig, Request};
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let model = Llama::load("models/SmolLM2-135M-Instruct.Q4_1.gguf")?;
+/// let mut engine = Engine::new(&model, EngineConfig::default())?;
+/// engine.add_request(Request::greedy(1, vec![1, 504, 3458], 16))?;
+/// engine.add_request(Request::greedy(2, vec![1, 504, 1120, 314], 16))?;
+/// for out in engine.run_to_completion()? {
+///     println!("{}: {:?}", out.id, out.samples[0].tokens);
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Engine<'m> {
+    model: &'m Llama,
+    cache: KvCache,
+    index: PrefixIndex,
+    config: EngineConfig,
+    /// Not started, or preempted (at the front, oldest first). Hold no pages.
+    waiting: VecDeque<Sequence>,
+    /// Started, in start order (the last one is preempted first).
+    running: Vec<Sequence>,
+    groups: HashMap<RequestId, Group>,
+    scratch: ForwardScratch,
+    stats: EngineStats,
+    next_start: u64,
+}
+
+impl<'m> Engine<'m> {
+    /// An engine over `model` with a fresh pool of `config.kv_pages` pages.
+    pub fn new(model: &'m Llama, config: EngineConfig) -> Result<Self, EngineError> {
+        if config.kv_pages == 0 || config.block_size == 0 || config.max_batch_tokens == 0 {
+            return Err(EngineError::InvalidConfig(format!(
+                "KV pages ({}), block size ({}) and max batch tokens ({}) must be at least 1",
+                config.kv_pages, config.block_size, config.max_batch_tokens
+            )));
+        }
+        let cache =
+            KvCache::new(model.config(), config.kv_type, config.kv_pages, config.block_size)?;
+        Ok(Engine {
+            model,
+            cache,
+            index: PrefixIndex::new(),
+            config,
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            groups: HashMap::new(),
+            scratch: ForwardScratch::default(),
+            stats: EngineStats::default(),
+            next_start: 0,
+        })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// The pool and pages.
+    pub fn cache(&self) -> &KvCache {
+        &self.cache
+    }
+
+    /// The prefix index.
+    pub fn prefix_index(&self) -> &PrefixIndex {
+        &self.index
+    }
+
+    /// Counters since creation.
+    pub fn stats(&self) -> &EngineStats {
+        &self.stats
+    }
+
+    /// Sequences waiting to start or resume.
+    pub fn num_waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Sequences started (holding pages).
+    pub fn num_running(&self) -> usize {
+        self.running.len()
+    }
+
+    /// Whether any request is unfinished.
+    pub fn has_unfinished(&self) -> bool {
+        !self.groups.is_empty()
+    }
+
+    /// Pages held by sequences (cached pages nobody uses excluded: they are reclaimable).
+    pub fn pages_held(&self) -> usize {
+        self.cache.pool().used_count() - self.index.unused()
+    }
+
+    /// Queues a request. Refused with a clear error if it is malformed, its id is in use,
+    /// or one sample of it could never fit in the whole pool
+    /// (`⌈(prompt + max_tokens − 1) / block_size⌉ > kv_pages`; the last sampled token's K/V
+    /// is never needed).
+    pub fn add_request(&mut self, req: Request) -> Result<RequestId, EngineError> {
+        let id = req.id;
+        let invalid = |reason: String| Err(EngineError::InvalidRequest { id, reason });
+        if self.groups.contains_key(&id) {
+            return Err(EngineError::DuplicateId(id));
+        }
+        if req.prompt.is_empty() {
+            return invalid("the prompt is empty".into());
+        }
+        if req.max_tokens == 0 {
+            return invalid("max_tokens must be at least 1".into());
+        }
+        if req.n == 0 {
+            return invalid("n (samples) must be at least 1".into());
+        }
+        let vocab = self.model.config().vocab_size;
+        if let Some((i, t)) = req.prompt.iter().enumerate().find(|(_, &t)| t as usize >= vocab) {
+            return invalid(format!(
+                "prompt token {i} is {t}, outside the vocabulary ({vocab} tokens)"
+            ));
+        }
+        let n_ctx = self.model.config().context_length;
+        let longest = req.prompt.len().saturating_add(req.max_tokens);
+        if longest > n_ctx {
+            return invalid(format!(
+                "prompt ({}) + max_tokens ({}) exceeds the model's context length ({n_ctx})",
+                req.prompt.len(),
+                req.max_tokens
+            ));
+        }
+        let pages_needed = (longest - 1).div_ceil(self.config.block_size);
+        if pages_needed > self.config.kv_pages {
+            return Err(EngineError::TooLarge {
+                id,
+                pages_needed,
+                pages_total: self.config.kv_pages,
+            });
+        }
+        let mut sampler = Sampler::new(req.sampler.clone())?;
+        req.prompt.iter().for_each(|&t| sampler.accept(t));
+        self.groups.insert(
+            id,
+            Group {
+                max_tokens: req.max_tokens,
+                stop_tokens: req.stop_tokens,
+                sampler: req.sampler,
+                prompt_len: req.prompt.len(),
+                cached_prompt_tokens: None,
+                preemptions: 0,
+                samples: vec![None; req.n],
+            },
+        );
+        self.waiting.push_back(Sequence {
+            id,
+            sample: 0,
+            prompt_len: req.prompt.len(),
+            tokens: req.prompt,
+            table: self.cache.new_table(),
+            page_keys: Vec::new(),
+            sampler,
+            forks_pending: req.n - 1,
+            started: 0,
+        });
+        Ok(id)
+    }
+
+    /// Steps until every request has finished; returns their outputs in finishing order.
+    pub fn run_to_completion(&mut self) -> Result<Vec<RequestOutput>, EngineError> {
+        let mut done = Vec::new();
+        while self.has_unfinished() {
+            done.extend(self.step()?.finished);
+        }
+        Ok(done)
+    }
+
+    /// One scheduling round and one forward pass (see the module docs). Returns the tokens
+    /// chosen and the requests finished in it; an empty output when there is nothing to do.
+    pub fn step(&mut self) -> Result<StepOutput, EngineError> {
+        let mut out = StepOutput::default();
+        let plan = self.schedule()?;
+        if plan.is_empty() {
+            if self.has_unfinished() {
+                // Unreachable by construction (add_request refuses what cannot fit).
+                return Err(EngineError::Stalled {
+                    waiting: self.waiting.len(),
+                    running: self.running.len(),
+                });
+            }
+            return Ok(out);
+        }
+        let logits = self.forward(&plan)?;
+        self.stats.steps += 1;
+        let bs = self.cache.block_size();
+        let mut children = Vec::new();
+        let mut finished = Vec::new();
+        for (&(i, n), mut logits) in plan.iter().zip(logits) {
+            let seq = &mut self.running[i];
+            let start = seq.table.len() - n;
+            let prompt_part = seq.prompt_len.saturating_sub(start).min(n);
+            self.stats.batch_tokens += n as u64;
+            self.stats.prefill_computed += prompt_part as u64;
+            // Generated tokens other than the pending last one are recomputation.
+            let recomputed =
+                (start + n).min(seq.tokens.len() - 1).saturating_sub(seq.prompt_len.max(start));
+            self.stats.recomputed_tokens += recomputed as u64;
+            out.batch_tokens += n;
+            if self.config.prefix_caching {
+                register_full_pages(seq, &mut self.index, &mut self.cache, bs)?;
+            }
+            if seq.pending() > 0 {
+                continue; // a prompt chunk that is not the last: no logits
+            }
+            let group = self.groups.get_mut(&seq.id).expect("running sequence has a group");
+            if seq.forks_pending > 0 {
+                for k in 1..=seq.forks_pending {
+                    let table =
+                        seq.table.fork(self.cache.pool_mut()).map_err(EngineError::Table)?;
+                    let mut cfg = group.sampler.clone();
+                    cfg.seed = cfg.seed.wrapping_add(k as u64);
+                    let mut sampler = Sampler::new(cfg)?;
+                    seq.tokens.iter().for_each(|&t| sampler.accept(t));
+                    let mut child = Sequence {
+                        id: seq.id,
+                        sample: k,
+                        tokens: seq.tokens.clone(),
+                        prompt_len: seq.prompt_len,
+                        table,
+                        page_keys: seq.page_keys.clone(),
+                        sampler,
+                        forks_pending: 0,
+                        started: self.next_start,
+                    };
+                    self.next_start += 1;
+                    let mut l = logits.clone();
+                    if let Some(f) = sample_into(&mut child, group, &mut l, &mut out) {
+                        finished.push((child.id, child.sample, f));
+                    }
+                    children.push(child);
+                }
+                seq.forks_pending = 0;
+            }
+            if let Some(f) = sample_into(seq, group, &mut logits, &mut out) {
+                finished.push((seq.id, seq.sample, f));
+            }
+        }
+        self.stats.generated_tokens += out.tokens.len() as u64;
+        self.running.extend(children);
+        self.record_occupancy();
+        // Finished sequences give their pages back now.
+        if !finished.is_empty() {
+            let mut keep = Vec::with_capacity(self.running.len());
+            for mut seq in std::mem::take(&mut self.running) {
+                let Some(&(_, _, reason)) =
+                    finished.iter().find(|f| f.0 == seq.id && f.1 == seq.sample)
+                else {
+                    keep.push(seq);
+                    continue;
+                };
+                self.free_pages(&mut seq);
+                let group = self.groups.get_mut(&seq.id).expect("group of a running sequence");
+                let generated = seq.generated().to_vec();
+                group.samples[seq.sample] =
+                    Some(SampleOutput { tokens: generated, finish: reason });
+                if group.samples.iter().all(Option::is_some) {
+                    let g = self.groups.remove(&seq.id).expect("just looked up");
+                    out.finished.push(RequestOutput {
+                        id: seq.id,
+                        prompt_tokens: g.prompt_len,
+                        cached_prompt_tokens: g.cached_prompt_tokens.unwrap_or(0),
+                        preemptions: g.preemptions,
+                        samples: g.samples.into_iter().flatten().collect(),
+                    });
+                }
+            }
+            self.running = keep;
+        }
+        Ok(out)
+    }
+
+    /// Gives back every cached page no sequence uses; returns how many.
+    pub fn clear_prefix_cache(&mut self) -> Result<usize, EngineError> {
+        self.index
+            .clear_unused(self.cache.pool_mut())
+            .map_err(|e| EngineError::Table(TableError::Pool(e)))
+    }
+
+    /// Checks the pool's invariants and that every page's refcount equals the number of
+    /// its holders (sequence tables and the prefix index). O(pages × held ids): for tests.
+    pub fn check_invariants(&self) -> Result<(), EngineError> {
+        let pool = self.cache.pool();
+        pool.check_invariants()?;
+        let cached = self.index.pages();
+        let holders = self
+            .running
+            .iter()
+            .chain(&self.waiting)
+            .map(Sequence::pages)
+            .chain(std::iter::once(&cached[..]));
+        pool.check_holders(holders)?;
+        let bs = self.cache.block_size();
+        for s in self.running.iter().chain(&self.waiting) {
+            if s.table.len() > s.tokens.len() || s.pages().len() != s.table.len().div_ceil(bs) {
+                return Err(EngineError::Inconsistent(format!(
+                    "{} sample {}: {} tokens, {} computed, {} pages",
+                    s.id,
+                    s.sample,
+                    s.tokens.len(),
+                    s.table.len(),
+                    s.pages().len()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Picks this step's batch: `(index into running, tokens)` in batch order, with the
+    /// pages it needs free in the pool.
+    fn schedule(&mut self) -> Result<Vec<(usize, usize)>, EngineError> {
+        let bs = self.cache.block_size();
+        let mut budget = self.config.max_batch_tokens;
+        let mut plan = Vec::new();
+        let mut reserved = 0usize;
+        let mut cow_claims: HashMap<PageId, u32> = HashMap::new();
+        let mut preempted = false;
+        let mut i = 0;
+        'running: while i < self.running.len() && budget > 0 {
+            let n = self.running[i].pending().min(budget);
+            if n == 0 {
+                i += 1;
+                continue;
+            }
+            let (mut need, mut cow) = self.pages_needed(i, n, &cow_claims)?;
+            while self.available() < reserved + need {
+                let victim = self.running.len() - 1;
+                self.preempt_last();
+                preempted = true;
+                if victim == i {
+                    break 'running;
+                }
+                // The victim may have shared our last page: fewer copies now.
+                (need, cow) = self.pages_needed(i, n, &cow_claims)?;
+            }
+            if let Some(p) = cow {
+                *cow_claims.entry(p).or_default() += 1;
+            }
+            reserved += need;
+            budget -= n;
+            plan.push((i, n));
+            i += 1;
+        }
+        while !preempted && budget > 0 {
+            let Some(seq) = self.waiting.front() else { break };
+            let probe = (seq.tokens.len() - 1) / bs;
+            let hits = if self.config.prefix_caching {
+                self.index.longest_prefix(&seq.tokens, bs, probe)
+            } else {
+                Vec::new()
+            };
+            let cached = hits.len() * bs;
+            let n = (seq.tokens.len() - cached).min(budget);
+            let need = (cached + n).div_ceil(bs) - hits.len();
+            let hits_unused = hits.iter().filter(|(_, p)| self.index.is_unused(*p)).count();
+            if reserved + need > self.available() - hits_unused {
+                break;
+            }
+            let mut seq = self.waiting.pop_front().expect("front exists");
+            for &(key, page) in &hits {
+                self.index.acquire(page);
+                seq.table
+                    .push_shared_page(page, self.cache.pool_mut())
+                    .map_err(EngineError::Table)?;
+                seq.page_keys.push(key);
+            }
+            if self.config.prefix_caching {
+                self.stats.prefix_lookups += probe as u64;
+                self.stats.prefix_hits += hits.len() as u64;
+            }
+            let skipped = cached.min(seq.prompt_len);
+            self.stats.prefill_skipped += skipped as u64;
+            if let Some(g) = self.groups.get_mut(&seq.id) {
+                g.cached_prompt_tokens.get_or_insert(skipped);
+            }
+            seq.started = self.next_start;
+            self.next_start += 1;
+            self.running.push(seq);
+            plan.push((self.running.len() - 1, n));
+            reserved += need;
+            budget -= n;
+        }
+        while self.cache.pool().free_count() < reserved {
+            let evicted = self
+                .index
+                .evict_lru(self.cache.pool_mut())
+                .map_err(|e| EngineError::Table(TableError::Pool(e)))?;
+            if evicted.is_none() {
+                break; // forward_batch reports the shortage (cannot happen: reserved fits)
+            }
+            self.stats.evictions += 1;
+        }
+        Ok(plan)
+    }
+
+    /// Free pages plus cached pages nobody uses.
+    fn available(&self) -> usize {
+        self.cache.pool().free_count() + self.index.unused()
+    }
+
+    /// New pages `running[i]` takes to append `n` tokens, and the shared page it will copy
+    /// (if its partly filled last page is shared with holders not already copying it in
+    /// this batch: the last holder to append keeps the page).
+    fn pages_needed(
+        &self,
+        i: usize,
+        n: usize,
+        cow_claims: &HashMap<PageId, u32>,
+    ) -> Result<(usize, Option<PageId>), EngineError> {
+        let bs = self.cache.block_size();
+        let table = &self.running[i].table;
+        let len = table.len();
+        let grow = (len + n).div_ceil(bs) - len.div_ceil(bs);
+        if len % bs == 0 {
+            return Ok((grow, None));
+        }
+        let last = *table.pages().last().expect("a partly filled page exists");
+        let rc = self
+            .cache
+            .pool()
+            .refcount(last)
+            .map_err(|e| EngineError::Table(TableError::Pool(e)))?;
+        let claims = cow_claims.get(&last).copied().unwrap_or(0);
+        if rc.saturating_sub(claims) > 1 {
+            Ok((grow + 1, Some(last)))
+        } else {
+            Ok((grow, None))
+        }
+    }
+
+    /// Preempts the most recently started running sequence: frees its pages, keeps its
+    /// tokens and sampler, and puts it at the head of the queue.
+    fn preempt_last(&mut self) {
+        let Some(mut seq) = self.running.pop() else { return };
+        self.free_pages(&mut seq);
+        seq.page_keys.clear();
+        self.stats.preemptions += 1;
+        if let Some(g) = self.groups.get_mut(&seq.id) {
+            g.preemptions += 1;
+        }
+        self.waiting.push_front(seq);
+    }
+
+    /// Gives a sequence's pages back; cached ones nobody else holds become reclaimable,
+    /// tail pages first (they are the least likely to be shared).
+    fn free_pages(&mut self, seq: &mut Sequence) {
+        let pages = seq.pages().to_vec();
+        self.cache.free(&mut seq.table);
+        for &p in pages.iter().rev() {
+            self.index.released(p, self.cache.pool());
+        }
+    }
+
+    /// Runs the planned batch through the model; one logits vector per plan entry (empty
+    /// for a chunk that does not end its sequence's pending tokens).
+    fn forward(&mut self, plan: &[(usize, usize)]) -> Result<Vec<Vec<f32>>, EngineError> {
+        let mut n_of = vec![0usize; self.running.len()];
+        for &(i, n) in plan {
+            n_of[i] = n;
+        }
+        // Plan order is ascending running order (running first, then admissions appended).
+        let mut items: Vec<BatchItem> = Vec::with_capacity(plan.len());
+        for (seq, &n) in self.running.iter_mut().zip(&n_of) {
+            if n == 0 {
+                continue;
+            }
+            let Sequence { table, tokens, .. } = seq;
+            let start = table.len();
+            let logits = if start + n == tokens.len() { Logits::Last } else { Logits::None };
+            items.push(BatchItem { table, tokens: &tokens[start..start + n], logits });
+        }
+        Ok(self.model.forward_batch(&mut self.cache, &mut items, &mut self.scratch)?)
+    }
+
+    /// Adds this step's page occupancy to the utilisation counters and the peak.
+    fn record_occupancy(&mut self) {
+        let bs = self.cache.block_size();
+        let mut filled = vec![0u32; self.cache.pool().capacity()];
+        for s in &self.running {
+            let len = s.table.len();
+            for (j, p) in s.pages().iter().enumerate() {
+                let f = (len - j * bs).min(bs) as u32;
+                let slot = &mut filled[p.index()];
+                *slot = (*slot).max(f);
+            }
+        }
+        let held = filled.iter().filter(|&&f| f > 0).count();
+        self.stats.filled_slots += filled.iter().map(|&f| f as u64).sum::<u64>();
+        self.stats.held_slots += (held * bs) as u64;
+        self.stats.peak_pages = self.stats.peak_pages.max(self.pages_held());
+    }
+}
+
+/// Caches the sequence's full pages not yet in the index, continuing its key chain.
+fn register_full_pages(
+    seq: &mut Sequence,
+    index: &mut PrefixIndex,
+    cache: &mut KvCache,
+    bs: usize,
+) -> Result<(), EngineError> {
+    let full = seq.table.len() / bs;
+    for j in seq.page_keys.len()..full {
+        let parent = j.checked_sub(1).map(|p| seq.page_keys[p]);
+        let page = seq.table.pages()[j];
+        let key = index
+            .insert(parent, &seq.tokens[j * bs..(j + 1) * bs], page, cache.pool_mut())
+            .map_err(|e| EngineError::Table(TableError::Pool(e)))?;
+        seq.page_keys.push(key);
+    }
+    Ok(())
+}
+
+/// Samples the sequence's next token from `logits`, streams it, and says whether the
+/// sample is finished.
+fn sample_into(
+    seq: &mut Sequence,
+    group: &Group,
+    logits: &mut [f32],
+    out: &mut StepOutput,
+) -> Option<FinishReason> {
+    let token = seq.sampler.sample(logits);
+    seq.sampler.accept(token);
+    seq.tokens.push(token);
+    out.tokens.push(TokenEvent { id: seq.id, sample: seq.sample, token });
+    if group.stop_tokens.contains(&token) {
+        Some(FinishReason::Stop)
+    } else if seq.generated().len() >= group.max_tokens {
+        Some(FinishReason::Length)
+    } else {
+        None
+    }
+}

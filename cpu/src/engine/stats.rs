@@ -1,0 +1,47 @@
+//! Counters the engine keeps while it runs.
+
+/// Running totals since the engine was created.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EngineStats {
+    /// Forward passes run.
+    pub steps: u64,
+    /// Tokens sampled (over all samples of all requests).
+    pub generated_tokens: u64,
+    /// Tokens that went through the forward pass (prompt chunks, decode tokens, recompute).
+    pub batch_tokens: u64,
+    /// Prompt tokens whose K/V was computed (a prompt recomputed after preemption counts
+    /// again).
+    pub prefill_computed: u64,
+    /// Prompt tokens whose K/V came from the prefix cache instead.
+    pub prefill_skipped: u64,
+    /// Generated tokens recomputed after a preemption.
+    pub recomputed_tokens: u64,
+    /// Full prompt pages looked up in the prefix cache.
+    pub prefix_lookups: u64,
+    /// Of those, pages found.
+    pub prefix_hits: u64,
+    /// Sequences preempted (pages freed, re-queued, recomputed later).
+    pub preemptions: u64,
+    /// Cached pages reclaimed from the prefix cache for new work.
+    pub evictions: u64,
+    /// Most pages in use at once (sequences and prefix cache).
+    pub peak_pages: usize,
+    /// Σ over steps of slots holding a token in the pages sequences hold.
+    pub filled_slots: u64,
+    /// Σ over steps of slots in the pages sequences hold.
+    pub held_slots: u64,
+}
+
+impl EngineStats {
+    /// KV utilisation: slots holding tokens ÷ slots in the pages sequences hold, summed
+    /// over steps (so weighted by pages held). Waste is the unfilled tail of each
+    /// sequence's last page. `None` before the first step.
+    pub fn kv_utilisation(&self) -> Option<f64> {
+        (self.held_slots > 0).then(|| self.filled_slots as f64 / self.held_slots as f64)
+    }
+
+    /// Prefix-cache hit rate over full prompt pages looked up.
+    pub fn prefix_hit_rate(&self) -> Option<f64> {
+        (self.prefix_lookups > 0).then(|| self.prefix_hits as f64 / self.prefix_lookups as f64)
+    }
+}
