@@ -36,7 +36,8 @@ export PROPTEST_CASES=${PROPTEST_CASES:-64}
 step "build the tests for $target"
 cargo test --locked --target "$target" -p pagoda-cpu --no-run "$@"
 cargo test --locked --target "$target" -p pagoda --no-run \
-  --test kernels_level --test kernels_matmul --test kernels_quantize --test kernels_float "$@"
+  --test kernels_level --test kernels_matmul --test kernels_quantize --test kernels_float \
+  --test attention_simd "$@"
 
 # NEON must really be the level chosen under qemu, not a silent scalar fallback: the
 # level test re-checks PAGODA_SIMD's choice in a child when told what to expect.
@@ -47,11 +48,12 @@ echo "test-neon: SIMD level under qemu-aarch64: neon"
 
 step "pagoda-cpu tests"
 cargo test --locked --target "$target" -p pagoda-cpu "$@"
-step "kernel tests (every available level: scalar and neon)"
+step "kernel and attention tests (every available level: scalar and neon)"
 # pagoda_simd_forces_a_level_or_falls_back re-executes its own binary as a child; an
 # aarch64 child cannot start under qemu-user without binfmt_misc (not available in a
 # container), so it runs only in its child form, the NEON check above.
 cargo test --locked --target "$target" -p pagoda \
-  --test kernels_level --test kernels_matmul --test kernels_quantize --test kernels_float "$@" \
+  --test kernels_level --test kernels_matmul --test kernels_quantize --test kernels_float \
+  --test attention_simd "$@" \
   -- --skip pagoda_simd_forces_a_level_or_falls_back
 step "done"
