@@ -27,7 +27,7 @@ use pagoda_cpu::sampler::SamplerConfig;
 use pagoda_cpu::tokenizer::Tokenizer;
 use serde_json::{json, Map, Value};
 
-use crate::common::{load, read_text_file, CliResult, ModelArgs, SamplingArgs};
+use crate::common::{load, parse_kv_type, read_text_file, CliResult, ModelArgs, SamplingArgs};
 
 #[derive(Args, Debug)]
 pub struct BatchArgs {
@@ -55,7 +55,7 @@ pub struct BatchArgs {
     #[arg(long = "block-size", default_value_t = 16,
           value_parser = clap::value_parser!(u32).range(1..=4096))]
     block_size: u32,
-    /// KV page element type: f32 or f16.
+    /// KV page format: f32, f16, bf16, q8_0 or q4_0.
     #[arg(long = "kv-type", default_value = "f16", value_parser = parse_kv_type)]
     kv_type: KvType,
     /// Turn off prefix caching.
@@ -66,10 +66,6 @@ pub struct BatchArgs {
     ignore_eos: bool,
     #[command(flatten)]
     sampling: SamplingArgs,
-}
-
-fn parse_kv_type(s: &str) -> Result<KvType, String> {
-    KvType::from_name(s).ok_or_else(|| format!("unknown KV type '{s}' (expected f32 or f16)"))
 }
 
 /// One parsed input line.

@@ -26,7 +26,7 @@ use pagoda_cpu::model::{KvType, Llama, Session, SessionOptions};
 use pagoda_cpu::model_file::default_model_path;
 use serde_json::json;
 
-use crate::common::CliResult;
+use crate::common::{parse_kv_type, CliResult};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -77,12 +77,6 @@ pub struct BenchArgs {
     /// With --scaling: where scaling.md and scaling.svg go.
     #[arg(long = "out-dir", default_value = "docs")]
     out_dir: PathBuf,
-}
-
-fn parse_kv_type(s: &str) -> Result<KvType, String> {
-    KvType::from_name(s).ok_or_else(|| {
-        format!("unknown KV type '{s}' (expected one of {})", KvType::NAMES.join(", "))
-    })
 }
 
 pub fn main(a: BenchArgs) -> CliResult {

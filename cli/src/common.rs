@@ -43,9 +43,11 @@ pub struct ContextArgs {
     pub block_size: u32,
 }
 
-fn parse_kv_type(s: &str) -> Result<KvType, String> {
-    KvType::from_name(s)
-        .ok_or_else(|| format!("unknown KV type '{s}' (expected f32, f16, bf16, q8_0 or q4_0)"))
+/// `--kv-type` values: every [`KvType`] by name.
+pub fn parse_kv_type(s: &str) -> Result<KvType, String> {
+    KvType::from_name(s).ok_or_else(|| {
+        format!("unknown KV type '{s}' (expected one of {})", KvType::NAMES.join(", "))
+    })
 }
 
 impl ContextArgs {
