@@ -262,6 +262,29 @@ pub fn paged_prefill<T: KvFormat, S: AsRef<[T]>>(
     out: &mut [f32],
     cfg: &AttnConfig,
 ) -> Result<(), AttnError> {
+    let (pages, n_new) = check_prefill(kv, layer, pages, n_ctx, q, out, cfg)?;
+    let per_token = cfg.q_len();
+    let first_pos = n_ctx - n_new;
+    for (i, (q_tok, out_tok)) in
+        q.chunks_exact(per_token).zip(out.chunks_exact_mut(per_token)).enumerate()
+    {
+        attend_token(kv, layer, pages, first_pos + i + 1, q_tok, out_tok, cfg)?;
+    }
+    Ok(())
+}
+
+/// The argument checks of [`paged_prefill`], in its order, for fast implementations that
+/// must accept and reject exactly the same calls with the same errors. Returns the pages
+/// the context reads (`⌈n_ctx / block_size⌉` of them) and the number of query tokens.
+pub fn check_prefill<'p, T: KvFormat, S: AsRef<[T]>>(
+    kv: &KvPages<T, S>,
+    layer: usize,
+    pages: &'p [PageId],
+    n_ctx: usize,
+    q: &[f32],
+    out: &[f32],
+    cfg: &AttnConfig,
+) -> Result<(&'p [PageId], usize), AttnError> {
     let pages = validate(kv, layer, pages, n_ctx, cfg)?;
     let per_token = cfg.q_len();
     if q.len() % per_token != 0 {
@@ -278,13 +301,7 @@ pub fn paged_prefill<T: KvFormat, S: AsRef<[T]>>(
     if n_new > n_ctx {
         return Err(AttnError::ChunkLongerThanContext { n_new, n_ctx });
     }
-    let first_pos = n_ctx - n_new;
-    for (i, (q_tok, out_tok)) in
-        q.chunks_exact(per_token).zip(out.chunks_exact_mut(per_token)).enumerate()
-    {
-        attend_token(kv, layer, pages, first_pos + i + 1, q_tok, out_tok, cfg)?;
-    }
-    Ok(())
+    Ok((pages, n_new))
 }
 
 /// One query token over the first `n_ctx` positions; arguments already validated.

@@ -43,7 +43,7 @@ mod neon;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-use pagoda_core::attention::{AttnConfig, AttnError};
+use pagoda_core::attention::{check_prefill, AttnConfig, AttnError};
 use pagoda_core::kv::{KvElement, KvPages};
 use pagoda_core::pool::PageId;
 use rayon::prelude::*;
@@ -107,7 +107,7 @@ pub fn paged_attention_split<T: KvElement, S: AsRef<[T]> + Sync>(
     cfg: &AttnConfig,
     split: Split,
 ) -> Result<(), AttnError> {
-    let (pages, n_new) = validate(kv, layer, pages, n_ctx, q, out, cfg)?;
+    let (pages, n_new) = check_prefill(kv, layer, pages, n_ctx, q, out, cfg)?;
     let n_kv = cfg.n_kv_heads;
     let n_chunks = n_new.div_ceil(TOKENS_PER_TASK);
     let n_ranges = n_ranges(split, n_chunks * n_kv, n_ctx, pages.len());
@@ -179,60 +179,4 @@ fn merge(tasks: &[Task], partials: &[Partial], n_ranges: usize, out: &mut [f32],
             }
         }
     }
-}
-
-/// core's checks, in core's order; returns the pages the context uses and `n_new`.
-fn validate<'p, T: KvElement, S: AsRef<[T]>>(
-    kv: &KvPages<T, S>,
-    layer: usize,
-    pages: &'p [PageId],
-    n_ctx: usize,
-    q: &[f32],
-    out: &[f32],
-    cfg: &AttnConfig,
-) -> Result<(&'p [PageId], usize), AttnError> {
-    if cfg.n_heads == 0 || cfg.n_kv_heads == 0 || cfg.head_dim == 0 {
-        return Err(AttnError::ZeroDimension);
-    }
-    if cfg.n_heads % cfg.n_kv_heads != 0 {
-        return Err(AttnError::HeadsNotDivisible {
-            n_heads: cfg.n_heads,
-            n_kv_heads: cfg.n_kv_heads,
-        });
-    }
-    let kc = kv.config();
-    if cfg.n_kv_heads != kc.n_kv_heads {
-        let (attn, kv) = (cfg.n_kv_heads, kc.n_kv_heads);
-        return Err(AttnError::ConfigMismatch { what: "n_kv_heads", attn, kv });
-    }
-    if cfg.head_dim != kc.head_dim {
-        let (attn, kv) = (cfg.head_dim, kc.head_dim);
-        return Err(AttnError::ConfigMismatch { what: "head_dim", attn, kv });
-    }
-    if n_ctx == 0 {
-        return Err(AttnError::EmptyContext);
-    }
-    let needed = n_ctx.div_ceil(kc.block_size);
-    let Some(used) = pages.get(..needed) else {
-        return Err(AttnError::TooFewPages { needed, got: pages.len() });
-    };
-    for &page in used {
-        kv.check_page(layer, page)?;
-    }
-    let per_token = cfg.q_len();
-    if q.len() % per_token != 0 {
-        let expected = q.len() / per_token * per_token;
-        return Err(AttnError::Length { what: "q (whole tokens)", expected, got: q.len() });
-    }
-    let n_new = q.len() / per_token;
-    if n_new == 0 {
-        return Err(AttnError::EmptyContext);
-    }
-    if out.len() != q.len() {
-        return Err(AttnError::Length { what: "out", expected: q.len(), got: out.len() });
-    }
-    if n_new > n_ctx {
-        return Err(AttnError::ChunkLongerThanContext { n_new, n_ctx });
-    }
-    Ok((used, n_new))
 }
