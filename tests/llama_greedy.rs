@@ -1,8 +1,10 @@
 //! Greedy generation against llama.cpp's reference ids (tests/data/llamacpp/greedy_dev.json).
 //!
-//! Agreement is required up to the first step where llama.cpp's own top-1/top-2 margin is
-//! below 0.1 (past such a step llama.cpp disagrees with itself); the agreement length of
-//! each prompt is printed.
+//! The reference README asks for agreement up to the first step where llama.cpp's own
+//! top-1/top-2 margin is below 0.1 (past such a step llama.cpp's batched and single-token
+//! paths can disagree). pagoda reproduces llama.cpp's single-threaded arithmetic bit for bit
+//! (see tests/llama_logits.rs), so all 48 ids of every prompt must agree, at every SIMD
+//! level (CI runs this test once per forced level); the margin rule's step is printed too.
 
 mod common;
 
@@ -31,12 +33,12 @@ fn greedy_matches_llamacpp_until_its_margin_drops() {
         let agree = got.tokens.iter().zip(&want).take_while(|(a, b)| a == b).count();
         let must = margins.iter().position(|&m| m < 0.1).unwrap_or(want.len());
         eprintln!(
-            "{:?}: {agree}/{} tokens agree with llama.cpp (required: {must})",
+            "{:?}: {agree}/{} tokens agree with llama.cpp (first step with margin < 0.1: {must})",
             case["prompt"].as_str().unwrap(),
             want.len()
         );
         assert!(
-            agree >= must,
+            agree == want.len(),
             "prompt {:?}: diverged at step {agree} (llama.cpp margin there {:.3}); got {:?}, want {:?}",
             case["prompt"],
             margins[agree],

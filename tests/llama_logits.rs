@@ -1,14 +1,14 @@
 //! Teacher-forced logits against llama.cpp (tests/data/llamacpp/logits_dev.json): the whole
 //! 62-token prompt in one batch, and token by token through the decode path.
 //!
-//! How close is possible: llama.cpp and pagoda both quantize activations to 8 bits before
-//! every matmul, so any difference in float rounding upstream (sum order, `expf`, f16 K/V
-//! handling) flips some int8 roundings and moves logits by ~0.1–0.5 on this 30-layer model.
-//! `logits_are_as_close_to_exact_as_llamacpp` measures this against an f64 forward pass
-//! with unquantized activations: at position 0 both programs sit 0.1–0.2 below the exact
-//! logits, pagoda no farther than llama.cpp. So top-1 agreement is required where llama.cpp's
-//! own margin exceeds twice that noise (0.5), and the agreement at margin ≥ 0.1 (the
-//! reference README's bar) is reported and held to at most one miss per path.
+//! pagoda computes llama.cpp's float operations in llama.cpp's order (8-bit activations,
+//! its block-dot lane order, ggml's `expf` approximation in SwiGLU, its RoPE and f16
+//! flash-attention rounding), so the logits are llama.cpp's to the printed precision: top-1
+//! agrees at every position and the top-10 logits differ by less than 1e-4. (Before that
+//! work, float-order differences flipped a few int8 roundings and the 30 layers grew them
+//! to ~0.1–0.7 logit: top-1 then missed once at margin 0.134.)
+//! `logits_are_as_close_to_exact_as_llamacpp` measures how far both sit from an f64 forward
+//! pass with unquantized activations.
 
 mod common;
 
@@ -43,12 +43,6 @@ fn compare(ours: &[f32], vocab: usize, want: &[Pos], what: &str) -> (f64, f64) {
     for (i, (row, w)) in ours.chunks_exact(vocab).zip(want).enumerate() {
         let top1 = pagoda::cpu::sampler::argmax(row);
         let margin = w.top10_logits[0] - w.top10_logits[1];
-        if margin >= 0.5 {
-            assert_eq!(
-                top1, w.top10_ids[0],
-                "{what}: position {i}: top-1 differs (margin {margin:.3})"
-            );
-        }
         if margin >= 0.1 {
             eligible += 1;
             if top1 != w.top10_ids[0] {
@@ -67,7 +61,7 @@ fn compare(ours: &[f32], vocab: usize, want: &[Pos], what: &str) -> (f64, f64) {
         "{what}: top-1 agrees at {}/{eligible} positions with llama.cpp margin >= 0.1 (misses at (position, margin): {misses:?})",
         eligible - misses.len()
     );
-    assert!(misses.len() <= 1, "{what}: top-1 misses at margin >= 0.1: {misses:?}");
+    assert!(misses.is_empty(), "{what}: top-1 misses at margin >= 0.1: {misses:?}");
     (max, sum / n as f64)
 }
 
@@ -91,11 +85,9 @@ fn teacher_forced_logits_match_llamacpp() {
     }
     let (max_i, mean_i) =
         compare(&inc, vocab, &positions(&data["positions_incremental"]), "incremental");
-    eprintln!("top-10 logits vs llama.cpp: batch max {max_b:.4} mean {mean_b:.4}; incremental max {max_i:.4} mean {mean_i:.4}");
-    // Ceilings above the measured noise (mean ~0.14, max ~0.75 as float order shifts with
-    // the kernels) that still catch a broken kernel (a wrong layer moves logits by units).
-    assert!(mean_b < 0.25 && mean_i < 0.25, "logits drift too far from llama.cpp on average");
-    assert!(max_b < 1.5 && max_i < 1.5, "a logit drifts too far from llama.cpp");
+    eprintln!("top-10 logits vs llama.cpp: batch max {max_b:.2e} mean {mean_b:.2e}; incremental max {max_i:.2e} mean {mean_i:.2e}");
+    // llama.cpp's logits are printed with ~8 significant digits (|logit| < 40).
+    assert!(max_b < 1e-4 && max_i < 1e-4, "logits differ from llama.cpp's");
 }
 
 fn dequantize(model: &Llama, w: &pagoda::cpu::model::Weight) -> Vec<f32> {
@@ -156,5 +148,6 @@ fn logits_are_as_close_to_exact_as_llamacpp() {
         d_llama += (l - exact[id as usize]).abs() / 10.0;
     }
     eprintln!("position 0, mean |logit - exact| over llama.cpp's top 10: pagoda {d_ours:.4}, llama.cpp {d_llama:.4}");
-    assert!(d_ours <= 1.25 * d_llama + 0.02, "pagoda {d_ours:.4} vs llama.cpp {d_llama:.4}");
+    // The same computation: the same distance.
+    assert!((d_ours - d_llama).abs() < 1e-4, "pagoda {d_ours:.4} vs llama.cpp {d_llama:.4}");
 }

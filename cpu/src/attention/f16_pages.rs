@@ -52,7 +52,9 @@ pub fn paged_attention_f16<S: AsRef<[f16]> + Sync>(
     let (pages, n_new) = check_prefill(kv, layer, pages, n_ctx, q, out, cfg)?;
     let (hd, group, n_kv) = (cfg.head_dim, cfg.group_size(), cfg.n_kv_heads);
     let n_chunks = n_new.div_ceil(TOKENS_PER_TASK);
-    let per_task = if n_chunks * n_kv < 2 * rayon::current_num_threads() { 1 } else { group };
+    // A task's rows are independent serial chains (one per query head): several heads per
+    // task hide each chain's latency, which pays more than balancing tasks over threads.
+    let per_task = group;
     let per_kv = group / per_task;
     let tasks: Vec<Task> = (0..n_chunks * n_kv * per_kv)
         .map(|i| {
@@ -99,12 +101,14 @@ struct Shared<'a, S> {
 }
 
 /// One query row's running state.
-struct Row {
+pub(super) struct Row {
     q16: Vec<f32>,
     acc: Vec<f32>,
     max: f32,
     sum: f32,
     visible: usize,
+    /// This page's steps (one per key the row sees in it).
+    steps: Vec<Step>,
 }
 
 impl<S: AsRef<[f16]>> Shared<'_, S> {
@@ -130,12 +134,12 @@ impl<S: AsRef<[f16]>> Shared<'_, S> {
                     max: f32::NEG_INFINITY,
                     sum: 0.0,
                     visible,
+                    steps: Vec::with_capacity(bs),
                 });
             }
         }
         let max_visible = self.first_pos + task.tokens.end;
         let (mut kbuf, mut vbuf) = (Vec::new(), Vec::new());
-        let mut steps = vec![Step::default(); bs];
         let mut scores = vec![0.0f32; bs];
         for (i, &page) in self.pages.iter().enumerate() {
             let start = i * bs;
@@ -149,21 +153,19 @@ impl<S: AsRef<[f16]>> Shared<'_, S> {
             let values = ops.as_f32(&values[..n * hd], &mut vbuf);
             for row in rows.iter_mut() {
                 let n_r = row.visible.saturating_sub(start).min(n);
-                let steps = &mut steps[..n_r];
+                row.steps.resize(n_r, Step::default());
                 kernel.scores(&keys[..n_r * hd], &row.q16, &mut scores[..n_r]);
-                for (step, &s) in steps.iter_mut().zip(&scores[..n_r]) {
-                    let s = s * cfg.scale;
-                    *step = if s > row.max {
-                        // The first key: exp(-inf) = 0 clears the (zero) accumulator.
-                        let ms = (row.max - s).exp();
-                        row.max = s;
-                        Step { rescale: Some(ms), weight: 1.0 }
-                    } else {
-                        Step { rescale: None, weight: (s - row.max).exp() }
-                    };
-                    row.sum = row.sum.mul_add(step.rescale.unwrap_or(1.0), step.weight);
-                }
-                kernel.accumulate(&mut row.acc, &values[..n_r * hd], steps);
+                kernel.softmax_steps(
+                    &scores[..n_r],
+                    cfg.scale,
+                    &mut row.max,
+                    &mut row.sum,
+                    &mut row.steps,
+                );
+            }
+            // Several rows at once: their accumulators are independent serial chains.
+            for chunk in rows.chunks_mut(4) {
+                kernel.accumulate(chunk, values);
             }
         }
         let mut out = Vec::with_capacity(rows.len() * hd);
@@ -216,19 +218,43 @@ impl Kernel {
         }
     }
 
-    /// The steps of one page, in order: `acc` ← each value row of `values` by its step.
+    /// The online-softmax bookkeeping of one page's scores, in key order.
     #[inline]
-    fn accumulate(self, acc: &mut [f32], values: &[f32], steps: &[Step]) {
+    fn softmax_steps(
+        self,
+        scores: &[f32],
+        scale: f32,
+        max: &mut f32,
+        sum: &mut f32,
+        steps: &mut [Step],
+    ) {
         #[cfg(target_arch = "x86_64")]
-        match self.level {
-            // SAFETY: `new` checked AVX-512 and `hd % 64 == 0`; `values` holds
-            // `steps.len()` rows of `acc.len()`.
-            SimdLevel::Avx512 => return unsafe { x86::accumulate_avx512(acc, values, steps) },
-            // SAFETY: `new` checked the AVX2 level (AVX2 + FMA + F16C).
-            SimdLevel::Avx2 => return unsafe { x86::accumulate_fma(acc, values, steps) },
-            _ => {}
+        if matches!(self.level, SimdLevel::Avx2 | SimdLevel::Avx512) {
+            // SAFETY: both levels exist only after FMA was detected.
+            return unsafe { x86::softmax_steps_fma(scores, scale, max, sum, steps) };
         }
-        accumulate_scalar(acc, values, steps)
+        softmax_steps(scores, scale, max, sum, steps)
+    }
+
+    /// Each row's accumulator ← the page's value rows by that row's steps, in order
+    /// (`rows.len() ≤ 4`).
+    #[inline]
+    fn accumulate(self, rows: &mut [Row], values: &[f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if self.level == SimdLevel::Avx512 {
+            // SAFETY: `new` checked AVX-512 and `hd % 64 == 0`; `values` holds at least
+            // `steps.len()` rows of `hd` for every row (the page's visible slots).
+            return unsafe { x86::accumulate_avx512(rows, values) };
+        }
+        for row in rows {
+            #[cfg(target_arch = "x86_64")]
+            if self.level == SimdLevel::Avx2 {
+                // SAFETY: `new` checked the AVX2 level (AVX2 + FMA + F16C).
+                unsafe { x86::accumulate_fma(&mut row.acc, values, &row.steps) };
+                continue;
+            }
+            accumulate_scalar(&mut row.acc, values, &row.steps)
+        }
     }
 }
 
@@ -265,6 +291,30 @@ pub(super) fn reduce16(x: &[f32; 16]) -> f32 {
     (t4[0] + t4[2]) + (t4[1] + t4[3])
 }
 
+/// For each score: scale it, then llama.cpp's online-softmax update of `max` and `sum`,
+/// recording what the accumulator must do.
+#[inline(always)]
+pub(super) fn softmax_steps(
+    scores: &[f32],
+    scale: f32,
+    max: &mut f32,
+    sum: &mut f32,
+    steps: &mut [Step],
+) {
+    for (step, &s) in steps.iter_mut().zip(scores) {
+        let s = s * scale;
+        *step = if s > *max {
+            // The first key: exp(-inf) = 0 clears the (zero) accumulator.
+            let ms = (*max - s).exp();
+            *max = s;
+            Step { rescale: Some(ms), weight: 1.0 }
+        } else {
+            Step { rescale: None, weight: (s - *max).exp() }
+        };
+        *sum = sum.mul_add(step.rescale.unwrap_or(1.0), step.weight);
+    }
+}
+
 /// Per step, in order: `ggml_vec_scale_f16` (on a new maximum) then `ggml_vec_mad_f16`;
 /// every operation rounds the accumulator to f16.
 #[inline(always)]
@@ -288,13 +338,28 @@ fn round16(x: f32) -> f32 {
 mod x86 {
     use core::arch::x86_64::*;
 
-    use super::{accumulate_scalar, Step};
+    use super::{accumulate_scalar, softmax_steps, Row, Step};
+
+    /// [`super::softmax_steps`] with FMA instructions.
+    ///
+    /// # Safety
+    /// FMA.
+    #[target_feature(enable = "fma")]
+    pub(super) unsafe fn softmax_steps_fma(
+        scores: &[f32],
+        scale: f32,
+        max: &mut f32,
+        sum: &mut f32,
+        steps: &mut [Step],
+    ) {
+        softmax_steps(scores, scale, max, sum, steps)
+    }
 
     /// `scores[j] =` [`super::dot_scalar`]`(keys[j], q)`, `q.len()` a multiple of 64.
     ///
     /// # Safety
     /// AVX-512F; `q.len()` a multiple of 64 (and ≤ 256); `keys.len() ≥ scores.len() · q.len()`.
-    #[target_feature(enable = "avx512f")]
+    #[target_feature(enable = "avx512f,avx512dq")]
     pub(super) unsafe fn scores_avx512(keys: &[f32], q: &[f32], scores: &mut [f32]) {
         let hd = q.len();
         debug_assert!(hd % 64 == 0 && keys.len() >= scores.len() * hd);
@@ -327,64 +392,81 @@ mod x86 {
         }
     }
 
-    /// [`super::accumulate_scalar`]; the accumulator stays in registers for the page.
+    /// [`super::accumulate_scalar`] for up to 4 rows at once, their accumulators in
+    /// registers for the page (independent chains hide the conversions' latency).
     ///
     /// # Safety
-    /// AVX-512F; `acc.len()` a multiple of 16; `values.len() ≥ steps.len() · acc.len()`.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn accumulate_avx512(acc: &mut [f32], values: &[f32], steps: &[Step]) {
-        match acc.len() {
-            // SAFETY: the contract of this fn, with the length the callee is built for.
-            64 => unsafe { accumulate_regs::<4>(acc, values, steps) },
-            // SAFETY: as above.
-            128 => unsafe { accumulate_regs::<8>(acc, values, steps) },
-            _ => {
-                for (i, step) in steps.iter().enumerate() {
-                    let hd = acc.len();
-                    for c in (0..hd).step_by(16) {
-                        // SAFETY: as above, 16 lanes at a time.
-                        unsafe {
-                            accumulate_regs::<1>(
-                                &mut acc[c..c + 16],
-                                &values[i * hd + c..],
-                                core::slice::from_ref(step),
-                            )
-                        };
+    /// AVX-512F/DQ and F16C; every row's `acc.len()` is the same `hd`, a multiple of 64;
+    /// `values.len() ≥ steps.len() · hd` for every row; `rows.len() ≤ 4`.
+    #[target_feature(enable = "avx512f,avx512dq,f16c")]
+    pub(super) unsafe fn accumulate_avx512(rows: &mut [Row], values: &[f32]) {
+        // SAFETY (all arms): this fn's contract, with the lengths each callee is built for.
+        unsafe {
+            match (rows.first().map_or(0, |r| r.acc.len()), rows.len()) {
+                (_, 0) => {}
+                (64, 4) => accumulate_regs::<4, 4>(rows, values),
+                (64, 3) => accumulate_regs::<4, 3>(rows, values),
+                (64, 2) => accumulate_regs::<4, 2>(rows, values),
+                (64, _) => accumulate_regs::<4, 1>(rows, values),
+                (128, 4) => accumulate_regs::<8, 4>(rows, values),
+                (128, 3) => accumulate_regs::<8, 3>(rows, values),
+                (128, 2) => accumulate_regs::<8, 2>(rows, values),
+                (128, _) => accumulate_regs::<8, 1>(rows, values),
+                _ => {
+                    for row in rows.iter_mut() {
+                        accumulate_scalar(&mut row.acc, values, &row.steps);
                     }
                 }
             }
         }
     }
 
+    /// `x` rounded to f16 and back.
+    ///
     /// # Safety
-    /// AVX-512F; `acc.len() == 16 · N`; `values` holds `steps.len()` rows of stride
-    /// `acc.len()` (the last row may be just `16 · N` long).
+    /// AVX-512F enabled by the caller.
     #[inline(always)]
-    unsafe fn accumulate_regs<const N: usize>(acc: &mut [f32], values: &[f32], steps: &[Step]) {
+    unsafe fn round(x: __m512) -> __m512 {
         const NEAREST: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
-        let hd = acc.len();
-        debug_assert!(hd == 16 * N || N == 1);
-        // SAFETY: loads/stores of 16 floats at offsets < 16·N within `acc`, and within
-        // row i of `values` (i < steps.len()); AVX-512F enabled by the caller.
+        // SAFETY: register-only AVX-512F conversions.
+        unsafe { _mm512_cvtph_ps(_mm512_cvtps_ph::<NEAREST>(x)) }
+    }
+
+    /// `R` rows (of the first `rows`), each `acc.len() == 16 · N`.
+    ///
+    /// # Safety
+    /// AVX-512F; as [`accumulate_avx512`], `rows.len() ≥ R`.
+    #[inline(always)]
+    unsafe fn accumulate_regs<const N: usize, const R: usize>(rows: &mut [Row], values: &[f32]) {
+        let hd = 16 * N;
+        let n = rows[..R].iter().map(|r| r.steps.len()).max().unwrap_or(0);
+        // SAFETY: loads/stores of 16 floats at offsets < 16·N within each `acc`, and
+        // within value row j < steps.len() ≤ values.len() / hd; AVX-512F per the caller.
         unsafe {
-            let round = |x: __m512| _mm512_cvtph_ps(_mm512_cvtps_ph::<NEAREST>(x));
-            let mut a: [__m512; N] =
-                core::array::from_fn(|c| _mm512_loadu_ps(acc.as_ptr().add(16 * c)));
-            for (i, step) in steps.iter().enumerate() {
-                let v = values.as_ptr().add(i * hd);
-                if let Some(ms) = step.rescale {
-                    let m = _mm512_set1_ps(ms);
-                    for x in a.iter_mut() {
-                        *x = round(_mm512_mul_ps(*x, m));
+            let mut a: [[__m512; N]; R] = core::array::from_fn(|r| {
+                core::array::from_fn(|c| _mm512_loadu_ps(rows[r].acc.as_ptr().add(16 * c)))
+            });
+            for j in 0..n {
+                let vp = values.as_ptr().add(j * hd);
+                let v: [__m512; N] = core::array::from_fn(|c| _mm512_loadu_ps(vp.add(16 * c)));
+                for r in 0..R {
+                    let Some(step) = rows[r].steps.get(j) else { continue };
+                    if let Some(ms) = step.rescale {
+                        let m = _mm512_set1_ps(ms);
+                        for x in a[r].iter_mut() {
+                            *x = round(_mm512_mul_ps(*x, m));
+                        }
+                    }
+                    let w = _mm512_set1_ps(step.weight);
+                    for (x, v) in a[r].iter_mut().zip(&v) {
+                        *x = round(_mm512_fmadd_ps(*v, w, *x));
                     }
                 }
-                let w = _mm512_set1_ps(step.weight);
-                for (c, x) in a.iter_mut().enumerate() {
-                    *x = round(_mm512_fmadd_ps(_mm512_loadu_ps(v.add(16 * c)), w, *x));
-                }
             }
-            for (c, x) in a.iter().enumerate() {
-                _mm512_storeu_ps(acc.as_mut_ptr().add(16 * c), *x);
+            for (r, a) in a.iter().enumerate() {
+                for (c, x) in a.iter().enumerate() {
+                    _mm512_storeu_ps(rows[r].acc.as_mut_ptr().add(16 * c), *x);
+                }
             }
         }
     }

@@ -1,0 +1,174 @@
+//! `pagoda_cpu::attention::paged_attention_f16` (llama.cpp's one-key-at-a-time rounding
+//! over f16 pages): every SIMD level returns the scalar level's bits; a row's result does
+//! not depend on how the context is paged (page order in the slab, block size stays) nor on
+//! how the prompt is chunked (prefill of n tokens = n single-token decodes); and it stays
+//! within f16 rounding of the exact f64 attention. Random GQA shapes, head dims (64 and 128
+//! take the AVX-512 kernel, others the portable one), block sizes and contexts.
+
+use half::f16;
+use pagoda_core::attention::naive::naive_attention;
+use pagoda_core::attention::AttnConfig;
+use pagoda_core::kv::{KvConfig, KvPages};
+use pagoda_core::pool::PageId;
+use pagoda_cpu::attention::paged_attention_f16;
+use pagoda_cpu::kernels::SimdLevel;
+use proptest::prelude::*;
+
+fn config() -> ProptestConfig {
+    if std::env::var_os("PROPTEST_CASES").is_some() {
+        ProptestConfig { failure_persistence: None, ..ProptestConfig::default() }
+    } else {
+        ProptestConfig { cases: 32, failure_persistence: None, ..ProptestConfig::default() }
+    }
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn unit(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Case {
+    n_kv_heads: usize,
+    group: usize,
+    head_dim: usize,
+    block_size: usize,
+    n_ctx: usize,
+    n_new: usize,
+    seed: u64,
+}
+
+fn case() -> impl Strategy<Value = Case> {
+    (
+        1..=3usize,
+        prop::sample::select(vec![1usize, 3, 4]),
+        prop::sample::select(vec![64usize, 128, 8, 40, 96]),
+        prop::sample::select(vec![1usize, 4, 16, 32]),
+        1..=700usize,
+        1..=12usize,
+        any::<u64>(),
+    )
+        .prop_map(|(n_kv_heads, group, head_dim, block_size, n_ctx, n_new, seed)| Case {
+            n_kv_heads,
+            group,
+            head_dim,
+            block_size,
+            n_ctx,
+            n_new: n_new.min(n_ctx),
+            seed: seed | 1,
+        })
+}
+
+/// The case's K/V written into pages placed by `order` (`order[i]` = the slab page of
+/// logical page i); returns the cache, its block table, the rounded K/V, q and the config.
+#[allow(clippy::type_complexity)]
+fn build(
+    c: &Case,
+    reverse: bool,
+) -> (KvPages<f16, Vec<f16>>, Vec<PageId>, Vec<f32>, Vec<f32>, Vec<f32>, AttnConfig) {
+    let mut rng = Rng(c.seed);
+    let n_pages = c.n_ctx.div_ceil(c.block_size);
+    let kc = KvConfig {
+        n_layers: 1,
+        n_kv_heads: c.n_kv_heads,
+        head_dim: c.head_dim,
+        block_size: c.block_size,
+        n_pages,
+    };
+    let mut kv = KvPages::new(kc, vec![f16::NAN; kc.slab_len().unwrap()]).unwrap();
+    let pages: Vec<PageId> = (0..n_pages as u32)
+        .map(|i| PageId(if reverse { n_pages as u32 - 1 - i } else { i }))
+        .collect();
+    let row = kc.row_len();
+    let (mut k, mut v) = (Vec::new(), Vec::new());
+    for pos in 0..c.n_ctx {
+        let k_row: Vec<f32> = (0..row).map(|_| 2.0 * rng.unit()).collect();
+        let v_row: Vec<f32> = (0..row).map(|_| rng.unit()).collect();
+        kv.write(0, pages[pos / c.block_size], pos % c.block_size, &k_row, &v_row).unwrap();
+        k.extend(k_row.iter().map(|&x| f16::from_f32(x).to_f32()));
+        v.extend(v_row.iter().map(|&x| f16::from_f32(x).to_f32()));
+    }
+    let cfg = AttnConfig::new(c.n_kv_heads * c.group, c.n_kv_heads, c.head_dim).unwrap();
+    let q: Vec<f32> = (0..c.n_new * cfg.q_len()).map(|_| rng.unit()).collect();
+    (kv, pages, k, v, q, cfg)
+}
+
+fn run(level: SimdLevel, c: &Case, reverse: bool) -> Vec<f32> {
+    let (kv, pages, _, _, q, cfg) = build(c, reverse);
+    let mut out = vec![f32::NAN; q.len()];
+    paged_attention_f16(level, &kv, 0, &pages, c.n_ctx, &q, &mut out, &cfg).unwrap();
+    out
+}
+
+fn bits(x: &[f32]) -> Vec<u32> {
+    x.iter().map(|v| v.to_bits()).collect()
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn every_level_paging_and_chunking_give_the_same_bits(c in case()) {
+        let want = run(SimdLevel::Scalar, &c, false);
+        for level in SimdLevel::available() {
+            prop_assert_eq!(bits(&run(level, &c, false)), bits(&want), "{} vs scalar", level);
+        }
+        let level = SimdLevel::best_available();
+        prop_assert_eq!(bits(&run(level, &c, true)), bits(&want), "reversed page order");
+
+        // The same rows one token at a time (the decode path).
+        let (kv, pages, _, _, q, cfg) = build(&c, false);
+        let q_len = cfg.q_len();
+        let first = c.n_ctx - c.n_new;
+        for t in 0..c.n_new {
+            let mut out = vec![f32::NAN; q_len];
+            let qt = &q[t * q_len..(t + 1) * q_len];
+            paged_attention_f16(level, &kv, 0, &pages, first + t + 1, qt, &mut out, &cfg).unwrap();
+            prop_assert_eq!(bits(&out), bits(&want[t * q_len..(t + 1) * q_len]), "token {}", t);
+        }
+    }
+
+    #[test]
+    fn close_to_exact_attention(c in case()) {
+        let (_, _, k, v, q, cfg) = build(&c, false);
+        let got = run(SimdLevel::best_available(), &c, false);
+        let mut scores = vec![0.0f64; c.n_ctx];
+        let mut exact = vec![0.0f32; q.len()];
+        naive_attention(&q, &k, &v, c.n_ctx - c.n_new, &cfg, &mut scores, &mut exact).unwrap();
+        // f16 query and an f16 running sum: a few f16 ulps (2^-11) per output, growing
+        // slowly with the context; values are in [-1, 1].
+        let tol = 4e-3 * (1.0 + (c.n_ctx as f32).sqrt() / 8.0);
+        for (i, (g, e)) in got.iter().zip(&exact).enumerate() {
+            prop_assert!((g - e).abs() <= tol, "element {}: {} vs exact {} (tol {})", i, g, e, tol);
+        }
+    }
+}
+
+#[test]
+fn errors_are_cores() {
+    let c = Case {
+        n_kv_heads: 1,
+        group: 1,
+        head_dim: 64,
+        block_size: 16,
+        n_ctx: 20,
+        n_new: 1,
+        seed: 3,
+    };
+    let (kv, pages, _, _, q, cfg) = build(&c, false);
+    let mut out = vec![0.0f32; q.len()];
+    // A context longer than the pages hold.
+    let e = paged_attention_f16(SimdLevel::Scalar, &kv, 0, &pages, 1000, &q, &mut out, &cfg);
+    assert!(e.is_err());
+    // A wrong output length.
+    let e = paged_attention_f16(SimdLevel::Scalar, &kv, 0, &pages, 20, &q, &mut out[..3], &cfg);
+    assert!(e.is_err());
+}
