@@ -117,7 +117,8 @@ impl fmt::Display for PolicyError {
         match self {
             PolicyError::UnknownPolicy => write!(
                 f,
-                "unknown KV policy (expected full, sink:S,window:W, window:W or h2o:BUDGET)"
+                "unknown KV policy (expected full, sink:S,window:W, window:W, h2o:TOKENS or \
+                 h2o:PERCENT%)"
             ),
             PolicyError::UnexpectedPart => {
                 write!(f, "unexpected or repeated part (sink:S,window:W takes sink then window)")
