@@ -20,6 +20,9 @@ pub struct PerplexityArgs {
     ctx: ContextArgs,
     #[command(flatten)]
     policy: PolicyArgs,
+    /// Score only the first N chunks (llama.cpp's --chunks).
+    #[arg(long = "chunks", value_parser = clap::value_parser!(u32).range(1..))]
+    chunks: Option<u32>,
     /// Print one JSON object at the end instead of llama.cpp's text.
     #[arg(long = "json")]
     json: bool,
@@ -28,8 +31,11 @@ pub struct PerplexityArgs {
 pub fn main(a: PerplexityArgs) -> CliResult {
     let text = read_text_file(&a.file)?;
     let loaded = load(&a.model)?;
-    let tokens = loaded.tokenizer.encode(&text, true, false);
+    let mut tokens = loaded.tokenizer.encode(&text, true, false);
     let opts = a.ctx.session(512);
+    if let Some(n) = a.chunks {
+        tokens.truncate(tokens.len().min(n as usize * opts.n_ctx));
+    }
     let t0 = Instant::now();
     if !a.json {
         eprintln!(
