@@ -26,3 +26,9 @@ run $gpl 3 f32 full
 run $gpl 3 q8_0 sink:4,window:512
 for p in sink:4,window:256 h2o:50% h2o:20%; do run $vim 2 f16 $p; done
 run $gpl 3 q8_0 full
+# One long chunk: 8192 tokens of the Vim manual, window 512 = 1/16 of the text.
+run8k() { local p=$1 r
+  r=$($bin perplexity -f $vim -c 8192 --chunks 1 --kv-type f16 --kv-policy "$p" --json)
+  echo "{\"text\":\"$vim\",${r#\{}" | tee -a "$out"
+}
+for p in sink:4,window:512 window:512 full; do run8k $p; done
