@@ -24,14 +24,28 @@ impl<const MAX_PAIRS: usize> RopeTable<MAX_PAIRS> {
     /// The table for position `pos`, rotating the first `n_rot` dims (even, at most
     /// `2 * MAX_PAIRS`; larger values are clamped) with frequency base `freq_base`.
     pub fn new(pos: usize, n_rot: usize, freq_base: f32) -> Self {
+        Self::with_trig(pos, n_rot, freq_base, libm::cosf, libm::sinf)
+    }
+
+    /// [`new`](Self::new) with the caller's `cosf`/`sinf`. `new` uses the `libm` crate's
+    /// (this crate is `no_std`); a std caller that wants the platform's C library
+    /// functions (as llama.cpp calls them) passes `f32::cos` and `f32::sin`: the two can
+    /// differ in the last bit for some angles.
+    pub fn with_trig(
+        pos: usize,
+        n_rot: usize,
+        freq_base: f32,
+        cosf: fn(f32) -> f32,
+        sinf: fn(f32) -> f32,
+    ) -> Self {
         let pairs = (n_rot / 2).min(MAX_PAIRS);
         let mut cos = [0.0; MAX_PAIRS];
         let mut sin = [0.0; MAX_PAIRS];
         let theta_scale = libm::powf(freq_base, -2.0 / n_rot.max(1) as f32);
         let mut theta = pos as f32;
         for i in 0..pairs {
-            cos[i] = libm::cosf(theta);
-            sin[i] = libm::sinf(theta);
+            cos[i] = cosf(theta);
+            sin[i] = sinf(theta);
             theta *= theta_scale;
         }
         Self { cos, sin, pairs }
@@ -58,6 +72,21 @@ impl<const MAX_PAIRS: usize> RopeTable<MAX_PAIRS> {
     }
 }
 
+/// One rotated pair, `(x0·c - x1·s, x0·s + x1·c)`, with the rounding llama.cpp's x86
+/// build has: GCC contracts each expression into one fused multiply-add around the first
+/// product, `(fma(x0, c, -(x1·s)), fma(x0, s, x1·c))`. `fma` is the caller's fused
+/// multiply-add (`libm::fmaf` here; `f32::mul_add` where std and hardware FMA exist).
+#[inline(always)]
+pub fn rotate_pair(
+    x0: f32,
+    x1: f32,
+    c: f32,
+    s: f32,
+    fma: impl Fn(f32, f32, f32) -> f32,
+) -> (f32, f32) {
+    (fma(x0, c, -(x1 * s)), fma(x0, s, x1 * c))
+}
+
 /// Rotate every head of `x` (`n_heads × head_dim`, heads contiguous) in place.
 ///
 /// Dims past `2 * table.pairs()` in each head are left unchanged (partial rotary).
@@ -71,8 +100,9 @@ pub fn rope_inplace<const P: usize>(x: &mut [f32], head_dim: usize, table: &Rope
             let (c, s) = (table.cos[i], table.sin[i]);
             let x0 = head[2 * i];
             let x1 = head[2 * i + 1];
-            head[2 * i] = x0 * c - x1 * s;
-            head[2 * i + 1] = x0 * s + x1 * c;
+            let (y0, y1) = rotate_pair(x0, x1, c, s, libm::fmaf);
+            head[2 * i] = y0;
+            head[2 * i + 1] = y1;
         }
     }
 }

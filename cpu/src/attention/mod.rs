@@ -34,6 +34,7 @@
 //! | AVX-512  | FMA on zmm, `k`-masked tails              | `vcvtph2ps` (zmm)   |
 //! | NEON     | `vfmaq_f32`, 4 keys per step              | `half`              |
 
+mod f16_pages;
 mod ops;
 mod scalar;
 mod task;
@@ -42,6 +43,8 @@ mod task;
 mod neon;
 #[cfg(target_arch = "x86_64")]
 mod x86;
+
+pub use f16_pages::paged_attention_f16;
 
 use pagoda_core::attention::{check_prefill, AttnConfig, AttnError};
 use pagoda_core::kv::{KvElement, KvPages};

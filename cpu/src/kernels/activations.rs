@@ -8,15 +8,11 @@
 //! token t, block b  ->  index i = t * nb + b
 //! qs: | i=0: 32 × i8 | i=1: 32 × i8 | …     (contiguous, no headers in between)
 //! d:  | dy(0) | dy(1) | …                    f32, the block scale
-//! k:  | k(0)  | k(1)  | …                    f32, the per-block correction term:
-//!        Q4_1 weights:            k = s (ggml's f16 `d * sum(qs)`, widened)
-//!        Q4_0 weights:            k = -8   * dy * sum(qs)   (weights used as unsigned 0..15)
-//!        Q8_0 weights, AVX-512:   k = -128 * dy * sum(qs)   (weights used as x + 128)
-//!        Q8_0 weights, AVX2:      k = 0                     (signed product, no offset)
+//! k:  | k(0)  | k(1)  | …                    f32, Q4_1 only: ggml's f16 `s = dy * sum(qs)`
 //! ```
 //!
-//! A row's dot product is then `Σ_b dx·dy·Σ_j u_j·y_j + Σ_b c_b·k_b` where `c_b` is the
-//! weight block's `m` (Q4_1) or `d` (Q4_0, Q8_0).
+//! The kernels form exact integer lane sums (Q4_0's `nibble - 8` and Q8_0's signed quants
+//! included), so no float correction term is needed except Q4_1's `Σ_b m_b · s_b`.
 // The SoA half is read by the x86 kernels only.
 #![cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 
@@ -40,15 +36,6 @@ impl MatmulScratch {
     }
 }
 
-/// How the correction term `k` is formed from a Q8_0 block (see the module docs).
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Correction {
-    /// `k = -c * dy * sum(qs)`.
-    OffsetSum(f32),
-    /// `k = 0`.
-    Zero,
-}
-
 /// The structure-of-arrays view the x86 kernels read.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Acts<'a> {
@@ -58,7 +45,7 @@ pub(crate) struct Acts<'a> {
     pub qs: &'a [i8],
     /// `n_tokens * nb` scales.
     pub d: &'a [f32],
-    /// `n_tokens * nb` correction terms.
+    /// `n_tokens * nb` Q4_1 sums `s` (zero for Q8_0 blocks).
     pub k: &'a [f32],
 }
 
@@ -67,23 +54,15 @@ fn resize<T: Copy + Default>(v: &mut Vec<T>, n: usize) {
     v.resize(n, T::default());
 }
 
-/// Fill the SoA buffers from Q8_0 blocks.
-pub(crate) fn soa_from_q8_0(s: &mut MatmulScratch, nb: usize, c: Correction) -> Acts<'_> {
+/// Fill the SoA buffers from Q8_0 blocks (`k` unused: zero).
+pub(crate) fn soa_from_q8_0(s: &mut MatmulScratch, nb: usize) -> Acts<'_> {
     let n = s.q8_0.len();
     resize(&mut s.qs, n * QK);
     resize(&mut s.d, n);
     resize(&mut s.k, n);
     for (i, b) in s.q8_0.iter().enumerate() {
         s.qs[i * QK..(i + 1) * QK].copy_from_slice(&b.qs);
-        let d = b.d.to_f32();
-        s.d[i] = d;
-        s.k[i] = match c {
-            Correction::OffsetSum(c) => {
-                let sum: i32 = b.qs.iter().map(|&q| i32::from(q)).sum();
-                -c * d * sum as f32
-            }
-            Correction::Zero => 0.0,
-        };
+        s.d[i] = b.d.to_f32();
     }
     Acts { nb, qs: &s.qs, d: &s.d, k: &s.k }
 }

@@ -6,9 +6,10 @@
 //! detection).
 //!
 //! One block per step (32 quants, `vpmaddubsw` + `vpmaddwd`), one group of 8 blocks'
-//! headers per gather, up to four tokens per decoded weight register. Q4 weights are used
-//! as unsigned nibbles (0..15, products fit `vpmaddubsw`'s i16 lanes); Q8_0 weights use
-//! ggml's sign trick (`|x| · sign(y, x)`), so Q8_0 activations carry no correction term.
+//! headers per gather, up to four tokens per decoded weight register. Q4_1 weights are used
+//! as unsigned nibbles (0..15, products fit `vpmaddubsw`'s i16 lanes); Q4_0 (`nibble - 8`)
+//! and Q8_0 weights use ggml's sign trick (`|x| · sign(y, x)`), so every lane sum is exact
+//! and the float order is [`super::scalar::dot_q4_1`]'s: results equal the scalar level's.
 
 use core::arch::x86_64::*;
 
@@ -177,6 +178,8 @@ pub(crate) unsafe fn matmul_chunk<const F: u8>(
 /// # Safety
 /// As [`matmul_chunk`]; `row` points at a whole row of `acts.nb` blocks.
 #[inline(always)]
+// Index loops over the T tokens' parallel arrays read most clearly.
+#[allow(clippy::needless_range_loop)]
 unsafe fn row_dot<const F: u8, const T: usize>(
     row: *const u8,
     acts: &Acts<'_>,
@@ -196,9 +199,10 @@ unsafe fn row_dot<const F: u8, const T: usize>(
         let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
         let gather_idx = _mm256_mullo_epi32(lane, _mm256_set1_epi32(stride as i32));
         let low4 = _mm256_set1_epi8(0x0F);
+        let eight = _mm256_set1_epi8(8);
         let ones = _mm256_set1_epi16(1);
         let mut acc = [_mm256_setzero_ps(); T];
-        let mut acck = [_mm256_setzero_ps(); T];
+        let mut summs = [0.0f32; T];
         let mut g = 0;
         while g < nb {
             let n = (nb - g).min(8);
@@ -211,14 +215,22 @@ unsafe fn row_dot<const F: u8, const T: usize>(
                 mask,
             );
             let dx = f16_lo_to_f32(hdr);
-            let cx = if F == Q4_1 { f16_lo_to_f32(_mm256_srli_epi32::<16>(hdr)) } else { dx };
             let mut dd = [_mm256_setzero_ps(); T];
             for t in 0..T {
                 let a = (t0 + t) * nb + g;
                 let dy = _mm256_maskload_ps(acts.d.as_ptr().add(a), mask);
-                let ky = _mm256_maskload_ps(acts.k.as_ptr().add(a), mask);
                 dd[t] = _mm256_mul_ps(dx, dy);
-                acck[t] = _mm256_fmadd_ps(cx, ky, acck[t]);
+            }
+            if F == Q4_1 {
+                // Σ m·s in block order, per token (each product is exact in f32).
+                let mut m = [0.0f32; 8];
+                _mm256_storeu_ps(m.as_mut_ptr(), f16_lo_to_f32(_mm256_srli_epi32::<16>(hdr)));
+                for t in 0..T {
+                    let ks = acts.k.as_ptr().add((t0 + t) * nb + g);
+                    for (i, &mi) in m.iter().enumerate().take(n) {
+                        summs[t] += mi * *ks.add(i);
+                    }
+                }
             }
             for b in 0..n {
                 let blk = base.add(b * stride);
@@ -246,11 +258,15 @@ unsafe fn row_dot<const F: u8, const T: usize>(
                         ),
                         low4,
                     );
+                    // Q4_0's quants are `nibble - 8` (signed): ggml's sign trick as for Q8_0.
+                    let x = if F == Q4_1 { u } else { _mm256_sub_epi8(u, eight) };
+                    let ax = if F == Q4_1 { u } else { _mm256_sign_epi8(x, x) };
                     for t in 0..T {
                         let y =
                             _mm256_loadu_si256(acts.qs.as_ptr().add(((t0 + t) * nb + g + b) * QK)
                                 as *const __m256i);
-                        let p = _mm256_madd_epi16(_mm256_maddubs_epi16(u, y), ones);
+                        let sy = if F == Q4_1 { y } else { _mm256_sign_epi8(y, x) };
+                        let p = _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), ones);
                         let sc = _mm256_permutevar8x32_ps(dd[t], sel);
                         acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), sc, acc[t]);
                     }
@@ -260,7 +276,7 @@ unsafe fn row_dot<const F: u8, const T: usize>(
         }
         let mut out = [0.0f32; T];
         for t in 0..T {
-            out[t] = hsum_f32(_mm256_add_ps(acc[t], acck[t]));
+            out[t] = hsum_f32(acc[t]) + summs[t];
         }
         out
     }

@@ -8,10 +8,14 @@
 //! headers per few word permutes, and up to four tokens per decoded weight register:
 //!
 //! ```text
-//! zmm u  = | lo nibbles b | hi nibbles b | lo b+1 | hi b+1 |   (u8, weights as unsigned)
+//! zmm u  = | lo nibbles b | hi nibbles b | lo b+1 | hi b+1 |   (u8: Q4 nibbles, Q8_0 |x|)
 //! zmm y  = | qs b (32 × i8)              | qs b+1            |   (activations, SoA)
-//! vpdpbusd -> 16 × i32 (8 per block) -> f32 -> × (dx·dy of its block) -> accumulate
+//! vpdpbusd -> 16 × i32 lane sums (8 per block) -> f32
+//! acc (ymm, 8 lanes) = fma(lanes of b, dx·dy of b, acc); then fma(lanes of b+1, …)
 //! ```
+//!
+//! The float operations and their order are [`super::scalar::dot_q4_1`]'s (llama.cpp's),
+//! so this level's results equal the scalar level's bit for bit.
 
 use core::arch::x86_64::*;
 
@@ -203,11 +207,14 @@ unsafe fn header_permute<const F: u8>(p: usize) -> (__m512i, __mmask32) {
     unsafe { (_mm512_loadu_si512(t.0.as_ptr() as *const __m512i), t.1) }
 }
 
-/// One weight row against tokens `t0..t0+T`.
+/// One weight row against tokens `t0..t0+T`, in the float order of
+/// [`super::scalar::dot_q4_1`] (8 lanes, block after block, `hsum8`, then `Σ m·s`).
 ///
 /// # Safety
 /// As [`matmul_chunk`]; `row` points at a whole row of `acts.nb` blocks.
 #[inline(always)]
+// Index loops over the T tokens' parallel arrays read most clearly.
+#[allow(clippy::needless_range_loop)]
 unsafe fn row_dot<const F: u8, const T: usize>(
     row: *const u8,
     acts: &Acts<'_>,
@@ -217,18 +224,20 @@ unsafe fn row_dot<const F: u8, const T: usize>(
     let nb = acts.nb;
     // SAFETY (whole body): every weight access stays inside the row (block b < nb is
     // `stride` bytes at `row + b*stride`; header loads are masked to the group's
-    // n*stride bytes, the quant loads read bytes qoff..stride), every activation access stays inside token t's nb blocks
-    // (the second block of a pair is loaded only when it exists, else masked off), and
-    // the features are enabled by the caller's `target_feature`.
+    // n*stride bytes, the quant loads read bytes qoff..stride), every activation access
+    // stays inside token t's nb blocks (the second block of a pair is loaded only when it
+    // exists, else masked off), and the features are enabled by the caller's
+    // `target_feature`.
     unsafe {
         // Lanes 0..8 take the scale of block b of a pair, lanes 8..16 that of block b+1.
         let pair_sel = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
         let nibble_shift = _mm512_setr_epi64(0, 0, 4, 4, 0, 0, 4, 4);
         let low4 = _mm512_set1_epi8(0x0F);
-        let flip = _mm512_set1_epi8(0x80u8 as i8);
+        let eight = _mm512_set1_epi8(8);
+        let zero = _mm512_setzero_si512();
 
-        let mut acc = [_mm512_setzero_ps(); T];
-        let mut acck = [_mm512_setzero_ps(); T];
+        let mut acc = [_mm256_setzero_ps(); T];
+        let mut summs = [0.0f32; T];
         let mut g = 0;
         while g < nb {
             let n = (nb - g).min(16);
@@ -246,24 +255,36 @@ unsafe fn row_dot<const F: u8, const T: usize>(
                 hdr = _mm512_mask_blend_epi16(mask, hdr, _mm512_permutex2var_epi16(a, idx, b));
             }
             let dx = _mm512_cvtph_ps(_mm512_castsi512_si256(hdr));
-            let cx =
-                if F == Q4_1 { _mm512_cvtph_ps(_mm512_extracti64x4_epi64::<1>(hdr)) } else { dx };
             let mut dd = [_mm512_setzero_ps(); T];
             for t in 0..T {
                 let a = (t0 + t) * nb + g;
                 let dy = _mm512_maskz_loadu_ps(m16, acts.d.as_ptr().add(a));
-                let ky = _mm512_maskz_loadu_ps(m16, acts.k.as_ptr().add(a));
                 dd[t] = _mm512_mul_ps(dx, dy);
-                acck[t] = _mm512_fmadd_ps(cx, ky, acck[t]);
+            }
+            if F == Q4_1 {
+                // Σ m·s in block order, per token (each product is exact in f32).
+                let mut m = [0.0f32; 16];
+                _mm512_storeu_ps(
+                    m.as_mut_ptr(),
+                    _mm512_cvtph_ps(_mm512_extracti64x4_epi64::<1>(hdr)),
+                );
+                for t in 0..T {
+                    let ks = acts.k.as_ptr().add((t0 + t) * nb + g);
+                    for (i, &mi) in m.iter().enumerate().take(n) {
+                        summs[t] += mi * *ks.add(i);
+                    }
+                }
             }
             let mut b = 0;
             while b < n {
                 let two = b + 1 < n;
                 let blk = base.add(b * stride);
-                let u = if F == Q8_0 {
+                // `u`: the pair's weight quants as bytes; Q8_0 as |x| (with the signs moved
+                // onto the activations), Q4 as unsigned nibbles.
+                let (u, neg) = if F == Q8_0 {
                     let lo =
                         _mm512_castsi256_si512(_mm256_loadu_si256(blk.add(qoff) as *const __m256i));
-                    let z = if two {
+                    let x = if two {
                         _mm512_inserti64x4::<1>(
                             lo,
                             _mm256_loadu_si256(blk.add(stride + qoff) as *const __m256i),
@@ -271,7 +292,7 @@ unsafe fn row_dot<const F: u8, const T: usize>(
                     } else {
                         lo
                     };
-                    _mm512_xor_si512(z, flip)
+                    (_mm512_abs_epi8(x), _mm512_movepi8_mask(x))
                 } else {
                     let z =
                         _mm512_broadcast_i32x4(_mm_loadu_si128(blk.add(qoff) as *const __m128i));
@@ -284,7 +305,7 @@ unsafe fn row_dot<const F: u8, const T: usize>(
                     } else {
                         z
                     };
-                    _mm512_and_si512(_mm512_srlv_epi64(z, nibble_shift), low4)
+                    (_mm512_and_si512(_mm512_srlv_epi64(z, nibble_shift), low4), 0)
                 };
                 let ymask: __mmask64 = if two { !0 } else { 0xFFFF_FFFF };
                 let sel = _mm512_add_epi32(pair_sel, _mm512_set1_epi32(b as i32));
@@ -295,9 +316,34 @@ unsafe fn row_dot<const F: u8, const T: usize>(
                     } else {
                         _mm512_maskz_loadu_epi8(ymask, yp)
                     };
-                    let s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, y);
+                    // Exact lane sums: lane j (of each block) = Σ of quants 4j..4j+4.
+                    let s = match F {
+                        Q8_0 => {
+                            // |x| · (y with x's sign): quants are in -127..=127 (|x| ≤ 128).
+                            let sy = _mm512_mask_sub_epi8(y, neg, zero, y);
+                            _mm512_dpbusd_epi32(zero, u, sy)
+                        }
+                        // (u - 8) · y = u·y - 8·y.
+                        Q4_0 => _mm512_sub_epi32(
+                            _mm512_dpbusd_epi32(zero, u, y),
+                            _mm512_dpbusd_epi32(zero, eight, y),
+                        ),
+                        _ => _mm512_dpbusd_epi32(zero, u, y),
+                    };
+                    let f = _mm512_cvtepi32_ps(s);
                     let sc = _mm512_permutexvar_ps(sel, dd[t]);
-                    acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), sc, acc[t]);
+                    acc[t] = _mm256_fmadd_ps(
+                        _mm512_castps512_ps256(f),
+                        _mm512_castps512_ps256(sc),
+                        acc[t],
+                    );
+                    if two {
+                        acc[t] = _mm256_fmadd_ps(
+                            _mm512_extractf32x8_ps::<1>(f),
+                            _mm512_extractf32x8_ps::<1>(sc),
+                            acc[t],
+                        );
+                    }
                 }
                 b += 2;
             }
@@ -305,8 +351,20 @@ unsafe fn row_dot<const F: u8, const T: usize>(
         }
         let mut out = [0.0f32; T];
         for t in 0..T {
-            out[t] = _mm512_reduce_add_ps(_mm512_add_ps(acc[t], acck[t]));
+            out[t] = hsum8(acc[t]) + summs[t];
         }
         out
+    }
+}
+
+/// llama.cpp's `hsum_float_8`: `((a0+a4) + (a2+a6)) + ((a1+a5) + (a3+a7))`.
+#[inline(always)]
+unsafe fn hsum8(a: __m256) -> f32 {
+    // SAFETY: register-only AVX operations; features per the calling function.
+    unsafe {
+        let s = _mm_add_ps(_mm256_extractf128_ps::<1>(a), _mm256_castps256_ps128(a));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        _mm_cvtss_f32(s)
     }
 }

@@ -15,11 +15,10 @@ use rayon::prelude::*;
 
 use super::activations::MatmulScratch;
 #[cfg(target_arch = "x86_64")]
-use super::activations::{self, Acts, Correction};
+use super::activations::{self, Acts};
 use super::error::{check_len, KernelError};
-use pagoda_core::quant::VecDot;
 
-use super::{float, Kernels, QuantMatrix, SimdLevel};
+use super::{float, scalar, Kernels, QuantMatrix, SimdLevel};
 
 /// Below this many weight bytes × tokens a call runs on the calling thread only.
 const PARALLEL_MIN_WORK: usize = 32 * 1024;
@@ -103,15 +102,9 @@ pub(crate) fn matmul_multi(
     match level {
         #[cfg(target_arch = "x86_64")]
         SimdLevel::Avx512 | SimdLevel::Avx2 => {
-            let acts = match (ty, level) {
-                (GgmlType::Q4_1, _) => activations::soa_from_q8_1(scratch, nb),
-                (GgmlType::Q4_0, _) => {
-                    activations::soa_from_q8_0(scratch, nb, Correction::OffsetSum(8.0))
-                }
-                (_, SimdLevel::Avx512) => {
-                    activations::soa_from_q8_0(scratch, nb, Correction::OffsetSum(128.0))
-                }
-                _ => activations::soa_from_q8_0(scratch, nb, Correction::Zero),
+            let acts = match ty {
+                GgmlType::Q4_1 => activations::soa_from_q8_1(scratch, nb),
+                _ => activations::soa_from_q8_0(scratch, nb),
             };
             let acts = &acts;
             for_row_chunks(ws, n_tokens, outs, |m, r0, outs| {
@@ -160,7 +153,7 @@ fn dot_q4_1(level: SimdLevel, w: &[BlockQ4_1], a: &[BlockQ8_1]) -> f32 {
         return unsafe { super::neon::vec_dot_q4_1_q8_1(w, a) };
     }
     let _ = level;
-    BlockQ4_1::vec_dot(w, a)
+    scalar::dot_q4_1(w, a)
 }
 
 fn dot_q4_0(level: SimdLevel, w: &[BlockQ4_0], a: &[BlockQ8_0]) -> f32 {
@@ -170,7 +163,7 @@ fn dot_q4_0(level: SimdLevel, w: &[BlockQ4_0], a: &[BlockQ8_0]) -> f32 {
         return unsafe { super::neon::vec_dot_q4_0_q8_0(w, a) };
     }
     let _ = level;
-    BlockQ4_0::vec_dot(w, a)
+    scalar::dot_q4_0(w, a)
 }
 
 fn dot_q8_0(level: SimdLevel, w: &[BlockQ8_0], a: &[BlockQ8_0]) -> f32 {
@@ -180,7 +173,7 @@ fn dot_q8_0(level: SimdLevel, w: &[BlockQ8_0], a: &[BlockQ8_0]) -> f32 {
         return unsafe { super::neon::vec_dot_q8_0_q8_0(w, a) };
     }
     let _ = level;
-    BlockQ8_0::vec_dot(w, a)
+    scalar::dot_q8_0(w, a)
 }
 
 #[cfg(target_arch = "x86_64")]

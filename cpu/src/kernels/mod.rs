@@ -13,11 +13,13 @@
 //! | matmul Q4_0, Q8_0 (× Q8_0)     | yes    | `maddubs`           | VNNI `vpdpbusd`   | `vmull_s8`      |
 //! | matmul F32                     | pulp   | pulp                | pulp              | pulp            |
 //! | `dot_f32`, `rmsnorm`           | pulp   | pulp                | pulp              | pulp            |
-//! | `silu_mul`                     | scalar | scalar              | scalar            | scalar          |
+//! | `silu_mul`                     | yes    | yes                 | yes               | scalar          |
 //!
-//! Quantized activations are byte-identical at every level (llama.cpp's x86 rounding,
-//! see [`Kernels::quantize_q8_1`]); dot products agree to float rounding (the order of
-//! the float sums differs by level; scalar and NEON agree exactly).
+//! Every level computes the same float operations in the same order as llama.cpp's x86
+//! build, so results are bit-identical across levels (and with llama.cpp): quantized
+//! activations (llama.cpp's x86 rounding, see [`Kernels::quantize_q8_1`]), the block dot
+//! products (8 lanes, see `scalar::dot_q4_1`), `rmsnorm` and `silu_mul`. (`dot_f32` and
+//! the F32 matmul are the exception: their sum order follows the vector width.)
 
 mod activations;
 mod error;
@@ -26,6 +28,7 @@ mod level;
 mod matmul;
 mod matrix;
 mod scalar;
+pub mod silu;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -40,6 +43,7 @@ pub use level::{simd_level, SimdLevel};
 pub use matrix::QuantMatrix;
 
 use error::check_len;
+use pagoda_core::ops::{rotate_pair, RopeTable};
 use pagoda_core::quant::{BlockQ8_0, BlockQ8_1, QK};
 
 /// The kernels at one SIMD level this CPU supports. Cheap to copy; resolve once at load.
@@ -159,19 +163,60 @@ impl Kernels {
         if x.is_empty() {
             return Ok(());
         }
-        let ss = float::run(self.level, float::Dot { a: x, b: x });
-        let scale = 1.0 / (ss / x.len() as f32 + eps).sqrt();
+        // ggml's float order: f32 squares summed in f64 (in order), the mean rounded to
+        // f32, `1 / sqrtf(mean + eps)`, then `(x · scale) · w`.
+        let ss: f64 = x.iter().map(|&v| f64::from(v * v)).sum();
+        let mean = (ss / x.len() as f64) as f32;
+        let scale = 1.0 / (mean + eps).sqrt();
         float::run(self.level, float::ScaleMul { x, w, scale, out });
         Ok(())
     }
 
-    /// SwiGLU's gate: `gate[i] = silu(gate[i]) * up[i]`, `silu(g) = g / (1 + e^-g)`;
-    /// errors if the lengths differ. (Scalar at every level for now.)
+    /// RoPE on every head of `x` (`n_heads × head_dim`, heads contiguous) with `table`:
+    /// the same bits as `pagoda_core::ops::rope_inplace` (llama.cpp's fused rotation, see
+    /// `pagoda_core::ops::rotate_pair`), with the CPU's FMA instruction where the level
+    /// has one.
+    pub fn rope<const P: usize>(&self, x: &mut [f32], head_dim: usize, table: &RopeTable<P>) {
+        #[cfg(target_arch = "x86_64")]
+        if matches!(self.level, SimdLevel::Avx2 | SimdLevel::Avx512) {
+            // SAFETY: a Kernels at these levels exists only after AVX2 + FMA were detected.
+            return unsafe { rope_fma(x, head_dim, table) };
+        }
+        rope_body(x, head_dim, table)
+    }
+
+    /// SwiGLU's gate: `gate[i] = silu(gate[i]) * up[i]`, `silu(g) = g / (1 + e^-g)` with
+    /// ggml's vectorized `e^x` ([`silu::exp`]); bit-identical at every level. Errors if the
+    /// lengths differ.
     pub fn silu_mul(&self, gate: &mut [f32], up: &[f32]) -> Result<(), KernelError> {
         check_len("up", gate.len(), up.len())?;
-        for (g, &u) in gate.iter_mut().zip(up) {
-            *g = *g / (1.0 + (-*g).exp()) * u;
-        }
+        silu::silu_mul(self.level, gate, up);
         Ok(())
     }
+}
+
+/// The rotation loop of [`Kernels::rope`]; `f32::mul_add` is one instruction where the
+/// caller enables FMA (and a correct `fmaf` call otherwise).
+#[inline(always)]
+fn rope_body<const P: usize>(x: &mut [f32], head_dim: usize, table: &RopeTable<P>) {
+    if head_dim == 0 {
+        return;
+    }
+    let pairs = table.pairs().min(head_dim / 2);
+    let (cos, sin) = (&table.cos()[..pairs], &table.sin()[..pairs]);
+    for head in x.chunks_exact_mut(head_dim) {
+        for (i, (&c, &s)) in cos.iter().zip(sin).enumerate() {
+            let (y0, y1) = rotate_pair(head[2 * i], head[2 * i + 1], c, s, f32::mul_add);
+            head[2 * i] = y0;
+            head[2 * i + 1] = y1;
+        }
+    }
+}
+
+/// # Safety
+/// The CPU has FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "fma")]
+unsafe fn rope_fma<const P: usize>(x: &mut [f32], head_dim: usize, table: &RopeTable<P>) {
+    rope_body(x, head_dim, table)
 }

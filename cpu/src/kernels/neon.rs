@@ -1,90 +1,128 @@
 //! aarch64 NEON kernels: the integer part of the block dot products.
 //!
-//! Stable Rust has no `sdot` wrapper in pulp, so the integer sums use the widening
-//! multiply path (`vmull_s8` + `vpadalq_s16`), available on every aarch64 CPU. The float
-//! combination per block is the scalar reference's, in the same order, so results equal
-//! the scalar level exactly. Activation quantization at this level is the scalar code.
+//! Stable Rust has no `sdot` wrapper in pulp, so the integer lane sums use the widening
+//! multiply path (`vmull_s8` + pairwise adds), available on every aarch64 CPU. The float
+//! operations are the scalar level's, in the same order (8 lanes as two `float32x4_t`),
+//! so results equal the scalar level (and the x86 levels) bit for bit. Activation
+//! quantization at this level is the scalar code.
 
 use core::arch::aarch64::*;
 
 use pagoda_core::quant::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1};
 
-/// `Σ a[j]·b[j]` over 32 signed bytes given as two halves each.
+/// The 8 exact lane sums of one block (lane j = Σ of elements 4j..4j+4), as two
+/// vectors of 4 (lanes 0..4 from the first 16 bytes, 4..8 from the second), widened to f32.
 ///
 /// # Safety
 /// NEON must be available (always on aarch64).
 #[inline(always)]
-unsafe fn dot32(a0: int8x16_t, a1: int8x16_t, b0: int8x16_t, b1: int8x16_t) -> i32 {
+unsafe fn lanes(a0: int8x16_t, a1: int8x16_t, b0: int8x16_t, b1: int8x16_t) -> [float32x4_t; 2] {
     // SAFETY: register-only NEON operations, NEON enabled by the caller.
     unsafe {
-        let mut acc = vdupq_n_s32(0);
-        acc = vpadalq_s16(acc, vmull_s8(vget_low_s8(a0), vget_low_s8(b0)));
-        acc = vpadalq_s16(acc, vmull_high_s8(a0, b0));
-        acc = vpadalq_s16(acc, vmull_s8(vget_low_s8(a1), vget_low_s8(b1)));
-        acc = vpadalq_s16(acc, vmull_high_s8(a1, b1));
-        vaddvq_s32(acc)
+        let half = |a: int8x16_t, b: int8x16_t| {
+            // Products of elements 0..8 and 8..16 (i16), pairwise-summed to i32 twice:
+            // [e0+e1, e2+e3, …] then [(e0+e1)+(e2+e3), …] = 4-element lane sums.
+            let lo = vpaddlq_s16(vmull_s8(vget_low_s8(a), vget_low_s8(b)));
+            let hi = vpaddlq_s16(vmull_high_s8(a, b));
+            vcvtq_f32_s32(vpaddq_s32(lo, hi))
+        };
+        [half(a0, b0), half(a1, b1)]
     }
 }
 
-/// Q4_0 · Q8_0 over whole rows (`w.len() == a.len()`).
+/// `acc = fma(lanes, d, acc)` on both halves.
+///
+/// # Safety
+/// NEON must be available.
+#[inline(always)]
+unsafe fn lane_fma(acc: &mut [float32x4_t; 2], l: [float32x4_t; 2], d: f32) {
+    // SAFETY: register-only NEON operations, NEON enabled by the caller.
+    unsafe {
+        let dv = vdupq_n_f32(d);
+        acc[0] = vfmaq_f32(acc[0], l[0], dv);
+        acc[1] = vfmaq_f32(acc[1], l[1], dv);
+    }
+}
+
+/// llama.cpp's `hsum_float_8` over the two halves: `((a0+a4)+(a2+a6)) + ((a1+a5)+(a3+a7))`.
+///
+/// # Safety
+/// NEON must be available.
+#[inline(always)]
+unsafe fn hsum8(acc: [float32x4_t; 2]) -> f32 {
+    // SAFETY: register-only NEON operations, NEON enabled by the caller.
+    unsafe {
+        let r = vaddq_f32(acc[0], acc[1]);
+        let t = vaddq_f32(r, vextq_f32::<2>(r, r));
+        vgetq_lane_f32::<0>(t) + vgetq_lane_f32::<1>(t)
+    }
+}
+
+/// Q4_0 · Q8_0 over whole rows (`w.len() == a.len()`), in
+/// [`super::scalar::dot_q4_0`]'s float order.
 ///
 /// # Safety
 /// NEON must be available.
 #[target_feature(enable = "neon")]
 pub(crate) unsafe fn vec_dot_q4_0_q8_0(w: &[BlockQ4_0], a: &[BlockQ8_0]) -> f32 {
-    let mut sum = 0.0f32;
-    for (x, y) in w.iter().zip(a) {
-        // SAFETY: loads of 16 bytes from 16-byte arrays and 32-byte arrays.
-        let sumi = unsafe {
+    // SAFETY: loads of 16 bytes from 16-byte arrays and at offsets 0 and 16 of 32-byte
+    // arrays; NEON per this fn's contract.
+    unsafe {
+        let mut acc = [vdupq_n_f32(0.0); 2];
+        for (x, y) in w.iter().zip(a) {
             let q = vld1q_u8(x.qs.as_ptr());
             let eight = vdupq_n_s8(8);
             let lo = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(q, vdupq_n_u8(0x0F))), eight);
             let hi = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8::<4>(q)), eight);
-            dot32(lo, hi, vld1q_s8(y.qs.as_ptr()), vld1q_s8(y.qs.as_ptr().add(16)))
-        };
-        sum += sumi as f32 * (x.d.to_f32() * y.d.to_f32());
+            let l = lanes(lo, hi, vld1q_s8(y.qs.as_ptr()), vld1q_s8(y.qs.as_ptr().add(16)));
+            lane_fma(&mut acc, l, x.d.to_f32() * y.d.to_f32());
+        }
+        hsum8(acc)
     }
-    sum
 }
 
-/// Q4_1 · Q8_1 over whole rows (`w.len() == a.len()`).
+/// Q4_1 · Q8_1 over whole rows (`w.len() == a.len()`), in
+/// [`super::scalar::dot_q4_1`]'s float order.
 ///
 /// # Safety
 /// NEON must be available.
 #[target_feature(enable = "neon")]
 pub(crate) unsafe fn vec_dot_q4_1_q8_1(w: &[BlockQ4_1], a: &[BlockQ8_1]) -> f32 {
-    let mut sum = 0.0f32;
-    for (x, y) in w.iter().zip(a) {
-        // SAFETY: loads of 16 bytes from 16-byte arrays and 32-byte arrays.
-        let sumi = unsafe {
+    // SAFETY: as in `vec_dot_q4_0_q8_0`.
+    unsafe {
+        let mut acc = [vdupq_n_f32(0.0); 2];
+        let mut summs = 0.0f32;
+        for (x, y) in w.iter().zip(a) {
+            summs += x.m.to_f32() * y.s.to_f32();
             let q = vld1q_u8(x.qs.as_ptr());
             let lo = vreinterpretq_s8_u8(vandq_u8(q, vdupq_n_u8(0x0F)));
             let hi = vreinterpretq_s8_u8(vshrq_n_u8::<4>(q));
-            dot32(lo, hi, vld1q_s8(y.qs.as_ptr()), vld1q_s8(y.qs.as_ptr().add(16)))
-        };
-        sum += (x.d.to_f32() * y.d.to_f32()) * sumi as f32 + x.m.to_f32() * y.s.to_f32();
+            let l = lanes(lo, hi, vld1q_s8(y.qs.as_ptr()), vld1q_s8(y.qs.as_ptr().add(16)));
+            lane_fma(&mut acc, l, x.d.to_f32() * y.d.to_f32());
+        }
+        hsum8(acc) + summs
     }
-    sum
 }
 
-/// Q8_0 · Q8_0 over whole rows (`w.len() == a.len()`).
+/// Q8_0 · Q8_0 over whole rows (`w.len() == a.len()`), in
+/// [`super::scalar::dot_q8_0`]'s float order.
 ///
 /// # Safety
 /// NEON must be available.
 #[target_feature(enable = "neon")]
 pub(crate) unsafe fn vec_dot_q8_0_q8_0(w: &[BlockQ8_0], a: &[BlockQ8_0]) -> f32 {
-    let mut sum = 0.0f32;
-    for (x, y) in w.iter().zip(a) {
-        // SAFETY: loads of 16 bytes at offsets 0 and 16 of 32-byte arrays.
-        let sumi = unsafe {
-            dot32(
+    // SAFETY: as in `vec_dot_q4_0_q8_0`.
+    unsafe {
+        let mut acc = [vdupq_n_f32(0.0); 2];
+        for (x, y) in w.iter().zip(a) {
+            let l = lanes(
                 vld1q_s8(x.qs.as_ptr()),
                 vld1q_s8(x.qs.as_ptr().add(16)),
                 vld1q_s8(y.qs.as_ptr()),
                 vld1q_s8(y.qs.as_ptr().add(16)),
-            )
-        };
-        sum += sumi as f32 * (x.d.to_f32() * y.d.to_f32());
+            );
+            lane_fma(&mut acc, l, x.d.to_f32() * y.d.to_f32());
+        }
+        hsum8(acc)
     }
-    sum
 }

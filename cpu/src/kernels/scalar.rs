@@ -1,5 +1,5 @@
-//! The scalar level's activation quantizers. (Its dot products are pagoda-core's
-//! reference `VecDot` implementations, used directly.)
+//! The scalar level: activation quantizers and block dot products, written out in the
+//! exact float order every SIMD level (and llama.cpp on x86) follows.
 //!
 //! Activation quantization here follows what llama.cpp executes on x86 (its AVX/AVX2
 //! `quantize_row_q8_0` / `quantize_row_q8_1`), which every SIMD level reproduces byte for
@@ -18,7 +18,7 @@
 //! the `_ref` quantizer for activations, so parity with it needs this rule.
 
 use half::f16;
-use pagoda_core::quant::{BlockQ8_0, BlockQ8_1, QK};
+use pagoda_core::quant::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, QK};
 
 /// `(d, id)` for a block whose largest magnitude is `amax`.
 #[inline]
@@ -58,4 +58,79 @@ pub(crate) fn quantize_q8_1(x: &[f32], out: &mut [BlockQ8_1]) {
         let (d, qs, sum) = quantize_block(xs);
         *b = BlockQ8_1 { d: f16::from_f32(d), s: f16::from_f32(d * sum as f32), qs };
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Block dot products in the float order every level reproduces.
+//
+// llama.cpp's x86 `ggml_vec_dot_{q4_0_q8_0,q4_1_q8_1,q8_0_q8_0}` (its AVX2 code, which an
+// AVX-512 build also runs) keep 8 float lanes. Lane j of block b is the exact integer sum
+// of the block's quants 4j..4j+3 (weight quants signed: Q4_0 `nibble - 8`, Q4_1 `nibble`,
+// Q8_0 as stored), and
+//
+//     acc[j] = fma(dw_b · dy_b, (float) lane_j(b), acc[j])      block after block
+//     result = hsum8(acc)             (+ Σ_b m_b · s_b, summed in block order, for Q4_1)
+//     hsum8  = ((a0+a4) + (a2+a6)) + ((a1+a5) + (a3+a7))          (hsum_float_8)
+//
+// `dw·dy` and `m·s` are products of two f16 values, exact in f32. Every SIMD level
+// computes the same operations in the same order, so all levels (and llama.cpp) agree
+// bit for bit.
+
+/// llama.cpp's `hsum_float_8`.
+#[inline]
+pub(crate) fn hsum8(a: [f32; 8]) -> f32 {
+    let r = [a[0] + a[4], a[1] + a[5], a[2] + a[6], a[3] + a[7]];
+    (r[0] + r[2]) + (r[1] + r[3])
+}
+
+/// The 8 lane sums of one block: `lane[j] = Σ_{e in 4j..4j+4} w[e] · y[e]`.
+#[inline]
+fn lanes(w: &[i32; QK], y: &[i8; QK]) -> [i32; 8] {
+    core::array::from_fn(|j| (4 * j..4 * j + 4).map(|e| w[e] * i32::from(y[e])).sum())
+}
+
+/// Q4 nibbles in element order (low nibbles are elements 0..16) minus `offset`.
+#[inline]
+fn nibbles(qs: &[u8; QK / 2], offset: i32) -> [i32; QK] {
+    core::array::from_fn(|e| {
+        let b = qs[e % 16];
+        i32::from(if e < 16 { b & 0x0F } else { b >> 4 }) - offset
+    })
+}
+
+#[inline]
+fn lane_fma(acc: &mut [f32; 8], d: f32, l: [i32; 8]) {
+    for (a, l) in acc.iter_mut().zip(l) {
+        *a = d.mul_add(l as f32, *a);
+    }
+}
+
+/// Q4_0 · Q8_0 over whole rows (`w.len() == a.len()`).
+pub(crate) fn dot_q4_0(w: &[BlockQ4_0], a: &[BlockQ8_0]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    for (x, y) in w.iter().zip(a) {
+        lane_fma(&mut acc, x.d.to_f32() * y.d.to_f32(), lanes(&nibbles(&x.qs, 8), &y.qs));
+    }
+    hsum8(acc)
+}
+
+/// Q4_1 · Q8_1 over whole rows (`w.len() == a.len()`).
+pub(crate) fn dot_q4_1(w: &[BlockQ4_1], a: &[BlockQ8_1]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let mut summs = 0.0f32;
+    for (x, y) in w.iter().zip(a) {
+        summs += x.m.to_f32() * y.s.to_f32();
+        lane_fma(&mut acc, x.d.to_f32() * y.d.to_f32(), lanes(&nibbles(&x.qs, 0), &y.qs));
+    }
+    hsum8(acc) + summs
+}
+
+/// Q8_0 · Q8_0 over whole rows (`w.len() == a.len()`).
+pub(crate) fn dot_q8_0(w: &[BlockQ8_0], a: &[BlockQ8_0]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    for (x, y) in w.iter().zip(a) {
+        let xq: [i32; QK] = core::array::from_fn(|e| i32::from(x.qs[e]));
+        lane_fma(&mut acc, x.d.to_f32() * y.d.to_f32(), lanes(&xq, &y.qs));
+    }
+    hsum8(acc)
 }

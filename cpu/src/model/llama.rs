@@ -24,11 +24,11 @@ use std::path::Path;
 use pagoda_core::attention::AttnConfig;
 use pagoda_core::gguf::Gguf;
 use pagoda_core::kv::{KvFormat, KvPages};
-use pagoda_core::ops::{rope_inplace, RopeTable};
+use pagoda_core::ops::RopeTable;
 use pagoda_core::pool::PageId;
 use rayon::prelude::*;
 
-use crate::attention::paged_attention;
+use crate::attention::{paged_attention, paged_attention_f16};
 use crate::kernels::{Kernels, MatmulScratch};
 use crate::model_file::ModelFile;
 
@@ -244,7 +244,7 @@ impl Llama {
         }
         let result = match cache.store_mut() {
             KvStore::F32(kv) => self.run(kv, &layout, scratch, paged_attention),
-            KvStore::F16(kv) => self.run(kv, &layout, scratch, paged_attention),
+            KvStore::F16(kv) => self.run(kv, &layout, scratch, paged_attention_f16),
             KvStore::Bf16(kv) => self.run(kv, &layout, scratch, paged_attention),
             // No SIMD kernels for block formats yet: core's reference, tokens in parallel.
             KvStore::Q8_0(kv) => self.run(kv, &layout, scratch, reference_attention),
@@ -371,9 +371,16 @@ impl Llama {
                 .zip(s.k.chunks_exact_mut(kv_dim))
                 .zip(s.v.chunks_exact(kv_dim));
         for (((q, k), v), (&(page, slot), &pos)) in rows.zip(b.slots.iter().zip(&b.positions)) {
-            let table = RopeTable::<MAX_ROPE_PAIRS>::new(pos, c.n_rot, c.rope_base);
-            rope_inplace(q, c.head_dim, &table);
-            rope_inplace(k, c.head_dim, &table);
+            // The C library's cosf/sinf, as llama.cpp calls them (libm's can differ by an ulp).
+            let table = RopeTable::<MAX_ROPE_PAIRS>::with_trig(
+                pos,
+                c.n_rot,
+                c.rope_base,
+                f32::cos,
+                f32::sin,
+            );
+            self.kernels.rope(q, c.head_dim, &table);
+            self.kernels.rope(k, c.head_dim, &table);
             kv.write(l, page, slot, k, v)
                 .map_err(|e| ModelError::Invalid(format!("KV write: {e}")))?;
         }

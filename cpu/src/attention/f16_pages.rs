@@ -1,0 +1,352 @@
+//! Attention over f16 pages in llama.cpp's rounding: one key at a time, f16 query and
+//! f16 running output, so that pagoda's logits equal llama.cpp's bit for bit.
+//!
+//! llama.cpp's CPU flash attention (`ggml_compute_forward_flash_attn_ext_f16_one_chunk`,
+//! what it runs for f16 K/V with fewer than 64 query tokens per batch and at one thread)
+//! computes, per query row:
+//!
+//! ```text
+//! q16 = f16(q)                                  the query, rounded to f16
+//! M = -inf, S = 0, acc16 = 0 (hd × f16)
+//! for each visible key i, in position order:
+//!     s = dot16(k_i, q16) · scale               ggml_vec_dot_f16 (see `dot`)
+//!     if s > M:  ms = exp(M - s); M = s; acc16 = f16(acc16 · ms); vs = 1
+//!     else:      ms = 1;          vs = exp(s - M)
+//!     acc16 = f16(fma(v_i, vs, acc16))           (ggml_vec_mad_f16)
+//!     S = fma(S, ms, vs)                         (GCC contracts `S*ms + vs`)
+//! out = f32(acc16) · (1 / S)
+//! ```
+//!
+//! `exp` is the C library's `expf` (`f32::exp`). Every row is independent of every other
+//! row and of how the context is split into pages or the prompt into chunks, so results
+//! do not depend on batching or threads. Work is split into tasks of (up to
+//! [`TOKENS_PER_TASK`] tokens) × (kv head) × (query heads of its group): a task widens each
+//! K/V page run to f32 once for all its rows; when there are few tasks (decode) each query
+//! head is its own task so both threads stay busy without splitting a row's context.
+
+use core::ops::Range;
+
+use half::f16;
+use pagoda_core::attention::{check_prefill, AttnConfig, AttnError};
+use pagoda_core::kv::{KvHalf, KvPages};
+use pagoda_core::pool::PageId;
+use rayon::prelude::*;
+
+use super::ops::PageOps;
+use super::TOKENS_PER_TASK;
+use crate::kernels::SimdLevel;
+
+/// Causal paged attention over f16 pages, same contract and errors as
+/// [`super::paged_attention`], with the rounding described in the module docs.
+#[allow(clippy::too_many_arguments)]
+pub fn paged_attention_f16<S: AsRef<[f16]> + Sync>(
+    level: SimdLevel,
+    kv: &KvPages<f16, S>,
+    layer: usize,
+    pages: &[PageId],
+    n_ctx: usize,
+    q: &[f32],
+    out: &mut [f32],
+    cfg: &AttnConfig,
+) -> Result<(), AttnError> {
+    let (pages, n_new) = check_prefill(kv, layer, pages, n_ctx, q, out, cfg)?;
+    let (hd, group, n_kv) = (cfg.head_dim, cfg.group_size(), cfg.n_kv_heads);
+    let n_chunks = n_new.div_ceil(TOKENS_PER_TASK);
+    let per_task = if n_chunks * n_kv < 2 * rayon::current_num_threads() { 1 } else { group };
+    let per_kv = group / per_task;
+    let tasks: Vec<Task> = (0..n_chunks * n_kv * per_kv)
+        .map(|i| {
+            let (h, rest) = (i % per_kv, i / per_kv);
+            let (kv_head, chunk) = (rest % n_kv, rest / n_kv);
+            let t0 = chunk * TOKENS_PER_TASK;
+            Task {
+                tokens: t0..(t0 + TOKENS_PER_TASK).min(n_new),
+                kv_head,
+                heads: h * per_task..(h + 1) * per_task,
+            }
+        })
+        .collect();
+    let shared = Shared { level, kv, layer, pages, first_pos: n_ctx - n_new, q, cfg };
+    let results: Vec<Vec<f32>> =
+        tasks.par_iter().map(|t| shared.run(t)).collect::<Result<_, AttnError>>()?;
+    for (task, res) in tasks.iter().zip(&results) {
+        let rows = task.tokens.clone().flat_map(|t| task.heads.clone().map(move |h| (t, h)));
+        for ((t, h), o) in rows.zip(res.chunks_exact(hd)) {
+            let head = t * cfg.n_heads + task.kv_head * group + h;
+            out[head * hd..(head + 1) * hd].copy_from_slice(o);
+        }
+    }
+    Ok(())
+}
+
+/// What one task covers.
+struct Task {
+    /// Query tokens (indices into the call's `n_new` tokens).
+    tokens: Range<usize>,
+    kv_head: usize,
+    /// Query heads within the kv head's group.
+    heads: Range<usize>,
+}
+
+struct Shared<'a, S> {
+    level: SimdLevel,
+    kv: &'a KvPages<f16, S>,
+    layer: usize,
+    pages: &'a [PageId],
+    first_pos: usize,
+    q: &'a [f32],
+    cfg: &'a AttnConfig,
+}
+
+/// One query row's running state.
+struct Row {
+    q16: Vec<f32>,
+    acc: Vec<f32>,
+    max: f32,
+    sum: f32,
+    visible: usize,
+}
+
+impl<S: AsRef<[f16]>> Shared<'_, S> {
+    /// The task's output rows (`tokens × heads`, token-major), normalised.
+    fn run(&self, task: &Task) -> Result<Vec<f32>, AttnError> {
+        let cfg = self.cfg;
+        let (hd, group) = (cfg.head_dim, cfg.group_size());
+        let bs = self.kv.config().block_size;
+        let ops = PageOps::new(self.level);
+        let kernel = Kernel::new(self.level, hd);
+        let mut rows: Vec<Row> = Vec::new();
+        for t in task.tokens.clone() {
+            for h in task.heads.clone() {
+                let head = t * cfg.n_heads + task.kv_head * group + h;
+                let q16 = self.q[head * hd..(head + 1) * hd]
+                    .iter()
+                    .map(|&x| f16::from_f32(x).to_f32())
+                    .collect();
+                let visible = self.first_pos + t + 1;
+                rows.push(Row {
+                    q16,
+                    acc: vec![0.0; hd],
+                    max: f32::NEG_INFINITY,
+                    sum: 0.0,
+                    visible,
+                });
+            }
+        }
+        let max_visible = self.first_pos + task.tokens.end;
+        let (mut kbuf, mut vbuf) = (Vec::new(), Vec::new());
+        let mut steps = vec![Step::default(); bs];
+        for (i, &page) in self.pages.iter().enumerate() {
+            let start = i * bs;
+            if start >= max_visible {
+                break;
+            }
+            let n = (max_visible - start).min(bs);
+            let keys = self.kv.head_run(self.layer, page, KvHalf::Key, task.kv_head)?;
+            let keys = ops.as_f32(&keys[..n * hd], &mut kbuf);
+            let values = self.kv.head_run(self.layer, page, KvHalf::Value, task.kv_head)?;
+            let values = ops.as_f32(&values[..n * hd], &mut vbuf);
+            for row in rows.iter_mut() {
+                let n_r = row.visible.saturating_sub(start).min(n);
+                let steps = &mut steps[..n_r];
+                for (step, k) in steps.iter_mut().zip(keys.chunks_exact(hd)) {
+                    let s = kernel.dot(k, &row.q16) * cfg.scale;
+                    *step = if s > row.max {
+                        // The first key: exp(-inf) = 0 clears the (zero) accumulator.
+                        let ms = (row.max - s).exp();
+                        row.max = s;
+                        Step { rescale: Some(ms), weight: 1.0 }
+                    } else {
+                        Step { rescale: None, weight: (s - row.max).exp() }
+                    };
+                    row.sum = row.sum.mul_add(step.rescale.unwrap_or(1.0), step.weight);
+                }
+                for (step, v) in steps.iter().zip(values.chunks_exact(hd)) {
+                    kernel.accumulate(&mut row.acc, v, *step);
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(rows.len() * hd);
+        for row in &rows {
+            let inv = if row.sum == 0.0 { 0.0 } else { 1.0 / row.sum };
+            out.extend(row.acc.iter().map(|&a| a * inv));
+        }
+        Ok(out)
+    }
+}
+
+/// One key's effect on a row's accumulator.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Step {
+    /// `Some(ms)`: a new maximum; the accumulator is first scaled by `ms` (rounded to f16).
+    rescale: Option<f32>,
+    /// The value's weight `vs`.
+    weight: f32,
+}
+
+/// The per-key arithmetic at one level (see [`dot_scalar`] and [`accumulate_scalar`] for
+/// the semantics every level reproduces).
+#[derive(Clone, Copy, Debug)]
+struct Kernel {
+    level: SimdLevel,
+}
+
+impl Kernel {
+    fn new(level: SimdLevel, hd: usize) -> Self {
+        // The AVX-512 kernel handles whole 64-element steps only.
+        let level = if level.is_available() && (level != SimdLevel::Avx512 || hd % 64 == 0) {
+            level
+        } else {
+            SimdLevel::Scalar
+        };
+        Kernel { level }
+    }
+
+    #[inline]
+    fn dot(self, k: &[f32], q: &[f32]) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        if self.level == SimdLevel::Avx512 {
+            // SAFETY: `new` checked AVX-512 and `hd % 64 == 0`; both slices are `hd` long.
+            return unsafe { x86::dot_avx512(k, q) };
+        }
+        dot_scalar(k, q)
+    }
+
+    #[inline]
+    fn accumulate(self, acc: &mut [f32], v: &[f32], step: Step) {
+        #[cfg(target_arch = "x86_64")]
+        match self.level {
+            // SAFETY: `new` checked AVX-512 and `hd % 64 == 0`; `acc`, `v` are `hd` long.
+            SimdLevel::Avx512 => return unsafe { x86::accumulate_avx512(acc, v, step) },
+            // SAFETY: `new` checked the AVX2 level (AVX2 + FMA + F16C).
+            SimdLevel::Avx2 => return unsafe { x86::accumulate_fma(acc, v, step) },
+            _ => {}
+        }
+        accumulate_scalar(acc, v, step)
+    }
+}
+
+/// `ggml_vec_dot_f16(k, q)` of an AVX-512 build, on values already widened to f32:
+/// 64-element steps into four 16-lane accumulators (`sum[j][l] += k·q` at element
+/// `64i + 16j + l`), combined `(s0 + s2) + (s1 + s3)` lane by lane, then GCC's
+/// `_mm512_reduce_add_ps` order ([`reduce16`]); elements past the last whole step are
+/// added one by one in f64. (Products of two f16 values are exact in f32, so fused and
+/// unfused multiply-adds agree here.)
+pub(super) fn dot_scalar(k: &[f32], q: &[f32]) -> f32 {
+    let n = k.len().min(q.len());
+    let np = n / 64 * 64;
+    let mut sum = [[0.0f32; 16]; 4];
+    for i in (0..np).step_by(64) {
+        for (j, s) in sum.iter_mut().enumerate() {
+            for (l, s) in s.iter_mut().enumerate() {
+                let e = i + 16 * j + l;
+                *s += k[e] * q[e];
+            }
+        }
+    }
+    let x: [f32; 16] = core::array::from_fn(|l| (sum[0][l] + sum[2][l]) + (sum[1][l] + sum[3][l]));
+    let mut total = f64::from(reduce16(&x));
+    for e in np..n {
+        total += f64::from(k[e] * q[e]);
+    }
+    total as f32
+}
+
+/// GCC's `_mm512_reduce_add_ps`: halves, then quarters, then `(t0 + t2) + (t1 + t3)`.
+pub(super) fn reduce16(x: &[f32; 16]) -> f32 {
+    let t8: [f32; 8] = core::array::from_fn(|i| x[i] + x[i + 8]);
+    let t4: [f32; 4] = core::array::from_fn(|i| t8[i] + t8[i + 4]);
+    (t4[0] + t4[2]) + (t4[1] + t4[3])
+}
+
+/// `ggml_vec_scale_f16` (on a new maximum) then `ggml_vec_mad_f16`: every step rounds the
+/// accumulator to f16.
+#[inline(always)]
+pub(super) fn accumulate_scalar(acc: &mut [f32], v: &[f32], step: Step) {
+    if let Some(ms) = step.rescale {
+        acc.iter_mut().for_each(|a| *a = round16(*a * ms));
+    }
+    for (a, &x) in acc.iter_mut().zip(v) {
+        *a = round16(x.mul_add(step.weight, *a));
+    }
+}
+
+#[inline(always)]
+fn round16(x: f32) -> f32 {
+    f16::from_f32(x).to_f32()
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use core::arch::x86_64::*;
+
+    use super::{accumulate_scalar, Step};
+
+    /// [`super::dot_scalar`] for `k.len() == q.len()`, a multiple of 64.
+    ///
+    /// # Safety
+    /// AVX-512F; `k` and `q` have the same length, a multiple of 64.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn dot_avx512(k: &[f32], q: &[f32]) -> f32 {
+        debug_assert!(k.len() == q.len() && k.len() % 64 == 0);
+        // SAFETY: loads at offsets i + 16j < len of both slices; AVX-512F per contract.
+        unsafe {
+            let (kp, qp) = (k.as_ptr(), q.as_ptr());
+            let mut s = [_mm512_setzero_ps(); 4];
+            let mut i = 0;
+            while i < k.len() {
+                for (j, s) in s.iter_mut().enumerate() {
+                    let o = i + 16 * j;
+                    *s =
+                        _mm512_fmadd_ps(_mm512_loadu_ps(kp.add(o)), _mm512_loadu_ps(qp.add(o)), *s);
+                }
+                i += 64;
+            }
+            let x = _mm512_add_ps(_mm512_add_ps(s[0], s[2]), _mm512_add_ps(s[1], s[3]));
+            // GCC's _mm512_reduce_add_ps.
+            let t8 = _mm256_add_ps(_mm512_castps512_ps256(x), _mm512_extractf32x8_ps::<1>(x));
+            let t4 = _mm_add_ps(_mm256_castps256_ps128(t8), _mm256_extractf128_ps::<1>(t8));
+            let t2 = _mm_add_ps(t4, _mm_movehl_ps(t4, t4));
+            _mm_cvtss_f32(_mm_add_ss(t2, _mm_movehdup_ps(t2)))
+        }
+    }
+
+    /// [`super::accumulate_scalar`] for `acc.len() == v.len()`, a multiple of 64 (any
+    /// multiple of 16 works).
+    ///
+    /// # Safety
+    /// AVX-512F; equal lengths, a multiple of 16.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn accumulate_avx512(acc: &mut [f32], v: &[f32], step: Step) {
+        debug_assert!(acc.len() == v.len() && acc.len() % 16 == 0);
+        const NEAREST: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+        // SAFETY: loads/stores of 16 floats at offsets < len; AVX-512F per contract.
+        unsafe {
+            let (ap, vp) = (acc.as_mut_ptr(), v.as_ptr());
+            let w = _mm512_set1_ps(step.weight);
+            let mut i = 0;
+            while i < acc.len() {
+                let mut a = _mm512_loadu_ps(ap.add(i));
+                if let Some(ms) = step.rescale {
+                    a = _mm512_cvtph_ps(_mm512_cvtps_ph::<NEAREST>(_mm512_mul_ps(
+                        a,
+                        _mm512_set1_ps(ms),
+                    )));
+                }
+                a = _mm512_fmadd_ps(_mm512_loadu_ps(vp.add(i)), w, a);
+                _mm512_storeu_ps(ap.add(i), _mm512_cvtph_ps(_mm512_cvtps_ph::<NEAREST>(a)));
+                i += 16;
+            }
+        }
+    }
+
+    /// [`super::accumulate_scalar`] compiled with FMA and F16C (one instruction per
+    /// `mul_add` and per rounding).
+    ///
+    /// # Safety
+    /// AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn accumulate_fma(acc: &mut [f32], v: &[f32], step: Step) {
+        accumulate_scalar(acc, v, step)
+    }
+}
