@@ -3,7 +3,7 @@
 # Usage: scripts/kv-eviction.sh [OUT.jsonl]   — one JSON object per run, appended to OUT.
 # Texts: GPL-3 (tests/data/text/GPL-3, = /usr/share/common-licenses/GPL-3 of Debian's
 # base-files) and Vim's user manual chapter 41 (/usr/share/vim/vim90/doc/usr_41.txt, Debian
-# package vim-runtime 2:9.0.1378-2+deb12u2), both at ctx 2048.
+# package vim-runtime 2:9.0.1378-2+deb12u2), at ctx 2048, then the Vim text at ctx 8192.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-kv-eviction.jsonl}
