@@ -65,6 +65,24 @@ pub fn parse_kv_policy(s: &str) -> Result<KvPolicy, String> {
     KvPolicy::parse(s).map_err(|e| format!("bad KV policy '{s}': {e}"))
 }
 
+impl PolicyArgs {
+    /// The policy, checked against the context and page size (an H2O budget must be at least
+    /// two pages); a mismatch is a usage error (exit 2), like a bad flag.
+    pub fn checked(&self, opts: &SessionOptions) -> KvPolicy {
+        if let Err(e) = self.kv_policy.resolve(opts.n_ctx, opts.block_size) {
+            clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                format!(
+                    "--kv-policy {} with -c {} and --block-size {}: {e}\n",
+                    self.kv_policy, opts.n_ctx, opts.block_size
+                ),
+            )
+            .exit();
+        }
+        self.kv_policy
+    }
+}
+
 impl ContextArgs {
     /// Session options from the flags; `default_ctx` when -c is not given.
     pub fn session(&self, default_ctx: usize) -> SessionOptions {

@@ -49,7 +49,7 @@ pub fn main(a: PerplexityArgs) -> CliResult {
     }
     let json = a.json;
     let mut out = std::io::stdout().lock();
-    let policy = a.policy.kv_policy;
+    let policy = a.policy.checked(&opts);
     let r = pagoda_cpu::perplexity::perplexity_with_policy(
         &loaded.model,
         &tokens,

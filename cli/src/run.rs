@@ -68,8 +68,9 @@ pub fn main(a: RunArgs) -> CliResult {
     if a.samples > 1 {
         return run_samples(&a, &loaded, prompt_ids, sampler.config().clone());
     }
-    let policy = a.policy.kv_policy;
-    let mut session = Session::with_policy(&loaded.model, a.ctx.session(2048), policy)?;
+    let opts = a.ctx.session(2048);
+    let policy = a.policy.checked(&opts);
+    let mut session = Session::with_policy(&loaded.model, opts, policy)?;
     let opts = GenerateOptions {
         n_predict: (a.n_predict >= 0).then_some(a.n_predict as usize),
         ignore_eos: a.ignore_eos,
