@@ -136,6 +136,7 @@ impl<S: AsRef<[f16]>> Shared<'_, S> {
         let max_visible = self.first_pos + task.tokens.end;
         let (mut kbuf, mut vbuf) = (Vec::new(), Vec::new());
         let mut steps = vec![Step::default(); bs];
+        let mut scores = vec![0.0f32; bs];
         for (i, &page) in self.pages.iter().enumerate() {
             let start = i * bs;
             if start >= max_visible {
@@ -149,8 +150,9 @@ impl<S: AsRef<[f16]>> Shared<'_, S> {
             for row in rows.iter_mut() {
                 let n_r = row.visible.saturating_sub(start).min(n);
                 let steps = &mut steps[..n_r];
-                for (step, k) in steps.iter_mut().zip(keys.chunks_exact(hd)) {
-                    let s = kernel.dot(k, &row.q16) * cfg.scale;
+                kernel.scores(&keys[..n_r * hd], &row.q16, &mut scores[..n_r]);
+                for (step, &s) in steps.iter_mut().zip(&scores[..n_r]) {
+                    let s = s * cfg.scale;
                     *step = if s > row.max {
                         // The first key: exp(-inf) = 0 clears the (zero) accumulator.
                         let ms = (row.max - s).exp();
@@ -161,9 +163,7 @@ impl<S: AsRef<[f16]>> Shared<'_, S> {
                     };
                     row.sum = row.sum.mul_add(step.rescale.unwrap_or(1.0), step.weight);
                 }
-                for (step, v) in steps.iter().zip(values.chunks_exact(hd)) {
-                    kernel.accumulate(&mut row.acc, v, *step);
-                }
+                kernel.accumulate(&mut row.acc, &values[..n_r * hd], steps);
             }
         }
         let mut out = Vec::with_capacity(rows.len() * hd);
@@ -202,27 +202,33 @@ impl Kernel {
         Kernel { level }
     }
 
+    /// `scores[j] = dot(keys[j], q)` ([`dot_scalar`]) for every key row of `keys`.
     #[inline]
-    fn dot(self, k: &[f32], q: &[f32]) -> f32 {
+    fn scores(self, keys: &[f32], q: &[f32], scores: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         if self.level == SimdLevel::Avx512 {
-            // SAFETY: `new` checked AVX-512 and `hd % 64 == 0`; both slices are `hd` long.
-            return unsafe { x86::dot_avx512(k, q) };
+            // SAFETY: `new` checked AVX-512 and `hd % 64 == 0`; `q` is `hd` long, `keys`
+            // holds `scores.len()` rows of `hd`.
+            return unsafe { x86::scores_avx512(keys, q, scores) };
         }
-        dot_scalar(k, q)
+        for (s, k) in scores.iter_mut().zip(keys.chunks_exact(q.len())) {
+            *s = dot_scalar(k, q);
+        }
     }
 
+    /// The steps of one page, in order: `acc` ← each value row of `values` by its step.
     #[inline]
-    fn accumulate(self, acc: &mut [f32], v: &[f32], step: Step) {
+    fn accumulate(self, acc: &mut [f32], values: &[f32], steps: &[Step]) {
         #[cfg(target_arch = "x86_64")]
         match self.level {
-            // SAFETY: `new` checked AVX-512 and `hd % 64 == 0`; `acc`, `v` are `hd` long.
-            SimdLevel::Avx512 => return unsafe { x86::accumulate_avx512(acc, v, step) },
+            // SAFETY: `new` checked AVX-512 and `hd % 64 == 0`; `values` holds
+            // `steps.len()` rows of `acc.len()`.
+            SimdLevel::Avx512 => return unsafe { x86::accumulate_avx512(acc, values, steps) },
             // SAFETY: `new` checked the AVX2 level (AVX2 + FMA + F16C).
-            SimdLevel::Avx2 => return unsafe { x86::accumulate_fma(acc, v, step) },
+            SimdLevel::Avx2 => return unsafe { x86::accumulate_fma(acc, values, steps) },
             _ => {}
         }
-        accumulate_scalar(acc, v, step)
+        accumulate_scalar(acc, values, steps)
     }
 }
 
@@ -259,15 +265,17 @@ pub(super) fn reduce16(x: &[f32; 16]) -> f32 {
     (t4[0] + t4[2]) + (t4[1] + t4[3])
 }
 
-/// `ggml_vec_scale_f16` (on a new maximum) then `ggml_vec_mad_f16`: every step rounds the
-/// accumulator to f16.
+/// Per step, in order: `ggml_vec_scale_f16` (on a new maximum) then `ggml_vec_mad_f16`;
+/// every operation rounds the accumulator to f16.
 #[inline(always)]
-pub(super) fn accumulate_scalar(acc: &mut [f32], v: &[f32], step: Step) {
-    if let Some(ms) = step.rescale {
-        acc.iter_mut().for_each(|a| *a = round16(*a * ms));
-    }
-    for (a, &x) in acc.iter_mut().zip(v) {
-        *a = round16(x.mul_add(step.weight, *a));
+pub(super) fn accumulate_scalar(acc: &mut [f32], values: &[f32], steps: &[Step]) {
+    for (step, v) in steps.iter().zip(values.chunks_exact(acc.len())) {
+        if let Some(ms) = step.rescale {
+            acc.iter_mut().for_each(|a| *a = round16(*a * ms));
+        }
+        for (a, &x) in acc.iter_mut().zip(v) {
+            *a = round16(x.mul_add(step.weight, *a));
+        }
     }
 }
 
@@ -282,71 +290,112 @@ mod x86 {
 
     use super::{accumulate_scalar, Step};
 
-    /// [`super::dot_scalar`] for `k.len() == q.len()`, a multiple of 64.
+    /// `scores[j] =` [`super::dot_scalar`]`(keys[j], q)`, `q.len()` a multiple of 64.
     ///
     /// # Safety
-    /// AVX-512F; `k` and `q` have the same length, a multiple of 64.
+    /// AVX-512F; `q.len()` a multiple of 64 (and ≤ 256); `keys.len() ≥ scores.len() · q.len()`.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn dot_avx512(k: &[f32], q: &[f32]) -> f32 {
-        debug_assert!(k.len() == q.len() && k.len() % 64 == 0);
-        // SAFETY: loads at offsets i + 16j < len of both slices; AVX-512F per contract.
+    pub(super) unsafe fn scores_avx512(keys: &[f32], q: &[f32], scores: &mut [f32]) {
+        let hd = q.len();
+        debug_assert!(hd % 64 == 0 && keys.len() >= scores.len() * hd);
+        // SAFETY: loads at offsets < hd (q) and < scores.len()·hd (keys); AVX-512F per
+        // the contract.
         unsafe {
-            let (kp, qp) = (k.as_ptr(), q.as_ptr());
-            let mut s = [_mm512_setzero_ps(); 4];
-            let mut i = 0;
-            while i < k.len() {
-                for (j, s) in s.iter_mut().enumerate() {
-                    let o = i + 16 * j;
-                    *s =
-                        _mm512_fmadd_ps(_mm512_loadu_ps(kp.add(o)), _mm512_loadu_ps(qp.add(o)), *s);
+            let (kp, qp) = (keys.as_ptr(), q.as_ptr());
+            for (j, out) in scores.iter_mut().enumerate() {
+                let k = kp.add(j * hd);
+                let mut s = [_mm512_setzero_ps(); 4];
+                let mut i = 0;
+                while i < hd {
+                    for (l, s) in s.iter_mut().enumerate() {
+                        let o = i + 16 * l;
+                        *s = _mm512_fmadd_ps(
+                            _mm512_loadu_ps(k.add(o)),
+                            _mm512_loadu_ps(qp.add(o)),
+                            *s,
+                        );
+                    }
+                    i += 64;
                 }
-                i += 64;
+                let x = _mm512_add_ps(_mm512_add_ps(s[0], s[2]), _mm512_add_ps(s[1], s[3]));
+                // GCC's _mm512_reduce_add_ps.
+                let t8 = _mm256_add_ps(_mm512_castps512_ps256(x), _mm512_extractf32x8_ps::<1>(x));
+                let t4 = _mm_add_ps(_mm256_castps256_ps128(t8), _mm256_extractf128_ps::<1>(t8));
+                let t2 = _mm_add_ps(t4, _mm_movehl_ps(t4, t4));
+                *out = _mm_cvtss_f32(_mm_add_ss(t2, _mm_movehdup_ps(t2)));
             }
-            let x = _mm512_add_ps(_mm512_add_ps(s[0], s[2]), _mm512_add_ps(s[1], s[3]));
-            // GCC's _mm512_reduce_add_ps.
-            let t8 = _mm256_add_ps(_mm512_castps512_ps256(x), _mm512_extractf32x8_ps::<1>(x));
-            let t4 = _mm_add_ps(_mm256_castps256_ps128(t8), _mm256_extractf128_ps::<1>(t8));
-            let t2 = _mm_add_ps(t4, _mm_movehl_ps(t4, t4));
-            _mm_cvtss_f32(_mm_add_ss(t2, _mm_movehdup_ps(t2)))
         }
     }
 
-    /// [`super::accumulate_scalar`] for `acc.len() == v.len()`, a multiple of 64 (any
-    /// multiple of 16 works).
+    /// [`super::accumulate_scalar`]; the accumulator stays in registers for the page.
     ///
     /// # Safety
-    /// AVX-512F; equal lengths, a multiple of 16.
+    /// AVX-512F; `acc.len()` a multiple of 16; `values.len() ≥ steps.len() · acc.len()`.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn accumulate_avx512(acc: &mut [f32], v: &[f32], step: Step) {
-        debug_assert!(acc.len() == v.len() && acc.len() % 16 == 0);
-        const NEAREST: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
-        // SAFETY: loads/stores of 16 floats at offsets < len; AVX-512F per contract.
-        unsafe {
-            let (ap, vp) = (acc.as_mut_ptr(), v.as_ptr());
-            let w = _mm512_set1_ps(step.weight);
-            let mut i = 0;
-            while i < acc.len() {
-                let mut a = _mm512_loadu_ps(ap.add(i));
-                if let Some(ms) = step.rescale {
-                    a = _mm512_cvtph_ps(_mm512_cvtps_ph::<NEAREST>(_mm512_mul_ps(
-                        a,
-                        _mm512_set1_ps(ms),
-                    )));
+    pub(super) unsafe fn accumulate_avx512(acc: &mut [f32], values: &[f32], steps: &[Step]) {
+        match acc.len() {
+            // SAFETY: the contract of this fn, with the length the callee is built for.
+            64 => unsafe { accumulate_regs::<4>(acc, values, steps) },
+            // SAFETY: as above.
+            128 => unsafe { accumulate_regs::<8>(acc, values, steps) },
+            _ => {
+                for (i, step) in steps.iter().enumerate() {
+                    let hd = acc.len();
+                    for c in (0..hd).step_by(16) {
+                        // SAFETY: as above, 16 lanes at a time.
+                        unsafe {
+                            accumulate_regs::<1>(
+                                &mut acc[c..c + 16],
+                                &values[i * hd + c..],
+                                core::slice::from_ref(step),
+                            )
+                        };
+                    }
                 }
-                a = _mm512_fmadd_ps(_mm512_loadu_ps(vp.add(i)), w, a);
-                _mm512_storeu_ps(ap.add(i), _mm512_cvtph_ps(_mm512_cvtps_ph::<NEAREST>(a)));
-                i += 16;
+            }
+        }
+    }
+
+    /// # Safety
+    /// AVX-512F; `acc.len() == 16 · N`; `values` holds `steps.len()` rows of stride
+    /// `acc.len()` (the last row may be just `16 · N` long).
+    #[inline(always)]
+    unsafe fn accumulate_regs<const N: usize>(acc: &mut [f32], values: &[f32], steps: &[Step]) {
+        const NEAREST: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+        let hd = acc.len();
+        debug_assert!(hd == 16 * N || N == 1);
+        // SAFETY: loads/stores of 16 floats at offsets < 16·N within `acc`, and within
+        // row i of `values` (i < steps.len()); AVX-512F enabled by the caller.
+        unsafe {
+            let round = |x: __m512| _mm512_cvtph_ps(_mm512_cvtps_ph::<NEAREST>(x));
+            let mut a: [__m512; N] =
+                core::array::from_fn(|c| _mm512_loadu_ps(acc.as_ptr().add(16 * c)));
+            for (i, step) in steps.iter().enumerate() {
+                let v = values.as_ptr().add(i * hd);
+                if let Some(ms) = step.rescale {
+                    let m = _mm512_set1_ps(ms);
+                    for x in a.iter_mut() {
+                        *x = round(_mm512_mul_ps(*x, m));
+                    }
+                }
+                let w = _mm512_set1_ps(step.weight);
+                for (c, x) in a.iter_mut().enumerate() {
+                    *x = round(_mm512_fmadd_ps(_mm512_loadu_ps(v.add(16 * c)), w, *x));
+                }
+            }
+            for (c, x) in a.iter().enumerate() {
+                _mm512_storeu_ps(acc.as_mut_ptr().add(16 * c), *x);
             }
         }
     }
 
     /// [`super::accumulate_scalar`] compiled with FMA and F16C (one instruction per
-    /// `mul_add` and per rounding).
+    /// `mul_add`).
     ///
     /// # Safety
     /// AVX2, FMA and F16C.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn accumulate_fma(acc: &mut [f32], v: &[f32], step: Step) {
-        accumulate_scalar(acc, v, step)
+    pub(super) unsafe fn accumulate_fma(acc: &mut [f32], values: &[f32], steps: &[Step]) {
+        accumulate_scalar(acc, values, steps)
     }
 }

@@ -27,6 +27,7 @@ pub struct MatmulScratch {
     pub(crate) qs: Vec<i8>,
     pub(crate) d: Vec<f32>,
     pub(crate) k: Vec<f32>,
+    pub(crate) kq: Vec<f32>,
 }
 
 impl MatmulScratch {
@@ -47,6 +48,9 @@ pub(crate) struct Acts<'a> {
     pub d: &'a [f32],
     /// `n_tokens * nb` Q4_1 sums `s` (zero for Q8_0 blocks).
     pub k: &'a [f32],
+    /// Q4_1 only: `k` regrouped by quads of tokens, `[t / 4][b][t % 4]` (zero-padded to a
+    /// whole quad), so one 4-float load holds block b's `s` of four consecutive tokens.
+    pub kq: &'a [f32],
 }
 
 fn resize<T: Copy + Default>(v: &mut Vec<T>, n: usize) {
@@ -64,7 +68,7 @@ pub(crate) fn soa_from_q8_0(s: &mut MatmulScratch, nb: usize) -> Acts<'_> {
         s.qs[i * QK..(i + 1) * QK].copy_from_slice(&b.qs);
         s.d[i] = b.d.to_f32();
     }
-    Acts { nb, qs: &s.qs, d: &s.d, k: &s.k }
+    Acts { nb, qs: &s.qs, d: &s.d, k: &s.k, kq: &s.kq }
 }
 
 /// Fill the SoA buffers from Q8_1 blocks (`k = s`).
@@ -78,5 +82,12 @@ pub(crate) fn soa_from_q8_1(s: &mut MatmulScratch, nb: usize) -> Acts<'_> {
         s.d[i] = b.d.to_f32();
         s.k[i] = b.s.to_f32();
     }
-    Acts { nb, qs: &s.qs, d: &s.d, k: &s.k }
+    let n_tokens = n.checked_div(nb).unwrap_or(0);
+    resize(&mut s.kq, n_tokens.div_ceil(4) * 4 * nb);
+    for t in 0..n_tokens {
+        for b in 0..nb {
+            s.kq[((t / 4) * nb + b) * 4 + t % 4] = s.k[t * nb + b];
+        }
+    }
+    Acts { nb, qs: &s.qs, d: &s.d, k: &s.k, kq: &s.kq }
 }

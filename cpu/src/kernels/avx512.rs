@@ -8,9 +8,9 @@
 //! headers per few word permutes, and up to four tokens per decoded weight register:
 //!
 //! ```text
-//! zmm u  = | lo nibbles b | hi nibbles b | lo b+1 | hi b+1 |   (u8: Q4 nibbles, Q8_0 |x|)
+//! zmm u  = | lo nibbles b | hi nibbles b | lo b+1 | hi b+1 |   (u8: Q4 nibbles, Q8_0 x+128)
 //! zmm y  = | qs b (32 × i8)              | qs b+1            |   (activations, SoA)
-//! vpdpbusd -> 16 × i32 lane sums (8 per block) -> f32
+//! vpdpbusd(-c·y lane sums, u, y) -> 16 × exact i32 lane sums (8 per block) -> f32
 //! acc (ymm, 8 lanes) = fma(lanes of b, dx·dy of b, acc); then fma(lanes of b+1, …)
 //! ```
 //!
@@ -98,6 +98,10 @@ const fn geometry(f: u8) -> (usize, usize) {
 /// Dot products of the weight rows in `w` (`row_bytes` each, format `F`) with every
 /// token of `acts`: `outs[t][r] = row r · token t`.
 ///
+/// Each (row, token) dot is one serial chain of fused multiply-adds (the float order is
+/// fixed), so the kernel keeps several chains in flight: tiles of 4 rows × 1 token for
+/// decode, 1 row × up to 4 tokens otherwise (the weight decode is shared by the tokens).
+///
 /// # Safety
 /// The CPU must support AVX-512 F/BW/VL/DQ and VNNI. `row_bytes == acts.nb * geometry(F).0`,
 /// `w.len()` a multiple of `row_bytes`, every `outs[t].len() == w.len() / row_bytes`, and
@@ -112,6 +116,30 @@ pub(crate) unsafe fn matmul_chunk<const F: u8>(
     outs: &mut [&mut [f32]],
 ) {
     let rows = w.len().checked_div(row_bytes).unwrap_or(0);
+    let row = |r: usize| {
+        // SAFETY: callers pass r < rows, so the row lies within `w`.
+        unsafe { w.as_ptr().add(r * row_bytes) }
+    };
+    if outs.len() == 1 {
+        let out = &mut *outs[0];
+        let mut r = 0;
+        while r + 4 <= rows {
+            // SAFETY: rows r..r+4 exist and token 0 exists in `acts` (this fn's contract).
+            let v = unsafe {
+                tile_dot::<F, 4, 1>([row(r), row(r + 1), row(r + 2), row(r + 3)], acts, 0)
+            };
+            for i in 0..4 {
+                out[r + i] = v[i][0];
+            }
+            r += 4;
+        }
+        while r < rows {
+            // SAFETY: as above.
+            out[r] = unsafe { tile_dot::<F, 1, 1>([row(r)], acts, 0) }[0][0];
+            r += 1;
+        }
+        return;
+    }
     // Tiles of ROWS rows × up to 4 tokens, written out per token as ROWS contiguous
     // floats: with many tokens, writing each dot straight to `outs[t][r]` would touch
     // one cache line per (row, token) of an output that may not fit in cache.
@@ -127,26 +155,26 @@ pub(crate) unsafe fn matmul_chunk<const F: u8>(
                 // SAFETY: row `r0 + r` lies within `w` and tokens t..t+tn exist in `acts`
                 // (this fn's contract); the callee's other requirements are this fn's.
                 unsafe {
-                    let row = w.as_ptr().add((r0 + r) * row_bytes);
+                    let rp = [row(r0 + r)];
                     match tn {
                         4 => {
-                            let v = row_dot::<F, 4>(row, acts, t);
+                            let v = tile_dot::<F, 1, 4>(rp, acts, t);
                             for i in 0..4 {
-                                tile[i][r] = v[i];
+                                tile[i][r] = v[0][i];
                             }
                         }
                         3 => {
-                            let v = row_dot::<F, 3>(row, acts, t);
+                            let v = tile_dot::<F, 1, 3>(rp, acts, t);
                             for i in 0..3 {
-                                tile[i][r] = v[i];
+                                tile[i][r] = v[0][i];
                             }
                         }
                         2 => {
-                            let v = row_dot::<F, 2>(row, acts, t);
-                            tile[0][r] = v[0];
-                            tile[1][r] = v[1];
+                            let v = tile_dot::<F, 1, 2>(rp, acts, t);
+                            tile[0][r] = v[0][0];
+                            tile[1][r] = v[0][1];
                         }
-                        _ => tile[0][r] = row_dot::<F, 1>(row, acts, t)[0],
+                        _ => tile[0][r] = tile_dot::<F, 1, 1>(rp, acts, t)[0][0],
                     }
                 }
             }
@@ -207,108 +235,166 @@ unsafe fn header_permute<const F: u8>(p: usize) -> (__m512i, __mmask32) {
     unsafe { (_mm512_loadu_si512(t.0.as_ptr() as *const __m512i), t.1) }
 }
 
-/// One weight row against tokens `t0..t0+T`, in the float order of
+/// Weight rows `rows` against tokens `t0..t0+T`: `out[r][t]`, each in the float order of
 /// [`super::scalar::dot_q4_1`] (8 lanes, block after block, `hsum8`, then `Σ m·s`).
 ///
 /// # Safety
-/// As [`matmul_chunk`]; `row` points at a whole row of `acts.nb` blocks.
+/// As [`matmul_chunk`]; every `rows[r]` points at a whole row of `acts.nb` blocks.
 #[inline(always)]
-// Index loops over the T tokens' parallel arrays read most clearly.
+// Index loops over the tile's parallel arrays read most clearly.
 #[allow(clippy::needless_range_loop)]
-unsafe fn row_dot<const F: u8, const T: usize>(
-    row: *const u8,
+unsafe fn tile_dot<const F: u8, const R: usize, const T: usize>(
+    rows: [*const u8; R],
     acts: &Acts<'_>,
     t0: usize,
-) -> [f32; T] {
+) -> [[f32; T]; R] {
     let (stride, qoff) = geometry(F);
     let nb = acts.nb;
-    // SAFETY (whole body): every weight access stays inside the row (block b < nb is
+    // SAFETY (whole body): every weight access stays inside its row (block b < nb is
     // `stride` bytes at `row + b*stride`; header loads are masked to the group's
     // n*stride bytes, the quant loads read bytes qoff..stride), every activation access
     // stays inside token t's nb blocks (the second block of a pair is loaded only when it
-    // exists, else masked off), and the features are enabled by the caller's
-    // `target_feature`.
+    // exists, else masked off), stack arrays are indexed below their sizes, and the
+    // features are enabled by the caller's `target_feature`.
     unsafe {
-        // Lanes 0..8 take the scale of block b of a pair, lanes 8..16 that of block b+1.
-        let pair_sel = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
         let nibble_shift = _mm512_setr_epi64(0, 0, 4, 4, 0, 0, 4, 4);
         let low4 = _mm512_set1_epi8(0x0F);
         let eight = _mm512_set1_epi8(8);
+        let flip = _mm512_set1_epi8(0x80u8 as i8);
         let zero = _mm512_setzero_si512();
 
-        let mut acc = [_mm256_setzero_ps(); T];
-        let mut summs = [0.0f32; T];
+        let mut acc = [[_mm256_setzero_ps(); T]; R];
+        // Q4_1's Σ m·s: one lane per (row, token) (R·T ≤ 4), lane r·T + t.
+        debug_assert!(R * T <= 4);
+        let mut summs = _mm_setzero_ps();
+        let mut mm = [[0.0f32; 16]; R];
+        // dx·dy of the group's 16 blocks per (row, token), for scalar broadcasts.
+        let mut dd = [[[0.0f32; 16]; T]; R];
         let mut g = 0;
         while g < nb {
             let n = (nb - g).min(16);
             let m16: __mmask16 = if n == 16 { 0xFFFF } else { ((1u32 << n) - 1) as u16 };
-            let base = row.add(g * stride);
-            // Headers of the group's blocks, picked out of the group's bytes (loaded
-            // 128 at a time) with word permutes: f16 d of block i -> word i, Q4_1's m of
-            // block i -> word 16 + i. (Cheaper on Zen 4 than a 16-lane gather.)
-            let span = n * stride;
-            let mut hdr = _mm512_setzero_si512();
-            for p in 0..span.div_ceil(128) {
-                let a = load_upto(base.add(128 * p), span - 128 * p);
-                let b = load_upto(base.add(128 * p + 64), span.saturating_sub(128 * p + 64));
-                let (idx, mask) = header_permute::<F>(p);
-                hdr = _mm512_mask_blend_epi16(mask, hdr, _mm512_permutex2var_epi16(a, idx, b));
-            }
-            let dx = _mm512_cvtph_ps(_mm512_castsi512_si256(hdr));
-            let mut dd = [_mm512_setzero_ps(); T];
+            let mut dy = [_mm512_setzero_ps(); T];
             for t in 0..T {
-                let a = (t0 + t) * nb + g;
-                let dy = _mm512_maskz_loadu_ps(m16, acts.d.as_ptr().add(a));
-                dd[t] = _mm512_mul_ps(dx, dy);
+                dy[t] = _mm512_maskz_loadu_ps(m16, acts.d.as_ptr().add((t0 + t) * nb + g));
+            }
+            for r in 0..R {
+                let base = rows[r].add(g * stride);
+                // Headers of the group's blocks, picked out of the group's bytes (loaded
+                // 128 at a time) with word permutes: f16 d of block i -> word i, Q4_1's m
+                // of block i -> word 16 + i. (Cheaper on Zen 4 than a 16-lane gather.)
+                let span = n * stride;
+                let mut hdr = _mm512_setzero_si512();
+                for p in 0..span.div_ceil(128) {
+                    let a = load_upto(base.add(128 * p), span - 128 * p);
+                    let b = load_upto(base.add(128 * p + 64), span.saturating_sub(128 * p + 64));
+                    let (idx, mask) = header_permute::<F>(p);
+                    hdr = _mm512_mask_blend_epi16(mask, hdr, _mm512_permutex2var_epi16(a, idx, b));
+                }
+                let dx = _mm512_cvtph_ps(_mm512_castsi512_si256(hdr));
+                for t in 0..T {
+                    _mm512_storeu_ps(dd[r][t].as_mut_ptr(), _mm512_mul_ps(dx, dy[t]));
+                }
+                if F == Q4_1 {
+                    _mm512_storeu_ps(
+                        mm[r].as_mut_ptr(),
+                        _mm512_cvtph_ps(_mm512_extracti64x4_epi64::<1>(hdr)),
+                    );
+                }
             }
             if F == Q4_1 {
-                // Σ m·s in block order, per token (each product is exact in f32).
-                let mut m = [0.0f32; 16];
-                _mm512_storeu_ps(
-                    m.as_mut_ptr(),
-                    _mm512_cvtph_ps(_mm512_extracti64x4_epi64::<1>(hdr)),
-                );
-                for t in 0..T {
-                    let ks = acts.k.as_ptr().add((t0 + t) * nb + g);
-                    for (i, &mi) in m.iter().enumerate().take(n) {
-                        summs[t] += mi * *ks.add(i);
+                // Σ m·s in block order, all (row, token) lanes at once (each product is
+                // exact in f32, each add rounds as the scalar chain's does).
+                if R > 1 {
+                    // T == 1: lanes are rows. Transpose the rows' m (4 × 16) so that
+                    // quarter q of tr[i % 4] holds block 4q + i % 4 of rows 0..4.
+                    let m4: [__m512; 4] =
+                        core::array::from_fn(|r| _mm512_loadu_ps(mm[r.min(R - 1)].as_ptr()));
+                    let a = _mm512_unpacklo_ps(m4[0], m4[1]);
+                    let b = _mm512_unpackhi_ps(m4[0], m4[1]);
+                    let c = _mm512_unpacklo_ps(m4[2], m4[3]);
+                    let d = _mm512_unpackhi_ps(m4[2], m4[3]);
+                    let tr = [
+                        _mm512_castpd_ps(_mm512_unpacklo_pd(
+                            _mm512_castps_pd(a),
+                            _mm512_castps_pd(c),
+                        )),
+                        _mm512_castpd_ps(_mm512_unpackhi_pd(
+                            _mm512_castps_pd(a),
+                            _mm512_castps_pd(c),
+                        )),
+                        _mm512_castpd_ps(_mm512_unpacklo_pd(
+                            _mm512_castps_pd(b),
+                            _mm512_castps_pd(d),
+                        )),
+                        _mm512_castpd_ps(_mm512_unpackhi_pd(
+                            _mm512_castps_pd(b),
+                            _mm512_castps_pd(d),
+                        )),
+                    ];
+                    let ks = acts.k.as_ptr().add(t0 * nb + g);
+                    for i in 0..n {
+                        let v = tr[i % 4];
+                        let mv = match i / 4 {
+                            0 => _mm512_castps512_ps128(v),
+                            1 => _mm512_extractf32x4_ps::<1>(v),
+                            2 => _mm512_extractf32x4_ps::<2>(v),
+                            _ => _mm512_extractf32x4_ps::<3>(v),
+                        };
+                        summs = _mm_add_ps(summs, _mm_mul_ps(mv, _mm_set1_ps(*ks.add(i))));
+                    }
+                } else if T > 1 {
+                    // R == 1: lanes are tokens t0..t0+4 (t0 is a multiple of 4).
+                    let kq = acts.kq.as_ptr().add(((t0 / 4) * nb + g) * 4);
+                    for i in 0..n {
+                        let kv = _mm_loadu_ps(kq.add(4 * i));
+                        summs = _mm_add_ps(summs, _mm_mul_ps(_mm_set1_ps(mm[0][i]), kv));
+                    }
+                } else {
+                    let ks = acts.k.as_ptr().add(t0 * nb + g);
+                    for i in 0..n {
+                        summs = _mm_add_ps(summs, _mm_set_ss(mm[0][i] * *ks.add(i)));
                     }
                 }
             }
             let mut b = 0;
             while b < n {
                 let two = b + 1 < n;
-                let blk = base.add(b * stride);
-                // `u`: the pair's weight quants as bytes; Q8_0 as |x| (with the signs moved
-                // onto the activations), Q4 as unsigned nibbles.
-                let (u, neg) = if F == Q8_0 {
-                    let lo =
-                        _mm512_castsi256_si512(_mm256_loadu_si256(blk.add(qoff) as *const __m256i));
-                    let x = if two {
-                        _mm512_inserti64x4::<1>(
-                            lo,
-                            _mm256_loadu_si256(blk.add(stride + qoff) as *const __m256i),
-                        )
+                // `u`: each row's pair of weight blocks as unsigned bytes: Q8_0 as
+                // x + 128, Q4 as nibbles.
+                let mut u = [zero; R];
+                for r in 0..R {
+                    let blk = rows[r].add((g + b) * stride);
+                    if F == Q8_0 {
+                        let lo = _mm512_castsi256_si512(_mm256_loadu_si256(
+                            blk.add(qoff) as *const __m256i
+                        ));
+                        let x = if two {
+                            _mm512_inserti64x4::<1>(
+                                lo,
+                                _mm256_loadu_si256(blk.add(stride + qoff) as *const __m256i),
+                            )
+                        } else {
+                            lo
+                        };
+                        u[r] = _mm512_xor_si512(x, flip);
                     } else {
-                        lo
-                    };
-                    (_mm512_abs_epi8(x), _mm512_movepi8_mask(x))
-                } else {
-                    let z =
-                        _mm512_broadcast_i32x4(_mm_loadu_si128(blk.add(qoff) as *const __m128i));
-                    let z = if two {
-                        _mm512_mask_broadcast_i32x4(
-                            z,
-                            0xFF00,
-                            _mm_loadu_si128(blk.add(stride + qoff) as *const __m128i),
-                        )
-                    } else {
-                        z
-                    };
-                    (_mm512_and_si512(_mm512_srlv_epi64(z, nibble_shift), low4), 0)
-                };
+                        let z = _mm512_broadcast_i32x4(_mm_loadu_si128(
+                            blk.add(qoff) as *const __m128i
+                        ));
+                        let z = if two {
+                            _mm512_mask_broadcast_i32x4(
+                                z,
+                                0xFF00,
+                                _mm_loadu_si128(blk.add(stride + qoff) as *const __m128i),
+                            )
+                        } else {
+                            z
+                        };
+                        u[r] = _mm512_and_si512(_mm512_srlv_epi64(z, nibble_shift), low4);
+                    }
+                }
                 let ymask: __mmask64 = if two { !0 } else { 0xFFFF_FFFF };
-                let sel = _mm512_add_epi32(pair_sel, _mm512_set1_epi32(b as i32));
                 for t in 0..T {
                     let yp = acts.qs.as_ptr().add(((t0 + t) * nb + g + b) * QK);
                     let y = if two {
@@ -316,42 +402,44 @@ unsafe fn row_dot<const F: u8, const T: usize>(
                     } else {
                         _mm512_maskz_loadu_epi8(ymask, yp)
                     };
-                    // Exact lane sums: lane j (of each block) = Σ of quants 4j..4j+4.
-                    let s = match F {
-                        Q8_0 => {
-                            // |x| · (y with x's sign): quants are in -127..=127 (|x| ≤ 128).
-                            let sy = _mm512_mask_sub_epi8(y, neg, zero, y);
-                            _mm512_dpbusd_epi32(zero, u, sy)
-                        }
-                        // (u - 8) · y = u·y - 8·y.
-                        Q4_0 => _mm512_sub_epi32(
-                            _mm512_dpbusd_epi32(zero, u, y),
-                            _mm512_dpbusd_epi32(zero, eight, y),
-                        ),
-                        _ => _mm512_dpbusd_epi32(zero, u, y),
+                    // Weights used as unsigned `u = x + c` (Q8_0: c = 128, Q4_0: c = 8 on
+                    // `nibble - 8`): x·y = u·y - c·y, and -c·y's lane sums (shared by the
+                    // rows) start the accumulation, so each lane sum is exact.
+                    let init = match F {
+                        Q8_0 => _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, flip, y)),
+                        Q4_0 => _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, eight, y)),
+                        _ => zero,
                     };
-                    let f = _mm512_cvtepi32_ps(s);
-                    let sc = _mm512_permutexvar_ps(sel, dd[t]);
-                    acc[t] = _mm256_fmadd_ps(
-                        _mm512_castps512_ps256(f),
-                        _mm512_castps512_ps256(sc),
-                        acc[t],
-                    );
-                    if two {
-                        acc[t] = _mm256_fmadd_ps(
-                            _mm512_extractf32x8_ps::<1>(f),
-                            _mm512_extractf32x8_ps::<1>(sc),
-                            acc[t],
+                    for r in 0..R {
+                        // Exact lane sums: lane j (of each block) = Σ of quants 4j..4j+4.
+                        let s = _mm512_dpbusd_epi32(init, u[r], y);
+                        let f = _mm512_cvtepi32_ps(s);
+                        let d = &dd[r][t];
+                        acc[r][t] = _mm256_fmadd_ps(
+                            _mm512_castps512_ps256(f),
+                            _mm256_set1_ps(d[b]),
+                            acc[r][t],
                         );
+                        if two {
+                            acc[r][t] = _mm256_fmadd_ps(
+                                _mm512_extractf32x8_ps::<1>(f),
+                                _mm256_set1_ps(d[b + 1]),
+                                acc[r][t],
+                            );
+                        }
                     }
                 }
                 b += 2;
             }
             g += 16;
         }
-        let mut out = [0.0f32; T];
-        for t in 0..T {
-            out[t] = hsum8(acc[t]) + summs[t];
+        let mut sm = [0.0f32; 4];
+        _mm_storeu_ps(sm.as_mut_ptr(), summs);
+        let mut out = [[0.0f32; T]; R];
+        for r in 0..R {
+            for t in 0..T {
+                out[r][t] = hsum8(acc[r][t]) + sm[r * T + t];
+            }
         }
         out
     }
