@@ -114,3 +114,25 @@ fn policies_score_a_text_and_sinks_beat_a_plain_window() {
     assert!(sink.ppl < full.ppl * 1.25, "sink+window {:.3} vs full {:.3}", sink.ppl, full.ppl);
     assert!(window.ppl > sink.ppl * 1.05, "window {:.3} vs sink {:.3}", window.ppl, sink.ppl);
 }
+
+#[test]
+fn truncating_an_evicted_sequence_keeps_its_recent_tokens() {
+    let model = Llama::load(common::model_path()).unwrap();
+    let tok = Tokenizer::from_gguf(&model.gguf()).unwrap();
+    let text = std::fs::read_to_string(common::root().join("tests/data/text/GPL-3")).unwrap();
+    let tokens = tok.encode(&text, true, false);
+    let policy = KvPolicy::parse("sink:4,window:32").unwrap();
+    let mut s = Session::with_policy(&model, opts(64), policy).unwrap();
+    let n = 150;
+    let last = s.eval(&tokens[..n]).unwrap();
+    assert!(s.evicted_pages() > 0);
+    let cached = s.cached_len();
+    // What `generate` does to continue a cached sequence: drop the last token, feed it again.
+    s.truncate(n - 1);
+    assert_eq!((s.len(), s.cached_len()), (n - 1, cached - 1));
+    let again = s.eval(&tokens[n - 1..n]).unwrap();
+    assert_eq!(s.len(), n);
+    assert_eq!(argmax(&again), argmax(&last));
+    let diff = last.iter().zip(&again).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(diff < 0.05, "logits moved by {diff} after truncate + re-eval");
+}
