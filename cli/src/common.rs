@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::Args;
+use pagoda_core::evict::KvPolicy;
 use pagoda_cpu::model::{KvType, Llama, SessionOptions};
 use pagoda_cpu::model_file::default_model_path;
 use pagoda_cpu::sampler::SamplerConfig;
@@ -48,6 +49,38 @@ pub fn parse_kv_type(s: &str) -> Result<KvType, String> {
     KvType::from_name(s).ok_or_else(|| {
         format!("unknown KV type '{s}' (expected one of {})", KvType::NAMES.join(", "))
     })
+}
+
+/// `--kv-policy`, for the commands that run one sequence.
+#[derive(Args, Clone, Debug)]
+pub struct PolicyArgs {
+    /// KV eviction policy: full (default), sink:S,window:W (StreamingLLM), window:W, or
+    /// h2o:BUDGET (BUDGET in tokens, or N% of -c). See docs/kv-eviction.md.
+    #[arg(long = "kv-policy", default_value = "full", value_parser = parse_kv_policy)]
+    pub kv_policy: KvPolicy,
+}
+
+/// `--kv-policy` values: [`KvPolicy::parse`], with the reason and the accepted forms.
+pub fn parse_kv_policy(s: &str) -> Result<KvPolicy, String> {
+    KvPolicy::parse(s).map_err(|e| format!("bad KV policy '{s}': {e}"))
+}
+
+impl PolicyArgs {
+    /// The policy, checked against the context and page size (an H2O budget must be at least
+    /// two pages); a mismatch is a usage error (exit 2), like a bad flag.
+    pub fn checked(&self, opts: &SessionOptions) -> KvPolicy {
+        if let Err(e) = self.kv_policy.resolve(opts.n_ctx, opts.block_size) {
+            clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                format!(
+                    "--kv-policy {} with -c {} and --block-size {}: {e}\n",
+                    self.kv_policy, opts.n_ctx, opts.block_size
+                ),
+            )
+            .exit();
+        }
+        self.kv_policy
+    }
 }
 
 impl ContextArgs {

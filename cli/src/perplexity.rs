@@ -7,7 +7,7 @@ use std::time::Instant;
 use clap::Args;
 use serde_json::json;
 
-use crate::common::{load, read_text_file, CliResult, ContextArgs, ModelArgs};
+use crate::common::{load, read_text_file, CliResult, ContextArgs, ModelArgs, PolicyArgs};
 
 #[derive(Args, Debug)]
 pub struct PerplexityArgs {
@@ -18,6 +18,11 @@ pub struct PerplexityArgs {
     file: PathBuf,
     #[command(flatten)]
     ctx: ContextArgs,
+    #[command(flatten)]
+    policy: PolicyArgs,
+    /// Score only the first N chunks (llama.cpp's --chunks).
+    #[arg(long = "chunks", value_parser = clap::value_parser!(u32).range(1..))]
+    chunks: Option<u32>,
     /// Print one JSON object at the end instead of llama.cpp's text.
     #[arg(long = "json")]
     json: bool,
@@ -26,35 +31,56 @@ pub struct PerplexityArgs {
 pub fn main(a: PerplexityArgs) -> CliResult {
     let text = read_text_file(&a.file)?;
     let loaded = load(&a.model)?;
-    let tokens = loaded.tokenizer.encode(&text, true, false);
+    let mut tokens = loaded.tokenizer.encode(&text, true, false);
     let opts = a.ctx.session(512);
+    if let Some(n) = a.chunks {
+        tokens.truncate(tokens.len().min(n as usize * opts.n_ctx));
+    }
     let t0 = Instant::now();
     if !a.json {
         eprintln!(
-            "perplexity: {} tokens, {} chunks of {}",
+            "perplexity: {} tokens, {} chunks of {}, KV {} pages, policy {}",
             tokens.len(),
             tokens.len() / opts.n_ctx,
-            opts.n_ctx
+            opts.n_ctx,
+            opts.kv_type,
+            a.policy.kv_policy
         );
     }
     let json = a.json;
     let mut out = std::io::stdout().lock();
-    let r = pagoda_cpu::perplexity::perplexity(&loaded.model, &tokens, &opts, |i, ppl| {
-        if !json {
-            let _ = write!(out, "[{}]{ppl:.4},", i + 1);
-            let _ = out.flush();
-        }
-    })?;
+    let policy = a.policy.checked(&opts);
+    let r = pagoda_cpu::perplexity::perplexity_with_policy(
+        &loaded.model,
+        &tokens,
+        &opts,
+        policy,
+        |i, ppl| {
+            if !json {
+                let _ = write!(out, "[{}]{ppl:.4},", i + 1);
+                let _ = out.flush();
+            }
+        },
+    )?;
+    let bytes_per_token = opts.kv_type.bytes_per_token(loaded.model.config())?;
     if json {
         let obj = json!({
             "ppl": r.ppl, "ppl_stderr": r.ppl_stderr, "chunks": r.chunks, "ctx": r.n_ctx,
             "scored_tokens": r.scored, "running": r.running,
+            "kv_type": opts.kv_type.name(), "kv_policy": policy.to_string(),
+            "kv_bytes_per_token": bytes_per_token, "peak_kv_bytes": r.peak_kv_bytes,
             "seconds": t0.elapsed().as_secs_f64(),
         });
         writeln!(out, "{obj}")?;
     } else {
         writeln!(out)?;
         writeln!(out, "Final estimate: PPL = {:.4} +/- {:.5}", r.ppl, r.ppl_stderr)?;
+        eprintln!(
+            "perplexity: peak KV {} bytes ({} tokens of {} bytes)",
+            r.peak_kv_bytes,
+            r.peak_kv_bytes / bytes_per_token.max(1),
+            bytes_per_token
+        );
         eprintln!("perplexity: {:.1} s", t0.elapsed().as_secs_f64());
     }
     Ok(())

@@ -13,7 +13,7 @@ use pagoda_cpu::engine::{Engine, EngineConfig, FinishReason, Request, RequestId}
 use pagoda_cpu::sampler::SamplerConfig;
 
 use crate::common::{
-    load, read_text_file, CliResult, ContextArgs, Loaded, ModelArgs, SamplingArgs,
+    load, read_text_file, CliResult, ContextArgs, Loaded, ModelArgs, PolicyArgs, SamplingArgs,
 };
 
 #[derive(Args, Debug)]
@@ -33,19 +33,21 @@ pub struct RunArgs {
     #[command(flatten)]
     ctx: ContextArgs,
     #[command(flatten)]
+    policy: PolicyArgs,
+    #[command(flatten)]
     sampling: SamplingArgs,
     /// Keep generating past end-of-turn tokens.
     #[arg(long = "ignore-eos")]
     ignore_eos: bool,
     /// Recompute the whole sequence every step (the O(N³) baseline).
-    #[arg(long = "no-kv-cache")]
+    #[arg(long = "no-kv-cache", conflicts_with = "kv_policy")]
     no_kv_cache: bool,
     /// Print one JSON object instead of streaming text (a JSON array with --samples).
     #[arg(long = "json")]
     json: bool,
     /// Draw N samples: the prompt is prefilled once and its pages shared by all samples
     /// (copy-on-write); sample i uses seed + i. Printed in turn.
-    #[arg(long = "samples", default_value_t = 1, conflicts_with = "no_kv_cache",
+    #[arg(long = "samples", default_value_t = 1, conflicts_with_all = ["no_kv_cache", "kv_policy"],
           value_parser = clap::value_parser!(u32).range(1..=1024))]
     samples: u32,
 }
@@ -66,7 +68,9 @@ pub fn main(a: RunArgs) -> CliResult {
     if a.samples > 1 {
         return run_samples(&a, &loaded, prompt_ids, sampler.config().clone());
     }
-    let mut session = Session::new(&loaded.model, a.ctx.session(2048))?;
+    let opts = a.ctx.session(2048);
+    let policy = a.policy.checked(&opts);
+    let mut session = Session::with_policy(&loaded.model, opts, policy)?;
     let opts = GenerateOptions {
         n_predict: (a.n_predict >= 0).then_some(a.n_predict as usize),
         ignore_eos: a.ignore_eos,
@@ -108,7 +112,9 @@ pub fn main(a: RunArgs) -> CliResult {
             "stop": gen.stop.as_str(),
             "timings": timings(&gen, loaded.load_time.as_secs_f64()),
             "kv": { "pages": session.kv_pages_in_use(), "bytes": session.kv_bytes_in_use(),
-                    "block_size": session.cache().block_size() },
+                    "block_size": session.cache().block_size(),
+                    "policy": policy.to_string(), "peak_bytes": session.peak_kv_bytes(),
+                    "evicted_pages": session.evicted_pages() },
         });
         if let Some(e) = &err {
             obj["error"] = json!(e.to_string());

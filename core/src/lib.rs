@@ -22,6 +22,7 @@ extern crate alloc;
 extern crate std;
 
 pub mod attention;
+pub mod evict;
 pub mod ggml_type;
 pub mod gguf;
 pub mod kv;

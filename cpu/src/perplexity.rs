@@ -5,6 +5,13 @@
 //! `n_ctx/2 .. n_ctx-2` predict tokens `n_ctx/2+1 .. n_ctx-1`. PPL = exp(mean NLL), and
 //! the ± is llama.cpp's estimate `PPL · sqrt((⟨nll²⟩ − ⟨nll⟩²) / (count − 1))`.
 
+//!
+//! Under a KV eviction policy ([`perplexity_with_policy`]) each chunk still starts from an
+//! empty cache, but goes through the model one page at a time, the policy evicting before
+//! each page: a scored token sees the tokens the policy kept, not the whole chunk.
+
+use pagoda_core::evict::KvPolicy;
+
 use crate::model::{Llama, ModelError, Session, SessionOptions};
 
 /// The result of a perplexity run.
@@ -22,6 +29,8 @@ pub struct Perplexity {
     pub scored: usize,
     /// Running PPL after each chunk.
     pub running: Vec<f64>,
+    /// The most KV bytes held at once while scoring a chunk.
+    pub peak_kv_bytes: usize,
 }
 
 /// Scores `tokens` in chunks of `opts.n_ctx`, calling `on_chunk(i, running_ppl)` after
@@ -30,6 +39,17 @@ pub fn perplexity(
     model: &Llama,
     tokens: &[u32],
     opts: &SessionOptions,
+    on_chunk: impl FnMut(usize, f64),
+) -> Result<Perplexity, ModelError> {
+    perplexity_with_policy(model, tokens, opts, KvPolicy::Full, on_chunk)
+}
+
+/// [`perplexity`] with the KV cache under `policy` (see the module docs).
+pub fn perplexity_with_policy(
+    model: &Llama,
+    tokens: &[u32],
+    opts: &SessionOptions,
+    policy: KvPolicy,
     mut on_chunk: impl FnMut(usize, f64),
 ) -> Result<Perplexity, ModelError> {
     let n_ctx = opts.n_ctx;
@@ -47,7 +67,7 @@ pub fn perplexity(
     }
     let vocab = model.config().vocab_size;
     let first = n_ctx / 2;
-    let mut session = Session::new(model, opts.clone())?;
+    let mut session = Session::with_policy(model, opts.clone(), policy)?;
     let (mut nll, mut nll2, mut count) = (0.0f64, 0.0f64, 0usize);
     let mut running = Vec::with_capacity(n_chunks);
     for i in 0..n_chunks {
@@ -72,7 +92,15 @@ pub fn perplexity(
     let ppl = mean.exp();
     let ppl_stderr =
         if var > 0.0 && count > 1 { ppl * (var / (count - 1) as f64).sqrt() } else { 0.0 };
-    Ok(Perplexity { ppl, ppl_stderr, chunks: n_chunks, n_ctx, scored: count, running })
+    Ok(Perplexity {
+        ppl,
+        ppl_stderr,
+        chunks: n_chunks,
+        n_ctx,
+        scored: count,
+        running,
+        peak_kv_bytes: session.peak_kv_bytes(),
+    })
 }
 
 /// `log softmax(row)[target]`, in f64.

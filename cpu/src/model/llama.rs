@@ -80,6 +80,23 @@ pub struct ForwardScratch {
     gate: Vec<f32>,
     up: Vec<f32>,
     out: Vec<f32>,
+    /// When `Some`, every layer's RoPE'd queries are appended here (see
+    /// [`ForwardScratch::record_queries`]).
+    queries: Option<Vec<f32>>,
+}
+
+impl ForwardScratch {
+    /// Starts (or stops) recording the queries of the next forward passes: after RoPE, each
+    /// layer appends its `n_tokens × n_heads × head_dim` queries, so one pass records
+    /// `[layer][token][head][d]`. KV eviction policies score pages with them (H2O).
+    pub fn record_queries(&mut self, on: bool) {
+        self.queries = on.then(Vec::new);
+    }
+
+    /// The queries recorded since the last call (empty if not recording); recording goes on.
+    pub fn take_queries(&mut self) -> Vec<f32> {
+        self.queries.as_mut().map(std::mem::take).unwrap_or_default()
+    }
 }
 
 fn resize(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
@@ -146,8 +163,23 @@ impl Llama {
         logits: Logits,
         scratch: &mut ForwardScratch,
     ) -> Result<Vec<f32>, ModelError> {
+        self.forward_shifted(cache, table, tokens, 0, logits, scratch)
+    }
+
+    /// [`forward`](Self::forward) for a sequence that has lost `pos_shift` tokens before its
+    /// cached ones (KV eviction): the token at cache slot `p` gets RoPE position
+    /// `p + pos_shift`, its position in the original text.
+    pub fn forward_shifted(
+        &self,
+        cache: &mut KvCache,
+        table: &mut SeqTable,
+        tokens: &[u32],
+        pos_shift: usize,
+        logits: Logits,
+        scratch: &mut ForwardScratch,
+    ) -> Result<Vec<f32>, ModelError> {
         let mut items = [BatchItem { table, tokens, logits }];
-        let mut out = self.forward_batch(cache, &mut items, scratch)?;
+        let mut out = self.forward_items(cache, &mut items, &[pos_shift], scratch)?;
         Ok(out.pop().unwrap_or_default())
     }
 
@@ -161,6 +193,18 @@ impl Llama {
         &self,
         cache: &mut KvCache,
         items: &mut [BatchItem<'_>],
+        scratch: &mut ForwardScratch,
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
+        self.forward_items(cache, items, &[], scratch)
+    }
+
+    /// [`forward_batch`](Self::forward_batch) with item `i`'s RoPE positions shifted by
+    /// `pos_shifts[i]` (0 where the slice is short).
+    fn forward_items(
+        &self,
+        cache: &mut KvCache,
+        items: &mut [BatchItem<'_>],
+        pos_shifts: &[usize],
         scratch: &mut ForwardScratch,
     ) -> Result<Vec<Vec<f32>>, ModelError> {
         for it in items.iter() {
@@ -183,10 +227,11 @@ impl Llama {
                 return Err(e);
             }
             let off = layout.tokens.len();
+            let shift = pos_shifts.get(i).copied().unwrap_or(0);
             for p in pos0..pos0 + it.tokens.len() {
                 let sl = it.table.slot(p).expect("slot appended above");
                 layout.slots.push((sl.page, sl.slot));
-                layout.positions.push(p);
+                layout.positions.push(p + shift);
             }
             layout.tokens.extend_from_slice(it.tokens);
             layout.spans.push(SeqSpan {
@@ -338,6 +383,9 @@ impl Llama {
             self.kernels.rope(k, c.head_dim, &table);
             kv.write(l, page, slot, k, v)
                 .map_err(|e| ModelError::Invalid(format!("KV write: {e}")))?;
+        }
+        if let Some(log) = &mut s.queries {
+            log.extend_from_slice(&s.q);
         }
 
         // Causal attention: a token at position p of its sequence sees positions 0..=p of

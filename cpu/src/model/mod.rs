@@ -7,6 +7,7 @@
 //! - [`Session`]: one sequence with its own cache, the unit the CLI drives.
 
 mod config;
+mod eviction;
 mod kv_cache;
 mod llama;
 mod session;
@@ -15,6 +16,7 @@ mod weights;
 use std::fmt;
 
 pub use config::LlamaConfig;
+pub use eviction::Evictor;
 pub use kv_cache::{KvCache, KvStore, KvType, SeqTable};
 pub use llama::{BatchItem, ForwardScratch, Llama, Logits};
 pub use session::{Session, SessionOptions};

@@ -1,6 +1,9 @@
 //! One sequence with its own paged KV cache: the unit `pagoda run`, `chat` and
 //! `perplexity` drive.
 
+use pagoda_core::evict::{EvictionRule, KvPolicy};
+
+use super::eviction::Evictor;
 use super::kv_cache::{KvCache, KvType, SeqTable};
 use super::llama::{ForwardScratch, Llama, Logits};
 use super::ModelError;
@@ -29,7 +32,13 @@ impl Default for SessionOptions {
     }
 }
 
-/// A single sequence: its tokens, its block table and a cache sized for `n_ctx`.
+/// A single sequence: its tokens, its block table and a cache sized for `n_ctx` (or, under an
+/// eviction policy with a bound, for that bound).
+///
+/// Under a [`KvPolicy`] that evicts, the prompt and generated tokens go through the model one
+/// page-aligned step at a time (at most `block_size` tokens); before each step, pages the
+/// policy drops go back to the pool. [`tokens`](Self::tokens) and [`len`](Self::len) still
+/// count the whole sequence; [`cached_len`](Self::cached_len) is what the cache holds.
 #[derive(Debug)]
 pub struct Session<'m> {
     model: &'m Llama,
@@ -38,27 +47,68 @@ pub struct Session<'m> {
     tokens: Vec<u32>,
     opts: SessionOptions,
     scratch: ForwardScratch,
+    evictor: Evictor,
+    peak_pages: usize,
 }
 
 impl<'m> Session<'m> {
-    /// A session whose cache holds exactly `opts.n_ctx` tokens.
+    /// A session whose cache holds exactly `opts.n_ctx` tokens (no eviction).
     pub fn new(model: &'m Llama, opts: SessionOptions) -> Result<Self, ModelError> {
+        Self::with_policy(model, opts, KvPolicy::Full)
+    }
+
+    /// A session under a KV eviction policy. A policy with a bound on the pages it keeps
+    /// (sink/window, H2O) gets a pool of exactly that many pages, and the sequence may run
+    /// past `opts.n_ctx` ([`remaining`](Self::remaining) is then unlimited); budgets given as
+    /// a percentage are of `opts.n_ctx`.
+    pub fn with_policy(
+        model: &'m Llama,
+        opts: SessionOptions,
+        policy: KvPolicy,
+    ) -> Result<Self, ModelError> {
         if opts.n_ctx == 0 || opts.n_batch == 0 || opts.block_size == 0 {
             return Err(ModelError::Invalid(
                 "context size, batch size and block size must be at least 1".into(),
             ));
         }
-        let n_pages = opts.n_ctx.div_ceil(opts.block_size);
+        let evictor = Evictor::new(policy, opts.n_ctx, opts.block_size)?;
+        let n_pages = evictor
+            .rule()
+            .max_pages(opts.block_size)
+            .unwrap_or_else(|| opts.n_ctx.div_ceil(opts.block_size));
         let cache = KvCache::new(model.config(), opts.kv_type, n_pages, opts.block_size)?;
         let table = cache.new_table();
+        let mut scratch = ForwardScratch::default();
+        scratch.record_queries(policy.needs_attention_mass());
         Ok(Session {
             model,
             cache,
             table,
             tokens: Vec::new(),
             opts,
-            scratch: ForwardScratch::default(),
+            scratch,
+            evictor,
+            peak_pages: 0,
         })
+    }
+
+    /// The KV eviction policy.
+    pub fn policy(&self) -> KvPolicy {
+        self.evictor.policy()
+    }
+
+    /// Tokens the cache holds now (`len()` minus those evicted).
+    pub fn cached_len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// Pages the eviction policy has given back to the pool so far.
+    pub fn evicted_pages(&self) -> usize {
+        self.evictor.evicted_pages()
+    }
+
+    fn bounded(&self) -> bool {
+        !matches!(self.evictor.rule(), EvictionRule::KeepAll)
     }
 
     /// The model.
@@ -86,8 +136,11 @@ impl<'m> Session<'m> {
         self.tokens.is_empty()
     }
 
-    /// Room left in the context.
+    /// Room left in the context (unlimited under an evicting policy: memory stays bounded).
     pub fn remaining(&self) -> usize {
+        if self.bounded() {
+            return usize::MAX - self.tokens.len();
+        }
         self.opts.n_ctx - self.tokens.len()
     }
 
@@ -154,7 +207,7 @@ impl<'m> Session<'m> {
     }
 
     fn check_room(&self, n: usize) -> Result<(), ModelError> {
-        if self.tokens.len() + n > self.opts.n_ctx {
+        if !self.bounded() && self.tokens.len() + n > self.opts.n_ctx {
             return Err(ModelError::ContextFull {
                 needed: self.tokens.len() + n,
                 n_ctx: self.opts.n_ctx,
@@ -164,16 +217,62 @@ impl<'m> Session<'m> {
     }
 
     fn forward(&mut self, chunk: &[u32], want: Logits) -> Result<Vec<f32>, ModelError> {
-        let l =
-            self.model.forward(&mut self.cache, &mut self.table, chunk, want, &mut self.scratch)?;
-        self.tokens.extend_from_slice(chunk);
-        Ok(l)
+        if !self.bounded() {
+            let l = self.model.forward(
+                &mut self.cache,
+                &mut self.table,
+                chunk,
+                want,
+                &mut self.scratch,
+            )?;
+            self.tokens.extend_from_slice(chunk);
+            self.peak_pages = self.peak_pages.max(self.cache.pages_in_use());
+            return Ok(l);
+        }
+        // Page-aligned steps, evicting before each: every token sees what the policy keeps
+        // plus at most the earlier tokens of its own page.
+        let bs = self.opts.block_size;
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at < chunk.len() {
+            let n = (bs - self.table.len() % bs).min(chunk.len() - at);
+            let step = &chunk[at..at + n];
+            let step_want = match want {
+                Logits::None => Logits::None,
+                Logits::Last if at + n == chunk.len() => Logits::Last,
+                Logits::Last => Logits::None,
+                Logits::From(i) if at + n <= i => Logits::None,
+                Logits::From(i) => Logits::From(i.saturating_sub(at)),
+            };
+            self.evictor.evict(&mut self.cache, &mut self.table)?;
+            let pos0 = self.tokens.len();
+            let shift = pos0 - self.table.len();
+            let l = self.model.forward_shifted(
+                &mut self.cache,
+                &mut self.table,
+                step,
+                shift,
+                step_want,
+                &mut self.scratch,
+            )?;
+            self.evictor.appended(&self.table, pos0, n);
+            let queries = self.scratch.take_queries();
+            self.evictor.add_mass(&self.cache, &self.table, self.model.config(), &queries, n)?;
+            self.tokens.extend_from_slice(step);
+            self.peak_pages = self.peak_pages.max(self.cache.pages_in_use());
+            out.extend_from_slice(&l);
+            at += n;
+        }
+        Ok(out)
     }
 
-    /// Drops cached tokens past `n`, giving their pages back.
+    /// Drops tokens past `n`, giving their pages back. Under eviction, the cache keeps the
+    /// tokens it still holds at positions below `n`.
     pub fn truncate(&mut self, n: usize) {
         if n < self.tokens.len() {
-            self.cache.truncate(&mut self.table, n);
+            let keep = if self.bounded() { self.evictor.cached_below(&self.table, n) } else { n };
+            self.cache.truncate(&mut self.table, keep);
+            self.evictor.truncated(&self.table);
             self.tokens.truncate(n);
         }
     }
@@ -191,5 +290,10 @@ impl<'m> Session<'m> {
     /// Bytes of those pages.
     pub fn kv_bytes_in_use(&self) -> usize {
         self.cache.bytes_in_use()
+    }
+
+    /// The most KV bytes the session has held at once (after any forward pass).
+    pub fn peak_kv_bytes(&self) -> usize {
+        self.peak_pages * self.cache.page_bytes()
     }
 }

@@ -1,0 +1,467 @@
+//! KV eviction policies at page granularity: which pages of a sequence to drop, and dropping
+//! them through the [`BlockTable`] / [`BlockPool`] API.
+//!
+//! A policy never touches KV data. It looks at a sequence's pages (logical order, how many
+//! tokens, each page's accumulated attention mass, whether another table shares it) and names
+//! one victim at a time; [`evict_page`] takes that page out of the table and gives it back to
+//! the pool. The table stays compact: the kept pages close up, so logical page `i` is still
+//! `pages()[i]` and attention simply sees fewer tokens.
+//!
+//! ```text
+//!   sink:4,window:40, block 16        before: [p0 p1 p2 p3 p4 p5]   len 88 (p5 holds 8)
+//!                                              sink  ^^^^^^^^  window: last 40 tokens
+//!                                              ----  p1, p2 older than the window
+//!   victims, oldest first: p1, p2      after:  [p0 p3 p4 p5]         len 56
+//! ```
+//!
+//! Rules (all decided at a step boundary, before the next tokens are appended):
+//!
+//! - [`EvictionRule::SinkWindow`] (StreamingLLM): keep the pages holding the first `sink` tokens
+//!   and the fewest last pages holding at least `window` tokens; drop every page in between,
+//!   oldest first. `sink = 0` is plain window attention.
+//! - [`EvictionRule::HeavyHitters`] (H2O): keep at most `budget_pages` pages; while over, drop
+//!   the page with the least accumulated attention mass that is not among the last
+//!   `recent_pages` (ties: the oldest).
+//!
+//! A page shared with another table (refcount > 1) is never a victim: dropping this table's
+//! hold would not free memory, and the other sequence still needs it. The sequence then simply
+//! keeps more than the policy asks for.
+
+use core::fmt;
+
+use crate::pool::{BlockPool, PageEntry, PageId, PoolError};
+use crate::table::{BlockTable, PageList, TableError};
+
+/// A token budget: a count, or a percentage of the context size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Budget {
+    /// This many tokens.
+    Tokens(usize),
+    /// This percentage (1..=100) of the context size `n_ctx`.
+    Percent(u8),
+}
+
+impl Budget {
+    /// The budget in tokens for a context of `n_ctx` tokens (a percentage rounds down, but is
+    /// at least 1).
+    pub fn tokens(self, n_ctx: usize) -> usize {
+        match self {
+            Budget::Tokens(n) => n,
+            Budget::Percent(p) => (n_ctx.saturating_mul(p as usize) / 100).max(1),
+        }
+    }
+}
+
+impl fmt::Display for Budget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Budget::Tokens(n) => write!(f, "{n}"),
+            Budget::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
+/// What `--kv-policy` asks for, before the context size is known.
+///
+/// | text               | policy                                                      |
+/// |--------------------|-------------------------------------------------------------|
+/// | `full`             | keep everything (the default)                               |
+/// | `sink:S,window:W`  | StreamingLLM: first `S` tokens + last `W` tokens            |
+/// | `window:W`         | last `W` tokens only                                        |
+/// | `h2o:B`            | H2O heavy hitters, budget `B` tokens (or `B%` of the context) |
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KvPolicy {
+    /// Never evict.
+    #[default]
+    Full,
+    /// Attention sinks plus a sliding window (`sink = 0`: window only).
+    SinkWindow {
+        /// Tokens at the start of the sequence that are always kept.
+        sink: usize,
+        /// Most recent tokens that are always kept.
+        window: usize,
+    },
+    /// H2O: keep the pages with the most attention mass within a budget; the most recent
+    /// half of the budget is always kept.
+    H2o(Budget),
+}
+
+/// Why a `--kv-policy` text or a policy's parameters were rejected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PolicyError {
+    /// The name before the first `:` is not a policy.
+    UnknownPolicy,
+    /// A `key:value` part has a key this policy does not take, or a key twice.
+    UnexpectedPart,
+    /// A value is not a non-negative integer (or percentage, where one is allowed).
+    BadNumber,
+    /// A value is out of range: `what` must be at least 1 (a percentage at most 100).
+    OutOfRange {
+        /// Which value.
+        what: &'static str,
+    },
+    /// `sink:S` was given without `window:W`.
+    SinkWithoutWindow,
+    /// The budget is smaller than two pages (one kept page plus the page being written).
+    BudgetTooSmall {
+        /// The budget in tokens.
+        tokens: usize,
+        /// Tokens per page.
+        block_size: usize,
+    },
+}
+
+impl fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PolicyError::UnknownPolicy => write!(
+                f,
+                "unknown KV policy (expected full, sink:S,window:W, window:W, h2o:TOKENS or \
+                 h2o:PERCENT%)"
+            ),
+            PolicyError::UnexpectedPart => {
+                write!(f, "unexpected or repeated part (sink:S,window:W takes sink then window)")
+            }
+            PolicyError::BadNumber => {
+                write!(f, "expected a whole number of tokens (or N% for a budget)")
+            }
+            PolicyError::OutOfRange { what } => write!(f, "{what} is out of range"),
+            PolicyError::SinkWithoutWindow => write!(f, "sink:S needs a window: sink:S,window:W"),
+            PolicyError::BudgetTooSmall { tokens, block_size } => write!(
+                f,
+                "a budget of {tokens} tokens is less than two pages of {block_size} tokens"
+            ),
+        }
+    }
+}
+
+impl core::error::Error for PolicyError {}
+
+fn parse_count(s: &str) -> Result<usize, PolicyError> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(PolicyError::BadNumber);
+    }
+    s.parse().map_err(|_| PolicyError::BadNumber)
+}
+
+fn parse_budget(s: &str) -> Result<Budget, PolicyError> {
+    if let Some(p) = s.strip_suffix('%') {
+        let p = parse_count(p)?;
+        if !(1..=100).contains(&p) {
+            return Err(PolicyError::OutOfRange { what: "a budget percentage (1..=100)" });
+        }
+        return Ok(Budget::Percent(p as u8));
+    }
+    match parse_count(s)? {
+        0 => Err(PolicyError::OutOfRange { what: "a budget of 0 tokens" }),
+        n => Ok(Budget::Tokens(n)),
+    }
+}
+
+impl KvPolicy {
+    /// Parses `full`, `sink:S,window:W`, `window:W`, `h2o:B` or `h2o:P%` (see the table above).
+    /// `W` and `B` must be at least 1; `S` may be 0.
+    pub fn parse(s: &str) -> Result<Self, PolicyError> {
+        if s == "full" {
+            return Ok(KvPolicy::Full);
+        }
+        let mut parts = s.split(',');
+        let first = parts.next().unwrap_or("");
+        let (name, value) = first.split_once(':').ok_or(PolicyError::UnknownPolicy)?;
+        match name {
+            "h2o" => {
+                if parts.next().is_some() {
+                    return Err(PolicyError::UnexpectedPart);
+                }
+                Ok(KvPolicy::H2o(parse_budget(value)?))
+            }
+            "sink" | "window" => {
+                let (sink, window_part) = if name == "sink" {
+                    (parse_count(value)?, parts.next().ok_or(PolicyError::SinkWithoutWindow)?)
+                } else {
+                    (0, first)
+                };
+                let w = window_part.strip_prefix("window:").ok_or(PolicyError::UnexpectedPart)?;
+                if parts.next().is_some() {
+                    return Err(PolicyError::UnexpectedPart);
+                }
+                let window = parse_count(w)?;
+                if window == 0 {
+                    return Err(PolicyError::OutOfRange { what: "a window of 0 tokens" });
+                }
+                Ok(KvPolicy::SinkWindow { sink, window })
+            }
+            _ => Err(PolicyError::UnknownPolicy),
+        }
+    }
+
+    /// Whether the policy ever evicts.
+    pub fn evicts(&self) -> bool {
+        !matches!(self, KvPolicy::Full)
+    }
+
+    /// Whether the policy needs each page's accumulated attention mass.
+    pub fn needs_attention_mass(&self) -> bool {
+        matches!(self, KvPolicy::H2o(_))
+    }
+
+    /// The rule for a context of `n_ctx` tokens and pages of `block_size` tokens.
+    ///
+    /// H2O's budget becomes `⌊budget / block_size⌋` pages (at least 2: one kept page and the
+    /// page being written), half of them (rounded up) protected as the recent window.
+    pub fn resolve(&self, n_ctx: usize, block_size: usize) -> Result<EvictionRule, PolicyError> {
+        let bs = block_size.max(1);
+        Ok(match *self {
+            KvPolicy::Full => EvictionRule::KeepAll,
+            KvPolicy::SinkWindow { sink, window } => EvictionRule::SinkWindow { sink, window },
+            KvPolicy::H2o(b) => {
+                let tokens = b.tokens(n_ctx);
+                let budget_pages = tokens / bs;
+                if budget_pages < 2 {
+                    return Err(PolicyError::BudgetTooSmall { tokens, block_size: bs });
+                }
+                EvictionRule::HeavyHitters { budget_pages, recent_pages: budget_pages.div_ceil(2) }
+            }
+        })
+    }
+}
+
+impl fmt::Display for KvPolicy {
+    /// The text [`KvPolicy::parse`] reads back.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            KvPolicy::Full => write!(f, "full"),
+            KvPolicy::SinkWindow { sink: 0, window } => write!(f, "window:{window}"),
+            KvPolicy::SinkWindow { sink, window } => write!(f, "sink:{sink},window:{window}"),
+            KvPolicy::H2o(b) => write!(f, "h2o:{b}"),
+        }
+    }
+}
+
+/// A policy with its sizes resolved to tokens and pages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EvictionRule {
+    /// Never evict.
+    KeepAll,
+    /// Keep the first `sink` and the last `window` tokens (in whole pages).
+    SinkWindow {
+        /// Tokens kept at the start.
+        sink: usize,
+        /// Tokens kept at the end.
+        window: usize,
+    },
+    /// Keep at most `budget_pages`, never evicting the last `recent_pages`.
+    HeavyHitters {
+        /// Most pages held once the next step's page is counted.
+        budget_pages: usize,
+        /// Last pages always kept.
+        recent_pages: usize,
+    },
+}
+
+impl EvictionRule {
+    /// The most pages a sequence under this rule holds at once (after eviction and one step
+    /// of at most one page), if none of its pages is shared; `None` if unbounded.
+    ///
+    /// - sink/window: `⌈sink / bs⌉ + ⌈(window − 1) / bs⌉ + 1` kept, plus the step's page;
+    /// - heavy hitters: `budget_pages`.
+    pub fn max_pages(&self, block_size: usize) -> Option<usize> {
+        let bs = block_size.max(1);
+        match *self {
+            EvictionRule::KeepAll => None,
+            EvictionRule::SinkWindow { sink, window } => {
+                Some(sink.div_ceil(bs) + window.saturating_sub(1).div_ceil(bs) + 2)
+            }
+            EvictionRule::HeavyHitters { budget_pages, .. } => Some(budget_pages),
+        }
+    }
+
+    /// The next page to evict before appending a step, or `None` when the sequence is within
+    /// the rule.
+    ///
+    /// `view` describes the table as it is now; `new_page` says whether the step about to be
+    /// appended opens a new page (the table is empty or its last page is full). Call again
+    /// after each eviction (with the table's new shape) until it returns `None`.
+    pub fn next_victim(&self, view: &SeqView<'_>, new_page: bool) -> Option<usize> {
+        let n_pages = view.n_pages();
+        if n_pages == 0 {
+            return None;
+        }
+        let bs = view.block_size.max(1);
+        match *self {
+            EvictionRule::KeepAll => None,
+            EvictionRule::SinkWindow { sink, window } => {
+                let first = sink.div_ceil(bs);
+                // Tokens in the last page (1..=bs), then the fewest last pages covering the window.
+                let tail = view.n_tokens - (n_pages - 1) * bs;
+                let keep_last = 1 + window.saturating_sub(tail).div_ceil(bs);
+                let end = n_pages.saturating_sub(keep_last);
+                (first..end).find(|&i| !view.is_shared(i))
+            }
+            EvictionRule::HeavyHitters { budget_pages, recent_pages } => {
+                let after_step = n_pages + usize::from(new_page);
+                if after_step <= budget_pages {
+                    return None;
+                }
+                let end = n_pages.saturating_sub(recent_pages.max(1));
+                let mut best: Option<(usize, f32)> = None;
+                for i in 0..end {
+                    if view.is_shared(i) {
+                        continue;
+                    }
+                    let m = view.mass.get(i).copied().unwrap_or(0.0);
+                    // Strictly less keeps the oldest of equal masses; NaN never wins.
+                    if best.is_none_or(|(_, b)| m < b) {
+                        best = Some((i, m));
+                    }
+                }
+                best.map(|(i, _)| i)
+            }
+        }
+    }
+}
+
+/// What a rule looks at: one sequence's pages in logical order.
+#[derive(Clone, Copy, Debug)]
+pub struct SeqView<'a> {
+    /// Tokens per page.
+    pub block_size: usize,
+    /// Tokens in the table; every page but the last is full.
+    pub n_tokens: usize,
+    /// Accumulated attention mass of each logical page (may be empty if the rule ignores it).
+    pub mass: &'a [f32],
+    /// Reference count of each logical page (`> 1`: shared, never a victim).
+    pub refcounts: &'a [u32],
+}
+
+impl SeqView<'_> {
+    /// Pages in the table.
+    pub fn n_pages(&self) -> usize {
+        self.n_tokens.div_ceil(self.block_size.max(1))
+    }
+
+    /// Whether logical page `i` is shared with another table (unknown counts as shared).
+    pub fn is_shared(&self, i: usize) -> bool {
+        self.refcounts.get(i).is_none_or(|&rc| rc != 1)
+    }
+}
+
+/// Why [`evict_page`] refused. The table and pool are unchanged after any error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EvictError {
+    /// The index is not a page of the table, or is its last page (where appends go; shorten
+    /// the sequence with [`BlockTable::truncate`] instead).
+    NotEvictable {
+        /// The logical page asked for.
+        index: usize,
+        /// Pages in the table.
+        pages: usize,
+    },
+    /// Another table holds the page too.
+    Shared {
+        /// The physical page.
+        page: PageId,
+        /// Its reference count.
+        refcount: u32,
+    },
+    /// The pool or the table refused (a table used with the wrong pool).
+    Table(TableError),
+}
+
+impl fmt::Display for EvictError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EvictError::NotEvictable { index, pages } => write!(
+                f,
+                "cannot evict logical page {index} of a table of {pages} pages (only pages \
+                 before the last can be evicted)"
+            ),
+            EvictError::Shared { page, refcount } => {
+                write!(f, "{page} is shared ({refcount} holders); it is never evicted")
+            }
+            EvictError::Table(e) => write!(f, "eviction: {e}"),
+        }
+    }
+}
+
+impl core::error::Error for EvictError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            EvictError::Table(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<TableError> for EvictError {
+    fn from(e: TableError) -> Self {
+        EvictError::Table(e)
+    }
+}
+
+impl From<PoolError> for EvictError {
+    fn from(e: PoolError) -> Self {
+        EvictError::Table(TableError::Pool(e))
+    }
+}
+
+/// Removes logical page `index` (any page but the last, held by this table only) from
+/// `table` and gives it back to `pool`; the pages after it move up one place and the table
+/// holds `block_size` fewer tokens. Returns the freed page.
+///
+/// ```text
+///   [p7 p2 p9 p4]  len 60   evict_page(1)   [p7 p9 p4]  len 44      p2 → free list
+/// ```
+///
+/// Built from the public table API: a fresh table takes a shared hold on every kept page
+/// ([`BlockTable::push_shared_page`]), then the old table lets go of all of its pages, so the
+/// kept pages end where they started (refcount 1) and the victim's count reaches 0. All or
+/// nothing.
+pub fn evict_page<L, S>(
+    table: &mut BlockTable<L>,
+    index: usize,
+    pool: &mut BlockPool<S>,
+) -> Result<PageId, EvictError>
+where
+    L: PageList + Default,
+    S: AsRef<[PageEntry]> + AsMut<[PageEntry]>,
+{
+    let pages = table.pages().len();
+    if index + 1 >= pages {
+        return Err(EvictError::NotEvictable { index, pages });
+    }
+    let victim = table.pages()[index];
+    let refcount = pool.refcount(victim)?;
+    if refcount != 1 {
+        return Err(EvictError::Shared { page: victim, refcount });
+    }
+    let bs = table.block_size();
+    let mut fresh = BlockTable::new(bs, L::default())?;
+    for (i, &p) in table.pages().iter().enumerate() {
+        if i == index {
+            continue;
+        }
+        if let Err(e) = fresh.push_shared_page(p, pool) {
+            let _ = fresh.free(pool);
+            return Err(e.into());
+        }
+    }
+    // The last page may be partly filled: trim the count (no page is released, the new
+    // length still needs all of `fresh`'s pages).
+    let new_len = table.len() - bs;
+    if let Err(e) = fresh.truncate(new_len, pool) {
+        let _ = fresh.free(pool);
+        return Err(e.into());
+    }
+    if let Err(e) = table.free(pool) {
+        let _ = fresh.free(pool);
+        return Err(e.into());
+    }
+    *table = fresh;
+    Ok(victim)
+}
+
+#[cfg(test)]
+mod tests;
