@@ -2,7 +2,8 @@
 //! scalar specification (`paged_prefill` / `paged_decode`) and core's naive f64 attention,
 //! within 1e-5 relative error, over random head counts, GQA ratios (1, 2, 3, 8), head dims
 //! (ragged tails: not multiples of 8 or 16), block sizes, contexts up to 2000 tokens,
-//! prefill chunks spanning several tasks, random page permutations, f32 and f16 pages, and
+//! prefill chunks spanning several tasks, random page permutations, f32, f16 and bf16 pages
+//! (through this generic kernel; the model's f16 pages use `paged_attention_f16`), and
 //! with the flash-decoding split off, automatic, and forced to several page ranges.
 
 use half::f16;
@@ -188,6 +189,11 @@ proptest! {
     #[test]
     fn simd_f16_pages_match_core_on_the_same_pages(c in case()) {
         check::<f16>(&c)?;
+    }
+
+    #[test]
+    fn simd_bf16_pages_match_core_on_the_same_pages(c in case()) {
+        check::<half::bf16>(&c)?;
     }
 }
 

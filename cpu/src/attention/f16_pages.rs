@@ -52,10 +52,13 @@ pub fn paged_attention_f16<S: AsRef<[f16]> + Sync>(
     let (pages, n_new) = check_prefill(kv, layer, pages, n_ctx, q, out, cfg)?;
     let (hd, group, n_kv) = (cfg.head_dim, cfg.group_size(), cfg.n_kv_heads);
     let n_chunks = n_new.div_ceil(TOKENS_PER_TASK);
-    // A task's rows are independent serial chains (one per query head): several heads per
-    // task hide each chain's latency, which pays more than balancing tasks over threads.
-    let per_task = group;
-    let per_kv = group / per_task;
+    // A task's rows are independent serial chains (one per query head), so several heads
+    // per task hide each chain's latency; with few tasks (decode: one per kv head) each
+    // group is halved so that the threads get even shares (3 kv heads on 2 threads: six
+    // tasks of 2 and 1 heads instead of three of 3).
+    let few = n_chunks * n_kv < 2 * rayon::current_num_threads();
+    let per_task = if few { group.div_ceil(2) } else { group };
+    let per_kv = group.div_ceil(per_task);
     let tasks: Vec<Task> = (0..n_chunks * n_kv * per_kv)
         .map(|i| {
             let (h, rest) = (i % per_kv, i / per_kv);
@@ -64,7 +67,7 @@ pub fn paged_attention_f16<S: AsRef<[f16]> + Sync>(
             Task {
                 tokens: t0..(t0 + TOKENS_PER_TASK).min(n_new),
                 kv_head,
-                heads: h * per_task..(h + 1) * per_task,
+                heads: h * per_task..((h + 1) * per_task).min(group),
             }
         })
         .collect();

@@ -129,6 +129,18 @@ impl PageOps {
             let src =
                 unsafe { core::slice::from_raw_parts(run.as_ptr().cast::<half::f16>(), run.len()) };
             self.widen_f16(src, buf);
+        } else if TypeId::of::<T>() == TypeId::of::<half::bf16>() {
+            // SAFETY: `T` is `half::bf16` (same `TypeId`): same pointer, length and lifetime.
+            let src = unsafe {
+                core::slice::from_raw_parts(run.as_ptr().cast::<half::bf16>(), run.len())
+            };
+            #[cfg(target_arch = "x86_64")]
+            if self.level == SimdLevel::Avx512 {
+                // SAFETY: `new` checked AVX-512F at run time.
+                unsafe { super::x86::widen_bf16_avx512(src, buf) };
+                return buf;
+            }
+            buf.iter_mut().zip(src).for_each(|(d, s)| *d = s.to_f32());
         } else {
             buf.iter_mut().zip(run).for_each(|(d, s)| *d = s.to_f32());
         }

@@ -369,6 +369,30 @@ pub(super) unsafe fn widen_f16_avx512(src: &[half::f16], dst: &mut [f32]) {
     }
 }
 
+/// Widens `src` (bfloat16: the top half of an f32) into `dst`, `dst.len() == src.len()`.
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn widen_bf16_avx512(src: &[half::bf16], dst: &mut [f32]) {
+    let len = src.len().min(dst.len());
+    let sp = src.as_ptr().cast::<u16>();
+    let dp = dst.as_mut_ptr();
+    let mut i = 0;
+    // SAFETY: `i + 16 ≤ len` bounds every load and store; `bf16` is `repr(transparent)`
+    // over `u16`; AVX-512F per the contract.
+    unsafe {
+        while i + 16 <= len {
+            let h = _mm512_cvtepu16_epi32(_mm256_loadu_si256(sp.add(i).cast()));
+            _mm512_storeu_ps(dp.add(i), _mm512_castsi512_ps(_mm512_slli_epi32::<16>(h)));
+            i += 16;
+        }
+    }
+    for (d, s) in dst[i..len].iter_mut().zip(&src[i..len]) {
+        *d = s.to_f32();
+    }
+}
+
 // ------------------------------------------------------------------------------------------
 // exp (Cephes `expf`: range reduction by ln 2 in two parts, degree-6 polynomial, 2^n by
 // exponent bits; ≤ 2 ulp on the range softmax uses, arguments ≤ 0).
