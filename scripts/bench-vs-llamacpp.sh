@@ -13,7 +13,8 @@
 # Usage: scripts/bench-vs-llamacpp.sh [-m MODEL] [-p 512] [-n 128] [-t 1,2] [-d 0,4096]
 #                                     [-R REPS (alternations, default 3)] [-r REPS per call (default 1)]
 #        scripts/bench-vs-llamacpp.sh --build-only
-# Env: LLAMACPP_BENCH=/path/to/llama-bench skips the build.
+# Env: LLAMACPP_BENCH=/path/to/llama-bench skips the build; PAGODA_BENCH_ARGS adds flags to
+# `pagoda bench` (e.g. "--kv-type bf16").
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -82,7 +83,7 @@ for i in $(seq 1 "$alternations"); do
   "$llama_bench" -m "$model" -p "$p" -n "$n" -t "$threads" -d "$depths" -r "$reps" -o jsonl \
     >"$out/llamacpp.$i.jsonl" 2>"$out/llamacpp.$i.err"
   echo "bench-vs-llamacpp: round $i/$alternations: pagoda" >&2
-  "$pagoda" bench -m "$model" -p "$p" -n "$n" -t "$threads" -d "$depths" -r "$reps" --json \
+  "$pagoda" bench -m "$model" -p "$p" -n "$n" -t "$threads" -d "$depths" -r "$reps" --json ${PAGODA_BENCH_ARGS:-} \
     >"$out/pagoda.$i.json"
 done
 

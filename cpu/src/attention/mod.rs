@@ -1,5 +1,12 @@
 //! Fast paged attention: SIMD page kernels, GQA groups, rayon tasks and flash-decoding.
 //!
+//! Two kernels:
+//! - [`paged_attention_f16`] (`f16_pages.rs`): f16 pages in llama.cpp's rounding, one key at
+//!   a time, so that the model's logits equal llama.cpp's bit for bit (docs/numerics.md).
+//!   The model uses it for its default f16 cache.
+//! - [`paged_attention`] (below): any float page format, a page of keys at a time with f32
+//!   accumulation, and flash-decoding; the model uses it for f32 and bf16 pages.
+//!
 //! [`paged_attention`] computes exactly what `pagoda_core::attention::paged_prefill` (and,
 //! for one query token, `paged_decode`) specifies, with the same argument checks and errors,
 //! but fast:
