@@ -17,7 +17,7 @@
 //! out = f32(acc16) · (1 / S)
 //! ```
 //!
-//! `exp` is the C library's `expf` (`f32::exp`). Every row is independent of every other
+//! `exp` is the C library's `expf` (glibc's algorithm, inlined: `super::expf`). Every row is independent of every other
 //! row and of how the context is split into pages or the prompt into chunks, so results
 //! do not depend on batching or threads. Work is split into tasks of (up to
 //! [`TOKENS_PER_TASK`] tokens) × (kv head) × (query heads of its group): a task widens each
@@ -32,6 +32,7 @@ use pagoda_core::kv::{KvHalf, KvPages};
 use pagoda_core::pool::PageId;
 use rayon::prelude::*;
 
+use super::expf::expf;
 use super::ops::PageOps;
 use super::TOKENS_PER_TASK;
 use crate::kernels::SimdLevel;
@@ -295,7 +296,9 @@ pub(super) fn reduce16(x: &[f32; 16]) -> f32 {
 }
 
 /// For each score: scale it, then llama.cpp's online-softmax update of `max` and `sum`,
-/// recording what the accumulator must do.
+/// recording what the accumulator must do. Three passes so that the exponentials (glibc's
+/// `expf`, inlined: [`expf`]) have no dependency on each other: the running maximum and each
+/// key's exponent; the exponentials; the sum `S = fma(S, ms, vs)` in key order.
 #[inline(always)]
 pub(super) fn softmax_steps(
     scores: &[f32],
@@ -306,14 +309,23 @@ pub(super) fn softmax_steps(
 ) {
     for (step, &s) in steps.iter_mut().zip(scores) {
         let s = s * scale;
+        // A new maximum: the accumulator is scaled by e^(old - new) (the first key:
+        // e^-inf = 0 clears it) and the key's weight is 1; else the weight is e^(s - max).
         *step = if s > *max {
-            // The first key: exp(-inf) = 0 clears the (zero) accumulator.
-            let ms = (*max - s).exp();
+            let arg = *max - s;
             *max = s;
-            Step { rescale: Some(ms), weight: 1.0 }
+            Step { rescale: Some(arg), weight: 1.0 }
         } else {
-            Step { rescale: None, weight: (s - *max).exp() }
+            Step { rescale: None, weight: s - *max }
         };
+    }
+    for step in steps.iter_mut() {
+        match &mut step.rescale {
+            Some(arg) => *arg = expf(*arg),
+            None => step.weight = expf(step.weight),
+        }
+    }
+    for step in steps.iter() {
         *sum = sum.mul_add(step.rescale.unwrap_or(1.0), step.weight);
     }
 }

@@ -41,6 +41,7 @@
 //! | AVX-512  | FMA on zmm, `k`-masked tails              | `vcvtph2ps` (zmm)   |
 //! | NEON     | `vfmaq_f32`, 4 keys per step              | `half`              |
 
+mod expf;
 mod f16_pages;
 mod ops;
 mod scalar;
