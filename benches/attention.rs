@@ -5,6 +5,10 @@
 //! - `paging/{f32,f16}/{paged16,contiguous}/CTX`: the same kernel (no flash-decoding split,
 //!   so both do identical work) on block_size 16 pages in a shuffled order against one page
 //!   holding the whole context: the overhead of paging.
+//! - `paging/f16_exact/{paged16,contiguous}/CTX`: `paged_attention_f16` (the llama.cpp-exact
+//!   kernel the model uses for f16 pages), which works page by page: 16-token pages in
+//!   reversed slab order vs in logical order (physically contiguous).
+//!   `PAGODA_BENCH_F16_EXACT=1 cargo bench --bench attention` prints just its best-of-runs.
 //! - `prefill/{f32,f16}/{core_scalar,simd}/512`: a 512-token causal chunk.
 //!
 //! Throughput is the KV bytes read per call (`n_ctx × 3 heads × 64 × 2 (K and V) × size`);
@@ -21,7 +25,7 @@ use half::f16;
 use pagoda::core::attention::{paged_decode, paged_prefill, AttnConfig};
 use pagoda::core::kv::{KvConfig, KvElement, KvPages};
 use pagoda::core::pool::PageId;
-use pagoda::cpu::attention::{paged_attention, paged_attention_split, Split};
+use pagoda::cpu::attention::{paged_attention, paged_attention_f16, paged_attention_split, Split};
 use pagoda::cpu::kernels::simd_level;
 
 const N_HEADS: usize = 9;
@@ -106,6 +110,30 @@ fn paging<T: KvElement>(c: &mut Criterion, name: &str) {
     g.finish();
 }
 
+/// `paging/f16_exact/...`: the same, for the llama.cpp-exact f16 kernel the model uses.
+fn paging_f16_exact(c: &mut Criterion) {
+    let cfg = AttnConfig::new(N_HEADS, N_KV_HEADS, HEAD_DIM).unwrap();
+    let level = simd_level();
+    let q = query(1);
+    let mut out = vec![0.0f32; q.len()];
+    let mut g = c.benchmark_group("paging/f16_exact");
+    for n_ctx in CONTEXTS {
+        g.throughput(Throughput::Bytes(kv_bytes::<f16>(n_ctx)));
+        // Page by page either way: 16-token pages reversed in the slab vs in order.
+        let (kv, reversed) = cache::<f16>(n_ctx, 16);
+        let in_order: Vec<PageId> = (0..reversed.len() as u32).map(PageId).collect();
+        for (label, pages) in [("paged16", &reversed), ("contiguous", &in_order)] {
+            g.bench_function(BenchmarkId::new(label, n_ctx), |b| {
+                b.iter(|| {
+                    let q = black_box(&q);
+                    paged_attention_f16(level, &kv, 0, pages, n_ctx, q, &mut out, &cfg).unwrap()
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
 fn prefill<T: KvElement>(c: &mut Criterion, name: &str) {
     let cfg = AttnConfig::new(N_HEADS, N_KV_HEADS, HEAD_DIM).unwrap();
     let level = simd_level();
@@ -129,6 +157,7 @@ fn bench(c: &mut Criterion) {
     decode::<f16>(c, "f16");
     paging::<f32>(c, "f32");
     paging::<f16>(c, "f16");
+    paging_f16_exact(c);
     prefill::<f32>(c, "f32");
     prefill::<f16>(c, "f16");
 }
@@ -225,10 +254,46 @@ criterion_group! {
     targets = bench
 }
 
+/// `PAGODA_BENCH_MIN=1`: the paging overhead of the llama.cpp-exact f16 kernel.
+fn min_of_runs_f16_exact() {
+    let budget = Duration::from_millis(
+        std::env::var("PAGODA_BENCH_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(800),
+    );
+    let cfg = AttnConfig::new(N_HEADS, N_KV_HEADS, HEAD_DIM).unwrap();
+    let level = simd_level();
+    let q = query(1);
+    let (mut o1, mut o2) = (vec![0.0f32; q.len()], vec![0.0f32; q.len()]);
+    // This kernel works page by page, so "contiguous" is the same 16-token pages laid out
+    // in logical order in the slab (what one sequence alone in a fresh pool gets), against
+    // the reversed placement: the cost of where the pages are.
+    println!("f16 exact ({level}): paging overhead, 16-token pages reversed vs in order");
+    for n_ctx in CONTEXTS {
+        let (kv16, p16) = cache::<f16>(n_ctx, 16);
+        let (kv1, _) = cache::<f16>(n_ctx, 16);
+        let p1: Vec<PageId> = (0..p16.len() as u32).map(PageId).collect();
+        let (a, b) = best_pair(
+            budget,
+            &mut || paged_attention_f16(level, &kv16, 0, &p16, n_ctx, &q, &mut o1, &cfg).unwrap(),
+            &mut || paged_attention_f16(level, &kv1, 0, &p1, n_ctx, &q, &mut o2, &cfg).unwrap(),
+        );
+        println!(
+            "  ctx {n_ctx:>6}: paged {:>9.1} us  contiguous {:>9.1} us  overhead {:>+6.1}%",
+            a.as_secs_f64() * 1e6,
+            b.as_secs_f64() * 1e6,
+            (a.as_secs_f64() / b.as_secs_f64() - 1.0) * 100.0
+        );
+    }
+}
+
 fn main() {
+    if std::env::var_os("PAGODA_BENCH_F16_EXACT").is_some() {
+        min_of_runs_f16_exact();
+        return;
+    }
     if std::env::var_os("PAGODA_BENCH_MIN").is_some() {
         min_of_runs::<f32>("f32");
         min_of_runs::<f16>("f16");
+        min_of_runs_f16_exact();
         return;
     }
     benches();
