@@ -12,7 +12,9 @@
 //! | matmul Q4_1 (× Q8_1)           | yes    | `maddubs`           | VNNI `vpdpbusd`   | `vmull_s8`      |
 //! | matmul Q4_0, Q8_0 (× Q8_0)     | yes    | `maddubs`           | VNNI `vpdpbusd`   | `vmull_s8`      |
 //! | matmul F32                     | pulp   | pulp                | pulp              | pulp            |
-//! | `dot_f32`, `rmsnorm`           | pulp   | pulp                | pulp              | pulp            |
+//! | `dot_f32`                      | pulp   | pulp                | pulp              | pulp            |
+//! | `rmsnorm` (f64 sum, then scale)| scalar + pulp | scalar + pulp | scalar + pulp     | scalar + pulp   |
+//! | `rope`                         | yes    | FMA                 | FMA               | yes             |
 //! | `silu_mul`                     | yes    | yes                 | yes               | scalar          |
 //!
 //! Every level computes the same float operations in the same order as llama.cpp's x86
