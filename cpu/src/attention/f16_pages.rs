@@ -53,23 +53,27 @@ pub fn paged_attention_f16<S: AsRef<[f16]> + Sync>(
     let (pages, n_new) = check_prefill(kv, layer, pages, n_ctx, q, out, cfg)?;
     let (hd, group, n_kv) = (cfg.head_dim, cfg.group_size(), cfg.n_kv_heads);
     let n_chunks = n_new.div_ceil(TOKENS_PER_TASK);
-    // A task's rows are independent serial chains (one per query head), so several heads
-    // per task hide each chain's latency; with few tasks (decode: one per kv head) each
-    // group is halved so that the threads get even shares (3 kv heads on 2 threads: six
-    // tasks of 2 and 1 heads instead of three of 3).
-    let few = n_chunks * n_kv < 2 * rayon::current_num_threads();
-    let per_task = if few { group.div_ceil(2) } else { group };
-    let per_kv = group.div_ceil(per_task);
-    let tasks: Vec<Task> = (0..n_chunks * n_kv * per_kv)
-        .map(|i| {
-            let (h, rest) = (i % per_kv, i / per_kv);
-            let (kv_head, chunk) = (rest % n_kv, rest / n_kv);
+    let n_heads = cfg.n_heads;
+    // A task's rows are independent serial chains (one per query head), so several rows
+    // per task hide each chain's latency, and rows of one kv head share its widened pages.
+    // Normally a task is one kv head's group; with few such tasks (decode: one per kv
+    // head) each chunk's query heads are cut into one contiguous run per thread instead,
+    // which may span kv heads (3 kv heads × 3 on 2 threads: rows 0..5 and 5..9, four page
+    // widenings instead of three, two tasks of 4–5 interleaved rows instead of 3 + 6 heads
+    // unevenly split).
+    let threads = rayon::current_num_threads();
+    let few = n_chunks * n_kv < 2 * threads;
+    let runs: Vec<Range<usize>> = if few {
+        let parts = threads.div_ceil(n_chunks).clamp(1, n_heads);
+        (0..parts).map(|p| p * n_heads / parts..(p + 1) * n_heads / parts).collect()
+    } else {
+        (0..n_kv).map(|kv| kv * group..(kv + 1) * group).collect()
+    };
+    let tasks: Vec<Task> = (0..n_chunks)
+        .flat_map(|chunk| {
             let t0 = chunk * TOKENS_PER_TASK;
-            Task {
-                tokens: t0..(t0 + TOKENS_PER_TASK).min(n_new),
-                kv_head,
-                heads: h * per_task..((h + 1) * per_task).min(group),
-            }
+            let tokens = t0..(t0 + TOKENS_PER_TASK).min(n_new);
+            runs.iter().map(move |heads| Task { tokens: tokens.clone(), heads: heads.clone() })
         })
         .collect();
     let shared = Shared { level, kv, layer, pages, first_pos: n_ctx - n_new, q, cfg };
@@ -78,7 +82,7 @@ pub fn paged_attention_f16<S: AsRef<[f16]> + Sync>(
     for (task, res) in tasks.iter().zip(&results) {
         let rows = task.tokens.clone().flat_map(|t| task.heads.clone().map(move |h| (t, h)));
         for ((t, h), o) in rows.zip(res.chunks_exact(hd)) {
-            let head = t * cfg.n_heads + task.kv_head * group + h;
+            let head = t * n_heads + h;
             out[head * hd..(head + 1) * hd].copy_from_slice(o);
         }
     }
@@ -89,8 +93,7 @@ pub fn paged_attention_f16<S: AsRef<[f16]> + Sync>(
 struct Task {
     /// Query tokens (indices into the call's `n_new` tokens).
     tokens: Range<usize>,
-    kv_head: usize,
-    /// Query heads within the kv head's group.
+    /// Query heads (`0..n_heads`; head `h` reads kv head `h / group`).
     heads: Range<usize>,
 }
 
@@ -111,6 +114,8 @@ pub(super) struct Row {
     max: f32,
     sum: f32,
     visible: usize,
+    /// Which of the task's kv heads the row reads (index into its K/V runs).
+    seg: usize,
     /// This page's steps (one per key the row sees in it).
     steps: Vec<Step>,
 }
@@ -123,10 +128,13 @@ impl<S: AsRef<[f16]>> Shared<'_, S> {
         let bs = self.kv.config().block_size;
         let ops = PageOps::new(self.level);
         let kernel = Kernel::new(self.level, hd);
+        // The kv heads the task's query heads read: kv0..kv0 + n_seg.
+        let kv0 = task.heads.start / group;
+        let n_seg = task.heads.end.saturating_sub(1) / group + 1 - kv0;
         let mut rows: Vec<Row> = Vec::new();
         for t in task.tokens.clone() {
             for h in task.heads.clone() {
-                let head = t * cfg.n_heads + task.kv_head * group + h;
+                let head = t * cfg.n_heads + h;
                 let q16 = self.q[head * hd..(head + 1) * hd]
                     .iter()
                     .map(|&x| f16::from_f32(x).to_f32())
@@ -138,12 +146,14 @@ impl<S: AsRef<[f16]>> Shared<'_, S> {
                     max: f32::NEG_INFINITY,
                     sum: 0.0,
                     visible,
+                    seg: h / group - kv0,
                     steps: Vec::with_capacity(bs),
                 });
             }
         }
         let max_visible = self.first_pos + task.tokens.end;
-        let (mut kbuf, mut vbuf) = (Vec::new(), Vec::new());
+        let mut kbufs: Vec<Vec<f32>> = vec![Vec::new(); n_seg];
+        let mut vbufs: Vec<Vec<f32>> = vec![Vec::new(); n_seg];
         let mut scores = vec![0.0f32; bs];
         for (i, &page) in self.pages.iter().enumerate() {
             let start = i * bs;
@@ -151,19 +161,23 @@ impl<S: AsRef<[f16]>> Shared<'_, S> {
                 break;
             }
             let n = (max_visible - start).min(bs);
-            let keys = self.kv.head_run(self.layer, page, KvHalf::Key, task.kv_head)?;
-            let keys = ops.as_f32(&keys[..n * hd], &mut kbuf);
-            let values = self.kv.head_run(self.layer, page, KvHalf::Value, task.kv_head)?;
-            let values = ops.as_f32(&values[..n * hd], &mut vbuf);
+            let mut keys: Vec<&[f32]> = Vec::with_capacity(n_seg);
+            let mut values: Vec<&[f32]> = Vec::with_capacity(n_seg);
+            for (seg, (kbuf, vbuf)) in kbufs.iter_mut().zip(vbufs.iter_mut()).enumerate() {
+                let k = self.kv.head_run(self.layer, page, KvHalf::Key, kv0 + seg)?;
+                keys.push(ops.as_f32(&k[..n * hd], kbuf));
+                let v = self.kv.head_run(self.layer, page, KvHalf::Value, kv0 + seg)?;
+                values.push(ops.as_f32(&v[..n * hd], vbuf));
+            }
             for row in rows.iter_mut() {
                 let n_r = row.visible.saturating_sub(start).min(n);
                 row.steps.resize(n_r, Step::default());
-                kernel.scores(&keys[..n_r * hd], &row.q16, &mut scores[..n_r]);
+                kernel.scores(&keys[row.seg][..n_r * hd], &row.q16, &mut scores[..n_r]);
                 kernel.softmax_steps(&scores[..n_r], cfg.scale, &mut row.max, &mut row.steps);
             }
             // Several rows at once: their accumulators are independent serial chains.
             for chunk in rows.chunks_mut(4) {
-                kernel.accumulate(chunk, values);
+                kernel.accumulate(chunk, &values);
             }
         }
         let mut out = Vec::with_capacity(rows.len() * hd);
@@ -238,21 +252,23 @@ impl Kernel {
     /// Each row's accumulator ← the page's value rows by that row's steps, in order
     /// (`rows.len() ≤ 4`).
     #[inline]
-    fn accumulate(self, rows: &mut [Row], values: &[f32]) {
+    fn accumulate(self, rows: &mut [Row], values: &[&[f32]]) {
         #[cfg(target_arch = "x86_64")]
         if self.level == SimdLevel::Avx512 {
-            // SAFETY: `new` checked AVX-512 and `hd % 64 == 0`; `values` holds at least
-            // `steps.len()` rows of `hd` for every row (the page's visible slots).
+            // SAFETY: `new` checked AVX-512 and `hd % 64 == 0`; `values[row.seg]` holds
+            // at least `steps.len()` rows of `hd` for every row (the page's visible slots).
             return unsafe { x86::accumulate_avx512(rows, values) };
         }
         for row in rows {
             #[cfg(target_arch = "x86_64")]
             if self.level == SimdLevel::Avx2 {
                 // SAFETY: `new` checked the AVX2 level (AVX2 + FMA + F16C).
-                unsafe { x86::accumulate_fma(&mut row.acc, &mut row.sum, values, &row.steps) };
+                unsafe {
+                    x86::accumulate_fma(&mut row.acc, &mut row.sum, values[row.seg], &row.steps)
+                };
                 continue;
             }
-            accumulate_scalar(&mut row.acc, &mut row.sum, values, &row.steps)
+            accumulate_scalar(&mut row.acc, &mut row.sum, values[row.seg], &row.steps)
         }
     }
 }
@@ -531,7 +547,7 @@ mod x86 {
     /// AVX-512F/DQ and F16C; every row's `acc.len()` is the same `hd`, a multiple of 64;
     /// `values.len() ≥ steps.len() · hd` for every row; `rows.len() ≤ 4`.
     #[target_feature(enable = "avx512f,avx512dq,f16c")]
-    pub(super) unsafe fn accumulate_avx512(rows: &mut [Row], values: &[f32]) {
+    pub(super) unsafe fn accumulate_avx512(rows: &mut [Row], values: &[&[f32]]) {
         // SAFETY (all arms): this fn's contract, with the lengths each callee is built for.
         unsafe {
             match (rows.first().map_or(0, |r| r.acc.len()), rows.len()) {
@@ -546,7 +562,8 @@ mod x86 {
                 (128, _) => accumulate_regs::<8, 1>(rows, values),
                 _ => {
                     for row in rows.iter_mut() {
-                        accumulate_scalar(&mut row.acc, &mut row.sum, values, &row.steps);
+                        let v = values[row.seg];
+                        accumulate_scalar(&mut row.acc, &mut row.sum, v, &row.steps);
                     }
                 }
             }
@@ -569,20 +586,27 @@ mod x86 {
     /// # Safety
     /// AVX-512F; as [`accumulate_avx512`], `rows.len() ≥ R`.
     #[inline(always)]
-    unsafe fn accumulate_regs<const N: usize, const R: usize>(rows: &mut [Row], values: &[f32]) {
+    unsafe fn accumulate_regs<const N: usize, const R: usize>(rows: &mut [Row], values: &[&[f32]]) {
         let hd = 16 * N;
         let n = rows[..R].iter().map(|r| r.steps.len()).max().unwrap_or(0);
+        let vps: [*const f32; R] = core::array::from_fn(|r| values[rows[r].seg].as_ptr());
+        // Rows reading the same kv head as the previous row reuse its value registers.
+        let fresh: [bool; R] = core::array::from_fn(|r| r == 0 || rows[r].seg != rows[r - 1].seg);
         // SAFETY: loads/stores of 16 floats at offsets < 16·N within each `acc`, and
-        // within value row j < steps.len() ≤ values.len() / hd; AVX-512F per the caller.
+        // within value row j < max steps.len() ≤ values[seg].len() / hd (every kv head's
+        // run holds the page's slots for the task); AVX-512F per the caller.
         unsafe {
             let mut a: [[__m512; N]; R] = core::array::from_fn(|r| {
                 core::array::from_fn(|c| _mm512_loadu_ps(rows[r].acc.as_ptr().add(16 * c)))
             });
             let mut sums: [f32; R] = core::array::from_fn(|r| rows[r].sum);
             for j in 0..n {
-                let vp = values.as_ptr().add(j * hd);
-                let v: [__m512; N] = core::array::from_fn(|c| _mm512_loadu_ps(vp.add(16 * c)));
+                let mut v = [_mm512_setzero_ps(); N];
                 for r in 0..R {
+                    if fresh[r] {
+                        let vp = vps[r].add(j * hd);
+                        v = core::array::from_fn(|c| _mm512_loadu_ps(vp.add(16 * c)));
+                    }
                     let Some(step) = rows[r].steps.get(j) else { continue };
                     sums[r] = sums[r].mul_add(step.rescale.unwrap_or(1.0), step.weight);
                     if let Some(ms) = step.rescale {
