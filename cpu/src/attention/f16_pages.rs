@@ -20,9 +20,16 @@
 //! `exp` is the C library's `expf` (glibc's algorithm, inlined: `super::expf`). Every row is independent of every other
 //! row and of how the context is split into pages or the prompt into chunks, so results
 //! do not depend on batching or threads. Work is split into tasks of (up to
-//! [`TOKENS_PER_TASK`] tokens) × (kv head) × (query heads of its group): a task widens each
-//! K/V page run to f32 once for all its rows; when there are few tasks (decode) each query
-//! head is its own task so both threads stay busy without splitting a row's context.
+//! [`TOKENS_PER_TASK`] tokens) × (query heads of one kv head's group): a task widens each
+//! K/V page run to f32 once for all its rows; when there are few tasks (decode) each
+//! thread instead takes one contiguous run of query heads, which may span kv heads, so
+//! both threads stay busy without splitting a row's context.
+//!
+//! The AVX-512 level computes the same operations in a vector-friendly order: the scores of
+//! sixteen keys share one transposed reduction tree (each add pairs the same partial sums
+//! as the per-key tree), the running maxima of a page are a prefix max across lanes, the
+//! exponentials are sixteen glibc `expf`s at once in f64 lanes (`expf::x86::expf16`), and
+//! `S` advances in the accumulate loop, where several rows' chains interleave.
 
 use core::ops::Range;
 
