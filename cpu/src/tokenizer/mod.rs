@@ -5,7 +5,7 @@
 //!
 //! | `tokenizer.ggml.model` | algorithm                                                     |
 //! |------------------------|---------------------------------------------------------------|
-//! | `gpt2`                 | byte-level BPE: pre-tokenizer split ([`pretokenize`] rules by  |
+//! | `gpt2`                 | byte-level BPE: pre-tokenizer split (`pretokenize` module: rules by  |
 //! |                        | `tokenizer.ggml.pre`), bytes → GPT-2 characters, merges by rank |
 //! | `llama`                | SentencePiece BPE: `▁` for spaces, merges by score,           |
 //! |                        | `add_space_prefix`, byte-fallback tokens `<0xNN>`             |
