@@ -168,6 +168,14 @@ impl<S: AsRef<[f16]>> Shared<'_, S> {
                 break;
             }
             let n = (max_visible - start).min(bs);
+            // The next page's runs are on their way from memory while this one computes.
+            if let Some(&next) = self.pages.get(i + 1).filter(|_| start + bs < max_visible) {
+                for seg in 0..n_seg {
+                    for half in [KvHalf::Key, KvHalf::Value] {
+                        ops.prefetch(self.kv.head_run(self.layer, next, half, kv0 + seg)?);
+                    }
+                }
+            }
             let mut keys: Vec<&[f32]> = Vec::with_capacity(n_seg);
             let mut values: Vec<&[f32]> = Vec::with_capacity(n_seg);
             for (seg, (kbuf, vbuf)) in kbufs.iter_mut().zip(vbufs.iter_mut()).enumerate() {
@@ -382,6 +390,44 @@ mod x86 {
         softmax_steps(scores, scale, max, steps)
     }
 
+    /// One key's 16-lane vector before the horizontal sum, `(s0 + s2) + (s1 + s3)` of
+    /// [`super::dot_scalar`]. Products of f16 values are exact, so the first step's
+    /// `s_c = k·q` and `fma(k0, q0, k2·q2)` (one rounding of an exact sum) equal ggml's
+    /// separate products and adds.
+    ///
+    /// # Safety
+    /// `hd` (a multiple of 64) floats readable at `k` and `q`; `q4` holds `q[..64]`;
+    /// AVX-512F enabled by the caller.
+    #[inline(always)]
+    unsafe fn key_lanes(k: *const f32, q: *const f32, q4: &[__m512; 4], hd: usize) -> __m512 {
+        // SAFETY: loads at offsets < hd per the contract; register-only otherwise.
+        unsafe {
+            if hd == 64 {
+                let [k0, k1, k2, k3]: [__m512; 4] =
+                    core::array::from_fn(|c| _mm512_loadu_ps(k.add(16 * c)));
+                let [q0, q1, q2, q3] = *q4;
+                let a = _mm512_fmadd_ps(k0, q0, _mm512_mul_ps(k2, q2));
+                let b = _mm512_fmadd_ps(k1, q1, _mm512_mul_ps(k3, q3));
+                return _mm512_add_ps(a, b);
+            }
+            let kq = |o: usize| (_mm512_loadu_ps(k.add(o)), _mm512_loadu_ps(q.add(o)));
+            let mut s = [_mm512_setzero_ps(); 4];
+            for (c, s) in s.iter_mut().enumerate() {
+                let (kv, qv) = kq(16 * c);
+                *s = _mm512_mul_ps(kv, qv);
+            }
+            let mut i = 64;
+            while i < hd {
+                for (c, s) in s.iter_mut().enumerate() {
+                    let (kv, qv) = kq(i + 16 * c);
+                    *s = _mm512_fmadd_ps(kv, qv, *s);
+                }
+                i += 64;
+            }
+            _mm512_add_ps(_mm512_add_ps(s[0], s[2]), _mm512_add_ps(s[1], s[3]))
+        }
+    }
+
     /// [`super::softmax_steps`] sixteen keys at a time: the running maximum as a prefix
     /// max across lanes, the sixteen exponentials at once ([`expf16`]), then the steps.
     /// Same values, bit for bit (maxima are exact; NaN scores never become the maximum
@@ -475,46 +521,17 @@ mod x86 {
             // The key's 16-lane vector before the horizontal sum; products of f16 values
             // are exact, so the first step's `s_c = k·q` and `fma(k0, q0, k2·q2)` (one
             // rounding of an exact sum) equal ggml's separate products and adds.
-            let lanes = |j: usize| -> __m512 {
-                let k = kp.add(j * hd);
-                let kq = |o: usize| (_mm512_loadu_ps(k.add(o)), _mm512_loadu_ps(qp.add(o)));
-                if hd == 64 {
-                    let k4: [__m512; 4] = core::array::from_fn(|c| _mm512_loadu_ps(k.add(16 * c)));
-                    let [k0, k1, k2, k3] = k4;
-                    let [q0, q1, q2, q3] = q4;
-                    let a = _mm512_fmadd_ps(k0, q0, _mm512_mul_ps(k2, q2));
-                    let b = _mm512_fmadd_ps(k1, q1, _mm512_mul_ps(k3, q3));
-                    return _mm512_add_ps(a, b);
-                }
-                let mut s = [_mm512_setzero_ps(); 4];
-                for (c, s) in s.iter_mut().enumerate() {
-                    let (kv, qv) = kq(16 * c);
-                    *s = _mm512_mul_ps(kv, qv);
-                }
-                let mut i = 64;
-                while i < hd {
-                    for (c, s) in s.iter_mut().enumerate() {
-                        let (kv, qv) = kq(i + 16 * c);
-                        *s = _mm512_fmadd_ps(kv, qv, *s);
-                    }
-                    i += 64;
-                }
-                _mm512_add_ps(_mm512_add_ps(s[0], s[2]), _mm512_add_ps(s[1], s[3]))
-            };
             let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
             let mut j0 = 0;
             while j0 < scores.len() {
                 let m = (scores.len() - j0).min(16);
-                let x: [__m512; 16] =
-                    core::array::from_fn(
-                        |j| {
-                            if j < m {
-                                lanes(j0 + j)
-                            } else {
-                                _mm512_setzero_ps()
-                            }
-                        },
-                    );
+                let x: [__m512; 16] = core::array::from_fn(|j| {
+                    if j < m {
+                        key_lanes(kp.add((j0 + j) * hd), qp, &q4, hd)
+                    } else {
+                        _mm512_setzero_ps()
+                    }
+                });
                 let y: [__m512; 8] = core::array::from_fn(|p| {
                     let (a, b) = (x[2 * p], x[2 * p + 1]);
                     _mm512_add_ps(

@@ -122,7 +122,7 @@ impl PageOps {
             // of the same slice with the same length and lifetime.
             return unsafe { core::slice::from_raw_parts(run.as_ptr().cast::<f32>(), run.len()) };
         }
-        buf.clear();
+        // Every element is overwritten below: keep the old contents instead of zeroing.
         buf.resize(run.len(), 0.0);
         if TypeId::of::<T>() == TypeId::of::<half::f16>() {
             // SAFETY: `T` is `half::f16` (same `TypeId`): same pointer, length and lifetime.
