@@ -403,8 +403,7 @@ mod x86 {
         // SAFETY: loads at offsets < hd per the contract; register-only otherwise.
         unsafe {
             if hd == 64 {
-                let [k0, k1, k2, k3]: [__m512; 4] =
-                    core::array::from_fn(|c| _mm512_loadu_ps(k.add(16 * c)));
+                let [k0, k1, k2, k3] = [0, 16, 32, 48].map(|o| _mm512_loadu_ps(k.add(o)));
                 let [q0, q1, q2, q3] = *q4;
                 let a = _mm512_fmadd_ps(k0, q0, _mm512_mul_ps(k2, q2));
                 let b = _mm512_fmadd_ps(k1, q1, _mm512_mul_ps(k3, q3));
@@ -517,7 +516,10 @@ mod x86 {
         // scores.len(); AVX-512F per the contract.
         unsafe {
             let (kp, qp) = (keys.as_ptr(), q.as_ptr());
-            let q4: [__m512; 4] = core::array::from_fn(|c| _mm512_loadu_ps(qp.add(16 * c)));
+            let mut q4 = [_mm512_setzero_ps(); 4];
+            for (c, q4) in q4.iter_mut().enumerate() {
+                *q4 = _mm512_loadu_ps(qp.add(16 * c));
+            }
             // The key's 16-lane vector before the horizontal sum; products of f16 values
             // are exact, so the first step's `s_c = k·q` and `fma(k0, q0, k2·q2)` (one
             // rounding of an exact sum) equal ggml's separate products and adds.
@@ -525,34 +527,36 @@ mod x86 {
             let mut j0 = 0;
             while j0 < scores.len() {
                 let m = (scores.len() - j0).min(16);
-                let x: [__m512; 16] = core::array::from_fn(|j| {
-                    if j < m {
-                        key_lanes(kp.add((j0 + j) * hd), qp, &q4, hd)
-                    } else {
-                        _mm512_setzero_ps()
-                    }
-                });
-                let y: [__m512; 8] = core::array::from_fn(|p| {
+                // Plain loops (closures passed to `array::from_fn` may stay out of line,
+                // without this function's target features).
+                let mut x = [_mm512_setzero_ps(); 16];
+                for (j, x) in x.iter_mut().enumerate().take(m) {
+                    *x = key_lanes(kp.add((j0 + j) * hd), qp, &q4, hd);
+                }
+                let mut y = [_mm512_setzero_ps(); 8];
+                for (p, y) in y.iter_mut().enumerate() {
                     let (a, b) = (x[2 * p], x[2 * p + 1]);
-                    _mm512_add_ps(
+                    *y = _mm512_add_ps(
                         _mm512_shuffle_f32x4::<0b01_00_01_00>(a, b),
                         _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b),
-                    )
-                });
-                let z: [__m512; 4] = core::array::from_fn(|p| {
+                    );
+                }
+                let mut z = [_mm512_setzero_ps(); 4];
+                for (p, z) in z.iter_mut().enumerate() {
                     let (a, b) = (y[2 * p], y[2 * p + 1]);
-                    _mm512_add_ps(
+                    *z = _mm512_add_ps(
                         _mm512_shuffle_f32x4::<0b10_00_10_00>(a, b),
                         _mm512_shuffle_f32x4::<0b11_01_11_01>(a, b),
-                    )
-                });
-                let w: [__m512; 2] = core::array::from_fn(|p| {
+                    );
+                }
+                let mut w = [_mm512_setzero_ps(); 2];
+                for (p, w) in w.iter_mut().enumerate() {
                     let (a, b) = (z[2 * p], z[2 * p + 1]);
-                    _mm512_add_ps(
+                    *w = _mm512_add_ps(
                         _mm512_shuffle_ps::<0b01_00_01_00>(a, b),
                         _mm512_shuffle_ps::<0b11_10_11_10>(a, b),
-                    )
-                });
+                    );
+                }
                 let f = _mm512_add_ps(
                     _mm512_shuffle_ps::<0b10_00_10_00>(w[0], w[1]),
                     _mm512_shuffle_ps::<0b11_01_11_01>(w[0], w[1]),
