@@ -624,16 +624,21 @@ mod x86 {
         // within value row j < max steps.len() ≤ values[seg].len() / hd (every kv head's
         // run holds the page's slots for the task); AVX-512F per the caller.
         unsafe {
-            let mut a: [[__m512; N]; R] = core::array::from_fn(|r| {
-                core::array::from_fn(|c| _mm512_loadu_ps(rows[r].acc.as_ptr().add(16 * c)))
-            });
+            let mut a = [[_mm512_setzero_ps(); N]; R];
+            for (r, a) in a.iter_mut().enumerate() {
+                for (c, a) in a.iter_mut().enumerate() {
+                    *a = _mm512_loadu_ps(rows[r].acc.as_ptr().add(16 * c));
+                }
+            }
             let mut sums: [f32; R] = core::array::from_fn(|r| rows[r].sum);
             for j in 0..n {
                 let mut v = [_mm512_setzero_ps(); N];
                 for r in 0..R {
                     if fresh[r] {
                         let vp = vps[r].add(j * hd);
-                        v = core::array::from_fn(|c| _mm512_loadu_ps(vp.add(16 * c)));
+                        for (c, v) in v.iter_mut().enumerate() {
+                            *v = _mm512_loadu_ps(vp.add(16 * c));
+                        }
                     }
                     let Some(step) = rows[r].steps.get(j) else { continue };
                     sums[r] = sums[r].mul_add(step.rescale.unwrap_or(1.0), step.weight);

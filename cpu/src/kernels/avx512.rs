@@ -323,7 +323,7 @@ unsafe fn tile_dot<const F: u8, const R: usize, const T: usize>(
             if F == Q4_1 {
                 if R == 4 {
                     // Quarter q of mt[i % 4] = block 4q + i % 4 of rows 0..4.
-                    let m4: [__m512; 4] = core::array::from_fn(|r| mv[r.min(R - 1)]);
+                    let m4 = [mv[0], mv[1.min(R - 1)], mv[2.min(R - 1)], mv[3.min(R - 1)]];
                     let a = _mm512_unpacklo_ps(m4[0], m4[1]);
                     let b = _mm512_unpackhi_ps(m4[0], m4[1]);
                     let c = _mm512_unpacklo_ps(m4[2], m4[3]);
