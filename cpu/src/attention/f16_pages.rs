@@ -176,14 +176,15 @@ impl<S: AsRef<[f16]>> Shared<'_, S> {
                     }
                 }
             }
-            let mut keys: Vec<&[f32]> = Vec::with_capacity(n_seg);
-            let mut values: Vec<&[f32]> = Vec::with_capacity(n_seg);
+            // Each kv head's K and V runs widened into its buffers (f16 runs are always
+            // copied, so the buffers hold the page: `n` rows of `hd`).
             for (seg, (kbuf, vbuf)) in kbufs.iter_mut().zip(vbufs.iter_mut()).enumerate() {
                 let k = self.kv.head_run(self.layer, page, KvHalf::Key, kv0 + seg)?;
-                keys.push(ops.as_f32(&k[..n * hd], kbuf));
+                ops.as_f32(&k[..n * hd], kbuf);
                 let v = self.kv.head_run(self.layer, page, KvHalf::Value, kv0 + seg)?;
-                values.push(ops.as_f32(&v[..n * hd], vbuf));
+                ops.as_f32(&v[..n * hd], vbuf);
             }
+            let (keys, values) = (&kbufs, &vbufs);
             for row in rows.iter_mut() {
                 let n_r = row.visible.saturating_sub(start).min(n);
                 row.steps.resize(n_r, Step::default());
@@ -192,7 +193,7 @@ impl<S: AsRef<[f16]>> Shared<'_, S> {
             }
             // Several rows at once: their accumulators are independent serial chains.
             for chunk in rows.chunks_mut(4) {
-                kernel.accumulate(chunk, &values);
+                kernel.accumulate(chunk, values);
             }
         }
         let mut out = Vec::with_capacity(rows.len() * hd);
@@ -267,7 +268,7 @@ impl Kernel {
     /// Each row's accumulator ← the page's value rows by that row's steps, in order
     /// (`rows.len() ≤ 4`).
     #[inline]
-    fn accumulate(self, rows: &mut [Row], values: &[&[f32]]) {
+    fn accumulate(self, rows: &mut [Row], values: &[Vec<f32>]) {
         #[cfg(target_arch = "x86_64")]
         if self.level == SimdLevel::Avx512 {
             // SAFETY: `new` checked AVX-512 and `hd % 64 == 0`; `values[row.seg]` holds
@@ -279,11 +280,11 @@ impl Kernel {
             if self.level == SimdLevel::Avx2 {
                 // SAFETY: `new` checked the AVX2 level (AVX2 + FMA + F16C).
                 unsafe {
-                    x86::accumulate_fma(&mut row.acc, &mut row.sum, values[row.seg], &row.steps)
+                    x86::accumulate_fma(&mut row.acc, &mut row.sum, &values[row.seg], &row.steps)
                 };
                 continue;
             }
-            accumulate_scalar(&mut row.acc, &mut row.sum, values[row.seg], &row.steps)
+            accumulate_scalar(&mut row.acc, &mut row.sum, &values[row.seg], &row.steps)
         }
     }
 }
@@ -575,7 +576,7 @@ mod x86 {
     /// AVX-512F/DQ and F16C; every row's `acc.len()` is the same `hd`, a multiple of 64;
     /// `values.len() ≥ steps.len() · hd` for every row; `rows.len() ≤ 4`.
     #[target_feature(enable = "avx512f,avx512dq,f16c")]
-    pub(super) unsafe fn accumulate_avx512(rows: &mut [Row], values: &[&[f32]]) {
+    pub(super) unsafe fn accumulate_avx512(rows: &mut [Row], values: &[Vec<f32>]) {
         // SAFETY (all arms): this fn's contract, with the lengths each callee is built for.
         unsafe {
             match (rows.first().map_or(0, |r| r.acc.len()), rows.len()) {
@@ -590,7 +591,7 @@ mod x86 {
                 (128, _) => accumulate_regs::<8, 1>(rows, values),
                 _ => {
                     for row in rows.iter_mut() {
-                        let v = values[row.seg];
+                        let v = &values[row.seg];
                         accumulate_scalar(&mut row.acc, &mut row.sum, v, &row.steps);
                     }
                 }
@@ -614,7 +615,10 @@ mod x86 {
     /// # Safety
     /// AVX-512F; as [`accumulate_avx512`], `rows.len() ≥ R`.
     #[inline(always)]
-    unsafe fn accumulate_regs<const N: usize, const R: usize>(rows: &mut [Row], values: &[&[f32]]) {
+    unsafe fn accumulate_regs<const N: usize, const R: usize>(
+        rows: &mut [Row],
+        values: &[Vec<f32>],
+    ) {
         let hd = 16 * N;
         let n = rows[..R].iter().map(|r| r.steps.len()).max().unwrap_or(0);
         let vps: [*const f32; R] = core::array::from_fn(|r| values[rows[r].seg].as_ptr());
