@@ -205,13 +205,17 @@ impl<S: AsRef<[f16]>> Shared<'_, S> {
     }
 }
 
-/// One key's effect on a row's accumulator.
+/// One key's effect on a row's accumulator and sum: `ms` and `vs` of llama.cpp's loop.
+///
+/// On a new maximum `ms = e^(old - new)` and `vs = 1`, else `ms = 1` and `vs = e^(s - max)`.
+/// The accumulator is scaled by `ms` (rounded to f16) only when `ms != 1`: it always holds
+/// f16 values, so scaling by exactly 1 would change nothing. `repr(C)`: the AVX-512 kernel
+/// stores the two fields of sixteen steps as interleaved lanes.
 #[derive(Clone, Copy, Debug, Default)]
+#[repr(C)]
 pub(super) struct Step {
-    /// `Some(ms)`: a new maximum; the accumulator is first scaled by `ms` (rounded to f16).
-    rescale: Option<f32>,
-    /// The value's weight `vs`.
-    weight: f32,
+    ms: f32,
+    vs: f32,
 }
 
 /// The per-key arithmetic at one level (see [`dot_scalar`] and [`accumulate_scalar`] for
@@ -323,10 +327,9 @@ pub(super) fn reduce16(x: &[f32; 16]) -> f32 {
 }
 
 /// For each score: scale it, then llama.cpp's online-softmax update of `max`, recording
-/// what the accumulator and the sum must do. Two passes so that the exponentials (glibc's
-/// `expf`, inlined: [`expf`]) have no dependency on each other: the running maximum and each
-/// key's exponent; the exponentials. (The sum `S = fma(S, ms, vs)` runs in the accumulate
-/// step, where several rows' chains interleave.)
+/// what the accumulator and the sum must do (the exponentials are glibc's `expf`, inlined:
+/// [`expf`]). The sum `S = fma(S, ms, vs)` runs in the accumulate step, where several rows'
+/// chains interleave.
 #[inline(always)]
 pub(super) fn softmax_steps(scores: &[f32], scale: f32, max: &mut f32, steps: &mut [Step]) {
     for (step, &s) in steps.iter_mut().zip(scores) {
@@ -334,18 +337,12 @@ pub(super) fn softmax_steps(scores: &[f32], scale: f32, max: &mut f32, steps: &m
         // A new maximum: the accumulator is scaled by e^(old - new) (the first key:
         // e^-inf = 0 clears it) and the key's weight is 1; else the weight is e^(s - max).
         *step = if s > *max {
-            let arg = *max - s;
+            let ms = expf(*max - s);
             *max = s;
-            Step { rescale: Some(arg), weight: 1.0 }
+            Step { ms, vs: 1.0 }
         } else {
-            Step { rescale: None, weight: s - *max }
+            Step { ms: 1.0, vs: expf(s - *max) }
         };
-    }
-    for step in steps.iter_mut() {
-        match &mut step.rescale {
-            Some(arg) => *arg = expf(*arg),
-            None => step.weight = expf(step.weight),
-        }
     }
 }
 
@@ -355,12 +352,12 @@ pub(super) fn softmax_steps(scores: &[f32], scale: f32, max: &mut f32, steps: &m
 #[inline(always)]
 pub(super) fn accumulate_scalar(acc: &mut [f32], sum: &mut f32, values: &[f32], steps: &[Step]) {
     for (step, v) in steps.iter().zip(values.chunks_exact(acc.len())) {
-        *sum = sum.mul_add(step.rescale.unwrap_or(1.0), step.weight);
-        if let Some(ms) = step.rescale {
-            acc.iter_mut().for_each(|a| *a = round16(*a * ms));
+        *sum = sum.mul_add(step.ms, step.vs);
+        if step.ms != 1.0 {
+            acc.iter_mut().for_each(|a| *a = round16(*a * step.ms));
         }
         for (a, &x) in acc.iter_mut().zip(v) {
-            *a = round16(x.mul_add(step.weight, *a));
+            *a = round16(x.mul_add(step.vs, *a));
         }
     }
 }
@@ -444,8 +441,10 @@ mod x86 {
     ) {
         let n = steps.len();
         debug_assert!(scores.len() >= n);
-        // SAFETY: masked loads below `n ≤ scores.len()`, stores to local arrays;
-        // register-only AVX-512F/DQ otherwise, enabled by this fn's contract.
+        // SAFETY: masked loads below `n ≤ scores.len()`; masked stores of `2·m` floats at
+        // `steps[j0..j0 + m]` (in bounds: `j0 + m ≤ n = steps.len()`; `Step` is two
+        // `repr(C)` f32s); stores to local arrays; register-only AVX-512F/DQ otherwise,
+        // enabled by this fn's contract.
         unsafe {
             let ninf = _mm512_set1_ps(f32::NEG_INFINITY);
             // Lanes up by k: lane i takes lane i - k of `x`, lanes < k take `fill`'s.
@@ -476,17 +475,26 @@ mod x86 {
                 let prev = up!(1, incl, m0);
                 let new = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(s, prev) & k;
                 let arg = _mm512_mask_blend_ps(new, _mm512_sub_ps(s, prev), _mm512_sub_ps(prev, s));
-                let mut e = [0.0f32; 16];
-                _mm512_storeu_ps(e.as_mut_ptr(), expf16(arg));
+                let e = expf16(arg);
+                let one = _mm512_set1_ps(1.0);
+                let ms = _mm512_mask_blend_ps(new, one, e);
+                let vs = _mm512_mask_blend_ps(new, e, one);
+                // Interleave to (ms, vs) pairs in key order: unpack within 128-bit lanes,
+                // then put the lanes back in order.
+                let lo = _mm512_unpacklo_ps(ms, vs);
+                let hi = _mm512_unpackhi_ps(ms, vs);
+                let first =
+                    _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
+                let second =
+                    _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
+                let out = steps.as_mut_ptr().add(j0).cast::<f32>();
+                let pairs = 2 * m;
+                let k0 = ((1u32 << pairs.min(16)) - 1) as u16;
+                let k1 = ((1u32 << pairs.saturating_sub(16)) - 1) as u16;
+                _mm512_mask_storeu_ps(out, k0, _mm512_permutex2var_ps(lo, first, hi));
+                _mm512_mask_storeu_ps(out.add(16), k1, _mm512_permutex2var_ps(lo, second, hi));
                 let mut maxima = [0.0f32; 16];
                 _mm512_storeu_ps(maxima.as_mut_ptr(), incl);
-                for (j, (step, &e)) in steps[j0..j0 + m].iter_mut().zip(&e).enumerate() {
-                    *step = if new & (1 << j) != 0 {
-                        Step { rescale: Some(e), weight: 1.0 }
-                    } else {
-                        Step { rescale: None, weight: e }
-                    };
-                }
                 *max = maxima[m - 1];
                 j0 += m;
             }
@@ -645,14 +653,14 @@ mod x86 {
                         }
                     }
                     let Some(step) = rows[r].steps.get(j) else { continue };
-                    sums[r] = sums[r].mul_add(step.rescale.unwrap_or(1.0), step.weight);
-                    if let Some(ms) = step.rescale {
-                        let m = _mm512_set1_ps(ms);
+                    sums[r] = sums[r].mul_add(step.ms, step.vs);
+                    if step.ms != 1.0 {
+                        let m = _mm512_set1_ps(step.ms);
                         for x in a[r].iter_mut() {
                             *x = round(_mm512_mul_ps(*x, m));
                         }
                     }
-                    let w = _mm512_set1_ps(step.weight);
+                    let w = _mm512_set1_ps(step.vs);
                     for (x, v) in a[r].iter_mut().zip(&v) {
                         *x = round(_mm512_fmadd_ps(*v, w, *x));
                     }
