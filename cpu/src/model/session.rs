@@ -298,11 +298,8 @@ impl<'m> Session<'m> {
     pub fn truncate(&mut self, n: usize) {
         if n < self.tokens.len() {
             for (i, table) in self.tables.iter_mut().enumerate() {
-                let keep = if self.evictor.evicts() {
-                    self.evictor.cached_below(i, table, n)
-                } else {
-                    n
-                };
+                let keep =
+                    if self.evictor.evicts() { self.evictor.cached_below(i, table, n) } else { n };
                 self.cache.truncate(table, keep);
             }
             self.evictor.truncated(&self.tables);
