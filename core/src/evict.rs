@@ -264,11 +264,8 @@ impl KvPolicy {
         match *self {
             KvPolicy::Pyramid(b) => {
                 let bs = block_size.max(1);
-                let pyramid = PyramidBudgets::new(
-                    budget_pages(b, n_ctx, bs)?,
-                    n_layers,
-                    n_ctx.div_ceil(bs),
-                )?;
+                let pyramid =
+                    PyramidBudgets::new(budget_pages(b, n_ctx, bs)?, n_layers, n_ctx.div_ceil(bs))?;
                 pyramid.rule(layer).ok_or(PolicyError::OutOfRange { what: "the layer index" })
             }
             _ => self.resolve(n_ctx, block_size),

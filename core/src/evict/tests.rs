@@ -190,10 +190,7 @@ fn pyramid_budgets_follow_the_papers_arithmetic_sequence() {
         assert!(s >= a.floor() && s <= a.floor() + 1.0, "layer {l}: {s} vs {a}");
     }
     assert!(pages.windows(2).all(|w| w[0] >= w[1]), "{pages:?}");
-    assert_eq!(
-        p.rule(29),
-        Some(EvictionRule::HeavyHitters { budget_pages: 33, recent_pages: 32 })
-    );
+    assert_eq!(p.rule(29), Some(EvictionRule::HeavyHitters { budget_pages: 33, recent_pages: 32 }));
 }
 
 #[test]
