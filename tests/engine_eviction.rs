@@ -213,3 +213,31 @@ fn engine_refuses_per_layer_policies_and_short_batches() {
         .to_string();
     assert!(err.contains("less than two pages"), "{err}");
 }
+
+#[test]
+fn preempted_evicting_sequences_recompute_to_their_session_tokens() {
+    let model = Llama::load(common::model_path()).expect("load model");
+    // At most 1 + 2 + 2 = 5 pages per sequence; 7 pages cannot hold two at once, so the
+    // newer one is preempted, recomputed (prompt by pages, then token by token, evicting as
+    // it goes) and must still give its Session tokens.
+    let policy = KvPolicy::SinkWindow { sink: BS, window: 2 * BS };
+    let prompts = [engine_common::prompt(41, 37), engine_common::prompt(42, 50)];
+    let steps = [70, 60];
+    let mut engine = Engine::with_policy(&model, config(7), policy).expect("engine");
+    let mut seqs = Vec::new();
+    for (i, p) in prompts.iter().enumerate() {
+        engine.add_request(Request::greedy(i as u64, p.clone(), steps[i])).expect("request");
+        seqs.push((RequestId(i as u64), 0));
+    }
+    let (done, _) = run_watching_shared_pages(&mut engine, &seqs);
+    assert!(engine.stats().preemptions > 0, "{:?}", engine.stats());
+    assert!(engine.stats().recomputed_tokens > 0, "{:?}", engine.stats());
+    for out in &done {
+        let i = out.id.0 as usize;
+        let want = session_reference(&model, policy, &prompts[i], steps[i]);
+        assert_eq!(out.samples[0].tokens, want, "request {i} differs from its Session run");
+    }
+    engine.clear_prefix_cache().expect("clear");
+    let pool = engine.cache().pool();
+    assert_eq!(pool.free_count(), pool.capacity());
+}

@@ -462,6 +462,11 @@ impl<'m> Engine<'m> {
                 && s.pages().len() == s.table.len().div_ceil(bs)
                 && (s.evictor.is_some() || s.computed == s.table.len())
                 && (evicted > 0 || s.computed == s.table.len());
+            if let Some(ev) = &s.evictor {
+                ev.check(std::slice::from_ref(&s.table)).map_err(|e| {
+                    EngineError::Inconsistent(format!("{} sample {}: {e}", s.id, s.sample))
+                })?;
+            }
             if !ok {
                 return Err(EngineError::Inconsistent(format!(
                     "{} sample {}: {} tokens, {} computed, {} in the table, {} pages, {} evicted",
@@ -555,6 +560,9 @@ impl<'m> Engine<'m> {
                 seq.page_keys.push(key);
             }
             seq.computed = cached;
+            if let Some(ev) = &mut seq.evictor {
+                ev.appended(std::slice::from_ref(&seq.table), 0, cached);
+            }
             if prefix_caching {
                 self.stats.prefix_lookups += probe as u64;
                 self.stats.prefix_hits += hits.len() as u64;

@@ -142,7 +142,7 @@ impl Evictor {
         tables: &mut [SeqTable],
         cached: impl Fn(PageId) -> bool,
     ) -> Result<Vec<PageId>, ModelError> {
-        self.check_tables(tables)?;
+        self.check(tables)?;
         let mut dropped = Vec::new();
         for (st, table) in self.tables.iter_mut().zip(tables.iter_mut()) {
             loop {
@@ -184,6 +184,25 @@ impl Evictor {
                 tables.len(),
                 self.tables.len()
             )));
+        }
+        Ok(())
+    }
+
+    /// Checks the state describes `tables`: one entry per table, one position per page
+    /// (and one mass per page where the policy scores pages).
+    pub fn check(&self, tables: &[SeqTable]) -> Result<(), ModelError> {
+        self.check_tables(tables)?;
+        let mass = self.policy.needs_attention_mass();
+        for (i, (st, t)) in self.tables.iter().zip(tables).enumerate() {
+            let pages = t.pages().len();
+            if st.page_pos.len() != pages || (mass && st.mass.len() != pages) {
+                return Err(ModelError::Invalid(format!(
+                    "KV eviction state of table {i} is out of step: {pages} pages, {} positions, \
+                     {} masses",
+                    st.page_pos.len(),
+                    st.mass.len()
+                )));
+            }
         }
         Ok(())
     }
