@@ -160,9 +160,14 @@ fn min_of_runs() {
         );
     }
     drop(big);
+    // PAGODA_BENCH_TOKENS=1,4,16,64 picks the batch sizes (default 1 and 64).
+    let token_counts: Vec<usize> = std::env::var("PAGODA_BENCH_TOKENS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|t| t.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 64]);
     for threads in [1usize, 2] {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-        for tokens in [1usize, 64] {
+        for &tokens in &token_counts {
             for &level in &levels {
                 if level == SimdLevel::Scalar && tokens > 1 {
                     continue;

@@ -159,13 +159,7 @@ impl<S: AsRef<[f16]>> Shared<'_, S> {
                 let n_r = row.visible.saturating_sub(start).min(n);
                 row.steps.resize(n_r, Step::default());
                 kernel.scores(&keys[..n_r * hd], &row.q16, &mut scores[..n_r]);
-                kernel.softmax_steps(
-                    &scores[..n_r],
-                    cfg.scale,
-                    &mut row.max,
-                    &mut row.sum,
-                    &mut row.steps,
-                );
+                kernel.softmax_steps(&scores[..n_r], cfg.scale, &mut row.max, &mut row.steps);
             }
             // Several rows at once: their accumulators are independent serial chains.
             for chunk in rows.chunks_mut(4) {
@@ -226,20 +220,19 @@ impl Kernel {
 
     /// The online-softmax bookkeeping of one page's scores, in key order.
     #[inline]
-    fn softmax_steps(
-        self,
-        scores: &[f32],
-        scale: f32,
-        max: &mut f32,
-        sum: &mut f32,
-        steps: &mut [Step],
-    ) {
+    fn softmax_steps(self, scores: &[f32], scale: f32, max: &mut f32, steps: &mut [Step]) {
         #[cfg(target_arch = "x86_64")]
-        if matches!(self.level, SimdLevel::Avx2 | SimdLevel::Avx512) {
-            // SAFETY: both levels exist only after FMA was detected.
-            return unsafe { x86::softmax_steps_fma(scores, scale, max, sum, steps) };
+        if self.level == SimdLevel::Avx512 {
+            // SAFETY: `new` checked AVX-512 (which implies FMA here: the level requires
+            // it); `scores` and `steps` have the same length.
+            return unsafe { x86::softmax_steps_avx512(scores, scale, max, steps) };
         }
-        softmax_steps(scores, scale, max, sum, steps)
+        #[cfg(target_arch = "x86_64")]
+        if self.level == SimdLevel::Avx2 {
+            // SAFETY: both levels exist only after FMA was detected.
+            return unsafe { x86::softmax_steps_fma(scores, scale, max, steps) };
+        }
+        softmax_steps(scores, scale, max, steps)
     }
 
     /// Each row's accumulator ← the page's value rows by that row's steps, in order
@@ -256,10 +249,10 @@ impl Kernel {
             #[cfg(target_arch = "x86_64")]
             if self.level == SimdLevel::Avx2 {
                 // SAFETY: `new` checked the AVX2 level (AVX2 + FMA + F16C).
-                unsafe { x86::accumulate_fma(&mut row.acc, values, &row.steps) };
+                unsafe { x86::accumulate_fma(&mut row.acc, &mut row.sum, values, &row.steps) };
                 continue;
             }
-            accumulate_scalar(&mut row.acc, values, &row.steps)
+            accumulate_scalar(&mut row.acc, &mut row.sum, values, &row.steps)
         }
     }
 }
@@ -297,18 +290,13 @@ pub(super) fn reduce16(x: &[f32; 16]) -> f32 {
     (t4[0] + t4[2]) + (t4[1] + t4[3])
 }
 
-/// For each score: scale it, then llama.cpp's online-softmax update of `max` and `sum`,
-/// recording what the accumulator must do. Three passes so that the exponentials (glibc's
+/// For each score: scale it, then llama.cpp's online-softmax update of `max`, recording
+/// what the accumulator and the sum must do. Two passes so that the exponentials (glibc's
 /// `expf`, inlined: [`expf`]) have no dependency on each other: the running maximum and each
-/// key's exponent; the exponentials; the sum `S = fma(S, ms, vs)` in key order.
+/// key's exponent; the exponentials. (The sum `S = fma(S, ms, vs)` runs in the accumulate
+/// step, where several rows' chains interleave.)
 #[inline(always)]
-pub(super) fn softmax_steps(
-    scores: &[f32],
-    scale: f32,
-    max: &mut f32,
-    sum: &mut f32,
-    steps: &mut [Step],
-) {
+pub(super) fn softmax_steps(scores: &[f32], scale: f32, max: &mut f32, steps: &mut [Step]) {
     for (step, &s) in steps.iter_mut().zip(scores) {
         let s = s * scale;
         // A new maximum: the accumulator is scaled by e^(old - new) (the first key:
@@ -327,16 +315,15 @@ pub(super) fn softmax_steps(
             None => step.weight = expf(step.weight),
         }
     }
-    for step in steps.iter() {
-        *sum = sum.mul_add(step.rescale.unwrap_or(1.0), step.weight);
-    }
 }
 
 /// Per step, in order: `ggml_vec_scale_f16` (on a new maximum) then `ggml_vec_mad_f16`;
-/// every operation rounds the accumulator to f16.
+/// every operation rounds the accumulator to f16. The row's sum follows the same steps:
+/// `S = fma(S, ms, vs)` (GCC contracts llama.cpp's `S*ms + vs`).
 #[inline(always)]
-pub(super) fn accumulate_scalar(acc: &mut [f32], values: &[f32], steps: &[Step]) {
+pub(super) fn accumulate_scalar(acc: &mut [f32], sum: &mut f32, values: &[f32], steps: &[Step]) {
     for (step, v) in steps.iter().zip(values.chunks_exact(acc.len())) {
+        *sum = sum.mul_add(step.rescale.unwrap_or(1.0), step.weight);
         if let Some(ms) = step.rescale {
             acc.iter_mut().for_each(|a| *a = round16(*a * ms));
         }
@@ -355,6 +342,7 @@ fn round16(x: f32) -> f32 {
 mod x86 {
     use core::arch::x86_64::*;
 
+    use super::super::expf::x86::expf16;
     use super::{accumulate_scalar, softmax_steps, Row, Step};
 
     /// [`super::softmax_steps`] with FMA instructions.
@@ -366,13 +354,89 @@ mod x86 {
         scores: &[f32],
         scale: f32,
         max: &mut f32,
-        sum: &mut f32,
         steps: &mut [Step],
     ) {
-        softmax_steps(scores, scale, max, sum, steps)
+        softmax_steps(scores, scale, max, steps)
+    }
+
+    /// [`super::softmax_steps`] sixteen keys at a time: the running maximum as a prefix
+    /// max across lanes, the sixteen exponentials at once ([`expf16`]), then the steps.
+    /// Same values, bit for bit (maxima are exact; NaN scores never become the maximum
+    /// and give NaN weights, as in the scalar loop).
+    ///
+    /// # Safety
+    /// AVX-512F/DQ and FMA; `scores.len() ≥ steps.len()`.
+    #[target_feature(enable = "avx512f,avx512dq,fma")]
+    pub(super) unsafe fn softmax_steps_avx512(
+        scores: &[f32],
+        scale: f32,
+        max: &mut f32,
+        steps: &mut [Step],
+    ) {
+        let n = steps.len();
+        debug_assert!(scores.len() >= n);
+        // SAFETY: masked loads below `n ≤ scores.len()`, stores to local arrays;
+        // register-only AVX-512F/DQ otherwise, enabled by this fn's contract.
+        unsafe {
+            let ninf = _mm512_set1_ps(f32::NEG_INFINITY);
+            // Lanes up by k: lane i takes lane i - k of `x`, lanes < k take `fill`'s.
+            macro_rules! up {
+                ($k:literal, $x:expr, $fill:expr) => {
+                    _mm512_castsi512_ps(_mm512_alignr_epi32::<{ 16 - $k }>(
+                        _mm512_castps_si512($x),
+                        _mm512_castps_si512($fill),
+                    ))
+                };
+            }
+            let mut j0 = 0;
+            while j0 < n {
+                let m = (n - j0).min(16);
+                let k = ((1u32 << m) - 1) as u16;
+                let s = _mm512_mul_ps(
+                    _mm512_maskz_loadu_ps(k, scores.as_ptr().add(j0)),
+                    _mm512_set1_ps(scale),
+                );
+                let ord = _mm512_cmp_ps_mask::<_CMP_ORD_Q>(s, s) & k;
+                let mut x = _mm512_mask_blend_ps(ord, ninf, s);
+                x = _mm512_max_ps(x, up!(1, x, ninf));
+                x = _mm512_max_ps(x, up!(2, x, ninf));
+                x = _mm512_max_ps(x, up!(4, x, ninf));
+                x = _mm512_max_ps(x, up!(8, x, ninf));
+                let m0 = _mm512_set1_ps(*max);
+                let incl = _mm512_max_ps(x, m0);
+                let prev = up!(1, incl, m0);
+                let new = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(s, prev) & k;
+                let arg = _mm512_mask_blend_ps(new, _mm512_sub_ps(s, prev), _mm512_sub_ps(prev, s));
+                let mut e = [0.0f32; 16];
+                _mm512_storeu_ps(e.as_mut_ptr(), expf16(arg));
+                let mut maxima = [0.0f32; 16];
+                _mm512_storeu_ps(maxima.as_mut_ptr(), incl);
+                for (j, (step, &e)) in steps[j0..j0 + m].iter_mut().zip(&e).enumerate() {
+                    *step = if new & (1 << j) != 0 {
+                        Step { rescale: Some(e), weight: 1.0 }
+                    } else {
+                        Step { rescale: None, weight: e }
+                    };
+                }
+                *max = maxima[m - 1];
+                j0 += m;
+            }
+        }
     }
 
     /// `scores[j] =` [`super::dot_scalar`]`(keys[j], q)`, `q.len()` a multiple of 64.
+    ///
+    /// Sixteen keys at a time: each key's 16-lane vector `(s0 + s2) + (s1 + s3)`, then the
+    /// sixteen [`super::reduce16`] trees side by side — every add of the transposed tree
+    /// below pairs the same two partial sums as the per-key tree, so the results are the
+    /// same bits, for about a quarter of the shuffles:
+    ///
+    /// ```text
+    /// keys (a, b):     [a0..7 + a8..15 | b0..7 + b8..15]           halves      (8 adds)
+    /// pairs (ab, cd):  [t8 a0..3 + t8 a4..7 | … b | … c | … d]     quarters    (4 adds)
+    /// quads:           lanes 0+2 and 1+3 of every key's t4         (2 adds)
+    /// last:            (t4 0+2) + (t4 1+3)                         (1 add, lanes 4·(j%4) + j/4)
+    /// ```
     ///
     /// # Safety
     /// AVX-512F; `q.len()` a multiple of 64 (and ≤ 256); `keys.len() ≥ scores.len() · q.len()`.
@@ -380,31 +444,82 @@ mod x86 {
     pub(super) unsafe fn scores_avx512(keys: &[f32], q: &[f32], scores: &mut [f32]) {
         let hd = q.len();
         debug_assert!(hd % 64 == 0 && keys.len() >= scores.len() * hd);
-        // SAFETY: loads at offsets < hd (q) and < scores.len()·hd (keys); AVX-512F per
-        // the contract.
+        // SAFETY: loads at offsets < hd (q) and < scores.len()·hd (keys), stores below
+        // scores.len(); AVX-512F per the contract.
         unsafe {
             let (kp, qp) = (keys.as_ptr(), q.as_ptr());
-            for (j, out) in scores.iter_mut().enumerate() {
+            let q4: [__m512; 4] = core::array::from_fn(|c| _mm512_loadu_ps(qp.add(16 * c)));
+            // The key's 16-lane vector before the horizontal sum; products of f16 values
+            // are exact, so the first step's `s_c = k·q` and `fma(k0, q0, k2·q2)` (one
+            // rounding of an exact sum) equal ggml's separate products and adds.
+            let lanes = |j: usize| -> __m512 {
                 let k = kp.add(j * hd);
+                let kq = |o: usize| (_mm512_loadu_ps(k.add(o)), _mm512_loadu_ps(qp.add(o)));
+                if hd == 64 {
+                    let k4: [__m512; 4] = core::array::from_fn(|c| _mm512_loadu_ps(k.add(16 * c)));
+                    let [k0, k1, k2, k3] = k4;
+                    let [q0, q1, q2, q3] = q4;
+                    let a = _mm512_fmadd_ps(k0, q0, _mm512_mul_ps(k2, q2));
+                    let b = _mm512_fmadd_ps(k1, q1, _mm512_mul_ps(k3, q3));
+                    return _mm512_add_ps(a, b);
+                }
                 let mut s = [_mm512_setzero_ps(); 4];
-                let mut i = 0;
+                for (c, s) in s.iter_mut().enumerate() {
+                    let (kv, qv) = kq(16 * c);
+                    *s = _mm512_mul_ps(kv, qv);
+                }
+                let mut i = 64;
                 while i < hd {
-                    for (l, s) in s.iter_mut().enumerate() {
-                        let o = i + 16 * l;
-                        *s = _mm512_fmadd_ps(
-                            _mm512_loadu_ps(k.add(o)),
-                            _mm512_loadu_ps(qp.add(o)),
-                            *s,
-                        );
+                    for (c, s) in s.iter_mut().enumerate() {
+                        let (kv, qv) = kq(i + 16 * c);
+                        *s = _mm512_fmadd_ps(kv, qv, *s);
                     }
                     i += 64;
                 }
-                let x = _mm512_add_ps(_mm512_add_ps(s[0], s[2]), _mm512_add_ps(s[1], s[3]));
-                // GCC's _mm512_reduce_add_ps.
-                let t8 = _mm256_add_ps(_mm512_castps512_ps256(x), _mm512_extractf32x8_ps::<1>(x));
-                let t4 = _mm_add_ps(_mm256_castps256_ps128(t8), _mm256_extractf128_ps::<1>(t8));
-                let t2 = _mm_add_ps(t4, _mm_movehl_ps(t4, t4));
-                *out = _mm_cvtss_f32(_mm_add_ss(t2, _mm_movehdup_ps(t2)));
+                _mm512_add_ps(_mm512_add_ps(s[0], s[2]), _mm512_add_ps(s[1], s[3]))
+            };
+            let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+            let mut j0 = 0;
+            while j0 < scores.len() {
+                let m = (scores.len() - j0).min(16);
+                let x: [__m512; 16] =
+                    core::array::from_fn(
+                        |j| {
+                            if j < m {
+                                lanes(j0 + j)
+                            } else {
+                                _mm512_setzero_ps()
+                            }
+                        },
+                    );
+                let y: [__m512; 8] = core::array::from_fn(|p| {
+                    let (a, b) = (x[2 * p], x[2 * p + 1]);
+                    _mm512_add_ps(
+                        _mm512_shuffle_f32x4::<0b01_00_01_00>(a, b),
+                        _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b),
+                    )
+                });
+                let z: [__m512; 4] = core::array::from_fn(|p| {
+                    let (a, b) = (y[2 * p], y[2 * p + 1]);
+                    _mm512_add_ps(
+                        _mm512_shuffle_f32x4::<0b10_00_10_00>(a, b),
+                        _mm512_shuffle_f32x4::<0b11_01_11_01>(a, b),
+                    )
+                });
+                let w: [__m512; 2] = core::array::from_fn(|p| {
+                    let (a, b) = (z[2 * p], z[2 * p + 1]);
+                    _mm512_add_ps(
+                        _mm512_shuffle_ps::<0b01_00_01_00>(a, b),
+                        _mm512_shuffle_ps::<0b11_10_11_10>(a, b),
+                    )
+                });
+                let f = _mm512_add_ps(
+                    _mm512_shuffle_ps::<0b10_00_10_00>(w[0], w[1]),
+                    _mm512_shuffle_ps::<0b11_01_11_01>(w[0], w[1]),
+                );
+                let f = _mm512_permutexvar_ps(order, f);
+                _mm512_mask_storeu_ps(scores.as_mut_ptr().add(j0), ((1u32 << m) - 1) as u16, f);
+                j0 += m;
             }
         }
     }
@@ -431,7 +546,7 @@ mod x86 {
                 (128, _) => accumulate_regs::<8, 1>(rows, values),
                 _ => {
                     for row in rows.iter_mut() {
-                        accumulate_scalar(&mut row.acc, values, &row.steps);
+                        accumulate_scalar(&mut row.acc, &mut row.sum, values, &row.steps);
                     }
                 }
             }
@@ -463,11 +578,13 @@ mod x86 {
             let mut a: [[__m512; N]; R] = core::array::from_fn(|r| {
                 core::array::from_fn(|c| _mm512_loadu_ps(rows[r].acc.as_ptr().add(16 * c)))
             });
+            let mut sums: [f32; R] = core::array::from_fn(|r| rows[r].sum);
             for j in 0..n {
                 let vp = values.as_ptr().add(j * hd);
                 let v: [__m512; N] = core::array::from_fn(|c| _mm512_loadu_ps(vp.add(16 * c)));
                 for r in 0..R {
                     let Some(step) = rows[r].steps.get(j) else { continue };
+                    sums[r] = sums[r].mul_add(step.rescale.unwrap_or(1.0), step.weight);
                     if let Some(ms) = step.rescale {
                         let m = _mm512_set1_ps(ms);
                         for x in a[r].iter_mut() {
@@ -481,6 +598,7 @@ mod x86 {
                 }
             }
             for (r, a) in a.iter().enumerate() {
+                rows[r].sum = sums[r];
                 for (c, x) in a.iter().enumerate() {
                     _mm512_storeu_ps(rows[r].acc.as_mut_ptr().add(16 * c), *x);
                 }
@@ -494,7 +612,12 @@ mod x86 {
     /// # Safety
     /// AVX2, FMA and F16C.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn accumulate_fma(acc: &mut [f32], values: &[f32], steps: &[Step]) {
-        accumulate_scalar(acc, values, steps)
+    pub(super) unsafe fn accumulate_fma(
+        acc: &mut [f32],
+        sum: &mut f32,
+        values: &[f32],
+        steps: &[Step],
+    ) {
+        accumulate_scalar(acc, sum, values, steps)
     }
 }

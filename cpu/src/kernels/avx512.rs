@@ -151,32 +151,44 @@ pub(crate) unsafe fn matmul_chunk<const F: u8>(
         let mut t = 0;
         while t < outs.len() {
             let tn = (outs.len() - t).min(4);
-            for r in 0..rn {
-                // SAFETY: row `r0 + r` lies within `w` and tokens t..t+tn exist in `acts`
-                // (this fn's contract); the callee's other requirements are this fn's.
+            let mut r = 0;
+            while r < rn {
+                let four = r + 4 <= rn;
+                // SAFETY: rows r0+r.. (4 of them when `four`) lie within `w` and tokens
+                // t..t+tn exist in `acts` (this fn's contract); the callee's other
+                // requirements are this fn's.
                 unsafe {
-                    let rp = [row(r0 + r)];
+                    macro_rules! tile {
+                        ($tn:literal) => {
+                            if four {
+                                let rp = [
+                                    row(r0 + r),
+                                    row(r0 + r + 1),
+                                    row(r0 + r + 2),
+                                    row(r0 + r + 3),
+                                ];
+                                let v = tile_dot::<F, 4, $tn>(rp, acts, t);
+                                for j in 0..4 {
+                                    for i in 0..$tn {
+                                        tile[i][r + j] = v[j][i];
+                                    }
+                                }
+                            } else {
+                                let v = tile_dot::<F, 1, $tn>([row(r0 + r)], acts, t);
+                                for i in 0..$tn {
+                                    tile[i][r] = v[0][i];
+                                }
+                            }
+                        };
+                    }
                     match tn {
-                        4 => {
-                            let v = tile_dot::<F, 1, 4>(rp, acts, t);
-                            for i in 0..4 {
-                                tile[i][r] = v[0][i];
-                            }
-                        }
-                        3 => {
-                            let v = tile_dot::<F, 1, 3>(rp, acts, t);
-                            for i in 0..3 {
-                                tile[i][r] = v[0][i];
-                            }
-                        }
-                        2 => {
-                            let v = tile_dot::<F, 1, 2>(rp, acts, t);
-                            tile[0][r] = v[0][0];
-                            tile[1][r] = v[0][1];
-                        }
-                        _ => tile[0][r] = tile_dot::<F, 1, 1>(rp, acts, t)[0][0],
+                        4 => tile!(4),
+                        3 => tile!(3),
+                        2 => tile!(2),
+                        _ => tile!(1),
                     }
                 }
+                r += if four { 4 } else { 1 };
             }
             for i in 0..tn {
                 outs[t + i][r0..r0 + rn].copy_from_slice(&tile[i][..rn]);
@@ -264,10 +276,18 @@ unsafe fn tile_dot<const F: u8, const R: usize, const T: usize>(
         let zero = _mm512_setzero_si512();
 
         let mut acc = [[_mm256_setzero_ps(); T]; R];
-        // Q4_1's Σ m·s: one lane per (row, token) (R·T ≤ 4), lane r·T + t.
-        debug_assert!(R * T <= 4);
-        let mut summs = _mm_setzero_ps();
-        let mut mm = [[0.0f32; 16]; R];
+        // Q4_1's Σ m·s: one lane per (row, token) cell, lane t·R + r (R·T ≤ 16). Each
+        // product of two f16 values is exact in f32, so fma(m, s, acc) rounds exactly as
+        // the scalar chain's `acc + m·s` does. The chain is serial in block order, so it
+        // runs inside the block loop, where the pair work hides its latency.
+        debug_assert!(R * T <= 16 && (R == 1 || R == 4));
+        debug_assert!(T == 1 || t0 % 4 == 0);
+        let mut summs = _mm512_setzero_ps();
+        // Token quad → lanes t·4 + r (R == 4, T > 1): each token's s repeated per row.
+        let spread = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+        // Per-block m of the tile's rows: R == 4: `mt[i % 4][4·(i / 4)..]` holds block i's
+        // m of rows 0..4 (a 4×16 transpose); R == 1: `mt[0][i]`.
+        let mut mt = [[0.0f32; 16]; 4];
         // dx·dy of the group's 16 blocks per (row, token), for scalar broadcasts.
         let mut dd = [[[0.0f32; 16]; T]; R];
         let mut g = 0;
@@ -278,6 +298,7 @@ unsafe fn tile_dot<const F: u8, const R: usize, const T: usize>(
             for t in 0..T {
                 dy[t] = _mm512_maskz_loadu_ps(m16, acts.d.as_ptr().add((t0 + t) * nb + g));
             }
+            let mut mv = [_mm512_setzero_ps(); R];
             for r in 0..R {
                 let base = rows[r].add(g * stride);
                 // Headers of the group's blocks, picked out of the group's bytes (loaded
@@ -296,70 +317,71 @@ unsafe fn tile_dot<const F: u8, const R: usize, const T: usize>(
                     _mm512_storeu_ps(dd[r][t].as_mut_ptr(), _mm512_mul_ps(dx, dy[t]));
                 }
                 if F == Q4_1 {
-                    _mm512_storeu_ps(
-                        mm[r].as_mut_ptr(),
-                        _mm512_cvtph_ps(_mm512_extracti64x4_epi64::<1>(hdr)),
-                    );
+                    mv[r] = _mm512_cvtph_ps(_mm512_extracti64x4_epi64::<1>(hdr));
                 }
             }
             if F == Q4_1 {
-                // Σ m·s in block order, all (row, token) lanes at once (each product is
-                // exact in f32, each add rounds as the scalar chain's does).
-                if R > 1 {
-                    // T == 1: lanes are rows. Transpose the rows' m (4 × 16) so that
-                    // quarter q of tr[i % 4] holds block 4q + i % 4 of rows 0..4.
-                    let m4: [__m512; 4] =
-                        core::array::from_fn(|r| _mm512_loadu_ps(mm[r.min(R - 1)].as_ptr()));
+                if R == 4 {
+                    // Quarter q of mt[i % 4] = block 4q + i % 4 of rows 0..4.
+                    let m4: [__m512; 4] = core::array::from_fn(|r| mv[r.min(R - 1)]);
                     let a = _mm512_unpacklo_ps(m4[0], m4[1]);
                     let b = _mm512_unpackhi_ps(m4[0], m4[1]);
                     let c = _mm512_unpacklo_ps(m4[2], m4[3]);
                     let d = _mm512_unpackhi_ps(m4[2], m4[3]);
-                    let tr = [
-                        _mm512_castpd_ps(_mm512_unpacklo_pd(
-                            _mm512_castps_pd(a),
-                            _mm512_castps_pd(c),
-                        )),
-                        _mm512_castpd_ps(_mm512_unpackhi_pd(
-                            _mm512_castps_pd(a),
-                            _mm512_castps_pd(c),
-                        )),
-                        _mm512_castpd_ps(_mm512_unpacklo_pd(
-                            _mm512_castps_pd(b),
-                            _mm512_castps_pd(d),
-                        )),
-                        _mm512_castpd_ps(_mm512_unpackhi_pd(
-                            _mm512_castps_pd(b),
-                            _mm512_castps_pd(d),
-                        )),
-                    ];
-                    let ks = acts.k.as_ptr().add(t0 * nb + g);
-                    for i in 0..n {
-                        let v = tr[i % 4];
-                        let mv = match i / 4 {
-                            0 => _mm512_castps512_ps128(v),
-                            1 => _mm512_extractf32x4_ps::<1>(v),
-                            2 => _mm512_extractf32x4_ps::<2>(v),
-                            _ => _mm512_extractf32x4_ps::<3>(v),
-                        };
-                        summs = _mm_add_ps(summs, _mm_mul_ps(mv, _mm_set1_ps(*ks.add(i))));
-                    }
-                } else if T > 1 {
-                    // R == 1: lanes are tokens t0..t0+4 (t0 is a multiple of 4).
-                    let kq = acts.kq.as_ptr().add(((t0 / 4) * nb + g) * 4);
-                    for i in 0..n {
-                        let kv = _mm_loadu_ps(kq.add(4 * i));
-                        summs = _mm_add_ps(summs, _mm_mul_ps(_mm_set1_ps(mm[0][i]), kv));
-                    }
+                    let (a, b, c, d) = (
+                        _mm512_castps_pd(a),
+                        _mm512_castps_pd(b),
+                        _mm512_castps_pd(c),
+                        _mm512_castps_pd(d),
+                    );
+                    _mm512_storeu_ps(
+                        mt[0].as_mut_ptr(),
+                        _mm512_castpd_ps(_mm512_unpacklo_pd(a, c)),
+                    );
+                    _mm512_storeu_ps(
+                        mt[1].as_mut_ptr(),
+                        _mm512_castpd_ps(_mm512_unpackhi_pd(a, c)),
+                    );
+                    _mm512_storeu_ps(
+                        mt[2].as_mut_ptr(),
+                        _mm512_castpd_ps(_mm512_unpacklo_pd(b, d)),
+                    );
+                    _mm512_storeu_ps(
+                        mt[3].as_mut_ptr(),
+                        _mm512_castpd_ps(_mm512_unpackhi_pd(b, d)),
+                    );
                 } else {
-                    let ks = acts.k.as_ptr().add(t0 * nb + g);
-                    for i in 0..n {
-                        summs = _mm_add_ps(summs, _mm_set_ss(mm[0][i] * *ks.add(i)));
-                    }
+                    _mm512_storeu_ps(mt[0].as_mut_ptr(), mv[0]);
                 }
             }
+            // summs += m·s of block g + i, all cells at once.
+            let add_ms = |summs: __m512, i: usize| -> __m512 {
+                let m = if R == 4 {
+                    _mm512_broadcast_f32x4(_mm_loadu_ps(mt[i % 4].as_ptr().add(4 * (i / 4))))
+                } else {
+                    _mm512_set1_ps(mt[0][i])
+                };
+                let s = if T == 1 {
+                    _mm512_set1_ps(*acts.k.as_ptr().add(t0 * nb + g + i))
+                } else {
+                    let q = _mm_loadu_ps(acts.kq.as_ptr().add(((t0 / 4) * nb + g + i) * 4));
+                    if R == 4 {
+                        _mm512_permutexvar_ps(spread, _mm512_broadcast_f32x4(q))
+                    } else {
+                        _mm512_castps128_ps512(q)
+                    }
+                };
+                _mm512_fmadd_ps(m, s, summs)
+            };
             let mut b = 0;
             while b < n {
                 let two = b + 1 < n;
+                if F == Q4_1 {
+                    summs = add_ms(summs, b);
+                    if two {
+                        summs = add_ms(summs, b + 1);
+                    }
+                }
                 // `u`: each row's pair of weight blocks as unsigned bytes: Q8_0 as
                 // x + 128, Q4 as nibbles.
                 let mut u = [zero; R];
@@ -433,12 +455,12 @@ unsafe fn tile_dot<const F: u8, const R: usize, const T: usize>(
             }
             g += 16;
         }
-        let mut sm = [0.0f32; 4];
-        _mm_storeu_ps(sm.as_mut_ptr(), summs);
+        let mut sm = [0.0f32; 16];
+        _mm512_storeu_ps(sm.as_mut_ptr(), summs);
         let mut out = [[0.0f32; T]; R];
         for r in 0..R {
             for t in 0..T {
-                out[r][t] = hsum8(acc[r][t]) + sm[r * T + t];
+                out[r][t] = hsum8(acc[r][t]) + sm[t * R + r];
             }
         }
         out
