@@ -136,3 +136,60 @@ fn truncating_an_evicted_sequence_keeps_its_recent_tokens() {
     let diff = last.iter().zip(&again).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
     assert!(diff < 0.05, "logits moved by {diff} after truncate + re-eval");
 }
+
+#[test]
+fn pyramid_bounds_each_layers_pages_and_scores_sanely_at_half_budget() {
+    use pagoda::core::evict::PyramidBudgets;
+    let model = Llama::load(common::model_path()).unwrap();
+    let tok = Tokenizer::from_gguf(&model.gguf()).unwrap();
+    let text = std::fs::read_to_string(common::root().join("tests/data/text/GPL-3")).unwrap();
+    let tokens = tok.encode(&text, true, false);
+    let n_layers = model.config().n_layers;
+    let o = opts(512);
+    let policy = KvPolicy::Pyramid(Budget::Percent(50));
+    // 50% of 512 = 16 pages per layer on average: 8 recent, the selected 8 spread from 15
+    // (layer 0) down to 1 (the last layer).
+    let budgets = PyramidBudgets::new(16, n_layers, 32).unwrap();
+
+    // Memory, layer by layer, while running far past the context.
+    let mut s = Session::with_policy(&model, o.clone(), policy).unwrap();
+    assert_eq!(s.tables().len(), n_layers);
+    assert_eq!(s.cache().pool().capacity(), n_layers * 16);
+    assert!(s.cache().per_layer());
+    for step in tokens[..700].chunks(50) {
+        s.eval(step).unwrap();
+        for (l, t) in s.tables().iter().enumerate() {
+            let bound = budgets.layer_pages(l).unwrap();
+            assert!(t.pages().len() <= bound, "layer {l}: {} pages > {bound}", t.pages().len());
+        }
+        assert!(s.kv_pages_in_use() <= n_layers * 16);
+        s.cache().pool().check_invariants().unwrap();
+    }
+    // Every layer is full to its own budget (the last step's page may be partly filled):
+    // lower layers really keep more.
+    let pages: Vec<usize> = s.tables().iter().map(|t| t.pages().len()).collect();
+    for (l, &n) in pages.iter().enumerate() {
+        let bound = budgets.layer_pages(l).unwrap();
+        assert!(n + 1 >= bound, "layer {l} holds {n} of {bound} pages");
+    }
+    assert!(pages[0] > pages[n_layers - 1] + 8, "{pages:?}");
+    // Each layer's table holds distinct pages; together exactly the pool's used pages.
+    s.cache().pool().check_holders(s.tables().iter().map(|t| t.pages())).unwrap();
+    s.clear();
+    assert_eq!(s.cache().pool().free_count(), n_layers * 16);
+
+    // Perplexity at 50%: finite, bounded memory, between full attention and a plain window.
+    let chunk = &tokens[..512];
+    let ppl = |p: KvPolicy| perplexity_with_policy(&model, chunk, &o, p, |_, _| {}).unwrap();
+    let full = ppl(KvPolicy::Full);
+    let pyramid = ppl(policy);
+    let window = ppl(KvPolicy::SinkWindow { sink: 0, window: 256 });
+    eprintln!(
+        "ppl full {:.3} | pyramid:50% {:.3} | window:256 {:.3}; peak KV {} vs {}",
+        full.ppl, pyramid.ppl, window.ppl, pyramid.peak_kv_bytes, full.peak_kv_bytes
+    );
+    assert!(pyramid.ppl.is_finite() && pyramid.ppl > 1.0, "{pyramid:?}");
+    assert!(pyramid.peak_kv_bytes <= full.peak_kv_bytes / 2, "{pyramid:?}");
+    assert!(pyramid.ppl < full.ppl * 1.15, "pyramid {:.3} vs full {:.3}", pyramid.ppl, full.ppl);
+    assert!(pyramid.ppl < window.ppl, "pyramid {:.3} vs window {:.3}", pyramid.ppl, window.ppl);
+}

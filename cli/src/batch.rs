@@ -27,7 +27,9 @@ use pagoda_cpu::sampler::SamplerConfig;
 use pagoda_cpu::tokenizer::Tokenizer;
 use serde_json::{json, Map, Value};
 
-use crate::common::{load, parse_kv_type, read_text_file, CliResult, ModelArgs, SamplingArgs};
+use crate::common::{
+    load, parse_kv_policy, parse_kv_type, read_text_file, CliResult, ModelArgs, SamplingArgs,
+};
 
 #[derive(Args, Debug)]
 pub struct BatchArgs {
@@ -61,6 +63,11 @@ pub struct BatchArgs {
     /// Turn off prefix caching.
     #[arg(long = "no-prefix-cache")]
     no_prefix_cache: bool,
+    /// KV eviction policy of every sequence: full (default), sink:S,window:W, window:W or
+    /// h2o:BUDGET (tokens, or N% of the model's context length); each sequence evicts its
+    /// own pages, never one another sequence shares. See docs/kv-eviction.md.
+    #[arg(long = "kv-policy", default_value = "full", value_parser = parse_kv_policy)]
+    kv_policy: pagoda_core::evict::KvPolicy,
     /// Keep generating past end-of-turn tokens.
     #[arg(long = "ignore-eos")]
     ignore_eos: bool,
@@ -189,7 +196,7 @@ pub fn main(a: BatchArgs) -> CliResult {
         max_batch_tokens: a.max_batch_tokens as usize,
         prefix_caching: !a.no_prefix_cache,
     };
-    let mut engine = Engine::new(&loaded.model, config)?;
+    let mut engine = Engine::with_policy(&loaded.model, config, a.kv_policy)?;
     let stop_tokens = if a.ignore_eos { Vec::new() } else { tok.eog_ids().to_vec() };
     for (i, l) in lines.iter().enumerate() {
         let req = Request {

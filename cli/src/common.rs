@@ -54,8 +54,9 @@ pub fn parse_kv_type(s: &str) -> Result<KvType, String> {
 /// `--kv-policy`, for the commands that run one sequence.
 #[derive(Args, Clone, Debug)]
 pub struct PolicyArgs {
-    /// KV eviction policy: full (default), sink:S,window:W (StreamingLLM), window:W, or
-    /// h2o:BUDGET (BUDGET in tokens, or N% of -c). See docs/kv-eviction.md.
+    /// KV eviction policy: full (default), sink:S,window:W (StreamingLLM), window:W,
+    /// h2o:BUDGET or pyramid:BUDGET (PyramidKV; BUDGET in tokens, or N% of -c). See
+    /// docs/kv-eviction.md.
     #[arg(long = "kv-policy", default_value = "full", value_parser = parse_kv_policy)]
     pub kv_policy: KvPolicy,
 }
@@ -66,10 +67,11 @@ pub fn parse_kv_policy(s: &str) -> Result<KvPolicy, String> {
 }
 
 impl PolicyArgs {
-    /// The policy, checked against the context and page size (an H2O budget must be at least
-    /// two pages); a mismatch is a usage error (exit 2), like a bad flag.
-    pub fn checked(&self, opts: &SessionOptions) -> KvPolicy {
-        if let Err(e) = self.kv_policy.resolve(opts.n_ctx, opts.block_size) {
+    /// The policy, checked against the context, page size and the model's `n_layers` (an H2O
+    /// or pyramid budget must be at least two pages); a mismatch is a usage error (exit 2),
+    /// like a bad flag.
+    pub fn checked(&self, opts: &SessionOptions, n_layers: usize) -> KvPolicy {
+        if let Err(e) = self.kv_policy.resolve_layer(opts.n_ctx, opts.block_size, 0, n_layers) {
             clap::Error::raw(
                 clap::error::ErrorKind::ValueValidation,
                 format!(

@@ -49,7 +49,7 @@ pub fn main(a: PerplexityArgs) -> CliResult {
     }
     let json = a.json;
     let mut out = std::io::stdout().lock();
-    let policy = a.policy.checked(&opts);
+    let policy = a.policy.checked(&opts, loaded.model.config().n_layers);
     let r = pagoda_cpu::perplexity::perplexity_with_policy(
         &loaded.model,
         &tokens,

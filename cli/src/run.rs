@@ -69,7 +69,7 @@ pub fn main(a: RunArgs) -> CliResult {
         return run_samples(&a, &loaded, prompt_ids, sampler.config().clone());
     }
     let opts = a.ctx.session(2048);
-    let policy = a.policy.checked(&opts);
+    let policy = a.policy.checked(&opts, loaded.model.config().n_layers);
     let mut session = Session::with_policy(&loaded.model, opts, policy)?;
     let opts = GenerateOptions {
         n_predict: (a.n_predict >= 0).then_some(a.n_predict as usize),

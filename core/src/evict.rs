@@ -22,6 +22,9 @@
 //! - [`EvictionRule::HeavyHitters`] (H2O): keep at most `budget_pages` pages; while over, drop
 //!   the page with the least accumulated attention mass that is not among the last
 //!   `recent_pages` (ties: the oldest).
+//! - PyramidKV ([`KvPolicy::Pyramid`]): one heavy-hitters rule per layer, each layer with its
+//!   own block table and its own budget, shrinking linearly with depth ([`PyramidBudgets`]).
+//!   Per-layer rules come from [`KvPolicy::resolve_layer`].
 //!
 //! A page shared with another table (refcount > 1) is never a victim: dropping this table's
 //! hold would not free memory, and the other sequence still needs it. The sequence then simply
@@ -31,6 +34,10 @@ use core::fmt;
 
 use crate::pool::{BlockPool, PageEntry, PageId, PoolError};
 use crate::table::{BlockTable, PageList, TableError};
+
+mod pyramid;
+
+pub use pyramid::{PyramidBudgets, PYRAMID_BETA};
 
 /// A token budget: a count, or a percentage of the context size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,6 +76,7 @@ impl fmt::Display for Budget {
 /// | `sink:S,window:W`  | StreamingLLM: first `S` tokens + last `W` tokens            |
 /// | `window:W`         | last `W` tokens only                                        |
 /// | `h2o:B`            | H2O heavy hitters, budget `B` tokens (or `B%` of the context) |
+/// | `pyramid:B`        | PyramidKV: H2O per layer, budgets shrinking with depth, average `B` |
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum KvPolicy {
     /// Never evict.
@@ -84,6 +92,10 @@ pub enum KvPolicy {
     /// H2O: keep the pages with the most attention mass within a budget; the most recent
     /// half of the budget is always kept.
     H2o(Budget),
+    /// PyramidKV: a heavy-hitters rule per layer (each layer its own pages and attention
+    /// mass), budgets decreasing linearly from the first layer to the last, `B` on average
+    /// (see [`PyramidBudgets`]).
+    Pyramid(Budget),
 }
 
 /// Why a `--kv-policy` text or a policy's parameters were rejected.
@@ -110,6 +122,9 @@ pub enum PolicyError {
         /// Tokens per page.
         block_size: usize,
     },
+    /// The policy keeps a different set of pages in each layer ([`KvPolicy::Pyramid`]): ask
+    /// for each layer's rule with [`KvPolicy::resolve_layer`].
+    PerLayer,
 }
 
 impl fmt::Display for PolicyError {
@@ -117,8 +132,8 @@ impl fmt::Display for PolicyError {
         match self {
             PolicyError::UnknownPolicy => write!(
                 f,
-                "unknown KV policy (expected full, sink:S,window:W, window:W, h2o:TOKENS or \
-                 h2o:PERCENT%)"
+                "unknown KV policy (expected full, sink:S,window:W, window:W, h2o:TOKENS, \
+                 h2o:PERCENT%, pyramid:TOKENS or pyramid:PERCENT%)"
             ),
             PolicyError::UnexpectedPart => {
                 write!(f, "unexpected or repeated part (sink:S,window:W takes sink then window)")
@@ -131,6 +146,10 @@ impl fmt::Display for PolicyError {
             PolicyError::BudgetTooSmall { tokens, block_size } => write!(
                 f,
                 "a budget of {tokens} tokens is less than two pages of {block_size} tokens"
+            ),
+            PolicyError::PerLayer => write!(
+                f,
+                "this policy keeps different pages in each layer (per-layer block tables)"
             ),
         }
     }
@@ -160,7 +179,8 @@ fn parse_budget(s: &str) -> Result<Budget, PolicyError> {
 }
 
 impl KvPolicy {
-    /// Parses `full`, `sink:S,window:W`, `window:W`, `h2o:B` or `h2o:P%` (see the table above).
+    /// Parses `full`, `sink:S,window:W`, `window:W`, `h2o:B`, `h2o:P%`, `pyramid:B` or
+    /// `pyramid:P%` (see the table above).
     /// `W` and `B` must be at least 1; `S` may be 0.
     pub fn parse(s: &str) -> Result<Self, PolicyError> {
         if s == "full" {
@@ -170,11 +190,12 @@ impl KvPolicy {
         let first = parts.next().unwrap_or("");
         let (name, value) = first.split_once(':').ok_or(PolicyError::UnknownPolicy)?;
         match name {
-            "h2o" => {
+            "h2o" | "pyramid" => {
                 if parts.next().is_some() {
                     return Err(PolicyError::UnexpectedPart);
                 }
-                Ok(KvPolicy::H2o(parse_budget(value)?))
+                let b = parse_budget(value)?;
+                Ok(if name == "h2o" { KvPolicy::H2o(b) } else { KvPolicy::Pyramid(b) })
             }
             "sink" | "window" => {
                 let (sink, window_part) = if name == "sink" {
@@ -203,10 +224,17 @@ impl KvPolicy {
 
     /// Whether the policy needs each page's accumulated attention mass.
     pub fn needs_attention_mass(&self) -> bool {
-        matches!(self, KvPolicy::H2o(_))
+        matches!(self, KvPolicy::H2o(_) | KvPolicy::Pyramid(_))
     }
 
-    /// The rule for a context of `n_ctx` tokens and pages of `block_size` tokens.
+    /// Whether each layer keeps its own set of pages (one block table per layer).
+    pub fn per_layer(&self) -> bool {
+        matches!(self, KvPolicy::Pyramid(_))
+    }
+
+    /// The rule for a context of `n_ctx` tokens and pages of `block_size` tokens, for
+    /// policies that keep the same pages in every layer ([`PolicyError::PerLayer`] for
+    /// [`KvPolicy::Pyramid`]: use [`resolve_layer`](Self::resolve_layer)).
     ///
     /// H2O's budget becomes `⌊budget / block_size⌋` pages (at least 2: one kept page and the
     /// page being written), half of them (rounded up) protected as the recent window.
@@ -216,15 +244,43 @@ impl KvPolicy {
             KvPolicy::Full => EvictionRule::KeepAll,
             KvPolicy::SinkWindow { sink, window } => EvictionRule::SinkWindow { sink, window },
             KvPolicy::H2o(b) => {
-                let tokens = b.tokens(n_ctx);
-                let budget_pages = tokens / bs;
-                if budget_pages < 2 {
-                    return Err(PolicyError::BudgetTooSmall { tokens, block_size: bs });
-                }
+                let budget_pages = budget_pages(b, n_ctx, bs)?;
                 EvictionRule::HeavyHitters { budget_pages, recent_pages: budget_pages.div_ceil(2) }
             }
+            KvPolicy::Pyramid(_) => return Err(PolicyError::PerLayer),
         })
     }
+
+    /// The rule of layer `layer` of a model of `n_layers` layers. The same as
+    /// [`resolve`](Self::resolve) for every layer, except under [`KvPolicy::Pyramid`], whose
+    /// layers get the budgets of [`PyramidBudgets`].
+    pub fn resolve_layer(
+        &self,
+        n_ctx: usize,
+        block_size: usize,
+        layer: usize,
+        n_layers: usize,
+    ) -> Result<EvictionRule, PolicyError> {
+        match *self {
+            KvPolicy::Pyramid(b) => {
+                let bs = block_size.max(1);
+                let pyramid =
+                    PyramidBudgets::new(budget_pages(b, n_ctx, bs)?, n_layers, n_ctx.div_ceil(bs))?;
+                pyramid.rule(layer).ok_or(PolicyError::OutOfRange { what: "the layer index" })
+            }
+            _ => self.resolve(n_ctx, block_size),
+        }
+    }
+}
+
+/// `⌊budget / block_size⌋` pages, at least 2 (one kept page and the page being written).
+fn budget_pages(b: Budget, n_ctx: usize, bs: usize) -> Result<usize, PolicyError> {
+    let tokens = b.tokens(n_ctx);
+    let pages = tokens / bs;
+    if pages < 2 {
+        return Err(PolicyError::BudgetTooSmall { tokens, block_size: bs });
+    }
+    Ok(pages)
 }
 
 impl fmt::Display for KvPolicy {
@@ -235,6 +291,7 @@ impl fmt::Display for KvPolicy {
             KvPolicy::SinkWindow { sink: 0, window } => write!(f, "window:{window}"),
             KvPolicy::SinkWindow { sink, window } => write!(f, "sink:{sink},window:{window}"),
             KvPolicy::H2o(b) => write!(f, "h2o:{b}"),
+            KvPolicy::Pyramid(b) => write!(f, "pyramid:{b}"),
         }
     }
 }
@@ -331,7 +388,9 @@ pub struct SeqView<'a> {
     pub n_tokens: usize,
     /// Accumulated attention mass of each logical page (may be empty if the rule ignores it).
     pub mass: &'a [f32],
-    /// Reference count of each logical page (`> 1`: shared, never a victim).
+    /// Holders of each logical page among sequences (`> 1`: shared, never a victim). A
+    /// pool reference count, minus any hold of a cache that is not a sequence (a prefix
+    /// cache, see [`evict_cached_page`]).
     pub refcounts: &'a [u32],
 }
 
@@ -428,13 +487,31 @@ where
     L: PageList + Default,
     S: AsRef<[PageEntry]> + AsMut<[PageEntry]>,
 {
+    evict_cached_page(table, index, pool, 0)
+}
+
+/// [`evict_page`] for a page that a cache which is not a sequence (a prefix cache) may also
+/// hold: the page's refcount must be exactly `1 + cache_holds` (this table plus the caches),
+/// else it is shared with another sequence and refused ([`EvictError::Shared`]). The table
+/// lets go of the page; with `cache_holds > 0` it stays allocated to the caches (which may
+/// hand it to a later sequence, or reclaim it) and the caller tells them it is unused.
+pub fn evict_cached_page<L, S>(
+    table: &mut BlockTable<L>,
+    index: usize,
+    pool: &mut BlockPool<S>,
+    cache_holds: u32,
+) -> Result<PageId, EvictError>
+where
+    L: PageList + Default,
+    S: AsRef<[PageEntry]> + AsMut<[PageEntry]>,
+{
     let pages = table.pages().len();
     if index + 1 >= pages {
         return Err(EvictError::NotEvictable { index, pages });
     }
     let victim = table.pages()[index];
     let refcount = pool.refcount(victim)?;
-    if refcount != 1 {
+    if refcount != cache_holds.saturating_add(1) {
         return Err(EvictError::Shared { page: victim, refcount });
     }
     let bs = table.block_size();

@@ -85,6 +85,11 @@ impl PrefixIndex {
             .is_some_and(|e| e.unused_since.is_some())
     }
 
+    /// Whether `page` is cached (the index holds one pool reference on it).
+    pub fn contains(&self, page: PageId) -> bool {
+        self.by_page.contains_key(&page)
+    }
+
     /// Every cached page (each holds one pool reference of the index).
     pub fn pages(&self) -> Vec<PageId> {
         self.entries.values().map(|e| e.page).collect()

@@ -18,9 +18,21 @@
 //! its tokens and sampler stay, and it waits at the head of the queue to be recomputed.
 //! A waiting request is admitted only when the pool can hold its next chunk, and no request
 //! is admitted in a step that had to preempt.
+//!
+//! KV eviction ([`Engine::with_policy`]): each sequence has its own [`Evictor`] and evicts
+//! its own pages before each of its steps, taking the steps a [`Session`] under the same
+//! policy takes alone (prompt in page-aligned steps, never split by the token budget, then
+//! one token per step), so a greedy request gives the same tokens as
+//! `Session::with_policy`. A page another sequence holds too (a fork's shared pages, a
+//! prefix-cache hit still in use by another sequence) is never evicted: the rule skips it
+//! and the sequence keeps more than it asks for. A page only the prefix index holds besides
+//! the sequence is let go of (it stays cached, reclaimable).
+//!
+//! [`Session`]: crate::model::Session
 
 use std::collections::{HashMap, VecDeque};
 
+use pagoda_core::evict::KvPolicy;
 use pagoda_core::pool::PageId;
 use pagoda_core::table::TableError;
 
@@ -30,7 +42,7 @@ use super::{
     EngineError, EngineStats, FinishReason, Request, RequestId, RequestOutput, SampleOutput,
     StepOutput, TokenEvent,
 };
-use crate::model::{BatchItem, ForwardScratch, KvCache, KvType, Llama, Logits};
+use crate::model::{BatchItem, Evictor, ForwardScratch, KvCache, KvType, Llama, Logits};
 use crate::sampler::{Sampler, SamplerConfig};
 
 /// Engine settings.
@@ -105,19 +117,50 @@ pub struct Engine<'m> {
     scratch: ForwardScratch,
     stats: EngineStats,
     next_start: u64,
+    /// Every sequence's KV eviction policy.
+    policy: KvPolicy,
 }
 
 impl<'m> Engine<'m> {
     /// An engine over `model` with a fresh pool of `config.kv_pages` pages.
     pub fn new(model: &'m Llama, config: EngineConfig) -> Result<Self, EngineError> {
+        Self::with_policy(model, config, KvPolicy::Full)
+    }
+
+    /// An engine whose sequences each evict their own pages under `policy` (see the module
+    /// docs). Budgets given as a percentage are of the model's context length. An evicting
+    /// policy needs `max_batch_tokens ≥ block_size` (a prompt step fills a whole page).
+    /// Per-layer policies (PyramidKV) are refused: the engine's pages hold every layer, so
+    /// its prefix cache and forks can share them.
+    pub fn with_policy(
+        model: &'m Llama,
+        config: EngineConfig,
+        policy: KvPolicy,
+    ) -> Result<Self, EngineError> {
         if config.kv_pages == 0 || config.block_size == 0 || config.max_batch_tokens == 0 {
             return Err(EngineError::InvalidConfig(format!(
                 "KV pages ({}), block size ({}) and max batch tokens ({}) must be at least 1",
                 config.kv_pages, config.block_size, config.max_batch_tokens
             )));
         }
-        let cache =
-            KvCache::new(model.config(), config.kv_type, config.kv_pages, config.block_size)?;
+        if policy.per_layer() {
+            return Err(EngineError::InvalidConfig(format!(
+                "KV policy {policy} keeps different pages per layer, which the engine does not \
+                 support (its pages hold every layer; use pagoda run or perplexity)"
+            )));
+        }
+        if policy.evicts() && config.max_batch_tokens < config.block_size {
+            return Err(EngineError::InvalidConfig(format!(
+                "KV policy {policy} needs max batch tokens ({}) of at least one page ({})",
+                config.max_batch_tokens, config.block_size
+            )));
+        }
+        let c = model.config();
+        // Checks the policy against the page size (a budget of at least two pages).
+        Evictor::new(policy, c.context_length, config.block_size, c.n_layers)?;
+        let cache = KvCache::new(c, config.kv_type, config.kv_pages, config.block_size)?;
+        let mut scratch = ForwardScratch::default();
+        scratch.record_queries(policy.needs_attention_mass());
         Ok(Engine {
             model,
             cache,
@@ -126,10 +169,37 @@ impl<'m> Engine<'m> {
             waiting: VecDeque::new(),
             running: Vec::new(),
             groups: HashMap::new(),
-            scratch: ForwardScratch::default(),
+            scratch,
             stats: EngineStats::default(),
             next_start: 0,
+            policy,
         })
+    }
+
+    /// The KV eviction policy of every sequence.
+    pub fn policy(&self) -> KvPolicy {
+        self.policy
+    }
+
+    /// The pages sample `sample` of request `id` holds now, if it is running (for tests and
+    /// statistics).
+    pub fn sequence_pages(&self, id: RequestId, sample: usize) -> Option<&[PageId]> {
+        self.running.iter().find(|s| s.id == id && s.sample == sample).map(Sequence::pages)
+    }
+
+    /// A new sequence's eviction state (`None` without an evicting policy).
+    fn new_evictor(&self) -> Result<Option<Evictor>, EngineError> {
+        if !self.policy.evicts() {
+            return Ok(None);
+        }
+        let c = self.model.config();
+        Ok(Some(Evictor::new(self.policy, c.context_length, self.config.block_size, c.n_layers)?))
+    }
+
+    /// Whether prefix caching applies: on, and the policy does not score pages by the
+    /// attention of the tokens that wrote them (a cached prefix skips those tokens).
+    fn prefix_caching(&self) -> bool {
+        self.config.prefix_caching && !self.policy.needs_attention_mass()
     }
 
     /// The settings.
@@ -175,7 +245,8 @@ impl<'m> Engine<'m> {
     /// Queues a request. Refused with a clear error if it is malformed, its id is in use,
     /// or one sample of it could never fit in the whole pool
     /// (`⌈(prompt + max_tokens − 1) / block_size⌉ > kv_pages`; the last sampled token's K/V
-    /// is never needed).
+    /// is never needed; under an evicting policy, at most the pages the policy keeps). Under
+    /// an evicting policy a request may run past the model's context length.
     pub fn add_request(&mut self, req: Request) -> Result<RequestId, EngineError> {
         let id = req.id;
         let invalid = |reason: String| Err(EngineError::InvalidRequest { id, reason });
@@ -199,14 +270,17 @@ impl<'m> Engine<'m> {
         }
         let n_ctx = self.model.config().context_length;
         let longest = req.prompt.len().saturating_add(req.max_tokens);
-        if longest > n_ctx {
+        let evictor = self.new_evictor()?;
+        let bound = evictor.as_ref().and_then(|e| e.max_pages(self.config.block_size));
+        if longest > n_ctx && bound.is_none() {
             return invalid(format!(
                 "prompt ({}) + max_tokens ({}) exceeds the model's context length ({n_ctx})",
                 req.prompt.len(),
                 req.max_tokens
             ));
         }
-        let pages_needed = (longest - 1).div_ceil(self.config.block_size);
+        let pages_needed =
+            (longest - 1).div_ceil(self.config.block_size).min(bound.unwrap_or(usize::MAX));
         if pages_needed > self.config.kv_pages {
             return Err(EngineError::TooLarge {
                 id,
@@ -234,6 +308,8 @@ impl<'m> Engine<'m> {
             prompt_len: req.prompt.len(),
             tokens: req.prompt,
             table: self.cache.new_table(),
+            computed: 0,
+            evictor,
             page_keys: Vec::new(),
             sampler,
             forks_pending: req.n - 1,
@@ -269,11 +345,12 @@ impl<'m> Engine<'m> {
         let logits = self.forward(&plan)?;
         self.stats.steps += 1;
         let bs = self.cache.block_size();
+        let prefix_caching = self.prefix_caching();
         let mut children = Vec::new();
         let mut finished = Vec::new();
         for (&(i, n), mut logits) in plan.iter().zip(logits) {
             let seq = &mut self.running[i];
-            let start = seq.table.len() - n;
+            let start = seq.computed - n;
             let prompt_part = seq.prompt_len.saturating_sub(start).min(n);
             self.stats.batch_tokens += n as u64;
             self.stats.prefill_computed += prompt_part as u64;
@@ -282,7 +359,7 @@ impl<'m> Engine<'m> {
                 (start + n).min(seq.tokens.len() - 1).saturating_sub(seq.prompt_len.max(start));
             self.stats.recomputed_tokens += recomputed as u64;
             out.batch_tokens += n;
-            if self.config.prefix_caching {
+            if prefix_caching && seq.unevicted() {
                 register_full_pages(seq, &mut self.index, &mut self.cache, bs)?;
             }
             if seq.pending() > 0 {
@@ -303,6 +380,8 @@ impl<'m> Engine<'m> {
                         tokens: seq.tokens.clone(),
                         prompt_len: seq.prompt_len,
                         table,
+                        computed: seq.computed,
+                        evictor: seq.evictor.clone(),
                         page_keys: seq.page_keys.clone(),
                         sampler,
                         forks_pending: 0,
@@ -377,14 +456,27 @@ impl<'m> Engine<'m> {
         pool.check_holders(holders)?;
         let bs = self.cache.block_size();
         for s in self.running.iter().chain(&self.waiting) {
-            if s.table.len() > s.tokens.len() || s.pages().len() != s.table.len().div_ceil(bs) {
+            let evicted = s.evictor.as_ref().map_or(0, |e| e.evicted_pages());
+            let ok = s.table.len() <= s.computed
+                && s.computed <= s.tokens.len()
+                && s.pages().len() == s.table.len().div_ceil(bs)
+                && (s.evictor.is_some() || s.computed == s.table.len())
+                && (evicted > 0 || s.computed == s.table.len());
+            if let Some(ev) = &s.evictor {
+                ev.check(std::slice::from_ref(&s.table)).map_err(|e| {
+                    EngineError::Inconsistent(format!("{} sample {}: {e}", s.id, s.sample))
+                })?;
+            }
+            if !ok {
                 return Err(EngineError::Inconsistent(format!(
-                    "{} sample {}: {} tokens, {} computed, {} pages",
+                    "{} sample {}: {} tokens, {} computed, {} in the table, {} pages, {} evicted",
                     s.id,
                     s.sample,
                     s.tokens.len(),
+                    s.computed,
                     s.table.len(),
-                    s.pages().len()
+                    s.pages().len(),
+                    evicted
                 )));
             }
         }
@@ -402,7 +494,15 @@ impl<'m> Engine<'m> {
         let mut preempted = false;
         let mut i = 0;
         'running: while i < self.running.len() && budget > 0 {
-            let n = self.running[i].pending().min(budget);
+            let n = match self.running[i].eviction_step(bs) {
+                None => self.running[i].pending().min(budget),
+                // A Session's step, never split: it waits if the budget is short.
+                Some(n) if n > budget => 0,
+                Some(n) => {
+                    self.evict(i)?;
+                    n
+                }
+            };
             if n == 0 {
                 i += 1;
                 continue;
@@ -426,16 +526,26 @@ impl<'m> Engine<'m> {
             plan.push((i, n));
             i += 1;
         }
+        let prefix_caching = self.prefix_caching();
         while !preempted && budget > 0 {
             let Some(seq) = self.waiting.front() else { break };
             let probe = (seq.tokens.len() - 1) / bs;
-            let hits = if self.config.prefix_caching {
+            let hits = if prefix_caching {
                 self.index.longest_prefix(&seq.tokens, bs, probe)
             } else {
                 Vec::new()
             };
             let cached = hits.len() * bs;
-            let n = (seq.tokens.len() - cached).min(budget);
+            let n = if seq.evictor.is_some() {
+                // The first step from a page boundary: a whole page (or the prompt's rest).
+                let n = (seq.prompt_len.saturating_sub(cached)).min(bs).max(1);
+                if n > budget {
+                    break;
+                }
+                n
+            } else {
+                (seq.tokens.len() - cached).min(budget)
+            };
             let need = (cached + n).div_ceil(bs) - hits.len();
             let hits_unused = hits.iter().filter(|(_, p)| self.index.is_unused(*p)).count();
             if reserved + need > self.available() - hits_unused {
@@ -449,7 +559,11 @@ impl<'m> Engine<'m> {
                     .map_err(EngineError::Table)?;
                 seq.page_keys.push(key);
             }
-            if self.config.prefix_caching {
+            seq.computed = cached;
+            if let Some(ev) = &mut seq.evictor {
+                ev.appended(std::slice::from_ref(&seq.table), 0, cached);
+            }
+            if prefix_caching {
                 self.stats.prefix_lookups += probe as u64;
                 self.stats.prefix_hits += hits.len() as u64;
             }
@@ -461,6 +575,8 @@ impl<'m> Engine<'m> {
             seq.started = self.next_start;
             self.next_start += 1;
             self.running.push(seq);
+            // Cached pages may already be more than the policy keeps.
+            self.evict(self.running.len() - 1)?;
             plan.push((self.running.len() - 1, n));
             reserved += need;
             budget -= n;
@@ -534,6 +650,27 @@ impl<'m> Engine<'m> {
         for &p in pages.iter().rev() {
             self.index.released(p, self.cache.pool());
         }
+        seq.computed = 0;
+        if let Some(e) = &mut seq.evictor {
+            e.reset();
+        }
+    }
+
+    /// Evicts `running[i]`'s pages for its next step; pages the prefix index also holds are
+    /// let go of and become reclaimable cached pages.
+    fn evict(&mut self, i: usize) -> Result<(), EngineError> {
+        let seq = &mut self.running[i];
+        let Some(evictor) = &mut seq.evictor else { return Ok(()) };
+        let index = &self.index;
+        let dropped =
+            evictor.evict_with(&mut self.cache, std::slice::from_mut(&mut seq.table), |p| {
+                index.contains(p)
+            })?;
+        self.stats.policy_evictions += dropped.len() as u64;
+        for p in dropped {
+            self.index.released(p, self.cache.pool());
+        }
+        Ok(())
     }
 
     /// Runs the planned batch through the model; one logits vector per plan entry (empty
@@ -545,16 +682,52 @@ impl<'m> Engine<'m> {
         }
         // Plan order is ascending running order (running first, then admissions appended).
         let mut items: Vec<BatchItem> = Vec::with_capacity(plan.len());
+        let mut shifts = Vec::with_capacity(plan.len());
         for (seq, &n) in self.running.iter_mut().zip(&n_of) {
             if n == 0 {
                 continue;
             }
-            let Sequence { table, tokens, .. } = seq;
-            let start = table.len();
+            let Sequence { table, tokens, computed, .. } = seq;
+            let start = *computed;
             let logits = if start + n == tokens.len() { Logits::Last } else { Logits::None };
+            // Evicted tokens: the new ones keep their positions in the text.
+            shifts.push(start - table.len());
             items.push(BatchItem { table, tokens: &tokens[start..start + n], logits });
         }
-        Ok(self.model.forward_batch(&mut self.cache, &mut items, &mut self.scratch)?)
+        let logits = self.model.forward_batch_shifted(
+            &mut self.cache,
+            &mut items,
+            &shifts,
+            &mut self.scratch,
+        )?;
+        drop(items);
+        // The batch's queries, `[layer][batch token][q]`, for the policies that score pages.
+        let queries = self.scratch.take_queries();
+        let c = self.model.config();
+        let q_dim = c.n_heads * c.head_dim;
+        let total: usize = n_of.iter().sum();
+        let mut off = 0;
+        for (seq, &n) in self.running.iter_mut().zip(&n_of) {
+            if n == 0 {
+                continue;
+            }
+            if let Some(ev) = &mut seq.evictor {
+                let tables = std::slice::from_ref(&seq.table);
+                ev.appended(tables, seq.computed, n);
+                if !queries.is_empty() {
+                    let mine: Vec<f32> = (0..c.n_layers)
+                        .flat_map(|l| {
+                            &queries[(l * total + off) * q_dim..(l * total + off + n) * q_dim]
+                        })
+                        .copied()
+                        .collect();
+                    ev.add_mass(&self.cache, tables, c, &mine, n)?;
+                }
+            }
+            seq.computed += n;
+            off += n;
+        }
+        Ok(logits)
     }
 
     /// Adds this step's page occupancy to the utilisation counters and the peak.

@@ -10,12 +10,24 @@
 //! one, when it resumes, has prompt + everything generated so far pending, all of it
 //! recomputed by chunked prefill. Its sampler (random state, repetition window) survives
 //! preemption, so nothing about its output changes.
+//!
+//! Under a KV eviction policy the table holds fewer tokens than were computed:
+//!
+//! ```text
+//!   tokens:    | prompt ................ | generated ..... |
+//!   computed:  |<------------ computed ------------>| pending |
+//!   table:     | sink |  (evicted)  | window ......  |            len = computed − evicted
+//! ```
+//!
+//! and the sequence goes through the model in the steps a [`Session`](crate::model::Session)
+//! takes alone: the prompt in page-aligned steps, then one token per step (also when
+//! recomputing after a preemption), its [`Evictor`] evicting before each step.
 
 use pagoda_core::pool::PageId;
 
 use super::prefix_index::PrefixKey;
 use super::RequestId;
-use crate::model::SeqTable;
+use crate::model::{Evictor, SeqTable};
 use crate::sampler::Sampler;
 
 #[derive(Debug)]
@@ -28,8 +40,13 @@ pub(super) struct Sequence {
     pub tokens: Vec<u32>,
     /// How many of `tokens` are the prompt.
     pub prompt_len: usize,
-    /// Its pages; `table.len()` tokens have K/V.
+    /// Its pages: the K/V of `table.len()` of the computed tokens (all of them unless
+    /// evicting).
     pub table: SeqTable,
+    /// Tokens whose K/V has been computed (the first `computed` of `tokens`).
+    pub computed: usize,
+    /// Its eviction state, under an evicting policy.
+    pub evictor: Option<Evictor>,
     /// Prefix keys of the table's leading full pages that are known to the prefix index
     /// (registered or matched): the chain the next full page's key continues.
     pub page_keys: Vec<PrefixKey>,
@@ -45,7 +62,24 @@ pub(super) struct Sequence {
 impl Sequence {
     /// Tokens whose K/V still has to be computed.
     pub fn pending(&self) -> usize {
-        self.tokens.len() - self.table.len()
+        self.tokens.len() - self.computed
+    }
+
+    /// Under an evicting policy, the tokens of its next step (what a `Session` would run):
+    /// the rest of the prompt's current page, else one token. `None` without a policy.
+    pub fn eviction_step(&self, block_size: usize) -> Option<usize> {
+        self.evictor.as_ref()?;
+        let n = if self.computed < self.prompt_len {
+            (self.prompt_len - self.computed).min(block_size - self.table.len() % block_size)
+        } else {
+            1
+        };
+        Some(n.min(self.pending()))
+    }
+
+    /// Whether the table still maps page `j` to tokens `j·bs..` (nothing evicted yet).
+    pub fn unevicted(&self) -> bool {
+        self.computed == self.table.len()
     }
 
     /// Generated tokens so far.

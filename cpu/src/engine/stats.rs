@@ -24,6 +24,9 @@ pub struct EngineStats {
     pub preemptions: u64,
     /// Cached pages reclaimed from the prefix cache for new work.
     pub evictions: u64,
+    /// Pages sequences let go of under the KV eviction policy (freed, or left to the prefix
+    /// cache).
+    pub policy_evictions: u64,
     /// Most pages in use at once (sequences and prefix cache).
     pub peak_pages: usize,
     /// Σ over steps of slots holding a token in the pages sequences hold.

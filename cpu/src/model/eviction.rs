@@ -1,5 +1,5 @@
 //! One sequence's KV eviction state: the rule from `pagoda_core::evict`, where each cached page
-//! sits in the text, and (for H2O) each page's accumulated attention mass.
+//! sits in the text, and (for H2O and PyramidKV) each page's accumulated attention mass.
 //!
 //! ```text
 //!   text positions:  0 ... 15 | (evicted 16..47) | 48 ... 63 | 64 ... 70
@@ -17,8 +17,13 @@
 //! step's queries (recorded by the forward pass) are scored against every cached key with the
 //! stored K pages (`KvFormat::dot`, f32 math), softmaxed per query and head over the keys that
 //! query may see, and summed into the page holding each key, over all layers and heads.
+//!
+//! PyramidKV keeps a different set of pages per layer: the sequence then has one block table
+//! per layer (in a cache of single-layer pages, [`KvCache::new_per_layer`]), and every piece
+//! of state here (rule, page positions, mass) is kept per table; layer `l`'s mass counts
+//! layer `l`'s attention only.
 
-use pagoda_core::evict::{evict_page, EvictionRule, KvPolicy, SeqView};
+use pagoda_core::evict::{evict_cached_page, EvictionRule, KvPolicy, SeqView};
 use pagoda_core::kv::{KvFormat, KvPages};
 use pagoda_core::pool::PageId;
 use rayon::prelude::*;
@@ -27,25 +32,49 @@ use super::kv_cache::{KvCache, KvStore, SeqTable};
 use super::{LlamaConfig, ModelError};
 
 /// A sequence's eviction bookkeeping (see the module docs).
+///
+/// Its state is per *table*: a sequence has one table shared by every layer, or (a
+/// per-layer policy, PyramidKV, in a cache of single-layer pages) one table per layer, each
+/// with its own rule, page positions and attention mass. Every method takes the sequence's
+/// tables in that order (`std::slice::from_mut(&mut table)` for one).
 #[derive(Clone, Debug)]
 pub struct Evictor {
     policy: KvPolicy,
-    rule: EvictionRule,
-    /// Text position of the first token of each logical page.
-    page_pos: Vec<usize>,
-    /// Accumulated attention mass of each logical page (H2O only; else empty).
-    mass: Vec<f32>,
-    /// Pages given back to the pool so far.
+    tables: Vec<TableState>,
+    /// Pages given back (or, for pages a prefix cache holds too, let go of) so far.
     evicted_pages: usize,
 }
 
+/// One table's eviction state.
+#[derive(Clone, Debug)]
+struct TableState {
+    rule: EvictionRule,
+    /// Text position of the first token of each logical page.
+    page_pos: Vec<usize>,
+    /// Accumulated attention mass of each logical page (H2O, PyramidKV; else empty).
+    mass: Vec<f32>,
+}
+
 impl Evictor {
-    /// The state for `policy` in a context of `n_ctx` tokens with pages of `block_size`.
-    pub fn new(policy: KvPolicy, n_ctx: usize, block_size: usize) -> Result<Self, ModelError> {
-        let rule = policy
-            .resolve(n_ctx, block_size)
-            .map_err(|e| ModelError::Invalid(format!("KV policy {policy}: {e}")))?;
-        Ok(Evictor { policy, rule, page_pos: Vec::new(), mass: Vec::new(), evicted_pages: 0 })
+    /// The state for `policy` in a context of `n_ctx` tokens with pages of `block_size`, for
+    /// a model of `n_layers` layers: one table per layer if the policy is per layer
+    /// ([`KvPolicy::per_layer`]), else one table.
+    pub fn new(
+        policy: KvPolicy,
+        n_ctx: usize,
+        block_size: usize,
+        n_layers: usize,
+    ) -> Result<Self, ModelError> {
+        let n_tables = if policy.per_layer() { n_layers } else { 1 };
+        let tables = (0..n_tables)
+            .map(|l| {
+                let rule = policy
+                    .resolve_layer(n_ctx, block_size, l, n_layers)
+                    .map_err(|e| ModelError::Invalid(format!("KV policy {policy}: {e}")))?;
+                Ok(TableState { rule, page_pos: Vec::new(), mass: Vec::new() })
+            })
+            .collect::<Result<_, ModelError>>()?;
+        Ok(Evictor { policy, tables, evicted_pages: 0 })
     }
 
     /// The policy.
@@ -53,97 +82,181 @@ impl Evictor {
         self.policy
     }
 
-    /// The resolved rule.
-    pub fn rule(&self) -> EvictionRule {
-        self.rule
+    /// Tables the sequence has: 1, or one per layer.
+    pub fn n_tables(&self) -> usize {
+        self.tables.len()
     }
 
-    /// Pages given back to the pool so far.
+    /// Table `i`'s resolved rule.
+    pub fn rule(&self, i: usize) -> Option<EvictionRule> {
+        self.tables.get(i).map(|t| t.rule)
+    }
+
+    /// Whether the policy evicts at all.
+    pub fn evicts(&self) -> bool {
+        self.policy.evicts()
+    }
+
+    /// The most pages the sequence holds at once over all its tables, if none is shared
+    /// (`None`: unbounded).
+    pub fn max_pages(&self, block_size: usize) -> Option<usize> {
+        self.tables.iter().map(|t| t.rule.max_pages(block_size)).sum()
+    }
+
+    /// Pages given back to the pool so far (over all tables).
     pub fn evicted_pages(&self) -> usize {
         self.evicted_pages
     }
 
-    /// Accumulated attention mass per logical page (H2O; empty otherwise).
-    pub fn mass(&self) -> &[f32] {
-        &self.mass
+    /// Accumulated attention mass per logical page of table `i` (H2O, PyramidKV; empty
+    /// otherwise).
+    pub fn mass(&self, i: usize) -> &[f32] {
+        self.tables.get(i).map_or(&[], |t| &t.mass)
     }
 
-    /// Evicts pages of `table` until the rule holds for the next step (which opens a new page
-    /// if the last one is full). Returns how many pages went back to the pool.
+    /// Forgets everything (the sequence's tables were emptied, e.g. by preemption).
+    pub fn reset(&mut self) {
+        for t in &mut self.tables {
+            t.page_pos.clear();
+            t.mass.clear();
+        }
+    }
+
+    /// Evicts pages of each table until its rule holds for the next step (which opens a new
+    /// page if the last one is full). Returns how many pages went back to the pool.
     pub fn evict(
         &mut self,
         cache: &mut KvCache,
-        table: &mut SeqTable,
+        tables: &mut [SeqTable],
     ) -> Result<usize, ModelError> {
-        let mut n = 0;
-        loop {
-            let refcounts: Vec<u32> = table
-                .pages()
-                .iter()
-                .map(|&p| cache.pool().refcount(p).unwrap_or(u32::MAX))
-                .collect();
-            let view = SeqView {
-                block_size: table.block_size(),
-                n_tokens: table.len(),
-                mass: &self.mass,
-                refcounts: &refcounts,
-            };
-            let new_page = table.len() % table.block_size() == 0;
-            let Some(i) = self.rule.next_victim(&view, new_page) else { break };
-            evict_page(table, i, cache.pool_mut())
-                .map_err(|e| ModelError::Invalid(format!("KV eviction: {e}")))?;
-            self.page_pos.remove(i);
-            if i < self.mass.len() {
-                self.mass.remove(i);
-            }
-            n += 1;
-        }
-        self.evicted_pages += n;
-        Ok(n)
+        Ok(self.evict_with(cache, tables, |_| false)?.len())
     }
 
-    /// Records pages opened by appending `n` tokens at text positions `pos0..pos0 + n`.
-    pub fn appended(&mut self, table: &SeqTable, pos0: usize, n: usize) {
-        let bs = table.block_size();
-        let start = table.len() - n;
-        for c in start..table.len() {
-            if c % bs == 0 {
-                self.page_pos.push(pos0 + (c - start));
+    /// [`evict`](Self::evict) when a prefix cache may hold pages too: `cached(page)` says
+    /// whether it does (one hold, which does not make the page shared with another
+    /// sequence). The table lets go of such a page and it stays allocated to the cache.
+    /// Returns every page let go of, so the caller can tell the cache.
+    pub fn evict_with(
+        &mut self,
+        cache: &mut KvCache,
+        tables: &mut [SeqTable],
+        cached: impl Fn(PageId) -> bool,
+    ) -> Result<Vec<PageId>, ModelError> {
+        self.check(tables)?;
+        let mut dropped = Vec::new();
+        for (st, table) in self.tables.iter_mut().zip(tables.iter_mut()) {
+            loop {
+                let holds = |p: PageId| u32::from(cached(p));
+                let refcounts: Vec<u32> = table
+                    .pages()
+                    .iter()
+                    .map(|&p| {
+                        cache.pool().refcount(p).map_or(u32::MAX, |rc| rc.saturating_sub(holds(p)))
+                    })
+                    .collect();
+                let view = SeqView {
+                    block_size: table.block_size(),
+                    n_tokens: table.len(),
+                    mass: &st.mass,
+                    refcounts: &refcounts,
+                };
+                let new_page = table.len() % table.block_size() == 0;
+                let Some(i) = st.rule.next_victim(&view, new_page) else { break };
+                let victim = table.pages()[i];
+                evict_cached_page(table, i, cache.pool_mut(), holds(victim))
+                    .map_err(|e| ModelError::Invalid(format!("KV eviction: {e}")))?;
+                st.page_pos.remove(i);
+                if i < st.mass.len() {
+                    st.mass.remove(i);
+                }
+                dropped.push(victim);
             }
         }
-        if self.policy.needs_attention_mass() {
-            self.mass.resize(self.page_pos.len(), 0.0);
+        self.evicted_pages += dropped.len();
+        Ok(dropped)
+    }
+
+    fn check_tables(&self, tables: &[SeqTable]) -> Result<(), ModelError> {
+        if tables.len() != self.tables.len() {
+            return Err(ModelError::Invalid(format!(
+                "KV policy {}: {} block tables given, the sequence has {}",
+                self.policy,
+                tables.len(),
+                self.tables.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks the state describes `tables`: one entry per table, one position per page
+    /// (and one mass per page where the policy scores pages).
+    pub fn check(&self, tables: &[SeqTable]) -> Result<(), ModelError> {
+        self.check_tables(tables)?;
+        let mass = self.policy.needs_attention_mass();
+        for (i, (st, t)) in self.tables.iter().zip(tables).enumerate() {
+            let pages = t.pages().len();
+            if st.page_pos.len() != pages || (mass && st.mass.len() != pages) {
+                return Err(ModelError::Invalid(format!(
+                    "KV eviction state of table {i} is out of step: {pages} pages, {} positions, \
+                     {} masses",
+                    st.page_pos.len(),
+                    st.mass.len()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Records pages opened by appending `n` tokens at text positions `pos0..pos0 + n` to
+    /// every table.
+    pub fn appended(&mut self, tables: &[SeqTable], pos0: usize, n: usize) {
+        let mass = self.policy.needs_attention_mass();
+        for (st, table) in self.tables.iter_mut().zip(tables) {
+            let bs = table.block_size();
+            let start = table.len() - n;
+            for c in start..table.len() {
+                if c % bs == 0 {
+                    st.page_pos.push(pos0 + (c - start));
+                }
+            }
+            if mass {
+                st.mass.resize(st.page_pos.len(), 0.0);
+            }
         }
     }
 
-    /// Cached tokens whose text position is below `n` (for truncating a sequence to `n`
-    /// tokens): every page is a run of consecutive positions.
-    pub fn cached_below(&self, table: &SeqTable, n: usize) -> usize {
+    /// Cached tokens of table `i` whose text position is below `n` (for truncating a
+    /// sequence to `n` tokens): every page is a run of consecutive positions.
+    pub fn cached_below(&self, i: usize, table: &SeqTable, n: usize) -> usize {
         let bs = table.block_size();
-        self.page_pos
+        let Some(st) = self.tables.get(i) else { return 0 };
+        st.page_pos
             .iter()
             .enumerate()
-            .map(|(i, &p)| {
-                let held = (table.len() - i * bs).min(bs);
+            .map(|(j, &p)| {
+                let held = (table.len() - j * bs).min(bs);
                 n.saturating_sub(p).min(held)
             })
             .sum()
     }
 
-    /// Forgets pages past the table's (shortened) end.
-    pub fn truncated(&mut self, table: &SeqTable) {
-        let pages = table.pages().len();
-        self.page_pos.truncate(pages);
-        self.mass.truncate(pages);
+    /// Forgets pages past the tables' (shortened) ends.
+    pub fn truncated(&mut self, tables: &[SeqTable]) {
+        for (st, table) in self.tables.iter_mut().zip(tables) {
+            let pages = table.pages().len();
+            st.page_pos.truncate(pages);
+            st.mass.truncate(pages);
+        }
     }
 
-    /// Adds the attention mass the last step's queries put on each page (H2O): `queries` are
-    /// `[layer][token][n_heads × head_dim]` for the step's `n` tokens, which are the last `n`
-    /// of `table`.
+    /// Adds the attention mass the last step's queries put on each page (H2O, PyramidKV):
+    /// `queries` are `[layer][token][n_heads × head_dim]` for the step's `n` tokens, which
+    /// are the last `n` of every table. With one table, a page's mass is summed over all
+    /// layers; with one table per layer, table `l` gets layer `l`'s mass only.
     pub fn add_mass(
         &mut self,
         cache: &KvCache,
-        table: &SeqTable,
+        tables: &[SeqTable],
         config: &LlamaConfig,
         queries: &[f32],
         n: usize,
@@ -151,6 +264,7 @@ impl Evictor {
         if !self.policy.needs_attention_mass() || n == 0 {
             return Ok(());
         }
+        self.check_tables(tables)?;
         let q_dim = config.n_heads * config.head_dim;
         if queries.len() != config.n_layers * n * q_dim {
             return Err(ModelError::Invalid(format!(
@@ -159,34 +273,45 @@ impl Evictor {
                 config.n_layers
             )));
         }
-        let pages = table.pages();
-        let first = table.len() - n;
-        let mass = match cache.store() {
-            KvStore::F32(kv) => page_mass(kv, config, pages, first, n, queries),
-            KvStore::F16(kv) => page_mass(kv, config, pages, first, n, queries),
-            KvStore::Bf16(kv) => page_mass(kv, config, pages, first, n, queries),
-            KvStore::Q8_0(kv) => page_mass(kv, config, pages, first, n, queries),
-            KvStore::Q4_0(kv) => page_mass(kv, config, pages, first, n, queries),
+        let per_layer = tables.len() > 1 || cache.per_layer();
+        let job = MassJob { config, tables, n, queries, per_layer };
+        let masses = match cache.store() {
+            KvStore::F32(kv) => page_mass(kv, &job),
+            KvStore::F16(kv) => page_mass(kv, &job),
+            KvStore::Bf16(kv) => page_mass(kv, &job),
+            KvStore::Q8_0(kv) => page_mass(kv, &job),
+            KvStore::Q4_0(kv) => page_mass(kv, &job),
         }?;
-        self.mass.resize(pages.len(), 0.0);
-        for (m, add) in self.mass.iter_mut().zip(mass) {
-            *m += add;
+        for ((st, table), add) in self.tables.iter_mut().zip(tables).zip(masses) {
+            st.mass.resize(table.pages().len(), 0.0);
+            for (m, add) in st.mass.iter_mut().zip(add) {
+                *m += add;
+            }
         }
         Ok(())
     }
 }
 
-/// Attention mass per logical page: for each layer, query head and step token (at cache
-/// index `first + t`), softmax of `q · k / √d` over cache indices `0..=first + t`, summed
-/// into the page of each key. Layers in parallel.
+/// What [`page_mass`] scores: the step's `n` queries of every layer against `tables`.
+struct MassJob<'a> {
+    config: &'a LlamaConfig,
+    tables: &'a [SeqTable],
+    n: usize,
+    queries: &'a [f32],
+    /// Table `l` holds layer `l`'s pages, in slab layer 0.
+    per_layer: bool,
+}
+
+/// Attention mass per logical page of each table: for each layer, query head and step token
+/// (at cache index `first + t` of the layer's table), softmax of `q · k / √d` over cache
+/// indices `0..=first + t`, summed into the page of each key; over all layers into the one
+/// table, or each layer into its own. Layers in parallel.
 fn page_mass<T: KvFormat>(
     kv: &KvPages<T, Vec<T>>,
-    c: &LlamaConfig,
-    pages: &[PageId],
-    first: usize,
-    n: usize,
-    queries: &[f32],
-) -> Result<Vec<f32>, ModelError> {
+    job: &MassJob<'_>,
+) -> Result<Vec<Vec<f32>>, ModelError> {
+    let c = job.config;
+    let n = job.n;
     let (hd, n_heads) = (c.head_dim, c.n_heads);
     let group = (n_heads / c.n_kv_heads.max(1)).max(1);
     let bs = kv.config().block_size;
@@ -195,9 +320,12 @@ fn page_mass<T: KvFormat>(
     let per_layer: Vec<Vec<f32>> = (0..c.n_layers)
         .into_par_iter()
         .map(|l| {
+            let (table, kl) = if job.per_layer { (&job.tables[l], 0) } else { (&job.tables[0], l) };
+            let pages = table.pages();
+            let first = table.len() - n;
             let mut mass = vec![0.0f32; pages.len()];
             let mut scores = Vec::with_capacity(first + n);
-            let ql = &queries[l * q_layer..(l + 1) * q_layer];
+            let ql = &job.queries[l * q_layer..(l + 1) * q_layer];
             for t in 0..n {
                 let seen = first + t + 1;
                 for h in 0..n_heads {
@@ -205,7 +333,7 @@ fn page_mass<T: KvFormat>(
                     let g = h / group;
                     scores.clear();
                     for j in 0..seen {
-                        let key = kv.key(l, pages[j / bs], g, j % bs)?;
+                        let key = kv.key(kl, pages[j / bs], g, j % bs)?;
                         scores.push(T::dot(q, key) * scale);
                     }
                     let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -224,11 +352,14 @@ fn page_mass<T: KvFormat>(
         })
         .collect::<Result<_, pagoda_core::kv::KvError>>()
         .map_err(|e| ModelError::Invalid(format!("attention mass: {e}")))?;
-    let mut total = vec![0.0f32; pages.len()];
+    if job.per_layer {
+        return Ok(per_layer);
+    }
+    let mut total = vec![0.0f32; job.tables[0].pages().len()];
     for m in per_layer {
         total.iter_mut().zip(m).for_each(|(t, m)| *t += m);
     }
-    Ok(total)
+    Ok(vec![total])
 }
 
 #[cfg(test)]
@@ -257,28 +388,29 @@ mod tests {
     fn sink_window_keeps_memory_bounded_and_positions_known() {
         let c = tiny();
         let policy = KvPolicy::SinkWindow { sink: 2, window: 8 };
-        let mut ev = Evictor::new(policy, 64, 4).unwrap();
-        let max = ev.rule().max_pages(4).unwrap();
+        let mut ev = Evictor::new(policy, 64, 4, 2).unwrap();
+        let max = ev.max_pages(4).unwrap();
         let mut cache = KvCache::new(&c, KvType::F32, max, 4).unwrap();
         let mut table = cache.new_table();
         let mut pos = 0;
         for _ in 0..100 {
-            ev.evict(&mut cache, &mut table).unwrap();
+            ev.evict(&mut cache, std::slice::from_mut(&mut table)).unwrap();
             // One page-aligned step.
             let n = 4 - table.len() % 4;
             cache.append(&mut table, n).unwrap();
-            ev.appended(&table, pos, n);
+            ev.appended(std::slice::from_ref(&table), pos, n);
             pos += n;
             assert!(cache.pages_in_use() <= max);
             cache.pool().check_invariants().unwrap();
         }
         // Sink page at position 0, the rest the most recent positions, consecutive.
-        assert_eq!(ev.page_pos[0], 0);
-        let tail: Vec<usize> = ev.page_pos[1..].to_vec();
+        let page_pos = &ev.tables[0].page_pos;
+        assert_eq!(page_pos[0], 0);
+        let tail: Vec<usize> = page_pos[1..].to_vec();
         let want: Vec<usize> = (0..tail.len()).map(|i| pos - 4 * (tail.len() - i)).collect();
         assert_eq!(tail, want);
-        assert_eq!(ev.cached_below(&table, pos), table.len());
-        assert_eq!(ev.cached_below(&table, pos - 2), table.len() - 2);
+        assert_eq!(ev.cached_below(0, &table, pos), table.len());
+        assert_eq!(ev.cached_below(0, &table, pos - 2), table.len() - 2);
         assert_eq!(ev.evicted_pages() + table.pages().len(), pos / 4);
     }
 
@@ -297,16 +429,17 @@ mod tests {
                 }
             }
         }
-        let mut ev = Evictor::new(KvPolicy::H2o(Budget::Tokens(16)), 64, 4).unwrap();
-        ev.appended(&table, 0, 10);
+        let mut ev = Evictor::new(KvPolicy::H2o(Budget::Tokens(16)), 64, 4, 2).unwrap();
+        let tables = std::slice::from_ref(&table);
+        ev.appended(tables, 0, 10);
         let n = 3;
         let queries: Vec<f32> = (0..2 * n * 8).map(|i| (i % 5) as f32 * 0.3 - 0.6).collect();
-        ev.add_mass(&cache, &table, &c, &queries, n).unwrap();
+        ev.add_mass(&cache, tables, &c, &queries, n).unwrap();
         // Each of 2 layers × 2 heads × 3 queries distributes mass 1.
-        let total: f32 = ev.mass().iter().sum();
+        let total: f32 = ev.mass(0).iter().sum();
         assert!((total - 12.0).abs() < 1e-4, "{total}");
-        assert_eq!(ev.mass().len(), 3);
-        let err = ev.add_mass(&cache, &table, &c, &queries[1..], n).unwrap_err();
+        assert_eq!(ev.mass(0).len(), 3);
+        let err = ev.add_mass(&cache, tables, &c, &queries[1..], n).unwrap_err();
         assert!(err.to_string().contains("recorded query values"), "{err}");
     }
 }

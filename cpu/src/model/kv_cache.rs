@@ -7,6 +7,19 @@
 //!      ▼                                     │
 //!  BlockTable per sequence: logical page i → PageId, token count
 //! ```
+//!
+//! Two page shapes ([`KvCache::new`], [`KvCache::new_per_layer`]):
+//!
+//! ```text
+//!   shared (default): a page holds bs tokens of EVERY layer; one table per sequence
+//!       slab = [layer 0: page 0 | page 1 | …] [layer 1: page 0 | page 1 | …] …
+//!   per layer (PyramidKV): a page holds bs tokens of ONE layer; one table per layer
+//!       slab = [page 0 | page 1 | …]      (KvPages with n_layers = 1: every layer's
+//!                                          table draws from the same pool)
+//! ```
+//!
+//! The per-layer shape lets each layer keep a different set of pages: a page one layer drops
+//! goes back to the common pool, and any layer can take it next.
 
 use half::{bf16, f16};
 use pagoda_core::attention::{paged_decode, paged_prefill, AttnConfig, AttnError};
@@ -158,6 +171,7 @@ pub struct KvCache {
     config: KvConfig,
     kv_type: KvType,
     page_bytes: usize,
+    per_layer: bool,
 }
 
 fn slab<T: KvFormat>(config: KvConfig, t: KvType) -> Result<KvPages<T, Vec<T>>, ModelError> {
@@ -166,17 +180,42 @@ fn slab<T: KvFormat>(config: KvConfig, t: KvType) -> Result<KvPages<T, Vec<T>>, 
 }
 
 impl KvCache {
-    /// A cache of `n_pages` pages of `block_size` tokens for model shape `c`.
+    /// A cache of `n_pages` pages of `block_size` tokens for model shape `c`; a page holds
+    /// its tokens' K/V in every layer, and a sequence has one table.
     pub fn new(
         c: &LlamaConfig,
         kv_type: KvType,
         n_pages: usize,
         block_size: usize,
     ) -> Result<Self, ModelError> {
-        if n_pages == 0 || block_size == 0 {
-            return Err(ModelError::Invalid("KV cache needs at least one page of one slot".into()));
+        Self::with_shape(c, kv_type, n_pages, block_size, false)
+    }
+
+    /// A cache of `n_pages` single-layer pages of `block_size` tokens for model shape `c`: a
+    /// sequence has one table per layer, all drawing from this pool (see the module docs).
+    pub fn new_per_layer(
+        c: &LlamaConfig,
+        kv_type: KvType,
+        n_pages: usize,
+        block_size: usize,
+    ) -> Result<Self, ModelError> {
+        Self::with_shape(c, kv_type, n_pages, block_size, true)
+    }
+
+    fn with_shape(
+        c: &LlamaConfig,
+        kv_type: KvType,
+        n_pages: usize,
+        block_size: usize,
+        per_layer: bool,
+    ) -> Result<Self, ModelError> {
+        if n_pages == 0 || block_size == 0 || c.n_layers == 0 {
+            return Err(ModelError::Invalid(
+                "KV cache needs at least one page of one slot and one layer".into(),
+            ));
         }
-        let mut config = KvConfig::new(c.n_layers, c.n_kv_heads, c.head_dim, n_pages);
+        let slab_layers = if per_layer { 1 } else { c.n_layers };
+        let mut config = KvConfig::new(slab_layers, c.n_kv_heads, c.head_dim, n_pages);
         config.block_size = block_size;
         let store = match kv_type {
             KvType::F32 => KvStore::F32(slab(config, kv_type)?),
@@ -185,10 +224,24 @@ impl KvCache {
             KvType::Q8_0 => KvStore::Q8_0(slab(config, kv_type)?),
             KvType::Q4_0 => KvStore::Q4_0(slab(config, kv_type)?),
         };
-        let page_bytes = kv_type.bytes_per_token(c)? * block_size;
+        let page_bytes = kv_type.bytes_per_token(c)? / c.n_layers * slab_layers * block_size;
         let pool = BlockPool::new(vec![PageEntry::default(); n_pages])
             .map_err(|e| ModelError::Invalid(format!("KV cache: {e}")))?;
-        Ok(KvCache { pool, store, config, kv_type, page_bytes })
+        Ok(KvCache { pool, store, config, kv_type, page_bytes, per_layer })
+    }
+
+    /// Whether pages are single-layer (one table per layer, [`new_per_layer`](Self::new_per_layer)).
+    pub fn per_layer(&self) -> bool {
+        self.per_layer
+    }
+
+    /// The slab layer holding model layer `layer`'s K/V: `layer`, or 0 for single-layer pages.
+    pub fn slab_layer(&self, layer: usize) -> usize {
+        if self.per_layer {
+            0
+        } else {
+            layer
+        }
     }
 
     /// A new, empty sequence table.
@@ -231,12 +284,13 @@ impl KvCache {
         self.config.block_size
     }
 
-    /// Bytes of one page across all layers (K and V).
+    /// Bytes of one page (K and V) across all layers, or of one layer for single-layer pages.
     pub fn page_bytes(&self) -> usize {
         self.page_bytes
     }
 
-    /// Bytes one token takes across all layers (K and V): `page_bytes / block_size`.
+    /// Bytes one token takes in one page (K and V): `page_bytes / block_size` (all layers,
+    /// or one layer for single-layer pages).
     pub fn bytes_per_token(&self) -> usize {
         self.page_bytes / self.config.block_size
     }
@@ -338,6 +392,23 @@ mod tests {
         let cache = KvCache::new(&c, KvType::Q8_0, 2, 16).unwrap();
         assert_eq!(cache.page_bytes(), 16 * 180 * 68);
         assert_eq!(cache.bytes_per_token(), 180 * 68);
+    }
+
+    #[test]
+    fn per_layer_pages_hold_one_layer() {
+        let c = smollm2();
+        let shared = KvCache::new(&c, KvType::F16, 4, 16).unwrap();
+        let per_layer = KvCache::new_per_layer(&c, KvType::F16, 4 * 30, 16).unwrap();
+        assert!(!shared.per_layer() && per_layer.per_layer());
+        assert_eq!(per_layer.page_bytes() * 30, shared.page_bytes());
+        assert_eq!(per_layer.config().n_layers, 1);
+        assert_eq!((shared.slab_layer(7), per_layer.slab_layer(7)), (7, 0));
+        // The same bytes for the same tokens.
+        let slab = |k: &KvCache| match k.store() {
+            KvStore::F16(p) => p.config().slab_bytes::<half::f16>().unwrap(),
+            _ => unreachable!("f16 cache"),
+        };
+        assert_eq!(slab(&shared), slab(&per_layer));
     }
 
     #[test]

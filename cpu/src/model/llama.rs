@@ -178,8 +178,29 @@ impl Llama {
         logits: Logits,
         scratch: &mut ForwardScratch,
     ) -> Result<Vec<f32>, ModelError> {
-        let mut items = [BatchItem { table, tokens, logits }];
-        let mut out = self.forward_items(cache, &mut items, &[pos_shift], scratch)?;
+        let pos0 = table.len() + pos_shift;
+        let mut items = [SeqItem { tables: std::slice::from_mut(table), tokens, pos0, logits }];
+        let mut out = self.forward_items(cache, &mut items, scratch)?;
+        Ok(out.pop().unwrap_or_default())
+    }
+
+    /// [`forward`](Self::forward) for a sequence with one table per layer, in a cache of
+    /// single-layer pages ([`KvCache::new_per_layer`]): layer `l` writes into and attends over
+    /// `tables[l]` only, so each layer may have kept a different set of pages (PyramidKV).
+    /// The new tokens get RoPE positions `pos0, pos0 + 1, …` (their positions in the text).
+    ///
+    /// On error nothing is appended to any table.
+    pub fn forward_per_layer(
+        &self,
+        cache: &mut KvCache,
+        tables: &mut [SeqTable],
+        tokens: &[u32],
+        pos0: usize,
+        logits: Logits,
+        scratch: &mut ForwardScratch,
+    ) -> Result<Vec<f32>, ModelError> {
+        let mut items = [SeqItem { tables, tokens, pos0, logits }];
+        let mut out = self.forward_items(cache, &mut items, scratch)?;
         Ok(out.pop().unwrap_or_default())
     }
 
@@ -195,18 +216,44 @@ impl Llama {
         items: &mut [BatchItem<'_>],
         scratch: &mut ForwardScratch,
     ) -> Result<Vec<Vec<f32>>, ModelError> {
-        self.forward_items(cache, items, &[], scratch)
+        self.forward_batch_shifted(cache, items, &[], scratch)
     }
 
     /// [`forward_batch`](Self::forward_batch) with item `i`'s RoPE positions shifted by
-    /// `pos_shifts[i]` (0 where the slice is short).
-    fn forward_items(
+    /// `pos_shifts[i]` (0 where the slice is short): sequences that lost tokens to KV
+    /// eviction (see [`forward_shifted`](Self::forward_shifted)).
+    pub fn forward_batch_shifted(
         &self,
         cache: &mut KvCache,
         items: &mut [BatchItem<'_>],
         pos_shifts: &[usize],
         scratch: &mut ForwardScratch,
     ) -> Result<Vec<Vec<f32>>, ModelError> {
+        let mut seq_items: Vec<SeqItem<'_>> = items
+            .iter_mut()
+            .enumerate()
+            .map(|(i, it)| {
+                let pos0 = it.table.len() + pos_shifts.get(i).copied().unwrap_or(0);
+                SeqItem {
+                    tables: std::slice::from_mut(&mut *it.table),
+                    tokens: it.tokens,
+                    pos0,
+                    logits: it.logits,
+                }
+            })
+            .collect();
+        self.forward_items(cache, &mut seq_items, scratch)
+    }
+
+    /// The forward pass over any items: appends each item's tokens to each of its tables,
+    /// lays the batch out, runs it; undoes the appends on error.
+    fn forward_items(
+        &self,
+        cache: &mut KvCache,
+        items: &mut [SeqItem<'_>],
+        scratch: &mut ForwardScratch,
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
+        let groups = if cache.per_layer() { self.config.n_layers } else { 1 };
         for it in items.iter() {
             if let Some(&bad) = it.tokens.iter().find(|&&t| t as usize >= self.config.vocab_size) {
                 return Err(ModelError::Invalid(format!(
@@ -214,33 +261,56 @@ impl Llama {
                     self.config.vocab_size
                 )));
             }
+            if it.tables.len() != groups {
+                return Err(ModelError::Invalid(format!(
+                    "{} block tables for a sequence in a cache of {} pages (needs {groups})",
+                    it.tables.len(),
+                    if cache.per_layer() { "single-layer" } else { "all-layer" }
+                )));
+            }
         }
         // Take the slots of every new token; undo everything if the pool runs dry.
-        let mut layout = BatchLayout::default();
-        for i in 0..items.len() {
-            let it = &mut items[i];
-            let pos0 = it.table.len();
-            if let Err(e) = cache.append(it.table, it.tokens.len()) {
-                for (done, span) in items.iter_mut().zip(&layout.spans) {
-                    cache.truncate(done.table, span.pos0);
+        let mut layout = BatchLayout {
+            slots: vec![Vec::new(); groups],
+            per_layer: cache.per_layer(),
+            ..BatchLayout::default()
+        };
+        let mut old_lens: Vec<Vec<usize>> = Vec::with_capacity(items.len());
+        let undo = |cache: &mut KvCache, items: &mut [SeqItem<'_>], old_lens: &[Vec<usize>]| {
+            for (it, olds) in items.iter_mut().zip(old_lens) {
+                for (t, &old) in it.tables.iter_mut().zip(olds) {
+                    cache.truncate(t, old);
                 }
-                return Err(e);
             }
+        };
+        for i in 0..items.len() {
+            let olds: Vec<usize> = items[i].tables.iter().map(|t| t.len()).collect();
+            let n = items[i].tokens.len();
+            for g in 0..groups {
+                if let Err(e) = cache.append(&mut items[i].tables[g], n) {
+                    old_lens.push(olds);
+                    undo(cache, items, &old_lens);
+                    return Err(e);
+                }
+            }
+            let it = &items[i];
             let off = layout.tokens.len();
-            let shift = pos_shifts.get(i).copied().unwrap_or(0);
-            for p in pos0..pos0 + it.tokens.len() {
-                let sl = it.table.slot(p).expect("slot appended above");
-                layout.slots.push((sl.page, sl.slot));
-                layout.positions.push(p + shift);
+            for (g, (t, &old)) in it.tables.iter().zip(&olds).enumerate() {
+                for p in old..old + n {
+                    let sl = t.slot(p).expect("slot appended above");
+                    layout.slots[g].push((sl.page, sl.slot));
+                }
             }
+            layout.positions.extend(it.pos0..it.pos0 + n);
             layout.tokens.extend_from_slice(it.tokens);
             layout.spans.push(SeqSpan {
-                pages: it.table.pages().to_vec(),
-                pos0,
+                pages: it.tables.iter().map(|t| t.pages().to_vec()).collect(),
+                n_ctx: it.tables.iter().map(|t| t.len()).collect(),
                 off,
-                n: it.tokens.len(),
+                n,
                 logits: it.logits,
             });
+            old_lens.push(olds);
         }
         let result = match cache.store_mut() {
             KvStore::F32(kv) => self.run(kv, &layout, scratch, paged_attention),
@@ -251,9 +321,7 @@ impl Llama {
             KvStore::Q4_0(kv) => self.run(kv, &layout, scratch, reference_attention),
         };
         if result.is_err() {
-            for (it, span) in items.iter_mut().zip(&layout.spans) {
-                cache.truncate(it.table, span.pos0);
-            }
+            undo(cache, items, &old_lens);
         }
         result
     }
@@ -365,12 +433,15 @@ impl Llama {
             &mut s.matmul,
         )?;
 
+        // Which pages this layer uses: the sequence's table, or (single-layer pages) its
+        // table for this layer, in slab layer 0.
+        let (g, kl) = if b.per_layer { (l, 0) } else { (0, l) };
         // RoPE at each token's absolute position, then store K/V in the pages.
         let rows =
             s.q.chunks_exact_mut(q_dim)
                 .zip(s.k.chunks_exact_mut(kv_dim))
                 .zip(s.v.chunks_exact(kv_dim));
-        for (((q, k), v), (&(page, slot), &pos)) in rows.zip(b.slots.iter().zip(&b.positions)) {
+        for (((q, k), v), (&(page, slot), &pos)) in rows.zip(b.slots[g].iter().zip(&b.positions)) {
             // The C library's cosf/sinf, as llama.cpp calls them (libm's can differ by an ulp).
             let table = RopeTable::<MAX_ROPE_PAIRS>::with_trig(
                 pos,
@@ -381,7 +452,7 @@ impl Llama {
             );
             self.kernels.rope(q, c.head_dim, &table);
             self.kernels.rope(k, c.head_dim, &table);
-            kv.write(l, page, slot, k, v)
+            kv.write(kl, page, slot, k, v)
                 .map_err(|e| ModelError::Invalid(format!("KV write: {e}")))?;
         }
         if let Some(log) = &mut s.queries {
@@ -406,7 +477,7 @@ impl Llama {
             q_rest = qr;
         }
         outs.into_par_iter().try_for_each(|(sp, out, q)| {
-            attend(level, kv_ref, l, &sp.pages, sp.pos0 + sp.n, q, out, &cfg)
+            attend(level, kv_ref, kl, &sp.pages[g], sp.n_ctx[g], q, out, &cfg)
                 .map_err(|e| ModelError::Invalid(format!("attention: {e}")))
         })?;
 
@@ -493,11 +564,23 @@ pub struct BatchItem<'a> {
     pub logits: Logits,
 }
 
+/// One sequence's part of a forward pass: [`BatchItem`], or a sequence with a table per layer.
+struct SeqItem<'a> {
+    /// One table shared by every layer, or one per layer (single-layer pages).
+    tables: &'a mut [SeqTable],
+    tokens: &'a [u32],
+    /// Text position (RoPE) of the first token.
+    pos0: usize,
+    logits: Logits,
+}
+
 /// A sequence's tokens within the flat batch.
 #[derive(Debug)]
 struct SeqSpan {
-    pages: Vec<PageId>,
-    pos0: usize,
+    /// Pages per table group (one group, or one per layer), after the append.
+    pages: Vec<Vec<PageId>>,
+    /// Tokens per table group after the append (what the last new token sees).
+    n_ctx: Vec<usize>,
     off: usize,
     n: usize,
     logits: Logits,
@@ -509,5 +592,8 @@ struct BatchLayout {
     spans: Vec<SeqSpan>,
     tokens: Vec<u32>,
     positions: Vec<usize>,
-    slots: Vec<(PageId, usize)>,
+    /// Where each token's K/V goes, per table group: `slots[g][token]`.
+    slots: Vec<Vec<(PageId, usize)>>,
+    /// One table group per layer, in slab layer 0 (single-layer pages).
+    per_layer: bool,
 }

@@ -1,7 +1,7 @@
 //! One sequence with its own paged KV cache: the unit `pagoda run`, `chat` and
 //! `perplexity` drive.
 
-use pagoda_core::evict::{EvictionRule, KvPolicy};
+use pagoda_core::evict::KvPolicy;
 
 use super::eviction::Evictor;
 use super::kv_cache::{KvCache, KvType, SeqTable};
@@ -39,11 +39,15 @@ impl Default for SessionOptions {
 /// page-aligned step at a time (at most `block_size` tokens); before each step, pages the
 /// policy drops go back to the pool. [`tokens`](Self::tokens) and [`len`](Self::len) still
 /// count the whole sequence; [`cached_len`](Self::cached_len) is what the cache holds.
+///
+/// A per-layer policy (PyramidKV) gets a cache of single-layer pages and one table per layer
+/// ([`tables`](Self::tables)); every other policy, and `full`, one table of all-layer pages.
 #[derive(Debug)]
 pub struct Session<'m> {
     model: &'m Llama,
     cache: KvCache,
-    table: SeqTable,
+    /// One table, or one per layer (per-layer policy).
+    tables: Vec<SeqTable>,
     tokens: Vec<u32>,
     opts: SessionOptions,
     scratch: ForwardScratch,
@@ -58,9 +62,10 @@ impl<'m> Session<'m> {
     }
 
     /// A session under a KV eviction policy. A policy with a bound on the pages it keeps
-    /// (sink/window, H2O) gets a pool of exactly that many pages, and the sequence may run
-    /// past `opts.n_ctx` ([`remaining`](Self::remaining) is then unlimited); budgets given as
-    /// a percentage are of `opts.n_ctx`.
+    /// (sink/window, H2O, PyramidKV) gets a pool of exactly that many pages (single-layer
+    /// pages for PyramidKV: the sum of the layers' budgets), and the sequence may run past
+    /// `opts.n_ctx` ([`remaining`](Self::remaining) is then unlimited); budgets given as a
+    /// percentage are of `opts.n_ctx`.
     pub fn with_policy(
         model: &'m Llama,
         opts: SessionOptions,
@@ -71,19 +76,23 @@ impl<'m> Session<'m> {
                 "context size, batch size and block size must be at least 1".into(),
             ));
         }
-        let evictor = Evictor::new(policy, opts.n_ctx, opts.block_size)?;
+        let c = model.config();
+        let evictor = Evictor::new(policy, opts.n_ctx, opts.block_size, c.n_layers)?;
         let n_pages = evictor
-            .rule()
             .max_pages(opts.block_size)
             .unwrap_or_else(|| opts.n_ctx.div_ceil(opts.block_size));
-        let cache = KvCache::new(model.config(), opts.kv_type, n_pages, opts.block_size)?;
-        let table = cache.new_table();
+        let cache = if policy.per_layer() {
+            KvCache::new_per_layer(c, opts.kv_type, n_pages, opts.block_size)?
+        } else {
+            KvCache::new(c, opts.kv_type, n_pages, opts.block_size)?
+        };
+        let tables = (0..evictor.n_tables()).map(|_| cache.new_table()).collect();
         let mut scratch = ForwardScratch::default();
         scratch.record_queries(policy.needs_attention_mass());
         Ok(Session {
             model,
             cache,
-            table,
+            tables,
             tokens: Vec::new(),
             opts,
             scratch,
@@ -97,9 +106,10 @@ impl<'m> Session<'m> {
         self.evictor.policy()
     }
 
-    /// Tokens the cache holds now (`len()` minus those evicted).
+    /// Tokens the cache holds now (`len()` minus those evicted; under a per-layer policy,
+    /// those of layer 0, which keeps the most).
     pub fn cached_len(&self) -> usize {
-        self.table.len()
+        self.tables[0].len()
     }
 
     /// Pages the eviction policy has given back to the pool so far.
@@ -108,7 +118,7 @@ impl<'m> Session<'m> {
     }
 
     fn bounded(&self) -> bool {
-        !matches!(self.evictor.rule(), EvictionRule::KeepAll)
+        self.evictor.evicts()
     }
 
     /// The model.
@@ -149,9 +159,14 @@ impl<'m> Session<'m> {
         &self.cache
     }
 
-    /// The sequence's block table.
+    /// The sequence's block table (layer 0's under a per-layer policy).
     pub fn table(&self) -> &SeqTable {
-        &self.table
+        &self.tables[0]
+    }
+
+    /// The sequence's block tables: one, or one per layer under a per-layer policy.
+    pub fn tables(&self) -> &[SeqTable] {
+        &self.tables
     }
 
     /// Appends `tokens` (in chunks of `n_batch`) and returns the last token's logits.
@@ -220,7 +235,7 @@ impl<'m> Session<'m> {
         if !self.bounded() {
             let l = self.model.forward(
                 &mut self.cache,
-                &mut self.table,
+                &mut self.tables[0],
                 chunk,
                 want,
                 &mut self.scratch,
@@ -235,7 +250,8 @@ impl<'m> Session<'m> {
         let mut out = Vec::new();
         let mut at = 0;
         while at < chunk.len() {
-            let n = (bs - self.table.len() % bs).min(chunk.len() - at);
+            // Every table holds whole pages plus the same partial last page.
+            let n = (bs - self.tables[0].len() % bs).min(chunk.len() - at);
             let step = &chunk[at..at + n];
             let step_want = match want {
                 Logits::None => Logits::None,
@@ -244,20 +260,31 @@ impl<'m> Session<'m> {
                 Logits::From(i) if at + n <= i => Logits::None,
                 Logits::From(i) => Logits::From(i.saturating_sub(at)),
             };
-            self.evictor.evict(&mut self.cache, &mut self.table)?;
+            self.evictor.evict(&mut self.cache, &mut self.tables)?;
             let pos0 = self.tokens.len();
-            let shift = pos0 - self.table.len();
-            let l = self.model.forward_shifted(
-                &mut self.cache,
-                &mut self.table,
-                step,
-                shift,
-                step_want,
-                &mut self.scratch,
-            )?;
-            self.evictor.appended(&self.table, pos0, n);
+            let l = if self.cache.per_layer() {
+                self.model.forward_per_layer(
+                    &mut self.cache,
+                    &mut self.tables,
+                    step,
+                    pos0,
+                    step_want,
+                    &mut self.scratch,
+                )?
+            } else {
+                let shift = pos0 - self.tables[0].len();
+                self.model.forward_shifted(
+                    &mut self.cache,
+                    &mut self.tables[0],
+                    step,
+                    shift,
+                    step_want,
+                    &mut self.scratch,
+                )?
+            };
+            self.evictor.appended(&self.tables, pos0, n);
             let queries = self.scratch.take_queries();
-            self.evictor.add_mass(&self.cache, &self.table, self.model.config(), &queries, n)?;
+            self.evictor.add_mass(&self.cache, &self.tables, self.model.config(), &queries, n)?;
             self.tokens.extend_from_slice(step);
             self.peak_pages = self.peak_pages.max(self.cache.pages_in_use());
             out.extend_from_slice(&l);
@@ -270,9 +297,12 @@ impl<'m> Session<'m> {
     /// tokens it still holds at positions below `n`.
     pub fn truncate(&mut self, n: usize) {
         if n < self.tokens.len() {
-            let keep = if self.bounded() { self.evictor.cached_below(&self.table, n) } else { n };
-            self.cache.truncate(&mut self.table, keep);
-            self.evictor.truncated(&self.table);
+            for (i, table) in self.tables.iter_mut().enumerate() {
+                let keep =
+                    if self.evictor.evicts() { self.evictor.cached_below(i, table, n) } else { n };
+                self.cache.truncate(table, keep);
+            }
+            self.evictor.truncated(&self.tables);
             self.tokens.truncate(n);
         }
     }

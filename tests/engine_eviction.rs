@@ -1,0 +1,243 @@
+//! KV eviction in the engine: every sequence evicts its own pages under the policy, runs past
+//! what its pool could hold under full attention, gives the tokens it gives alone in a
+//! `Session` under the same policy, and never loses a page another sequence shares.
+
+mod common;
+mod engine_common;
+
+use std::collections::HashMap;
+
+use pagoda::core::evict::{Budget, KvPolicy};
+use pagoda::core::pool::PageId;
+use pagoda::cpu::engine::{Engine, EngineConfig, EngineError, Request, RequestId, RequestOutput};
+use pagoda::cpu::model::{KvType, Llama, Session, SessionOptions};
+use pagoda::cpu::sampler::argmax;
+
+const BS: usize = 16;
+
+/// Greedy tokens of `prompt` alone in a `Session` under `policy` (prompt in one call, then
+/// one token at a time).
+fn session_reference(model: &Llama, policy: KvPolicy, prompt: &[u32], steps: usize) -> Vec<u32> {
+    let opts = SessionOptions {
+        n_ctx: model.config().context_length,
+        kv_type: KvType::F16,
+        block_size: BS,
+        ..SessionOptions::default()
+    };
+    let mut s = Session::with_policy(model, opts, policy).expect("session");
+    let mut logits = s.eval(prompt).expect("prompt");
+    let mut out = Vec::new();
+    for i in 0..steps {
+        let t = argmax(&logits);
+        out.push(t);
+        if i + 1 < steps {
+            logits = s.eval(&[t]).expect("decode");
+        }
+    }
+    assert!(s.evicted_pages() > 0, "the reference never evicted: the test proves nothing");
+    out
+}
+
+/// Steps the engine to the end. After every step: the pool's invariants hold, and every full
+/// page two running sequences shared before the step is still held by each of them that runs
+/// on (a shared partly filled last page is copied on write, not evicted).
+fn run_watching_shared_pages(
+    engine: &mut Engine<'_>,
+    seqs: &[(RequestId, usize)],
+) -> (Vec<RequestOutput>, usize) {
+    let mut done = Vec::new();
+    let mut shared_seen = 0;
+    engine.check_invariants().expect("invariants before the first step");
+    let mut steps = 0;
+    while engine.has_unfinished() {
+        let mut holders: HashMap<PageId, Vec<(RequestId, usize)>> = HashMap::new();
+        for &s in seqs {
+            let pages = engine.sequence_pages(s.0, s.1).unwrap_or(&[]);
+            for &p in pages.iter().take(pages.len().saturating_sub(1)) {
+                holders.entry(p).or_default().push(s);
+            }
+        }
+        let out = engine.step().expect("step");
+        steps += 1;
+        engine.check_invariants().unwrap_or_else(|e| panic!("after step {steps}: {e}"));
+        for (page, hs) in holders.iter().filter(|(_, hs)| hs.len() > 1) {
+            shared_seen += 1;
+            for s in hs {
+                if let Some(pages) = engine.sequence_pages(s.0, s.1) {
+                    assert!(
+                        pages.contains(page),
+                        "step {steps}: {} sample {} lost shared {page} (holders {hs:?})",
+                        s.0,
+                        s.1
+                    );
+                }
+            }
+        }
+        done.extend(out.finished);
+    }
+    (done, shared_seen)
+}
+
+fn config(kv_pages: usize) -> EngineConfig {
+    EngineConfig {
+        kv_pages,
+        block_size: BS,
+        kv_type: KvType::F16,
+        max_batch_tokens: 64,
+        prefix_caching: true,
+    }
+}
+
+#[test]
+fn sink_window_batch_runs_past_full_capacity_and_matches_sessions() {
+    let model = Llama::load(common::model_path()).expect("load model");
+    // The sink is the first page, which the prompts share through the prefix cache.
+    let policy = KvPolicy::SinkWindow { sink: BS, window: 3 * BS };
+    let stem = engine_common::prompt(11, BS);
+    let prompts: Vec<Vec<u32>> = [(1, 24), (2, 21), (3, 34)]
+        .iter()
+        .map(|&(seed, n)| {
+            let mut p = stem.clone();
+            p.extend(engine_common::prompt(seed, n));
+            p
+        })
+        .collect();
+    let steps = [260, 90, 120];
+    // Per sequence at most 1 sink + 3 window + 2 pages = 6; 18 pages hold three of them. Under
+    // full attention the first request alone needs ⌈(40 + 260 − 1) / 16⌉ = 19 pages.
+    let kv_pages = 18;
+    let full = Engine::new(&model, config(kv_pages));
+    let refused = full.unwrap().add_request(Request::greedy(0, prompts[0].clone(), steps[0]));
+    assert!(matches!(refused, Err(EngineError::TooLarge { .. })), "{refused:?}");
+
+    let mut engine = Engine::with_policy(&model, config(kv_pages), policy).expect("engine");
+    let mut seqs = Vec::new();
+    for (i, (p, &n)) in prompts.iter().zip(&steps).enumerate() {
+        engine.add_request(Request::greedy(i as u64, p.clone(), n)).expect("request");
+        seqs.push((RequestId(i as u64), 0));
+        if i == 0 {
+            // Its first page computed and cached: the others start from it.
+            let mut done = engine.step().expect("first step").finished;
+            done.extend(engine.step().expect("second step").finished);
+            assert!(done.is_empty());
+        }
+    }
+    let (done, shared_seen) = run_watching_shared_pages(&mut engine, &seqs);
+    assert!(shared_seen > 0, "no page was ever shared: the sharing check proves nothing");
+    assert!(engine.stats().policy_evictions > 0);
+    assert!(engine.stats().prefix_hits > 0, "the shared stem page was never a prefix hit");
+    assert!(engine.stats().peak_pages <= kv_pages);
+    assert_eq!(done.len(), prompts.len());
+    for out in &done {
+        let i = out.id.0 as usize;
+        let want = session_reference(&model, policy, &prompts[i], steps[i]);
+        assert_eq!(out.samples[0].tokens, want, "request {i} differs from its Session run");
+    }
+    // Every page back: held by nobody, and free once the prefix cache lets go.
+    assert_eq!(engine.pages_held(), 0);
+    engine.clear_prefix_cache().expect("clear");
+    let pool = engine.cache().pool();
+    assert_eq!(pool.free_count(), pool.capacity());
+    pool.check_invariants().expect("pool invariants at the end");
+}
+
+#[test]
+fn h2o_batch_matches_sessions_and_keeps_its_budget() {
+    let model = Llama::load(common::model_path()).expect("load model");
+    let policy = KvPolicy::H2o(Budget::Tokens(6 * BS));
+    let prompts = [engine_common::prompt(21, 45), engine_common::prompt(22, 19)];
+    let steps = [110, 130];
+    let kv_pages = 12; // 2 × the budget of 6 pages; full attention needs 10 + 10
+    let mut engine = Engine::with_policy(&model, config(kv_pages), policy).expect("engine");
+    let mut seqs = Vec::new();
+    for (i, p) in prompts.iter().enumerate() {
+        engine.add_request(Request::greedy(i as u64, p.clone(), steps[i])).expect("request");
+        seqs.push((RequestId(i as u64), 0));
+    }
+    let (done, _) = run_watching_shared_pages(&mut engine, &seqs);
+    assert!(engine.stats().peak_pages <= kv_pages);
+    for out in &done {
+        let i = out.id.0 as usize;
+        let want = session_reference(&model, policy, &prompts[i], steps[i]);
+        assert_eq!(out.samples[0].tokens, want, "request {i} differs from its Session run");
+    }
+    engine.clear_prefix_cache().expect("clear");
+    let pool = engine.cache().pool();
+    assert_eq!(pool.free_count(), pool.capacity());
+}
+
+#[test]
+fn forked_samples_never_evict_the_pages_they_share() {
+    let model = Llama::load(common::model_path()).expect("load model");
+    let policy = KvPolicy::SinkWindow { sink: 4, window: 2 * BS };
+    // A 5-page prompt, shared by both samples after the fork: none of it may be evicted
+    // while both hold it, so each sample keeps it plus its own window.
+    let prompt = engine_common::prompt(31, 5 * BS + 3);
+    let mut req = Request::greedy(0, prompt, 80);
+    req.n = 2;
+    req.sampler.temperature = 0.9;
+    req.sampler.seed = 5;
+    let mut engine = Engine::with_policy(&model, config(24), policy).expect("engine");
+    engine.add_request(req).expect("request");
+    let seqs = [(RequestId(0), 0), (RequestId(0), 1)];
+    let (done, shared_seen) = run_watching_shared_pages(&mut engine, &seqs);
+    assert!(shared_seen >= 5, "the prompt pages were not shared ({shared_seen})");
+    // Each sample evicted its own pages: unevicted, the samples (163 tokens, 11 pages each)
+    // would end holding the 5 shared full prompt pages + 2 × 6 of their own = 17; evicting,
+    // each keeps at most 3 own window pages + the step's page beside the shared ones.
+    assert!(engine.stats().policy_evictions > 0);
+    assert!(engine.stats().peak_pages <= 5 + 2 * 4, "{:?}", engine.stats());
+    let samples = &done[0].samples;
+    assert_eq!(samples.len(), 2);
+    assert!(samples.iter().all(|s| s.tokens.len() == 80));
+    assert_eq!(engine.pages_held(), 0);
+    engine.clear_prefix_cache().expect("clear");
+    let pool = engine.cache().pool();
+    assert_eq!(pool.free_count(), pool.capacity());
+}
+
+#[test]
+fn engine_refuses_per_layer_policies_and_short_batches() {
+    let model = Llama::load(common::model_path()).expect("load model");
+    let err = Engine::with_policy(&model, config(8), KvPolicy::Pyramid(Budget::Percent(50)))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("pyramid:50%") && err.contains("per layer"), "{err}");
+    let short = EngineConfig { max_batch_tokens: 8, ..config(8) };
+    let err = Engine::with_policy(&model, short, KvPolicy::SinkWindow { sink: 4, window: 32 })
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("max batch tokens (8)"), "{err}");
+    let err = Engine::with_policy(&model, config(8), KvPolicy::H2o(Budget::Tokens(20)))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("less than two pages"), "{err}");
+}
+
+#[test]
+fn preempted_evicting_sequences_recompute_to_their_session_tokens() {
+    let model = Llama::load(common::model_path()).expect("load model");
+    // At most 1 + 2 + 2 = 5 pages per sequence; 7 pages cannot hold two at once, so the
+    // newer one is preempted, recomputed (prompt by pages, then token by token, evicting as
+    // it goes) and must still give its Session tokens.
+    let policy = KvPolicy::SinkWindow { sink: BS, window: 2 * BS };
+    let prompts = [engine_common::prompt(41, 37), engine_common::prompt(42, 50)];
+    let steps = [70, 60];
+    let mut engine = Engine::with_policy(&model, config(7), policy).expect("engine");
+    let mut seqs = Vec::new();
+    for (i, p) in prompts.iter().enumerate() {
+        engine.add_request(Request::greedy(i as u64, p.clone(), steps[i])).expect("request");
+        seqs.push((RequestId(i as u64), 0));
+    }
+    let (done, _) = run_watching_shared_pages(&mut engine, &seqs);
+    assert!(engine.stats().preemptions > 0, "{:?}", engine.stats());
+    assert!(engine.stats().recomputed_tokens > 0, "{:?}", engine.stats());
+    for out in &done {
+        let i = out.id.0 as usize;
+        let want = session_reference(&model, policy, &prompts[i], steps[i]);
+        assert_eq!(out.samples[0].tokens, want, "request {i} differs from its Session run");
+    }
+    engine.clear_prefix_cache().expect("clear");
+    let pool = engine.cache().pool();
+    assert_eq!(pool.free_count(), pool.capacity());
+}
