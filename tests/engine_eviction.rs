@@ -11,7 +11,6 @@ use pagoda::core::evict::{Budget, KvPolicy};
 use pagoda::core::pool::PageId;
 use pagoda::cpu::engine::{Engine, EngineConfig, EngineError, Request, RequestId, RequestOutput};
 use pagoda::cpu::model::{KvType, Llama, Session, SessionOptions};
-use pagoda::cpu::sampler::argmax;
 
 const BS: usize = 16;
 
@@ -25,15 +24,7 @@ fn session_reference(model: &Llama, policy: KvPolicy, prompt: &[u32], steps: usi
         ..SessionOptions::default()
     };
     let mut s = Session::with_policy(model, opts, policy).expect("session");
-    let mut logits = s.eval(prompt).expect("prompt");
-    let mut out = Vec::new();
-    for i in 0..steps {
-        let t = argmax(&logits);
-        out.push(t);
-        if i + 1 < steps {
-            logits = s.eval(&[t]).expect("decode");
-        }
-    }
+    let out = engine_common::greedy(&mut s, prompt, steps);
     assert!(s.evicted_pages() > 0, "the reference never evicted: the test proves nothing");
     out
 }
@@ -41,6 +32,26 @@ fn session_reference(model: &Llama, policy: KvPolicy, prompt: &[u32], steps: usi
 /// Steps the engine to the end. After every step: the pool's invariants hold, and every full
 /// page two running sequences shared before the step is still held by each of them that runs
 /// on (a shared partly filled last page is copied on write, not evicted).
+/// Every request's tokens equal its [`session_reference`], and every page is free once the
+/// prefix cache lets go.
+fn assert_session_tokens_and_all_free(
+    model: &Llama,
+    engine: &mut Engine<'_>,
+    done: &[RequestOutput],
+    policy: KvPolicy,
+    prompts: &[Vec<u32>],
+    steps: &[usize],
+) {
+    for out in done {
+        let i = out.id.0 as usize;
+        let want = session_reference(model, policy, &prompts[i], steps[i]);
+        assert_eq!(out.samples[0].tokens, want, "request {i} differs from its Session run");
+    }
+    engine.clear_prefix_cache().expect("clear");
+    let pool = engine.cache().pool();
+    assert_eq!(pool.free_count(), pool.capacity());
+}
+
 fn run_watching_shared_pages(
     engine: &mut Engine<'_>,
     seqs: &[(RequestId, usize)],
@@ -156,14 +167,7 @@ fn h2o_batch_matches_sessions_and_keeps_its_budget() {
     }
     let (done, _) = run_watching_shared_pages(&mut engine, &seqs);
     assert!(engine.stats().peak_pages <= kv_pages);
-    for out in &done {
-        let i = out.id.0 as usize;
-        let want = session_reference(&model, policy, &prompts[i], steps[i]);
-        assert_eq!(out.samples[0].tokens, want, "request {i} differs from its Session run");
-    }
-    engine.clear_prefix_cache().expect("clear");
-    let pool = engine.cache().pool();
-    assert_eq!(pool.free_count(), pool.capacity());
+    assert_session_tokens_and_all_free(&model, &mut engine, &done, policy, &prompts, &steps);
 }
 
 #[test]
@@ -232,12 +236,5 @@ fn preempted_evicting_sequences_recompute_to_their_session_tokens() {
     let (done, _) = run_watching_shared_pages(&mut engine, &seqs);
     assert!(engine.stats().preemptions > 0, "{:?}", engine.stats());
     assert!(engine.stats().recomputed_tokens > 0, "{:?}", engine.stats());
-    for out in &done {
-        let i = out.id.0 as usize;
-        let want = session_reference(&model, policy, &prompts[i], steps[i]);
-        assert_eq!(out.samples[0].tokens, want, "request {i} differs from its Session run");
-    }
-    engine.clear_prefix_cache().expect("clear");
-    let pool = engine.cache().pool();
-    assert_eq!(pool.free_count(), pool.capacity());
+    assert_session_tokens_and_all_free(&model, &mut engine, &done, policy, &prompts, &steps);
 }

@@ -11,6 +11,12 @@ use pagoda::cpu::sampler::argmax;
 pub fn reference(model: &Llama, prompt: &[u32], steps: usize, block_size: usize) -> Vec<u32> {
     let opts = SessionOptions { block_size, ..SessionOptions::default() };
     let mut s = Session::new(model, opts).expect("session");
+    greedy(&mut s, prompt, steps)
+}
+
+/// `steps` greedy tokens of `prompt` through `s`: the prompt in one call, then one token at
+/// a time.
+pub fn greedy(s: &mut Session<'_>, prompt: &[u32], steps: usize) -> Vec<u32> {
     let mut logits = s.eval(prompt).expect("prompt");
     let mut out = Vec::new();
     for i in 0..steps {
