@@ -123,6 +123,13 @@ proptest! {
         }
         let level = SimdLevel::best_available();
         prop_assert_eq!(bits(&run(level, &c, true)), bits(&want), "reversed page order");
+        // Thread counts change how rows are grouped into tasks (one kv head's group, or
+        // per-thread runs of heads spanning kv heads), never a row's result.
+        for threads in [1usize, 3, 8] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let got = pool.install(|| run(level, &c, false));
+            prop_assert_eq!(bits(&got), bits(&want), "{} threads", threads);
+        }
 
         // The same rows one token at a time (the decode path).
         let (kv, pages, _, _, q, cfg) = build(&c, false);
