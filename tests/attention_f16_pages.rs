@@ -10,7 +10,7 @@ use pagoda_core::attention::naive::naive_attention;
 use pagoda_core::attention::AttnConfig;
 use pagoda_core::kv::{KvConfig, KvPages};
 use pagoda_core::pool::PageId;
-use pagoda_cpu::attention::paged_attention_f16;
+use pagoda_cpu::attention::{paged_attention_f16, SPLIT_MIN_KEYS};
 use pagoda_cpu::kernels::SimdLevel;
 use proptest::prelude::*;
 
@@ -124,11 +124,37 @@ proptest! {
         let level = SimdLevel::best_available();
         prop_assert_eq!(bits(&run(level, &c, true)), bits(&want), "reversed page order");
         // Thread counts change how rows are grouped into tasks (one kv head's group, or
-        // per-thread runs of heads spanning kv heads), never a row's result.
+        // per-thread runs of heads spanning kv heads), never a row's result — except that
+        // rows seeing ≥ SPLIT_MIN_KEYS keys are split into one part per thread (as
+        // llama.cpp's decode): those equal the scalar level at the same thread count, and
+        // the one-token-at-a-time check below runs the parts in parallel against the
+        // batch's parts one after the other.
+        let splits = c.n_ctx >= SPLIT_MIN_KEYS;
         for threads in [1usize, 3, 8] {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
             let got = pool.install(|| run(level, &c, false));
-            prop_assert_eq!(bits(&got), bits(&want), "{} threads", threads);
+            let scalar = pool.install(|| run(SimdLevel::Scalar, &c, false));
+            prop_assert_eq!(bits(&got), bits(&scalar), "{} threads vs scalar", threads);
+            if !splits {
+                prop_assert_eq!(bits(&got), bits(&want), "{} threads", threads);
+            }
+            // Token by token in this pool: each decode splits its keys over parallel tasks.
+            let (kv, pages, _, _, q, cfg) = build(&c, false);
+            let q_len = cfg.q_len();
+            let first = c.n_ctx - c.n_new;
+            for t in 0..c.n_new {
+                let mut out = vec![f32::NAN; q_len];
+                let qt = &q[t * q_len..(t + 1) * q_len];
+                pool.install(|| {
+                    paged_attention_f16(level, &kv, 0, &pages, first + t + 1, qt, &mut out, &cfg)
+                })
+                .unwrap();
+                prop_assert_eq!(
+                    bits(&out),
+                    bits(&got[t * q_len..(t + 1) * q_len]),
+                    "{} threads, token {}", threads, t
+                );
+            }
         }
 
         // The same rows one token at a time (the decode path).

@@ -69,31 +69,125 @@ pub fn paged_attention_f16<S: AsRef<[f16]> + Sync>(
     // widenings instead of three, two tasks of 4–5 interleaved rows instead of 3 + 6 heads
     // unevenly split).
     let threads = rayon::current_num_threads();
+    let bs = kv.config().block_size;
+    let first_pos = n_ctx - n_new;
+    // Decode over a long context (one new token seeing ≥ SPLIT_MIN_KEYS keys): each kv
+    // head's group is one task per part of the context, as llama.cpp splits a decode's
+    // keys over its threads; the parts' partial results merge afterwards.
+    let decode_parts =
+        if n_new == 1 { part_starts(first_pos + 1, bs, threads).len() - 1 } else { 1 };
     let few = n_chunks * n_kv < 2 * threads;
-    let runs: Vec<Range<usize>> = if few {
+    let runs: Vec<Range<usize>> = if few && decode_parts == 1 {
         let parts = threads.div_ceil(n_chunks).clamp(1, n_heads);
         (0..parts).map(|p| p * n_heads / parts..(p + 1) * n_heads / parts).collect()
     } else {
         (0..n_kv).map(|kv| kv * group..(kv + 1) * group).collect()
     };
-    let tasks: Vec<Task> = (0..n_chunks)
-        .flat_map(|chunk| {
-            let t0 = chunk * TOKENS_PER_TASK;
-            let tokens = t0..(t0 + TOKENS_PER_TASK).min(n_new);
-            runs.iter().map(move |heads| Task { tokens: tokens.clone(), heads: heads.clone() })
-        })
-        .collect();
-    let shared = Shared { level, kv, layer, pages, first_pos: n_ctx - n_new, q, cfg };
-    let results: Vec<Vec<f32>> =
+    let tasks: Vec<Task> = if decode_parts > 1 {
+        runs.iter()
+            .flat_map(|heads| {
+                (0..decode_parts).map(move |k| Task {
+                    tokens: 0..1,
+                    heads: heads.clone(),
+                    part: Some(k),
+                })
+            })
+            .collect()
+    } else {
+        (0..n_chunks)
+            .flat_map(|chunk| {
+                let t0 = chunk * TOKENS_PER_TASK;
+                let tokens = t0..(t0 + TOKENS_PER_TASK).min(n_new);
+                runs.iter().map(move |heads| Task {
+                    tokens: tokens.clone(),
+                    heads: heads.clone(),
+                    part: None,
+                })
+            })
+            .collect()
+    };
+    let shared = Shared { level, kv, layer, pages, first_pos, q, cfg, threads };
+    let results: Vec<Vec<Partial>> =
         tasks.par_iter().map(|t| shared.run(t)).collect::<Result<_, AttnError>>()?;
-    for (task, res) in tasks.iter().zip(&results) {
-        let rows = task.tokens.clone().flat_map(|t| task.heads.clone().map(move |h| (t, h)));
-        for ((t, h), o) in rows.zip(res.chunks_exact(hd)) {
-            let head = t * n_heads + h;
-            out[head * hd..(head + 1) * hd].copy_from_slice(o);
+    // Rows of one part are final; split rows merge their parts in order (tasks are in part
+    // order for each row, and a task lists a row's parts in order).
+    let mut merging: Vec<Option<Merge>> = Vec::new();
+    for (task, res) in tasks.iter().zip(results) {
+        for p in res {
+            let (t, h) = (p.row / n_heads, p.row % n_heads);
+            debug_assert!(task.tokens.contains(&t) && task.heads.contains(&h));
+            let o = &mut out[p.row * hd..(p.row + 1) * hd];
+            if p.of == 1 {
+                let inv = if p.sum == 0.0 { 0.0 } else { 1.0 / p.sum };
+                o.iter_mut().zip(&p.acc).for_each(|(o, &a)| *o = a * inv);
+                continue;
+            }
+            if merging.is_empty() {
+                merging.resize_with(n_new * n_heads, || None);
+            }
+            let m = merging[p.row].get_or_insert_with(|| Merge::new(hd));
+            m.add(&p);
+            if p.part + 1 == p.of {
+                m.finish(o);
+            }
         }
     }
     Ok(())
+}
+
+/// Rows that see at least this many keys are split into one part per thread (llama.cpp:
+/// `nek1 >= 512` for its split-KV decode), so their results depend on the thread count.
+pub const SPLIT_MIN_KEYS: usize = 512;
+
+/// The first page of each part of a row's `visible` keys, then the page count: one part
+/// unless `threads > 1` and `visible ≥ SPLIT_MIN_KEYS`, else `min(threads, pages)` parts of
+/// whole pages, as even as pages allow.
+fn part_starts(visible: usize, bs: usize, threads: usize) -> Vec<usize> {
+    let p = visible.div_ceil(bs);
+    let n = if threads > 1 && visible >= SPLIT_MIN_KEYS { threads.min(p).max(1) } else { 1 };
+    (0..=n).map(|k| k * p / n).collect()
+}
+
+/// One part of one row: llama.cpp's partial `(M, S, VKQ)` with the f16 accumulator widened.
+struct Partial {
+    /// Output row `token · n_heads + head`.
+    row: usize,
+    part: usize,
+    /// Parts of this row.
+    of: usize,
+    max: f32,
+    sum: f32,
+    acc: Vec<f32>,
+}
+
+/// `ggml_flash_attn_ext_reduce_partials`: partials folded in part order with the
+/// log-sum-exp rule (`V = V·so + Vc·sn`, GCC contracting the first product), then `V / S`.
+struct Merge {
+    max: f32,
+    sum: f32,
+    acc: Vec<f32>,
+}
+
+impl Merge {
+    fn new(hd: usize) -> Self {
+        Merge { max: f32::NEG_INFINITY, sum: 0.0, acc: vec![0.0; hd] }
+    }
+
+    fn add(&mut self, p: &Partial) {
+        if p.sum == 0.0 {
+            return;
+        }
+        let max = self.max.max(p.max);
+        let (so, sn) = (expf(self.max - max), expf(p.max - max));
+        self.acc.iter_mut().zip(&p.acc).for_each(|(v, &c)| *v = v.mul_add(so, c * sn));
+        self.sum = self.sum.mul_add(so, p.sum * sn);
+        self.max = max;
+    }
+
+    fn finish(&self, out: &mut [f32]) {
+        let inv = if self.sum == 0.0 { 0.0 } else { 1.0 / self.sum };
+        out.iter_mut().zip(&self.acc).for_each(|(o, &a)| *o = a * inv);
+    }
 }
 
 /// What one task covers.
@@ -102,6 +196,9 @@ struct Task {
     tokens: Range<usize>,
     /// Query heads (`0..n_heads`; head `h` reads kv head `h / group`).
     heads: Range<usize>,
+    /// `Some(k)`: only part `k` of the rows' keys (a decode split over threads); `None`:
+    /// every part, one after the other.
+    part: Option<usize>,
 }
 
 struct Shared<'a, S> {
@@ -112,6 +209,7 @@ struct Shared<'a, S> {
     first_pos: usize,
     q: &'a [f32],
     cfg: &'a AttnConfig,
+    threads: usize,
 }
 
 /// One query row's running state.
@@ -123,13 +221,19 @@ pub(super) struct Row {
     visible: usize,
     /// Which of the task's kv heads the row reads (index into its K/V runs).
     seg: usize,
+    /// Output row index (`token · n_heads + head`).
+    out_row: usize,
+    /// [`part_starts`] of the row; `part`: the part being computed.
+    bounds: Vec<usize>,
+    part: usize,
     /// This page's steps (one per key the row sees in it).
     steps: Vec<Step>,
 }
 
 impl<S: AsRef<[f16]>> Shared<'_, S> {
-    /// The task's output rows (`tokens × heads`, token-major), normalised.
-    fn run(&self, task: &Task) -> Result<Vec<f32>, AttnError> {
+    /// The task's rows' partial results (`tokens × heads`, token-major, each row's parts
+    /// in order).
+    fn run(&self, task: &Task) -> Result<Vec<Partial>, AttnError> {
         let cfg = self.cfg;
         let (hd, group) = (cfg.head_dim, cfg.group_size());
         let bs = self.kv.config().block_size;
@@ -154,18 +258,36 @@ impl<S: AsRef<[f16]>> Shared<'_, S> {
                     sum: 0.0,
                     visible,
                     seg: h / group - kv0,
+                    out_row: head,
+                    bounds: part_starts(visible, bs, self.threads),
+                    part: task.part.unwrap_or(0),
                     steps: Vec::with_capacity(bs),
                 });
             }
         }
         let max_visible = self.first_pos + task.tokens.end;
+        // The task's pages: all of them, or (a decode split) one part's.
+        let (page_lo, page_hi) = match (task.part, rows.first()) {
+            (Some(k), Some(r)) => (r.bounds[k], r.bounds[k + 1]),
+            _ => (0, usize::MAX),
+        };
+        let mut partials = Vec::with_capacity(rows.len());
         let mut kbufs: Vec<Vec<f32>> = vec![Vec::new(); n_seg];
         let mut vbufs: Vec<Vec<f32>> = vec![Vec::new(); n_seg];
         let mut scores = vec![0.0f32; bs];
-        for (i, &page) in self.pages.iter().enumerate() {
+        for (i, &page) in self.pages.iter().enumerate().take(page_hi).skip(page_lo) {
             let start = i * bs;
             if start >= max_visible {
                 break;
+            }
+            // Rows whose next part starts at this page set the finished part aside.
+            if task.part.is_none() {
+                for row in rows.iter_mut() {
+                    // (`bounds` ends with the row's page count: that is no boundary.)
+                    if row.part + 2 < row.bounds.len() && row.bounds[row.part + 1] == i {
+                        partials.push(row.take_part(hd));
+                    }
+                }
             }
             let n = (max_visible - start).min(bs);
             // A later page's runs are on their way from memory while this one computes:
@@ -173,8 +295,10 @@ impl<S: AsRef<[f16]>> Shared<'_, S> {
             // hardware prefetchers, and one page of lead left the loads waiting (tg64 at
             // depth 4096, medians of 5: 43.7 t/s one page ahead, 44.6 two, 45.4 four).
             const AHEAD: usize = 4;
-            if let Some(&next) =
-                self.pages.get(i + AHEAD).filter(|_| start + AHEAD * bs < max_visible)
+            if let Some(&next) = self
+                .pages
+                .get(i + AHEAD)
+                .filter(|_| start + AHEAD * bs < max_visible && i + AHEAD < page_hi)
             {
                 for seg in 0..n_seg {
                     for half in [KvHalf::Key, KvHalf::Value] {
@@ -202,12 +326,30 @@ impl<S: AsRef<[f16]>> Shared<'_, S> {
                 kernel.accumulate(chunk, values);
             }
         }
-        let mut out = Vec::with_capacity(rows.len() * hd);
-        for row in &rows {
-            let inv = if row.sum == 0.0 { 0.0 } else { 1.0 / row.sum };
-            out.extend(row.acc.iter().map(|&a| a * inv));
+        for row in rows.iter_mut() {
+            partials.push(row.take_part(hd));
         }
-        Ok(out)
+        // Token-major order, each row's parts in order (parts set aside mid-way came first).
+        partials.sort_by_key(|p| (p.row, p.part));
+        Ok(partials)
+    }
+}
+
+impl Row {
+    /// The part computed so far as a [`Partial`]; the row starts its next part afresh.
+    fn take_part(&mut self, hd: usize) -> Partial {
+        let p = Partial {
+            row: self.out_row,
+            part: self.part,
+            of: self.bounds.len() - 1,
+            max: self.max,
+            sum: self.sum,
+            acc: core::mem::replace(&mut self.acc, vec![0.0; hd]),
+        };
+        self.max = f32::NEG_INFINITY;
+        self.sum = 0.0;
+        self.part += 1;
+        p
     }
 }
 

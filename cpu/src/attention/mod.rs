@@ -52,7 +52,7 @@ mod neon;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-pub use f16_pages::paged_attention_f16;
+pub use f16_pages::{paged_attention_f16, SPLIT_MIN_KEYS};
 
 use pagoda_core::attention::{check_prefill, AttnConfig, AttnError};
 use pagoda_core::kv::{KvElement, KvPages};
