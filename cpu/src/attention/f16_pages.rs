@@ -19,7 +19,16 @@
 //!
 //! `exp` is the C library's `expf` (glibc's algorithm, inlined: `super::expf`). Every row is independent of every other
 //! row and of how the context is split into pages or the prompt into chunks, so results
-//! do not depend on batching or threads. Work is split into tasks of (up to
+//! do not depend on batching.
+//!
+//! Long rows and threads: a row that sees at least [`SPLIT_MIN_KEYS`] keys, with `T > 1`
+//! threads, runs the loop above over `T` page-aligned parts of its keys and merges the
+//! parts' `(M, S, acc)` as llama.cpp's split-KV decode does (`reduce_partials`:
+//! `M = max(M, Mc)`, `V = V·e^(M_old−M) + Vc·e^(Mc−M)`, `S` likewise, then `V / S`). So
+//! such rows depend on the thread count (llama.cpp's decode results do too), still not on
+//! batching: a decode computes the parts in parallel tasks, a prompt one after another,
+//! with the same bits. llama.cpp's parts are `⌈n_kv/T⌉` keys of its padded cache, pagoda's
+//! whole pages, so the two agree exactly only at one thread. Work is split into tasks of (up to
 //! [`TOKENS_PER_TASK`] tokens) × (query heads of one kv head's group): a task widens each
 //! K/V page run to f32 once for all its rows; when there are few tasks (decode) each
 //! thread instead takes one contiguous run of query heads, which may span kv heads, so
