@@ -294,7 +294,7 @@ impl<S: AsRef<[f16]>> Shared<'_, S> {
                 for row in rows.iter_mut() {
                     // (`bounds` ends with the row's page count: that is no boundary.)
                     if row.part + 2 < row.bounds.len() && row.bounds[row.part + 1] == i {
-                        partials.push(row.take_part(hd));
+                        partials.push(row.take_part(vec![0.0; hd]));
                     }
                 }
             }
@@ -336,7 +336,7 @@ impl<S: AsRef<[f16]>> Shared<'_, S> {
             }
         }
         for row in rows.iter_mut() {
-            partials.push(row.take_part(hd));
+            partials.push(row.take_part(Vec::new()));
         }
         // Token-major order, each row's parts in order (parts set aside mid-way came first).
         partials.sort_by_key(|p| (p.row, p.part));
@@ -345,15 +345,16 @@ impl<S: AsRef<[f16]>> Shared<'_, S> {
 }
 
 impl Row {
-    /// The part computed so far as a [`Partial`]; the row starts its next part afresh.
-    fn take_part(&mut self, hd: usize) -> Partial {
+    /// The part computed so far as a [`Partial`]; the row starts its next part afresh with
+    /// `acc` (zeros; empty after the last part).
+    fn take_part(&mut self, acc: Vec<f32>) -> Partial {
         let p = Partial {
             row: self.out_row,
             part: self.part,
             of: self.bounds.len() - 1,
             max: self.max,
             sum: self.sum,
-            acc: core::mem::replace(&mut self.acc, vec![0.0; hd]),
+            acc: core::mem::replace(&mut self.acc, acc),
         };
         self.max = f32::NEG_INFINITY;
         self.sum = 0.0;
