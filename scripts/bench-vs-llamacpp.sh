@@ -111,4 +111,9 @@ for (test, t, d), v in sorted(runs.items(), key=lambda kv: (kv[0][0][:2], kv[0][
     l = statistics.median(v["llama.cpp"]) if v["llama.cpp"] else float("nan")
     g = statistics.median(v["pagoda"]) if v["pagoda"] else float("nan")
     print(f"| {test} | {t} | {d} | {l:.2f} | {g:.2f} | {g / l:.2f}x |")
+print()
+print("every round, in order (llama.cpp / pagoda, tokens/s):")
+for (test, t, d), v in sorted(runs.items(), key=lambda kv: (kv[0][0][:2], kv[0][2], kv[0][1])):
+    pairs = ", ".join(f"{a:.1f} / {b:.1f}" for a, b in zip(v["llama.cpp"], v["pagoda"]))
+    print(f"  {test} t{t} d{d}: {pairs}")
 PY
