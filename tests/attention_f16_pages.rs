@@ -108,6 +108,18 @@ fn run(level: SimdLevel, c: &Case, reverse: bool) -> Vec<f32> {
     out
 }
 
+/// The case's rows computed one new token per call (the decode path), concatenated.
+fn token_by_token(level: SimdLevel, c: &Case) -> Vec<f32> {
+    let (kv, pages, _, _, q, cfg) = build(c, false);
+    let q_len = cfg.q_len();
+    let first = c.n_ctx - c.n_new;
+    let mut out = vec![f32::NAN; q.len()];
+    for (t, (qt, o)) in q.chunks_exact(q_len).zip(out.chunks_exact_mut(q_len)).enumerate() {
+        paged_attention_f16(level, &kv, 0, &pages, first + t + 1, qt, o, &cfg).unwrap();
+    }
+    out
+}
+
 fn bits(x: &[f32]) -> Vec<u32> {
     x.iter().map(|v| v.to_bits()).collect()
 }
@@ -139,34 +151,12 @@ proptest! {
                 prop_assert_eq!(bits(&got), bits(&want), "{} threads", threads);
             }
             // Token by token in this pool: each decode splits its keys over parallel tasks.
-            let (kv, pages, _, _, q, cfg) = build(&c, false);
-            let q_len = cfg.q_len();
-            let first = c.n_ctx - c.n_new;
-            for t in 0..c.n_new {
-                let mut out = vec![f32::NAN; q_len];
-                let qt = &q[t * q_len..(t + 1) * q_len];
-                pool.install(|| {
-                    paged_attention_f16(level, &kv, 0, &pages, first + t + 1, qt, &mut out, &cfg)
-                })
-                .unwrap();
-                prop_assert_eq!(
-                    bits(&out),
-                    bits(&got[t * q_len..(t + 1) * q_len]),
-                    "{} threads, token {}", threads, t
-                );
-            }
+            let tokens = pool.install(|| token_by_token(level, &c));
+            prop_assert_eq!(bits(&tokens), bits(&got), "{} threads, token by token", threads);
         }
 
         // The same rows one token at a time (the decode path).
-        let (kv, pages, _, _, q, cfg) = build(&c, false);
-        let q_len = cfg.q_len();
-        let first = c.n_ctx - c.n_new;
-        for t in 0..c.n_new {
-            let mut out = vec![f32::NAN; q_len];
-            let qt = &q[t * q_len..(t + 1) * q_len];
-            paged_attention_f16(level, &kv, 0, &pages, first + t + 1, qt, &mut out, &cfg).unwrap();
-            prop_assert_eq!(bits(&out), bits(&want[t * q_len..(t + 1) * q_len]), "token {}", t);
-        }
+        prop_assert_eq!(bits(&token_by_token(level, &c)), bits(&want), "token by token");
     }
 
     #[test]
