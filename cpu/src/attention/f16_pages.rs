@@ -83,8 +83,7 @@ pub fn paged_attention_f16<S: AsRef<[f16]> + Sync>(
     // Decode over a long context (one new token seeing ≥ SPLIT_MIN_KEYS keys): each kv
     // head's group is one task per part of the context, as llama.cpp splits a decode's
     // keys over its threads; the parts' partial results merge afterwards.
-    let decode_parts =
-        if n_new == 1 { part_starts(first_pos + 1, bs, threads).len() - 1 } else { 1 };
+    let decode_parts = if n_new == 1 { Parts::new(first_pos + 1, bs, threads).n } else { 1 };
     let few = n_chunks * n_kv < 2 * threads;
     let runs: Vec<Range<usize>> = if few && decode_parts == 1 {
         let parts = threads.div_ceil(n_chunks).clamp(1, n_heads);
@@ -148,13 +147,27 @@ pub fn paged_attention_f16<S: AsRef<[f16]> + Sync>(
 /// `nek1 >= 512` for its split-KV decode), so their results depend on the thread count.
 pub const SPLIT_MIN_KEYS: usize = 512;
 
-/// The first page of each part of a row's `visible` keys, then the page count: one part
-/// unless `threads > 1` and `visible ≥ SPLIT_MIN_KEYS`, else `min(threads, pages)` parts of
-/// whole pages, as even as pages allow.
-fn part_starts(visible: usize, bs: usize, threads: usize) -> Vec<usize> {
-    let p = visible.div_ceil(bs);
-    let n = if threads > 1 && visible >= SPLIT_MIN_KEYS { threads.min(p).max(1) } else { 1 };
-    (0..=n).map(|k| k * p / n).collect()
+/// How a row's `visible` keys split into parts: one part unless `threads > 1` and
+/// `visible ≥ SPLIT_MIN_KEYS`, else `min(threads, pages)` parts of whole pages, as even as
+/// pages allow (part `k` starts at page [`Parts::start`]`(k)`).
+#[derive(Clone, Copy, Debug)]
+struct Parts {
+    pages: usize,
+    n: usize,
+}
+
+impl Parts {
+    fn new(visible: usize, bs: usize, threads: usize) -> Self {
+        let pages = visible.div_ceil(bs);
+        let n =
+            if threads > 1 && visible >= SPLIT_MIN_KEYS { threads.min(pages).max(1) } else { 1 };
+        Parts { pages, n }
+    }
+
+    /// First page of part `k` (`k == n`: the page count).
+    fn start(self, k: usize) -> usize {
+        k * self.pages / self.n
+    }
 }
 
 /// One part of one row: llama.cpp's partial `(M, S, VKQ)` with the f16 accumulator widened.
@@ -232,8 +245,8 @@ pub(super) struct Row {
     seg: usize,
     /// Output row index (`token · n_heads + head`).
     out_row: usize,
-    /// [`part_starts`] of the row; `part`: the part being computed.
-    bounds: Vec<usize>,
+    /// How the row's keys split ([`Parts`]); `part`: the part being computed.
+    parts: Parts,
     part: usize,
     /// This page's steps (one per key the row sees in it).
     steps: Vec<Step>,
@@ -268,7 +281,7 @@ impl<S: AsRef<[f16]>> Shared<'_, S> {
                     visible,
                     seg: h / group - kv0,
                     out_row: head,
-                    bounds: part_starts(visible, bs, self.threads),
+                    parts: Parts::new(visible, bs, self.threads),
                     part: task.part.unwrap_or(0),
                     steps: Vec::with_capacity(bs),
                 });
@@ -277,7 +290,7 @@ impl<S: AsRef<[f16]>> Shared<'_, S> {
         let max_visible = self.first_pos + task.tokens.end;
         // The task's pages: all of them, or (a decode split) one part's.
         let (page_lo, page_hi) = match (task.part, rows.first()) {
-            (Some(k), Some(r)) => (r.bounds[k], r.bounds[k + 1]),
+            (Some(k), Some(r)) => (r.parts.start(k), r.parts.start(k + 1)),
             _ => (0, usize::MAX),
         };
         let mut partials = Vec::with_capacity(rows.len());
@@ -292,8 +305,7 @@ impl<S: AsRef<[f16]>> Shared<'_, S> {
             // Rows whose next part starts at this page set the finished part aside.
             if task.part.is_none() {
                 for row in rows.iter_mut() {
-                    // (`bounds` ends with the row's page count: that is no boundary.)
-                    if row.part + 2 < row.bounds.len() && row.bounds[row.part + 1] == i {
+                    if row.part + 1 < row.parts.n && row.parts.start(row.part + 1) == i {
                         partials.push(row.take_part(vec![0.0; hd]));
                     }
                 }
@@ -351,7 +363,7 @@ impl Row {
         let p = Partial {
             row: self.out_row,
             part: self.part,
-            of: self.bounds.len() - 1,
+            of: self.parts.n,
             max: self.max,
             sum: self.sum,
             acc: core::mem::replace(&mut self.acc, acc),
