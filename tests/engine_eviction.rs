@@ -215,7 +215,7 @@ fn engine_refuses_short_batches_and_tiny_budgets() {
     let err = Engine::with_policy(&model, config(8), KvPolicy::Pyramid(Budget::Tokens(20)))
         .unwrap_err()
         .to_string();
-    assert!(err.contains("pyramid:20") && err.contains("at least 2 pages"), "{err}");
+    assert!(err.contains("pyramid:20") && err.contains("less than two pages"), "{err}");
 }
 
 #[test]

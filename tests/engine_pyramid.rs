@@ -153,8 +153,11 @@ fn pyramid_batch_matches_sessions_alone_and_keeps_each_layers_budget() {
     let budgets = layer_budgets(&model);
     assert!(budgets[0] > budgets[n_layers - 1], "{budgets:?}");
     assert_eq!(budgets.iter().sum::<usize>(), n_layers * 4);
-    let prompts =
-        [engine_common::prompt(51, 37), engine_common::prompt(52, 21), engine_common::prompt(53, 50)];
+    let prompts = [
+        engine_common::prompt(51, 37),
+        engine_common::prompt(52, 21),
+        engine_common::prompt(53, 50),
+    ];
     let steps = [80, 50, 64];
     // Room for all three at their bound (3 × 120 single-layer pages); unevicted, the first
     // would need ⌈(37 + 80 − 1) / 16⌉ = 8 pages in each of 30 layers.
