@@ -201,12 +201,8 @@ fn forked_samples_never_evict_the_pages_they_share() {
 }
 
 #[test]
-fn engine_refuses_per_layer_policies_and_short_batches() {
+fn engine_refuses_short_batches_and_tiny_budgets() {
     let model = Llama::load(common::model_path()).expect("load model");
-    let err = Engine::with_policy(&model, config(8), KvPolicy::Pyramid(Budget::Percent(50)))
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("pyramid:50%") && err.contains("per layer"), "{err}");
     let short = EngineConfig { max_batch_tokens: 8, ..config(8) };
     let err = Engine::with_policy(&model, short, KvPolicy::SinkWindow { sink: 4, window: 32 })
         .unwrap_err()
@@ -216,6 +212,10 @@ fn engine_refuses_per_layer_policies_and_short_batches() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("less than two pages"), "{err}");
+    let err = Engine::with_policy(&model, config(8), KvPolicy::Pyramid(Budget::Tokens(20)))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("pyramid:20") && err.contains("less than two pages"), "{err}");
 }
 
 #[test]

@@ -45,7 +45,8 @@ pub struct BatchArgs {
     #[arg(short = 'n', long = "n-predict", default_value_t = 128,
           value_parser = clap::value_parser!(u32).range(1..))]
     n_predict: u32,
-    /// Pages in the shared KV pool.
+    /// Pages in the shared KV pool (all-layer pages; under pyramid the pool holds
+    /// kv-pages × n_layers single-layer pages, the same bytes).
     #[arg(long = "kv-pages", default_value_t = 512,
           value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
     kv_pages: u32,
@@ -63,9 +64,10 @@ pub struct BatchArgs {
     /// Turn off prefix caching.
     #[arg(long = "no-prefix-cache")]
     no_prefix_cache: bool,
-    /// KV eviction policy of every sequence: full (default), sink:S,window:W, window:W or
-    /// h2o:BUDGET (tokens, or N% of the model's context length); each sequence evicts its
-    /// own pages, never one another sequence shares. See docs/kv-eviction.md.
+    /// KV eviction policy of every sequence: full (default), sink:S,window:W, window:W,
+    /// h2o:BUDGET or pyramid:BUDGET (tokens, or N% of the model's context length); each
+    /// sequence evicts its own pages, never one another sequence shares. See
+    /// docs/kv-eviction.md.
     #[arg(long = "kv-policy", default_value = "full", value_parser = parse_kv_policy)]
     kv_policy: pagoda_core::evict::KvPolicy,
     /// Keep generating past end-of-turn tokens.
@@ -219,6 +221,9 @@ pub fn main(a: BatchArgs) -> CliResult {
         None => Box::new(std::io::stdout().lock()),
     };
     let progress = std::io::stderr().is_terminal();
+    // Page counts are in the pool's pages: single-layer pages under a per-layer policy.
+    let pool_pages = engine.cache().pool().capacity();
+    let unit = if engine.tables_per_sequence() > 1 { "single-layer pages" } else { "pages" };
     let t0 = Instant::now();
     let mut done = 0usize;
     let mut last_draw = Instant::now() - Duration::from_secs(1);
@@ -235,11 +240,10 @@ pub fn main(a: BatchArgs) -> CliResult {
             last_draw = Instant::now();
             let s = engine.stats();
             eprint!(
-                "\r\x1b[2K[{done}/{}] requests | {:.1} tokens/s | {} / {} pages",
+                "\r\x1b[2K[{done}/{}] requests | {:.1} tokens/s | {} / {pool_pages} {unit}",
                 lines.len(),
                 s.generated_tokens as f64 / t0.elapsed().as_secs_f64(),
                 engine.pages_held(),
-                a.kv_pages
             );
         }
     }
@@ -247,7 +251,7 @@ pub fn main(a: BatchArgs) -> CliResult {
     if progress {
         eprint!("\r\x1b[2K");
     }
-    eprintln!("{}", summary(lines.len(), engine.stats(), t0.elapsed(), a.kv_pages as usize));
+    eprintln!("{}", summary(lines.len(), engine.stats(), t0.elapsed(), pool_pages, unit));
     Ok(())
 }
 
@@ -264,11 +268,13 @@ fn result_json(line: &Line, r: &RequestOutput, tok: &Tokenizer, hide_eog: bool) 
     Value::Object(m)
 }
 
-fn summary(requests: usize, s: &EngineStats, wall: Duration, pages: usize) -> String {
+/// The closing line; `unit` names the pool's pages ("pages", or "single-layer pages" under a
+/// per-layer policy, in which peak and KV utilisation are counted).
+fn summary(requests: usize, s: &EngineStats, wall: Duration, pages: usize, unit: &str) -> String {
     let pct = |x: Option<f64>| x.map_or("n/a".to_string(), |v| format!("{:.1}%", 100.0 * v));
     format!(
         "requests {requests} | generated {} tokens | wall {:.2} s | {:.1} tokens/s aggregate | \
-         peak {} / {pages} pages | KV utilisation {} | prefix-cache hits {} ({} / {} pages, \
+         peak {} / {pages} {unit} | KV utilisation {} | prefix-cache hits {} ({} / {} pages, \
          {} prompt tokens skipped, {} computed) | preemptions {}",
         s.generated_tokens,
         wall.as_secs_f64(),

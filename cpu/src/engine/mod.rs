@@ -12,7 +12,7 @@
 //! |-------------------|--------------------------------------------------------------------|
 //! | [`scheduler`]     | [`Engine`]: queue, admission, preemption, the step loop            |
 //! | [`prefix_index`]  | [`PrefixIndex`]: chained page keys → cached pages, LRU reclaim     |
-//! | `sequence`        | one sample's tokens, block table and sampler                       |
+//! | `sequence`        | one sample's tokens, block table(s), eviction state and sampler    |
 //! | [`request`]       | [`Request`] in; [`TokenEvent`], [`RequestOutput`] out              |
 //! | [`stats`]         | [`EngineStats`]: tokens, pages, utilisation, cache hits, preemptions |
 //! | [`error`]         | [`EngineError`]                                                    |

@@ -28,6 +28,21 @@
 //! and the sequence keeps more than it asks for. A page only the prefix index holds besides
 //! the sequence is let go of (it stays cached, reclaimable).
 //!
+//! Per-layer policies (PyramidKV): the pool holds single-layer pages (`kv_pages × n_layers`
+//! of them, the bytes of `kv_pages` all-layer pages) and each sequence one block table per
+//! layer, each evicting under its layer's budget. Everything above then works table by
+//! table, and every page count (admission, growth, preemption, [`EngineStats`], the
+//! `TooLarge` refusal) is in single-layer pages:
+//!
+//! ```text
+//!   sequence A: layer 0 [p3 p9 p12 …]   layer 1 [p4 p10 …]   …   layer 29 [p7 p30]
+//!   sequence B: layer 0 [p3 p15 …]      layer 1 [p4 p16 …]   …      (p3, p4: shared with
+//!                                                                    A after a fork: CoW)
+//! ```
+//!
+//! Prefix caching is off under such a policy (it scores pages by attention mass, see
+//! `prefix_caching`), so the prefix index never holds a single-layer page.
+//!
 //! [`Session`]: crate::model::Session
 
 use std::collections::{HashMap, VecDeque};
@@ -42,13 +57,15 @@ use super::{
     EngineError, EngineStats, FinishReason, Request, RequestId, RequestOutput, SampleOutput,
     StepOutput, TokenEvent,
 };
-use crate::model::{BatchItem, Evictor, ForwardScratch, KvCache, KvType, Llama, Logits};
+use crate::model::{Evictor, ForwardScratch, KvCache, KvType, Llama, Logits, SeqItem, SeqTable};
 use crate::sampler::{Sampler, SamplerConfig};
 
 /// Engine settings.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EngineConfig {
-    /// Pages in the pool shared by every sequence.
+    /// Pages in the pool shared by every sequence, in all-layer pages (a page holds
+    /// `block_size` tokens' K/V of every layer). Under a per-layer policy (PyramidKV) the
+    /// pool is made of `kv_pages × n_layers` single-layer pages instead: the same bytes.
     pub kv_pages: usize,
     /// Tokens per page.
     pub block_size: usize,
@@ -119,6 +136,8 @@ pub struct Engine<'m> {
     next_start: u64,
     /// Every sequence's KV eviction policy.
     policy: KvPolicy,
+    /// Block tables per sequence: 1, or `n_layers` under a per-layer policy.
+    n_tables: usize,
 }
 
 impl<'m> Engine<'m> {
@@ -130,8 +149,14 @@ impl<'m> Engine<'m> {
     /// An engine whose sequences each evict their own pages under `policy` (see the module
     /// docs). Budgets given as a percentage are of the model's context length. An evicting
     /// policy needs `max_batch_tokens ≥ block_size` (a prompt step fills a whole page).
-    /// Per-layer policies (PyramidKV) are refused: the engine's pages hold every layer, so
-    /// its prefix cache and forks can share them.
+    ///
+    /// A per-layer policy (PyramidKV, [`KvPolicy::per_layer`]) gets a pool of
+    /// `kv_pages × n_layers` single-layer pages ([`KvCache::new_per_layer`]) and one block
+    /// table per layer for each sequence; the engine's page counts ([`EngineStats`],
+    /// [`pages_held`](Self::pages_held), [`EngineError::TooLarge`]) are then in
+    /// single-layer pages. Prefix caching is off under it (it scores pages by attention
+    /// mass); forks share every layer's pages copy-on-write, and no layer evicts a page a
+    /// sibling still holds.
     pub fn with_policy(
         model: &'m Llama,
         config: EngineConfig,
@@ -143,12 +168,6 @@ impl<'m> Engine<'m> {
                 config.kv_pages, config.block_size, config.max_batch_tokens
             )));
         }
-        if policy.per_layer() {
-            return Err(EngineError::InvalidConfig(format!(
-                "KV policy {policy} keeps different pages per layer, which the engine does not \
-                 support (its pages hold every layer; use pagoda run or perplexity)"
-            )));
-        }
         if policy.evicts() && config.max_batch_tokens < config.block_size {
             return Err(EngineError::InvalidConfig(format!(
                 "KV policy {policy} needs max batch tokens ({}) of at least one page ({})",
@@ -158,7 +177,17 @@ impl<'m> Engine<'m> {
         let c = model.config();
         // Checks the policy against the page size (a budget of at least two pages).
         Evictor::new(policy, c.context_length, config.block_size, c.n_layers)?;
-        let cache = KvCache::new(c, config.kv_type, config.kv_pages, config.block_size)?;
+        let (cache, n_tables) = if policy.per_layer() {
+            let pages = config.kv_pages.checked_mul(c.n_layers).ok_or_else(|| {
+                EngineError::InvalidConfig(format!(
+                    "KV pages ({}) × layers ({}) overflows",
+                    config.kv_pages, c.n_layers
+                ))
+            })?;
+            (KvCache::new_per_layer(c, config.kv_type, pages, config.block_size)?, c.n_layers)
+        } else {
+            (KvCache::new(c, config.kv_type, config.kv_pages, config.block_size)?, 1)
+        };
         let mut scratch = ForwardScratch::default();
         scratch.record_queries(policy.needs_attention_mass());
         Ok(Engine {
@@ -173,6 +202,7 @@ impl<'m> Engine<'m> {
             stats: EngineStats::default(),
             next_start: 0,
             policy,
+            n_tables,
         })
     }
 
@@ -182,9 +212,21 @@ impl<'m> Engine<'m> {
     }
 
     /// The pages sample `sample` of request `id` holds now, if it is running (for tests and
-    /// statistics).
+    /// statistics); under a per-layer policy, those of its layer-0 table
+    /// ([`sequence_tables`](Self::sequence_tables) has every layer's).
     pub fn sequence_pages(&self, id: RequestId, sample: usize) -> Option<&[PageId]> {
-        self.running.iter().find(|s| s.id == id && s.sample == sample).map(Sequence::pages)
+        self.sequence_tables(id, sample).map(|t| t[0].pages())
+    }
+
+    /// The block tables of sample `sample` of request `id`, if it is running: one, or one
+    /// per layer under a per-layer policy.
+    pub fn sequence_tables(&self, id: RequestId, sample: usize) -> Option<&[SeqTable]> {
+        self.running.iter().find(|s| s.id == id && s.sample == sample).map(|s| &s.tables[..])
+    }
+
+    /// Block tables per sequence: 1, or the model's layer count under a per-layer policy.
+    pub fn tables_per_sequence(&self) -> usize {
+        self.n_tables
     }
 
     /// A new sequence's eviction state (`None` without an evicting policy).
@@ -197,9 +239,13 @@ impl<'m> Engine<'m> {
     }
 
     /// Whether prefix caching applies: on, and the policy does not score pages by the
-    /// attention of the tokens that wrote them (a cached prefix skips those tokens).
+    /// attention of the tokens that wrote them (a cached prefix skips those tokens). That
+    /// includes every per-layer policy (PyramidKV), so the prefix index only ever holds
+    /// all-layer pages.
     fn prefix_caching(&self) -> bool {
-        self.config.prefix_caching && !self.policy.needs_attention_mass()
+        self.config.prefix_caching
+            && !self.policy.needs_attention_mass()
+            && !self.policy.per_layer()
     }
 
     /// The settings.
@@ -237,7 +283,8 @@ impl<'m> Engine<'m> {
         !self.groups.is_empty()
     }
 
-    /// Pages held by sequences (cached pages nobody uses excluded: they are reclaimable).
+    /// Pages held by sequences (cached pages nobody uses excluded: they are reclaimable); in
+    /// single-layer pages under a per-layer policy.
     pub fn pages_held(&self) -> usize {
         self.cache.pool().used_count() - self.index.unused()
     }
@@ -245,8 +292,10 @@ impl<'m> Engine<'m> {
     /// Queues a request. Refused with a clear error if it is malformed, its id is in use,
     /// or one sample of it could never fit in the whole pool
     /// (`⌈(prompt + max_tokens − 1) / block_size⌉ > kv_pages`; the last sampled token's K/V
-    /// is never needed; under an evicting policy, at most the pages the policy keeps). Under
-    /// an evicting policy a request may run past the model's context length.
+    /// is never needed; under an evicting policy, at most the pages the policy keeps; under
+    /// a per-layer policy, single-layer pages: that many per layer, at most the sum of the
+    /// layers' budgets, against `kv_pages × n_layers`). Under an evicting policy a request
+    /// may run past the model's context length.
     pub fn add_request(&mut self, req: Request) -> Result<RequestId, EngineError> {
         let id = req.id;
         let invalid = |reason: String| Err(EngineError::InvalidRequest { id, reason });
@@ -279,14 +328,12 @@ impl<'m> Engine<'m> {
                 req.max_tokens
             ));
         }
-        let pages_needed =
-            (longest - 1).div_ceil(self.config.block_size).min(bound.unwrap_or(usize::MAX));
-        if pages_needed > self.config.kv_pages {
-            return Err(EngineError::TooLarge {
-                id,
-                pages_needed,
-                pages_total: self.config.kv_pages,
-            });
+        let pages_needed = ((longest - 1).div_ceil(self.config.block_size))
+            .saturating_mul(self.n_tables)
+            .min(bound.unwrap_or(usize::MAX));
+        let pages_total = self.cache.pool().capacity();
+        if pages_needed > pages_total {
+            return Err(EngineError::TooLarge { id, pages_needed, pages_total });
         }
         let mut sampler = Sampler::new(req.sampler.clone())?;
         req.prompt.iter().for_each(|&t| sampler.accept(t));
@@ -307,7 +354,7 @@ impl<'m> Engine<'m> {
             sample: 0,
             prompt_len: req.prompt.len(),
             tokens: req.prompt,
-            table: self.cache.new_table(),
+            tables: (0..self.n_tables).map(|_| self.cache.new_table()).collect(),
             computed: 0,
             evictor,
             page_keys: Vec::new(),
@@ -368,8 +415,13 @@ impl<'m> Engine<'m> {
             let group = self.groups.get_mut(&seq.id).expect("running sequence has a group");
             if seq.forks_pending > 0 {
                 for k in 1..=seq.forks_pending {
-                    let table =
-                        seq.table.fork(self.cache.pool_mut()).map_err(EngineError::Table)?;
+                    // Every table shares its pages with the child (copy-on-write).
+                    let tables = seq
+                        .tables
+                        .iter()
+                        .map(|t| t.fork(self.cache.pool_mut()))
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(EngineError::Table)?;
                     let mut cfg = group.sampler.clone();
                     cfg.seed = cfg.seed.wrapping_add(k as u64);
                     let mut sampler = Sampler::new(cfg)?;
@@ -379,7 +431,7 @@ impl<'m> Engine<'m> {
                         sample: k,
                         tokens: seq.tokens.clone(),
                         prompt_len: seq.prompt_len,
-                        table,
+                        tables,
                         computed: seq.computed,
                         evictor: seq.evictor.clone(),
                         page_keys: seq.page_keys.clone(),
@@ -451,33 +503,53 @@ impl<'m> Engine<'m> {
             .running
             .iter()
             .chain(&self.waiting)
-            .map(Sequence::pages)
+            .flat_map(Sequence::page_lists)
             .chain(std::iter::once(&cached[..]));
         pool.check_holders(holders)?;
+        if self.n_tables > 1 && !cached.is_empty() {
+            return Err(EngineError::Inconsistent(format!(
+                "the prefix index holds {} single-layer pages (prefix caching is off under {})",
+                cached.len(),
+                self.policy
+            )));
+        }
         let bs = self.cache.block_size();
         for s in self.running.iter().chain(&self.waiting) {
             let evicted = s.evictor.as_ref().map_or(0, |e| e.evicted_pages());
-            let ok = s.table.len() <= s.computed
-                && s.computed <= s.tokens.len()
-                && s.pages().len() == s.table.len().div_ceil(bs)
-                && (s.evictor.is_some() || s.computed == s.table.len())
-                && (evicted > 0 || s.computed == s.table.len());
+            if s.tables.len() != self.n_tables {
+                return Err(EngineError::Inconsistent(format!(
+                    "{} sample {}: {} block tables, expected {}",
+                    s.id,
+                    s.sample,
+                    s.tables.len(),
+                    self.n_tables
+                )));
+            }
             if let Some(ev) = &s.evictor {
-                ev.check(std::slice::from_ref(&s.table)).map_err(|e| {
+                ev.check(&s.tables).map_err(|e| {
                     EngineError::Inconsistent(format!("{} sample {}: {e}", s.id, s.sample))
                 })?;
             }
-            if !ok {
-                return Err(EngineError::Inconsistent(format!(
-                    "{} sample {}: {} tokens, {} computed, {} in the table, {} pages, {} evicted",
-                    s.id,
-                    s.sample,
-                    s.tokens.len(),
-                    s.computed,
-                    s.table.len(),
-                    s.pages().len(),
-                    evicted
-                )));
+            for (l, t) in s.tables.iter().enumerate() {
+                let ok = t.len() <= s.computed
+                    && s.computed <= s.tokens.len()
+                    && t.pages().len() == t.len().div_ceil(bs)
+                    && t.len() % bs == s.computed % bs
+                    && (s.evictor.is_some() || s.computed == t.len())
+                    && (evicted > 0 || s.computed == t.len());
+                if !ok {
+                    return Err(EngineError::Inconsistent(format!(
+                        "{} sample {} table {l}: {} tokens, {} computed, {} in the table, {} \
+                         pages, {} evicted",
+                        s.id,
+                        s.sample,
+                        s.tokens.len(),
+                        s.computed,
+                        t.len(),
+                        t.pages().len(),
+                        evicted
+                    )));
+                }
             }
         }
         Ok(())
@@ -507,7 +579,7 @@ impl<'m> Engine<'m> {
                 i += 1;
                 continue;
             }
-            let (mut need, mut cow) = self.pages_needed(i, n, &cow_claims)?;
+            let (mut need, mut cows) = self.pages_needed(i, n, &cow_claims)?;
             while self.available() < reserved + need {
                 let victim = self.running.len() - 1;
                 self.preempt_last();
@@ -515,10 +587,10 @@ impl<'m> Engine<'m> {
                 if victim == i {
                     break 'running;
                 }
-                // The victim may have shared our last page: fewer copies now.
-                (need, cow) = self.pages_needed(i, n, &cow_claims)?;
+                // The victim may have shared our last pages: fewer copies now.
+                (need, cows) = self.pages_needed(i, n, &cow_claims)?;
             }
-            if let Some(p) = cow {
+            for p in cows {
                 *cow_claims.entry(p).or_default() += 1;
             }
             reserved += need;
@@ -546,7 +618,8 @@ impl<'m> Engine<'m> {
             } else {
                 (seq.tokens.len() - cached).min(budget)
             };
-            let need = (cached + n).div_ceil(bs) - hits.len();
+            // Prefix hits only with one table (prefix caching is off under per-layer policies).
+            let need = (cached + n).div_ceil(bs) * self.n_tables - hits.len();
             let hits_unused = hits.iter().filter(|(_, p)| self.index.is_unused(*p)).count();
             if reserved + need > self.available() - hits_unused {
                 break;
@@ -554,14 +627,14 @@ impl<'m> Engine<'m> {
             let mut seq = self.waiting.pop_front().expect("front exists");
             for &(key, page) in &hits {
                 self.index.acquire(page);
-                seq.table
+                seq.tables[0]
                     .push_shared_page(page, self.cache.pool_mut())
                     .map_err(EngineError::Table)?;
                 seq.page_keys.push(key);
             }
             seq.computed = cached;
             if let Some(ev) = &mut seq.evictor {
-                ev.appended(std::slice::from_ref(&seq.table), 0, cached);
+                ev.appended(&seq.tables, 0, cached);
             }
             if prefix_caching {
                 self.stats.prefix_lookups += probe as u64;
@@ -599,34 +672,38 @@ impl<'m> Engine<'m> {
         self.cache.pool().free_count() + self.index.unused()
     }
 
-    /// New pages `running[i]` takes to append `n` tokens, and the shared page it will copy
-    /// (if its partly filled last page is shared with holders not already copying it in
-    /// this batch: the last holder to append keeps the page).
+    /// New pages `running[i]` takes to append `n` tokens to each of its tables, and the
+    /// shared pages it will copy (each table's partly filled last page if it is shared with
+    /// holders not already copying it in this batch: the last holder to append keeps the
+    /// page).
     fn pages_needed(
         &self,
         i: usize,
         n: usize,
         cow_claims: &HashMap<PageId, u32>,
-    ) -> Result<(usize, Option<PageId>), EngineError> {
+    ) -> Result<(usize, Vec<PageId>), EngineError> {
         let bs = self.cache.block_size();
-        let table = &self.running[i].table;
-        let len = table.len();
-        let grow = (len + n).div_ceil(bs) - len.div_ceil(bs);
-        if len % bs == 0 {
-            return Ok((grow, None));
+        let mut need = 0;
+        let mut cows = Vec::new();
+        for table in &self.running[i].tables {
+            let len = table.len();
+            need += (len + n).div_ceil(bs) - len.div_ceil(bs);
+            if len % bs == 0 {
+                continue;
+            }
+            let last = *table.pages().last().expect("a partly filled page exists");
+            let rc = self
+                .cache
+                .pool()
+                .refcount(last)
+                .map_err(|e| EngineError::Table(TableError::Pool(e)))?;
+            let claims = cow_claims.get(&last).copied().unwrap_or(0);
+            if rc.saturating_sub(claims) > 1 {
+                need += 1;
+                cows.push(last);
+            }
         }
-        let last = *table.pages().last().expect("a partly filled page exists");
-        let rc = self
-            .cache
-            .pool()
-            .refcount(last)
-            .map_err(|e| EngineError::Table(TableError::Pool(e)))?;
-        let claims = cow_claims.get(&last).copied().unwrap_or(0);
-        if rc.saturating_sub(claims) > 1 {
-            Ok((grow + 1, Some(last)))
-        } else {
-            Ok((grow, None))
-        }
+        Ok((need, cows))
     }
 
     /// Preempts the most recently started running sequence: frees its pages, keeps its
@@ -642,13 +719,15 @@ impl<'m> Engine<'m> {
         self.waiting.push_front(seq);
     }
 
-    /// Gives a sequence's pages back; cached ones nobody else holds become reclaimable,
-    /// tail pages first (they are the least likely to be shared).
+    /// Gives a sequence's pages back (every table's); cached ones nobody else holds become
+    /// reclaimable, tail pages first (they are the least likely to be shared).
     fn free_pages(&mut self, seq: &mut Sequence) {
-        let pages = seq.pages().to_vec();
-        self.cache.free(&mut seq.table);
-        for &p in pages.iter().rev() {
-            self.index.released(p, self.cache.pool());
+        for table in &mut seq.tables {
+            let pages = table.pages().to_vec();
+            self.cache.free(table);
+            for &p in pages.iter().rev() {
+                self.index.released(p, self.cache.pool());
+            }
         }
         seq.computed = 0;
         if let Some(e) = &mut seq.evictor {
@@ -663,9 +742,7 @@ impl<'m> Engine<'m> {
         let Some(evictor) = &mut seq.evictor else { return Ok(()) };
         let index = &self.index;
         let dropped =
-            evictor.evict_with(&mut self.cache, std::slice::from_mut(&mut seq.table), |p| {
-                index.contains(p)
-            })?;
+            evictor.evict_with(&mut self.cache, &mut seq.tables, |p| index.contains(p))?;
         self.stats.policy_evictions += dropped.len() as u64;
         for p in dropped {
             self.index.released(p, self.cache.pool());
@@ -681,25 +758,18 @@ impl<'m> Engine<'m> {
             n_of[i] = n;
         }
         // Plan order is ascending running order (running first, then admissions appended).
-        let mut items: Vec<BatchItem> = Vec::with_capacity(plan.len());
-        let mut shifts = Vec::with_capacity(plan.len());
+        let mut items: Vec<SeqItem> = Vec::with_capacity(plan.len());
         for (seq, &n) in self.running.iter_mut().zip(&n_of) {
             if n == 0 {
                 continue;
             }
-            let Sequence { table, tokens, computed, .. } = seq;
+            let Sequence { tables, tokens, computed, .. } = seq;
             let start = *computed;
             let logits = if start + n == tokens.len() { Logits::Last } else { Logits::None };
             // Evicted tokens: the new ones keep their positions in the text.
-            shifts.push(start - table.len());
-            items.push(BatchItem { table, tokens: &tokens[start..start + n], logits });
+            items.push(SeqItem { tables, tokens: &tokens[start..start + n], pos0: start, logits });
         }
-        let logits = self.model.forward_batch_shifted(
-            &mut self.cache,
-            &mut items,
-            &shifts,
-            &mut self.scratch,
-        )?;
+        let logits = self.model.forward_items(&mut self.cache, &mut items, &mut self.scratch)?;
         drop(items);
         // The batch's queries, `[layer][batch token][q]`, for the policies that score pages.
         let queries = self.scratch.take_queries();
@@ -712,7 +782,7 @@ impl<'m> Engine<'m> {
                 continue;
             }
             if let Some(ev) = &mut seq.evictor {
-                let tables = std::slice::from_ref(&seq.table);
+                let tables = &seq.tables;
                 ev.appended(tables, seq.computed, n);
                 if !queries.is_empty() {
                     let mine: Vec<f32> = (0..c.n_layers)
@@ -730,13 +800,14 @@ impl<'m> Engine<'m> {
         Ok(logits)
     }
 
-    /// Adds this step's page occupancy to the utilisation counters and the peak.
+    /// Adds this step's page occupancy to the utilisation counters and the peak (pool
+    /// pages: single-layer pages under a per-layer policy).
     fn record_occupancy(&mut self) {
         let bs = self.cache.block_size();
         let mut filled = vec![0u32; self.cache.pool().capacity()];
-        for s in &self.running {
-            let len = s.table.len();
-            for (j, p) in s.pages().iter().enumerate() {
+        for t in self.running.iter().flat_map(|s| &s.tables) {
+            let len = t.len();
+            for (j, p) in t.pages().iter().enumerate() {
                 let f = (len - j * bs).min(bs) as u32;
                 let slot = &mut filled[p.index()];
                 *slot = (*slot).max(f);
@@ -749,17 +820,18 @@ impl<'m> Engine<'m> {
     }
 }
 
-/// Caches the sequence's full pages not yet in the index, continuing its key chain.
+/// Caches the sequence's full pages not yet in the index, continuing its key chain (one
+/// table of all-layer pages: prefix caching is off under per-layer policies).
 fn register_full_pages(
     seq: &mut Sequence,
     index: &mut PrefixIndex,
     cache: &mut KvCache,
     bs: usize,
 ) -> Result<(), EngineError> {
-    let full = seq.table.len() / bs;
+    let full = seq.table().len() / bs;
     for j in seq.page_keys.len()..full {
         let parent = j.checked_sub(1).map(|p| seq.page_keys[p]);
-        let page = seq.table.pages()[j];
+        let page = seq.table().pages()[j];
         let key = index
             .insert(parent, &seq.tokens[j * bs..(j + 1) * bs], page, cache.pool_mut())
             .map_err(|e| EngineError::Table(TableError::Pool(e)))?;

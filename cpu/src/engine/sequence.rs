@@ -22,6 +22,11 @@
 //! and the sequence goes through the model in the steps a [`Session`](crate::model::Session)
 //! takes alone: the prompt in page-aligned steps, then one token per step (also when
 //! recomputing after a preemption), its [`Evictor`] evicting before each step.
+//!
+//! Under a per-layer policy (PyramidKV) the engine's pages are single-layer pages and a
+//! sequence has one table per layer, each evicting on its own; every table holds whole pages
+//! plus the same partly filled last page (`len ≡ computed mod block_size`), since eviction
+//! drops whole pages.
 
 use pagoda_core::pool::PageId;
 
@@ -40,9 +45,10 @@ pub(super) struct Sequence {
     pub tokens: Vec<u32>,
     /// How many of `tokens` are the prompt.
     pub prompt_len: usize,
-    /// Its pages: the K/V of `table.len()` of the computed tokens (all of them unless
-    /// evicting).
-    pub table: SeqTable,
+    /// Its block tables: one (all-layer pages), or one per layer (single-layer pages, a
+    /// per-layer policy). Each holds the K/V of `len()` of the computed tokens (all of them
+    /// unless evicting).
+    pub tables: Vec<SeqTable>,
     /// Tokens whose K/V has been computed (the first `computed` of `tokens`).
     pub computed: usize,
     /// Its eviction state, under an evicting policy.
@@ -70,16 +76,21 @@ impl Sequence {
     pub fn eviction_step(&self, block_size: usize) -> Option<usize> {
         self.evictor.as_ref()?;
         let n = if self.computed < self.prompt_len {
-            (self.prompt_len - self.computed).min(block_size - self.table.len() % block_size)
+            (self.prompt_len - self.computed).min(block_size - self.table().len() % block_size)
         } else {
             1
         };
         Some(n.min(self.pending()))
     }
 
-    /// Whether the table still maps page `j` to tokens `j·bs..` (nothing evicted yet).
+    /// Whether every table still maps page `j` to tokens `j·bs..` (nothing evicted yet).
     pub fn unevicted(&self) -> bool {
-        self.computed == self.table.len()
+        self.tables.iter().all(|t| t.len() == self.computed)
+    }
+
+    /// Its first table (the only one unless the policy is per layer).
+    pub fn table(&self) -> &SeqTable {
+        &self.tables[0]
     }
 
     /// Generated tokens so far.
@@ -87,8 +98,8 @@ impl Sequence {
         &self.tokens[self.prompt_len..]
     }
 
-    /// Its physical pages.
-    pub fn pages(&self) -> &[PageId] {
-        self.table.pages()
+    /// The physical pages of each table.
+    pub fn page_lists(&self) -> impl Iterator<Item = &[PageId]> + Clone {
+        self.tables.iter().map(|t| t.pages())
     }
 }

@@ -1,6 +1,9 @@
 //! Counters the engine keeps while it runs.
 
 /// Running totals since the engine was created.
+///
+/// Page counts are in the pool's pages: all-layer pages, or single-layer pages under a
+/// per-layer policy (PyramidKV, see [`Engine::with_policy`](super::Engine::with_policy)).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct EngineStats {
     /// Forward passes run.

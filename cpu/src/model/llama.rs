@@ -246,8 +246,13 @@ impl Llama {
     }
 
     /// The forward pass over any items: appends each item's tokens to each of its tables,
-    /// lays the batch out, runs it; undoes the appends on error.
-    fn forward_items(
+    /// lays the batch out, runs it; returns each item's logits as asked for (`n_out ×
+    /// vocab`). [`forward_batch`](Self::forward_batch) for sequences with one table per
+    /// layer (single-layer pages, [`KvCache::new_per_layer`]), as the engine batches them
+    /// under PyramidKV: each item gives its RoPE positions (`pos0`) itself.
+    ///
+    /// All or nothing: on error no table changes length.
+    pub fn forward_items(
         &self,
         cache: &mut KvCache,
         items: &mut [SeqItem<'_>],
@@ -564,14 +569,19 @@ pub struct BatchItem<'a> {
     pub logits: Logits,
 }
 
-/// One sequence's part of a forward pass: [`BatchItem`], or a sequence with a table per layer.
-struct SeqItem<'a> {
-    /// One table shared by every layer, or one per layer (single-layer pages).
-    tables: &'a mut [SeqTable],
-    tokens: &'a [u32],
+/// One sequence's part of [`Llama::forward_items`]: [`BatchItem`], or a sequence with a
+/// table per layer.
+#[derive(Debug)]
+pub struct SeqItem<'a> {
+    /// One table shared by every layer (all-layer pages), or one per layer (single-layer
+    /// pages); the cached tokens of each come first.
+    pub tables: &'a mut [SeqTable],
+    /// The tokens to append.
+    pub tokens: &'a [u32],
     /// Text position (RoPE) of the first token.
-    pos0: usize,
-    logits: Logits,
+    pub pos0: usize,
+    /// Which of them need logits.
+    pub logits: Logits,
 }
 
 /// A sequence's tokens within the flat batch.

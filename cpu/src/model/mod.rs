@@ -18,7 +18,7 @@ use std::fmt;
 pub use config::LlamaConfig;
 pub use eviction::Evictor;
 pub use kv_cache::{KvCache, KvStore, KvType, SeqTable};
-pub use llama::{BatchItem, ForwardScratch, Llama, Logits};
+pub use llama::{BatchItem, ForwardScratch, Llama, Logits, SeqItem};
 pub use session::{Session, SessionOptions};
 pub use weights::{LayerWeights, LlamaWeights, Weight};
 
