@@ -173,19 +173,51 @@ fn truncated_model_is_an_error() {
     }
 }
 
+/// Opens with `ModelFile::open` (mapped) and `ModelFile::read` (copied into memory).
+type Opener = fn(&Path) -> Result<ModelFile, ModelFileError>;
+const OPENERS: [(&str, Opener); 2] =
+    [("open", |p| ModelFile::open(p)), ("read", |p| ModelFile::read(p))];
+
 #[test]
 fn open_errors_name_the_path() {
-    let missing = Path::new("/nonexistent/dir/model.gguf");
-    let e = ModelFile::open(missing).unwrap_err();
-    assert!(matches!(e, ModelFileError::Io { .. }));
-    assert!(e.to_string().starts_with("/nonexistent/dir/model.gguf: "), "{e}");
     let dir = std::env::temp_dir().join(format!("pagoda-gguf-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let bad = dir.join("bad.gguf");
-    std::fs::write(&bad, b"GGUF\x01\x00\x00\x00").unwrap();
-    let e = ModelFile::open(&bad).unwrap_err();
-    assert!(matches!(e, ModelFileError::Gguf { .. }));
-    assert_eq!(e.path(), bad);
-    assert!(e.to_string().contains("GGUF version 1 is not supported"), "{e}");
+    for (name, open) in OPENERS {
+        let missing = Path::new("/nonexistent/dir/model.gguf");
+        let e = open(missing).unwrap_err();
+        assert!(matches!(e, ModelFileError::Io { .. }), "{name}");
+        assert!(e.to_string().starts_with("/nonexistent/dir/model.gguf: "), "{name}: {e}");
+        let bad = dir.join("bad.gguf");
+        std::fs::write(&bad, b"GGUF\x01\x00\x00\x00").unwrap();
+        let e = open(&bad).unwrap_err();
+        assert!(matches!(e, ModelFileError::Gguf { .. }), "{name}");
+        assert_eq!(e.path(), bad);
+        assert!(e.to_string().contains("GGUF version 1 is not supported"), "{name}: {e}");
+        let empty = dir.join("empty.gguf");
+        std::fs::write(&empty, b"").unwrap();
+        let e = open(&empty).unwrap_err();
+        assert!(matches!(e, ModelFileError::Gguf { .. }), "{name}: {e}");
+        assert_eq!(e.path(), empty);
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `read` (the model copied into memory) holds exactly the bytes `open` maps, and a
+/// truncated copy of the model is refused by both with the same message.
+#[test]
+fn read_equals_open_and_refuses_truncated_files_alike() {
+    let mapped = open_model();
+    let read = ModelFile::read(mapped.path()).unwrap_or_else(|e| panic!("{e}"));
+    assert!(read.bytes() == mapped.bytes(), "read and mapped bytes differ");
+    assert_eq!(read.gguf().tensors().count(), mapped.gguf().tensors().count());
+    let dir = std::env::temp_dir().join(format!("pagoda-gguf-read-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cut = dir.join("cut.gguf");
+    let data_start = mapped.gguf().data_start() as usize;
+    std::fs::write(&cut, &mapped.bytes()[..data_start + 1000]).unwrap();
+    let a = ModelFile::open(&cut).unwrap_err().to_string();
+    let b = ModelFile::read(&cut).unwrap_err().to_string();
+    assert_eq!(a, b);
+    assert!(a.contains("cut.gguf"), "{a}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -33,6 +33,9 @@ pub struct BenchArgs {
     /// Model file (GGUF). Default: $PAGODA_MODEL, else models/SmolLM2-135M-Instruct.Q4_1.gguf.
     #[arg(short = 'm', long = "model")]
     model: Option<PathBuf>,
+    /// Memory-map the model file instead of reading it into huge-page memory (the default).
+    #[arg(long = "mmap")]
+    mmap: bool,
     /// Prompt lengths to time (comma-separated; 0 skips prompt processing).
     #[arg(short = 'p', long = "n-prompt", value_delimiter = ',', default_value = "512")]
     n_prompt: Vec<usize>,
@@ -95,7 +98,7 @@ pub fn main(a: BenchArgs) -> CliResult {
         return Err("--block-size and --batch-size must be at least 1".into());
     }
     let path = a.model.clone().unwrap_or_else(default_model_path);
-    let model = load_model(&path, a.model.is_some())?;
+    let model = load_model(&path, a.model.is_some(), a.mmap)?;
     let info = ModelInfo::of(&model, &path);
     if !a.engine_batch.is_empty() {
         let p = a.n_prompt.first().copied().unwrap_or(0);
@@ -180,7 +183,7 @@ pub(crate) fn kv_name(k: KvType) -> &'static str {
     k.name()
 }
 
-fn load_model(path: &Path, explicit: bool) -> CliResult<Llama> {
+fn load_model(path: &Path, explicit: bool, mmap: bool) -> CliResult<Llama> {
     if !path.exists() {
         let hint = if explicit {
             ""
@@ -189,7 +192,7 @@ fn load_model(path: &Path, explicit: bool) -> CliResult<Llama> {
         };
         return Err(format!("model file '{}' not found{hint}", path.display()).into());
     }
-    Ok(Llama::load(path)?)
+    Ok(if mmap { Llama::load_mapped(path)? } else { Llama::load(path)? })
 }
 
 /// What the table's first columns say about the model.

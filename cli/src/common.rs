@@ -22,6 +22,10 @@ pub struct ModelArgs {
     /// Threads (default: all cores).
     #[arg(short = 't', long = "threads", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub threads: Option<u16>,
+    /// Memory-map the model file (no copy, less memory) instead of reading it into memory
+    /// with huge pages (the default: faster decode).
+    #[arg(long = "mmap")]
+    pub mmap: bool,
 }
 
 /// Context and KV cache flags.
@@ -165,7 +169,7 @@ pub fn load(args: &ModelArgs) -> CliResult<Loaded> {
         };
         return Err(format!("model file '{}' not found{hint}", path.display()).into());
     }
-    let model = Llama::load(&path)?;
+    let model = if args.mmap { Llama::load_mapped(&path)? } else { Llama::load(&path)? };
     let tokenizer = Tokenizer::from_gguf(&model.gguf())
         .map_err(|e| format!("{}: tokenizer: {e}", path.display()))?;
     Ok(Loaded { model, tokenizer, load_time: t0.elapsed() })

@@ -1,8 +1,16 @@
-//! A GGUF model file, memory-mapped read-only and validated once.
+//! A GGUF model file, memory-mapped read-only or read into memory, and validated once.
 //!
 //! [`ModelFile::open`] maps the file and runs [`Gguf::parse`] over the whole header,
 //! which checks every metadata entry and every tensor's shape, type and data bounds.
 //! After that, [`ModelFile::gguf`] hands out zero-copy views into the map.
+//!
+//! [`ModelFile::read`] reads the whole file instead, into anonymous memory asked for
+//! transparent huge pages (`madvise(MADV_HUGEPAGE)`, a hint), like llama.cpp's `--no-mmap`.
+//! Decode streams all ~100 MB of weights per token: over the file's 4 KiB pages that is
+//! 24k TLB misses a token, over 2 MiB pages 50; tg128 at 2 threads measured 10–20% faster
+//! (`docs/benchmarks.md`). The cost is a copy at load (~50 ms) and the memory of the
+//! copy (the page cache's copy stays reclaimable). It is also immune to the file
+//! changing on disk, which a map is not (see [`ModelFile`]).
 //!
 //! ```no_run
 //! use pagoda_cpu::model_file::{default_model_path, ModelFile};
@@ -45,9 +53,9 @@ pub fn workspace_model_path(workspace_root: &Path) -> PathBuf {
     }
 }
 
-/// A GGUF file mapped read-only, with its whole header validated.
+/// A GGUF file mapped read-only (or read into memory), with its whole header validated.
 ///
-/// # If the file changes while mapped
+/// # If the file changes while mapped (`open`; `read` copies and is not affected)
 ///
 /// The map is read-only and private to this process, but it still shows the file's
 /// current contents: the kernel does not snapshot it. If another process **truncates**
@@ -77,6 +85,36 @@ impl ModelFile {
         // `ModelFile` as a requirement on callers (do not modify model files in use).
         let map = unsafe { Mmap::map(&file) }
             .map_err(|source| ModelFileError::Io { path: path.clone(), source })?;
+        Self::validate(path, map)
+    }
+
+    /// Reads the whole file at `path` into anonymous memory (transparent huge pages where
+    /// the OS grants them; see the module docs) and validates it as GGUF, as
+    /// [`open`](Self::open) does. Errors name the path.
+    pub fn read(path: impl AsRef<Path>) -> Result<ModelFile, ModelFileError> {
+        use std::io::Read;
+        let path = path.as_ref().to_path_buf();
+        let io = |source| ModelFileError::Io { path: path.clone(), source };
+        let mut file = File::open(&path).map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
+        let len = usize::try_from(len).map_err(|_| {
+            io(std::io::Error::new(std::io::ErrorKind::OutOfMemory, "file larger than memory"))
+        })?;
+        if len == 0 {
+            // An anonymous map cannot be empty; the parser names what an empty file lacks.
+            return Self::open(path);
+        }
+        let mut mem = memmap2::MmapMut::map_anon(len).map_err(io)?;
+        // A hint only: without transparent huge pages the copy is in 4 KiB pages.
+        #[cfg(target_os = "linux")]
+        let _ = mem.advise(memmap2::Advice::HugePage);
+        // `read_exact` fails (instead of faulting) if the file shrank since `metadata`.
+        file.read_exact(&mut mem).map_err(io)?;
+        let map = mem.make_read_only().map_err(io)?;
+        Self::validate(path, map)
+    }
+
+    fn validate(path: PathBuf, map: Mmap) -> Result<ModelFile, ModelFileError> {
         let gguf = Gguf::parse(&map)
             .map_err(|e| ModelFileError::Gguf { path: path.clone(), source: Box::new(e) })?;
         let layout = gguf.layout();
@@ -88,7 +126,7 @@ impl ModelFile {
         &self.path
     }
 
-    /// The mapped bytes (the whole file).
+    /// The file's bytes (mapped or read).
     pub fn bytes(&self) -> &[u8] {
         &self.map
     }

@@ -29,6 +29,7 @@ use pagoda_core::pool::PageId;
 use rayon::prelude::*;
 
 use super::kv_cache::{KvCache, KvStore, SeqTable};
+use super::kv_slab::KvSlab;
 use super::{LlamaConfig, ModelError};
 
 /// A sequence's eviction bookkeeping (see the module docs).
@@ -306,8 +307,8 @@ struct MassJob<'a> {
 /// (at cache index `first + t` of the layer's table), softmax of `q · k / √d` over cache
 /// indices `0..=first + t`, summed into the page of each key; over all layers into the one
 /// table, or each layer into its own. Layers in parallel.
-fn page_mass<T: KvFormat>(
-    kv: &KvPages<T, Vec<T>>,
+fn page_mass<T: KvFormat + bytemuck::Pod>(
+    kv: &KvPages<T, KvSlab<T>>,
     job: &MassJob<'_>,
 ) -> Result<Vec<Vec<f32>>, ModelError> {
     let c = job.config;

@@ -30,6 +30,7 @@ use pagoda_core::table::{BlockTable, CopyOnWrite};
 
 use rayon::prelude::*;
 
+use super::kv_slab::KvSlab;
 use super::{LlamaConfig, ModelError};
 use crate::kernels::SimdLevel;
 
@@ -107,15 +108,15 @@ fn kv_error(t: KvType, e: pagoda_core::kv::KvError) -> ModelError {
 #[derive(Debug)]
 pub enum KvStore {
     /// f32 pages.
-    F32(KvPages<f32, Vec<f32>>),
+    F32(KvPages<f32, KvSlab<f32>>),
     /// f16 pages.
-    F16(KvPages<f16, Vec<f16>>),
+    F16(KvPages<f16, KvSlab<f16>>),
     /// bf16 pages.
-    Bf16(KvPages<bf16, Vec<bf16>>),
+    Bf16(KvPages<bf16, KvSlab<bf16>>),
     /// q8_0 pages (blocks of 32 values).
-    Q8_0(KvPages<BlockQ8_0, Vec<BlockQ8_0>>),
+    Q8_0(KvPages<BlockQ8_0, KvSlab<BlockQ8_0>>),
     /// q4_0 pages (blocks of 32 values).
-    Q4_0(KvPages<BlockQ4_0, Vec<BlockQ4_0>>),
+    Q4_0(KvPages<BlockQ4_0, KvSlab<BlockQ4_0>>),
 }
 
 /// A causal paged attention over pages of format `T`, with the contract of
@@ -123,7 +124,7 @@ pub enum KvStore {
 /// `cfg`): the forward pass takes one per format.
 pub(crate) type AttentionFn<T> = fn(
     SimdLevel,
-    &KvPages<T, Vec<T>>,
+    &KvPages<T, KvSlab<T>>,
     usize,
     &[PageId],
     usize,
@@ -136,9 +137,9 @@ pub(crate) type AttentionFn<T> = fn(
 /// which reads the blocks in place, with the chunk's query tokens in parallel (`level` is
 /// unused). Same result and errors as `pagoda_core::attention::paged_prefill`.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn reference_attention<T: KvFormat>(
+pub(crate) fn reference_attention<T: KvFormat + bytemuck::Pod>(
     _level: SimdLevel,
-    kv: &KvPages<T, Vec<T>>,
+    kv: &KvPages<T, KvSlab<T>>,
     layer: usize,
     pages: &[PageId],
     n_ctx: usize,
@@ -174,9 +175,16 @@ pub struct KvCache {
     per_layer: bool,
 }
 
-fn slab<T: KvFormat>(config: KvConfig, t: KvType) -> Result<KvPages<T, Vec<T>>, ModelError> {
+fn slab<T: KvFormat + bytemuck::Pod>(
+    config: KvConfig,
+    t: KvType,
+) -> Result<KvPages<T, KvSlab<T>>, ModelError> {
     let len = config.slab_units::<T>().map_err(|e| kv_error(t, e))?;
-    KvPages::new(config, vec![T::zero(); len]).map_err(|e| kv_error(t, e))
+    let bytes = len.saturating_mul(size_of::<T>());
+    let slab = KvSlab::zeroed(len).map_err(|e| {
+        ModelError::Invalid(format!("KV cache ({t} pages): cannot map {bytes} bytes: {e}"))
+    })?;
+    KvPages::new(config, slab).map_err(|e| kv_error(t, e))
 }
 
 impl KvCache {

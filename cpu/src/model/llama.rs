@@ -33,6 +33,7 @@ use crate::kernels::{Kernels, MatmulScratch};
 use crate::model_file::ModelFile;
 
 use super::kv_cache::{reference_attention, AttentionFn, KvCache, KvStore, SeqTable};
+use super::kv_slab::KvSlab;
 use super::weights::{LlamaWeights, Weight};
 use super::{LlamaConfig, ModelError};
 
@@ -105,10 +106,16 @@ fn resize(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
 }
 
 impl Llama {
-    /// Opens, validates and maps a GGUF model file.
+    /// Reads a GGUF model file into memory (huge pages where granted) and validates it:
+    /// the faster choice for inference ([`ModelFile::read`]).
     pub fn load(path: impl AsRef<Path>) -> Result<Self, ModelError> {
-        let file = ModelFile::open(path.as_ref())?;
-        Self::from_file(file)
+        Self::from_file(ModelFile::read(path.as_ref())?)
+    }
+
+    /// Maps a GGUF model file read-only and validates it: no copy, the page cache's
+    /// 4 KiB pages ([`ModelFile::open`]).
+    pub fn load_mapped(path: impl AsRef<Path>) -> Result<Self, ModelError> {
+        Self::from_file(ModelFile::open(path.as_ref())?)
     }
 
     /// Builds the model over an already opened file.
@@ -331,9 +338,9 @@ impl Llama {
         result
     }
 
-    fn run<T: KvFormat>(
+    fn run<T: KvFormat + bytemuck::Pod>(
         &self,
-        kv: &mut KvPages<T, Vec<T>>,
+        kv: &mut KvPages<T, KvSlab<T>>,
         b: &BatchLayout,
         s: &mut ForwardScratch,
         attend: AttentionFn<T>,
@@ -412,10 +419,10 @@ impl Llama {
     }
 
     /// Pre-norm, QKV, RoPE, KV write, causal paged attention, output projection, residual.
-    fn attention_block<T: KvFormat>(
+    fn attention_block<T: KvFormat + bytemuck::Pod>(
         &self,
         l: usize,
-        kv: &mut KvPages<T, Vec<T>>,
+        kv: &mut KvPages<T, KvSlab<T>>,
         b: &BatchLayout,
         s: &mut ForwardScratch,
         attend: AttentionFn<T>,
@@ -470,7 +477,7 @@ impl Llama {
         let cfg = AttnConfig::new(c.n_heads, c.n_kv_heads, c.head_dim)
             .map_err(|e| ModelError::Invalid(format!("attention: {e}")))?;
         let att = resize(&mut s.att, n * q_dim);
-        let kv_ref: &KvPages<T, Vec<T>> = kv;
+        let kv_ref: &KvPages<T, KvSlab<T>> = kv;
         let level = self.kernels.level();
         let mut outs: Vec<(&SeqSpan, &mut [f32], &[f32])> = Vec::with_capacity(b.spans.len());
         let (mut att_rest, mut q_rest) = (&mut att[..], &s.q[..]);

@@ -9,6 +9,7 @@
 mod config;
 mod eviction;
 mod kv_cache;
+mod kv_slab;
 mod llama;
 mod session;
 mod weights;
@@ -18,6 +19,7 @@ use std::fmt;
 pub use config::LlamaConfig;
 pub use eviction::Evictor;
 pub use kv_cache::{KvCache, KvStore, KvType, SeqTable};
+pub use kv_slab::KvSlab;
 pub use llama::{BatchItem, ForwardScratch, Llama, Logits, SeqItem};
 pub use session::{Session, SessionOptions};
 pub use weights::{LayerWeights, LlamaWeights, Weight};
