@@ -107,3 +107,63 @@ fn run_samples_prints_each_sample_with_its_own_seed() {
     let out = String::from_utf8(text.stdout).unwrap();
     assert!(out.contains("--- sample 0") && out.contains("--- sample 1"), "{out}");
 }
+
+/// `batch --kv-policy pyramid:…` (single-layer pages, one table per layer) in a pool small
+/// enough to preempt: each request's greedy tokens equal `run`'s under the same policy (the
+/// engine takes percentage budgets of the model's context, so `run` gets `-c 8192`); the
+/// model read with `--mmap` gives the same tokens as the default in-memory copy.
+#[test]
+fn batch_under_pyramid_equals_run_under_pyramid() {
+    let prompts = ["Once upon a time", "The capital of France is"];
+    let lines: String = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            format!("{{\"id\":{i},\"prompt\":{p:?},\"n_predict\":80,\"temperature\":0}}\n")
+        })
+        .collect();
+    let input = temp_file("pyramid.jsonl", &lines);
+    let output = temp_file("pyramid.out.jsonl", "");
+    let o = run(&[
+        "batch",
+        "-f",
+        input.to_str().unwrap(),
+        "-o",
+        output.to_str().unwrap(),
+        "--kv-policy",
+        "pyramid:64",
+        "--kv-pages",
+        "8",
+        "--ignore-eos",
+        "--mmap",
+    ]);
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("single-layer pages"), "summary should name the page kind: {err}");
+    let text = std::fs::read_to_string(&output).unwrap();
+    let results: Vec<serde_json::Value> =
+        text.lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
+    assert_eq!(results.len(), prompts.len());
+    for (i, p) in prompts.iter().enumerate() {
+        let r = results.iter().find(|v| v["id"] == i).expect("every id answered");
+        let o = run(&[
+            "run",
+            "-p",
+            p,
+            "-n",
+            "80",
+            "--temp",
+            "0",
+            "--ignore-eos",
+            "--json",
+            "-c",
+            "8192",
+            "--kv-policy",
+            "pyramid:64",
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let single: serde_json::Value = serde_json::from_slice(&o.stdout).expect("run --json");
+        assert!(single["kv"]["evicted_pages"].as_u64().unwrap() > 0, "the test must evict");
+        assert_eq!(r["tokens"], single["tokens"], "request {i} ({p:?})");
+    }
+}
