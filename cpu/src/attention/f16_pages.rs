@@ -29,8 +29,9 @@
 //! batching: a decode computes the parts in parallel tasks, a prompt one after another,
 //! with the same bits. llama.cpp's parts are `⌈n_kv/T⌉` keys of its padded cache, pagoda's
 //! whole pages, so the two agree exactly only at one thread. Work is split into tasks of (up to
-//! [`TOKENS_PER_TASK`] tokens) × (query heads of one kv head's group): a task widens each
-//! K/V page run to f32 once for all its rows; when there are few tasks (decode) each
+//! [`TOKENS_PER_TASK`] tokens) × (query heads of one kv head's group): all of a task's rows
+//! read each K/V page run while it is in L1 (the AVX-512 level reads the f16 runs in place,
+//! widening in each load; the other levels widen each run to f32 once per page); when there are few tasks (decode) each
 //! thread instead takes one contiguous run of query heads, which may span kv heads, so
 //! both threads stay busy without splitting a row's context.
 //!
@@ -296,6 +297,10 @@ impl<S: AsRef<[f16]>> Shared<'_, S> {
         let mut partials = Vec::with_capacity(rows.len());
         let mut kbufs: Vec<Vec<f32>> = vec![Vec::new(); n_seg];
         let mut vbufs: Vec<Vec<f32>> = vec![Vec::new(); n_seg];
+        // The page's f16 runs, where the kernel reads them directly.
+        let direct = kernel.reads_f16();
+        let mut kruns: Vec<&[f16]> = Vec::with_capacity(n_seg);
+        let mut vruns: Vec<&[f16]> = Vec::with_capacity(n_seg);
         let mut scores = vec![0.0f32; bs];
         for (i, &page) in self.pages.iter().enumerate().take(page_hi).skip(page_lo) {
             let start = i * bs;
@@ -328,24 +333,39 @@ impl<S: AsRef<[f16]>> Shared<'_, S> {
                     }
                 }
             }
-            // Each kv head's K and V runs widened into its buffers (f16 runs are always
-            // copied, so the buffers hold the page: `n` rows of `hd`).
+            // Each kv head's K and V runs (`n` rows of `hd`): read in place, or widened
+            // into its buffers.
+            kruns.clear();
+            vruns.clear();
             for (seg, (kbuf, vbuf)) in kbufs.iter_mut().zip(vbufs.iter_mut()).enumerate() {
-                let k = self.kv.head_run(self.layer, page, KvHalf::Key, kv0 + seg)?;
-                ops.as_f32(&k[..n * hd], kbuf);
-                let v = self.kv.head_run(self.layer, page, KvHalf::Value, kv0 + seg)?;
-                ops.as_f32(&v[..n * hd], vbuf);
+                let k = &self.kv.head_run(self.layer, page, KvHalf::Key, kv0 + seg)?[..n * hd];
+                let v = &self.kv.head_run(self.layer, page, KvHalf::Value, kv0 + seg)?[..n * hd];
+                if direct {
+                    kruns.push(k);
+                    vruns.push(v);
+                } else {
+                    ops.as_f32(k, kbuf);
+                    ops.as_f32(v, vbuf);
+                }
             }
-            let (keys, values) = (&kbufs, &vbufs);
             for row in rows.iter_mut() {
                 let n_r = row.visible.saturating_sub(start).min(n);
                 row.steps.resize(n_r, Step::default());
-                kernel.scores(&keys[row.seg][..n_r * hd], &row.q16, &mut scores[..n_r]);
-                kernel.softmax_steps(&scores[..n_r], cfg.scale, &mut row.max, &mut row.steps);
+                let s = &mut scores[..n_r];
+                if direct {
+                    kernel.scores_f16(&kruns[row.seg][..n_r * hd], &row.q16, s);
+                } else {
+                    kernel.scores(&kbufs[row.seg][..n_r * hd], &row.q16, s);
+                }
+                kernel.softmax_steps(s, cfg.scale, &mut row.max, &mut row.steps);
             }
             // Several rows at once: their accumulators are independent serial chains.
             for chunk in rows.chunks_mut(4) {
-                kernel.accumulate(chunk, values);
+                if direct {
+                    kernel.accumulate_f16(chunk, &vruns);
+                } else {
+                    kernel.accumulate(chunk, &vbufs);
+                }
             }
         }
         for row in rows.iter_mut() {
@@ -407,6 +427,42 @@ impl Kernel {
             SimdLevel::Scalar
         };
         Kernel { level }
+    }
+
+    /// Whether this level reads f16 pages directly ([`scores_f16`](Self::scores_f16),
+    /// [`accumulate_f16`](Self::accumulate_f16)) instead of widened copies.
+    #[inline]
+    fn reads_f16(self) -> bool {
+        cfg!(target_arch = "x86_64") && self.level == SimdLevel::Avx512
+    }
+
+    /// [`scores`](Self::scores) over f16 key rows (only where [`reads_f16`](Self::reads_f16)).
+    #[inline]
+    fn scores_f16(self, keys: &[f16], q: &[f32], scores: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if self.level == SimdLevel::Avx512 {
+            // SAFETY: `new` checked AVX-512 and `hd % 64 == 0`; `q` is `hd` long, `keys`
+            // holds `scores.len()` rows of `hd`.
+            return unsafe { x86::scores_avx512(keys, q, scores) };
+        }
+        for (s, k) in scores.iter_mut().zip(keys.chunks_exact(q.len())) {
+            let k: Vec<f32> = k.iter().map(|x| x.to_f32()).collect();
+            *s = dot_scalar(&k, q);
+        }
+    }
+
+    /// [`accumulate`](Self::accumulate) over f16 value rows (only where
+    /// [`reads_f16`](Self::reads_f16)).
+    #[inline]
+    fn accumulate_f16(self, rows: &mut [Row], values: &[&[f16]]) {
+        #[cfg(target_arch = "x86_64")]
+        if self.level == SimdLevel::Avx512 {
+            // SAFETY: as in `accumulate`.
+            return unsafe { x86::accumulate_avx512(rows, values) };
+        }
+        let wide: Vec<Vec<f32>> =
+            values.iter().map(|v| v.iter().map(|x| x.to_f32()).collect()).collect();
+        self.accumulate(rows, &wide)
     }
 
     /// `scores[j] = dot(keys[j], q)` ([`dot_scalar`]) for every key row of `keys`.
@@ -542,8 +598,38 @@ fn round16(x: f32) -> f32 {
 mod x86 {
     use core::arch::x86_64::*;
 
+    use half::f16;
+
     use super::super::expf::x86::expf16;
     use super::{accumulate_scalar, softmax_steps, Row, Step};
+
+    /// What the AVX-512 kernels read keys and values from: f32 rows (widened pages), or the
+    /// f16 pages themselves, widened in the load (`vcvtph2ps`, exact). Reading the pages
+    /// directly spreads their loads over the arithmetic instead of one widening pass per
+    /// page that waits on memory.
+    pub(super) trait Lanes: Copy {
+        /// Sixteen values at `p` as f32s.
+        ///
+        /// # Safety
+        /// Sixteen values readable at `p`; AVX-512F enabled by the caller.
+        unsafe fn load16(p: *const Self) -> __m512;
+    }
+
+    impl Lanes for f32 {
+        #[inline(always)]
+        unsafe fn load16(p: *const f32) -> __m512 {
+            // SAFETY: the caller's contract.
+            unsafe { _mm512_loadu_ps(p) }
+        }
+    }
+
+    impl Lanes for f16 {
+        #[inline(always)]
+        unsafe fn load16(p: *const f16) -> __m512 {
+            // SAFETY: the caller's contract; `f16` is `repr(transparent)` over `u16`.
+            unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p.cast())) }
+        }
+    }
 
     /// [`super::softmax_steps`] with FMA instructions.
     ///
@@ -568,17 +654,22 @@ mod x86 {
     /// `hd` (a multiple of 64) floats readable at `k` and `q`; `q4` holds `q[..64]`;
     /// AVX-512F enabled by the caller.
     #[inline(always)]
-    unsafe fn key_lanes(k: *const f32, q: *const f32, q4: &[__m512; 4], hd: usize) -> __m512 {
+    unsafe fn key_lanes<T: Lanes>(
+        k: *const T,
+        q: *const f32,
+        q4: &[__m512; 4],
+        hd: usize,
+    ) -> __m512 {
         // SAFETY: loads at offsets < hd per the contract; register-only otherwise.
         unsafe {
             if hd == 64 {
-                let [k0, k1, k2, k3] = [0, 16, 32, 48].map(|o| _mm512_loadu_ps(k.add(o)));
+                let [k0, k1, k2, k3] = [0, 16, 32, 48].map(|o| T::load16(k.add(o)));
                 let [q0, q1, q2, q3] = *q4;
                 let a = _mm512_fmadd_ps(k0, q0, _mm512_mul_ps(k2, q2));
                 let b = _mm512_fmadd_ps(k1, q1, _mm512_mul_ps(k3, q3));
                 return _mm512_add_ps(a, b);
             }
-            let kq = |o: usize| (_mm512_loadu_ps(k.add(o)), _mm512_loadu_ps(q.add(o)));
+            let kq = |o: usize| (T::load16(k.add(o)), _mm512_loadu_ps(q.add(o)));
             let mut s = [_mm512_setzero_ps(); 4];
             for (c, s) in s.iter_mut().enumerate() {
                 let (kv, qv) = kq(16 * c);
@@ -689,7 +780,7 @@ mod x86 {
     /// # Safety
     /// AVX-512F; `q.len()` a multiple of 64 (and ≤ 256); `keys.len() ≥ scores.len() · q.len()`.
     #[target_feature(enable = "avx512f,avx512dq")]
-    pub(super) unsafe fn scores_avx512(keys: &[f32], q: &[f32], scores: &mut [f32]) {
+    pub(super) unsafe fn scores_avx512<T: Lanes>(keys: &[T], q: &[f32], scores: &mut [f32]) {
         let hd = q.len();
         debug_assert!(hd % 64 == 0 && keys.len() >= scores.len() * hd);
         // SAFETY: loads at offsets < hd (q) and < scores.len()·hd (keys), stores below
@@ -755,23 +846,34 @@ mod x86 {
     /// AVX-512F/DQ and F16C; every row's `acc.len()` is the same `hd`, a multiple of 64;
     /// `values.len() ≥ steps.len() · hd` for every row; `rows.len() ≤ 4`.
     #[target_feature(enable = "avx512f,avx512dq,f16c")]
-    pub(super) unsafe fn accumulate_avx512(rows: &mut [Row], values: &[Vec<f32>]) {
+    pub(super) unsafe fn accumulate_avx512<T: Lanes, V: AsRef<[T]>>(
+        rows: &mut [Row],
+        values: &[V],
+    ) {
         // SAFETY (all arms): this fn's contract, with the lengths each callee is built for.
         unsafe {
             match (rows.first().map_or(0, |r| r.acc.len()), rows.len()) {
                 (_, 0) => {}
-                (64, 4) => accumulate_regs::<4, 4>(rows, values),
-                (64, 3) => accumulate_regs::<4, 3>(rows, values),
-                (64, 2) => accumulate_regs::<4, 2>(rows, values),
-                (64, _) => accumulate_regs::<4, 1>(rows, values),
-                (128, 4) => accumulate_regs::<8, 4>(rows, values),
-                (128, 3) => accumulate_regs::<8, 3>(rows, values),
-                (128, 2) => accumulate_regs::<8, 2>(rows, values),
-                (128, _) => accumulate_regs::<8, 1>(rows, values),
+                (64, 4) => accumulate_regs::<4, 4, T, V>(rows, values),
+                (64, 3) => accumulate_regs::<4, 3, T, V>(rows, values),
+                (64, 2) => accumulate_regs::<4, 2, T, V>(rows, values),
+                (64, _) => accumulate_regs::<4, 1, T, V>(rows, values),
+                (128, 4) => accumulate_regs::<8, 4, T, V>(rows, values),
+                (128, 3) => accumulate_regs::<8, 3, T, V>(rows, values),
+                (128, 2) => accumulate_regs::<8, 2, T, V>(rows, values),
+                (128, _) => accumulate_regs::<8, 1, T, V>(rows, values),
                 _ => {
+                    let mut v = Vec::new();
                     for row in rows.iter_mut() {
-                        let v = &values[row.seg];
-                        accumulate_scalar(&mut row.acc, &mut row.sum, v, &row.steps);
+                        // Widths other than 64 and 128 are rare: widen and go scalar.
+                        let src = values[row.seg].as_ref();
+                        v.clear();
+                        for j in 0..src.len() / 16 {
+                            let mut x = [0.0f32; 16];
+                            _mm512_storeu_ps(x.as_mut_ptr(), T::load16(src.as_ptr().add(16 * j)));
+                            v.extend_from_slice(&x);
+                        }
+                        accumulate_scalar(&mut row.acc, &mut row.sum, &v, &row.steps);
                     }
                 }
             }
@@ -794,13 +896,13 @@ mod x86 {
     /// # Safety
     /// AVX-512F; as [`accumulate_avx512`], `rows.len() ≥ R`.
     #[inline(always)]
-    unsafe fn accumulate_regs<const N: usize, const R: usize>(
+    unsafe fn accumulate_regs<const N: usize, const R: usize, T: Lanes, V: AsRef<[T]>>(
         rows: &mut [Row],
-        values: &[Vec<f32>],
+        values: &[V],
     ) {
         let hd = 16 * N;
         let n = rows[..R].iter().map(|r| r.steps.len()).max().unwrap_or(0);
-        let vps: [*const f32; R] = core::array::from_fn(|r| values[rows[r].seg].as_ptr());
+        let vps: [*const T; R] = core::array::from_fn(|r| values[rows[r].seg].as_ref().as_ptr());
         // Rows reading the same kv head as the previous row reuse its value registers.
         let fresh: [bool; R] = core::array::from_fn(|r| r == 0 || rows[r].seg != rows[r - 1].seg);
         // SAFETY: loads/stores of 16 floats at offsets < 16·N within each `acc`, and
@@ -820,7 +922,7 @@ mod x86 {
                     if fresh[r] {
                         let vp = vps[r].add(j * hd);
                         for (c, v) in v.iter_mut().enumerate() {
-                            *v = _mm512_loadu_ps(vp.add(16 * c));
+                            *v = T::load16(vp.add(16 * c));
                         }
                     }
                     let Some(step) = rows[r].steps.get(j) else { continue };
