@@ -10,29 +10,14 @@ use std::collections::HashMap;
 use pagoda::core::evict::{Budget, KvPolicy};
 use pagoda::core::pool::PageId;
 use pagoda::cpu::engine::{Engine, EngineConfig, EngineError, Request, RequestId, RequestOutput};
-use pagoda::cpu::model::{KvType, Llama, Session, SessionOptions};
+use pagoda::cpu::model::{KvType, Llama};
 
 const BS: usize = 16;
-
-/// Greedy tokens of `prompt` alone in a `Session` under `policy` (prompt in one call, then
-/// one token at a time).
-fn session_reference(model: &Llama, policy: KvPolicy, prompt: &[u32], steps: usize) -> Vec<u32> {
-    let opts = SessionOptions {
-        n_ctx: model.config().context_length,
-        kv_type: KvType::F16,
-        block_size: BS,
-        ..SessionOptions::default()
-    };
-    let mut s = Session::with_policy(model, opts, policy).expect("session");
-    let out = engine_common::greedy(&mut s, prompt, steps);
-    assert!(s.evicted_pages() > 0, "the reference never evicted: the test proves nothing");
-    out
-}
 
 /// Steps the engine to the end. After every step: the pool's invariants hold, and every full
 /// page two running sequences shared before the step is still held by each of them that runs
 /// on (a shared partly filled last page is copied on write, not evicted).
-/// Every request's tokens equal its [`session_reference`], and every page is free once the
+/// Every request's tokens equal its [`engine_common::evicting_reference`], and every page is free once the
 /// prefix cache lets go.
 fn assert_session_tokens_and_all_free(
     model: &Llama,
@@ -44,7 +29,7 @@ fn assert_session_tokens_and_all_free(
 ) {
     for out in done {
         let i = out.id.0 as usize;
-        let want = session_reference(model, policy, &prompts[i], steps[i]);
+        let want = engine_common::evicting_reference(model, policy, BS, &prompts[i], steps[i]).0;
         assert_eq!(out.samples[0].tokens, want, "request {i} differs from its Session run");
     }
     engine.clear_prefix_cache().expect("clear");
@@ -141,7 +126,7 @@ fn sink_window_batch_runs_past_full_capacity_and_matches_sessions() {
     assert_eq!(done.len(), prompts.len());
     for out in &done {
         let i = out.id.0 as usize;
-        let want = session_reference(&model, policy, &prompts[i], steps[i]);
+        let want = engine_common::evicting_reference(&model, policy, BS, &prompts[i], steps[i]).0;
         assert_eq!(out.samples[0].tokens, want, "request {i} differs from its Session run");
     }
     // Every page back: held by nobody, and free once the prefix cache lets go.

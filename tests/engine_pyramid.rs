@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use pagoda::core::evict::{Budget, KvPolicy};
 use pagoda::core::pool::PageId;
 use pagoda::cpu::engine::{Engine, EngineConfig, EngineError, Request, RequestId, RequestOutput};
-use pagoda::cpu::model::{Evictor, KvType, Llama, Session, SessionOptions};
+use pagoda::cpu::model::{Evictor, KvType, Llama};
 
 const BS: usize = 16;
 
@@ -42,16 +42,8 @@ fn layer_budgets(model: &Llama) -> Vec<usize> {
 /// Greedy tokens of `prompt` alone in a `Session` under [`POLICY`] (what `pagoda run
 /// --kv-policy pyramid:64 --temp 0` runs): prompt in one call, then one token at a time.
 fn session_reference(model: &Llama, prompt: &[u32], steps: usize) -> Vec<u32> {
-    let opts = SessionOptions {
-        n_ctx: model.config().context_length,
-        kv_type: KvType::F16,
-        block_size: BS,
-        ..SessionOptions::default()
-    };
-    let mut s = Session::with_policy(model, opts, POLICY).expect("session");
-    assert_eq!(s.tables().len(), model.config().n_layers);
-    let out = engine_common::greedy(&mut s, prompt, steps);
-    assert!(s.evicted_pages() > 0, "the reference never evicted: the test proves nothing");
+    let (out, tables) = engine_common::evicting_reference(model, POLICY, BS, prompt, steps);
+    assert_eq!(tables, model.config().n_layers);
     out
 }
 

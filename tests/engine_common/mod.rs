@@ -1,8 +1,9 @@
 //! Helpers shared by the engine tests (`tests/engine_*.rs`).
 #![allow(dead_code)]
 
+use pagoda::core::evict::KvPolicy;
 use pagoda::cpu::engine::{Engine, RequestOutput, StepOutput};
-use pagoda::cpu::model::{Llama, Session, SessionOptions};
+use pagoda::cpu::model::{KvType, Llama, Session, SessionOptions};
 use pagoda::cpu::sampler::argmax;
 
 /// The unbatched reference: `steps` greedy tokens of `prompt` through a [`Session`] of its
@@ -12,6 +13,29 @@ pub fn reference(model: &Llama, prompt: &[u32], steps: usize, block_size: usize)
     let opts = SessionOptions { block_size, ..SessionOptions::default() };
     let mut s = Session::new(model, opts).expect("session");
     greedy(&mut s, prompt, steps)
+}
+
+/// The reference under an evicting `policy`: `steps` greedy tokens of `prompt` alone in a
+/// [`Session`] with the model's whole context (as the engine, whose percentage budgets are of
+/// it), f16 pages of `block_size`; fails if the session never evicted (the comparison would
+/// prove nothing). Also returns the session's table count (one per layer under PyramidKV).
+pub fn evicting_reference(
+    model: &Llama,
+    policy: KvPolicy,
+    block_size: usize,
+    prompt: &[u32],
+    steps: usize,
+) -> (Vec<u32>, usize) {
+    let opts = SessionOptions {
+        n_ctx: model.config().context_length,
+        kv_type: KvType::F16,
+        block_size,
+        ..SessionOptions::default()
+    };
+    let mut s = Session::with_policy(model, opts, policy).expect("session");
+    let out = greedy(&mut s, prompt, steps);
+    assert!(s.evicted_pages() > 0, "the reference never evicted: the test proves nothing");
+    (out, s.tables().len())
 }
 
 /// `steps` greedy tokens of `prompt` through `s`: the prompt in one call, then one token at
