@@ -41,6 +41,8 @@
 //! exponentials are sixteen glibc `expf`s at once in f64 lanes (`expf::x86::expf16`), and
 //! `S` advances in the accumulate loop, where several rows' chains interleave.
 
+use std::borrow::Cow;
+
 use core::ops::Range;
 
 use half::f16;
@@ -353,7 +355,7 @@ impl<S: AsRef<[f16]>> Shared<'_, S> {
                 row.steps.resize(n_r, Step::default());
                 let s = &mut scores[..n_r];
                 if direct {
-                    kernel.scores_f16(&kruns[row.seg][..n_r * hd], &row.q16, s);
+                    kernel.scores(&kruns[row.seg][..n_r * hd], &row.q16, s);
                 } else {
                     kernel.scores(&kbufs[row.seg][..n_r * hd], &row.q16, s);
                 }
@@ -362,7 +364,7 @@ impl<S: AsRef<[f16]>> Shared<'_, S> {
             // Several rows at once: their accumulators are independent serial chains.
             for chunk in rows.chunks_mut(4) {
                 if direct {
-                    kernel.accumulate_f16(chunk, &vruns);
+                    kernel.accumulate(chunk, &vruns);
                 } else {
                     kernel.accumulate(chunk, &vbufs);
                 }
@@ -409,6 +411,49 @@ pub(super) struct Step {
     vs: f32,
 }
 
+/// What the kernels read keys and values from: f32 rows (pages widened once per page), or
+/// the f16 pages themselves, which the AVX-512 level widens in each load (`vcvtph2ps`,
+/// exact): its loads then spread over the arithmetic instead of one widening pass per page
+/// that waits on memory.
+trait Lanes: Copy {
+    /// `run` as f32s: borrowed for f32, widened for f16 (the levels that do not read f16).
+    fn f32s(run: &[Self]) -> Cow<'_, [f32]>;
+
+    /// Sixteen values at `p` as f32s.
+    ///
+    /// # Safety
+    /// Sixteen values readable at `p`; AVX-512F enabled by the caller.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load16(p: *const Self) -> core::arch::x86_64::__m512;
+}
+
+impl Lanes for f32 {
+    fn f32s(run: &[f32]) -> Cow<'_, [f32]> {
+        Cow::Borrowed(run)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(p: *const f32) -> core::arch::x86_64::__m512 {
+        // SAFETY: the caller's contract.
+        unsafe { core::arch::x86_64::_mm512_loadu_ps(p) }
+    }
+}
+
+impl Lanes for f16 {
+    fn f32s(run: &[f16]) -> Cow<'_, [f32]> {
+        Cow::Owned(run.iter().map(|x| x.to_f32()).collect())
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(p: *const f16) -> core::arch::x86_64::__m512 {
+        use core::arch::x86_64::{_mm256_loadu_si256, _mm512_cvtph_ps};
+        // SAFETY: the caller's contract; `f16` is `repr(transparent)` over `u16`.
+        unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p.cast())) }
+    }
+}
+
 /// The per-key arithmetic at one level (see [`dot_scalar`] and [`accumulate_scalar`] for
 /// the semantics every level reproduces).
 #[derive(Clone, Copy, Debug)]
@@ -429,51 +474,22 @@ impl Kernel {
         Kernel { level }
     }
 
-    /// Whether this level reads f16 pages directly ([`scores_f16`](Self::scores_f16),
-    /// [`accumulate_f16`](Self::accumulate_f16)) instead of widened copies.
+    /// Whether this level reads f16 pages directly ([`Lanes`]) instead of widened copies.
     #[inline]
     fn reads_f16(self) -> bool {
         cfg!(target_arch = "x86_64") && self.level == SimdLevel::Avx512
     }
 
-    /// [`scores`](Self::scores) over f16 key rows (only where [`reads_f16`](Self::reads_f16)).
-    #[inline]
-    fn scores_f16(self, keys: &[f16], q: &[f32], scores: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        if self.level == SimdLevel::Avx512 {
-            // SAFETY: `new` checked AVX-512 and `hd % 64 == 0`; `q` is `hd` long, `keys`
-            // holds `scores.len()` rows of `hd`.
-            return unsafe { x86::scores_avx512(keys, q, scores) };
-        }
-        for (s, k) in scores.iter_mut().zip(keys.chunks_exact(q.len())) {
-            let k: Vec<f32> = k.iter().map(|x| x.to_f32()).collect();
-            *s = dot_scalar(&k, q);
-        }
-    }
-
-    /// [`accumulate`](Self::accumulate) over f16 value rows (only where
-    /// [`reads_f16`](Self::reads_f16)).
-    #[inline]
-    fn accumulate_f16(self, rows: &mut [Row], values: &[&[f16]]) {
-        #[cfg(target_arch = "x86_64")]
-        if self.level == SimdLevel::Avx512 {
-            // SAFETY: as in `accumulate`.
-            return unsafe { x86::accumulate_avx512(rows, values) };
-        }
-        let wide: Vec<Vec<f32>> =
-            values.iter().map(|v| v.iter().map(|x| x.to_f32()).collect()).collect();
-        self.accumulate(rows, &wide)
-    }
-
     /// `scores[j] = dot(keys[j], q)` ([`dot_scalar`]) for every key row of `keys`.
     #[inline]
-    fn scores(self, keys: &[f32], q: &[f32], scores: &mut [f32]) {
+    fn scores<T: Lanes>(self, keys: &[T], q: &[f32], scores: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         if self.level == SimdLevel::Avx512 {
             // SAFETY: `new` checked AVX-512 and `hd % 64 == 0`; `q` is `hd` long, `keys`
             // holds `scores.len()` rows of `hd`.
             return unsafe { x86::scores_avx512(keys, q, scores) };
         }
+        let keys = T::f32s(keys);
         for (s, k) in scores.iter_mut().zip(keys.chunks_exact(q.len())) {
             *s = dot_scalar(k, q);
         }
@@ -499,7 +515,7 @@ impl Kernel {
     /// Each row's accumulator ← the page's value rows by that row's steps, in order
     /// (`rows.len() ≤ 4`).
     #[inline]
-    fn accumulate(self, rows: &mut [Row], values: &[Vec<f32>]) {
+    fn accumulate<T: Lanes, V: AsRef<[T]>>(self, rows: &mut [Row], values: &[V]) {
         #[cfg(target_arch = "x86_64")]
         if self.level == SimdLevel::Avx512 {
             // SAFETY: `new` checked AVX-512 and `hd % 64 == 0`; `values[row.seg]` holds
@@ -507,15 +523,14 @@ impl Kernel {
             return unsafe { x86::accumulate_avx512(rows, values) };
         }
         for row in rows {
+            let v = T::f32s(values[row.seg].as_ref());
             #[cfg(target_arch = "x86_64")]
             if self.level == SimdLevel::Avx2 {
                 // SAFETY: `new` checked the AVX2 level (AVX2 + FMA + F16C).
-                unsafe {
-                    x86::accumulate_fma(&mut row.acc, &mut row.sum, &values[row.seg], &row.steps)
-                };
+                unsafe { x86::accumulate_fma(&mut row.acc, &mut row.sum, &v, &row.steps) };
                 continue;
             }
-            accumulate_scalar(&mut row.acc, &mut row.sum, &values[row.seg], &row.steps)
+            accumulate_scalar(&mut row.acc, &mut row.sum, &v, &row.steps)
         }
     }
 }
@@ -598,38 +613,8 @@ fn round16(x: f32) -> f32 {
 mod x86 {
     use core::arch::x86_64::*;
 
-    use half::f16;
-
     use super::super::expf::x86::expf16;
-    use super::{accumulate_scalar, softmax_steps, Row, Step};
-
-    /// What the AVX-512 kernels read keys and values from: f32 rows (widened pages), or the
-    /// f16 pages themselves, widened in the load (`vcvtph2ps`, exact). Reading the pages
-    /// directly spreads their loads over the arithmetic instead of one widening pass per
-    /// page that waits on memory.
-    pub(super) trait Lanes: Copy {
-        /// Sixteen values at `p` as f32s.
-        ///
-        /// # Safety
-        /// Sixteen values readable at `p`; AVX-512F enabled by the caller.
-        unsafe fn load16(p: *const Self) -> __m512;
-    }
-
-    impl Lanes for f32 {
-        #[inline(always)]
-        unsafe fn load16(p: *const f32) -> __m512 {
-            // SAFETY: the caller's contract.
-            unsafe { _mm512_loadu_ps(p) }
-        }
-    }
-
-    impl Lanes for f16 {
-        #[inline(always)]
-        unsafe fn load16(p: *const f16) -> __m512 {
-            // SAFETY: the caller's contract; `f16` is `repr(transparent)` over `u16`.
-            unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p.cast())) }
-        }
-    }
+    use super::{accumulate_scalar, softmax_steps, Lanes, Row, Step};
 
     /// [`super::softmax_steps`] with FMA instructions.
     ///
@@ -863,16 +848,8 @@ mod x86 {
                 (128, 2) => accumulate_regs::<8, 2, T, V>(rows, values),
                 (128, _) => accumulate_regs::<8, 1, T, V>(rows, values),
                 _ => {
-                    let mut v = Vec::new();
                     for row in rows.iter_mut() {
-                        // Widths other than 64 and 128 are rare: widen and go scalar.
-                        let src = values[row.seg].as_ref();
-                        v.clear();
-                        for j in 0..src.len() / 16 {
-                            let mut x = [0.0f32; 16];
-                            _mm512_storeu_ps(x.as_mut_ptr(), T::load16(src.as_ptr().add(16 * j)));
-                            v.extend_from_slice(&x);
-                        }
+                        let v = T::f32s(values[row.seg].as_ref());
                         accumulate_scalar(&mut row.acc, &mut row.sum, &v, &row.steps);
                     }
                 }
