@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use pagoda::core::evict::{Budget, KvPolicy};
 use pagoda::core::pool::PageId;
 use pagoda::cpu::engine::{Engine, EngineConfig, EngineError, Request, RequestId, RequestOutput};
-use pagoda::cpu::model::{KvType, Llama};
+use pagoda::cpu::model::Llama;
 
 const BS: usize = 16;
 
@@ -75,13 +75,7 @@ fn run_watching_shared_pages(
 }
 
 fn config(kv_pages: usize) -> EngineConfig {
-    EngineConfig {
-        kv_pages,
-        block_size: BS,
-        kv_type: KvType::F16,
-        max_batch_tokens: 64,
-        prefix_caching: true,
-    }
+    EngineConfig { kv_pages, block_size: BS, max_batch_tokens: 64, ..EngineConfig::default() }
 }
 
 #[test]

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use pagoda::core::evict::{Budget, KvPolicy};
 use pagoda::core::pool::PageId;
 use pagoda::cpu::engine::{Engine, EngineConfig, EngineError, Request, RequestId, RequestOutput};
-use pagoda::cpu::model::{Evictor, KvType, Llama};
+use pagoda::cpu::model::{Evictor, Llama};
 
 const BS: usize = 16;
 
@@ -21,14 +21,10 @@ const BS: usize = 16;
 /// per sequence at most.
 const POLICY: KvPolicy = KvPolicy::Pyramid(Budget::Tokens(4 * BS));
 
+/// Prefix caching stays on (the default): it is off under pyramid all the same (the policy
+/// scores pages by attention).
 fn config(kv_pages: usize) -> EngineConfig {
-    EngineConfig {
-        kv_pages,
-        block_size: BS,
-        kv_type: KvType::F16,
-        max_batch_tokens: 64,
-        prefix_caching: true, // off under pyramid all the same (it scores pages by attention)
-    }
+    EngineConfig { kv_pages, block_size: BS, max_batch_tokens: 64, ..EngineConfig::default() }
 }
 
 /// Each layer's page budget (the engine resolves percentages against the model's context
