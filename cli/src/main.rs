@@ -9,6 +9,7 @@ mod bench;
 mod chat;
 mod common;
 mod inspect;
+mod logger;
 mod perplexity;
 mod plot;
 mod run;
@@ -48,6 +49,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    logger::install();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(a) => run::main(a),

@@ -9,6 +9,37 @@
 
 use std::fmt;
 
+/// One message of a conversation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    /// `system`, `user` or `assistant` (templates print other roles verbatim).
+    pub role: String,
+    /// What was said.
+    pub content: String,
+}
+
+impl Message {
+    /// A message with any role.
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        Message { role: role.into(), content: content.into() }
+    }
+
+    /// A system message.
+    pub fn system(content: impl Into<String>) -> Self {
+        Self::new("system", content)
+    }
+
+    /// A user message.
+    pub fn user(content: impl Into<String>) -> Self {
+        Self::new("user", content)
+    }
+
+    /// An assistant message.
+    pub fn assistant(content: impl Into<String>) -> Self {
+        Self::new("assistant", content)
+    }
+}
+
 /// A recognised chat template.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ChatTemplate {
@@ -61,6 +92,35 @@ impl ChatTemplate {
         }
         let start: String = template.chars().take(60).collect();
         Err(ChatTemplateError::Unrecognised(start))
+    }
+
+    /// Plain ChatML without a default system prompt: what a model without a chat template
+    /// gets.
+    pub fn chatml() -> Self {
+        ChatTemplate::ChatMl { default_system: None }
+    }
+
+    /// Renders a whole conversation; with `add_generation_prompt` it ends where the
+    /// assistant's reply begins. The template's default system prompt is added when the
+    /// conversation does not start with a system message.
+    pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> String {
+        match self {
+            ChatTemplate::ChatMl { default_system } => {
+                let mut s = String::new();
+                if messages.first().is_none_or(|m| m.role != "system") {
+                    if let Some(sys) = default_system {
+                        s.push_str(&format!("<|im_start|>system\n{sys}<|im_end|>\n"));
+                    }
+                }
+                for m in messages {
+                    s.push_str(&format!("<|im_start|>{}\n{}<|im_end|>\n", m.role, m.content));
+                }
+                if add_generation_prompt {
+                    s.push_str("<|im_start|>assistant\n");
+                }
+                s
+            }
+        }
     }
 
     /// Renders the opening of a conversation's next user turn, ending where the assistant's
@@ -119,6 +179,25 @@ mod tests {
         assert_eq!(
             t.user_turn(Some("Be brief."), "Hi", false),
             "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+        );
+    }
+
+    #[test]
+    fn render_equals_the_turn_by_turn_rendering() {
+        let t = ChatTemplate::from_jinja(SMOLLM2).unwrap();
+        let conv = [Message::user("Hi")];
+        assert_eq!(t.render(&conv, true), t.user_turn(None, "Hi", true));
+        let conv = [Message::system("Be brief."), Message::user("Hi")];
+        assert_eq!(t.render(&conv, true), t.user_turn(Some("Be brief."), "Hi", true));
+        let conv = [Message::user("Hi"), Message::assistant("Hello!"), Message::user("Bye")];
+        let turns = t.user_turn(None, "Hi", true)
+            + "Hello!"
+            + t.end_of_reply(false)
+            + &t.user_turn(None, "Bye", false);
+        assert_eq!(t.render(&conv, true), turns);
+        assert_eq!(
+            ChatTemplate::chatml().render(&[Message::user("x")], false),
+            "<|im_start|>user\nx<|im_end|>\n"
         );
     }
 

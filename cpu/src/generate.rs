@@ -104,7 +104,7 @@ impl std::error::Error for GenerateError {
 ///
 /// The prompt must fit in the context with room for at least one token; a prompt that
 /// does not is an error before anything runs. Running out of context later is a normal
-/// stop ([`StopReason::ContextFull`]).
+/// stop ([`StopReason::ContextFull`]). The loop is [`Generator`], one token per step.
 pub fn generate(
     session: &mut Session<'_>,
     sampler: &mut Sampler,
@@ -113,70 +113,157 @@ pub fn generate(
     is_eog: impl Fn(u32) -> bool,
     mut on_token: impl FnMut(u32),
 ) -> Result<Generation, Box<GenerateError>> {
-    let mut gen = Generation {
-        tokens: Vec::new(),
-        stop: StopReason::Length,
-        prompt_tokens: prompt.len(),
-        prompt_time: Duration::ZERO,
-        gen_time: Duration::ZERO,
-    };
-    let n_ctx = session.options().n_ctx;
-    if session.len() + prompt.len() >= n_ctx || prompt.is_empty() && session.is_empty() {
-        let error = if prompt.is_empty() && session.is_empty() {
-            ModelError::Invalid("the prompt is empty".into())
-        } else {
-            ModelError::ContextFull { needed: session.len() + prompt.len() + 1, n_ctx }
-        };
-        return Err(Box::new(GenerateError { error, partial: gen }));
-    }
-    for &t in session.tokens().iter().chain(prompt) {
-        sampler.accept(t);
-    }
-    let t0 = Instant::now();
-    let mut logits = if prompt.is_empty() {
-        // Continue from the cached sequence: recompute the last token's logits.
-        let last = *session.tokens().last().expect("non-empty session");
-        let n = session.len();
-        session.truncate(n - 1);
-        session.eval(&[last])
-    } else {
-        session.eval(prompt)
-    };
-    gen.prompt_time = t0.elapsed();
-    let t1 = Instant::now();
+    let mut g = Generator::start(session, sampler, prompt, opts)?;
     loop {
-        let mut l = match logits {
-            Ok(l) => l,
-            Err(error) => {
-                gen.gen_time = t1.elapsed();
-                return Err(Box::new(GenerateError { error, partial: gen }));
+        match g.step(session, sampler, &is_eog) {
+            Ok(Some(tok)) => on_token(tok),
+            Ok(None) => return Ok(g.finish()),
+            Err(error) => return Err(Box::new(GenerateError { error, partial: g.finish() })),
+        }
+    }
+}
+
+/// The generation loop one token at a time, for callers that pull tokens (an iterator, a
+/// C callback, a server) instead of handing [`generate`] a closure.
+///
+/// It does not hold the session or the sampler, so a caller can keep all three side by
+/// side in one struct; pass the same two to every call. [`start`](Self::start) runs the
+/// prompt; each [`step`](Self::step) first runs the previous token through the model (if
+/// any), then samples and returns the next token, until a stop.
+#[derive(Debug)]
+pub struct Generator {
+    opts: GenerateOptions,
+    /// Logits of the next position, when already computed (after the prompt).
+    logits: Option<Vec<f32>>,
+    /// The last token returned, still to be run through the model.
+    pending: Option<u32>,
+    gen: Generation,
+    /// When the first step began.
+    started: Option<Instant>,
+    done: bool,
+}
+
+impl Generator {
+    /// Appends `prompt` to the session (an empty prompt continues a non-empty session) and
+    /// computes the logits of the first token to generate. Errors as [`generate`].
+    pub fn start(
+        session: &mut Session<'_>,
+        sampler: &mut Sampler,
+        prompt: &[u32],
+        opts: &GenerateOptions,
+    ) -> Result<Generator, Box<GenerateError>> {
+        let mut gen = Generation {
+            tokens: Vec::new(),
+            stop: StopReason::Length,
+            prompt_tokens: prompt.len(),
+            prompt_time: Duration::ZERO,
+            gen_time: Duration::ZERO,
+        };
+        let n_ctx = session.options().n_ctx;
+        let empty = prompt.is_empty() && session.is_empty();
+        if empty || session.len() + prompt.len() >= n_ctx {
+            let error = if empty {
+                ModelError::Invalid("the prompt is empty".into())
+            } else {
+                ModelError::ContextFull { needed: session.len() + prompt.len() + 1, n_ctx }
+            };
+            return Err(Box::new(GenerateError { error, partial: gen }));
+        }
+        for &t in session.tokens().iter().chain(prompt) {
+            sampler.accept(t);
+        }
+        let t0 = Instant::now();
+        let logits = if prompt.is_empty() {
+            // Continue from the cached sequence: recompute the last token's logits.
+            let last = *session.tokens().last().expect("non-empty session");
+            let n = session.len();
+            session.truncate(n - 1);
+            session.eval(&[last])
+        } else {
+            session.eval(prompt)
+        };
+        gen.prompt_time = t0.elapsed();
+        match logits {
+            Ok(l) => Ok(Generator {
+                opts: opts.clone(),
+                logits: Some(l),
+                pending: None,
+                gen,
+                started: None,
+                done: false,
+            }),
+            Err(error) => Err(Box::new(GenerateError { error, partial: gen })),
+        }
+    }
+
+    /// The next token, or `None` once generation has stopped ([`Generation::stop`] says
+    /// why). An error (the model failed) also ends generation.
+    pub fn step(
+        &mut self,
+        session: &mut Session<'_>,
+        sampler: &mut Sampler,
+        is_eog: impl Fn(u32) -> bool,
+    ) -> Result<Option<u32>, ModelError> {
+        if self.done {
+            return Ok(None);
+        }
+        let t1 = *self.started.get_or_insert_with(Instant::now);
+        let result = self.next_token(session, sampler, &is_eog);
+        if result.is_err() {
+            self.done = true;
+        }
+        self.gen.gen_time = t1.elapsed();
+        result.map(Some)
+    }
+
+    fn next_token(
+        &mut self,
+        session: &mut Session<'_>,
+        sampler: &mut Sampler,
+        is_eog: impl Fn(u32) -> bool,
+    ) -> Result<u32, ModelError> {
+        let mut l = match (self.logits.take(), self.pending.take()) {
+            (Some(l), _) => l,
+            (None, Some(tok)) if self.opts.no_kv_cache => {
+                let mut all = session.tokens().to_vec();
+                all.push(tok);
+                session.clear();
+                session.eval(&all)?
             }
+            (None, Some(tok)) => session.eval(&[tok])?,
+            (None, None) => unreachable!("a generator that is not done has logits or a token"),
         };
         let tok = sampler.sample(&mut l);
         sampler.accept(tok);
-        gen.tokens.push(tok);
-        on_token(tok);
-        if !opts.ignore_eos && is_eog(tok) {
-            gen.stop = StopReason::EndOfGeneration;
-            break;
+        self.gen.tokens.push(tok);
+        self.pending = Some(tok);
+        if !self.opts.ignore_eos && is_eog(tok) {
+            self.stop(StopReason::EndOfGeneration);
+        } else if self.opts.n_predict.is_some_and(|n| self.gen.tokens.len() >= n) {
+            self.stop(StopReason::Length);
+        } else if session.remaining() == 0 {
+            self.stop(StopReason::ContextFull);
         }
-        if opts.n_predict.is_some_and(|n| gen.tokens.len() >= n) {
-            gen.stop = StopReason::Length;
-            break;
-        }
-        if session.remaining() == 0 {
-            gen.stop = StopReason::ContextFull;
-            break;
-        }
-        logits = if opts.no_kv_cache {
-            let mut all = session.tokens().to_vec();
-            all.push(tok);
-            session.clear();
-            session.eval(&all)
-        } else {
-            session.eval(&[tok])
-        };
+        Ok(tok)
     }
-    gen.gen_time = t1.elapsed();
-    Ok(gen)
+
+    fn stop(&mut self, reason: StopReason) {
+        self.gen.stop = reason;
+        self.done = true;
+    }
+
+    /// Whether generation has stopped.
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// What has been generated so far (all of it once [`is_done`](Self::is_done)).
+    pub fn generation(&self) -> &Generation {
+        &self.gen
+    }
+
+    /// Ends the generation, returning what it produced.
+    pub fn finish(self) -> Generation {
+        self.gen
+    }
 }

@@ -67,7 +67,7 @@ pub fn workspace_model_path(workspace_root: &Path) -> PathBuf {
 /// the old path) is safe: the map keeps the old inode alive.
 pub struct ModelFile {
     path: PathBuf,
-    map: Mmap,
+    map: Bytes,
     /// What the validating parse in `open` learned, so `gguf()` is O(1).
     layout: GgufLayout,
 }
@@ -85,7 +85,7 @@ impl ModelFile {
         // `ModelFile` as a requirement on callers (do not modify model files in use).
         let map = unsafe { Mmap::map(&file) }
             .map_err(|source| ModelFileError::Io { path: path.clone(), source })?;
-        Self::validate(path, map)
+        Self::validate(path, Bytes::Map(map))
     }
 
     /// Reads the whole file at `path` into anonymous memory (transparent huge pages where
@@ -104,24 +104,55 @@ impl ModelFile {
             // An anonymous map cannot be empty; the parser names what an empty file lacks.
             return Self::open(path);
         }
-        let mut mem = memmap2::MmapMut::map_anon(len).map_err(io)?;
-        // A hint only: without transparent huge pages the copy is in 4 KiB pages.
-        #[cfg(target_os = "linux")]
-        let _ = mem.advise(memmap2::Advice::HugePage);
+        let mut mem = anon_huge(len).map_err(io)?;
         // `read_exact` fails (instead of faulting) if the file shrank since `metadata`.
         file.read_exact(&mut mem).map_err(io)?;
         let map = mem.make_read_only().map_err(io)?;
-        Self::validate(path, map)
+        Self::validate(path, Bytes::Map(map))
     }
 
-    fn validate(path: PathBuf, map: Mmap) -> Result<ModelFile, ModelFileError> {
+    /// Validates a GGUF file held in memory (e.g. downloaded, or unpacked from an archive).
+    /// The bytes are copied once into page-aligned memory (huge pages where granted), as
+    /// [`read`](Self::read) does: tensor data must be aligned for the kernels, and a
+    /// `Vec<u8>` only promises byte alignment. [`path`](Self::path) is [`IN_MEMORY`].
+    pub fn from_vec(bytes: Vec<u8>) -> Result<ModelFile, ModelFileError> {
+        Self::from_slice_copied(&bytes)
+    }
+
+    /// Validates a GGUF file that lives for the whole program, typically
+    /// `include_bytes!` of a model built into the binary. Zero-copy when the bytes start
+    /// on a 32-byte boundary (GGUF's default tensor alignment); otherwise copied once into
+    /// aligned memory, as [`from_vec`](Self::from_vec) does. [`path`](Self::path) is
+    /// [`IN_MEMORY`].
+    pub fn from_static(bytes: &'static [u8]) -> Result<ModelFile, ModelFileError> {
+        if (bytes.as_ptr() as usize).is_multiple_of(32) {
+            Self::validate(PathBuf::from(IN_MEMORY), Bytes::Static(bytes))
+        } else {
+            Self::from_slice_copied(bytes)
+        }
+    }
+
+    fn from_slice_copied(bytes: &[u8]) -> Result<ModelFile, ModelFileError> {
+        let path = PathBuf::from(IN_MEMORY);
+        if bytes.is_empty() {
+            // An anonymous map cannot be empty; the parser names what empty bytes lack.
+            return Self::validate(path, Bytes::Static(&[]));
+        }
+        let io = |source| ModelFileError::Io { path: PathBuf::from(IN_MEMORY), source };
+        let mut mem = anon_huge(bytes.len()).map_err(io)?;
+        mem.copy_from_slice(bytes);
+        let map = mem.make_read_only().map_err(io)?;
+        Self::validate(path, Bytes::Map(map))
+    }
+
+    fn validate(path: PathBuf, map: Bytes) -> Result<ModelFile, ModelFileError> {
         let gguf = Gguf::parse(&map)
             .map_err(|e| ModelFileError::Gguf { path: path.clone(), source: Box::new(e) })?;
         let layout = gguf.layout();
         Ok(ModelFile { path, map, layout })
     }
 
-    /// The path the file was opened from.
+    /// The path the file was opened from ([`IN_MEMORY`] for bytes given in memory).
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -150,6 +181,37 @@ impl fmt::Debug for ModelFile {
             .finish()
     }
 }
+
+/// `len` bytes (≥ 1) of zeroed anonymous memory, page-aligned, asked for transparent huge
+/// pages (a hint only: without them the memory is in 4 KiB pages).
+fn anon_huge(len: usize) -> std::io::Result<memmap2::MmapMut> {
+    let mem = memmap2::MmapMut::map_anon(len)?;
+    #[cfg(target_os = "linux")]
+    let _ = mem.advise(memmap2::Advice::HugePage);
+    Ok(mem)
+}
+
+/// Where a [`ModelFile`]'s bytes live.
+enum Bytes {
+    /// A read-only map: of the file ([`ModelFile::open`]) or of anonymous memory holding a
+    /// copy ([`ModelFile::read`], [`ModelFile::from_vec`]).
+    Map(Mmap),
+    /// Bytes that live for the whole program, e.g. `include_bytes!` ([`ModelFile::from_static`]).
+    Static(&'static [u8]),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Map(m) => m,
+            Bytes::Static(s) => s,
+        }
+    }
+}
+
+/// The name a model held in memory goes by in errors and [`ModelFile::path`].
+pub const IN_MEMORY: &str = "<memory>";
 
 /// Why a model file could not be opened.
 #[derive(Debug)]

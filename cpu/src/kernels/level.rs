@@ -123,7 +123,7 @@ fn has_neon() -> bool {
 
 /// The level chosen for this process: `PAGODA_SIMD` if set and available, else the
 /// widest available. Decided on the first call and cached; an unknown or unavailable
-/// `PAGODA_SIMD` value prints one warning on stderr.
+/// `PAGODA_SIMD` value logs one warning (the `log` crate; the CLI prints it on stderr).
 pub fn simd_level() -> SimdLevel {
     static LEVEL: OnceLock<SimdLevel> = OnceLock::new();
     *LEVEL.get_or_init(|| {
@@ -132,12 +132,12 @@ pub fn simd_level() -> SimdLevel {
             Ok(v) if !v.trim().is_empty() => match SimdLevel::from_name(&v) {
                 Some(l) if l.is_available() => l,
                 Some(l) => {
-                    eprintln!("pagoda: PAGODA_SIMD={l}: this CPU lacks it; using {best}");
+                    log::warn!("PAGODA_SIMD={l}: this CPU lacks it; using {best}");
                     best
                 }
                 None => {
-                    eprintln!(
-                        "pagoda: PAGODA_SIMD={v:?} is not one of scalar|avx2|avx512|neon; using {best}"
+                    log::warn!(
+                        "PAGODA_SIMD={v:?} is not one of scalar|avx2|avx512|neon; using {best}"
                     );
                     best
                 }

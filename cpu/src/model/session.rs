@@ -1,6 +1,8 @@
 //! One sequence with its own paged KV cache: the unit `pagoda run`, `chat` and
 //! `perplexity` drive.
 
+use std::sync::Arc;
+
 use pagoda_core::evict::KvPolicy;
 
 use super::eviction::Evictor;
@@ -44,7 +46,7 @@ impl Default for SessionOptions {
 /// ([`tables`](Self::tables)); every other policy, and `full`, one table of all-layer pages.
 #[derive(Debug)]
 pub struct Session<'m> {
-    model: &'m Llama,
+    model: ModelRef<'m>,
     cache: KvCache,
     /// One table, or one per layer (per-layer policy).
     tables: Vec<SeqTable>,
@@ -53,6 +55,36 @@ pub struct Session<'m> {
     scratch: ForwardScratch,
     evictor: Evictor,
     peak_pages: usize,
+}
+
+/// The model a session runs: borrowed, or shared ownership (a `Session<'static>` that can
+/// be stored and moved between threads without borrowing anything).
+#[derive(Clone, Debug)]
+enum ModelRef<'m> {
+    Borrowed(&'m Llama),
+    Shared(Arc<Llama>),
+}
+
+impl std::ops::Deref for ModelRef<'_> {
+    type Target = Llama;
+    fn deref(&self) -> &Llama {
+        match self {
+            ModelRef::Borrowed(m) => m,
+            ModelRef::Shared(m) => m,
+        }
+    }
+}
+
+impl Session<'static> {
+    /// A session that shares ownership of its model: it borrows nothing, so it can be
+    /// stored in a struct or sent to another thread. Otherwise as [`with_policy`](Self::with_policy).
+    pub fn shared(
+        model: Arc<Llama>,
+        opts: SessionOptions,
+        policy: KvPolicy,
+    ) -> Result<Self, ModelError> {
+        Self::build(ModelRef::Shared(model), opts, policy)
+    }
 }
 
 impl<'m> Session<'m> {
@@ -68,6 +100,14 @@ impl<'m> Session<'m> {
     /// percentage are of `opts.n_ctx`.
     pub fn with_policy(
         model: &'m Llama,
+        opts: SessionOptions,
+        policy: KvPolicy,
+    ) -> Result<Self, ModelError> {
+        Self::build(ModelRef::Borrowed(model), opts, policy)
+    }
+
+    fn build(
+        model: ModelRef<'m>,
         opts: SessionOptions,
         policy: KvPolicy,
     ) -> Result<Self, ModelError> {
@@ -122,8 +162,8 @@ impl<'m> Session<'m> {
     }
 
     /// The model.
-    pub fn model(&self) -> &'m Llama {
-        self.model
+    pub fn model(&self) -> &Llama {
+        &self.model
     }
 
     /// The settings.

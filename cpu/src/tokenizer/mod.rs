@@ -41,7 +41,7 @@ mod unicode;
 mod vocab;
 
 pub use error::TokenizerError;
-pub use stream::StreamDecoder;
+pub use stream::{StreamDecoder, Utf8Buffer};
 pub use vocab::TokenType;
 
 use pretokenize::{PreTokenizer, SplitScratch};

@@ -25,19 +25,44 @@ pub(crate) const REPLACEMENT: &[u8] = "\u{FFFD}".as_bytes();
 #[derive(Debug, Clone)]
 pub struct StreamDecoder<'t> {
     tokenizer: &'t Tokenizer,
-    /// Bytes received but not yet returned: an incomplete UTF-8 sequence.
-    pending: Vec<u8>,
+    buffer: Utf8Buffer,
 }
 
 impl<'t> StreamDecoder<'t> {
     pub(crate) fn new(tokenizer: &'t Tokenizer) -> Self {
-        Self { tokenizer, pending: Vec::new() }
+        Self { tokenizer, buffer: Utf8Buffer::default() }
     }
 
     /// Adds one token; returns the text that is now complete (maybe empty).
     /// An id outside the vocabulary adds U+FFFD.
     pub fn push(&mut self, id: u32) -> String {
-        self.pending.extend_from_slice(self.tokenizer.token_to_bytes(id).unwrap_or(REPLACEMENT));
+        self.buffer.push(self.tokenizer, id)
+    }
+
+    /// Ends the stream: a held incomplete sequence comes out as U+FFFD.
+    pub fn finish(&mut self) -> String {
+        self.buffer.finish()
+    }
+
+    /// Whether bytes of an incomplete character are being held.
+    pub fn has_pending(&self) -> bool {
+        self.buffer.has_pending()
+    }
+}
+
+/// The state of a [`StreamDecoder`] without the borrow of its tokenizer: for a struct that
+/// owns (or shares) the tokenizer and decodes beside it. Pass the same tokenizer each call.
+#[derive(Debug, Clone, Default)]
+pub struct Utf8Buffer {
+    /// Bytes received but not yet returned: an incomplete UTF-8 sequence.
+    pending: Vec<u8>,
+}
+
+impl Utf8Buffer {
+    /// Adds token `id` of `tokenizer`; returns the text that is now complete (maybe empty).
+    /// An id outside the vocabulary adds U+FFFD.
+    pub fn push(&mut self, tokenizer: &Tokenizer, id: u32) -> String {
+        self.pending.extend_from_slice(tokenizer.token_to_bytes(id).unwrap_or(REPLACEMENT));
         let mut out = String::new();
         let mut rest: &[u8] = &self.pending;
         loop {

@@ -1,0 +1,134 @@
+//! [`Session`]: a conversation that keeps its KV pages between turns.
+
+use pagoda_cpu::generate::StopReason;
+use pagoda_cpu::model::Session as CpuSession;
+
+use crate::decode::{Completion, Decode};
+use crate::{Model, Options, Result};
+
+/// A multi-turn conversation over one sequence of KV pages: every turn appends to the
+/// same cache, so the history is never processed twice. Made by [`Model::session`].
+///
+/// ```no_run
+/// # let model = pagoda::Model::load("model.gguf")?;
+/// let opts = pagoda::Options::greedy().max_tokens(64);
+/// let mut chat = model.session(&opts)?;
+/// println!("{}", chat.chat("My name is Ada.", &opts)?);
+/// println!("{}", chat.chat("What is my name?", &opts)?); // only this turn's tokens run
+/// # Ok::<(), pagoda::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct Session {
+    model: Model,
+    session: CpuSession<'static>,
+    /// The last reply's end-of-turn token: sampled, not yet in the cache.
+    pending_eog: Option<u32>,
+    /// Chat turns so far (the first adds the system prompt).
+    turns: usize,
+    system: Option<String>,
+}
+
+impl Session {
+    pub(crate) fn new(model: Model, session: CpuSession<'static>) -> Self {
+        Session { model, session, pending_eog: None, turns: 0, system: None }
+    }
+
+    /// Sets the system prompt of the conversation (before its first turn; the template's
+    /// default otherwise).
+    pub fn with_system(mut self, system: impl Into<String>) -> Self {
+        self.system = Some(system.into());
+        self
+    }
+
+    /// One chat turn: renders `user` with the model's chat template, generates the reply.
+    /// `user` is tokenized as plain text: special tokens written in it (`<|im_end|>`) stay
+    /// text and cannot forge a role switch.
+    pub fn chat(&mut self, user: &str, opts: &Options) -> Result<String> {
+        Ok(self.chat_with(user, opts, |_| {})?.text)
+    }
+
+    /// [`chat`](Self::chat), streaming each piece of the reply to `on_piece`.
+    pub fn chat_with(
+        &mut self,
+        user: &str,
+        opts: &Options,
+        mut on_piece: impl FnMut(&str),
+    ) -> Result<Completion> {
+        let template = self.model.template()?.clone();
+        let tok = self.model.tokenizer();
+        let first = self.turns == 0;
+        let mut prompt: Vec<u32> = self.pending_eog.take().into_iter().collect();
+        if !first {
+            let close = template.end_of_reply(!prompt.is_empty());
+            prompt.extend(tok.encode(close, false, true));
+        }
+        // The template's text around the user's words parses special tokens; the words
+        // themselves do not.
+        let turn = template.user_turn(self.system.as_deref(), "\u{0}", first);
+        let (before, after) = turn.split_once('\u{0}').unwrap_or((&turn, ""));
+        prompt.extend(tok.encode(before, first, true));
+        prompt.extend(tok.encode(user, false, false));
+        prompt.extend(tok.encode(after, false, true));
+        self.turns += 1;
+        let done = self.run(&prompt, opts, &mut on_piece)?;
+        if done.stop == StopReason::EndOfGeneration {
+            self.pending_eog = done.tokens.last().copied();
+        }
+        Ok(done)
+    }
+
+    /// Appends `text` to the sequence as it is (no template) and generates a continuation.
+    pub fn generate(&mut self, text: &str, opts: &Options) -> Result<String> {
+        Ok(self.generate_with(text, opts, |_| {})?.text)
+    }
+
+    /// [`generate`](Self::generate), streaming each piece to `on_piece`.
+    pub fn generate_with(
+        &mut self,
+        text: &str,
+        opts: &Options,
+        mut on_piece: impl FnMut(&str),
+    ) -> Result<Completion> {
+        let mut prompt: Vec<u32> = self.pending_eog.take().into_iter().collect();
+        let tok = self.model.tokenizer();
+        prompt.extend(tok.encode(text, self.session.is_empty() && prompt.is_empty(), true));
+        self.run(&prompt, opts, &mut on_piece)
+    }
+
+    fn run(
+        &mut self,
+        prompt: &[u32],
+        opts: &Options,
+        on_piece: &mut dyn FnMut(&str),
+    ) -> Result<Completion> {
+        let tokenizer = self.model.tokenizer();
+        Decode::start(&mut self.session, prompt, opts)?.run(&mut self.session, tokenizer, on_piece)
+    }
+
+    /// Tokens in the cache (every turn so far).
+    pub fn len(&self) -> usize {
+        self.session.len()
+    }
+
+    /// Whether nothing has been said yet.
+    pub fn is_empty(&self) -> bool {
+        self.session.is_empty()
+    }
+
+    /// Room left in the context, in tokens.
+    pub fn remaining(&self) -> usize {
+        self.session.remaining()
+    }
+
+    /// Forgets the conversation (its pages go back to the pool).
+    pub fn reset(&mut self) {
+        self.session.clear();
+        self.pending_eog = None;
+        self.turns = 0;
+    }
+
+    /// The model.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+}
