@@ -19,10 +19,10 @@ use core::fmt::Write;
 use pagoda_core::attention::naive::naive_attention;
 use pagoda_core::attention::{paged_decode, paged_prefill, AttnConfig};
 use pagoda_core::kv::{KvConfig, KvPages};
-use pagoda_core::pool::{BlockPool, PageEntry, PageId};
+use pagoda_core::pool::{BlockPool, PageEntry};
 use pagoda_core::table::{ArrayPageList, BlockTable};
 
-use crate::{ensure, fnv1a, max_abs_diff, measure, sum, Error, Stopwatch, XorShift32};
+use crate::{ensure, fnv1a, max_abs_diff, measure, sum, write_pages, Error, Stopwatch, XorShift32};
 
 /// Layers.
 pub const N_LAYERS: usize = 2;
@@ -134,19 +134,6 @@ where
             sv[at..at + ROW].copy_from_slice(&v);
         }
     }
-    Ok(())
-}
-
-/// Writes page ids as `[0 2 4]`.
-fn write_pages<W: Write>(out: &mut W, pages: &[PageId]) -> Result<(), Error> {
-    out.write_char('[')?;
-    for (i, p) in pages.iter().enumerate() {
-        if i > 0 {
-            out.write_char(' ')?;
-        }
-        write!(out, "{}", p.0)?;
-    }
-    out.write_char(']')?;
     Ok(())
 }
 

@@ -26,7 +26,7 @@ use core::fmt;
 use pagoda_core::attention::AttnError;
 use pagoda_core::gguf::GgufError;
 use pagoda_core::kv::KvError;
-use pagoda_core::pool::{InvariantViolation, PoolError};
+use pagoda_core::pool::{InvariantViolation, PageId, PoolError};
 use pagoda_core::table::TableError;
 
 pub mod attention;
@@ -198,6 +198,19 @@ pub fn fnv1a(values: &[f32]) -> u32 {
 /// Sum of `values` in order (f32).
 pub fn sum(values: &[f32]) -> f32 {
     values.iter().sum()
+}
+
+/// Writes page ids as `[0 2 4]`.
+pub fn write_pages<W: fmt::Write>(out: &mut W, pages: &[PageId]) -> Result<(), Error> {
+    out.write_char('[')?;
+    for (i, p) in pages.iter().enumerate() {
+        if i > 0 {
+            out.write_char(' ')?;
+        }
+        write!(out, "{}", p.0)?;
+    }
+    out.write_char(']')?;
+    Ok(())
 }
 
 /// Largest `|a[i] - b[i]|`.

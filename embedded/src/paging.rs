@@ -18,7 +18,7 @@ use pagoda_core::kv::{KvConfig, KvHalf, KvPages};
 use pagoda_core::pool::{BlockPool, PageEntry, PageId, PoolError};
 use pagoda_core::table::{ArrayPageList, BlockTable, CopyOnWrite};
 
-use crate::{ensure, fnv1a, Error, XorShift32};
+use crate::{ensure, fnv1a, write_pages, Error, XorShift32};
 
 /// Pages in this part's pool.
 pub const N_PAGES: usize = 8;
@@ -116,19 +116,6 @@ fn same_rows(
         }
     }
     Ok(true)
-}
-
-/// Writes the page ids of a table as `[0 1 2]`.
-fn write_pages<W: Write>(out: &mut W, pages: &[PageId]) -> Result<(), Error> {
-    out.write_char('[')?;
-    for (i, p) in pages.iter().enumerate() {
-        if i > 0 {
-            out.write_char(' ')?;
-        }
-        write!(out, "{}", p.0)?;
-    }
-    out.write_char(']')?;
-    Ok(())
 }
 
 /// Runs part 1 and writes its lines.
