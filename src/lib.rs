@@ -2,7 +2,7 @@
 //!
 //! Five lines to generate text:
 //!
-//! ```no_run
+//! ```
 //! let model = pagoda::Model::load("models/SmolLM2-135M-Instruct.Q4_1.gguf")?;
 //! let opts = pagoda::Options::greedy().max_tokens(32);
 //! println!("{}", model.generate("The capital of France is", &opts)?);

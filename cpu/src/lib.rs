@@ -8,6 +8,29 @@
 //! | [`model`]       | the Llama forward pass on the paged KV cache                   |
 //! | [`sampler`]     | greedy, temperature, top-k/top-p/min-p, repetition penalty     |
 //! | [`engine`]      | many sequences in one page pool: batching, prefix cache, forks |
+//!
+//! One sequence, token by token: a [`Session`](model::Session) owns the sequence's KV
+//! pages, [`generate`](generate::generate) runs the prompt then samples until a stop.
+//!
+//! ```
+//! use pagoda_cpu::generate::{generate, GenerateOptions};
+//! use pagoda_cpu::model::{Llama, Session, SessionOptions};
+//! use pagoda_cpu::sampler::{Sampler, SamplerConfig};
+//! use pagoda_cpu::tokenizer::Tokenizer;
+//! # let root = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+//! # let path = pagoda_cpu::model_file::workspace_model_path(root);
+//!
+//! let model = Llama::load(path)?;
+//! let tokenizer = Tokenizer::from_gguf(&model.gguf())?;
+//! let mut session = Session::new(&model, SessionOptions { n_ctx: 256, ..Default::default() })?;
+//! let mut sampler = Sampler::new(SamplerConfig::greedy())?;
+//! let prompt = tokenizer.encode("The capital of France is", true, true);
+//! let opts = GenerateOptions { n_predict: Some(4), ..Default::default() };
+//! let out = generate(&mut session, &mut sampler, &prompt, &opts, |t| tokenizer.is_eog(t), |_| {})?;
+//! assert_eq!(tokenizer.decode(&out.tokens), " Paris.\n\n");
+//! assert_eq!(session.len(), prompt.len() + 3); // the last token is sampled, not yet run
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod attention;
