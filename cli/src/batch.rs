@@ -77,54 +77,67 @@ pub struct BatchArgs {
     sampling: SamplingArgs,
 }
 
-/// One parsed input line.
-struct Line {
+/// One parsed request line of a batch file.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParsedRequest {
     /// 1-based line number in the file.
-    line_no: usize,
-    /// The caller's id, echoed back.
-    id: Value,
-    prompt: String,
-    n_predict: usize,
-    sampler: SamplerConfig,
+    pub line_no: usize,
+    /// The caller's id (a JSON string or number; the line number when absent), echoed back.
+    pub id: Value,
+    /// The prompt (never empty).
+    pub prompt: String,
+    /// Tokens to generate (≥ 1).
+    pub n_predict: usize,
+    /// Sampler settings: the command's defaults with the line's fields applied (validated).
+    pub sampler: SamplerConfig,
 }
 
 const FIELDS: &str = "id, prompt, n_predict, temperature, seed, top_k, top_p, min_p";
 
-fn parse_line(text: &str, line_no: usize, defaults: &SamplerConfig, n: usize) -> CliResult<Line> {
+/// Parses one request line (`{"id":…,"prompt":…,…}`) of a batch file: `line_no` is named in
+/// every error, `defaults` are the sampler settings of fields the line leaves out, `n_predict`
+/// the default number of tokens. Never panics, whatever `text` holds; an error says what is
+/// wrong with the line (`line 3: missing "prompt"`).
+pub fn parse_request_line(
+    text: &str,
+    line_no: usize,
+    defaults: &SamplerConfig,
+    n_predict: usize,
+) -> Result<ParsedRequest, String> {
     let at = |m: String| format!("line {line_no}: {m}");
     let v: Value = serde_json::from_str(text).map_err(|e| at(format!("not valid JSON ({e})")))?;
     let Value::Object(obj) = v else {
-        return Err(at("expected a JSON object".into()).into());
+        return Err(at("expected a JSON object".into()));
     };
     if let Some(k) = obj.keys().find(|k| !FIELDS.split(", ").any(|f| f == k.as_str())) {
-        return Err(at(format!("unknown field \"{k}\" (known: {FIELDS})")).into());
+        return Err(at(format!("unknown field {} (known: {FIELDS})", json!(k))));
     }
     let prompt = match obj.get("prompt") {
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
-        Some(Value::String(_)) => return Err(at("\"prompt\" is empty".into()).into()),
-        Some(_) => return Err(at("\"prompt\" must be a string".into()).into()),
-        None => return Err(at("missing \"prompt\"".into()).into()),
+        Some(Value::String(_)) => return Err(at("\"prompt\" is empty".into())),
+        Some(_) => return Err(at("\"prompt\" must be a string".into())),
+        None => return Err(at("missing \"prompt\"".into())),
     };
     let id = match obj.get("id") {
         None => json!(line_no),
         Some(v @ (Value::String(_) | Value::Number(_))) => v.clone(),
-        Some(_) => return Err(at("\"id\" must be a string or a number".into()).into()),
+        Some(_) => return Err(at("\"id\" must be a string or a number".into())),
     };
-    let uint = |k: &str, min: u64| -> CliResult<Option<u64>> {
+    let uint = |k: &str, min: u64| -> Result<Option<u64>, String> {
         match obj.get(k) {
             None => Ok(None),
             Some(v) => match v.as_u64() {
                 Some(x) if x >= min => Ok(Some(x)),
-                _ => Err(at(format!("\"{k}\" must be an integer ≥ {min}, got {v}")).into()),
+                _ => Err(at(format!("\"{k}\" must be an integer ≥ {min}, got {v}"))),
             },
         }
     };
-    let float = |k: &str| -> CliResult<Option<f32>> {
+    let float = |k: &str| -> Result<Option<f32>, String> {
         match obj.get(k) {
             None => Ok(None),
             Some(v) => match v.as_f64() {
-                Some(x) if x.is_finite() => Ok(Some(x as f32)),
-                _ => Err(at(format!("\"{k}\" must be a number, got {v}")).into()),
+                Some(x) if x.is_finite() && (x as f32).is_finite() => Ok(Some(x as f32)),
+                _ => Err(at(format!("\"{k}\" must be a finite number, got {v}"))),
             },
         }
     };
@@ -136,7 +149,7 @@ fn parse_line(text: &str, line_no: usize, defaults: &SamplerConfig, n: usize) ->
         sampler.seed = s;
     }
     if let Some(k) = uint("top_k", 0)? {
-        sampler.top_k = k as usize;
+        sampler.top_k = usize::try_from(k).unwrap_or(usize::MAX);
     }
     if let Some(p) = float("top_p")? {
         sampler.top_p = p;
@@ -145,11 +158,14 @@ fn parse_line(text: &str, line_no: usize, defaults: &SamplerConfig, n: usize) ->
         sampler.min_p = p;
     }
     sampler.validate().map_err(|e| at(e.to_string()))?;
-    let n_predict = uint("n_predict", 1)?.map_or(n, |x| x as usize);
-    Ok(Line { line_no, id, prompt, n_predict, sampler })
+    let n_predict = match uint("n_predict", 1)? {
+        None => n_predict,
+        Some(x) => usize::try_from(x).unwrap_or(usize::MAX),
+    };
+    Ok(ParsedRequest { line_no, id, prompt, n_predict, sampler })
 }
 
-fn read_lines(path: &Path, defaults: &SamplerConfig, n: usize) -> CliResult<Vec<Line>> {
+fn read_lines(path: &Path, defaults: &SamplerConfig, n: usize) -> CliResult<Vec<ParsedRequest>> {
     let text = read_text_file(path)?;
     let mut lines = Vec::new();
     let mut seen = HashSet::new();
@@ -157,8 +173,8 @@ fn read_lines(path: &Path, defaults: &SamplerConfig, n: usize) -> CliResult<Vec<
         if raw.trim().is_empty() {
             continue;
         }
-        let line =
-            parse_line(raw, i + 1, defaults, n).map_err(|e| format!("{}: {e}", path.display()))?;
+        let line = parse_request_line(raw, i + 1, defaults, n)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
         if !seen.insert(line.id.to_string()) {
             return Err(
                 format!("{}: line {}: duplicate id {}", path.display(), i + 1, line.id).into()
@@ -255,7 +271,7 @@ pub fn main(a: BatchArgs) -> CliResult {
     Ok(())
 }
 
-fn result_json(line: &Line, r: &RequestOutput, tok: &Tokenizer, hide_eog: bool) -> Value {
+fn result_json(line: &ParsedRequest, r: &RequestOutput, tok: &Tokenizer, hide_eog: bool) -> Value {
     let s = &r.samples[0];
     let mut m = Map::new();
     m.insert("id".into(), line.id.clone());
@@ -288,4 +304,42 @@ fn summary(requests: usize, s: &EngineStats, wall: Duration, pages: usize, unit:
         s.prefill_computed,
         s.preemptions,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_request_line_rejects_hostile_lines_without_panicking() {
+        let d = SamplerConfig::default();
+        let deep = "[".repeat(100_000);
+        for bad in [
+            "",
+            "null",
+            "[]",
+            deep.as_str(),
+            "{\"prompt\":\"x\",\"temperature\":1e300}",
+            "{\"prompt\":\"x\",\"top_p\":-1}",
+            "{\"prompt\":\"x\",\"n_predict\":0}",
+            "{\"prompt\":\"x\",\"seed\":-1}",
+            "{\"prompt\":\"x\",\"id\":[1]}",
+            "{\"prompt\":\"\"}",
+            "{\"prompt\":\"x\",\"\\u001b[31m\":1}",
+        ] {
+            let e = parse_request_line(bad, 7, &d, 3).unwrap_err();
+            assert!(e.starts_with("line 7: "), "{e}");
+            assert!(!e.contains('\u{1b}'), "raw escape in {e:?}");
+        }
+        let ok = parse_request_line(
+            "{\"id\":\"a\",\"prompt\":\"hi\",\"n_predict\":18446744073709551615,\"top_k\":5}",
+            1,
+            &d,
+            3,
+        )
+        .unwrap();
+        assert_eq!(ok.id, json!("a"));
+        assert_eq!(ok.sampler.top_k, 5);
+        assert_eq!(parse_request_line("{\"prompt\":\"hi\"}", 4, &d, 3).unwrap().n_predict, 3);
+    }
 }

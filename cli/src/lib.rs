@@ -1,0 +1,72 @@
+//! `pagoda_cli`: the library behind the `pagoda` command. The binary (`src/main.rs`) only
+//! calls [`main`]; the modules are here so that parts of the CLI can be tested and fuzzed
+//! on their own (`pagoda_cli::batch::parse_request_line`).
+//!
+//! Exit codes: 0 success, 1 runtime error (bad model, prompt too long, …), 2 usage error.
+#![forbid(unsafe_code)]
+
+pub mod batch;
+mod bench;
+mod chat;
+mod common;
+mod inspect;
+mod logger;
+mod perplexity;
+mod plot;
+mod run;
+mod tokenize;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "pagoda",
+    version,
+    about = "Fast CPU inference of quantized Llama models on a paged KV cache"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text from a prompt, streaming it to stdout.
+    Run(run::RunArgs),
+    /// Run many requests (JSONL) concurrently through the engine, one result line each.
+    Batch(batch::BatchArgs),
+    /// Tokens/s like llama-bench; --batch: engine throughput by batch size; --scaling: time and KV memory vs N.
+    Bench(bench::BenchArgs),
+    /// Interactive multi-turn chat with the model's chat template (Ctrl-D ends).
+    Chat(chat::ChatArgs),
+    /// Print the token ids of a text as a JSON array.
+    Tokenize(tokenize::TokenizeArgs),
+    /// Perplexity of a text file, by llama.cpp's method.
+    Perplexity(perplexity::PerplexityArgs),
+    /// Print a GGUF file's metadata and tensor table (like gguf-dump).
+    Inspect(inspect::InspectArgs),
+}
+
+/// The `pagoda` command: parses the arguments, runs the subcommand, prints an error line.
+pub fn main() -> ExitCode {
+    logger::install();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(a) => run::main(a),
+        Command::Batch(a) => batch::main(a),
+        Command::Bench(a) => bench::main(a),
+        Command::Chat(a) => chat::main(a),
+        Command::Tokenize(a) => tokenize::main(a),
+        Command::Perplexity(a) => perplexity::main(a),
+        Command::Inspect(a) => inspect::run(&a).map(|out| print!("{out}")).map_err(Into::into),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
