@@ -85,3 +85,149 @@ pub fn run_checked(engine: &mut Engine<'_>) -> (Vec<RequestOutput>, Vec<StepOutp
 pub fn cases(default: u32) -> u32 {
     std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
+
+/// Shape of [`tiny_llama`]: small enough that thousands of engine requests run in seconds.
+#[derive(Clone, Copy, Debug)]
+pub struct TinyShape {
+    pub n_layers: usize,
+    pub dim: usize,
+    pub ffn_dim: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub vocab: usize,
+    pub context_length: usize,
+}
+
+impl Default for TinyShape {
+    /// 2 layers, width 64, 4 query heads over 2 KV heads (GQA), 256 tokens, context 2048.
+    fn default() -> Self {
+        TinyShape {
+            n_layers: 2,
+            dim: 64,
+            ffn_dim: 128,
+            n_heads: 4,
+            n_kv_heads: 2,
+            vocab: 256,
+            context_length: 2048,
+        }
+    }
+}
+
+/// A synthetic Llama (every weight F32, pseudo-random from `seed`), built as a GGUF file in
+/// memory and loaded like a real one ([`ModelFile::from_vec`](pagoda::cpu::model_file::ModelFile::from_vec)).
+/// Random weights give varied, deterministic greedy outputs: what the engine tests compare.
+pub fn tiny_llama(shape: TinyShape, seed: u64) -> Llama {
+    use pagoda::cpu::model_file::ModelFile;
+    let bytes = tiny_llama_gguf(shape, seed);
+    Llama::from_file(ModelFile::from_vec(bytes).expect("tiny GGUF")).expect("tiny llama")
+}
+
+/// The GGUF bytes of [`tiny_llama`].
+pub fn tiny_llama_gguf(shape: TinyShape, seed: u64) -> Vec<u8> {
+    const ALIGN: usize = 32;
+    let s = shape;
+    let head_dim = s.dim / s.n_heads;
+    let kv_dim = s.n_kv_heads * head_dim;
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut rnd = |n: usize, scale: f32, offset: f32| -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                offset + scale * ((x >> 40) as f32 / (1u64 << 23) as f32 - 1.0)
+            })
+            .collect()
+    };
+    // (name, dims in ggml order [cols, rows], values)
+    let mut tensors: Vec<(String, Vec<u64>, Vec<f32>)> = Vec::new();
+    let mut matrix = |name: String, rows: usize, cols: usize, scale: f32| {
+        (name, vec![cols as u64, rows as u64], rnd(rows * cols, scale, 0.0))
+    };
+    let w = 1.0 / (s.dim as f32).sqrt();
+    tensors.push(matrix("token_embd.weight".into(), s.vocab, s.dim, 1.0));
+    for l in 0..s.n_layers {
+        let n = |k: &str| format!("blk.{l}.{k}.weight");
+        tensors.push(matrix(n("attn_q"), s.dim, s.dim, w));
+        tensors.push(matrix(n("attn_k"), kv_dim, s.dim, w));
+        tensors.push(matrix(n("attn_v"), kv_dim, s.dim, w));
+        tensors.push(matrix(n("attn_output"), s.dim, s.dim, w));
+        tensors.push(matrix(n("ffn_gate"), s.ffn_dim, s.dim, w));
+        tensors.push(matrix(n("ffn_up"), s.ffn_dim, s.dim, w));
+        tensors.push(matrix(n("ffn_down"), s.dim, s.ffn_dim, 1.0 / (s.ffn_dim as f32).sqrt()));
+    }
+    let mut rnd2 = {
+        let mut y = seed ^ 0xABCD_EF01;
+        move |n: usize| -> Vec<f32> {
+            (0..n)
+                .map(|_| {
+                    y = y.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    1.0 + 0.1 * ((y >> 40) as f32 / (1u64 << 24) as f32 - 0.5)
+                })
+                .collect()
+        }
+    };
+    for l in 0..s.n_layers {
+        tensors.push((format!("blk.{l}.attn_norm.weight"), vec![s.dim as u64], rnd2(s.dim)));
+        tensors.push((format!("blk.{l}.ffn_norm.weight"), vec![s.dim as u64], rnd2(s.dim)));
+    }
+    tensors.push(("output_norm.weight".into(), vec![s.dim as u64], rnd2(s.dim)));
+    tensors.push(matrix("output.weight".into(), s.vocab, s.dim, 4.0 * w));
+
+    let mut b = Vec::new();
+    let put_u32 = |b: &mut Vec<u8>, v: u32| b.extend_from_slice(&v.to_le_bytes());
+    let put_u64 = |b: &mut Vec<u8>, v: u64| b.extend_from_slice(&v.to_le_bytes());
+    let put_str = |b: &mut Vec<u8>, v: &str| {
+        b.extend_from_slice(&(v.len() as u64).to_le_bytes());
+        b.extend_from_slice(v.as_bytes());
+    };
+    let kv_u32 = [
+        ("llama.block_count", s.n_layers),
+        ("llama.embedding_length", s.dim),
+        ("llama.feed_forward_length", s.ffn_dim),
+        ("llama.attention.head_count", s.n_heads),
+        ("llama.attention.head_count_kv", s.n_kv_heads),
+        ("llama.context_length", s.context_length),
+        ("general.alignment", ALIGN),
+    ];
+    b.extend_from_slice(b"GGUF");
+    put_u32(&mut b, 3);
+    put_u64(&mut b, tensors.len() as u64);
+    put_u64(&mut b, kv_u32.len() as u64 + 1);
+    put_str(&mut b, "general.architecture");
+    put_u32(&mut b, 8); // string
+    put_str(&mut b, "llama");
+    for (k, v) in kv_u32 {
+        put_str(&mut b, k);
+        put_u32(&mut b, 4); // u32
+        put_u32(&mut b, v as u32);
+    }
+    let mut offset = 0usize;
+    for (name, dims, values) in &tensors {
+        put_str(&mut b, name);
+        put_u32(&mut b, dims.len() as u32);
+        dims.iter().for_each(|&d| put_u64(&mut b, d));
+        put_u32(&mut b, 0); // F32
+        put_u64(&mut b, offset as u64);
+        offset = (offset + 4 * values.len()).next_multiple_of(ALIGN);
+    }
+    b.resize(b.len().next_multiple_of(ALIGN), 0);
+    for (_, _, values) in &tensors {
+        values.iter().for_each(|v| b.extend_from_slice(&v.to_le_bytes()));
+        b.resize(b.len().next_multiple_of(ALIGN), 0);
+    }
+    b
+}
+
+/// `len` pseudo-random token ids below `vocab`, reproducible from `seed`.
+pub fn prompt_in(seed: u64, len: usize, vocab: usize) -> Vec<u32> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % vocab as u64) as u32
+        })
+        .collect()
+}

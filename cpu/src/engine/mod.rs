@@ -10,7 +10,7 @@
 //!
 //! | file              | what it holds                                                      |
 //! |-------------------|--------------------------------------------------------------------|
-//! | [`scheduler`]     | [`Engine`]: queue, admission, preemption, the step loop            |
+//! | [`scheduler`]     | [`Engine`]: queue, admission, preemption, cancellation, the step loop |
 //! | [`prefix_index`]  | [`PrefixIndex`]: chained page keys → cached pages, LRU reclaim     |
 //! | `sequence`        | one sample's tokens, block table(s), eviction state and sampler    |
 //! | [`request`]       | [`Request`] in; [`TokenEvent`], [`RequestOutput`] out              |

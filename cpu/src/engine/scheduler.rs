@@ -486,6 +486,43 @@ impl<'m> Engine<'m> {
         Ok(out)
     }
 
+    /// Cancels request `id`, waiting or running: every one of its samples is dropped (forked
+    /// samples too, and samples not yet forked) and their pages are given back at once, in
+    /// this call. A page the prefix cache also holds stays cached under its usual rules
+    /// (reclaimable once no sequence holds it); samples that already finished are dropped
+    /// with the rest. No [`RequestOutput`] is produced for it, and its id may be reused.
+    ///
+    /// Returns whether the engine was working on `id` (`false`: unknown, or already
+    /// finished). The error is reserved for a pool whose bookkeeping disagrees with the
+    /// sequences after the pages went back (a bug).
+    pub fn cancel(&mut self, id: RequestId) -> Result<bool, EngineError> {
+        if self.groups.remove(&id).is_none() {
+            return Ok(false);
+        }
+        let mut keep = Vec::with_capacity(self.running.len());
+        for mut seq in std::mem::take(&mut self.running) {
+            if seq.id == id {
+                self.free_pages(&mut seq);
+            } else {
+                keep.push(seq);
+            }
+        }
+        self.running = keep;
+        let mut waiting = VecDeque::with_capacity(self.waiting.len());
+        for mut seq in std::mem::take(&mut self.waiting) {
+            if seq.id == id {
+                // Waiting sequences hold no pages; freeing is a no-op kept for safety.
+                self.free_pages(&mut seq);
+            } else {
+                waiting.push_back(seq);
+            }
+        }
+        self.waiting = waiting;
+        self.stats.cancelled += 1;
+        self.cache.pool().check_invariants()?;
+        Ok(true)
+    }
+
     /// Gives back every cached page no sequence uses; returns how many.
     pub fn clear_prefix_cache(&mut self) -> Result<usize, EngineError> {
         self.index

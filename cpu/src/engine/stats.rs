@@ -25,6 +25,8 @@ pub struct EngineStats {
     pub prefix_hits: u64,
     /// Sequences preempted (pages freed, re-queued, recomputed later).
     pub preemptions: u64,
+    /// Requests cancelled ([`Engine::cancel`](super::Engine::cancel)) before they finished.
+    pub cancelled: u64,
     /// Cached pages reclaimed from the prefix cache for new work.
     pub evictions: u64,
     /// Pages sequences let go of under the KV eviction policy (freed, or left to the prefix

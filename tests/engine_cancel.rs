@@ -1,0 +1,129 @@
+//! `Engine::cancel`: a cancelled request's pages (its forks' too) go back in the call, the
+//! other requests finish with the tokens they get alone, and ids are reusable.
+
+mod engine_common;
+
+use std::collections::HashMap;
+
+use pagoda::cpu::engine::{Engine, EngineConfig, Request, RequestId};
+use pagoda::cpu::model::{KvType, Llama};
+
+use engine_common::{prompt_in, tiny_llama, TinyShape};
+
+const BS: usize = 8;
+
+fn model() -> &'static Llama {
+    use std::sync::OnceLock;
+    static M: OnceLock<Llama> = OnceLock::new();
+    M.get_or_init(|| tiny_llama(TinyShape::default(), 7))
+}
+
+fn config(kv_pages: usize, prefix_caching: bool) -> EngineConfig {
+    EngineConfig {
+        kv_pages,
+        block_size: BS,
+        kv_type: KvType::F16,
+        max_batch_tokens: 64,
+        prefix_caching,
+    }
+}
+
+fn vocab() -> usize {
+    model().config().vocab_size
+}
+
+/// Pages the engine's sequences hold, counted from their tables (every sample).
+fn pages_of(engine: &Engine<'_>, id: u64, n: usize) -> usize {
+    (0..n).filter_map(|k| engine.sequence_pages(RequestId(id), k)).map(<[_]>::len).sum()
+}
+
+#[test]
+fn cancelling_a_running_forked_request_frees_its_pages_at_once() {
+    let model = model();
+    for prefix_caching in [false, true] {
+        let mut engine = Engine::new(model, config(32, prefix_caching)).unwrap();
+        let keep = Request::greedy(1, prompt_in(1, 21, vocab()), 12);
+        let doomed = Request { n: 3, ..Request::greedy(2, prompt_in(2, 19, vocab()), 40) };
+        engine.add_request(keep.clone()).unwrap();
+        engine.add_request(doomed).unwrap();
+        let mut done = Vec::new();
+        // Run until the doomed request has forked and its samples have diverged pages.
+        for _ in 0..4 {
+            done.extend(engine.step().unwrap().finished);
+            engine.check_invariants().unwrap();
+        }
+        assert!(engine.sequence_pages(RequestId(2), 2).is_some(), "sample 2 forked");
+        let held_before = engine.pages_held();
+        let doomed_pages = pages_of(&engine, 2, 3);
+        assert!(doomed_pages > 0);
+        assert!(engine.cancel(RequestId(2)).unwrap());
+        engine.check_invariants().unwrap();
+        for k in 0..3 {
+            assert!(engine.sequence_pages(RequestId(2), k).is_none());
+        }
+        // Only request 1's pages are held now: every page of request 2 was given back (to
+        // the free list, or to the prefix cache as a reclaimable page).
+        assert_eq!(engine.pages_held(), pages_of(&engine, 1, 1));
+        assert!(engine.pages_held() < held_before);
+        assert_eq!(engine.stats().cancelled, 1);
+        assert!(!engine.cancel(RequestId(2)).unwrap(), "already gone");
+        while engine.has_unfinished() {
+            done.extend(engine.step().unwrap().finished);
+            engine.check_invariants().unwrap();
+        }
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].id, RequestId(1));
+        assert_eq!(
+            done[0].samples[0].tokens,
+            engine_common::reference(model, &keep.prompt, keep.max_tokens, BS),
+            "prefix caching {prefix_caching}"
+        );
+        engine.clear_prefix_cache().unwrap();
+        let pool = engine.cache().pool();
+        assert_eq!(pool.free_count(), pool.capacity());
+    }
+}
+
+#[test]
+fn cancelling_waiting_and_preempted_requests_and_reusing_ids() {
+    let model = model();
+    // 6 pages of 8 tokens: three requests of 20 + 20 tokens cannot all run at once.
+    let mut engine = Engine::new(model, config(6, true)).unwrap();
+    let prompts: Vec<Vec<u32>> = (0..4).map(|i| prompt_in(10 + i, 20, vocab())).collect();
+    for (i, p) in prompts.iter().enumerate().take(3) {
+        engine.add_request(Request::greedy(i as u64, p.clone(), 20)).unwrap();
+    }
+    assert!(!engine.cancel(RequestId(99)).unwrap(), "unknown id");
+    let mut done: HashMap<RequestId, Vec<u32>> = HashMap::new();
+    let mut cancelled_waiting = false;
+    let mut steps = 0;
+    while engine.has_unfinished() {
+        for f in engine.step().unwrap().finished {
+            done.insert(f.id, f.samples[0].tokens.clone());
+        }
+        engine.check_invariants().unwrap();
+        steps += 1;
+        // Cancel request 2 while it waits (not admitted yet, or preempted).
+        if !cancelled_waiting
+            && engine.num_waiting() > 0
+            && engine.sequence_pages(RequestId(2), 0).is_none()
+        {
+            let held = engine.pages_held();
+            assert!(engine.cancel(RequestId(2)).unwrap());
+            assert_eq!(engine.pages_held(), held, "a waiting request holds no pages");
+            cancelled_waiting = true;
+            // Its id is free again: queue a different request under it.
+            engine.add_request(Request::greedy(2, prompts[3].clone(), 9)).unwrap();
+        }
+        assert!(steps < 10_000);
+    }
+    assert!(cancelled_waiting, "request 2 never waited: the test proves nothing");
+    assert_eq!(done.len(), 3);
+    for (id, prompt, max) in [(0, &prompts[0], 20), (1, &prompts[1], 20), (2, &prompts[3], 9)] {
+        let want = engine_common::reference(model, prompt, max, BS);
+        assert_eq!(done[&RequestId(id)], want, "request {id}");
+    }
+    engine.clear_prefix_cache().unwrap();
+    let pool = engine.cache().pool();
+    assert_eq!(pool.free_count(), pool.capacity());
+}
