@@ -151,6 +151,9 @@ pub struct pagoda_stats {
 pub type pagoda_token_callback =
     Option<unsafe extern "C" fn(piece: *const c_char, len: usize, user_data: *mut c_void) -> c_int>;
 
+#[cfg(test)]
+mod tests;
+
 // ---------------------------------------------------------------------------------------
 // Errors, the thread-local message, the panic guard.
 
