@@ -13,11 +13,28 @@
 //! {"id": "a", "text": "…", "tokens": […], "finish": "length", "prompt_tokens": 5,
 //!  "cached_prompt_tokens": 0, "preemptions": 0}
 //! ```
+//!
+//! A line that cannot be parsed, or a request that can never fit, is one failed result,
+//! `{"id": …, "error": "…"}`, and the rest run; the exit status is then 1 and stderr says how
+//! many failed. `--strict` aborts on the first bad line instead, with no results.
+//!
+//! `-o FILE` is written atomically: results go to `.FILE.PID.tmp` beside it, which is synced
+//! and renamed over FILE at the end (also after an interrupt or an engine error, with the
+//! results completed so far); until then FILE keeps its old contents. `-o` may not name the
+//! input or the model. `--append` resumes: FILE's result lines are kept, the requests whose
+//! ids already have a result are skipped (failed ones are run again), and old + new lines
+//! replace FILE atomically.
+//!
+//! SIGINT / SIGTERM: the current engine step finishes, every completed result is written,
+//! the unfinished ids are listed on stderr and the exit status is 130 / 143. A second signal
+//! ends the process at once.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
 use std::io::{BufWriter, IsTerminal, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
@@ -28,7 +45,8 @@ use pagoda_cpu::tokenizer::Tokenizer;
 use serde_json::{json, Map, Value};
 
 use crate::common::{
-    load, parse_kv_policy, parse_kv_type, read_text_file, CliResult, ModelArgs, SamplingArgs,
+    load, parse_kv_policy, parse_kv_type, read_text_file, same_file, stdout_error, AtomicFile,
+    CliResult, Exit, ModelArgs, SamplingArgs,
 };
 
 #[derive(Args, Debug)]
@@ -38,9 +56,16 @@ pub struct BatchArgs {
     /// Requests, one JSON object per line.
     #[arg(short = 'f', long = "file")]
     file: PathBuf,
-    /// Write results here instead of stdout.
+    /// Write results here instead of stdout (atomically: FILE is replaced at the end).
     #[arg(short = 'o', long = "output")]
     output: Option<PathBuf>,
+    /// Resume into -o FILE: keep its results, skip the requests whose ids it already has.
+    #[arg(long = "append", requires = "output")]
+    append: bool,
+    /// Abort on the first bad line or unrunnable request (no results) instead of reporting
+    /// it as a failed result and running the rest.
+    #[arg(long = "strict")]
+    strict: bool,
     /// Tokens to generate for lines without "n_predict".
     #[arg(short = 'n', long = "n-predict", default_value_t = 128,
           value_parser = clap::value_parser!(u32).range(1..))]
@@ -165,7 +190,31 @@ pub fn parse_request_line(
     Ok(ParsedRequest { line_no, id, prompt, n_predict, sampler })
 }
 
-fn read_lines(path: &Path, defaults: &SamplerConfig, n: usize) -> CliResult<Vec<ParsedRequest>> {
+/// One line of the input: a request, or why it cannot run.
+enum Entry {
+    Ok(ParsedRequest),
+    Failed { id: Value, error: String },
+}
+
+/// The id a bad line asked for, if it got that far; else its line number.
+fn id_of_bad_line(text: &str, line_no: usize) -> Value {
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(o)) => match o.get("id") {
+            Some(v @ (Value::String(_) | Value::Number(_))) => v.clone(),
+            _ => json!(line_no),
+        },
+        _ => json!(line_no),
+    }
+}
+
+/// Parses the input. A bad line or a duplicate id is an error under `strict`, else a failed
+/// entry.
+fn read_lines(
+    path: &Path,
+    defaults: &SamplerConfig,
+    n: usize,
+    strict: bool,
+) -> CliResult<Vec<Entry>> {
     let text = read_text_file(path)?;
     let mut lines = Vec::new();
     let mut seen = HashSet::new();
@@ -173,19 +222,335 @@ fn read_lines(path: &Path, defaults: &SamplerConfig, n: usize) -> CliResult<Vec<
         if raw.trim().is_empty() {
             continue;
         }
-        let line = parse_request_line(raw, i + 1, defaults, n)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        if !seen.insert(line.id.to_string()) {
-            return Err(
-                format!("{}: line {}: duplicate id {}", path.display(), i + 1, line.id).into()
-            );
+        let parsed = parse_request_line(raw, i + 1, defaults, n).and_then(|line| {
+            if seen.insert(line.id.to_string()) {
+                Ok(line)
+            } else {
+                Err(format!("line {}: duplicate id {}", i + 1, line.id))
+            }
+        });
+        match parsed {
+            Ok(line) => lines.push(Entry::Ok(line)),
+            Err(e) if strict => return Err(format!("{}: {e}", path.display()).into()),
+            Err(e) => lines.push(Entry::Failed {
+                id: id_of_bad_line(raw, i + 1),
+                error: format!("{}: {e}", path.display()),
+            }),
         }
-        lines.push(line);
     }
     if lines.is_empty() {
         return Err(format!("{}: no requests", path.display()).into());
     }
     Ok(lines)
+}
+
+/// `--append`: the result lines of an earlier run (failed ones dropped: they run again) and
+/// the ids they answer.
+fn read_previous(path: &Path) -> CliResult<(Vec<String>, HashSet<String>)> {
+    let text = match std::fs::read(path) {
+        Ok(b) => String::from_utf8(b)
+            .map_err(|_| format!("--append: '{}' is not valid UTF-8", path.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Default::default()),
+        Err(e) => return Err(format!("--append: cannot read '{}': {e}", path.display()).into()),
+    };
+    let (mut kept, mut ids) = (Vec::new(), HashSet::new());
+    let n_lines = text.lines().count();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<Value>(line) {
+            Ok(Value::Object(o)) if o.contains_key("id") => {
+                if !o.contains_key("error") {
+                    ids.insert(o["id"].to_string());
+                    kept.push(line.to_string());
+                }
+            }
+            // A cut last line (from a tool that does not write atomically): run it again.
+            Err(_) if i + 1 == n_lines && !text.ends_with('\n') => log::warn!(
+                "--append: '{}': line {} is incomplete; dropped, its request runs again",
+                path.display(),
+                i + 1
+            ),
+            _ => {
+                return Err(format!(
+                    "--append: '{}': line {} is not a result line (a JSON object with \"id\"); \
+                     refusing to replace the file",
+                    path.display(),
+                    i + 1
+                )
+                .into())
+            }
+        }
+    }
+    Ok((kept, ids))
+}
+
+/// Where results go: stdout, a file replaced atomically, or a file that is not a regular
+/// file (a device or FIFO such as /dev/null), written in place.
+enum Sink {
+    Stdout(std::io::StdoutLock<'static>),
+    Atomic(AtomicFile),
+    Direct(PathBuf, BufWriter<File>),
+}
+
+impl Sink {
+    fn open(output: Option<&Path>) -> CliResult<Sink> {
+        let Some(p) = output else { return Ok(Sink::Stdout(std::io::stdout().lock())) };
+        match std::fs::metadata(p) {
+            Ok(m) if m.is_dir() => Err(format!("-o '{}' is a directory", p.display()).into()),
+            Ok(m) if !m.is_file() => {
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(p)
+                    .map_err(|e| format!("cannot open '{}': {e}", p.display()))?;
+                Ok(Sink::Direct(p.to_path_buf(), BufWriter::new(f)))
+            }
+            _ => Ok(Sink::Atomic(AtomicFile::create(p)?)),
+        }
+    }
+
+    fn line(&mut self, line: &str) -> CliResult {
+        let bytes = format!("{line}\n");
+        match self {
+            Sink::Stdout(o) => o.write_all(bytes.as_bytes()).map_err(stdout_error),
+            Sink::Atomic(f) => f.write_all(bytes.as_bytes()).map_err(Into::into),
+            Sink::Direct(p, f) => f
+                .write_all(bytes.as_bytes())
+                .map_err(|e| format!("cannot write '{}': {e}", p.display()).into()),
+        }
+    }
+
+    /// Makes what was written visible to a reader now (stdout, a device); an atomic file
+    /// only shows its contents at [`finish`](Self::finish).
+    fn flush(&mut self) -> CliResult {
+        match self {
+            Sink::Stdout(o) => o.flush().map_err(stdout_error),
+            Sink::Atomic(f) => f.flush().map_err(Into::into),
+            Sink::Direct(p, f) => {
+                f.flush().map_err(|e| format!("cannot write '{}': {e}", p.display()).into())
+            }
+        }
+    }
+
+    fn finish(self) -> CliResult {
+        match self {
+            Sink::Stdout(mut o) => o.flush().map_err(stdout_error),
+            Sink::Atomic(f) => f.commit().map_err(Into::into),
+            Sink::Direct(p, mut f) => {
+                f.flush().map_err(|e| format!("cannot write '{}': {e}", p.display()).into())
+            }
+        }
+    }
+}
+
+/// SIGINT / SIGTERM, noted instead of ending the process (a second one ends it at once).
+struct Interrupt {
+    signal: Arc<AtomicUsize>,
+}
+
+impl Interrupt {
+    fn install() -> CliResult<Interrupt> {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        let signal = Arc::new(AtomicUsize::new(0));
+        let armed = Arc::new(AtomicBool::new(false));
+        for sig in [SIGINT, SIGTERM] {
+            let setup = || -> std::io::Result<()> {
+                // The shutdown goes first: it only fires once `armed` is set by a first signal.
+                signal_hook::flag::register_conditional_shutdown(sig, 128 + sig, armed.clone())?;
+                signal_hook::flag::register(sig, armed.clone())?;
+                signal_hook::flag::register_usize(sig, signal.clone(), sig as usize)?;
+                Ok(())
+            };
+            setup().map_err(|e| format!("cannot install a handler for signal {sig}: {e}"))?;
+        }
+        Ok(Interrupt { signal })
+    }
+
+    /// The signal received, if any.
+    fn received(&self) -> Option<usize> {
+        match self.signal.load(Ordering::SeqCst) {
+            0 => None,
+            s => Some(s),
+        }
+    }
+}
+
+fn signal_name(sig: usize) -> &'static str {
+    match sig {
+        2 => "SIGINT",
+        15 => "SIGTERM",
+        _ => "a signal",
+    }
+}
+
+pub fn main(a: BatchArgs) -> CliResult {
+    let defaults = a.sampling.config();
+    let entries = read_lines(&a.file, &defaults, a.n_predict as usize, a.strict)?;
+    let model_path =
+        a.model.model.clone().unwrap_or_else(pagoda_cpu::model_file::default_model_path);
+    if let Some(o) = &a.output {
+        if same_file(o, &a.file) {
+            return Err(format!("-o '{}' is the input file (-f)", o.display()).into());
+        }
+        if same_file(o, &model_path) {
+            return Err(format!("-o '{}' is the model file", o.display()).into());
+        }
+    }
+    let (previous, done_ids) = match (&a.output, a.append) {
+        (Some(o), true) => read_previous(o)?,
+        _ => Default::default(),
+    };
+    let mut sink = Sink::open(a.output.as_deref())?;
+    for line in &previous {
+        sink.line(line)?;
+    }
+    let total = entries.len();
+    let mut failed = 0usize;
+    let mut skipped = 0usize;
+    let mut lines = Vec::new();
+    for e in entries {
+        match e {
+            Entry::Ok(l) if done_ids.contains(&l.id.to_string()) => skipped += 1,
+            Entry::Ok(l) => lines.push(l),
+            Entry::Failed { id, error } => {
+                sink.line(&json!({ "id": id, "error": error }).to_string())?;
+                failed += 1;
+            }
+        }
+    }
+    sink.flush()?;
+    if skipped > 0 {
+        eprintln!("batch: {skipped} of {total} requests already have results; skipped");
+    }
+    let interrupt = Interrupt::install()?;
+    let (stats_line, unfinished, step_error) = if lines.is_empty() {
+        (None, Vec::new(), None)
+    } else {
+        run_requests(&a, &lines, &mut sink, &interrupt, &mut failed)?
+    };
+    sink.finish()?;
+    if let Some(s) = stats_line {
+        eprintln!("{s}");
+    }
+    let ids = |v: &[usize]| v.iter().map(|&i| lines[i].id.to_string()).collect::<Vec<_>>();
+    if let Some(e) = step_error {
+        return Err(format!(
+            "{e} (completed results were written; unfinished ids: {})",
+            ids(&unfinished).join(", ")
+        )
+        .into());
+    }
+    if let Some(sig) = interrupt.received() {
+        return Err(Box::new(Exit {
+            code: 128 + sig.min(127) as u8,
+            message: Some(format!(
+                "batch: interrupted by {}; completed results were written; {} unfinished: {}",
+                signal_name(sig),
+                unfinished.len(),
+                ids(&unfinished).join(", ")
+            )),
+        }));
+    }
+    if failed > 0 {
+        let to = a.output.as_ref().map_or("stdout".into(), |p| format!("'{}'", p.display()));
+        return Err(format!(
+            "{failed} of {total} requests failed (their \"error\" lines are in {to})"
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// What the engine part leaves behind: the summary line, the indices (into `lines`) of the
+/// requests not finished, and a step error that stopped the engine.
+type RunOutcome = (Option<String>, Vec<usize>, Option<String>);
+
+fn run_requests(
+    a: &BatchArgs,
+    lines: &[ParsedRequest],
+    sink: &mut Sink,
+    interrupt: &Interrupt,
+    failed: &mut usize,
+) -> CliResult<RunOutcome> {
+    let loaded = load(&a.model)?;
+    let tok = &loaded.tokenizer;
+    let config = EngineConfig {
+        kv_pages: a.kv_pages as usize,
+        block_size: a.block_size as usize,
+        kv_type: a.kv_type,
+        max_batch_tokens: a.max_batch_tokens as usize,
+        prefix_caching: !a.no_prefix_cache,
+    };
+    let mut engine = Engine::with_policy(&loaded.model, config, a.kv_policy)?;
+    let stop_tokens = if a.ignore_eos { Vec::new() } else { tok.eog_ids().to_vec() };
+    // Requests in the engine, by index into `lines`.
+    let mut pending = BTreeMap::new();
+    for (i, l) in lines.iter().enumerate() {
+        let req = Request {
+            id: RequestId(i as u64),
+            prompt: tok.encode(&l.prompt, true, true),
+            max_tokens: l.n_predict,
+            sampler: l.sampler.clone(),
+            n: 1,
+            stop_tokens: stop_tokens.clone(),
+        };
+        match engine.add_request(req) {
+            Ok(_) => {
+                pending.insert(i, ());
+            }
+            Err(e) => {
+                let error = format!("{}: line {} (id {}): {e}", a.file.display(), l.line_no, l.id);
+                if a.strict {
+                    return Err(error.into());
+                }
+                sink.line(&json!({ "id": l.id, "error": error }).to_string())?;
+                *failed += 1;
+            }
+        }
+    }
+    sink.flush()?;
+    let progress = std::io::stderr().is_terminal();
+    // Page counts are in the pool's pages: single-layer pages under a per-layer policy.
+    let pool_pages = engine.cache().pool().capacity();
+    let unit = if engine.tables_per_sequence() > 1 { "single-layer pages" } else { "pages" };
+    let t0 = Instant::now();
+    let mut done = 0usize;
+    let mut last_draw = Instant::now() - Duration::from_secs(1);
+    let mut step_error = None;
+    while engine.has_unfinished() && interrupt.received().is_none() {
+        let step = match engine.step() {
+            Ok(s) => s,
+            Err(e) => {
+                step_error = Some(e.to_string());
+                break;
+            }
+        };
+        for r in &step.finished {
+            let i = r.id.0 as usize;
+            sink.line(&result_json(&lines[i], r, tok, !a.ignore_eos).to_string())?;
+            pending.remove(&i);
+            done += 1;
+        }
+        if !step.finished.is_empty() {
+            sink.flush()?;
+        }
+        if progress && last_draw.elapsed() >= Duration::from_millis(200) {
+            last_draw = Instant::now();
+            let s = engine.stats();
+            eprint!(
+                "\r\x1b[2K[{done}/{}] requests | {:.1} tokens/s | {} / {pool_pages} {unit}",
+                lines.len(),
+                s.generated_tokens as f64 / t0.elapsed().as_secs_f64(),
+                engine.pages_held(),
+            );
+        }
+    }
+    if progress {
+        eprint!("\r\x1b[2K");
+    }
+    let stats = summary(lines.len(), engine.stats(), t0.elapsed(), pool_pages, unit);
+    Ok((Some(stats), pending.into_keys().collect(), step_error))
 }
 
 /// The text of a sample, without a final end-of-generation token.
@@ -200,75 +565,6 @@ fn text_of(tok: &Tokenizer, tokens: &[u32], hide_eog: bool) -> String {
     }
     s.push_str(&d.finish());
     s
-}
-
-pub fn main(a: BatchArgs) -> CliResult {
-    let defaults = a.sampling.config();
-    let lines = read_lines(&a.file, &defaults, a.n_predict as usize)?;
-    let loaded = load(&a.model)?;
-    let tok = &loaded.tokenizer;
-    let config = EngineConfig {
-        kv_pages: a.kv_pages as usize,
-        block_size: a.block_size as usize,
-        kv_type: a.kv_type,
-        max_batch_tokens: a.max_batch_tokens as usize,
-        prefix_caching: !a.no_prefix_cache,
-    };
-    let mut engine = Engine::with_policy(&loaded.model, config, a.kv_policy)?;
-    let stop_tokens = if a.ignore_eos { Vec::new() } else { tok.eog_ids().to_vec() };
-    for (i, l) in lines.iter().enumerate() {
-        let req = Request {
-            id: RequestId(i as u64),
-            prompt: tok.encode(&l.prompt, true, true),
-            max_tokens: l.n_predict,
-            sampler: l.sampler.clone(),
-            n: 1,
-            stop_tokens: stop_tokens.clone(),
-        };
-        engine
-            .add_request(req)
-            .map_err(|e| format!("{}: line {} (id {}): {e}", a.file.display(), l.line_no, l.id))?;
-    }
-
-    let mut out: Box<dyn Write> = match &a.output {
-        Some(p) => Box::new(BufWriter::new(
-            File::create(p).map_err(|e| format!("cannot create '{}': {e}", p.display()))?,
-        )),
-        None => Box::new(std::io::stdout().lock()),
-    };
-    let progress = std::io::stderr().is_terminal();
-    // Page counts are in the pool's pages: single-layer pages under a per-layer policy.
-    let pool_pages = engine.cache().pool().capacity();
-    let unit = if engine.tables_per_sequence() > 1 { "single-layer pages" } else { "pages" };
-    let t0 = Instant::now();
-    let mut done = 0usize;
-    let mut last_draw = Instant::now() - Duration::from_secs(1);
-    while engine.has_unfinished() {
-        let step = engine.step()?;
-        for r in &step.finished {
-            writeln!(out, "{}", result_json(&lines[r.id.0 as usize], r, tok, !a.ignore_eos))?;
-            done += 1;
-        }
-        if !step.finished.is_empty() {
-            out.flush()?;
-        }
-        if progress && last_draw.elapsed() >= Duration::from_millis(200) {
-            last_draw = Instant::now();
-            let s = engine.stats();
-            eprint!(
-                "\r\x1b[2K[{done}/{}] requests | {:.1} tokens/s | {} / {pool_pages} {unit}",
-                lines.len(),
-                s.generated_tokens as f64 / t0.elapsed().as_secs_f64(),
-                engine.pages_held(),
-            );
-        }
-    }
-    out.flush()?;
-    if progress {
-        eprint!("\r\x1b[2K");
-    }
-    eprintln!("{}", summary(lines.len(), engine.stats(), t0.elapsed(), pool_pages, unit));
-    Ok(())
 }
 
 fn result_json(line: &ParsedRequest, r: &RequestOutput, tok: &Tokenizer, hide_eog: bool) -> Value {

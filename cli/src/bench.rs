@@ -18,6 +18,7 @@
 mod batched;
 mod scaling;
 
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -26,7 +27,9 @@ use pagoda_cpu::model::{KvType, Llama, Session, SessionOptions};
 use pagoda_cpu::model_file::default_model_path;
 use serde_json::json;
 
-use crate::common::{parse_kv_type, CliResult};
+use crate::common::{
+    available_cores, check_writable_dir, init_threads, parse_kv_type, write_stdout, CliResult,
+};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -97,6 +100,18 @@ pub fn main(a: BenchArgs) -> CliResult {
     if a.block_size == 0 || a.batch == 0 {
         return Err("--block-size and --batch-size must be at least 1".into());
     }
+    if a.scaling {
+        // Checked now, not after an experiment of many minutes.
+        check_writable_dir(&a.out_dir).map_err(|e| format!("--out-dir: {e}"))?;
+    }
+    if let Some(&t) = threads.iter().find(|&&t| t > available_cores()) {
+        log::warn!(
+            "-t {t}: more threads than the {} available cores (kept: bench measures what it is told)",
+            available_cores()
+        );
+    }
+    // The global pool (used while loading) is built now, so a failure is an error, not a panic.
+    init_threads(None)?;
     let path = a.model.clone().unwrap_or_else(default_model_path);
     let model = load_model(&path, a.model.is_some(), a.mmap)?;
     let info = ModelInfo::of(&model, &path);
@@ -106,7 +121,7 @@ pub fn main(a: BenchArgs) -> CliResult {
         let pool = thread_pool(threads[0])?;
         return pool
             .install(|| batched::run(&model, &a.engine_batch, p, n, a.reps, a.json))
-            .map_err(Into::into);
+            .map_err(from_pool);
     }
     if a.scaling {
         let opts = scaling::ScalingOptions {
@@ -124,7 +139,7 @@ pub fn main(a: BenchArgs) -> CliResult {
     for &t in &threads {
         let pool = thread_pool(t)?;
         for &d in &a.depth {
-            rows.extend(pool.install(|| bench_depth(&model, &a, t, d))?);
+            rows.extend(pool.install(|| bench_depth(&model, &a, t, d)).map_err(from_pool)?);
         }
     }
     if a.json {
@@ -140,14 +155,16 @@ pub fn main(a: BenchArgs) -> CliResult {
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&arr)?);
+        write_stdout(&format!("{}\n", serde_json::to_string_pretty(&arr)?))?;
     } else {
-        println!("| model | size | params | simd | threads | test | t/s |");
-        println!("| --- | ---: | ---: | --- | ---: | ---: | ---: |");
+        let mut out = String::new();
+        out.push_str("| model | size | params | simd | threads | test | t/s |\n");
+        out.push_str("| --- | ---: | ---: | --- | ---: | ---: | ---: |\n");
         for r in &rows {
             let test =
                 if r.depth == 0 { r.test.clone() } else { format!("{} @ d{}", r.test, r.depth) };
-            println!(
+            let _ = writeln!(
+                out,
                 "| {} | {:.2} MiB | {:.2} M | {} | {} | {} | {:.2} ± {:.2} |",
                 info.name,
                 info.bytes as f64 / (1024.0 * 1024.0),
@@ -159,16 +176,23 @@ pub fn main(a: BenchArgs) -> CliResult {
                 r.stdev
             );
         }
-        println!("\nmedian of {} repetitions ± sample standard deviation", a.reps);
+        let _ = writeln!(out, "\nmedian of {} repetitions ± sample standard deviation", a.reps);
+        write_stdout(&out)?;
     }
     Ok(())
 }
 
-/// What work inside `pool.install` returns: its error must cross threads.
-pub(crate) type InPool<T> = Result<T, String>;
+/// What work inside `pool.install` returns: its error must cross threads (and keeps its
+/// type: a closed stdout stays an `io::Error`).
+pub(crate) type InPool<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
-pub(crate) fn msg(e: impl std::fmt::Display) -> String {
-    e.to_string()
+pub(crate) fn msg(e: impl std::fmt::Display) -> Box<dyn std::error::Error + Send + Sync> {
+    e.to_string().into()
+}
+
+/// An [`InPool`] error as the command's error.
+pub(crate) fn from_pool(e: Box<dyn std::error::Error + Send + Sync>) -> Box<dyn std::error::Error> {
+    e
 }
 
 /// A rayon pool of `t` threads, for `install`.

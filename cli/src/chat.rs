@@ -5,11 +5,13 @@ use std::io::{BufRead, IsTerminal, Write};
 
 use clap::Args;
 use pagoda_cpu::chat::ChatTemplate;
-use pagoda_cpu::generate::{generate, GenerateOptions, StopReason};
+use pagoda_cpu::generate::{GenerateOptions, StopReason};
 use pagoda_cpu::model::Session;
 use pagoda_cpu::sampler::Sampler;
 
-use crate::common::{load, CliResult, ContextArgs, ModelArgs, SamplingArgs};
+use crate::common::{
+    generate_until_closed, load, stdout_error, CliResult, ContextArgs, ModelArgs, SamplingArgs,
+};
 
 #[derive(Args, Debug)]
 pub struct ChatArgs {
@@ -26,6 +28,45 @@ pub struct ChatArgs {
     ctx: ContextArgs,
     #[command(flatten)]
     sampling: SamplingArgs,
+    /// Parse special-token text in what you type (`<|im_end|>` becomes the control token,
+    /// so a line can end the turn or switch roles). By default your text is plain text and
+    /// special tokens come only from the chat template.
+    #[arg(long = "parse-special")]
+    parse_special: bool,
+}
+
+/// The tokens of one user turn: the template's text around the user's words parses special
+/// tokens, the words themselves only if `parse_special` (so a typed `<|im_end|>` cannot end
+/// the turn or forge a system message). `bos` on the first turn.
+fn encode_turn(
+    tok: &pagoda_cpu::tokenizer::Tokenizer,
+    rendered_with: impl Fn(&str) -> String,
+    user: &str,
+    bos: bool,
+    parse_special: bool,
+) -> Vec<u32> {
+    if parse_special {
+        return tok.encode(&rendered_with(user), bos, true);
+    }
+    // A placeholder the template's own text (system prompt included) does not contain;
+    // the turn is cut where the template put it.
+    let empty = rendered_with("");
+    let mut n = 0u32;
+    let mark = loop {
+        let m = format!("\u{0}user-text-{n}\u{0}");
+        if !empty.contains(&m) {
+            break m;
+        }
+        n += 1;
+    };
+    let mut ids = Vec::new();
+    for (i, part) in rendered_with(&mark).split(mark.as_str()).enumerate() {
+        if i > 0 {
+            ids.extend(tok.encode(user, false, false));
+        }
+        ids.extend(tok.encode(part, bos && i == 0, true));
+    }
+    ids
 }
 
 pub fn main(a: ChatArgs) -> CliResult {
@@ -63,16 +104,18 @@ pub fn main(a: ChatArgs) -> CliResult {
         }
         turn += 1;
         let first = turn == 1;
-        let mut text = String::new();
-        if !first {
-            text.push_str(template.end_of_reply(pending.is_some()));
-        }
-        text.push_str(&template.user_turn(a.system.as_deref(), user, first));
         let mut prompt: Vec<u32> = pending.take().into_iter().collect();
-        prompt.extend(tok.encode(&text, first, true));
+        let close = if first { "" } else { template.end_of_reply(!prompt.is_empty()) };
+        let render = |u: &str| {
+            let mut t = close.to_string();
+            t.push_str(&template.user_turn(a.system.as_deref(), u, first));
+            t
+        };
+        prompt.extend(encode_turn(tok, render, user, first, a.parse_special));
         let cached = session.len();
         let mut decoder = tok.stream_decoder();
-        let result = generate(
+        // A failed write (stdout closed) stops the reply at once.
+        let result = generate_until_closed(
             &mut session,
             &mut sampler,
             &prompt,
@@ -80,16 +123,21 @@ pub fn main(a: ChatArgs) -> CliResult {
             |t| tok.is_eog(t),
             |t| {
                 if tok.is_eog(t) {
-                    return;
+                    return Ok(());
                 }
-                let _ = stdout.write_all(decoder.push(t).as_bytes());
-                let _ = stdout.flush();
+                stdout.write_all(decoder.push(t).as_bytes())?;
+                stdout.flush()
             },
         );
-        stdout.write_all(decoder.finish().as_bytes())?;
-        writeln!(stdout)?;
-        stdout.flush()?;
-        let gen = result?;
+        stdout
+            .write_all(decoder.finish().as_bytes())
+            .and_then(|()| writeln!(stdout))
+            .and_then(|()| stdout.flush())
+            .map_err(stdout_error)?;
+        let gen = match result? {
+            (_, Some(closed)) => return Err(stdout_error(closed)),
+            (gen, None) => gen,
+        };
         if gen.stop == StopReason::EndOfGeneration {
             pending = gen.tokens.last().copied();
         }

@@ -1,13 +1,16 @@
 //! What every subcommand shares: model and thread flags, loading with friendly errors.
 
-use std::path::PathBuf;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use clap::Args;
 use pagoda_core::evict::KvPolicy;
-use pagoda_cpu::model::{KvType, Llama, SessionOptions};
+use pagoda_cpu::generate::{GenerateError, GenerateOptions, Generation, Generator};
+use pagoda_cpu::model::{KvType, Llama, Session, SessionOptions};
 use pagoda_cpu::model_file::default_model_path;
-use pagoda_cpu::sampler::SamplerConfig;
+use pagoda_cpu::sampler::{Sampler, SamplerConfig};
 use pagoda_cpu::tokenizer::Tokenizer;
 
 /// A boxed error with a message made for the terminal.
@@ -149,14 +152,35 @@ pub struct Loaded {
     pub load_time: Duration,
 }
 
+/// The cores this process may use (affinity and cgroup quotas included); 1 if unknown.
+pub fn available_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Builds rayon's global pool now, so that a failure (threads cannot be spawned, e.g.
+/// under a memory limit) is an error here instead of a panic inside the first parallel
+/// loop. `requested` (`-t`) above the available cores is clamped to them, with a warning:
+/// more threads than cores only slow the kernels down. Returns the thread count.
+pub fn init_threads(requested: Option<usize>) -> CliResult<usize> {
+    let cores = available_cores();
+    let n = match requested {
+        Some(t) if t > cores => {
+            log::warn!("-t {t}: only {cores} cores are available; using {cores} threads");
+            cores
+        }
+        Some(t) => t.max(1),
+        None => cores,
+    };
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global()
+        .map_err(|e| format!("cannot start {n} worker threads: {e}"))?;
+    Ok(n)
+}
+
 /// Sets up the thread pool and loads model + tokenizer, with errors that say what to do.
 pub fn load(args: &ModelArgs) -> CliResult<Loaded> {
-    if let Some(t) = args.threads {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(t as usize)
-            .build_global()
-            .map_err(|e| format!("cannot set up {t} threads: {e}"))?;
-    }
+    init_threads(args.threads.map(usize::from))?;
     let t0 = Instant::now();
     let explicit = args.model.is_some();
     let path = args.model.clone().unwrap_or_else(default_model_path);
@@ -187,4 +211,248 @@ pub fn read_text_file(path: &std::path::Path) -> CliResult<String> {
         )
         .into()
     })
+}
+
+/// An error that ends the command with its own exit status, printing `message` (if any) to
+/// stderr as it is (no `error:` prefix).
+#[derive(Debug)]
+pub struct Exit {
+    /// The exit status.
+    pub code: u8,
+    /// What to print on stderr, if anything.
+    pub message: Option<String>,
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.message.as_deref().unwrap_or(""))
+    }
+}
+
+impl std::error::Error for Exit {}
+
+/// Exit status after stdout's reader went away (EPIPE): 128 + SIGPIPE, what a shell
+/// reports for `cat` killed by SIGPIPE. Nothing is printed.
+pub const EXIT_BROKEN_PIPE: u8 = 141;
+
+/// Whether `e` (or an error it wraps) is a write to a closed pipe.
+pub fn is_broken_pipe(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(e) = cur {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::BrokenPipe {
+                return true;
+            }
+        }
+        cur = e.source();
+    }
+    false
+}
+
+/// Writes `s` to stdout and flushes. A closed pipe stays an `io::Error` of kind
+/// `BrokenPipe` (the command then exits quietly, see [`EXIT_BROKEN_PIPE`]); any other
+/// failure says it was stdout.
+pub fn write_stdout(s: &str) -> CliResult {
+    let mut out = std::io::stdout().lock();
+    out.write_all(s.as_bytes()).and_then(|()| out.flush()).map_err(stdout_error)
+}
+
+/// A failed write to stdout as an error: `BrokenPipe` kept as it is (quiet exit), anything
+/// else named (`writing to stdout: No space left on device`).
+pub fn stdout_error(e: std::io::Error) -> Box<dyn std::error::Error> {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        Box::new(e)
+    } else {
+        format!("writing to stdout: {e}").into()
+    }
+}
+
+/// [`pagoda_cpu::generate::generate`], except that `emit` may fail: generation stops at
+/// the first failed emit (a closed pipe stops it at once, not after every remaining
+/// token), and that error is returned beside what was generated.
+pub fn generate_until_closed(
+    session: &mut Session<'_>,
+    sampler: &mut Sampler,
+    prompt: &[u32],
+    opts: &GenerateOptions,
+    is_eog: impl Fn(u32) -> bool,
+    mut emit: impl FnMut(u32) -> std::io::Result<()>,
+) -> Result<(Generation, Option<std::io::Error>), Box<GenerateError>> {
+    let mut g = Generator::start(session, sampler, prompt, opts)?;
+    loop {
+        match g.step(session, sampler, &is_eog) {
+            Ok(Some(t)) => {
+                if let Err(e) = emit(t) {
+                    return Ok((g.finish(), Some(e)));
+                }
+            }
+            Ok(None) => return Ok((g.finish(), None)),
+            Err(error) => return Err(Box::new(GenerateError { error, partial: g.finish() })),
+        }
+    }
+}
+
+/// `s` with control characters, quotes and backslashes escaped (Rust's `escape_debug`):
+/// strings from a model file may hold terminal escape sequences, which must not reach the
+/// terminal raw.
+pub fn escape(s: &str) -> String {
+    s.escape_debug().collect()
+}
+
+/// `s` escaped and in double quotes, cut to `max_chars` (then followed by `…`).
+pub fn quoted(s: &str, max_chars: usize) -> String {
+    let escaped = escape(s);
+    if escaped.chars().count() > max_chars {
+        format!("\"{}\"…", escaped.chars().take(max_chars).collect::<String>())
+    } else {
+        format!("\"{escaped}\"")
+    }
+}
+
+/// Whether `a` and `b` name the same existing file (same device and inode on Unix, same
+/// canonical path elsewhere). False if either does not exist.
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        if let (Ok(x), Ok(y)) = (std::fs::metadata(a), std::fs::metadata(b)) {
+            return x.dev() == y.dev() && x.ino() == y.ino();
+        }
+    }
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    }
+}
+
+/// A file written whole or not at all: the contents go to a temporary file in the same
+/// directory (`.NAME.PID.tmp`), which [`commit`](Self::commit) flushes, syncs to disk
+/// and renames over the target. Until then the target keeps its old contents; a crash
+/// leaves at most the temporary file; dropping without `commit` removes it. Every error
+/// names the target (and the temporary file where that is the one that failed).
+pub struct AtomicFile {
+    target: PathBuf,
+    tmp: PathBuf,
+    file: Option<BufWriter<File>>,
+}
+
+impl AtomicFile {
+    /// The temporary file [`create`](Self::create) uses for `target` in process `pid`.
+    pub fn temp_path(target: &Path, pid: u32) -> PathBuf {
+        let name = target.file_name().map_or_else(|| "out".into(), |n| n.to_string_lossy());
+        target.with_file_name(format!(".{name}.{pid}.tmp"))
+    }
+
+    /// Starts writing `target` (a symlink is followed: the file it points to is replaced).
+    /// Fails at once if the directory is not writable.
+    pub fn create(target: &Path) -> Result<AtomicFile, String> {
+        let meta = std::fs::metadata(target).ok();
+        if let Some(m) = &meta {
+            if !m.is_file() {
+                return Err(format!("'{}' is not a regular file", target.display()));
+            }
+        }
+        // Replace what a symlink points to, not the link itself.
+        let target = match meta {
+            Some(_) => target
+                .canonicalize()
+                .map_err(|e| format!("cannot resolve '{}': {e}", target.display()))?,
+            None => target.to_path_buf(),
+        };
+        let tmp = Self::temp_path(&target, std::process::id());
+        let file = File::create(&tmp).map_err(|e| {
+            format!("cannot write '{}' (temporary file '{}'): {e}", target.display(), tmp.display())
+        })?;
+        if let Some(m) = std::fs::metadata(&target).ok().filter(|m| m.is_file()) {
+            // Keep the old file's permissions.
+            let _ = file.set_permissions(m.permissions());
+        }
+        Ok(AtomicFile { target, tmp, file: Some(BufWriter::new(file)) })
+    }
+
+    fn io_error(&self, e: std::io::Error) -> String {
+        format!(
+            "cannot write '{}' (temporary file '{}'): {e}",
+            self.target.display(),
+            self.tmp.display()
+        )
+    }
+
+    /// Appends `bytes`.
+    pub fn write_all(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let r = match self.file.as_mut() {
+            Some(f) => f.write_all(bytes),
+            None => return Err(format!("'{}' is already committed", self.target.display())),
+        };
+        r.map_err(|e| self.io_error(e))
+    }
+
+    /// Writes out what is buffered (to the temporary file: readers of the target see
+    /// nothing until `commit`).
+    pub fn flush(&mut self) -> Result<(), String> {
+        let r = match self.file.as_mut() {
+            Some(f) => f.flush(),
+            None => Ok(()),
+        };
+        r.map_err(|e| self.io_error(e))
+    }
+
+    /// Flushes, syncs and renames the temporary file over the target.
+    pub fn commit(mut self) -> Result<(), String> {
+        let Some(w) = self.file.take() else { return Ok(()) };
+        let synced =
+            w.into_inner().map_err(|e| e.into_error()).and_then(|f| f.sync_all().map(|()| f));
+        if let Err(e) = synced {
+            let msg = self.io_error(e);
+            let _ = std::fs::remove_file(&self.tmp);
+            return Err(msg);
+        }
+        if let Err(e) = std::fs::rename(&self.tmp, &self.target) {
+            let _ = std::fs::remove_file(&self.tmp);
+            return Err(format!(
+                "cannot replace '{}' with '{}': {e}",
+                self.target.display(),
+                self.tmp.display()
+            ));
+        }
+        // Make the rename itself durable (best effort: not every platform can open a
+        // directory).
+        if let Some(dir) = self.target.parent() {
+            let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+            if let Ok(d) = File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for AtomicFile {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Writes `contents` to `path` atomically ([`AtomicFile`]).
+pub fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), String> {
+    let mut f = AtomicFile::create(path)?;
+    f.write_all(contents)?;
+    f.commit()
+}
+
+/// Fails unless `dir` exists as a directory (or can be created) and a file can be created
+/// in it; checked before a long experiment that ends by writing there.
+pub fn check_writable_dir(dir: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| format!("output directory '{}': cannot create it: {e}", dir.display()))?;
+    if !dir.is_dir() {
+        return Err(format!("output directory '{}' is not a directory", dir.display()));
+    }
+    let probe = dir.join(format!(".pagoda-write-test.{}", std::process::id()));
+    File::create(&probe)
+        .map_err(|e| format!("output directory '{}' is not writable: {e}", dir.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
 }

@@ -17,6 +17,8 @@ use pagoda_core::gguf::{ArrayView, Gguf, Value};
 use pagoda_cpu::model_file::{default_model_path, ModelFile, ModelFileError};
 use serde_json::{json, Map, Value as Json};
 
+use crate::common::{escape, quoted};
+
 /// Arguments of `pagoda inspect`.
 #[derive(Args, Debug)]
 pub struct InspectArgs {
@@ -65,8 +67,10 @@ fn to_text(model: &ModelFile, g: &Gguf<'_>) -> String {
         model.bytes().len()
     );
     let _ = writeln!(out, "\nmetadata:");
-    let key_width = g.metadata().map(|(k, _)| k.len()).max().unwrap_or(0);
+    // Keys and tensor names come from the file: escaped like string values.
+    let key_width = g.metadata().map(|(k, _)| escape(k).chars().count()).max().unwrap_or(0);
     for (i, (key, value)) in g.metadata().enumerate() {
+        let key = escape(key);
         let _ = writeln!(
             out,
             "{i:>4}  {key:<key_width$}  {:<6}  {}",
@@ -75,7 +79,8 @@ fn to_text(model: &ModelFile, g: &Gguf<'_>) -> String {
         );
     }
     let _ = writeln!(out, "\ntensors:");
-    let name_width = g.tensors().map(|t| t.name().len()).max().unwrap_or(4).max(4);
+    let name_width =
+        g.tensors().map(|t| escape(t.name()).chars().count()).max().unwrap_or(4).max(4);
     let _ = writeln!(
         out,
         "{:>4}  {:<name_width$}  {:<7}  {:<16}  {:>12}",
@@ -87,7 +92,7 @@ fn to_text(model: &ModelFile, g: &Gguf<'_>) -> String {
         let _ = writeln!(
             out,
             "{i:>4}  {:<name_width$}  {:<7}  {shape:<16}  {:>12}",
-            t.name(),
+            escape(t.name()),
             t.ggml_type().name(),
             t.data().len()
         );
@@ -95,15 +100,6 @@ fn to_text(model: &ModelFile, g: &Gguf<'_>) -> String {
     }
     let _ = writeln!(out, "{} tensors, {total} bytes of tensor data", g.tensor_count());
     out
-}
-
-fn quoted(s: &str, max_chars: usize) -> String {
-    let escaped: String = s.escape_debug().collect();
-    if escaped.chars().count() > max_chars {
-        format!("\"{}\"…", escaped.chars().take(max_chars).collect::<String>())
-    } else {
-        format!("\"{escaped}\"")
-    }
 }
 
 fn text_value(v: Value<'_>) -> String {

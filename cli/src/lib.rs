@@ -2,7 +2,11 @@
 //! calls [`main`]; the modules are here so that parts of the CLI can be tested and fuzzed
 //! on their own (`pagoda_cli::batch::parse_request_line`).
 //!
-//! Exit codes: 0 success, 1 runtime error (bad model, prompt too long, …), 2 usage error.
+//! Exit codes: 0 success, 1 runtime error (bad model, prompt too long, a failed batch
+//! request, …), 2 usage error, 130 / 143 `batch` interrupted by SIGINT / SIGTERM (after
+//! writing every completed result), 141 stdout closed by its reader (`pagoda … | head`):
+//! the command stops at the first failed write and exits quietly, as `cat` killed by
+//! SIGPIPE does.
 #![forbid(unsafe_code)]
 
 pub mod batch;
@@ -60,11 +64,22 @@ pub fn main() -> ExitCode {
         Command::Chat(a) => chat::main(a),
         Command::Tokenize(a) => tokenize::main(a),
         Command::Perplexity(a) => perplexity::main(a),
-        Command::Inspect(a) => inspect::run(&a).map(|out| print!("{out}")).map_err(Into::into),
+        Command::Inspect(a) => {
+            inspect::run(&a).map_err(Into::into).and_then(|out| common::write_stdout(&out))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            if let Some(exit) = e.downcast_ref::<common::Exit>() {
+                if let Some(m) = &exit.message {
+                    eprintln!("{m}");
+                }
+                return ExitCode::from(exit.code);
+            }
+            if common::is_broken_pipe(&*e) {
+                return ExitCode::from(common::EXIT_BROKEN_PIPE);
+            }
             eprintln!("error: {e}");
             ExitCode::from(1)
         }

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use clap::Args;
-use pagoda_cpu::generate::{generate, GenerateOptions, Generation};
+use pagoda_cpu::generate::{GenerateOptions, Generation};
 use pagoda_cpu::model::Session;
 use pagoda_cpu::sampler::Sampler;
 use serde_json::json;
@@ -13,7 +13,8 @@ use pagoda_cpu::engine::{Engine, EngineConfig, FinishReason, Request, RequestId}
 use pagoda_cpu::sampler::SamplerConfig;
 
 use crate::common::{
-    load, read_text_file, CliResult, ContextArgs, Loaded, ModelArgs, PolicyArgs, SamplingArgs,
+    generate_until_closed, load, read_text_file, stdout_error, CliResult, ContextArgs, Loaded,
+    ModelArgs, PolicyArgs, SamplingArgs,
 };
 
 #[derive(Args, Debug)]
@@ -80,7 +81,8 @@ pub fn main(a: RunArgs) -> CliResult {
     let mut text = String::new();
     let mut stdout = std::io::stdout().lock();
     let json = a.json;
-    let result = generate(
+    // A failed write (a closed pipe: `pagoda run … | head`) stops generation at once.
+    let result = generate_until_closed(
         &mut session,
         &mut sampler,
         &prompt_ids,
@@ -88,20 +90,22 @@ pub fn main(a: RunArgs) -> CliResult {
         |t| tok.is_eog(t),
         |t| {
             if tok.is_eog(t) && !a.ignore_eos {
-                return;
+                return Ok(());
             }
             let piece = decoder.push(t);
-            if !json {
-                let _ = stdout.write_all(piece.as_bytes());
-                let _ = stdout.flush();
-            }
             text.push_str(&piece);
+            if !json {
+                stdout.write_all(piece.as_bytes())?;
+                stdout.flush()?;
+            }
+            Ok(())
         },
     );
     let tail = decoder.finish();
     text.push_str(&tail);
     let (gen, err) = match result {
-        Ok(g) => (g, None),
+        Ok((g, None)) => (g, None),
+        Ok((_, Some(closed))) => return Err(stdout_error(closed)),
         Err(e) => (e.partial, Some(e.error)),
     };
     if json {
@@ -119,11 +123,13 @@ pub fn main(a: RunArgs) -> CliResult {
         if let Some(e) = &err {
             obj["error"] = json!(e.to_string());
         }
-        writeln!(stdout, "{obj}")?;
+        writeln!(stdout, "{obj}").and_then(|()| stdout.flush()).map_err(stdout_error)?;
     } else {
-        stdout.write_all(tail.as_bytes())?;
-        writeln!(stdout)?;
-        stdout.flush()?;
+        stdout
+            .write_all(tail.as_bytes())
+            .and_then(|()| writeln!(stdout))
+            .and_then(|()| stdout.flush())
+            .map_err(stdout_error)?;
         eprintln!(
             "load {:.2} s | prompt {} tokens, {:.1} t/s | generated {} tokens, {:.1} t/s | KV {} pages, {} bytes",
             loaded.load_time.as_secs_f64(),
@@ -217,14 +223,15 @@ fn run_samples(
             all.push(json!({ "sample": i, "seed": sample_seed, "tokens": s.tokens,
                              "text": text, "stop": stop }));
         } else {
-            writeln!(stdout, "--- sample {i} (seed {sample_seed}) ---")?;
-            writeln!(stdout, "{text}")?;
+            writeln!(stdout, "--- sample {i} (seed {sample_seed}) ---")
+                .and_then(|()| writeln!(stdout, "{text}"))
+                .map_err(stdout_error)?;
         }
     }
     if a.json {
-        writeln!(stdout, "{}", serde_json::Value::Array(all))?;
+        writeln!(stdout, "{}", serde_json::Value::Array(all)).map_err(stdout_error)?;
     }
-    stdout.flush()?;
+    stdout.flush().map_err(stdout_error)?;
     let st = engine.stats();
     eprintln!(
         "load {:.2} s | prompt {} tokens once | {n} samples, {} tokens, {:.1} t/s | \

@@ -2,7 +2,7 @@
 
 use clap::Args;
 
-use crate::common::{load, CliResult, ModelArgs};
+use crate::common::{load, write_stdout, CliResult, ModelArgs};
 
 #[derive(Args, Debug)]
 pub struct TokenizeArgs {
@@ -18,6 +18,5 @@ pub struct TokenizeArgs {
 pub fn main(a: TokenizeArgs) -> CliResult {
     let loaded = load(&a.model)?;
     let ids = loaded.tokenizer.encode(&a.text, true, !a.no_special);
-    println!("{}", serde_json::to_string(&ids)?);
-    Ok(())
+    write_stdout(&format!("{}\n", serde_json::to_string(&ids)?))
 }

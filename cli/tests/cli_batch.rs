@@ -1,7 +1,9 @@
 //! End-to-end tests of `pagoda batch` and `pagoda run --samples`.
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -13,13 +15,14 @@ fn model() -> PathBuf {
     p
 }
 
+fn pagoda(args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_pagoda"));
+    c.args(args).env("PAGODA_MODEL", model()).current_dir(root());
+    c
+}
+
 fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pagoda"))
-        .args(args)
-        .env("PAGODA_MODEL", model())
-        .current_dir(root())
-        .output()
-        .expect("spawn pagoda")
+    pagoda(args).output().expect("spawn pagoda")
 }
 
 fn stderr(o: &Output) -> String {
@@ -60,7 +63,7 @@ fn batch_writes_one_result_per_request_and_a_summary() {
 }
 
 #[test]
-fn bad_lines_are_named() {
+fn bad_lines_are_named_under_strict() {
     for (contents, needle) in [
         ("{\"prompt\":\"x\"}\n{\"prompt\":\"y\",\"temp\":1}\n", "line 2: unknown field \"temp\""),
         ("{\"prompt\":\"x\"}\nnot json\n", "line 2: not valid JSON"),
@@ -69,7 +72,7 @@ fn bad_lines_are_named() {
         ("{\"prompt\":\"x\",\"n_predict\":64}\n", "line 1 (id 1): request 0 can never fit"),
     ] {
         let input = temp_file("bad.jsonl", contents);
-        let o = run(&["batch", "-f", input.to_str().unwrap(), "--kv-pages", "2"]);
+        let o = run(&["batch", "-f", input.to_str().unwrap(), "--kv-pages", "2", "--strict"]);
         let err = stderr(&o);
         assert_eq!(o.status.code(), Some(1), "{contents:?}: {err}");
         assert!(!err.contains("panicked"), "{err}");
@@ -166,4 +169,171 @@ fn batch_under_pyramid_equals_run_under_pyramid() {
         assert!(single["kv"]["evicted_pages"].as_u64().unwrap() > 0, "the test must evict");
         assert_eq!(r["tokens"], single["tokens"], "request {i} ({p:?})");
     }
+}
+
+fn lines_of(path: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(text.is_empty() || text.ends_with('\n'), "cut last line: {text:?}");
+    text.lines().map(|l| serde_json::from_str(l).expect("complete JSON line")).collect()
+}
+
+#[test]
+fn batch_output_is_replaced_only_at_the_end_and_never_the_input_or_model() {
+    let input = temp_file("atomic.jsonl", "{\"id\":\"a\",\"prompt\":\"Hi\",\"n_predict\":2}\n");
+    let output = temp_file("atomic.out.jsonl", "{\"id\":\"old\",\"text\":\"kept\"}\n");
+    // The model fails to load: the old results must survive (today: truncated at once).
+    let o = run(&[
+        "batch",
+        "-m",
+        "/nonexistent/model.gguf",
+        "-f",
+        input.to_str().unwrap(),
+        "-o",
+        output.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(&output).unwrap(), "{\"id\":\"old\",\"text\":\"kept\"}\n");
+
+    // -o naming the input or the model (also through another path) is refused.
+    let input_text = std::fs::read_to_string(&input).unwrap();
+    let o = run(&["batch", "-f", input.to_str().unwrap(), "-o", input.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("is the input file"), "{}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(&input).unwrap(), input_text);
+    let model_len = std::fs::metadata(model()).unwrap().len();
+    let via_dot =
+        root().join(".").join(pagoda_cpu::model_file::workspace_model_path(Path::new("")));
+    let o = run(&["batch", "-f", input.to_str().unwrap(), "-o", via_dot.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("is the model file"), "{}", stderr(&o));
+    assert_eq!(std::fs::metadata(model()).unwrap().len(), model_len);
+
+    // A full device: the error names it.
+    let o = run(&["batch", "-f", input.to_str().unwrap(), "-o", "/dev/full"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("'/dev/full'"), "{}", stderr(&o));
+
+    // Success: complete lines, and no temporary file left beside the output.
+    let o = run(&["batch", "-f", input.to_str().unwrap(), "-o", output.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines = lines_of(&output);
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["id"], "a");
+    let dir = output.parent().unwrap();
+    let name = output.file_name().unwrap().to_string_lossy().into_owned();
+    let leftovers: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&format!(".{name}.")))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn batch_append_keeps_old_results_and_skips_their_ids() {
+    let input = temp_file(
+        "append.jsonl",
+        "{\"id\":\"a\",\"prompt\":\"Hi\",\"n_predict\":2}\n{\"id\":\"b\",\"prompt\":\"Yo\",\"n_predict\":2}\n",
+    );
+    let output = temp_file(
+        "append.out.jsonl",
+        "{\"id\":\"a\",\"text\":\"from before\"}\n{\"id\":\"b\",\"error\":\"failed before\"}\n",
+    );
+    let o =
+        run(&["batch", "-f", input.to_str().unwrap(), "-o", output.to_str().unwrap(), "--append"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines = lines_of(&output);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(lines[0], serde_json::json!({"id": "a", "text": "from before"}));
+    assert_eq!(lines[1]["id"], "b");
+    assert!(lines[1].get("error").is_none(), "a failed request runs again: {lines:?}");
+    assert!(stderr(&o).contains("1 of 2 requests already have results"), "{}", stderr(&o));
+}
+
+#[test]
+fn batch_reports_a_bad_line_as_failed_and_runs_the_rest() {
+    let input = temp_file(
+        "partial.jsonl",
+        "{\"id\":\"ok\",\"prompt\":\"Hi\",\"n_predict\":2}\n\
+         not json\n\
+         {\"id\":\"huge\",\"prompt\":\"x\",\"n_predict\":64}\n\
+         {\"id\":\"ok2\",\"prompt\":\"Yo\",\"n_predict\":2}\n",
+    );
+    let output = temp_file("partial.out.jsonl", "");
+    let o = run(&[
+        "batch",
+        "-f",
+        input.to_str().unwrap(),
+        "-o",
+        output.to_str().unwrap(),
+        "--kv-pages",
+        "2",
+    ]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("2 of 4 requests failed"), "{err}");
+    let lines = lines_of(&output);
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    let by_id = |id: serde_json::Value| lines.iter().find(|l| l["id"] == id).cloned().unwrap();
+    assert!(by_id("ok".into())["tokens"].is_array());
+    assert!(by_id("ok2".into())["tokens"].is_array());
+    assert!(by_id(2.into())["error"].as_str().unwrap().contains("line 2: not valid JSON"));
+    assert!(by_id("huge".into())["error"].as_str().unwrap().contains("can never fit"));
+}
+
+#[test]
+fn batch_sigint_writes_completed_results_and_lists_unfinished_ids() {
+    // Short requests finish first; the long ones are still running at the interrupt.
+    let mut requests = String::new();
+    for i in 0..2 {
+        requests += &format!("{{\"id\":\"short{i}\",\"prompt\":\"Hi\",\"n_predict\":1}}\n");
+    }
+    for i in 0..4 {
+        requests +=
+            &format!("{{\"id\":\"long{i}\",\"prompt\":\"Once upon a time\",\"n_predict\":4000}}\n");
+    }
+    let input = temp_file("sigint.jsonl", &requests);
+    let output = temp_file("sigint.out.jsonl", "");
+    let _ = std::fs::remove_file(&output);
+    let mut child = pagoda(&[
+        "batch",
+        "-f",
+        input.to_str().unwrap(),
+        "-o",
+        output.to_str().unwrap(),
+        "--ignore-eos",
+    ])
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("spawn pagoda");
+    // The results accumulate in `.NAME.PID.tmp` beside the output until the end.
+    let tmp = output.with_file_name(format!(
+        ".{}.{}.tmp",
+        output.file_name().unwrap().to_string_lossy(),
+        child.id()
+    ));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !std::fs::read_to_string(&tmp).is_ok_and(|t| t.contains('\n')) {
+        assert!(Instant::now() < deadline, "no result line within 120 s");
+        assert!(child.try_wait().unwrap().is_none(), "pagoda exited early");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let mut err = String::new();
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        err += &line.unwrap();
+        err.push('\n');
+    }
+    let code = child.wait().unwrap().code();
+    assert_eq!(code, Some(130), "{err}");
+    let lines = lines_of(&output);
+    assert!(lines.iter().any(|l| l["id"] == "short0"), "{lines:?}");
+    assert!(lines.iter().all(|l| l["tokens"].is_array()), "{lines:?}");
+    assert!(err.contains("interrupted by SIGINT"), "{err}");
+    for i in 0..4 {
+        assert!(err.contains(&format!("\"long{i}\"")), "long{i} not listed: {err}");
+    }
+    assert!(!tmp.exists());
 }

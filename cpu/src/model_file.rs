@@ -77,8 +77,7 @@ impl ModelFile {
     /// tensor's shape, type and bounds). Errors name the path.
     pub fn open(path: impl AsRef<Path>) -> Result<ModelFile, ModelFileError> {
         let path = path.as_ref().to_path_buf();
-        let file = File::open(&path)
-            .map_err(|source| ModelFileError::Io { path: path.clone(), source })?;
+        let file = open_regular(&path)?;
         // SAFETY: the map is read-only and we never create mutable references into it.
         // The remaining hazard is another process modifying or truncating the file
         // while it is mapped, which Rust cannot rule out; it is documented on
@@ -95,7 +94,7 @@ impl ModelFile {
         use std::io::Read;
         let path = path.as_ref().to_path_buf();
         let io = |source| ModelFileError::Io { path: path.clone(), source };
-        let mut file = File::open(&path).map_err(io)?;
+        let mut file = open_regular(&path)?;
         let len = file.metadata().map_err(io)?.len();
         let len = usize::try_from(len).map_err(|_| {
             io(std::io::Error::new(std::io::ErrorKind::OutOfMemory, "file larger than memory"))
@@ -207,6 +206,66 @@ impl std::ops::Deref for Bytes {
             Bytes::Map(m) => m,
             Bytes::Static(s) => s,
         }
+    }
+}
+
+/// Opens `path` for reading if it is a regular file (symlinks followed). Anything else is
+/// refused before it is opened: opening a FIFO blocks until a writer comes, and devices,
+/// directories and `/proc` files cannot be mapped or have no meaningful length. The opened
+/// file is checked again, in case the path was swapped in between.
+fn open_regular(path: &Path) -> Result<File, ModelFileError> {
+    let io = |source| ModelFileError::Io { path: path.to_path_buf(), source };
+    let not_regular = |t: std::fs::FileType| {
+        io(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("is not a regular file ({})", file_kind(t)),
+        ))
+    };
+    let meta = std::fs::metadata(path).map_err(io)?;
+    if !meta.is_file() {
+        return Err(not_regular(meta.file_type()));
+    }
+    let mut file = File::open(path).map_err(io)?;
+    let meta = file.metadata().map_err(io)?;
+    if !meta.is_file() {
+        return Err(not_regular(meta.file_type()));
+    }
+    if meta.len() == 0 {
+        // /proc and /sys files say they are regular and empty, yet have contents (and
+        // cannot be mapped). A truly empty file reads nothing and stays at offset 0.
+        use std::io::Read;
+        if file.read(&mut [0u8; 1]).map_err(io)? > 0 {
+            return Err(io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "is not a regular file (it reports size 0 but has contents, like a /proc file)",
+            )));
+        }
+    }
+    Ok(file)
+}
+
+/// What kind of file a non-regular file is, for error messages.
+fn file_kind(t: std::fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if t.is_fifo() {
+            return "a FIFO";
+        }
+        if t.is_char_device() {
+            return "a character device";
+        }
+        if t.is_block_device() {
+            return "a block device";
+        }
+        if t.is_socket() {
+            return "a socket";
+        }
+    }
+    if t.is_dir() {
+        "a directory"
+    } else {
+        "not a file"
     }
 }
 

@@ -77,6 +77,14 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Prints one line to stdout; a closed pipe stays an `io::Error` (a quiet exit).
+fn out(line: String) -> InPool<()> {
+    use std::io::Write;
+    let mut o = std::io::stdout().lock();
+    writeln!(o, "{line}").and_then(|()| o.flush())?;
+    Ok(())
+}
+
 /// Runs every batch size in `batch`, `reps` times each, in the current rayon pool, and
 /// prints the table (or JSON lines).
 pub fn run(
@@ -91,8 +99,10 @@ pub fn run(
         return Err("--batch sizes, -p and -r must be ≥ 1, -n ≥ 2".into());
     }
     if !json {
-        println!("|    B |    P |    N |   PP t/s |   TG t/s | TG vs B=first | KV util |");
-        println!("|------|------|------|----------|----------|---------------|---------|");
+        out(String::from(
+            "|    B |    P |    N |   PP t/s |   TG t/s | TG vs B=first | KV util |\n\
+             |------|------|------|----------|----------|---------------|---------|",
+        ))?;
     }
     let mut base = None;
     for &b in batch {
@@ -103,20 +113,20 @@ pub fn run(
         let util = median(runs.iter().map(|r| r.kv_util).collect());
         let base_tg = *base.get_or_insert(tg);
         if json {
-            println!(
+            out(format!(
                 "{}",
                 json!({ "batch": b, "n_prompt": n_prompt, "n_gen": n_gen, "reps": reps,
                         "pp_tps_median": pp, "tg_tps_median": tg,
                         "tg_speedup": tg / base_tg, "kv_utilisation": util })
-            );
+            ))?;
         } else {
-            println!(
+            out(format!(
                 "| {b:4} | {:4} | {:4} | {pp:8.1} | {tg:8.1} | {:12.2}× | {:6.1}% |",
                 n_prompt,
                 n_gen,
                 tg / base_tg,
                 100.0 * util
-            );
+            ))?;
         }
     }
     Ok(())

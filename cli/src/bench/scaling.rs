@@ -26,8 +26,8 @@ use pagoda_cpu::generate::{generate, GenerateOptions};
 use pagoda_cpu::model::{KvType, Llama, Session, SessionOptions};
 use pagoda_cpu::sampler::{Sampler, SamplerConfig};
 
-use super::{kv_name, median, msg, thread_pool, InPool, ModelInfo};
-use crate::common::CliResult;
+use super::{from_pool, kv_name, median, msg, thread_pool, InPool, ModelInfo};
+use crate::common::{write_atomically, write_stdout, CliResult};
 use crate::plot::{loglog_svg, Series};
 
 /// Settings of the experiment.
@@ -71,11 +71,11 @@ pub fn run(model: &Llama, info: &ModelInfo, o: &ScalingOptions) -> CliResult {
     let mut paged = Vec::new();
     let mut none = Vec::new();
     for &n in &n_list {
-        let p = pool.install(|| measure(model, o, n, false))?;
+        let p = pool.install(|| measure(model, o, n, false)).map_err(from_pool)?;
         eprintln!("scaling: N={n:5} paged    {:8.3} s  KV {} B", p.seconds, p.kv_bytes);
         paged.push(p);
         if n <= o.no_cache_max {
-            let q = pool.install(|| measure(model, o, n, true))?;
+            let q = pool.install(|| measure(model, o, n, true)).map_err(from_pool)?;
             eprintln!("scaling: N={n:5} no-cache {:8.3} s  KV {} B", q.seconds, q.kv_bytes);
             none.push(q);
         }
@@ -87,11 +87,9 @@ pub fn run(model: &Llama, info: &ModelInfo, o: &ScalingOptions) -> CliResult {
     let svg = plot(&paged, &none);
     let md_path = o.out_dir.join("scaling.md");
     let svg_path = o.out_dir.join("scaling.svg");
-    std::fs::write(&md_path, md)
-        .map_err(|e| format!("cannot write '{}': {e}", md_path.display()))?;
-    std::fs::write(&svg_path, svg)
-        .map_err(|e| format!("cannot write '{}': {e}", svg_path.display()))?;
-    println!("{}", std::fs::read_to_string(&md_path)?);
+    write_atomically(&md_path, md.as_bytes())?;
+    write_atomically(&svg_path, svg.as_bytes())?;
+    write_stdout(&format!("{md}\n"))?;
     eprintln!("scaling: wrote {} and {} ({wall:.0} s)", md_path.display(), svg_path.display());
     Ok(())
 }
@@ -118,7 +116,7 @@ fn measure(model: &Llama, o: &ScalingOptions, n: usize, no_kv_cache: bool) -> In
             generate(&mut session, &mut sampler, &[1], &opts, |_| false, |_| {}).map_err(msg)?;
         let s = t0.elapsed().as_secs_f64();
         if g.tokens.len() != n {
-            return Err(format!("generation stopped after {} of {n} tokens", g.tokens.len()));
+            return Err(format!("generation stopped after {} of {n} tokens", g.tokens.len()).into());
         }
         // Pages are only added within a step (the no-cache path clears, then refills
         // the whole sequence), so the cache is at its peak after the last step.
