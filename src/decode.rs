@@ -124,6 +124,11 @@ impl Decode {
         self.generator.generation()
     }
 
+    /// What was generated, as a [`Completion`] (the text so far if not yet done).
+    pub(crate) fn completion(&self) -> Completion {
+        Completion::new(self.text.clone(), self.generator.generation())
+    }
+
     /// Runs to the end, handing each piece to `on_piece`.
     pub(crate) fn run(
         mut self,

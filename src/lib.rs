@@ -42,4 +42,4 @@ pub use pagoda_cpu::chat::Message;
 pub use pagoda_cpu::engine::{EngineConfig, Request, RequestId};
 pub use pagoda_cpu::generate::StopReason;
 pub use pagoda_cpu::model::KvType;
-pub use session::Session;
+pub use session::{Reply, Session};

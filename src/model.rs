@@ -228,9 +228,19 @@ impl Stream {
         &self.decode.generation().tokens
     }
 
+    /// Prompt tokens run through the model.
+    pub fn prompt_tokens(&self) -> usize {
+        self.decode.generation().prompt_tokens
+    }
+
     /// Why generation stopped, once it has (`None` while it runs).
     pub fn stop_reason(&self) -> Option<pagoda_cpu::generate::StopReason> {
         self.decode.is_done().then(|| self.decode.generation().stop)
+    }
+
+    /// What has been generated so far: text, tokens, speed.
+    pub fn completion(&self) -> Completion {
+        self.decode.completion()
     }
 }
 

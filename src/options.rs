@@ -119,6 +119,21 @@ impl Options {
         self.max_tokens
     }
 
+    /// The context size in tokens.
+    pub fn context_len(&self) -> usize {
+        self.n_ctx
+    }
+
+    /// The KV page element type.
+    pub fn kv_page_type(&self) -> KvType {
+        self.kv_type
+    }
+
+    /// Whether generation goes on past end-of-turn tokens.
+    pub fn ignores_eos(&self) -> bool {
+        self.ignore_eos
+    }
+
     pub(crate) fn session_options(&self) -> SessionOptions {
         SessionOptions { n_ctx: self.n_ctx, kv_type: self.kv_type, ..SessionOptions::default() }
     }
@@ -129,9 +144,5 @@ impl Options {
             ignore_eos: self.ignore_eos,
             no_kv_cache: false,
         }
-    }
-
-    pub(crate) fn ignores_eos(&self) -> bool {
-        self.ignore_eos
     }
 }

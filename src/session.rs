@@ -6,6 +6,58 @@ use pagoda_cpu::model::Session as CpuSession;
 use crate::decode::{Completion, Decode};
 use crate::{Model, Options, Result};
 
+/// A reply being generated in a [`Session`]: an iterator of text pieces (whole
+/// characters), made by [`Session::chat_stream`] or [`Session::generate_stream`].
+pub struct Reply<'s> {
+    session: &'s mut Session,
+    decode: Decode,
+}
+
+impl Reply<'_> {
+    /// The tokens generated so far (an end-of-turn token included once it ends the reply).
+    pub fn tokens(&self) -> &[u32] {
+        &self.decode.generation().tokens
+    }
+
+    /// Prompt tokens this turn ran through the model (not the cached history).
+    pub fn prompt_tokens(&self) -> usize {
+        self.decode.generation().prompt_tokens
+    }
+
+    /// Why the reply stopped, once it has (`None` while it runs).
+    pub fn stop_reason(&self) -> Option<StopReason> {
+        self.decode.is_done().then(|| self.decode.generation().stop)
+    }
+
+    /// Runs to the end, handing each piece to `on_piece`.
+    pub fn run(mut self, mut on_piece: impl FnMut(&str)) -> Result<Completion> {
+        for piece in self.by_ref() {
+            on_piece(&piece?);
+        }
+        Ok(self.decode.completion())
+    }
+}
+
+impl Iterator for Reply<'_> {
+    type Item = Result<String>;
+
+    fn next(&mut self) -> Option<Result<String>> {
+        let s = &mut *self.session;
+        let piece = self.decode.next_piece(&mut s.session, s.model.tokenizer());
+        if piece.is_none() && self.decode.generation().stop == StopReason::EndOfGeneration {
+            // The end-of-turn token was sampled but not run: the next turn runs it first.
+            s.pending_eog = self.decode.generation().tokens.last().copied();
+        }
+        piece
+    }
+}
+
+impl std::fmt::Debug for Reply<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reply").field("tokens", &self.tokens().len()).finish()
+    }
+}
+
 /// A multi-turn conversation over one sequence of KV pages: every turn appends to the
 /// same cache, so the history is never processed twice. Made by [`Model::session`].
 ///
@@ -40,6 +92,11 @@ impl Session {
         self
     }
 
+    /// Sets the system prompt (it takes effect at the first turn, or after [`reset`](Self::reset)).
+    pub fn set_system(&mut self, system: impl Into<String>) {
+        self.system = Some(system.into());
+    }
+
     /// One chat turn: renders `user` with the model's chat template, generates the reply.
     /// `user` is tokenized as plain text: special tokens written in it (`<|im_end|>`) stay
     /// text and cannot forge a role switch.
@@ -52,8 +109,15 @@ impl Session {
         &mut self,
         user: &str,
         opts: &Options,
-        mut on_piece: impl FnMut(&str),
+        on_piece: impl FnMut(&str),
     ) -> Result<Completion> {
+        self.chat_stream(user, opts)?.run(on_piece)
+    }
+
+    /// [`chat`](Self::chat) as an iterator of text pieces. Dropping it before the end stops
+    /// the reply there: the session keeps the turn as generated so far, and the next turn
+    /// closes it.
+    pub fn chat_stream(&mut self, user: &str, opts: &Options) -> Result<Reply<'_>> {
         let template = self.model.template()?.clone();
         let tok = self.model.tokenizer();
         let first = self.turns == 0;
@@ -70,11 +134,7 @@ impl Session {
         prompt.extend(tok.encode(user, false, false));
         prompt.extend(tok.encode(after, false, true));
         self.turns += 1;
-        let done = self.run(&prompt, opts, &mut on_piece)?;
-        if done.stop == StopReason::EndOfGeneration {
-            self.pending_eog = done.tokens.last().copied();
-        }
-        Ok(done)
+        self.reply(&prompt, opts)
     }
 
     /// Appends `text` to the sequence as it is (no template) and generates a continuation.
@@ -87,22 +147,22 @@ impl Session {
         &mut self,
         text: &str,
         opts: &Options,
-        mut on_piece: impl FnMut(&str),
+        on_piece: impl FnMut(&str),
     ) -> Result<Completion> {
+        self.generate_stream(text, opts)?.run(on_piece)
+    }
+
+    /// [`generate`](Self::generate) as an iterator of text pieces; dropping it stops there.
+    pub fn generate_stream(&mut self, text: &str, opts: &Options) -> Result<Reply<'_>> {
         let mut prompt: Vec<u32> = self.pending_eog.take().into_iter().collect();
         let tok = self.model.tokenizer();
         prompt.extend(tok.encode(text, self.session.is_empty() && prompt.is_empty(), true));
-        self.run(&prompt, opts, &mut on_piece)
+        self.reply(&prompt, opts)
     }
 
-    fn run(
-        &mut self,
-        prompt: &[u32],
-        opts: &Options,
-        on_piece: &mut dyn FnMut(&str),
-    ) -> Result<Completion> {
-        let tokenizer = self.model.tokenizer();
-        Decode::start(&mut self.session, prompt, opts)?.run(&mut self.session, tokenizer, on_piece)
+    fn reply(&mut self, prompt: &[u32], opts: &Options) -> Result<Reply<'_>> {
+        let decode = Decode::start(&mut self.session, prompt, opts)?;
+        Ok(Reply { session: self, decode })
     }
 
     /// Tokens in the cache (every turn so far).

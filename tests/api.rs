@@ -184,3 +184,25 @@ fn errors_are_typed_with_sources() {
         other => panic!("expected an empty-prompt error, got {other:?}"),
     }
 }
+
+#[test]
+fn a_reply_dropped_early_stops_there_and_the_session_goes_on() {
+    let m = model();
+    let opts = Options::greedy().max_tokens(32);
+    let mut chat = m.session(&opts).unwrap();
+    let mut reply = chat.chat_stream("Tell me a story.", &opts).unwrap();
+    assert!(!reply.next().unwrap().unwrap().is_empty());
+    assert_eq!(reply.stop_reason(), None);
+    let generated = reply.tokens().len();
+    assert!(generated < 5, "{generated} tokens generated for one piece");
+    drop(reply);
+    let cached = chat.len();
+    let next = chat.chat_with("Thanks!", &opts, |_| {}).unwrap();
+    assert!(next.prompt_tokens > 0 && chat.len() > cached);
+    // A reply run to its end reports why it stopped.
+    let mut reply = chat.generate_stream(" The end", &Options::greedy().max_tokens(3)).unwrap();
+    let pieces: Vec<String> = reply.by_ref().map(Result::unwrap).collect();
+    assert_eq!(reply.stop_reason(), Some(StopReason::Length));
+    assert_eq!(reply.tokens().len(), 3);
+    assert!(!pieces.is_empty());
+}

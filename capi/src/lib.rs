@@ -18,7 +18,7 @@ use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr;
 
-use pagoda::cpu::model::{KvType, ModelError, SessionOptions};
+use pagoda::cpu::model::{KvType, ModelError};
 use pagoda::cpu::model_file::ModelFileError;
 use pagoda::cpu::sampler::SamplerConfig;
 use pagoda::StopReason;
@@ -434,52 +434,50 @@ fn set_stats(generated_tokens: usize, stop: pagoda_stop_reason) {
     let _ = LAST_STATS.try_with(|s| s.set(pagoda_stats { generated_tokens, stop }));
 }
 
-/// The unwind payload that carries a session turn out of its generation loop when the
-/// callback asks to stop (`pagoda::Session` takes a callback that cannot stop it).
-#[cfg(panic = "unwind")]
-struct StopTurn;
+/// A generation in progress, as the facade hands it out: [`pagoda::Stream`] (one-shot) or
+/// [`pagoda::Reply`] (a session turn).
+trait Pieces: Iterator<Item = pagoda::Result<String>> {
+    fn tokens(&self) -> &[u32];
+    fn stop(&self) -> Option<StopReason>;
+}
 
-/// Runs one session turn, stopping early when the callback asks.
-fn session_turn(
-    cb: &mut Callback,
-    run: impl FnOnce(&mut dyn FnMut(&str)) -> Res<pagoda::Completion>,
-) -> Res<String> {
-    let mut text = String::new();
-    let mut pieces = 0usize;
-    let mut stopped = false;
-    let result = catch_unwind(AssertUnwindSafe(|| {
-        run(&mut |piece: &str| {
-            if stopped {
-                return; // panic = "abort": the turn runs on, unseen.
-            }
-            text.push_str(piece);
-            pieces += 1;
-            if !cb.call(piece) {
-                stopped = true;
-                // Unwinds through pagoda's loop (no panic hook runs); the session is left
-                // as after a turn ended by max_tokens.
-                #[cfg(panic = "unwind")]
-                std::panic::resume_unwind(Box::new(StopTurn));
-            }
-        })
-    }));
-    match result {
-        Ok(Ok(done)) if !stopped => {
-            set_stats(done.tokens.len(), stop_reason(done.stop));
-            Ok(done.text)
-        }
-        Ok(Ok(_)) => {
-            set_stats(pieces, pagoda_stop_reason::PAGODA_STOP_CALLBACK);
-            Ok(text)
-        }
-        Ok(Err(e)) => Err(e),
-        #[cfg(panic = "unwind")]
-        Err(payload) if payload.is::<StopTurn>() => {
-            set_stats(pieces, pagoda_stop_reason::PAGODA_STOP_CALLBACK);
-            Ok(text)
-        }
-        Err(payload) => std::panic::resume_unwind(payload),
+impl Pieces for pagoda::Stream {
+    fn tokens(&self) -> &[u32] {
+        pagoda::Stream::tokens(self)
     }
+    fn stop(&self) -> Option<StopReason> {
+        self.stop_reason()
+    }
+}
+
+impl Pieces for pagoda::Reply<'_> {
+    fn tokens(&self) -> &[u32] {
+        pagoda::Reply::tokens(self)
+    }
+    fn stop(&self) -> Option<StopReason> {
+        self.stop_reason()
+    }
+}
+
+/// Hands every piece of `pieces` to the callback until the end or until it asks to stop
+/// (the generation is then dropped: it stops there); records the stats; returns the text.
+fn drive(cb: &mut Callback, mut pieces: impl Pieces) -> Res<String> {
+    let mut text = String::new();
+    let mut stopped = false;
+    for piece in &mut pieces {
+        let piece = piece?;
+        text.push_str(&piece);
+        if !cb.call(&piece) {
+            stopped = true;
+            break;
+        }
+    }
+    let stop = match pieces.stop() {
+        Some(s) if !stopped => stop_reason(s),
+        _ => pagoda_stop_reason::PAGODA_STOP_CALLBACK,
+    };
+    set_stats(pieces.tokens().len(), stop);
+    Ok(text)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -509,7 +507,6 @@ pub extern "C" fn pagoda_version() -> *const c_char {
 pub extern "C" fn pagoda_options_default() -> pagoda_options {
     let o = pagoda::Options::default();
     let s = o.sampler();
-    let session = SessionOptions::default();
     pagoda_options {
         max_tokens: o.max_tokens_limit().map_or(-1, |n| n.min(i32::MAX as usize) as i32),
         temperature: s.temperature,
@@ -519,15 +516,15 @@ pub extern "C" fn pagoda_options_default() -> pagoda_options {
         repeat_penalty: s.repeat_penalty,
         repeat_last_n: s.repeat_last_n.min(i32::MAX as usize) as i32,
         seed: s.seed,
-        n_ctx: session.n_ctx.min(u32::MAX as usize) as u32,
-        kv_type: match session.kv_type {
+        n_ctx: o.context_len().min(u32::MAX as usize) as u32,
+        kv_type: match o.kv_page_type() {
             KvType::F32 => pagoda_kv_type::PAGODA_KV_F32,
             KvType::Bf16 => pagoda_kv_type::PAGODA_KV_BF16,
             KvType::Q8_0 => pagoda_kv_type::PAGODA_KV_Q8_0,
             KvType::Q4_0 => pagoda_kv_type::PAGODA_KV_Q4_0,
             _ => pagoda_kv_type::PAGODA_KV_F16,
         } as i32,
-        ignore_eos: false,
+        ignore_eos: o.ignores_eos(),
     }
 }
 
@@ -625,23 +622,7 @@ pub unsafe extern "C" fn pagoda_generate(
         // SAFETY: the caller's promise on `opts`.
         let opts = unsafe { opts_arg(opts) }?;
         let mut cb = Callback::new(cb, user_data);
-        let mut stream = model.stream(prompt, &opts)?;
-        let mut text = String::new();
-        let mut stopped = false;
-        for piece in &mut stream {
-            let piece = piece?;
-            text.push_str(&piece);
-            if !cb.call(&piece) {
-                stopped = true;
-                break;
-            }
-        }
-        let stop = match stream.stop_reason() {
-            Some(s) if !stopped => stop_reason(s),
-            _ => pagoda_stop_reason::PAGODA_STOP_CALLBACK,
-        };
-        set_stats(stream.tokens().len(), stop);
-        drop(stream);
+        let text = drive(&mut cb, model.stream(prompt, &opts)?)?;
         if let Some(out) = out_text {
             *out = c_string(&text)?;
         }
@@ -705,7 +686,7 @@ pub unsafe extern "C" fn pagoda_session_chat(
         // SAFETY: the caller's promise on `opts`.
         let opts = unsafe { opts_arg(opts) }?;
         let mut cb = Callback::new(cb, user_data);
-        let text = session_turn(&mut cb, |on| Ok(session.chat_with(user, &opts, on)?))?;
+        let text = drive(&mut cb, session.chat_stream(user, &opts)?)?;
         if let Some(out) = out_text {
             *out = c_string(&text)?;
         }
@@ -737,7 +718,7 @@ pub unsafe extern "C" fn pagoda_session_generate(
         // SAFETY: the caller's promise on `opts`.
         let opts = unsafe { opts_arg(opts) }?;
         let mut cb = Callback::new(cb, user_data);
-        let reply = session_turn(&mut cb, |on| Ok(session.generate_with(text, &opts, on)?))?;
+        let reply = drive(&mut cb, session.generate_stream(text, &opts)?)?;
         if let Some(out) = out_text {
             *out = c_string(&reply)?;
         }
