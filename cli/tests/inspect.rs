@@ -91,3 +91,40 @@ fn bad_file_exits_1_with_one_line() {
     assert!(err.contains("scripts/fetch-model.sh"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn model_that_is_not_a_regular_file_is_refused_at_once() {
+    let dir = std::env::temp_dir().join(format!("pagoda-inspect-fifo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("model.gguf");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    for (path, kind) in [
+        (fifo.to_str().unwrap(), "a FIFO"),
+        ("/dev/null", "a character device"),
+        (dir.to_str().unwrap(), "a directory"),
+        ("/proc/self/status", "like a /proc file"),
+    ] {
+        for cmd in [&["inspect", "-m", path][..], &["tokenize", "-m", path, "hi"]] {
+            let mut child = Command::new(env!("CARGO_BIN_EXE_pagoda"))
+                .args(cmd)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let t0 = std::time::Instant::now();
+            while child.try_wait().unwrap().is_none() {
+                if t0.elapsed() > std::time::Duration::from_secs(20) {
+                    let _ = child.kill();
+                    panic!("{cmd:?} hangs");
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            let o = child.wait_with_output().unwrap();
+            assert_eq!(o.status.code(), Some(1), "{cmd:?}");
+            let err = stderr(&o);
+            assert!(err.contains("is not a regular file") && err.contains(kind), "{cmd:?}: {err}");
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
