@@ -13,7 +13,8 @@ use crate::sampler::Sampler;
 /// Settings of one generation.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct GenerateOptions {
-    /// Most tokens to generate (`None`: until end of generation or the context is full).
+    /// Most tokens to generate (`None`: until end of generation or the context is full;
+    /// `Some(0)`: run the prompt into the session and generate nothing).
     pub n_predict: Option<usize>,
     /// Keep going past end-of-generation tokens.
     pub ignore_eos: bool,
@@ -102,7 +103,8 @@ impl std::error::Error for GenerateError {
 /// Appends `prompt` to the session, then generates, calling `on_token` for each new
 /// token as soon as it is chosen. `is_eog` says which tokens end generation.
 ///
-/// The prompt must fit in the context with room for at least one token; a prompt that
+/// The prompt must fit in the context with room for at least one token (none when
+/// `n_predict` is `Some(0)`); a prompt that
 /// does not is an error before anything runs. Running out of context later is a normal
 /// stop ([`StopReason::ContextFull`]). The loop is [`Generator`], one token per step.
 pub fn generate(
@@ -161,11 +163,13 @@ impl Generator {
         };
         let n_ctx = session.options().n_ctx;
         let empty = prompt.is_empty() && session.is_empty();
-        if empty || session.len() + prompt.len() >= n_ctx {
+        // Room for the prompt and (unless nothing is to be generated) one token.
+        let room = usize::from(opts.n_predict != Some(0));
+        if empty || session.len() + prompt.len() + room > n_ctx {
             let error = if empty {
                 ModelError::Invalid("the prompt is empty".into())
             } else {
-                ModelError::ContextFull { needed: session.len() + prompt.len() + 1, n_ctx }
+                ModelError::ContextFull { needed: session.len() + prompt.len() + room, n_ctx }
             };
             return Err(Box::new(GenerateError { error, partial: gen }));
         }
@@ -184,6 +188,15 @@ impl Generator {
         };
         gen.prompt_time = t0.elapsed();
         match logits {
+            // `n_predict = 0`: the prompt is in the session, nothing is sampled.
+            Ok(_) if opts.n_predict == Some(0) => Ok(Generator {
+                opts: opts.clone(),
+                logits: None,
+                pending: None,
+                gen,
+                started: None,
+                done: true,
+            }),
             Ok(l) => Ok(Generator {
                 opts: opts.clone(),
                 logits: Some(l),

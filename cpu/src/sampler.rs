@@ -22,7 +22,8 @@ pub struct SamplerConfig {
     pub min_p: f32,
     /// Divide positive (multiply negative) logits of recently seen tokens (`1.0` = off).
     pub repeat_penalty: f32,
-    /// How many recent tokens the repetition penalty looks at.
+    /// How many recent tokens the repetition penalty looks at (any value: the window only
+    /// ever holds the tokens seen, so `usize::MAX` means the whole sequence).
     pub repeat_last_n: usize,
     /// Seed of the random generator.
     pub seed: u64,
@@ -87,6 +88,9 @@ impl SamplerConfig {
     }
 }
 
+/// Most tokens of the repetition window allocated up front; a larger window grows on use.
+const RECENT_PREALLOC: usize = 1024;
+
 /// A stateful sampler: settings, random generator and the recent-token window.
 #[derive(Clone, Debug)]
 pub struct Sampler {
@@ -102,7 +106,9 @@ impl Sampler {
         cfg.validate()?;
         Ok(Self {
             rng: Xoshiro256::seed_from_u64(cfg.seed),
-            recent: VecDeque::with_capacity(cfg.repeat_last_n),
+            // The window grows as tokens arrive: it never holds more than the tokens seen
+            // (bounded by the context), whatever `repeat_last_n` says.
+            recent: VecDeque::with_capacity(cfg.repeat_last_n.min(RECENT_PREALLOC)),
             candidates: Vec::new(),
             cfg,
         })

@@ -1,6 +1,8 @@
 //! Shared helpers of the workspace-level tests.
 #![allow(dead_code)]
 
+pub mod synthetic;
+
 use std::path::{Path, PathBuf};
 
 /// The workspace root (the facade package's manifest dir).

@@ -1,8 +1,11 @@
 //! The Llama hyper-parameters, read from GGUF metadata.
 
-use pagoda_core::gguf::Gguf;
+use pagoda_core::gguf::{Gguf, Value};
 
 use super::ModelError;
+
+/// Largest `llama.rope.dimension_count` pagoda rotates (RoPE tables are sized for it).
+pub const MAX_ROPE_DIMS: usize = 1024;
 
 /// Shape and constants of a Llama-family model (`general.architecture = llama`).
 ///
@@ -61,29 +64,125 @@ impl LlamaConfig {
         let ffn_dim = u("llama.feed_forward_length")?;
         let n_heads = u("llama.attention.head_count")?;
         let n_kv_heads = opt_u("llama.attention.head_count_kv")?.unwrap_or(n_heads);
-        let bad = |m: String| Err(ModelError::Invalid(m));
-        if n_layers == 0 || dim == 0 || ffn_dim == 0 || n_heads == 0 || n_kv_heads == 0 {
-            return bad("a dimension in the llama.* metadata is 0".into());
+        for (key, v) in [
+            ("llama.block_count", n_layers),
+            ("llama.embedding_length", dim),
+            ("llama.feed_forward_length", ffn_dim),
+            ("llama.attention.head_count", n_heads),
+            ("llama.attention.head_count_kv", n_kv_heads),
+        ] {
+            if v == 0 {
+                return invalid(format!("{key} is 0"));
+            }
         }
         if dim % n_heads != 0 {
-            return bad(format!(
-                "embedding_length {dim} is not a multiple of head_count {n_heads}"
+            return invalid(format!(
+                "llama.embedding_length {dim} is not a multiple of llama.attention.head_count {n_heads}"
             ));
         }
         if n_heads % n_kv_heads != 0 {
-            return bad(format!(
-                "head_count {n_heads} is not a multiple of head_count_kv {n_kv_heads}"
+            return invalid(format!(
+                "llama.attention.head_count {n_heads} is not a multiple of \
+                 llama.attention.head_count_kv {n_kv_heads}"
             ));
         }
         let head_dim = dim / n_heads;
         let n_rot = opt_u("llama.rope.dimension_count")?.unwrap_or(head_dim);
         if n_rot > head_dim || n_rot % 2 != 0 {
-            return bad(format!(
-                "rope.dimension_count {n_rot} must be even and at most head_dim {head_dim}"
+            return invalid(format!(
+                "llama.rope.dimension_count {n_rot} must be even and at most head_dim {head_dim}"
             ));
         }
+        if n_rot > MAX_ROPE_DIMS {
+            return Err(ModelError::Unsupported(format!(
+                "llama.rope.dimension_count {n_rot}: pagoda rotates at most {MAX_ROPE_DIMS} dims per head"
+            )));
+        }
+
+        // Every count is checked against the tensors before anything is sized by it: the
+        // file holds the weights, so a count they disagree with is a corrupt header.
         let embd = g.tensor("token_embd.weight")?;
-        let vocab_size = embd.n_rows() as usize;
+        let embd_cols = embd.row_len() as usize;
+        if embd.dims().len() != 2 || embd_cols != dim {
+            return invalid(format!(
+                "llama.embedding_length {dim} does not match token_embd.weight of shape {:?} \
+                 (expected [{dim}, vocab])",
+                embd.dims()
+            ));
+        }
+        let vocab_size = usize::try_from(embd.n_rows()).unwrap_or(usize::MAX);
+        if vocab_size == 0 {
+            return invalid("token_embd.weight has no rows (an empty vocabulary)".into());
+        }
+        if let Some(Value::Array(a)) = g.get("tokenizer.ggml.tokens") {
+            if a.len() > vocab_size {
+                return invalid(format!(
+                    "token_embd.weight has {vocab_size} rows but tokenizer.ggml.tokens \
+                     lists {} tokens: every token needs an embedding",
+                    a.len()
+                ));
+            }
+        }
+        // Nine tensors per block: a block count the tensor table cannot hold is refused
+        // before anything is allocated per block; then the last block must be there.
+        let max_layers = g.tensor_count() / 9;
+        if n_layers > max_layers {
+            return invalid(format!(
+                "llama.block_count {n_layers} exceeds what the file's {} tensors can hold \
+                 ({max_layers} blocks of 9 tensors)",
+                g.tensor_count()
+            ));
+        }
+        let last = format!("blk.{}.attn_norm.weight", n_layers - 1);
+        if g.tensor(&last).is_err() {
+            return invalid(format!(
+                "llama.block_count {n_layers}: the file has no tensor '{last}'"
+            ));
+        }
+        // Head counts and the FFN width against the first block's matrices.
+        let rows_of = |name: &str| -> Result<Option<u64>, ModelError> {
+            match g.tensor(name) {
+                Ok(t) if t.dims().len() == 2 => Ok(Some(t.n_rows())),
+                Ok(t) => {
+                    invalid(format!("tensor '{name}' has shape {:?}, expected 2 dims", t.dims()))
+                }
+                Err(_) => Ok(None), // named by the weight loader
+            }
+        };
+        let expect = |name: &str, key: &str, value: usize, want: usize| -> Result<(), ModelError> {
+            match rows_of(name)? {
+                Some(rows) if rows != want as u64 => invalid(format!(
+                    "{key} {value} does not match tensor '{name}' ({rows} rows, expected {want})"
+                )),
+                _ => Ok(()),
+            }
+        };
+        let ffn_name = "blk.0.ffn_gate.weight";
+        expect(ffn_name, "llama.feed_forward_length", ffn_dim, ffn_dim)?;
+        expect("blk.0.attn_q.weight", "llama.attention.head_count", n_heads, n_heads * head_dim)?;
+        expect(
+            "blk.0.attn_k.weight",
+            "llama.attention.head_count_kv",
+            n_kv_heads,
+            n_kv_heads * head_dim,
+        )?;
+
+        let context_length = opt_u("llama.context_length")?.unwrap_or(2048);
+        if context_length == 0 {
+            return invalid("llama.context_length is 0".into());
+        }
+        let rope_base = opt_f("llama.rope.freq_base", 10_000.0)?;
+        if !(rope_base.is_finite() && rope_base > 0.0) {
+            return invalid(format!(
+                "llama.rope.freq_base must be finite and > 0, got {rope_base}"
+            ));
+        }
+        let rms_eps = opt_f("llama.attention.layer_norm_rms_epsilon", 1e-5)?;
+        if !(rms_eps.is_finite() && rms_eps > 0.0) {
+            return invalid(format!(
+                "llama.attention.layer_norm_rms_epsilon must be finite and > 0, got {rms_eps}"
+            ));
+        }
         Ok(LlamaConfig {
             n_layers,
             dim,
@@ -92,10 +191,10 @@ impl LlamaConfig {
             n_kv_heads,
             head_dim,
             n_rot,
-            rope_base: opt_f("llama.rope.freq_base", 10_000.0)?,
-            rms_eps: opt_f("llama.attention.layer_norm_rms_epsilon", 1e-5)?,
+            rope_base,
+            rms_eps,
             vocab_size,
-            context_length: opt_u("llama.context_length")?.unwrap_or(2048),
+            context_length,
         })
     }
 
@@ -103,4 +202,8 @@ impl LlamaConfig {
     pub fn kv_dim(&self) -> usize {
         self.n_kv_heads * self.head_dim
     }
+}
+
+fn invalid<T>(m: String) -> Result<T, ModelError> {
+    Err(ModelError::Invalid(m))
 }

@@ -233,8 +233,14 @@ impl KvCache {
             KvType::Q4_0 => KvStore::Q4_0(slab(config, kv_type)?),
         };
         let page_bytes = kv_type.bytes_per_token(c)? / c.n_layers * slab_layers * block_size;
-        let pool = BlockPool::new(vec![PageEntry::default(); n_pages])
-            .map_err(|e| ModelError::Invalid(format!("KV cache: {e}")))?;
+        let mut entries = Vec::new();
+        entries.try_reserve_exact(n_pages).map_err(|_| ModelError::OutOfMemory {
+            what: format!("the KV page table of {n_pages} pages"),
+            bytes: n_pages.checked_mul(size_of::<PageEntry>()),
+        })?;
+        entries.resize(n_pages, PageEntry::default());
+        let pool =
+            BlockPool::new(entries).map_err(|e| ModelError::Invalid(format!("KV cache: {e}")))?;
         Ok(KvCache { pool, store, config, kv_type, page_bytes, per_layer })
     }
 

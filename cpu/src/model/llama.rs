@@ -35,10 +35,12 @@ use crate::model_file::ModelFile;
 use super::kv_cache::{reference_attention, AttentionFn, KvCache, KvStore, SeqTable};
 use super::kv_slab::KvSlab;
 use super::weights::{LlamaWeights, Weight};
-use super::{LlamaConfig, ModelError};
+use super::{LlamaConfig, ModelError, MAX_ROPE_DIMS};
 
-/// Largest supported `n_rot / 2` (head_dim 256).
-const MAX_ROPE_PAIRS: usize = 128;
+/// `n_rot / 2` of the RoPE table for heads of up to 256 rotated dims (every common Llama).
+const ROPE_PAIRS: usize = 128;
+/// `n_rot / 2` of the table for wider heads, up to [`MAX_ROPE_DIMS`] (checked at load).
+const WIDE_ROPE_PAIRS: usize = MAX_ROPE_DIMS / 2;
 
 /// Which positions of a chunk need logits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,6 +59,8 @@ pub struct Llama {
     config: LlamaConfig,
     weights: LlamaWeights,
     kernels: Kernels,
+    /// Check every layer's output for non-finite values (`PAGODA_CHECK_FINITE=1`).
+    check_finite: bool,
 }
 
 impl std::fmt::Debug for Llama {
@@ -100,10 +104,81 @@ impl ForwardScratch {
     }
 }
 
-fn resize(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
-    v.resize(n, 0.0);
-    &mut v[..n]
+impl ForwardScratch {
+    /// Reserves the buffers of a forward pass of `n_tokens` tokens through a model of shape
+    /// `c` (logits aside), so that a batch too large for memory is an error here instead of
+    /// an abort later. Sizes are computed with overflow checks.
+    pub fn reserve(&mut self, c: &LlamaConfig, n_tokens: usize) -> Result<(), ModelError> {
+        let q_dim = c.n_heads * c.head_dim;
+        let bufs: [(&mut Vec<f32>, usize, &str); 9] = [
+            (&mut self.x, c.dim, "hidden states"),
+            (&mut self.h, c.dim, "normed hidden states"),
+            (&mut self.out, c.dim, "block outputs"),
+            (&mut self.q, q_dim, "queries"),
+            (&mut self.att, q_dim, "attention outputs"),
+            (&mut self.k, c.kv_dim(), "keys"),
+            (&mut self.v, c.kv_dim(), "values"),
+            (&mut self.gate, c.ffn_dim, "FFN gate activations"),
+            (&mut self.up, c.ffn_dim, "FFN up activations"),
+        ];
+        for (v, width, what) in bufs {
+            let n = size(n_tokens, width, what)?;
+            reserve(v, n, what)?;
+        }
+        Ok(())
+    }
 }
+
+/// `a × b` f32s, or [`ModelError::OutOfMemory`] naming `what` if that overflows.
+fn size(a: usize, b: usize, what: &str) -> Result<usize, ModelError> {
+    a.checked_mul(b)
+        .filter(|&n| n <= isize::MAX as usize / size_of::<f32>())
+        .ok_or_else(|| ModelError::OutOfMemory { what: what.to_string(), bytes: None })
+}
+
+/// Room for `n` f32s in `v` without aborting: [`ModelError::OutOfMemory`] if the allocator
+/// refuses.
+fn reserve(v: &mut Vec<f32>, n: usize, what: &str) -> Result<(), ModelError> {
+    if n > v.len() {
+        v.try_reserve_exact(n - v.len()).map_err(|_| ModelError::OutOfMemory {
+            what: what.to_string(),
+            bytes: n.checked_mul(size_of::<f32>()),
+        })?;
+    }
+    Ok(())
+}
+
+/// `v` resized to `a × b` f32s (new ones zero), fallibly (see [`reserve`]).
+fn resize<'v>(
+    v: &'v mut Vec<f32>,
+    a: usize,
+    b: usize,
+    what: &str,
+) -> Result<&'v mut [f32], ModelError> {
+    let n = size(a, b, what)?;
+    reserve(v, n, what)?;
+    v.resize(n, 0.0);
+    Ok(&mut v[..n])
+}
+
+/// Whether every value is finite: one pass, in independent lanes the compiler vectorizes
+/// (`x · 0` is 0 for finite `x` and NaN for NaN or ±∞).
+fn all_finite(v: &[f32]) -> bool {
+    const LANES: usize = 16;
+    let mut acc = [0.0f32; LANES];
+    let mut chunks = v.chunks_exact(LANES);
+    for c in &mut chunks {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a += x * 0.0;
+        }
+    }
+    let tail: f32 = chunks.remainder().iter().map(|&x| x * 0.0).sum();
+    acc.iter().sum::<f32>() + tail == 0.0
+}
+
+/// What [`Llama::run`] names when the last hidden state is non-finite and the layers were not
+/// checked: the pass is rerun with every layer checked to name the first bad one.
+const HIDDEN_STATE: &str = "hidden state";
 
 impl Llama {
     /// Reads a GGUF model file into memory (huge pages where granted) and validates it:
@@ -123,7 +198,18 @@ impl Llama {
         let g = file.gguf();
         let config = LlamaConfig::from_gguf(&g)?;
         let weights = LlamaWeights::load(&g, &config)?;
-        Ok(Llama { file, config, weights, kernels: Kernels::detect() })
+        let check_finite = std::env::var_os("PAGODA_CHECK_FINITE").is_some_and(|v| v == "1");
+        Ok(Llama { file, config, weights, kernels: Kernels::detect(), check_finite })
+    }
+
+    /// Checks every layer's output for NaN and infinities (on by default when the
+    /// environment has `PAGODA_CHECK_FINITE=1`). Without it the forward pass checks only
+    /// the last hidden state and the logits (a negligible cost), and names the first bad
+    /// layer by running the pass again with the checks on; with it, every pass pays one
+    /// scan of the hidden state per layer.
+    pub fn with_finite_checks(mut self, on: bool) -> Self {
+        self.check_finite = on;
+        self
     }
 
     /// Uses the kernels of an explicit SIMD level (tests force each level).
@@ -338,6 +424,11 @@ impl Llama {
         result
     }
 
+    /// The pass over a laid-out batch, checked for non-finite values: the last hidden state
+    /// and the logits always (one pass over each), every layer's output under
+    /// [`with_finite_checks`](Self::with_finite_checks). When the unchecked pass finds a
+    /// non-finite hidden state it runs again with every layer checked (it writes the same
+    /// K/V into the same slots) to name the first bad layer.
     fn run<T: KvFormat + bytemuck::Pod>(
         &self,
         kv: &mut KvPages<T, KvSlab<T>>,
@@ -345,13 +436,49 @@ impl Llama {
         s: &mut ForwardScratch,
         attend: AttentionFn<T>,
     ) -> Result<Vec<Vec<f32>>, ModelError> {
+        let recorded = s.queries.as_ref().map(Vec::len);
+        let mut result = self.run_pass(kv, b, s, attend, self.check_finite);
+        if let Err(ModelError::NonFinite { layer: None, what }) = &result {
+            if what == HIDDEN_STATE && !self.check_finite {
+                if let (Some(log), Some(len)) = (&mut s.queries, recorded) {
+                    log.truncate(len);
+                }
+                result = self.run_pass(kv, b, s, attend, true);
+            }
+        }
+        if result.is_err() {
+            if let (Some(log), Some(len)) = (&mut s.queries, recorded) {
+                log.truncate(len);
+            }
+        }
+        result
+    }
+
+    fn run_pass<T: KvFormat + bytemuck::Pod>(
+        &self,
+        kv: &mut KvPages<T, KvSlab<T>>,
+        b: &BatchLayout,
+        s: &mut ForwardScratch,
+        attend: AttentionFn<T>,
+        check_layers: bool,
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
         let c = &self.config;
         let n = b.tokens.len();
-        let x = resize(&mut s.x, n * c.dim);
+        let x = resize(&mut s.x, n, c.dim, "hidden states")?;
         self.embed(&b.tokens, x)?;
+        let non_finite = |layer, what: &str| ModelError::NonFinite { layer, what: what.into() };
+        if check_layers && !all_finite(&s.x) {
+            return Err(non_finite(None, "token embeddings"));
+        }
         for l in 0..c.n_layers {
             self.attention_block(l, kv, b, s, attend)?;
             self.ffn_block(l, n, s)?;
+            if check_layers && !all_finite(&s.x) {
+                return Err(non_finite(Some(l), HIDDEN_STATE));
+            }
+        }
+        if !all_finite(&s.x) {
+            return Err(non_finite(None, HIDDEN_STATE));
         }
         self.output(b, s)
     }
@@ -418,6 +545,16 @@ impl Llama {
         }
     }
 
+    /// RoPE of one token's queries and keys at `pos`, with a table of `P ≥ n_rot / 2` pairs.
+    fn rope<const P: usize>(&self, q: &mut [f32], k: &mut [f32], pos: usize) {
+        let c = &self.config;
+        debug_assert!(c.n_rot <= 2 * P, "n_rot {} exceeds the table", c.n_rot);
+        // The C library's cosf/sinf, as llama.cpp calls them (libm's can differ by an ulp).
+        let table = RopeTable::<P>::with_trig(pos, c.n_rot, c.rope_base, f32::cos, f32::sin);
+        self.kernels.rope(q, c.head_dim, &table);
+        self.kernels.rope(k, c.head_dim, &table);
+    }
+
     /// Pre-norm, QKV, RoPE, KV write, causal paged attention, output projection, residual.
     fn attention_block<T: KvFormat + bytemuck::Pod>(
         &self,
@@ -431,12 +568,12 @@ impl Llama {
         let n = b.tokens.len();
         let lw = &self.weights.layers[l];
         let (q_dim, kv_dim) = (c.n_heads * c.head_dim, c.kv_dim());
-        let h = resize(&mut s.h, n * c.dim);
+        let h = resize(&mut s.h, n, c.dim, "normed hidden states")?;
         self.rmsnorm_rows(&s.x, &lw.attn_norm, h);
         // q, k, v = h·Wqᵀ, h·Wkᵀ, h·Wvᵀ: one quantization of h, one parallel region.
-        resize(&mut s.q, n * q_dim);
-        resize(&mut s.k, n * kv_dim);
-        resize(&mut s.v, n * kv_dim);
+        resize(&mut s.q, n, q_dim, "queries")?;
+        resize(&mut s.k, n, kv_dim, "keys")?;
+        resize(&mut s.v, n, kv_dim, "values")?;
         self.matmul_multi(
             [&lw.wq, &lw.wk, &lw.wv],
             &s.h,
@@ -454,20 +591,19 @@ impl Llama {
                 .zip(s.k.chunks_exact_mut(kv_dim))
                 .zip(s.v.chunks_exact(kv_dim));
         for (((q, k), v), (&(page, slot), &pos)) in rows.zip(b.slots[g].iter().zip(&b.positions)) {
-            // The C library's cosf/sinf, as llama.cpp calls them (libm's can differ by an ulp).
-            let table = RopeTable::<MAX_ROPE_PAIRS>::with_trig(
-                pos,
-                c.n_rot,
-                c.rope_base,
-                f32::cos,
-                f32::sin,
-            );
-            self.kernels.rope(q, c.head_dim, &table);
-            self.kernels.rope(k, c.head_dim, &table);
+            if c.n_rot <= 2 * ROPE_PAIRS {
+                self.rope::<ROPE_PAIRS>(q, k, pos);
+            } else {
+                self.rope::<WIDE_ROPE_PAIRS>(q, k, pos);
+            }
             kv.write(kl, page, slot, k, v)
                 .map_err(|e| ModelError::Invalid(format!("KV write: {e}")))?;
         }
         if let Some(log) = &mut s.queries {
+            log.try_reserve(s.q.len()).map_err(|_| ModelError::OutOfMemory {
+                what: "recorded queries".into(),
+                bytes: (log.len() + s.q.len()).checked_mul(size_of::<f32>()),
+            })?;
             log.extend_from_slice(&s.q);
         }
 
@@ -476,7 +612,7 @@ impl Llama {
         // parallel; each call splits its own work over (token group, kv head, page range).
         let cfg = AttnConfig::new(c.n_heads, c.n_kv_heads, c.head_dim)
             .map_err(|e| ModelError::Invalid(format!("attention: {e}")))?;
-        let att = resize(&mut s.att, n * q_dim);
+        let att = resize(&mut s.att, n, q_dim, "attention outputs")?;
         let kv_ref: &KvPages<T, KvSlab<T>> = kv;
         let level = self.kernels.level();
         let mut outs: Vec<(&SeqSpan, &mut [f32], &[f32])> = Vec::with_capacity(b.spans.len());
@@ -494,7 +630,7 @@ impl Llama {
         })?;
 
         // x += att · Woᵀ
-        let o = resize(&mut s.out, n * c.dim);
+        let o = resize(&mut s.out, n, c.dim, "block outputs")?;
         self.matmul(&lw.wo, &s.att, n, o, &mut s.matmul)?;
         s.x.iter_mut().zip(&s.out).for_each(|(x, o)| *x += o);
         Ok(())
@@ -504,10 +640,10 @@ impl Llama {
     fn ffn_block(&self, l: usize, n: usize, s: &mut ForwardScratch) -> Result<(), ModelError> {
         let c = &self.config;
         let lw = &self.weights.layers[l];
-        let h = resize(&mut s.h, n * c.dim);
+        let h = resize(&mut s.h, n, c.dim, "normed hidden states")?;
         self.rmsnorm_rows(&s.x, &lw.ffn_norm, h);
-        resize(&mut s.gate, n * c.ffn_dim);
-        resize(&mut s.up, n * c.ffn_dim);
+        resize(&mut s.gate, n, c.ffn_dim, "FFN gate activations")?;
+        resize(&mut s.up, n, c.ffn_dim, "FFN up activations")?;
         self.matmul_multi(
             [&lw.w_gate, &lw.w_up],
             &s.h,
@@ -516,7 +652,7 @@ impl Llama {
             &mut s.matmul,
         )?;
         self.kernels.silu_mul(&mut s.gate, &s.up).expect("same length");
-        let o = resize(&mut s.out, n * c.dim);
+        let o = resize(&mut s.out, n, c.dim, "block outputs")?;
         self.matmul(&lw.w_down, &s.gate, n, o, &mut s.matmul)?;
         s.x.iter_mut().zip(&s.out).for_each(|(x, o)| *x += o);
         Ok(())
@@ -539,7 +675,7 @@ impl Llama {
             })
             .collect();
         let rows: usize = ranges.iter().map(|r| r.len()).sum();
-        let h = resize(&mut s.h, rows * c.dim);
+        let h = resize(&mut s.h, rows, c.dim, "normed hidden states")?;
         let mut at = 0;
         for r in &ranges {
             let len = r.len() * c.dim;
@@ -550,15 +686,25 @@ impl Llama {
             );
             at += len;
         }
-        let mut all = vec![0.0f32; rows * c.vocab_size];
+        let mut all = Vec::new();
+        resize(&mut all, rows, c.vocab_size, "logits")?;
         if rows > 0 {
             self.matmul(&self.weights.output, &s.h, rows, &mut all, &mut s.matmul)?;
+        }
+        if !all_finite(&all) {
+            return Err(ModelError::NonFinite { layer: None, what: "logits".into() });
+        }
+        if ranges.len() == 1 {
+            return Ok(vec![all]);
         }
         let mut out = Vec::with_capacity(ranges.len());
         let mut at = 0;
         for r in &ranges {
             let len = r.len() * c.vocab_size;
-            out.push(all[at..at + len].to_vec());
+            let mut item = Vec::new();
+            reserve(&mut item, len, "logits")?;
+            item.extend_from_slice(&all[at..at + len]);
+            out.push(item);
             at += len;
         }
         Ok(out)

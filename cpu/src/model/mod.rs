@@ -16,7 +16,7 @@ mod weights;
 
 use std::fmt;
 
-pub use config::LlamaConfig;
+pub use config::{LlamaConfig, MAX_ROPE_DIMS};
 pub use eviction::Evictor;
 pub use kv_cache::{KvCache, KvStore, KvType, SeqTable};
 pub use kv_slab::KvSlab;
@@ -47,6 +47,23 @@ pub enum ModelError {
     },
     /// The KV page pool is exhausted.
     KvFull(String),
+    /// The forward pass produced NaN or infinite values: the weights (or the input) are
+    /// broken. `layer` is the first block whose output is non-finite, `None` if the blocks
+    /// are all finite and the values appear later (final norm, LM head) or earlier (the
+    /// token embeddings; `what` says which).
+    NonFinite {
+        /// The first block (0-based) whose output hidden state is non-finite.
+        layer: Option<usize>,
+        /// What holds the values: "logits", "hidden state", "token embeddings".
+        what: String,
+    },
+    /// A buffer could not be allocated (too large for memory, or its size overflows).
+    OutOfMemory {
+        /// What the buffer is for.
+        what: String,
+        /// Bytes asked for (`None`: the size overflows).
+        bytes: Option<usize>,
+    },
 }
 
 impl fmt::Display for ModelError {
@@ -61,6 +78,21 @@ impl fmt::Display for ModelError {
                 "the sequence needs {needed} tokens but the context holds {n_ctx} (raise -c)"
             ),
             ModelError::KvFull(m) => write!(f, "KV cache full: {m}"),
+            ModelError::NonFinite { layer: Some(l), what } => write!(
+                f,
+                "non-finite values (NaN or infinity) in the {what} after layer {l}: the model's \
+                 weights are broken"
+            ),
+            ModelError::NonFinite { layer: None, what } => write!(
+                f,
+                "non-finite values (NaN or infinity) in the {what}: the model's weights are broken"
+            ),
+            ModelError::OutOfMemory { what, bytes: Some(b) } => {
+                write!(f, "cannot allocate {b} bytes for {what} (out of memory)")
+            }
+            ModelError::OutOfMemory { what, bytes: None } => {
+                write!(f, "cannot allocate {what}: its size overflows")
+            }
         }
     }
 }

@@ -54,6 +54,9 @@ pub struct Session<'m> {
     opts: SessionOptions,
     scratch: ForwardScratch,
     evictor: Evictor,
+    /// Whether the sequence may run past `n_ctx`: the policy evicts and its page bound fits
+    /// in the context's pages (else the pool is capped at the context and so is the sequence).
+    runs_past_ctx: bool,
     peak_pages: usize,
 }
 
@@ -97,7 +100,9 @@ impl<'m> Session<'m> {
     /// (sink/window, H2O, PyramidKV) gets a pool of exactly that many pages (single-layer
     /// pages for PyramidKV: the sum of the layers' budgets), and the sequence may run past
     /// `opts.n_ctx` ([`remaining`](Self::remaining) is then unlimited); budgets given as a
-    /// percentage are of `opts.n_ctx`.
+    /// percentage are of `opts.n_ctx`. A bound larger than the context's pages is capped at
+    /// them: the policy evicts nothing within `n_ctx` tokens, and the sequence then stops
+    /// at `n_ctx` ([`ModelError::ContextFull`]) as under `full`.
     pub fn with_policy(
         model: &'m Llama,
         opts: SessionOptions,
@@ -118,9 +123,27 @@ impl<'m> Session<'m> {
         }
         let c = model.config();
         let evictor = Evictor::new(policy, opts.n_ctx, opts.block_size, c.n_layers)?;
-        let n_pages = evictor
-            .max_pages(opts.block_size)
-            .unwrap_or_else(|| opts.n_ctx.div_ceil(opts.block_size));
+        // Each table needs at most the pages of its rule's bound, and never more than the
+        // context's pages: a policy that keeps more than `n_ctx` tokens evicts nothing within
+        // the context (it is `full` there), so that table gets the context's pages and the
+        // sequence stops at `n_ctx`.
+        let ctx_pages = opts.n_ctx.div_ceil(opts.block_size);
+        let mut n_pages = 0usize;
+        let mut runs_past_ctx = evictor.evicts();
+        for i in 0..evictor.n_tables() {
+            let bound = evictor.rule(i).and_then(|r| r.max_pages(opts.block_size));
+            let pages = match bound {
+                Some(p) if p <= ctx_pages => p,
+                _ => {
+                    runs_past_ctx = false;
+                    ctx_pages
+                }
+            };
+            n_pages = n_pages.checked_add(pages).ok_or_else(|| ModelError::OutOfMemory {
+                what: "the KV page pool".into(),
+                bytes: None,
+            })?;
+        }
         let cache = if policy.per_layer() {
             KvCache::new_per_layer(c, opts.kv_type, n_pages, opts.block_size)?
         } else {
@@ -128,6 +151,9 @@ impl<'m> Session<'m> {
         };
         let tables = (0..evictor.n_tables()).map(|_| cache.new_table()).collect();
         let mut scratch = ForwardScratch::default();
+        // The largest step: a prompt chunk, or under eviction a page-aligned step.
+        let step = opts.n_batch.min(opts.n_ctx);
+        scratch.reserve(c, if evictor.evicts() { step.min(opts.block_size) } else { step })?;
         scratch.record_queries(policy.needs_attention_mass());
         Ok(Session {
             model,
@@ -137,6 +163,7 @@ impl<'m> Session<'m> {
             opts,
             scratch,
             evictor,
+            runs_past_ctx,
             peak_pages: 0,
         })
     }
@@ -157,8 +184,9 @@ impl<'m> Session<'m> {
         self.evictor.evicted_pages()
     }
 
+    /// Whether the sequence may run past `n_ctx` (see the field).
     fn bounded(&self) -> bool {
-        self.evictor.evicts()
+        self.runs_past_ctx
     }
 
     /// The model.
@@ -272,7 +300,7 @@ impl<'m> Session<'m> {
     }
 
     fn forward(&mut self, chunk: &[u32], want: Logits) -> Result<Vec<f32>, ModelError> {
-        if !self.bounded() {
+        if !self.evictor.evicts() {
             let l = self.model.forward(
                 &mut self.cache,
                 &mut self.tables[0],

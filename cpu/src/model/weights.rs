@@ -78,6 +78,13 @@ fn load_f32(g: &Gguf<'_>, name: &str, len: usize) -> Result<Vec<f32>, ModelError
     let mut out = vec![0.0f32; len];
     pagoda_core::quant::dequantize_row(t.ggml_type(), t.data(), &mut out)
         .map_err(|e| ModelError::Invalid(format!("tensor '{name}': {e}")))?;
+    // Norm gains are small: check them here rather than let a NaN reach every token.
+    if let Some(i) = out.iter().position(|x| !x.is_finite()) {
+        return Err(ModelError::Invalid(format!(
+            "tensor '{name}' holds a non-finite value ({} at index {i})",
+            out[i]
+        )));
+    }
     Ok(out)
 }
 
@@ -127,7 +134,9 @@ impl LlamaWeights {
             Ok(_) => Weight::load(g, "output.weight", c.vocab_size, c.dim)?,
             Err(_) => token_embd.clone(),
         };
-        let mut layers = Vec::with_capacity(c.n_layers);
+        // Grown layer by layer (not sized by `n_layers` up front): a block count larger than
+        // the file's tensors stops at the first missing one instead of allocating for it.
+        let mut layers = Vec::new();
         for l in 0..c.n_layers {
             let n = |s: &str| format!("blk.{l}.{s}.weight");
             layers.push(LayerWeights {
