@@ -78,7 +78,15 @@ pub fn main(a: ChatArgs) -> CliResult {
         .gguf()
         .get_str("tokenizer.chat_template")
         .map_err(|_| pagoda_cpu::chat::ChatTemplateError::Missing)?;
-    let template = ChatTemplate::from_jinja(template_src)?;
+    let template = ChatTemplate::from_jinja(template_src).map_err(|e| match e {
+        // The template's text comes from the file: escaped, not sent raw to the terminal.
+        pagoda_cpu::chat::ChatTemplateError::Unrecognised(start) => format!(
+            "unrecognised chat template (only ChatML is supported): {}…",
+            crate::common::escape(&start)
+        )
+        .into(),
+        e => Box::<dyn std::error::Error>::from(e),
+    })?;
     let mut session = Session::new(&loaded.model, a.ctx.session(2048))?;
     let opts = GenerateOptions {
         n_predict: (a.n_predict >= 0).then_some(a.n_predict as usize),

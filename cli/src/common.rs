@@ -193,9 +193,29 @@ pub fn load(args: &ModelArgs) -> CliResult<Loaded> {
         };
         return Err(format!("model file '{}' not found{hint}", path.display()).into());
     }
-    let model = if args.mmap { Llama::load_mapped(&path)? } else { Llama::load(&path)? };
-    let tokenizer = Tokenizer::from_gguf(&model.gguf())
-        .map_err(|e| format!("{}: tokenizer: {e}", path.display()))?;
+    let model = if args.mmap { Llama::load_mapped(&path) } else { Llama::load(&path) };
+    let model = model.map_err(|e| -> Box<dyn std::error::Error> {
+        match e {
+            // Holds names from the file (the architecture): no raw control characters.
+            pagoda_cpu::model::ModelError::Unsupported(m) => {
+                format!("unsupported model: {}", escape_controls(&m)).into()
+            }
+            e => e.into(),
+        }
+    })?;
+    let tokenizer = Tokenizer::from_gguf(&model.gguf()).map_err(|e| {
+        use pagoda_cpu::tokenizer::TokenizerError as E;
+        // Names from the file are escaped (they may hold terminal escape sequences).
+        let e = match e {
+            E::UnknownModel(m) => format!(
+                "unsupported tokenizer.ggml.model \"{}\" (supported: gpt2, llama)",
+                escape(&m)
+            ),
+            E::UnknownPre(p) => format!("unsupported tokenizer.ggml.pre \"{}\"", escape(&p)),
+            e => e.to_string(),
+        };
+        format!("{}: tokenizer: {e}", path.display())
+    })?;
     Ok(Loaded { model, tokenizer, load_time: t0.elapsed() })
 }
 
@@ -297,6 +317,13 @@ pub fn generate_until_closed(
 /// terminal raw.
 pub fn escape(s: &str) -> String {
     s.escape_debug().collect()
+}
+
+/// `s` with only its control characters (terminal escapes, newlines) escaped.
+pub fn escape_controls(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { c.escape_debug().collect() } else { c.to_string() })
+        .collect()
 }
 
 /// `s` escaped and in double quotes, cut to `max_chars` (then followed by `…`).
@@ -455,4 +482,19 @@ pub fn check_writable_dir(dir: &Path) -> Result<(), String> {
         .map_err(|e| format!("output directory '{}' is not writable: {e}", dir.display()))?;
     let _ = std::fs::remove_file(&probe);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strings_from_model_files_reach_the_terminal_escaped() {
+        let evil = "llama\u{1b}]0;pwned\u{7}\u{1b}[2J\n";
+        for shown in [escape(evil), escape_controls(evil), quoted(evil, 100)] {
+            assert!(!shown.chars().any(char::is_control), "{shown:?}");
+            assert!(shown.contains("llama"), "{shown:?}");
+        }
+        assert_eq!(escape_controls("architecture 'x'"), "architecture 'x'");
+    }
 }
