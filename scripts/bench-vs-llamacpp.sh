@@ -13,7 +13,7 @@
 # Usage: scripts/bench-vs-llamacpp.sh [-m MODEL] [-p 512] [-n 128] [-t 1,2] [-d 0,4096]
 #                                     [-R REPS (alternations, default 3)] [-r REPS per call (default 1)]
 #        scripts/bench-vs-llamacpp.sh --build-only
-# Env: LLAMACPP_BENCH=/path/to/llama-bench skips the build; PAGODA_BENCH_ARGS adds flags to
+# Env: LLAMACPP_BENCH=/path/to/llama-bench skips the build (BUILD_JOBS: its -j); PAGODA_BENCH_ARGS adds flags to
 # `pagoda bench` (e.g. "--kv-type bf16").
 set -euo pipefail
 
@@ -56,10 +56,15 @@ build_llama_bench() {
     python3 -m pip install --quiet --disable-pip-version-check cmake >&2
     export PATH="$HOME/.local/bin:$PATH"
   fi
-  echo "bench-vs-llamacpp: building llama-bench (Release, GGML_NATIVE=ON) in $build" >&2
-  cmake -S "$src" -B "$build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF \
+  # Not GGML_NATIVE=ON: on this machine's Xeon (AMX) that build segfaults in
+  # ggml_backend_amx_mul_mat. The same instruction sets but AMX, spelled out:
+  echo "bench-vs-llamacpp: building llama-bench (Release, GGML_NATIVE=OFF, AVX-512 VNNI/BF16/VBMI, no AMX) in $build" >&2
+  cmake -S "$src" -B "$build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=OFF \
+    -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=ON \
+    -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX_VNNI=ON \
+    -DLLAMA_CURL=OFF \
     -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF >"$cache/cmake.log" 2>&1
-  cmake --build "$build" --config Release --target llama-bench -j "$(nproc)" >>"$cache/cmake.log" 2>&1
+  cmake --build "$build" --config Release --target llama-bench -j "${BUILD_JOBS:-$(nproc)}" >>"$cache/cmake.log" 2>&1
 }
 
 if [ ! -x "$llama_bench" ]; then

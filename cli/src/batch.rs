@@ -46,7 +46,7 @@ use serde_json::{json, Map, Value};
 
 use crate::common::{
     load, parse_kv_policy, parse_kv_type, read_text_file, same_file, stdout_error, AtomicFile,
-    CliResult, Exit, ModelArgs, SamplingArgs,
+    CliResult, Exit, ModelArgs, OutputLock, SamplingArgs,
 };
 
 #[derive(Args, Debug)]
@@ -397,6 +397,13 @@ pub fn main(a: BatchArgs) -> CliResult {
             return Err(format!("-o '{}' is the model file", o.display()).into());
         }
     }
+    // Held to the end: a second run on the same output is refused, not interleaved.
+    let _lock = match &a.output {
+        Some(o) if std::fs::metadata(o).map_or(true, |m| m.is_file()) => {
+            Some(OutputLock::acquire(o)?)
+        }
+        _ => None,
+    };
     let (previous, done_ids) = match (&a.output, a.append) {
         (Some(o), true) => read_previous(o)?,
         _ => Default::default(),

@@ -462,6 +462,58 @@ impl Drop for AtomicFile {
     }
 }
 
+/// One process at a time writing an output file: an advisory lock (`flock`) on
+/// `.NAME.lock` beside it, held until dropped (the lock file is then removed). A second
+/// `pagoda batch -o FILE` while the first runs is refused, instead of the last rename
+/// silently replacing the first run's results.
+pub struct OutputLock {
+    path: PathBuf,
+    _file: File,
+}
+
+impl OutputLock {
+    /// The lock file of `target`.
+    pub fn lock_path(target: &Path) -> PathBuf {
+        let name = target.file_name().map_or_else(|| "out".into(), |n| n.to_string_lossy());
+        target.with_file_name(format!(".{name}.lock"))
+    }
+
+    /// Takes the lock of `target`, or says who holds it.
+    pub fn acquire(target: &Path) -> Result<OutputLock, String> {
+        let path = Self::lock_path(target);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| {
+                format!("cannot lock '{}' (lock file '{}'): {e}", target.display(), path.display())
+            })?;
+        match file.try_lock() {
+            Ok(()) => Ok(OutputLock { path, _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(format!(
+                "'{}' is being written by another pagoda process (it holds '{}'); \
+                 wait for it or choose another output",
+                target.display(),
+                path.display()
+            )),
+            Err(std::fs::TryLockError::Error(e)) => Err(format!(
+                "cannot lock '{}' (lock file '{}'): {e}",
+                target.display(),
+                path.display()
+            )),
+        }
+    }
+}
+
+impl Drop for OutputLock {
+    fn drop(&mut self) {
+        // Removed while still locked: a process that opened it before sees the lock until
+        // the file (and the lock) goes away with this handle.
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 /// Writes `contents` to `path` atomically ([`AtomicFile`]).
 pub fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), String> {
     let mut f = AtomicFile::create(path)?;

@@ -337,3 +337,34 @@ fn batch_sigint_writes_completed_results_and_lists_unfinished_ids() {
     }
     assert!(!tmp.exists());
 }
+
+#[test]
+fn batch_second_run_on_the_same_output_is_refused_while_the_first_runs() {
+    let long = "{\"id\":\"long\",\"prompt\":\"Once upon a time\",\"n_predict\":4000}\n";
+    let input = temp_file("lock.jsonl", long);
+    let output = temp_file("lock.out.jsonl", "");
+    let _ = std::fs::remove_file(&output);
+    let args = ["batch", "-f", input.to_str().unwrap(), "-o", output.to_str().unwrap()];
+    let mut first = pagoda(&[&args[..], &["--ignore-eos"]].concat())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn pagoda");
+    let name = output.file_name().unwrap().to_string_lossy().into_owned();
+    let lock = output.with_file_name(format!(".{name}.lock"));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !lock.exists() {
+        assert!(Instant::now() < deadline, "no lock file within 120 s");
+        assert!(first.try_wait().unwrap().is_none(), "pagoda exited early");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let second = pagoda(&args).output().expect("run pagoda");
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{err}");
+    assert!(err.contains("is being written by another pagoda process"), "{err}");
+    Command::new("kill").args(["-INT", &first.id().to_string()]).status().unwrap();
+    assert_eq!(first.wait().unwrap().code(), Some(130));
+    assert!(!lock.exists(), "the lock file is removed at the end");
+    // The first run's result file is its own: complete lines only.
+    let text = std::fs::read_to_string(&output).unwrap_or_default();
+    assert!(text.is_empty() || text.ends_with('\n'), "{text:?}");
+}

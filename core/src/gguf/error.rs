@@ -20,7 +20,8 @@ impl Name {
     /// Bytes of a name an error keeps; longer names are cut and shown with `…`.
     pub const CAPACITY: usize = 64;
 
-    /// Copies (a prefix of) `raw`.
+    /// Copies (a prefix of) `raw`. Shown ([`Display`](fmt::Display)) with control
+    /// characters escaped, so a hostile file cannot send terminal escapes through an error.
     pub fn new(raw: &[u8]) -> Self {
         let n = raw.len().min(Self::CAPACITY);
         let mut bytes = [0; Self::CAPACITY];
@@ -42,7 +43,15 @@ impl fmt::Display for Name {
             Ok(s) => s,
             Err(e) => core::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or(""),
         };
-        f.write_str(valid)?;
+        // Control characters (terminal escapes among them) come from the file: show them
+        // escaped (`\u{1b}`), never raw.
+        for c in valid.chars() {
+            if c.is_control() {
+                write!(f, "{}", c.escape_unicode())?;
+            } else {
+                fmt::Write::write_char(f, c)?;
+            }
+        }
         if self.truncated || valid.len() < bytes.len() {
             f.write_str("…")?;
         }
@@ -425,5 +434,13 @@ mod tests {
         let shown = format!("{n}");
         assert!(shown.ends_with('…'));
         assert_eq!(shown.trim_end_matches('…'), "é".repeat(32));
+    }
+
+    #[test]
+    fn names_from_the_file_reach_the_terminal_escaped() {
+        let n = Name::new(b"tok\x1b[2J\x1b]0;pwned\x07en.\nx");
+        let shown = format!("{n}");
+        assert!(!shown.chars().any(char::is_control), "{shown:?}");
+        assert_eq!(shown, "tok\\u{1b}[2J\\u{1b}]0;pwned\\u{7}en.\\u{a}x");
     }
 }
