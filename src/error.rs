@@ -44,9 +44,33 @@ pub enum Error {
     },
 }
 
+/// Writes `s` with control characters escaped (`\u{1b}`): messages quote strings from
+/// model files (architecture, tokenizer names, templates), which must not reach a
+/// terminal as escape sequences.
+fn write_escaped(f: &mut fmt::Formatter<'_>, s: &str) -> fmt::Result {
+    for c in s.chars() {
+        if c.is_control() {
+            write!(f, "{}", c.escape_default())?;
+        } else {
+            fmt::Write::write_char(f, c)?;
+        }
+    }
+    Ok(())
+}
+
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
+        write_escaped(f, &self.message())
+    }
+}
+
+impl Error {
+    /// The message, unescaped.
+    fn message(&self) -> String {
+        use std::fmt::Write;
+        let mut m = String::new();
+        let f = &mut m;
+        let _ = match self {
             Error::Model(e) => write!(f, "{e}"),
             Error::Tokenizer(e) => write!(f, "tokenizer: {e}"),
             Error::ChatTemplate(e) => write!(f, "{e}"),
@@ -58,7 +82,8 @@ impl fmt::Display for Error {
             Error::UnknownToken { id, vocab_size } => {
                 write!(f, "token id {id} is outside the vocabulary ({vocab_size} tokens)")
             }
-        }
+        };
+        m
     }
 }
 

@@ -206,3 +206,14 @@ fn a_reply_dropped_early_stops_there_and_the_session_goes_on() {
     assert_eq!(reply.tokens().len(), 3);
     assert!(!pieces.is_empty());
 }
+
+#[test]
+fn strings_from_a_hostile_model_file_reach_errors_escaped() {
+    let mut m = common::synthetic::SyntheticLlama::tiny();
+    m.set("general.architecture", common::synthetic::Meta::Str("\u{1b}[2J\u{1b}]0;x\u{7}".into()));
+    let e = Model::from_bytes(m.build()).unwrap_err();
+    let shown = e.to_string();
+    assert!(shown.contains("unsupported"), "{shown}");
+    assert!(!shown.chars().any(char::is_control), "{shown:?}");
+    assert!(shown.contains("\\u{1b}[2J"), "{shown:?}");
+}
