@@ -23,15 +23,6 @@ fn opts(n_ctx: usize) -> SessionOptions {
     SessionOptions { n_ctx, kv_type: KvType::F32, ..Default::default() }
 }
 
-#[test]
-fn synthetic_model_loads_and_runs() {
-    let m = SyntheticLlama::tiny().load().unwrap();
-    let mut s = Session::new(&m, opts(64)).unwrap();
-    let l = s.eval(&[1, 2, 3]).unwrap();
-    assert_eq!(l.len(), 48);
-    assert!(l.iter().all(|x| x.is_finite()));
-}
-
 // ---------------------------------------------------------------------------------
 // 1. RoPE over more than 256 dims per head.
 
@@ -309,15 +300,11 @@ fn evicting_policy_pool_is_capped_at_the_context_and_stops_there() {
         let e = s.eval(&[1]).unwrap_err();
         assert!(matches!(e, ModelError::ContextFull { n_ctx: 64, .. }), "{policy}: {e:?}");
     }
-}
-
-#[test]
-fn evicting_policy_within_the_context_still_runs_past_it() {
-    let model = SyntheticLlama::tiny().load().unwrap();
-    let o = SessionOptions { n_ctx: 64, block_size: 16, ..opts(64) };
+    // A policy that does evict within the context keeps its own small pool and runs past it.
     let mut s = Session::with_policy(&model, o, KvPolicy::parse("window:32").unwrap()).unwrap();
     let prompt: Vec<u32> = (0..100).map(|i| i % 48).collect();
     s.eval(&prompt).unwrap();
     assert_eq!(s.len(), 100);
+    assert!(s.evicted_pages() > 0);
     assert!(s.cache().pool().capacity() <= 64 / 16 + 1);
 }

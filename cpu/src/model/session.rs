@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use pagoda_core::evict::KvPolicy;
+use pagoda_core::evict::{EvictionRule, KvPolicy};
 
 use super::eviction::Evictor;
 use super::kv_cache::{KvCache, KvType, SeqTable};
@@ -123,17 +123,24 @@ impl<'m> Session<'m> {
         }
         let c = model.config();
         let evictor = Evictor::new(policy, opts.n_ctx, opts.block_size, c.n_layers)?;
-        // Each table needs at most the pages of its rule's bound, and never more than the
-        // context's pages: a policy that keeps more than `n_ctx` tokens evicts nothing within
-        // the context (it is `full` there), so that table gets the context's pages and the
-        // sequence stops at `n_ctx`.
+        // Each table needs the pages of its rule's bound. A rule that keeps more than the
+        // context's `n_ctx` tokens evicts nothing within the context (it is `full` there): that
+        // table gets the context's pages instead, and the sequence stops at `n_ctx` (its bound
+        // could ask for any amount of memory, e.g. `window:1000000`).
         let ctx_pages = opts.n_ctx.div_ceil(opts.block_size);
         let mut n_pages = 0usize;
         let mut runs_past_ctx = evictor.evicts();
         for i in 0..evictor.n_tables() {
-            let bound = evictor.rule(i).and_then(|r| r.max_pages(opts.block_size));
-            let pages = match bound {
-                Some(p) if p <= ctx_pages => p,
+            let rule = evictor.rule(i).unwrap_or(EvictionRule::KeepAll);
+            let keeps_more_than_ctx = match rule {
+                EvictionRule::KeepAll => true,
+                EvictionRule::SinkWindow { sink, window } => {
+                    sink.saturating_add(window) > opts.n_ctx
+                }
+                EvictionRule::HeavyHitters { budget_pages, .. } => budget_pages > ctx_pages,
+            };
+            let pages = match rule.max_pages(opts.block_size) {
+                Some(p) if !keeps_more_than_ctx => p,
                 _ => {
                     runs_past_ctx = false;
                     ctx_pages

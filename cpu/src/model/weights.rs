@@ -127,8 +127,14 @@ pub struct LlamaWeights {
 impl LlamaWeights {
     /// Locates every weight and checks its shape against `c`.
     pub fn load(g: &Gguf<'_>, c: &LlamaConfig) -> Result<Self, ModelError> {
-        let q_dim = c.n_heads * c.head_dim;
-        let kv_dim = c.kv_dim();
+        // `c` may be built by hand: its products are checked, not trusted.
+        let dims = |heads: usize, what: &str| {
+            heads.checked_mul(c.head_dim).ok_or_else(|| {
+                ModelError::Invalid(format!("{what} {heads} × head_dim {} overflows", c.head_dim))
+            })
+        };
+        let q_dim = dims(c.n_heads, "head_count")?;
+        let kv_dim = dims(c.n_kv_heads, "head_count_kv")?;
         let token_embd = Weight::load(g, "token_embd.weight", c.vocab_size, c.dim)?;
         let output = match g.tensor("output.weight") {
             Ok(_) => Weight::load(g, "output.weight", c.vocab_size, c.dim)?,
