@@ -177,50 +177,67 @@ fn run_samples(
         .into());
     }
     let room = opts.n_ctx - prompt_ids.len();
-    let max_tokens = if a.n_predict >= 0 { (a.n_predict as usize).clamp(1, room) } else { room };
-    // The shared prompt pages, plus each sample's own growth and its copy of the last page.
-    let bs = opts.block_size;
-    let kv_pages = prompt_ids.len().div_ceil(bs) + n * (max_tokens.div_ceil(bs) + 1);
-    let config = EngineConfig {
-        kv_pages,
-        block_size: bs,
-        kv_type: opts.kv_type,
-        max_batch_tokens: opts.n_batch,
-        prefix_caching: false,
-    };
-    let mut engine = Engine::new(&loaded.model, config)?;
-    let stop_tokens = if a.ignore_eos { Vec::new() } else { tok.eog_ids().to_vec() };
     let seed = sampler.seed;
-    engine.add_request(Request {
-        id: RequestId(0),
-        prompt: prompt_ids.clone(),
-        max_tokens,
-        sampler,
-        n,
-        stop_tokens,
-    })?;
-    let t0 = std::time::Instant::now();
-    let done = engine.run_to_completion()?;
-    let wall = t0.elapsed().as_secs_f64();
-    let samples = &done.first().ok_or("the engine returned no output")?.samples;
+    // `-n 0`: every sample is empty; the engine (at least one token a request) is not asked.
+    let (samples, summary): (Vec<(Vec<u32>, FinishReason)>, Option<String>) = if a.n_predict == 0 {
+        (vec![(Vec::new(), FinishReason::Length); n], None)
+    } else {
+        let max_tokens = if a.n_predict > 0 { (a.n_predict as usize).min(room) } else { room };
+        // The shared prompt pages, plus each sample's own growth and its copy of the last page.
+        let bs = opts.block_size;
+        let kv_pages = prompt_ids.len().div_ceil(bs) + n * (max_tokens.div_ceil(bs) + 1);
+        let config = EngineConfig {
+            kv_pages,
+            block_size: bs,
+            kv_type: opts.kv_type,
+            max_batch_tokens: opts.n_batch,
+            prefix_caching: false,
+        };
+        let mut engine = Engine::new(&loaded.model, config)?;
+        let stop_tokens = if a.ignore_eos { Vec::new() } else { tok.eog_ids().to_vec() };
+        engine.add_request(Request {
+            id: RequestId(0),
+            prompt: prompt_ids.clone(),
+            max_tokens,
+            sampler,
+            n,
+            stop_tokens,
+        })?;
+        let t0 = std::time::Instant::now();
+        let done = engine.run_to_completion()?;
+        let wall = t0.elapsed().as_secs_f64();
+        let out = done.into_iter().next().ok_or("the engine returned no output")?;
+        let st = engine.stats();
+        let summary = format!(
+            "load {:.2} s | prompt {} tokens once | {n} samples, {} tokens, {:.1} t/s | \
+             KV peak {} pages ({} bytes)",
+            loaded.load_time.as_secs_f64(),
+            prompt_ids.len(),
+            st.generated_tokens,
+            st.generated_tokens as f64 / wall.max(1e-9),
+            st.peak_pages,
+            st.peak_pages * engine.cache().page_bytes(),
+        );
+        (out.samples.into_iter().map(|s| (s.tokens, s.finish)).collect(), Some(summary))
+    };
     let mut stdout = std::io::stdout().lock();
     let mut all = Vec::new();
-    for (i, s) in samples.iter().enumerate() {
+    for (i, (tokens, finish)) in samples.iter().enumerate() {
         let mut d = tok.stream_decoder();
         let mut text = String::new();
-        for &t in &s.tokens {
+        for &t in tokens {
             if a.ignore_eos || !tok.is_eog(t) {
                 text.push_str(&d.push(t));
             }
         }
         text.push_str(&d.finish());
         let sample_seed = seed.wrapping_add(i as u64);
-        let stop = match s.finish {
+        let stop = match finish {
             FinishReason::Stop => "eog",
             _ => "length",
         };
         if a.json {
-            all.push(json!({ "sample": i, "seed": sample_seed, "tokens": s.tokens,
+            all.push(json!({ "sample": i, "seed": sample_seed, "tokens": tokens,
                              "text": text, "stop": stop }));
         } else {
             writeln!(stdout, "--- sample {i} (seed {sample_seed}) ---")
@@ -232,16 +249,8 @@ fn run_samples(
         writeln!(stdout, "{}", serde_json::Value::Array(all)).map_err(stdout_error)?;
     }
     stdout.flush().map_err(stdout_error)?;
-    let st = engine.stats();
-    eprintln!(
-        "load {:.2} s | prompt {} tokens once | {n} samples, {} tokens, {:.1} t/s | \
-         KV peak {} pages ({} bytes)",
-        loaded.load_time.as_secs_f64(),
-        prompt_ids.len(),
-        st.generated_tokens,
-        st.generated_tokens as f64 / wall.max(1e-9),
-        st.peak_pages,
-        st.peak_pages * engine.cache().page_bytes(),
-    );
+    if let Some(summary) = summary {
+        eprintln!("{summary}");
+    }
     Ok(())
 }

@@ -303,3 +303,18 @@ fn chat_user_text_cannot_forge_special_tokens() {
     // As text, each `<|im_…|>` is several tokens; parsed, one control token each.
     assert!(plain > parsed + 4, "plain {plain}, parsed {parsed}");
 }
+
+#[test]
+fn n_predict_zero_generates_nothing_alone_or_with_samples() {
+    let o = run(&["run", "-p", "The capital of France is", "-n", "0", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["tokens"], serde_json::json!([]), "{v}");
+    assert_eq!(v["text"], "");
+    let o = run(&["run", "-p", "The capital of France is", "-n", "0", "--samples", "2", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let samples = v.as_array().unwrap();
+    assert_eq!(samples.len(), 2, "{v}");
+    assert!(samples.iter().all(|s| s["tokens"] == serde_json::json!([]) && s["text"] == ""), "{v}");
+}

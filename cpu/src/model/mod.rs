@@ -32,8 +32,9 @@ use crate::model_file::ModelFileError;
 pub enum ModelError {
     /// The file could not be opened or is not valid GGUF.
     File(ModelFileError),
-    /// Metadata or a tensor is missing or malformed.
-    Gguf(pagoda_core::gguf::GgufError),
+    /// Metadata or a tensor is missing or malformed (boxed: the error carries names
+    /// inline, and would make every `Result` of the crate as large).
+    Gguf(Box<pagoda_core::gguf::GgufError>),
     /// The file is valid but describes something pagoda cannot run.
     Unsupported(String),
     /// Inconsistent shapes or values.
@@ -101,7 +102,7 @@ impl std::error::Error for ModelError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             ModelError::File(e) => Some(e),
-            ModelError::Gguf(e) => Some(e),
+            ModelError::Gguf(e) => Some(&**e),
             _ => None,
         }
     }
@@ -115,6 +116,6 @@ impl From<ModelFileError> for ModelError {
 
 impl From<pagoda_core::gguf::GgufError> for ModelError {
     fn from(e: pagoda_core::gguf::GgufError) -> Self {
-        ModelError::Gguf(e)
+        ModelError::Gguf(Box::new(e))
     }
 }
