@@ -12,6 +12,7 @@
 #
 # Usage: scripts/bench-vs-llamacpp.sh [-m MODEL] [-p 512] [-n 128] [-t 1,2] [-d 0,4096]
 #                                     [-R REPS (alternations, default 3)] [-r REPS per call (default 1)]
+#                                     [--busy K (K shell loops keep cores busy meanwhile)]
 #        scripts/bench-vs-llamacpp.sh --build-only
 # Env: LLAMACPP_BENCH=/path/to/llama-bench skips the build (BUILD_JOBS: its -j); PAGODA_BENCH_ARGS adds flags to
 # `pagoda bench` (e.g. "--kv-type bf16").
@@ -19,7 +20,7 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 model="$here/models/SmolLM2-135M-Instruct.Q4_1.gguf"
-p=512 n=128 threads=1,2 depths=0,4096 alternations=3 reps=1 build_only=0
+p=512 n=128 threads=1,2 depths=0,4096 alternations=3 reps=1 build_only=0 busy=0
 while [ $# -gt 0 ]; do
   case "$1" in
     -m) model=$2; shift 2 ;;
@@ -30,7 +31,8 @@ while [ $# -gt 0 ]; do
     -R) alternations=$2; shift 2 ;;
     -r) reps=$2; shift 2 ;;
     --build-only) build_only=1; shift ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    --busy) busy=$2; shift 2 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "bench-vs-llamacpp: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -82,7 +84,18 @@ echo "bench-vs-llamacpp: building pagoda (release)" >&2
 pagoda="$here/target/release/pagoda"
 
 out=$(mktemp -d)
-trap 'rm -rf "$out"' EXIT
+spinners=()
+cleanup() {
+  for pid in "${spinners[@]}"; do kill "$pid" 2>/dev/null || true; done
+  rm -rf "$out"
+}
+trap cleanup EXIT
+# Another process taking a core, as on a shared machine: K busy shell loops.
+for _ in $(seq 1 "$busy"); do
+  sh -c 'while :; do :; done' &
+  spinners+=("$!")
+done
+[ "$busy" -gt 0 ] && echo "bench-vs-llamacpp: $busy busy loop(s) running: ${spinners[*]}" >&2
 for i in $(seq 1 "$alternations"); do
   echo "bench-vs-llamacpp: round $i/$alternations: llama.cpp" >&2
   "$llama_bench" -m "$model" -p "$p" -n "$n" -t "$threads" -d "$depths" -r "$reps" -o jsonl \
