@@ -15,8 +15,9 @@ if [ -z "$targets" ]; then
   echo "fuzz-smoke: no fuzz targets" >&2
   exit 1
 fi
-# Build every target once, so the time budget below is spent fuzzing, not compiling.
-cargo +nightly fuzz build -O
+# Build every target once (optimised, with debug assertions and overflow checks), so the
+# time budget below is spent fuzzing, not compiling.
+cargo +nightly fuzz build -O -a
 for t in $targets; do
   echo "fuzz-smoke: $t for ${secs}s"
   seeds="seeds/$t"
@@ -26,6 +27,6 @@ for t in $targets; do
   [ -d "$seeds" ] && args+=("$seeds")
   # Crashes found earlier and fixed since: replayed first, they must pass.
   [ -d "regressions/$t" ] && args+=("regressions/$t")
-  cargo +nightly fuzz run -O "$t" "${args[@]}" -- -max_total_time="$secs" -rss_limit_mb=2048 \
+  cargo +nightly fuzz run -O -a "$t" "${args[@]}" -- -max_total_time="$secs" -rss_limit_mb=2048 \
     -timeout=10
 done

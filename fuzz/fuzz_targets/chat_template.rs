@@ -48,13 +48,22 @@ fuzz_target!(|data: &[u8]| {
     let messages: Vec<Message> =
         input.messages.iter().take(64).map(|(r, c)| Message::new(r.as_str(), c.as_str())).collect();
     let out = t.render(&messages, input.add_generation_prompt);
-    let mut rest = out.as_str();
-    for m in &messages {
-        let block = format!("<|im_start|>{}\n{}<|im_end|>\n", m.role, m.content);
-        let at = rest.find(&block).unwrap_or_else(|| panic!("{m:?} missing from {out:?}"));
-        rest = &rest[at + block.len()..];
+    // The documented rendering: the template's default system block unless the conversation
+    // starts with a system message, every message in order, then the generation prompt.
+    let ChatTemplate::ChatMl { default_system } = &t;
+    let mut want = String::new();
+    if messages.first().is_none_or(|m| m.role != "system") {
+        if let Some(sys) = default_system {
+            want += &format!("<|im_start|>system\n{sys}<|im_end|>\n");
+        }
     }
-    assert_eq!(rest, if input.add_generation_prompt { "<|im_start|>assistant\n" } else { "" });
+    for m in &messages {
+        want += &format!("<|im_start|>{}\n{}<|im_end|>\n", m.role, m.content);
+    }
+    if input.add_generation_prompt {
+        want += "<|im_start|>assistant\n";
+    }
+    assert_eq!(out, want);
     let turn = t.user_turn(input.system.as_deref(), &input.user, input.first);
     let tail = format!("<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n", input.user);
     assert!(turn.ends_with(&tail), "{turn:?}");

@@ -39,7 +39,8 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         }
     }
     // Raw bytes as ids (in and out of range) through both decoders.
-    let ids: Vec<u32> = data.chunks(2).map(|c| u32::from(c[0]) << 8 | u32::from(*c.get(1).unwrap_or(&0))).collect();
+    let ids: Vec<u32> =
+        data.chunks(2).map(|c| u32::from(c[0]) << 8 | u32::from(*c.get(1).unwrap_or(&0))).collect();
     let mut dec = tok.stream_decoder();
     let mut streamed: String = ids.iter().map(|&id| dec.push(id)).collect();
     streamed.push_str(&dec.finish());
