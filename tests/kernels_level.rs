@@ -32,10 +32,28 @@ fn unavailable_level_is_refused() {
     assert!(Kernels::new(SimdLevel::Neon).is_err());
 }
 
-/// Runs this test binary again with `PAGODA_SIMD` set: the child checks what it got.
+/// Prints `log` records on stderr, as the CLI's logger does (the library itself never
+/// prints).
+struct StderrLog;
+
+impl log::Log for StderrLog {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+    fn log(&self, record: &log::Record<'_>) {
+        eprintln!("{}: {}", record.level(), record.args());
+    }
+    fn flush(&self) {}
+}
+
+/// Runs this test binary again with `PAGODA_SIMD` set: the child checks what it got, and
+/// that an unusable value is reported as a `log` warning.
 #[test]
 fn pagoda_simd_forces_a_level_or_falls_back() {
     if let Ok(want) = std::env::var("PAGODA_SIMD_TEST_EXPECT") {
+        static LOG: StderrLog = StderrLog;
+        log::set_logger(&LOG).unwrap();
+        log::set_max_level(log::LevelFilter::Warn);
         assert_eq!(simd_level().name(), want);
         return;
     }
@@ -61,7 +79,10 @@ fn pagoda_simd_forces_a_level_or_falls_back() {
         );
         if set != want {
             let err = String::from_utf8_lossy(&out.stderr);
-            assert!(err.contains("PAGODA_SIMD"), "PAGODA_SIMD={set}: no warning on stderr: {err}");
+            assert!(
+                err.contains("WARN: PAGODA_SIMD"),
+                "PAGODA_SIMD={set}: no logged warning: {err}"
+            );
         }
     }
 }
