@@ -149,3 +149,17 @@ fn parsed_policies_resolve_to_bounded_rules() {
     assert_eq!(r.max_pages(16), Some(64));
     assert_eq!(KvPolicy::Full.resolve(2048, 16).unwrap().max_pages(16), None);
 }
+
+/// Found by the kv_policy fuzz target (fuzz/regressions/kv_policy/pyramid_budget_overflow):
+/// a huge pyramid budget overflowed `bottom × (n_layers − 1)`, and a huge layer count made
+/// building the budgets loop for ever. Both are refused now, quickly.
+#[test]
+fn pyramid_budgets_out_of_range_are_refused_not_overflowed_or_looped() {
+    let huge = KvPolicy::parse("pyramid:18446744073709551615").unwrap();
+    assert!(huge.resolve_layer(2048, 16, 0, 30).is_err());
+    let ok = KvPolicy::parse("pyramid:512").unwrap();
+    assert!(ok.resolve_layer(2048, 16, 0, 30).is_ok());
+    assert!(ok.resolve_layer(2048, 16, 0, 1 << 16).is_ok());
+    assert!(ok.resolve_layer(2048, 16, 0, (1 << 16) + 1).is_err());
+    assert!(ok.resolve_layer(2048, 16, 0, usize::MAX).is_err());
+}

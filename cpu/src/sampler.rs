@@ -132,7 +132,14 @@ impl Sampler {
 
     /// Choose the next token from `logits` (one per vocabulary entry). `logits` is
     /// modified in place by the repetition penalty.
+    ///
+    /// # Panics
+    /// If `logits` is empty: a vocabulary has at least one token, and a model's logits
+    /// have one per token (found by the sampler fuzz target: it used to return token 0,
+    /// outside the logits, or index an empty candidate list).
+    #[track_caller]
     pub fn sample(&mut self, logits: &mut [f32]) -> u32 {
+        assert!(!logits.is_empty(), "Sampler::sample: empty logits (one per vocabulary entry)");
         self.apply_penalty(logits);
         if self.cfg.temperature <= 0.0 {
             return argmax(logits);
@@ -258,6 +265,13 @@ mod tests {
 
     fn logits() -> Vec<f32> {
         vec![0.1, 2.0, -1.0, 1.9, 0.0, 3.0, -5.0, 2.5]
+    }
+
+    #[test]
+    #[should_panic(expected = "empty logits")]
+    fn sampling_empty_logits_is_a_documented_panic_not_token_0() {
+        let mut s = Sampler::new(SamplerConfig::greedy()).unwrap();
+        s.sample(&mut []);
     }
 
     #[test]

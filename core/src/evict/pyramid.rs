@@ -37,6 +37,14 @@ use super::{EvictionRule, PolicyError};
 /// PyramidKV's β: the top layer selects `1/β` of the average (the paper's default, 20).
 pub const PYRAMID_BETA: usize = 20;
 
+/// The most layers [`PyramidBudgets`] plans for (real models have at most a few hundred):
+/// building the budgets sums over the layers, and the integer formula multiplies by them.
+pub const PYRAMID_MAX_LAYERS: usize = 1 << 16;
+
+/// The largest average budget [`PyramidBudgets`] accepts, in pages (2^40 pages: far past
+/// any memory), so that `budget × layers` cannot overflow.
+pub const PYRAMID_MAX_BUDGET_PAGES: usize = 1 << 40;
+
 /// The per-layer page budgets of PyramidKV (see the module docs for the formula).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PyramidBudgets {
@@ -61,8 +69,11 @@ impl PyramidBudgets {
         if budget_pages < 2 {
             return Err(PolicyError::OutOfRange { what: "a pyramid budget (at least 2 pages)" });
         }
-        if n_layers == 0 {
-            return Err(PolicyError::OutOfRange { what: "the number of layers" });
+        if budget_pages > PYRAMID_MAX_BUDGET_PAGES {
+            return Err(PolicyError::OutOfRange { what: "a pyramid budget (at most 2^40 pages)" });
+        }
+        if n_layers == 0 || n_layers > PYRAMID_MAX_LAYERS {
+            return Err(PolicyError::OutOfRange { what: "the number of layers (1 to 65 536)" });
         }
         let recent_pages = budget_pages.div_ceil(2);
         let m = budget_pages - recent_pages;
