@@ -78,8 +78,10 @@ fn random_request(
         max_tokens: rng.range(1, 14),
         sampler,
         // Under an evicting policy a fork keeps every page its siblings still share (see
-        // `Engine::with_policy`), so its tokens depend on whether a sibling was preempted:
-        // solo-run equality holds for single samples only there.
+        // `Engine::with_policy`), so its tokens depend on how far its siblings have got: on
+        // preemptions, and on the token budget's share-out among running sequences (seen
+        // without any preemption, H2O, max_batch_tokens 12). Solo-run equality holds for
+        // single samples only there.
         n: if rng.chance(30) && !policy.evicts() { rng.range(2, 4) } else { 1 },
         stop_tokens,
     }
