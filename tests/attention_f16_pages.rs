@@ -5,6 +5,9 @@
 //! within f16 rounding of the exact f64 attention. Random GQA shapes, head dims (64 and 128
 //! take the AVX-512 kernel, others the portable one), block sizes and contexts.
 
+mod common;
+
+use common::Rng;
 use half::f16;
 use pagoda_core::attention::naive::naive_attention;
 use pagoda_core::attention::AttnConfig;
@@ -19,19 +22,6 @@ fn config() -> ProptestConfig {
         ProptestConfig { failure_persistence: None, ..ProptestConfig::default() }
     } else {
         ProptestConfig { cases: 32, failure_persistence: None, ..ProptestConfig::default() }
-    }
-}
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn unit(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
     }
 }
 

@@ -6,6 +6,9 @@
 //! (through this generic kernel; the model's f16 pages use `paged_attention_f16`), and
 //! with the flash-decoding split off, automatic, and forced to several page ranges.
 
+mod common;
+
+use common::Rng;
 use half::f16;
 use pagoda_core::attention::naive::naive_attention;
 use pagoda_core::attention::{paged_decode, paged_prefill, AttnConfig, AttnError};
@@ -24,24 +27,6 @@ fn config() -> ProptestConfig {
 }
 
 const REL_TOL: f32 = 1e-5;
-
-/// xorshift64*: deterministic data from a proptest-chosen seed.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    /// Uniform in [-1, 1).
-    fn unit(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
 
 #[derive(Clone, Debug)]
 struct Case {

@@ -1,6 +1,7 @@
 //! `Engine::cancel`: a cancelled request's pages (its forks' too) go back in the call, the
 //! other requests finish with the tokens they get alone, and ids are reusable.
 
+mod common;
 mod engine_common;
 
 use std::collections::HashMap;

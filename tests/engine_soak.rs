@@ -9,6 +9,7 @@
 //!
 //! `PAGODA_SOAK_REQUESTS` sets the number of requests (default 2000, split over the rounds).
 
+mod common;
 mod engine_common;
 
 use std::collections::{HashMap, HashSet};
@@ -18,28 +19,10 @@ use pagoda::cpu::engine::{Engine, EngineConfig, Request, RequestId, SampleOutput
 use pagoda::cpu::model::{KvType, Llama};
 use pagoda::cpu::sampler::SamplerConfig;
 
+use common::Rng;
 use engine_common::{prompt_in, tiny_llama, TinyShape};
 
 const BS: usize = 8;
-
-/// xorshift64*: the soak's only source of randomness, so a failing run replays.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    /// Uniform in `lo..hi`.
-    fn range(&mut self, lo: usize, hi: usize) -> usize {
-        lo + (self.next() % (hi - lo) as u64) as usize
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
-    }
-}
 
 fn policies() -> [KvPolicy; 4] {
     [

@@ -6,6 +6,8 @@ use pagoda::cpu::engine::{Engine, RequestOutput, StepOutput};
 use pagoda::cpu::model::{KvType, Llama, Session, SessionOptions};
 use pagoda::cpu::sampler::argmax;
 
+use crate::common::synthetic::{write_gguf, Meta};
+
 /// The unbatched reference: `steps` greedy tokens of `prompt` through a [`Session`] of its
 /// own (prompt in one chunk, then one token at a time) with pages of `block_size` tokens
 /// (the page size changes the order of attention's per-page sums, so it must match).
@@ -124,7 +126,6 @@ pub fn tiny_llama(shape: TinyShape, seed: u64) -> Llama {
 
 /// The GGUF bytes of [`tiny_llama`].
 pub fn tiny_llama_gguf(shape: TinyShape, seed: u64) -> Vec<u8> {
-    const ALIGN: usize = 32;
     let s = shape;
     let head_dim = s.dim / s.n_heads;
     let kv_dim = s.n_kv_heads * head_dim;
@@ -174,49 +175,18 @@ pub fn tiny_llama_gguf(shape: TinyShape, seed: u64) -> Vec<u8> {
     tensors.push(("output_norm.weight".into(), vec![s.dim as u64], rnd2(s.dim)));
     tensors.push(matrix("output.weight".into(), s.vocab, s.dim, 4.0 * w));
 
-    let mut b = Vec::new();
-    let put_u32 = |b: &mut Vec<u8>, v: u32| b.extend_from_slice(&v.to_le_bytes());
-    let put_u64 = |b: &mut Vec<u8>, v: u64| b.extend_from_slice(&v.to_le_bytes());
-    let put_str = |b: &mut Vec<u8>, v: &str| {
-        b.extend_from_slice(&(v.len() as u64).to_le_bytes());
-        b.extend_from_slice(v.as_bytes());
-    };
-    let kv_u32 = [
+    let arch = ("general.architecture".to_string(), Meta::Str("llama".into()));
+    let counts = [
         ("llama.block_count", s.n_layers),
         ("llama.embedding_length", s.dim),
         ("llama.feed_forward_length", s.ffn_dim),
         ("llama.attention.head_count", s.n_heads),
         ("llama.attention.head_count_kv", s.n_kv_heads),
         ("llama.context_length", s.context_length),
-        ("general.alignment", ALIGN),
-    ];
-    b.extend_from_slice(b"GGUF");
-    put_u32(&mut b, 3);
-    put_u64(&mut b, tensors.len() as u64);
-    put_u64(&mut b, kv_u32.len() as u64 + 1);
-    put_str(&mut b, "general.architecture");
-    put_u32(&mut b, 8); // string
-    put_str(&mut b, "llama");
-    for (k, v) in kv_u32 {
-        put_str(&mut b, k);
-        put_u32(&mut b, 4); // u32
-        put_u32(&mut b, v as u32);
-    }
-    let mut offset = 0usize;
-    for (name, dims, values) in &tensors {
-        put_str(&mut b, name);
-        put_u32(&mut b, dims.len() as u32);
-        dims.iter().for_each(|&d| put_u64(&mut b, d));
-        put_u32(&mut b, 0); // F32
-        put_u64(&mut b, offset as u64);
-        offset = (offset + 4 * values.len()).next_multiple_of(ALIGN);
-    }
-    b.resize(b.len().next_multiple_of(ALIGN), 0);
-    for (_, _, values) in &tensors {
-        values.iter().for_each(|v| b.extend_from_slice(&v.to_le_bytes()));
-        b.resize(b.len().next_multiple_of(ALIGN), 0);
-    }
-    b
+    ]
+    .map(|(k, v)| (k.to_string(), Meta::U32(v as u32)));
+    let meta: Vec<(String, Meta)> = std::iter::once(arch).chain(counts).collect();
+    write_gguf(&meta, &tensors)
 }
 
 /// `len` pseudo-random token ids below `vocab`, reproducible from `seed`.
