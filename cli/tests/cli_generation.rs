@@ -318,3 +318,39 @@ fn n_predict_zero_generates_nothing_alone_or_with_samples() {
     assert_eq!(samples.len(), 2, "{v}");
     assert!(samples.iter().all(|s| s["tokens"] == serde_json::json!([]) && s["text"] == ""), "{v}");
 }
+
+/// Under a memory limit, every failure is a one-line error and exit 1 — never a panic or an
+/// abort: the thread pool is built up front (rayon's lazily built pool panicked), the model
+/// and the KV cache are allocated fallibly. The sweep crosses each of those failure points.
+#[test]
+fn memory_limits_give_errors_not_panics_or_aborts() {
+    let bin = env!("CARGO_BIN_EXE_pagoda");
+    let model = model();
+    let mut seen_threads = false;
+    for kib in [4_000, 6_000, 8_000, 10_000, 12_000, 16_000, 24_000, 32_000, 64_000, 128_000] {
+        let script =
+            format!("ulimit -v {kib}; exec \"$0\" run -m \"$1\" -p hi -n 2 --temp 0 --mmap");
+        let o = Command::new("sh")
+            .args(["-c", &script, bin, model.to_str().unwrap()])
+            .output()
+            .expect("run sh");
+        let err = stderr(&o);
+        let code = o.status.code();
+        if code == Some(127) && err.contains("error while loading shared libraries") {
+            continue; // too little to start the program at all: the loader's failure
+        }
+        assert!(
+            code == Some(0) || code == Some(1),
+            "ulimit -v {kib}: status {:?}: {err}",
+            o.status
+        );
+        if code == Some(1) {
+            assert!(
+                err.starts_with("error: ") && err.trim_end().lines().count() == 1,
+                "{kib}: {err}"
+            );
+            seen_threads |= err.contains("worker threads");
+        }
+    }
+    assert!(seen_threads, "no limit in the sweep made the thread pool fail");
+}
