@@ -41,9 +41,10 @@ pub const PYRAMID_BETA: usize = 20;
 /// building the budgets sums over the layers, and the integer formula multiplies by them.
 pub const PYRAMID_MAX_LAYERS: usize = 1 << 16;
 
-/// The largest average budget [`PyramidBudgets`] accepts, in pages (2^40 pages: far past
-/// any memory), so that `budget × layers` cannot overflow.
-pub const PYRAMID_MAX_BUDGET_PAGES: usize = 1 << 40;
+/// The largest average budget [`PyramidBudgets`] accepts, in pages, so that
+/// `budget × layers` cannot overflow: 2^46 pages on 64-bit targets (far past any memory),
+/// 2^14 on 32-bit ones.
+pub const PYRAMID_MAX_BUDGET_PAGES: usize = usize::MAX / (4 * PYRAMID_MAX_LAYERS) + 1;
 
 /// The per-layer page budgets of PyramidKV (see the module docs for the formula).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
