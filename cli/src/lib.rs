@@ -2,6 +2,18 @@
 //! calls [`main`]; the modules are here so that parts of the CLI can be tested and fuzzed
 //! on their own (`pagoda_cli::batch::parse_request_line`).
 //!
+//! ```
+//! use pagoda_cpu::sampler::SamplerConfig;
+//! use pagoda_cli::batch::parse_request_line;
+//!
+//! let line = r#"{"id": "a", "prompt": "Once upon a time", "temperature": 0}"#;
+//! let req = parse_request_line(line, 1, &SamplerConfig::default(), 64)?;
+//! assert_eq!((req.prompt.as_str(), req.n_predict, req.sampler.temperature), ("Once upon a time", 64, 0.0));
+//! let bad = parse_request_line(r#"{"prompt": 3}"#, 7, &SamplerConfig::default(), 64);
+//! assert!(bad.unwrap_err().starts_with("line 7:"));
+//! # Ok::<(), String>(())
+//! ```
+//!
 //! Exit codes: 0 success, 1 runtime error (bad model, prompt too long, a failed batch
 //! request, …), 2 usage error, 130 / 143 `batch` interrupted by SIGINT / SIGTERM (after
 //! writing every completed result), 141 stdout closed by its reader (`pagoda … | head`):
