@@ -328,7 +328,9 @@ impl EvictionRule {
         match *self {
             EvictionRule::KeepAll => None,
             EvictionRule::SinkWindow { sink, window } => {
-                Some(sink.div_ceil(bs) + window.saturating_sub(1).div_ceil(bs) + 2)
+                // Saturating: `sink` and `window` come from user input (`sink:S,window:W`).
+                let kept = sink.div_ceil(bs).saturating_add(window.saturating_sub(1).div_ceil(bs));
+                Some(kept.saturating_add(2))
             }
             EvictionRule::HeavyHitters { budget_pages, .. } => Some(budget_pages),
         }

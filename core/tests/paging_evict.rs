@@ -163,3 +163,13 @@ fn pyramid_budgets_out_of_range_are_refused_not_overflowed_or_looped() {
     assert!(ok.resolve_layer(2048, 16, 0, (1 << 16) + 1).is_err());
     assert!(ok.resolve_layer(2048, 16, 0, usize::MAX).is_err());
 }
+
+/// Found by the kv_policy fuzz smoke (fuzz/regressions/kv_policy/sink_window_max_pages_overflow):
+/// `sink:S,window:W` near `usize::MAX` at one token a page overflowed `max_pages`.
+#[test]
+fn sink_window_max_pages_saturates_instead_of_overflowing() {
+    let rule = EvictionRule::SinkWindow { sink: usize::MAX, window: usize::MAX };
+    assert_eq!(rule.max_pages(1), Some(usize::MAX));
+    let rule = EvictionRule::SinkWindow { sink: 4, window: 32 };
+    assert_eq!(rule.max_pages(16), Some(1 + 2 + 2));
+}
