@@ -57,15 +57,7 @@ pub fn greedy(s: &mut Session<'_>, prompt: &[u32], steps: usize) -> Vec<u32> {
 
 /// `len` pseudo-random token ids (ordinary vocabulary range), reproducible from `seed`.
 pub fn prompt(seed: u64, len: usize) -> Vec<u32> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            200 + (x % 20_000) as u32
-        })
-        .collect()
+    prompt_in(seed, len, 20_000).into_iter().map(|t| 200 + t).collect()
 }
 
 /// Steps `engine` to the end, checking its invariants after every step; returns the
