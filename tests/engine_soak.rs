@@ -33,13 +33,7 @@ fn policies() -> [KvPolicy; 4] {
     ]
 }
 
-fn random_request(
-    rng: &mut Rng,
-    id: u64,
-    stems: &[Vec<u32>],
-    vocab: usize,
-    policy: KvPolicy,
-) -> Request {
+fn random_request(rng: &mut Rng, id: u64, stems: &[Vec<u32>], vocab: usize) -> Request {
     let stem = &stems[rng.range(0, stems.len())];
     let mut prompt = stem[..rng.range(0, stem.len() + 1)].to_vec();
     prompt.extend(prompt_in(rng.next(), rng.range(1, 20), vocab));
@@ -60,12 +54,10 @@ fn random_request(
         prompt,
         max_tokens: rng.range(1, 14),
         sampler,
-        // Under an evicting policy a fork keeps every page its siblings still share (see
-        // `Engine::with_policy`), so its tokens depend on how far its siblings have got: on
-        // preemptions, and on the token budget's share-out among running sequences (seen
-        // without any preemption, H2O, max_batch_tokens 12). Solo-run equality holds for
-        // single samples only there.
-        n: if rng.chance(30) && !policy.evicts() { rng.range(2, 4) } else { 1 },
+        // Forks under every policy: a sample evicts what it would evict alone, pages its
+        // siblings share included (see `Engine::with_policy`), so its tokens do not depend on
+        // how far its siblings have got.
+        n: if rng.chance(30) { rng.range(2, 4) } else { 1 },
         stop_tokens,
     }
 }
@@ -115,7 +107,7 @@ fn round(model: &Llama, policy: KvPolicy, n_requests: usize, seed: u64, totals: 
         // Arrivals: bursts, with the queue kept short enough for requests to finish.
         if next_id < n_requests as u64 && live.len() < 8 {
             for _ in 0..rng.range(0, 4).min(n_requests - next_id as usize) {
-                let req = random_request(&mut rng, next_id, &stems, vocab, policy);
+                let req = random_request(&mut rng, next_id, &stems, vocab);
                 engine.add_request(req.clone()).unwrap_or_else(|e| panic!("{:?}: {e}", req));
                 totals.forks += req.n - 1;
                 live.push(req.id);
@@ -184,16 +176,21 @@ fn thousands_of_random_requests_match_their_solo_runs_and_leak_nothing() {
     let rounds = 8;
     let mut totals = Totals::default();
     let mut preempted_under = HashSet::new();
+    let mut forked_under = HashSet::new();
     for r in 0..rounds {
         let policy = policies()[r % 4];
-        let before = totals.preemptions;
+        let (preemptions, forks) = (totals.preemptions, totals.forks);
         round(&model, policy, n.div_ceil(rounds), 0x50A4 + r as u64, &mut totals);
-        if totals.preemptions > before {
+        if totals.preemptions > preemptions {
             preempted_under.insert(policy.to_string());
+        }
+        if totals.forks > forks {
+            forked_under.insert(policy.to_string());
         }
     }
     eprintln!("soak: {n} requests, {totals:?}, preemptions under {preempted_under:?}");
     assert!(totals.preemptions > 0 && preempted_under.len() == 4, "{preempted_under:?}");
+    assert_eq!(forked_under.len(), 4, "forks under {forked_under:?}");
     assert!(totals.cancelled_running > 0 && totals.cancelled_waiting > 0, "{totals:?}");
     assert!(totals.forks > 0);
 }

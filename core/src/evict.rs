@@ -26,9 +26,11 @@
 //!   own block table and its own budget, shrinking linearly with depth ([`PyramidBudgets`]).
 //!   Per-layer rules come from [`KvPolicy::resolve_layer`].
 //!
-//! A page shared with another table (refcount > 1) is never a victim: dropping this table's
-//! hold would not free memory, and the other sequence still needs it. The sequence then simply
-//! keeps more than the policy asks for.
+//! Shared pages: a [`SeqView`] reports each page's refcount, and a page shared with another
+//! table (refcount > 1) is never a victim of the rule — the sequence keeps more than the
+//! policy asks for, and [`evict_page`] refuses such a page. A caller that wants a sequence to
+//! evict what it would evict alone, shared or not, reports every page as its own and removes
+//! victims with [`drop_page`], which lets go of this table's reference only.
 
 use core::fmt;
 
@@ -516,6 +518,41 @@ where
     if refcount != cache_holds.saturating_add(1) {
         return Err(EvictError::Shared { page: victim, refcount });
     }
+    drop_page(table, index, pool)
+}
+
+/// Removes logical page `index` (any page but the last) from `table` whoever else holds it:
+/// the table lets go of its one reference, so the page is freed if the table held it alone
+/// and otherwise stays allocated to its other holders (a fork's siblings, a prefix cache).
+/// The pages after it move up one place and the table holds `block_size` fewer tokens.
+/// Returns the page; all or nothing.
+///
+/// This is what a sequence under an eviction policy does to a page it shares: it forgets
+/// the page as it would alone, so its attention (and its tokens) do not depend on who else
+/// holds the page — at the price that evicting a shared page frees no memory until its
+/// last holder lets go of it too.
+///
+/// ```text
+///   A [p7 p2 p9]  B [p7 p2 p5]   drop_page(A, 0)   A [p2 p9]  B [p7 p2 p5]   p7: refcount 1
+/// ```
+///
+/// Built from the public table API: a fresh table takes a shared hold on every kept page
+/// ([`BlockTable::push_shared_page`]), then the old table lets go of all of its pages, so the
+/// kept pages end where they started and the victim's count drops by one.
+pub fn drop_page<L, S>(
+    table: &mut BlockTable<L>,
+    index: usize,
+    pool: &mut BlockPool<S>,
+) -> Result<PageId, EvictError>
+where
+    L: PageList + Default,
+    S: AsRef<[PageEntry]> + AsMut<[PageEntry]>,
+{
+    let pages = table.pages().len();
+    if index + 1 >= pages {
+        return Err(EvictError::NotEvictable { index, pages });
+    }
+    let victim = table.pages()[index];
     let bs = table.block_size();
     let mut fresh = BlockTable::new(bs, L::default())?;
     for (i, &p) in table.pages().iter().enumerate() {

@@ -286,3 +286,24 @@ fn evict_cached_page_lets_go_of_a_page_a_cache_also_holds() {
     child.free(&mut pool).unwrap();
     pool.check_invariants().unwrap();
 }
+
+#[test]
+fn drop_page_lets_go_of_a_shared_page_and_leaves_it_to_the_other_holder() {
+    let mut pool = BlockPool::new([PageEntry::VACANT; 16]).unwrap();
+    let mut t = filled(&mut pool, 4, 12);
+    let child = t.fork(&mut pool).unwrap();
+    let shared = t.pages()[0];
+    let kept = [t.pages()[1], t.pages()[2]];
+    assert_eq!(drop_page(&mut t, 0, &mut pool), Ok(shared));
+    assert_eq!(t.len(), 8);
+    assert_eq!(t.pages(), &kept[..]);
+    // The child still holds it: allocated, one holder.
+    assert_eq!(pool.refcount(shared), Ok(1));
+    assert_eq!(child.pages()[0], shared);
+    pool.check_holders([t.pages(), child.pages()].into_iter()).unwrap();
+    pool.check_invariants().unwrap();
+    assert_eq!(
+        drop_page(&mut t, 1, &mut pool),
+        Err(EvictError::NotEvictable { index: 1, pages: 2 })
+    );
+}

@@ -24,9 +24,10 @@
 //! policy takes alone (prompt in page-aligned steps, never split by the token budget, then
 //! one token per step), so a greedy request gives the same tokens as
 //! `Session::with_policy`. A page another sequence holds too (a fork's shared pages, a
-//! prefix-cache hit still in use by another sequence) is never evicted: the rule skips it
-//! and the sequence keeps more than it asks for. A page only the prefix index holds besides
-//! the sequence is let go of (it stays cached, reclaimable).
+//! prefix-cache hit in use by another sequence) is evicted from this sequence only: it
+//! drops its reference and the page stays with its other holders, so a fork under a policy
+//! attends to what it would attend to alone. A page only the prefix index holds besides the
+//! sequence stays cached and becomes reclaimable.
 //!
 //! Per-layer policies (PyramidKV): the pool holds single-layer pages (`kv_pages × n_layers`
 //! of them, the bytes of `kv_pages` all-layer pages) and each sequence one block table per
@@ -772,14 +773,12 @@ impl<'m> Engine<'m> {
         }
     }
 
-    /// Evicts `running[i]`'s pages for its next step; pages the prefix index also holds are
-    /// let go of and become reclaimable cached pages.
+    /// Evicts `running[i]`'s pages for its next step; pages another sequence or the prefix
+    /// index also holds stay with them (a cached page nobody else uses becomes reclaimable).
     fn evict(&mut self, i: usize) -> Result<(), EngineError> {
         let seq = &mut self.running[i];
         let Some(evictor) = &mut seq.evictor else { return Ok(()) };
-        let index = &self.index;
-        let dropped =
-            evictor.evict_with(&mut self.cache, &mut seq.tables, |p| index.contains(p))?;
+        let dropped = evictor.evict_pages(&mut self.cache, &mut seq.tables)?;
         self.stats.policy_evictions += dropped.len() as u64;
         for p in dropped {
             self.index.released(p, self.cache.pool());

@@ -23,7 +23,7 @@
 //! of state here (rule, page positions, mass) is kept per table; layer `l`'s mass counts
 //! layer `l`'s attention only.
 
-use pagoda_core::evict::{evict_cached_page, EvictionRule, KvPolicy, SeqView};
+use pagoda_core::evict::{drop_page, EvictionRule, KvPolicy, SeqView};
 use pagoda_core::kv::{KvFormat, KvPages};
 use pagoda_core::pool::PageId;
 use rayon::prelude::*;
@@ -42,7 +42,7 @@ use super::{LlamaConfig, ModelError};
 pub struct Evictor {
     policy: KvPolicy,
     tables: Vec<TableState>,
-    /// Pages given back (or, for pages a prefix cache holds too, let go of) so far.
+    /// Pages let go of so far (freed, or left to their other holders).
     evicted_pages: usize,
 }
 
@@ -98,13 +98,12 @@ impl Evictor {
         self.policy.evicts()
     }
 
-    /// The most pages the sequence holds at once over all its tables, if none is shared
-    /// (`None`: unbounded).
+    /// The most pages the sequence holds at once over all its tables (`None`: unbounded).
     pub fn max_pages(&self, block_size: usize) -> Option<usize> {
         self.tables.iter().map(|t| t.rule.max_pages(block_size)).sum()
     }
 
-    /// Pages given back to the pool so far (over all tables).
+    /// Pages let go of so far over all tables (freed, or left to their other holders).
     pub fn evicted_pages(&self) -> usize {
         self.evicted_pages
     }
@@ -124,37 +123,34 @@ impl Evictor {
     }
 
     /// Evicts pages of each table until its rule holds for the next step (which opens a new
-    /// page if the last one is full). Returns how many pages went back to the pool.
+    /// page if the last one is full). Returns how many pages the tables let go of.
     pub fn evict(
         &mut self,
         cache: &mut KvCache,
         tables: &mut [SeqTable],
     ) -> Result<usize, ModelError> {
-        Ok(self.evict_with(cache, tables, |_| false)?.len())
+        Ok(self.evict_pages(cache, tables)?.len())
     }
 
-    /// [`evict`](Self::evict) when a prefix cache may hold pages too: `cached(page)` says
-    /// whether it does (one hold, which does not make the page shared with another
-    /// sequence). The table lets go of such a page and it stays allocated to the cache.
-    /// Returns every page let go of, so the caller can tell the cache.
-    pub fn evict_with(
+    /// [`evict`](Self::evict), returning every page let go of.
+    ///
+    /// A sequence evicts the pages it would evict alone, whoever else holds them: a page a
+    /// fork's sibling or a prefix cache holds too is dropped from this sequence's tables
+    /// only ([`drop_page`]) and stays allocated to its other holders, so the caller can tell
+    /// a prefix cache its page may have become unused. This keeps a sequence's attention,
+    /// and so its tokens, independent of what it shares (a fork under a policy gives the
+    /// tokens it gives alone).
+    pub fn evict_pages(
         &mut self,
         cache: &mut KvCache,
         tables: &mut [SeqTable],
-        cached: impl Fn(PageId) -> bool,
     ) -> Result<Vec<PageId>, ModelError> {
         self.check(tables)?;
         let mut dropped = Vec::new();
         for (st, table) in self.tables.iter_mut().zip(tables.iter_mut()) {
             loop {
-                let holds = |p: PageId| u32::from(cached(p));
-                let refcounts: Vec<u32> = table
-                    .pages()
-                    .iter()
-                    .map(|&p| {
-                        cache.pool().refcount(p).map_or(u32::MAX, |rc| rc.saturating_sub(holds(p)))
-                    })
-                    .collect();
+                // The rule sees every page as this sequence's own (see above).
+                let refcounts = vec![1u32; table.pages().len()];
                 let view = SeqView {
                     block_size: table.block_size(),
                     n_tokens: table.len(),
@@ -163,8 +159,7 @@ impl Evictor {
                 };
                 let new_page = table.len() % table.block_size() == 0;
                 let Some(i) = st.rule.next_victim(&view, new_page) else { break };
-                let victim = table.pages()[i];
-                evict_cached_page(table, i, cache.pool_mut(), holds(victim))
+                let victim = drop_page(table, i, cache.pool_mut())
                     .map_err(|e| ModelError::Invalid(format!("KV eviction: {e}")))?;
                 st.page_pos.remove(i);
                 if i < st.mass.len() {
