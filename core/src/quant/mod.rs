@@ -30,7 +30,8 @@
 //! `nearest_int` in the K-quants) and the order of float accumulation, so results are
 //! bit-identical to ggml's scalar path.
 //!
-//! [`dequantize_row`] is the single run-time dispatch over [`GgmlType`], for loaders.
+//! [`dequantize_row`] and [`quantize_row`] are the run-time dispatch over [`GgmlType`]
+//! (for loaders and quantizing tools), checked and never panicking.
 
 mod bf16;
 mod float;
@@ -65,7 +66,7 @@ pub use q6_k::BlockQ6K;
 pub use q8_0::BlockQ8_0;
 pub use q8_1::BlockQ8_1;
 pub use q8_k::BlockQ8K;
-pub use row::{dequantize_row, QuantError};
+pub use row::{dequantize_row, quantize_row, QuantError};
 
 /// Values per block of the 32-value formats (`QK4_0`, `QK4_1`, `QK8_0`, `QK8_1` in ggml).
 pub const QK: usize = 32;

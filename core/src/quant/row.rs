@@ -1,5 +1,6 @@
-//! Run-time dispatch for loaders: dequantize a row of raw tensor bytes of any
-//! supported [`GgmlType`].
+//! Run-time dispatch over [`GgmlType`]: [`dequantize_row`] (raw tensor bytes → `f32`,
+//! for loaders) and its mirror [`quantize_row`] (`f32` → raw tensor bytes, for
+//! quantizing tools).
 
 use core::fmt;
 
@@ -7,10 +8,10 @@ use half::{bf16, f16};
 
 use super::{
     BlockFormat, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
-    BlockQ8K, BlockQ8_0, BlockQ8_1, GgmlType,
+    BlockQ8K, BlockQ8_0, BlockQ8_1, GgmlType, Quantize,
 };
 
-/// Why [`dequantize_row`] refused its input.
+/// Why [`dequantize_row`] or [`quantize_row`] refused its input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum QuantError {
@@ -36,11 +37,30 @@ pub enum QuantError {
     },
     /// The bytes are not aligned for the block type: 2 bytes for F16, BF16 and the
     /// f16-scaled blocks, 4 for F32 and Q8_K. (GGUF tensor data is 32-byte aligned.)
+    /// Only [`dequantize_row`] returns it; [`quantize_row`] accepts any alignment.
     Misaligned {
         /// The tensor type.
         ty: GgmlType,
         /// Alignment the block type needs.
         align: usize,
+    },
+    /// [`quantize_row`]: the input is not a whole number of blocks of the type.
+    PartialInput {
+        /// The tensor type.
+        ty: GgmlType,
+        /// Length of the input (values).
+        values: usize,
+        /// Values per block of `ty`.
+        block: usize,
+    },
+    /// [`quantize_row`]: `out` is not exactly the size of the quantized input.
+    OutputSize {
+        /// The tensor type.
+        ty: GgmlType,
+        /// Bytes the quantized input takes (blocks × bytes per block).
+        bytes: usize,
+        /// Length of the output slice.
+        out: usize,
     },
 }
 
@@ -59,6 +79,12 @@ impl fmt::Display for QuantError {
             }
             Self::Misaligned { ty, align } => {
                 write!(f, "{ty} data is not aligned to {align} bytes")
+            }
+            Self::PartialInput { ty, values, block } => {
+                write!(f, "{values} values are not a whole number of {ty} blocks of {block} values")
+            }
+            Self::OutputSize { ty, bytes, out } => {
+                write!(f, "quantized {ty} data takes {bytes} bytes but the output holds {out}")
             }
         }
     }
@@ -106,6 +132,73 @@ fn dequantize_as<B: BlockFormat>(bytes: &[u8], out: &mut [f32]) -> Result<(), Qu
     Ok(())
 }
 
+/// Quantizes `x`, a row (or any whole number of blocks) of values, to raw tensor data
+/// of type `ty` in `out`, which must be exactly `x.len() / block values × block bytes`
+/// long: the mirror of [`dequantize_row`], producing the bytes ggml's `quantize_row_*_ref`
+/// (what llama-quantize writes without an importance matrix) would.
+///
+/// Supported: every type with a [`Quantize`] implementation (F32, F16, BF16, the legacy
+/// and K-quant weight formats, and the activation formats Q8_1 and Q8_K).
+///
+/// Never panics: unsupported types ([`QuantError::Unsupported`]), an input that is not a
+/// whole number of blocks ([`QuantError::PartialInput`]) and a wrong output length
+/// ([`QuantError::OutputSize`]) are errors. `out` may have any alignment: when it is not
+/// aligned for the block type (2 bytes for f16-scaled blocks, 4 for F32 and Q8_K), the
+/// blocks are quantized into an aligned 2 KiB stack buffer a few at a time and copied
+/// out (no heap, no `unsafe`; the bytes are the same either way).
+pub fn quantize_row(ty: GgmlType, x: &[f32], out: &mut [u8]) -> Result<(), QuantError> {
+    match ty {
+        GgmlType::F32 => quantize_as::<f32>(x, out),
+        GgmlType::F16 => quantize_as::<f16>(x, out),
+        GgmlType::BF16 => quantize_as::<bf16>(x, out),
+        GgmlType::Q4_0 => quantize_as::<BlockQ4_0>(x, out),
+        GgmlType::Q4_1 => quantize_as::<BlockQ4_1>(x, out),
+        GgmlType::Q5_0 => quantize_as::<BlockQ5_0>(x, out),
+        GgmlType::Q5_1 => quantize_as::<BlockQ5_1>(x, out),
+        GgmlType::Q8_0 => quantize_as::<BlockQ8_0>(x, out),
+        GgmlType::Q8_1 => quantize_as::<BlockQ8_1>(x, out),
+        GgmlType::Q4_K => quantize_as::<BlockQ4K>(x, out),
+        GgmlType::Q5_K => quantize_as::<BlockQ5K>(x, out),
+        GgmlType::Q6_K => quantize_as::<BlockQ6K>(x, out),
+        GgmlType::Q8_K => quantize_as::<BlockQ8K>(x, out),
+        other => Err(QuantError::Unsupported(other)),
+    }
+}
+
+/// Size of the aligned bounce buffer for misaligned [`quantize_row`] output, in `u64`s.
+const BOUNCE_WORDS: usize = 256;
+
+fn quantize_as<B: Quantize>(x: &[f32], out: &mut [u8]) -> Result<(), QuantError> {
+    if x.len() % B::BLOCK != 0 {
+        return Err(QuantError::PartialInput { ty: B::TYPE, values: x.len(), block: B::BLOCK });
+    }
+    let block_bytes = core::mem::size_of::<B>();
+    let blocks = x.len() / B::BLOCK;
+    let bytes = blocks.saturating_mul(block_bytes);
+    if out.len() != bytes {
+        return Err(QuantError::OutputSize { ty: B::TYPE, bytes, out: out.len() });
+    }
+    if let Ok(blocks) = bytemuck::try_cast_slice_mut::<u8, B>(out) {
+        B::quantize(x, blocks);
+        return Ok(());
+    }
+    // Misaligned output: quantize through an 8-byte-aligned buffer, as many whole
+    // blocks at a time as fit (every block type is at most 292 bytes).
+    let misaligned = QuantError::Misaligned { ty: B::TYPE, align: core::mem::align_of::<B>() };
+    let mut bounce = [0u64; BOUNCE_WORDS];
+    let per_chunk = (BOUNCE_WORDS * 8 / block_bytes).max(1);
+    if per_chunk * block_bytes > BOUNCE_WORDS * 8 {
+        return Err(misaligned);
+    }
+    for (xs, os) in x.chunks(per_chunk * B::BLOCK).zip(out.chunks_mut(per_chunk * block_bytes)) {
+        let tmp = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut bounce)[..os.len()];
+        let blocks = bytemuck::try_cast_slice_mut::<u8, B>(&mut *tmp).map_err(|_| misaligned)?;
+        B::quantize(xs, blocks);
+        os.copy_from_slice(tmp);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,6 +236,52 @@ mod tests {
             dequantize_row(GgmlType::F32, &bytes[1..9], &mut out),
             Err(QuantError::Misaligned { align: 4, .. })
         ));
+    }
+
+    #[test]
+    fn quantize_row_checks_its_arguments() {
+        let x = [0.5f32; 64];
+        let mut out = [0u8; 41];
+        assert_eq!(quantize_row(GgmlType::Q4_1, &x, &mut out[..40]), Ok(()));
+        assert_eq!(
+            quantize_row(GgmlType::Q4_1, &x[..63], &mut out[..40]),
+            Err(QuantError::PartialInput { ty: GgmlType::Q4_1, values: 63, block: 32 })
+        );
+        assert_eq!(
+            quantize_row(GgmlType::Q4_1, &x, &mut out),
+            Err(QuantError::OutputSize { ty: GgmlType::Q4_1, bytes: 40, out: 41 })
+        );
+        assert_eq!(
+            quantize_row(GgmlType::IQ2_XXS, &x[..0], &mut []),
+            Err(QuantError::Unsupported(GgmlType::IQ2_XXS))
+        );
+        let msg = std::format!("{}", quantize_row(GgmlType::Q8_0, &x[..3], &mut []).unwrap_err());
+        assert!(msg.contains("Q8_0") && msg.contains("32"), "{msg}");
+        assert_eq!(quantize_row(GgmlType::Q6_K, &[], &mut []), Ok(()), "zero blocks");
+    }
+
+    /// Misaligned output gives the same bytes as aligned output, for every type (several
+    /// bounce-buffer chunks for the 256-value formats).
+    #[test]
+    fn quantize_row_misaligned_output_is_the_same() {
+        let x = crate::quant::test_util::pseudo_random(20 * 256, 7, 2.0);
+        let all = (0..64).filter_map(GgmlType::from_id);
+        for ty in all.filter(|t| t.is_supported()) {
+            let n = ty.row_bytes(x.len() as u64).unwrap() as usize;
+            let mut a = std::vec![0u32; n / 4 + 2];
+            let mut b = a.clone();
+            let aligned = &mut bytemuck::cast_slice_mut::<u32, u8>(&mut a)[..n];
+            assert_eq!(quantize_row(ty, &x, aligned), Ok(()), "{ty}");
+            let shifted = &mut bytemuck::cast_slice_mut::<u32, u8>(&mut b)[1..n + 1];
+            assert_eq!(quantize_row(ty, &x, shifted), Ok(()), "{ty} misaligned");
+            assert_eq!(aligned, shifted, "{ty}");
+            // And the round trip through dequantize_row lands near the input.
+            let mut y = std::vec![0.0f32; x.len()];
+            assert_eq!(dequantize_row(ty, aligned, &mut y), Ok(()), "{ty}");
+            let se: f32 = x.iter().zip(&y).map(|(a, b)| (a - b) * (a - b)).sum();
+            let rmse = (se / x.len() as f32).sqrt();
+            assert!(rmse < 0.25, "{ty}: rmse {rmse}");
+        }
     }
 
     #[test]
