@@ -297,8 +297,8 @@ fn shape_errors_are_values_not_panics() {
         KernelError::Length { what: "weights", expected: 120, got: 80 }
     );
     assert_eq!(
-        QuantMatrix::new(GgmlType::Q6_K, 1, 256, data).unwrap_err(),
-        KernelError::UnsupportedType(GgmlType::Q6_K)
+        QuantMatrix::new(GgmlType::IQ2_XXS, 1, 256, data).unwrap_err(),
+        KernelError::UnsupportedType(GgmlType::IQ2_XXS)
     );
     assert!(matches!(
         QuantMatrix::new(GgmlType::Q4_1, 2, 64, &all[1..81]),

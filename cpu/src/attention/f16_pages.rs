@@ -541,7 +541,7 @@ impl Kernel {
 /// `_mm512_reduce_add_ps` order ([`reduce16`]); elements past the last whole step are
 /// added one by one in f64. (Products of two f16 values are exact in f32, so fused and
 /// unfused multiply-adds agree here.)
-pub(super) fn dot_scalar(k: &[f32], q: &[f32]) -> f32 {
+pub(crate) fn dot_scalar(k: &[f32], q: &[f32]) -> f32 {
     let n = k.len().min(q.len());
     let np = n / 64 * 64;
     let mut sum = [[0.0f32; 16]; 4];

@@ -52,6 +52,8 @@ mod neon;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
+/// `ggml_vec_dot_f16`'s float order on widened values (also the F16 weight matmul's).
+pub(crate) use f16_pages::dot_scalar as dot_f16_widened;
 pub use f16_pages::{paged_attention_f16, SPLIT_MIN_KEYS};
 
 use pagoda_core::attention::{check_prefill, AttnConfig, AttnError};

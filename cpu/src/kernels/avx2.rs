@@ -15,9 +15,13 @@ use core::arch::x86_64::*;
 
 use pagoda_core::quant::{BlockQ8_0, BlockQ8_1, QK};
 
-use super::activations::Acts;
+use pagoda_core::ggml_type::GgmlType;
+
+use super::activations::{Acts, Inputs};
 use super::avx512::{Q4_1, Q8_0};
 use super::scalar::scales;
+use super::table::{f32_rows, row, soa_row, Activation, WeightKernels};
+use super::SimdLevel;
 
 /// Quantize one 32-value block like llama.cpp's AVX2 `quantize_row_q8_*`: returns
 /// `(d, sum(qs))` and writes the quants.
@@ -291,4 +295,35 @@ unsafe fn f16_lo_to_f32(v: __m256i) -> __m256 {
         let h = _mm_packus_epi32(_mm256_castsi256_si128(m), _mm256_extracti128_si256::<1>(m));
         _mm256_cvtph_ps(h)
     }
+}
+
+/// This level's rows of the weight-format table (formats not listed run the scalar row).
+pub(crate) static TABLE: [WeightKernels; 4] = [
+    row(GgmlType::F32, Activation::F32, 4, f32_chunk),
+    soa_row(GgmlType::Q4_0, Activation::Q8_0, soa_chunk::<{ super::avx512::Q4_0 }>),
+    soa_row(GgmlType::Q4_1, Activation::Q8_1, soa_chunk::<{ super::avx512::Q4_1 }>),
+    soa_row(GgmlType::Q8_0, Activation::Q8_0, soa_chunk::<{ super::avx512::Q8_0 }>),
+];
+
+/// [`matmul_chunk`] as a table kernel.
+///
+/// # Safety
+/// [`ChunkFn`](super::table::ChunkFn)'s contract at this level.
+unsafe fn soa_chunk<const F: u8>(
+    w: &[u8],
+    row_bytes: usize,
+    inputs: &Inputs<'_>,
+    outs: &mut [&mut [f32]],
+) {
+    // SAFETY: the caller's contract is matmul_chunk's (the table row is `soa`, so
+    // `inputs.soa` holds the tokens).
+    unsafe { matmul_chunk::<F>(w, row_bytes, &inputs.soa, outs) }
+}
+
+/// F32 weights with pulp at this level.
+///
+/// # Safety
+/// [`ChunkFn`](super::table::ChunkFn)'s contract at this level.
+unsafe fn f32_chunk(w: &[u8], row_bytes: usize, inputs: &Inputs<'_>, outs: &mut [&mut [f32]]) {
+    f32_rows(SimdLevel::Avx2, w, row_bytes, inputs, outs)
 }

@@ -23,8 +23,12 @@ use core::arch::x86_64::*;
 
 use pagoda_core::quant::{BlockQ8_0, BlockQ8_1, QK};
 
-use super::activations::Acts;
+use pagoda_core::ggml_type::GgmlType;
+
+use super::activations::{Acts, Inputs};
 use super::scalar::scales;
+use super::table::{f32_rows, row, soa_row, Activation, WeightKernels};
+use super::SimdLevel;
 
 /// Weight format selector for the generic kernel.
 pub(crate) const Q4_0: u8 = 0;
@@ -493,4 +497,35 @@ unsafe fn hsum8(a: __m256) -> f32 {
         let s = _mm_add_ss(s, _mm_movehdup_ps(s));
         _mm_cvtss_f32(s)
     }
+}
+
+/// This level's rows of the weight-format table (formats not listed run the scalar row).
+pub(crate) static TABLE: [WeightKernels; 4] = [
+    row(GgmlType::F32, Activation::F32, 4, f32_chunk),
+    soa_row(GgmlType::Q4_0, Activation::Q8_0, soa_chunk::<{ Q4_0 }>),
+    soa_row(GgmlType::Q4_1, Activation::Q8_1, soa_chunk::<{ Q4_1 }>),
+    soa_row(GgmlType::Q8_0, Activation::Q8_0, soa_chunk::<{ Q8_0 }>),
+];
+
+/// [`matmul_chunk`] as a table kernel.
+///
+/// # Safety
+/// [`ChunkFn`](super::table::ChunkFn)'s contract at this level.
+unsafe fn soa_chunk<const F: u8>(
+    w: &[u8],
+    row_bytes: usize,
+    inputs: &Inputs<'_>,
+    outs: &mut [&mut [f32]],
+) {
+    // SAFETY: the caller's contract is matmul_chunk's (the table row is `soa`, so
+    // `inputs.soa` holds the tokens).
+    unsafe { matmul_chunk::<F>(w, row_bytes, &inputs.soa, outs) }
+}
+
+/// F32 weights with pulp at this level.
+///
+/// # Safety
+/// [`ChunkFn`](super::table::ChunkFn)'s contract at this level.
+unsafe fn f32_chunk(w: &[u8], row_bytes: usize, inputs: &Inputs<'_>, outs: &mut [&mut [f32]]) {
+    f32_rows(SimdLevel::Avx512, w, row_bytes, inputs, outs)
 }

@@ -12,7 +12,7 @@ use super::SimdLevel;
 pub enum KernelError {
     /// The SIMD level was asked for explicitly but this CPU cannot run it.
     LevelUnavailable(SimdLevel),
-    /// The weight type has no matmul kernel (supported: F32, Q4_0, Q4_1, Q8_0).
+    /// The weight type has no matmul kernel (see [`supported_weight_types`](super::supported_weight_types)).
     UnsupportedType(GgmlType),
     /// `cols` is not a whole number of the type's blocks.
     ColsNotWholeBlocks {
@@ -53,7 +53,11 @@ impl fmt::Display for KernelError {
                 write!(f, "SIMD level {l} is not available on this CPU")
             }
             KernelError::UnsupportedType(t) => {
-                write!(f, "no matmul kernel for weight type {t} (supported: F32, Q4_0, Q4_1, Q8_0)")
+                write!(f, "no matmul kernel for weight type {t} (supported:")?;
+                for (i, s) in super::supported_weight_types().enumerate() {
+                    write!(f, "{}{s}", if i == 0 { " " } else { ", " })?;
+                }
+                write!(f, ")")
             }
             KernelError::ColsNotWholeBlocks { ty, cols } => write!(
                 f,

@@ -9,16 +9,11 @@
 //! Each rayon task owns a chunk of weight rows and computes them against *all* tokens,
 //! so a weight block is read from memory once per call, whatever the batch size.
 
-use pagoda_core::ggml_type::GgmlType;
-use pagoda_core::quant::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, QK};
 use rayon::prelude::*;
 
-use super::activations::MatmulScratch;
-#[cfg(target_arch = "x86_64")]
-use super::activations::{self, Acts};
+use super::activations::{self, MatmulScratch};
 use super::error::{check_len, KernelError};
-
-use super::{float, scalar, Kernels, QuantMatrix, SimdLevel};
+use super::{table, Kernels, QuantMatrix};
 
 /// Below this many weight bytes × tokens a call runs on the calling thread only.
 const PARALLEL_MIN_WORK: usize = 32 * 1024;
@@ -36,7 +31,8 @@ pub(crate) fn matmul(
 }
 
 /// Several matrices of one type and width against the same `x`: the activations are
-/// quantized once and all rows of all matrices share one parallel region.
+/// converted once (to the format's [`table::Activation`]) and all rows of all matrices
+/// share one parallel region, each chunk running the level's table kernel.
 pub(crate) fn matmul_multi(
     k: &Kernels,
     ws: &[QuantMatrix<'_>],
@@ -65,150 +61,22 @@ pub(crate) fn matmul_multi(
         outs.iter_mut().for_each(|o| o.fill(0.0));
         return Ok(());
     }
-    let level = k.level();
-    let nb = cols / QK;
-    match ty {
-        GgmlType::F32 => {
-            let wf: Vec<&[f32]> = ws
-                .iter()
-                .map(|w| bytemuck::try_cast_slice(w.data()))
-                .collect::<Result<_, _>>()
-                .map_err(|_| KernelError::Misaligned { ty: GgmlType::F32, align: 4 })?;
-            for_row_chunks(ws, n_tokens, outs, |m, r0, outs| {
-                let n = outs[0].len();
-                for r in 0..n {
-                    let wr = &wf[m][(r0 + r) * cols..(r0 + r + 1) * cols];
-                    for (t, o) in outs.iter_mut().enumerate() {
-                        o[r] = float::run(
-                            level,
-                            float::Dot { a: wr, b: &x[t * cols..(t + 1) * cols] },
-                        );
-                    }
-                }
-            });
-            return Ok(());
-        }
-        GgmlType::Q4_1 => {
-            scratch.q8_1.resize(n_tokens * nb, BlockQ8_1::zeroed());
-            k.quantize_q8_1(x, &mut scratch.q8_1)?;
-        }
-        GgmlType::Q4_0 | GgmlType::Q8_0 => {
-            scratch.q8_0.resize(n_tokens * nb, BlockQ8_0::zeroed());
-            k.quantize_q8_0(x, &mut scratch.q8_0)?;
-        }
-        other => return Err(KernelError::UnsupportedType(other)),
-    }
-
-    match level {
-        #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx512 | SimdLevel::Avx2 => {
-            let acts = match ty {
-                GgmlType::Q4_1 => activations::soa_from_q8_1(scratch, nb),
-                _ => activations::soa_from_q8_0(scratch, nb),
-            };
-            let acts = &acts;
-            for_row_chunks(ws, n_tokens, outs, |m, r0, outs| {
-                let n = outs[0].len();
-                let row_bytes = ws[m].row_bytes();
-                let wc = &ws[m].data()[r0 * row_bytes..(r0 + n) * row_bytes];
-                x86_chunk(level, ty, wc, row_bytes, acts, outs);
-            });
-        }
-        _ => {
-            // Scalar and NEON read ggml blocks directly. The casts cannot fail: the data
-            // is 2-aligned (checked by QuantMatrix::new) and a whole number of blocks.
-            let q8_0 = &scratch.q8_0;
-            let q8_1 = &scratch.q8_1;
-            for_row_chunks(ws, n_tokens, outs, |m, r0, outs| {
-                let n = outs[0].len();
-                let row_bytes = ws[m].row_bytes();
-                let data = ws[m].data();
-                for r in 0..n {
-                    let wr = &data[(r0 + r) * row_bytes..(r0 + r + 1) * row_bytes];
-                    for (t, o) in outs.iter_mut().enumerate() {
-                        let a = t * nb..(t + 1) * nb;
-                        o[r] = match ty {
-                            GgmlType::Q4_1 => dot_q4_1(level, cast(wr), &q8_1[a]),
-                            GgmlType::Q4_0 => dot_q4_0(level, cast(wr), &q8_0[a]),
-                            _ => dot_q8_0(level, cast(wr), &q8_0[a]),
-                        };
-                    }
-                }
-            });
-        }
-    }
+    let wk = table::lookup(k.level(), ty).ok_or(KernelError::UnsupportedType(ty))?;
+    let inputs = activations::prepare(k, wk, x, cols, scratch)?;
+    let inputs = &inputs;
+    for_row_chunks(ws, n_tokens, outs, |m, r0, outs| {
+        let n = outs[0].len();
+        let row_bytes = ws[m].row_bytes();
+        let wc = &ws[m].data()[r0 * row_bytes..(r0 + n) * row_bytes];
+        // SAFETY: `wk` comes from the table of `k`'s level, and a `Kernels` exists at a
+        // level only after run-time detection of its features. The shape contract holds:
+        // `wc` is whole rows of `row_bytes` (QuantMatrix invariant, which also checked the
+        // alignment `wk.align`), each `outs[t]` has one slot per row of `wc`
+        // (for_row_chunks), and `inputs` holds `n_tokens` tokens of `cols` converted to
+        // `wk.act` by `prepare`.
+        unsafe { (wk.chunk)(wc, row_bytes, inputs, outs) }
+    });
     Ok(())
-}
-
-fn cast<T: bytemuck::Pod>(b: &[u8]) -> &[T] {
-    bytemuck::cast_slice(b)
-}
-
-use bytemuck::Zeroable;
-
-fn dot_q4_1(level: SimdLevel, w: &[BlockQ4_1], a: &[BlockQ8_1]) -> f32 {
-    #[cfg(target_arch = "aarch64")]
-    if level == SimdLevel::Neon {
-        // SAFETY: a Kernels at the Neon level exists only after NEON was detected.
-        return unsafe { super::neon::vec_dot_q4_1_q8_1(w, a) };
-    }
-    let _ = level;
-    scalar::dot_q4_1(w, a)
-}
-
-fn dot_q4_0(level: SimdLevel, w: &[BlockQ4_0], a: &[BlockQ8_0]) -> f32 {
-    #[cfg(target_arch = "aarch64")]
-    if level == SimdLevel::Neon {
-        // SAFETY: a Kernels at the Neon level exists only after NEON was detected.
-        return unsafe { super::neon::vec_dot_q4_0_q8_0(w, a) };
-    }
-    let _ = level;
-    scalar::dot_q4_0(w, a)
-}
-
-fn dot_q8_0(level: SimdLevel, w: &[BlockQ8_0], a: &[BlockQ8_0]) -> f32 {
-    #[cfg(target_arch = "aarch64")]
-    if level == SimdLevel::Neon {
-        // SAFETY: a Kernels at the Neon level exists only after NEON was detected.
-        return unsafe { super::neon::vec_dot_q8_0_q8_0(w, a) };
-    }
-    let _ = level;
-    scalar::dot_q8_0(w, a)
-}
-
-#[cfg(target_arch = "x86_64")]
-fn x86_chunk(
-    level: SimdLevel,
-    ty: GgmlType,
-    w: &[u8],
-    row_bytes: usize,
-    acts: &Acts<'_>,
-    outs: &mut [&mut [f32]],
-) {
-    use super::{avx2, avx512};
-    debug_assert!(outs.iter().all(|o| o.len() * row_bytes == w.len()));
-    debug_assert!(acts.d.len() >= outs.len() * acts.nb);
-    // SAFETY: `level` comes from a `Kernels`, which exists at Avx512/Avx2 only after
-    // run-time detection of those features (`SimdLevel::is_available`). The shape
-    // contract holds: `w` is whole rows of `row_bytes == nb * block bytes` (QuantMatrix
-    // invariant), each `outs[t]` has one slot per row of `w` (for_row_chunks), and
-    // `acts` holds `n_tokens * nb` blocks (quantized from `x` of `n_tokens * cols`).
-    unsafe {
-        match (level, ty) {
-            (SimdLevel::Avx512, GgmlType::Q4_1) => {
-                avx512::matmul_chunk::<{ avx512::Q4_1 }>(w, row_bytes, acts, outs)
-            }
-            (SimdLevel::Avx512, GgmlType::Q4_0) => {
-                avx512::matmul_chunk::<{ avx512::Q4_0 }>(w, row_bytes, acts, outs)
-            }
-            (SimdLevel::Avx512, _) => {
-                avx512::matmul_chunk::<{ avx512::Q8_0 }>(w, row_bytes, acts, outs)
-            }
-            (_, GgmlType::Q4_1) => avx2::matmul_chunk::<{ avx512::Q4_1 }>(w, row_bytes, acts, outs),
-            (_, GgmlType::Q4_0) => avx2::matmul_chunk::<{ avx512::Q4_0 }>(w, row_bytes, acts, outs),
-            _ => avx2::matmul_chunk::<{ avx512::Q8_0 }>(w, row_bytes, acts, outs),
-        }
-    }
 }
 
 /// Split each `outs[m]` (`n_tokens × ws[m].rows()`) into chunks of rows and run

@@ -12,9 +12,10 @@ use super::error::KernelError;
 /// ```
 ///
 /// In ggml's GGUF shape notation this is a tensor of shape `[cols, rows]` (`ne0 = cols`).
-/// Invariants, checked by [`QuantMatrix::new`]: the type has a kernel (F32, Q4_0, Q4_1,
-/// Q8_0), `cols` is a whole number of blocks, `data.len() == rows * row_bytes`, and
-/// `data` is aligned to the block struct (2 bytes; 4 for F32).
+/// Invariants, checked by [`QuantMatrix::new`]: the type has a matmul kernel
+/// ([`supported_weight_types`](super::supported_weight_types)), `cols` is a whole number of
+/// blocks, `data.len() == rows * row_bytes`, and `data` is aligned to the block struct
+/// (2 bytes; 4 for F32).
 #[derive(Clone, Copy, Debug)]
 pub struct QuantMatrix<'a> {
     ty: GgmlType,
@@ -32,11 +33,10 @@ impl<'a> QuantMatrix<'a> {
         cols: usize,
         data: &'a [u8],
     ) -> Result<Self, KernelError> {
-        let align = match ty {
-            GgmlType::F32 => 4,
-            GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0 => 2,
-            other => return Err(KernelError::UnsupportedType(other)),
-        };
+        // Every level has a kernel for a type the scalar table lists (see `table`).
+        let align = super::table::lookup(super::SimdLevel::Scalar, ty)
+            .ok_or(KernelError::UnsupportedType(ty))?
+            .align;
         let row_bytes =
             ty.row_bytes(cols as u64).ok_or(KernelError::ColsNotWholeBlocks { ty, cols })?;
         let row_bytes = usize::try_from(row_bytes).map_err(|_| KernelError::Overflow)?;

@@ -31,6 +31,7 @@ mod matmul;
 mod matrix;
 mod scalar;
 pub mod silu;
+mod table;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -47,6 +48,11 @@ pub use matrix::QuantMatrix;
 use error::check_len;
 use pagoda_core::ops::{rotate_pair, RopeTable};
 use pagoda_core::quant::{BlockQ8_0, BlockQ8_1, QK};
+
+/// Every weight type [`Kernels::matmul`] runs, at every level.
+pub fn supported_weight_types() -> impl Iterator<Item = pagoda_core::ggml_type::GgmlType> {
+    table::supported()
+}
 
 /// The kernels at one SIMD level this CPU supports. Cheap to copy; resolve once at load.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -8,7 +8,12 @@
 
 use core::arch::aarch64::*;
 
+use pagoda_core::ggml_type::GgmlType;
 use pagoda_core::quant::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1};
+
+use super::activations::Inputs;
+use super::table::{by_rows, f32_rows, row, ActBlock, Activation, RowDot, WeightKernels};
+use super::SimdLevel;
 
 /// The 8 exact lane sums of one block (lane j = Σ of elements 4j..4j+4), as two
 /// vectors of 4 (lanes 0..4 from the first 16 bytes, 4..8 from the second), widened to f32.
@@ -126,3 +131,41 @@ pub(crate) unsafe fn vec_dot_q8_0_q8_0(w: &[BlockQ8_0], a: &[BlockQ8_0]) -> f32 
         hsum8(acc)
     }
 }
+
+/// NEON rows of the block dot products, for the table.
+macro_rules! neon_dot {
+    ($name:ident, $w:ty, $a:ty, $f:ident) => {
+        struct $name;
+        impl RowDot for $name {
+            type W = $w;
+            type A = $a;
+            fn acts<'a>(inputs: &Inputs<'a>) -> &'a [$a] {
+                <$a as ActBlock>::acts(inputs)
+            }
+            unsafe fn dot(w: &[$w], a: &[$a]) -> f32 {
+                // SAFETY: NEON is available (RowDot::dot's contract at this level).
+                unsafe { $f(w, a) }
+            }
+        }
+    };
+}
+
+neon_dot!(NeonQ4_0, BlockQ4_0, BlockQ8_0, vec_dot_q4_0_q8_0);
+neon_dot!(NeonQ4_1, BlockQ4_1, BlockQ8_1, vec_dot_q4_1_q8_1);
+neon_dot!(NeonQ8_0, BlockQ8_0, BlockQ8_0, vec_dot_q8_0_q8_0);
+
+/// F32 weights with pulp at this level.
+///
+/// # Safety
+/// [`ChunkFn`](super::table::ChunkFn)'s contract at this level.
+unsafe fn f32_chunk(w: &[u8], row_bytes: usize, inputs: &Inputs<'_>, outs: &mut [&mut [f32]]) {
+    f32_rows(SimdLevel::Neon, w, row_bytes, inputs, outs)
+}
+
+/// This level's rows of the weight-format table (formats not listed run the scalar row).
+pub(crate) static TABLE: [WeightKernels; 4] = [
+    row(GgmlType::F32, Activation::F32, 4, f32_chunk),
+    row(GgmlType::Q4_0, Activation::Q8_0, 2, by_rows::<NeonQ4_0>),
+    row(GgmlType::Q4_1, Activation::Q8_1, 2, by_rows::<NeonQ4_1>),
+    row(GgmlType::Q8_0, Activation::Q8_0, 2, by_rows::<NeonQ8_0>),
+];

@@ -134,3 +134,53 @@ pub(crate) fn dot_q8_0(w: &[BlockQ8_0], a: &[BlockQ8_0]) -> f32 {
     }
     hsum8(acc)
 }
+
+/// `x`, or a zero of its sign if it is subnormal (the DAZ/FTZ rule of `vdpbf16ps`).
+#[inline]
+fn flush(x: f32) -> f32 {
+    if x.is_subnormal() {
+        0.0f32.copysign(x)
+    } else {
+        x
+    }
+}
+
+/// BF16 · BF16 over whole rows (`w.len() == a.len()`), as llama.cpp's `ggml_vec_dot_bf16` of
+/// an AVX-512 BF16 build computes it:
+///
+/// ```text
+/// per 64-element step s, lane l in 0..16, for c = c1 (elements 0..32 of the step), c2 (32..64):
+///     c[l] = c[l] + w[2l+1]·a[2l+1];  c[l] = c[l] + w[2l]·a[2l]      (`vdpbf16ps`: odd first,
+///                                     each add rounded to nearest even, subnormals flushed)
+/// sum = f64(reduce16(c1)) + f64(reduce16(c2))  then  + f64(w[i]·a[i]) for the tail
+/// ```
+///
+/// (A product of two bf16 values is exact in f32 unless it underflows.)
+pub(crate) fn dot_bf16(w: &[half::bf16], a: &[half::bf16]) -> f32 {
+    let n = w.len().min(a.len());
+    let np = n / 64 * 64;
+    let mut c = [[0.0f32; 16]; 2];
+    let f = |x: half::bf16| flush(x.to_f32());
+    for s in (0..np).step_by(64) {
+        for (h, c) in c.iter_mut().enumerate() {
+            for (l, acc) in c.iter_mut().enumerate() {
+                let e = s + 32 * h + 2 * l;
+                *acc = flush(flush(*acc) + flush(f(w[e + 1]) * f(a[e + 1])));
+                *acc = flush(*acc + flush(f(w[e]) * f(a[e])));
+            }
+        }
+    }
+    let mut sum = f64::from(reduce16(&c[0])) + f64::from(reduce16(&c[1]));
+    for e in np..n {
+        sum += f64::from(w[e].to_f32() * a[e].to_f32());
+    }
+    sum as f32
+}
+
+/// GCC's `_mm512_reduce_add_ps`: halves, then quarters, then `(t0 + t2) + (t1 + t3)`.
+#[inline]
+pub(crate) fn reduce16(x: &[f32; 16]) -> f32 {
+    let t8: [f32; 8] = core::array::from_fn(|i| x[i] + x[i + 8]);
+    let t4: [f32; 4] = core::array::from_fn(|i| t8[i] + t8[i + 4]);
+    (t4[0] + t4[2]) + (t4[1] + t4[3])
+}
