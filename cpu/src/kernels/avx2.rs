@@ -18,7 +18,7 @@ use pagoda_core::quant::{BlockQ8_0, BlockQ8_1, QK};
 use pagoda_core::ggml_type::GgmlType;
 
 use super::activations::{Acts, Inputs};
-use super::avx512::{Q4_1, Q8_0};
+use super::avx512::{Q4_1, Q5_0, Q5_1, Q8_0};
 use super::scalar::scales;
 use super::table::{f32_rows, row, soa_row, Activation, WeightKernels};
 use super::SimdLevel;
@@ -191,9 +191,13 @@ unsafe fn row_dot<const F: u8, const T: usize>(
 ) -> [f32; T] {
     let (stride, qoff) = match F {
         Q4_1 => (20usize, 4usize),
+        Q5_0 => (22, 6),
+        Q5_1 => (24, 8),
         Q8_0 => (34, 2),
         _ => (18, 2),
     };
+    // Unsigned weight quants (no sign trick): Q4_1 and Q5_1.
+    let unsigned = F == Q4_1 || F == Q5_1;
     let nb = acts.nb;
     // SAFETY (whole body): weight reads stay inside the row's `nb` blocks (the gather reads
     // the first 4 bytes of existing blocks only, masked lanes read nothing), activation
@@ -204,6 +208,15 @@ unsafe fn row_dot<const F: u8, const T: usize>(
         let gather_idx = _mm256_mullo_epi32(lane, _mm256_set1_epi32(stride as i32));
         let low4 = _mm256_set1_epi8(0x0F);
         let eight = _mm256_set1_epi8(8);
+        let sixteen = _mm256_set1_epi8(16);
+        let fifth = _mm256_set1_epi8(0x10);
+        let spread_bits = _mm256_set_epi64x(
+            0x0303030303030303,
+            0x0202020202020202,
+            0x0101010101010101,
+            0x0000000000000000,
+        );
+        let bit_mask = _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe);
         let ones = _mm256_set1_epi16(1);
         let mut acc = [_mm256_setzero_ps(); T];
         let mut summs = [0.0f32; T];
@@ -225,7 +238,7 @@ unsafe fn row_dot<const F: u8, const T: usize>(
                 let dy = _mm256_maskload_ps(acts.d.as_ptr().add(a), mask);
                 dd[t] = _mm256_mul_ps(dx, dy);
             }
-            if F == Q4_1 {
+            if unsigned {
                 // Σ m·s in block order, per token (each product is exact in f32).
                 let mut m = [0.0f32; 8];
                 _mm256_storeu_ps(m.as_mut_ptr(), f16_lo_to_f32(_mm256_srli_epi32::<16>(hdr)));
@@ -255,21 +268,39 @@ unsafe fn row_dot<const F: u8, const T: usize>(
                     }
                 } else {
                     let q = _mm_loadu_si128(blk.add(qoff) as *const __m128i);
-                    let u = _mm256_and_si256(
+                    let mut u = _mm256_and_si256(
                         _mm256_inserti128_si256::<1>(
                             _mm256_castsi128_si256(q),
                             _mm_srli_epi16::<4>(q),
                         ),
                         low4,
                     );
-                    // Q4_0's quants are `nibble - 8` (signed): ggml's sign trick as for Q8_0.
-                    let x = if F == Q4_1 { u } else { _mm256_sub_epi8(u, eight) };
-                    let ax = if F == Q4_1 { u } else { _mm256_sign_epi8(x, x) };
+                    if F == Q5_0 || F == Q5_1 {
+                        // Fifth bits (ggml's `bytes_from_bits_32`): bit e of qh → 0x10 in
+                        // byte e.
+                        let qh = (blk.add(qoff - 4) as *const i32).read_unaligned();
+                        let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(qh), spread_bits);
+                        let set = _mm256_cmpeq_epi8(
+                            _mm256_or_si256(bytes, bit_mask),
+                            _mm256_set1_epi64x(-1),
+                        );
+                        u = _mm256_or_si256(u, _mm256_and_si256(set, fifth));
+                    }
+                    // Q4_0's quants are `nibble - 8`, Q5_0's `q5 - 16` (signed): ggml's sign
+                    // trick as for Q8_0.
+                    let x = if unsigned {
+                        u
+                    } else if F == Q5_0 {
+                        _mm256_sub_epi8(u, sixteen)
+                    } else {
+                        _mm256_sub_epi8(u, eight)
+                    };
+                    let ax = if unsigned { u } else { _mm256_sign_epi8(x, x) };
                     for t in 0..T {
                         let y =
                             _mm256_loadu_si256(acts.qs.as_ptr().add(((t0 + t) * nb + g + b) * QK)
                                 as *const __m256i);
-                        let sy = if F == Q4_1 { y } else { _mm256_sign_epi8(y, x) };
+                        let sy = if unsigned { y } else { _mm256_sign_epi8(y, x) };
                         let p = _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), ones);
                         let sc = _mm256_permutevar8x32_ps(dd[t], sel);
                         acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), sc, acc[t]);
@@ -298,11 +329,13 @@ unsafe fn f16_lo_to_f32(v: __m256i) -> __m256 {
 }
 
 /// This level's rows of the weight-format table (formats not listed run the scalar row).
-pub(crate) static TABLE: [WeightKernels; 4] = [
+pub(crate) static TABLE: [WeightKernels; 6] = [
     row(GgmlType::F32, Activation::F32, 4, f32_chunk),
     soa_row(GgmlType::Q4_0, Activation::Q8_0, soa_chunk::<{ super::avx512::Q4_0 }>),
-    soa_row(GgmlType::Q4_1, Activation::Q8_1, soa_chunk::<{ super::avx512::Q4_1 }>),
-    soa_row(GgmlType::Q8_0, Activation::Q8_0, soa_chunk::<{ super::avx512::Q8_0 }>),
+    soa_row(GgmlType::Q4_1, Activation::Q8_1, soa_chunk::<{ Q4_1 }>),
+    soa_row(GgmlType::Q5_0, Activation::Q8_0, soa_chunk::<{ Q5_0 }>),
+    soa_row(GgmlType::Q5_1, Activation::Q8_1, soa_chunk::<{ Q5_1 }>),
+    soa_row(GgmlType::Q8_0, Activation::Q8_0, soa_chunk::<{ Q8_0 }>),
 ];
 
 /// [`matmul_chunk`] as a table kernel.

@@ -36,6 +36,20 @@ pub(crate) const Q4_0: u8 = 0;
 pub(crate) const Q4_1: u8 = 1;
 /// Weight format selector for the generic kernel.
 pub(crate) const Q8_0: u8 = 2;
+/// Weight format selector for the generic kernel.
+pub(crate) const Q5_0: u8 = 3;
+/// Weight format selector for the generic kernel.
+pub(crate) const Q5_1: u8 = 4;
+
+/// Whether format `F` has a per-block minimum `m` (and so the `Σ m·s` term).
+const fn has_min(f: u8) -> bool {
+    f == Q4_1 || f == Q5_1
+}
+
+/// Whether format `F` has a fifth bit per quant (`qh`, the 4 bytes after the header).
+const fn has_qh(f: u8) -> bool {
+    f == Q5_0 || f == Q5_1
+}
 
 /// Quantize one 32-value block: returns `(d, sum(qs))` and writes the quants.
 ///
@@ -97,6 +111,8 @@ const fn geometry(f: u8) -> (usize, usize) {
     match f {
         Q4_0 => (18, 2),
         Q4_1 => (20, 4),
+        Q5_0 => (22, 6),
+        Q5_1 => (24, 8),
         _ => (34, 2),
     }
 }
@@ -244,9 +260,13 @@ unsafe fn header_permute<const F: u8>(p: usize) -> (__m512i, __mmask32) {
     static Q4_0_T: [([u16; 32], u32); 5] = table(geometry(Q4_0).0);
     static Q4_1_T: [([u16; 32], u32); 5] = table(geometry(Q4_1).0);
     static Q8_0_T: [([u16; 32], u32); 5] = table(geometry(Q8_0).0);
+    static Q5_0_T: [([u16; 32], u32); 5] = table(geometry(Q5_0).0);
+    static Q5_1_T: [([u16; 32], u32); 5] = table(geometry(Q5_1).0);
     let t = match F {
         Q4_0 => &Q4_0_T[p],
         Q4_1 => &Q4_1_T[p],
+        Q5_0 => &Q5_0_T[p],
+        Q5_1 => &Q5_1_T[p],
         _ => &Q8_0_T[p],
     };
     // SAFETY: a 64-byte read of a `[u16; 32]`; AVX-512 F enabled by the caller.
@@ -322,11 +342,11 @@ unsafe fn tile_dot<const F: u8, const R: usize, const T: usize>(
                 for t in 0..T {
                     _mm512_storeu_ps(dd[r][t].as_mut_ptr(), _mm512_mul_ps(dx, dy[t]));
                 }
-                if F == Q4_1 {
+                if has_min(F) {
                     mv[r] = _mm512_cvtph_ps(_mm512_extracti64x4_epi64::<1>(hdr));
                 }
             }
-            if F == Q4_1 {
+            if has_min(F) {
                 if R == 4 {
                     // Quarter q of mt[i % 4] = block 4q + i % 4 of rows 0..4.
                     let m4 = [mv[0], mv[1.min(R - 1)], mv[2.min(R - 1)], mv[3.min(R - 1)]];
@@ -388,9 +408,11 @@ unsafe fn tile_dot<const F: u8, const R: usize, const T: usize>(
                 let nibble_shift = _mm512_castsi512_si256(nibble_shift);
                 let low4 = _mm512_castsi512_si256(low4);
                 let eight = _mm512_castsi512_si256(eight);
+                let sixteen = _mm256_set1_epi8(16);
+                let fifth = _mm256_set1_epi8(0x10);
                 let zero = _mm256_setzero_si256();
                 for b in 0..n {
-                    if F == Q4_1 {
+                    if has_min(F) {
                         summs = add_ms(summs, b);
                     }
                     let mut u = [zero; R];
@@ -400,14 +422,22 @@ unsafe fn tile_dot<const F: u8, const R: usize, const T: usize>(
                             blk.add(qoff) as *const __m128i
                         ));
                         u[r] = _mm256_and_si256(_mm256_srlv_epi64(z, nibble_shift), low4);
+                        if has_qh(F) {
+                            // Fifth bits: bit e of qh → 0x10 in byte e (element e).
+                            let qh = (blk.add(qoff - 4) as *const u32).read_unaligned();
+                            u[r] = _mm256_or_si256(u[r], _mm256_maskz_mov_epi8(qh, fifth));
+                        }
                     }
                     for t in 0..T {
                         let yp = acts.qs.as_ptr().add(((t0 + t) * nb + g + b) * QK);
                         let y = _mm256_loadu_si256(yp as *const __m256i);
                         // Q4_0 used as unsigned `u = (nibble - 8) + 8`: the -8·y lane sums
                         // start the accumulation (as Q8_0's -128·y below).
+                        // Q5_0 likewise with `u = (q5 - 16) + 16`.
                         let init = if F == Q4_0 {
                             _mm256_sub_epi32(zero, _mm256_dpbusd_epi32(zero, eight, y))
+                        } else if F == Q5_0 {
+                            _mm256_sub_epi32(zero, _mm256_dpbusd_epi32(zero, sixteen, y))
                         } else {
                             zero
                         };
@@ -500,10 +530,12 @@ unsafe fn hsum8(a: __m256) -> f32 {
 }
 
 /// This level's rows of the weight-format table (formats not listed run the scalar row).
-pub(crate) static TABLE: [WeightKernels; 4] = [
+pub(crate) static TABLE: [WeightKernels; 6] = [
     row(GgmlType::F32, Activation::F32, 4, f32_chunk),
     soa_row(GgmlType::Q4_0, Activation::Q8_0, soa_chunk::<{ Q4_0 }>),
     soa_row(GgmlType::Q4_1, Activation::Q8_1, soa_chunk::<{ Q4_1 }>),
+    soa_row(GgmlType::Q5_0, Activation::Q8_0, soa_chunk::<{ Q5_0 }>),
+    soa_row(GgmlType::Q5_1, Activation::Q8_1, soa_chunk::<{ Q5_1 }>),
     soa_row(GgmlType::Q8_0, Activation::Q8_0, soa_chunk::<{ Q8_0 }>),
 ];
 

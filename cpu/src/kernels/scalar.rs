@@ -18,7 +18,7 @@
 //! the `_ref` quantizer for activations, so parity with it needs this rule.
 
 use half::f16;
-use pagoda_core::quant::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, QK};
+use pagoda_core::quant::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1, QK};
 
 /// `(d, id)` for a block whose largest magnitude is `amax`.
 #[inline]
@@ -121,6 +121,37 @@ pub(crate) fn dot_q4_1(w: &[BlockQ4_1], a: &[BlockQ8_1]) -> f32 {
     for (x, y) in w.iter().zip(a) {
         summs += x.m.to_f32() * y.s.to_f32();
         lane_fma(&mut acc, x.d.to_f32() * y.d.to_f32(), lanes(&nibbles(&x.qs, 0), &y.qs));
+    }
+    hsum8(acc) + summs
+}
+
+/// Q5 quants in element order: `nibble | fifth bit << 4` minus `offset` (element `e`'s
+/// fifth bit is bit `e` of the little-endian `qh`).
+#[inline]
+fn quints(qs: &[u8; QK / 2], qh: [u8; 4], offset: i32) -> [i32; QK] {
+    let h = u32::from_le_bytes(qh);
+    let n = nibbles(qs, 0);
+    core::array::from_fn(|e| n[e] | (((h >> e) & 1) << 4) as i32 - offset)
+}
+
+/// Q5_0 · Q8_0 over whole rows (`w.len() == a.len()`): [`dot_q4_0`]'s order with the
+/// quants `q5 - 16` (llama.cpp's AVX2 `ggml_vec_dot_q5_0_q8_0`).
+pub(crate) fn dot_q5_0(w: &[BlockQ5_0], a: &[BlockQ8_0]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    for (x, y) in w.iter().zip(a) {
+        lane_fma(&mut acc, x.d.to_f32() * y.d.to_f32(), lanes(&quints(&x.qs, x.qh, 16), &y.qs));
+    }
+    hsum8(acc)
+}
+
+/// Q5_1 · Q8_1 over whole rows (`w.len() == a.len()`): [`dot_q4_1`]'s order with 5-bit
+/// quants (llama.cpp's AVX2 `ggml_vec_dot_q5_1_q8_1`).
+pub(crate) fn dot_q5_1(w: &[BlockQ5_1], a: &[BlockQ8_1]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let mut summs = 0.0f32;
+    for (x, y) in w.iter().zip(a) {
+        summs += x.m.to_f32() * y.s.to_f32();
+        lane_fma(&mut acc, x.d.to_f32() * y.d.to_f32(), lanes(&quints(&x.qs, x.qh, 0), &y.qs));
     }
     hsum8(acc) + summs
 }

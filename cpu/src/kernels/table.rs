@@ -197,6 +197,8 @@ macro_rules! scalar_dot {
 
 scalar_dot!(ScalarQ4_0, pagoda_core::quant::BlockQ4_0, BlockQ8_0, scalar::dot_q4_0);
 scalar_dot!(ScalarQ4_1, pagoda_core::quant::BlockQ4_1, BlockQ8_1, scalar::dot_q4_1);
+scalar_dot!(ScalarQ5_0, BlockQ5_0, BlockQ8_0, scalar::dot_q5_0);
+scalar_dot!(ScalarQ5_1, BlockQ5_1, BlockQ8_1, scalar::dot_q5_1);
 scalar_dot!(ScalarQ8_0, BlockQ8_0, BlockQ8_0, scalar::dot_q8_0);
 
 /// F32 weights at `level`: pulp's dot product of the level's width (the one kernel whose
@@ -292,8 +294,8 @@ static SCALAR: [WeightKernels; 11] = [
     row(GgmlType::BF16, Activation::Bf16, 2, bf16_chunk),
     row(GgmlType::Q4_0, Activation::Q8_0, 2, by_rows::<ScalarQ4_0>),
     row(GgmlType::Q4_1, Activation::Q8_1, 2, by_rows::<ScalarQ4_1>),
-    row(GgmlType::Q5_0, Activation::Q8_0, 2, by_rows::<CoreDot<BlockQ5_0>>),
-    row(GgmlType::Q5_1, Activation::Q8_1, 2, by_rows::<CoreDot<BlockQ5_1>>),
+    row(GgmlType::Q5_0, Activation::Q8_0, 2, by_rows::<ScalarQ5_0>),
+    row(GgmlType::Q5_1, Activation::Q8_1, 2, by_rows::<ScalarQ5_1>),
     row(GgmlType::Q8_0, Activation::Q8_0, 2, by_rows::<ScalarQ8_0>),
     row(GgmlType::Q4_K, Activation::Q8K, 2, by_rows::<CoreDot<BlockQ4K>>),
     row(GgmlType::Q5_K, Activation::Q8K, 2, by_rows::<CoreDot<BlockQ5K>>),
