@@ -131,7 +131,7 @@ pub(crate) fn dot_q4_1(w: &[BlockQ4_1], a: &[BlockQ8_1]) -> f32 {
 fn quints(qs: &[u8; QK / 2], qh: [u8; 4], offset: i32) -> [i32; QK] {
     let h = u32::from_le_bytes(qh);
     let n = nibbles(qs, 0);
-    core::array::from_fn(|e| n[e] | (((h >> e) & 1) << 4) as i32 - offset)
+    core::array::from_fn(|e| (n[e] | (((h >> e) & 1) << 4) as i32) - offset)
 }
 
 /// Q5_0 · Q8_0 over whole rows (`w.len() == a.len()`): [`dot_q4_0`]'s order with the
