@@ -26,6 +26,7 @@
 mod activations;
 mod error;
 mod float;
+mod kquant;
 mod level;
 mod matmul;
 mod matrix;

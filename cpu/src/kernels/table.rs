@@ -81,21 +81,22 @@ impl core::fmt::Debug for WeightKernels {
 /// The kernels for weights of type `ty` at `level`: the level's own row, else the scalar
 /// row; `None` if pagoda has no kernel for the type.
 pub(crate) fn lookup(level: SimdLevel, ty: GgmlType) -> Option<&'static WeightKernels> {
-    let own: &'static [WeightKernels] = match level {
+    use super::kquant;
+    let (own, own_k): (&'static [WeightKernels], &'static [WeightKernels]) = match level {
         #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx512 => &super::avx512::TABLE,
+        SimdLevel::Avx512 => (&super::avx512::TABLE, &kquant::AVX512),
         #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx2 => &super::avx2::TABLE,
+        SimdLevel::Avx2 => (&super::avx2::TABLE, &kquant::AVX2),
         #[cfg(target_arch = "aarch64")]
-        SimdLevel::Neon => &super::neon::TABLE,
-        _ => &[],
+        SimdLevel::Neon => (&super::neon::TABLE, &kquant::NEON),
+        _ => (&[], &[]),
     };
-    own.iter().chain(SCALAR.iter()).find(|k| k.ty == ty)
+    own.iter().chain(own_k).chain(&kquant::SCALAR).chain(SCALAR.iter()).find(|k| k.ty == ty)
 }
 
 /// Every weight type some level has a kernel for (all of them have a scalar one).
 pub(crate) fn supported() -> impl Iterator<Item = GgmlType> {
-    SCALAR.iter().map(|k| k.ty)
+    super::kquant::SCALAR.iter().chain(SCALAR.iter()).map(|k| k.ty)
 }
 
 /// A block dot product over whole rows, for [`by_rows`].
