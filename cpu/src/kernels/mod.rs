@@ -38,6 +38,8 @@ mod table;
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "x86_64")]
+mod half_x86;
 #[cfg(target_arch = "aarch64")]
 mod neon;
 
