@@ -96,9 +96,15 @@ pub(crate) fn f16_to_f32(h: f16) -> f32 {
     h.to_f32()
 }
 
-/// `GGML_FP32_TO_FP16`: round to nearest even, overflow to infinity.
+/// `GGML_FP32_TO_FP16` (`ggml_compute_fp32_to_fp16`): round to nearest even, overflow
+/// to infinity, and every NaN to the quiet NaN `0x7E00` with the input's sign (its
+/// payload dropped; `half` would keep the payload's top bits, which llama.cpp does not).
 #[inline]
 pub(crate) fn f32_to_f16(x: f32) -> f16 {
+    if x.is_nan() {
+        let sign = ((x.to_bits() >> 16) & 0x8000) as u16;
+        return f16::from_bits(sign | 0x7E00);
+    }
     f16::from_f32(x)
 }
 
@@ -172,6 +178,21 @@ mod tests {
             assert_eq!(sqrt(x).to_bits(), x.sqrt().to_bits(), "sqrt({x:e})");
         }
         assert!(sqrt(-1.0).is_nan() && sqrt(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn f16_nan_is_ggml_canonical() {
+        for (bits, want) in [
+            (0x7fc0_0000u32, 0x7e00u16),
+            (0xffa1_2345, 0xfe00),
+            (0x7f80_0001, 0x7e00),
+            (0x7fff_ffff, 0x7e00),
+        ] {
+            assert_eq!(f32_to_f16(f32::from_bits(bits)).to_bits(), want, "{bits:#x}");
+        }
+        assert_eq!(f32_to_f16(65520.0).to_bits(), 0x7c00, "overflow to infinity");
+        assert_eq!(f32_to_f16(65519.996).to_bits(), 0x7bff);
+        assert_eq!(f32_to_f16(-f32::INFINITY).to_bits(), 0xfc00);
     }
 
     #[test]

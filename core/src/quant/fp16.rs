@@ -19,7 +19,8 @@ impl BlockFormat for f16 {
 }
 
 impl Quantize for f16 {
-    /// `GGML_FP32_TO_FP16`: round to nearest even; out-of-range values become ±inf.
+    /// `GGML_FP32_TO_FP16`: round to nearest even; out-of-range values become ±inf; NaN
+    /// becomes ggml's canonical quiet NaN (`0x7E00` with the sign).
     fn quantize(x: &[f32], out: &mut [Self]) {
         debug_assert_eq!(x.len(), out.len());
         for (y, &x) in out.iter_mut().zip(x) {
