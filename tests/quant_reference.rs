@@ -4,12 +4,18 @@
 //! - model_rows.json: rows of real tensors of the default model (Q4_1, Q8_0, F32).
 //! - synthetic.json: every supported format; where the file has the `input` values,
 //!   pagoda's `quantize` must also reproduce the reference bytes.
+//! - llamacpp_quantize.json (scripts/gen_llamacpp_quant_refs.py): llama.cpp's own C
+//!   quantizers (`ggml_quantize_chunk` without an importance matrix, as llama-quantize
+//!   calls it) on rows with zeros, tiny, large, constant and one-signed values, for
+//!   every type pagoda can write; pagoda must reproduce every byte, and ggml's
+//!   dequantization where the file records it.
 //!
 //! All comparisons are bit-exact.
 
 use pagoda::core::quant::{
-    dequantize_row, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
-    BlockQ8K, BlockQ8_0, BlockQ8_1, GgmlType, Quantize,
+    dequantize_row, quantize_row, BlockIq4Nl, BlockIq4Xs, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0,
+    BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1, GgmlType,
+    Quantize,
 };
 use serde_json::Value;
 
@@ -60,10 +66,14 @@ fn quantize_bytes(ty: GgmlType, x: &[f32]) -> Vec<u8> {
         GgmlType::Q5_1 => quantize_as::<BlockQ5_1>(x),
         GgmlType::Q8_0 => quantize_as::<BlockQ8_0>(x),
         GgmlType::Q8_1 => quantize_as::<BlockQ8_1>(x),
+        GgmlType::Q2_K => quantize_as::<BlockQ2K>(x),
+        GgmlType::Q3_K => quantize_as::<BlockQ3K>(x),
         GgmlType::Q4_K => quantize_as::<BlockQ4K>(x),
         GgmlType::Q5_K => quantize_as::<BlockQ5K>(x),
         GgmlType::Q6_K => quantize_as::<BlockQ6K>(x),
         GgmlType::Q8_K => quantize_as::<BlockQ8K>(x),
+        GgmlType::IQ4_NL => quantize_as::<BlockIq4Nl>(x),
+        GgmlType::IQ4_XS => quantize_as::<BlockIq4Xs>(x),
         other => panic!("no quantizer for {other}"),
     }
 }
@@ -138,4 +148,83 @@ fn synthetic_data_matches_reference_quantize_and_dequantize() {
         .collect();
     want.sort();
     assert_eq!(types, want);
+}
+
+/// The first differing block of two quantized byte strings, for failure messages.
+fn first_difference(ty: GgmlType, ours: &[u8], want: &[u8]) -> Option<String> {
+    if ours.len() != want.len() {
+        return Some(format!("length {} vs {}", ours.len(), want.len()));
+    }
+    let i = ours.iter().zip(want).position(|(a, b)| a != b)?;
+    let bb = ty.type_size().unwrap();
+    let blk = i / bb;
+    Some(format!(
+        "first at byte {i} (block {blk}): ours {:02x?} llama.cpp {:02x?}",
+        &ours[blk * bb..(blk + 1) * bb],
+        &want[blk * bb..(blk + 1) * bb]
+    ))
+}
+
+#[test]
+fn llamacpp_quantize_bytes_are_reproduced() {
+    let file = "llamacpp_quantize.json";
+    let doc = load(file);
+    let inputs: std::collections::HashMap<&str, Vec<f32>> = doc["inputs"]
+        .as_array()
+        .expect("inputs array")
+        .iter()
+        .map(|i| (i["name"].as_str().unwrap(), hex_f32(i["values"].as_str().unwrap())))
+        .collect();
+    let cases = doc["cases"].as_array().expect("cases array");
+    let mut failures = Vec::new();
+    let mut types = Vec::new();
+    let mut dequantized = 0;
+    for case in cases {
+        let ty = ggml_type(case["type"].as_str().unwrap());
+        let input = case["input"].as_str().unwrap();
+        let name = format!("{ty} / {input}");
+        let x = &inputs[input];
+        let want = hex(case["bytes"].as_str().unwrap());
+
+        // The typed path and the run-time dispatch must both give llama.cpp's bytes.
+        let typed = quantize_bytes(ty, x);
+        if let Some(d) = first_difference(ty, &typed, &want) {
+            failures.push(format!("{name}: Quantize differs: {d}"));
+        }
+        let mut row = vec![0u8; want.len()];
+        match quantize_row(ty, x, &mut row) {
+            Ok(()) => {
+                if let Some(d) = first_difference(ty, &row, &want) {
+                    failures.push(format!("{name}: quantize_row differs: {d}"));
+                }
+            }
+            Err(e) => failures.push(format!("{name}: quantize_row: {e}")),
+        }
+
+        if let Some(values) = case.get("dequantized").and_then(Value::as_str) {
+            dequantized += 1;
+            let want_y = hex_f32(values);
+            let words = aligned(&want);
+            let bytes = &bytemuck::cast_slice::<u64, u8>(&words)[..want.len()];
+            let mut y = vec![0.0f32; x.len()];
+            dequantize_row(ty, bytes, &mut y).unwrap_or_else(|e| panic!("{name}: {e}"));
+            if let Some(i) = y.iter().zip(&want_y).position(|(a, b)| a.to_bits() != b.to_bits()) {
+                failures.push(format!(
+                    "{name}: dequantization differs at {i}: {:e} vs ggml {:e}",
+                    y[i], want_y[i]
+                ));
+            }
+        }
+        types.push(ty.name().to_string());
+    }
+    assert!(failures.is_empty(), "{file}: {} failures:\n{}", failures.len(), failures.join("\n"));
+    assert!(dequantized >= 14 * 4, "{file}: only {dequantized} cases with dequantized values");
+    types.sort();
+    types.dedup();
+    let mut want: Vec<_> = ["F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"]
+        .into_iter()
+        .chain(["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS"])
+        .collect();
+    want.sort();
+    assert_eq!(types, want, "{file}: every type llama-quantize writes that pagoda supports");
 }

@@ -188,16 +188,16 @@ impl GgmlType {
             Q5_K => (256, 176),
             Q6_K => (256, 210),
             Q8_K => (256, 292),
+            IQ4_NL => (32, 18),
+            IQ4_XS => (256, 136),
             // Storage geometry only (pagoda has no kernels for these), so files
             // using them can still be validated and described.
             IQ2_XXS => (256, 66),
             IQ2_XS => (256, 74),
             IQ3_XXS => (256, 98),
             IQ1_S => (256, 50),
-            IQ4_NL => (32, 18),
             IQ3_S => (256, 110),
             IQ2_S => (256, 82),
-            IQ4_XS => (256, 136),
             IQ1_M => (256, 56),
             TQ1_0 => (256, 54),
             TQ2_0 => (256, 66),
@@ -226,7 +226,22 @@ impl GgmlType {
         use GgmlType::*;
         matches!(
             self,
-            F32 | F16 | BF16 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q8_1 | Q4_K | Q5_K | Q6_K | Q8_K
+            F32 | F16
+                | BF16
+                | Q4_0
+                | Q4_1
+                | Q5_0
+                | Q5_1
+                | Q8_0
+                | Q8_1
+                | Q2_K
+                | Q3_K
+                | Q4_K
+                | Q5_K
+                | Q6_K
+                | Q8_K
+                | IQ4_NL
+                | IQ4_XS
         )
     }
 

@@ -42,16 +42,17 @@ pub(crate) fn pack_scale_min_k4(ls: &[u8; 8], lm: &[u8; 8]) -> [u8; 12] {
     s
 }
 
-/// Fits `x ≈ scale * L - min` with `L` in `0..=nmax` for one 32-value sub-block
-/// (ggml's `make_qkx2_quants` with `n = 32`): a first guess from the range, then
+/// Fits `x ≈ scale * L - min` with `L` in `0..=nmax` for one `N`-value sub-block
+/// (ggml's `make_qkx2_quants`; `N` is 32 for Q4_K/Q5_K, 16 for Q2_K): a first guess
+/// from the range, then
 /// `nstep + 1` candidate scales solved by weighted least squares. Returns
 /// `(scale, min)` (`min >= 0`, subtracted) and writes the quants to `l`.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn make_qkx2_quants(
+pub(crate) fn make_qkx2_quants<const N: usize>(
     nmax: i32,
-    x: &[f32; 32],
-    weights: &[f32; 32],
-    l: &mut [u8; 32],
+    x: &[f32; N],
+    weights: &[f32; N],
+    l: &mut [u8; N],
     rmin: f32,
     rdelta: f32,
     nstep: i32,
@@ -75,7 +76,7 @@ pub(crate) fn make_qkx2_quants(
         min = 0.0;
     }
     if max == min {
-        *l = [0; 32];
+        *l = [0; N];
         return (0.0, -min);
     }
     let err = |diff: f32| if use_mad { diff.abs() } else { diff * diff };
@@ -89,7 +90,7 @@ pub(crate) fn make_qkx2_quants(
     if nstep < 1 {
         return (scale, -min);
     }
-    let mut laux = [0u8; 32];
+    let mut laux = [0u8; N];
     for is in 0..=nstep {
         iscale = (rmin + rdelta * is as f32 + nmax as f32) / (max - min);
         let (mut sum_l, mut sum_l2, mut sum_xl) = (0.0f32, 0.0f32, 0.0f32);

@@ -17,10 +17,18 @@
 //! | Q5_1   | [`BlockQ5_1`] | 32     | 24    | Q8_1       |
 //! | Q8_0   | [`BlockQ8_0`] | 32     | 34    | Q8_0       |
 //! | Q8_1   | [`BlockQ8_1`] | 32     | 36    | (activation only) |
+//! | IQ4_NL | [`BlockIq4Nl`] | 32    | 18    | Q8_0       |
+//! | Q2_K   | [`BlockQ2K`]  | 256    | 84    | Q8_K       |
+//! | Q3_K   | [`BlockQ3K`]  | 256    | 110   | Q8_K       |
 //! | Q4_K   | [`BlockQ4K`]  | 256    | 144   | Q8_K       |
 //! | Q5_K   | [`BlockQ5K`]  | 256    | 176   | Q8_K       |
 //! | Q6_K   | [`BlockQ6K`]  | 256    | 210   | Q8_K       |
 //! | Q8_K   | [`BlockQ8K`]  | 256    | 292   | (activation only) |
+//! | IQ4_XS | [`BlockIq4Xs`] | 256   | 136   | Q8_K       |
+//!
+//! Every `Quantize` produces the bytes llama.cpp's `llama-quantize` writes for that type
+//! without an importance matrix (`quantize_row_*_ref`; for IQ4_NL and IQ4_XS
+//! `quantize_iq4_nl` / `quantize_iq4_xs`, which search 15 candidate scales).
 //!
 //! The scalar kernels here are the specification the SIMD kernels in `pagoda-cpu` are
 //! tested against. They follow ggml's reference C (`ggml-quants.c`: the
@@ -38,7 +46,11 @@ mod float;
 mod format;
 mod fp16;
 mod fp32;
+pub mod iq4_nl;
+pub mod iq4_xs;
 mod kquant;
+pub mod q2_k;
+pub mod q3_k;
 pub mod q4_0;
 pub mod q4_1;
 pub mod q4_k;
@@ -55,7 +67,11 @@ mod test_util;
 
 pub use crate::ggml_type::GgmlType;
 pub use format::{BlockFormat, Quantize, VecDot};
+pub use iq4_nl::{BlockIq4Nl, IQ4NL_VALUES};
+pub use iq4_xs::BlockIq4Xs;
 pub use kquant::get_scale_min_k4;
+pub use q2_k::BlockQ2K;
+pub use q3_k::BlockQ3K;
 pub use q4_0::BlockQ4_0;
 pub use q4_1::BlockQ4_1;
 pub use q4_k::BlockQ4K;

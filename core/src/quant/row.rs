@@ -7,8 +7,8 @@ use core::fmt;
 use half::{bf16, f16};
 
 use super::{
-    BlockFormat, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
-    BlockQ8K, BlockQ8_0, BlockQ8_1, GgmlType, Quantize,
+    BlockFormat, BlockIq4Nl, BlockIq4Xs, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1,
+    BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1, GgmlType, Quantize,
 };
 
 /// Why [`dequantize_row`] or [`quantize_row`] refused its input.
@@ -109,10 +109,14 @@ pub fn dequantize_row(ty: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<(),
         GgmlType::Q5_1 => dequantize_as::<BlockQ5_1>(bytes, out),
         GgmlType::Q8_0 => dequantize_as::<BlockQ8_0>(bytes, out),
         GgmlType::Q8_1 => dequantize_as::<BlockQ8_1>(bytes, out),
+        GgmlType::Q2_K => dequantize_as::<BlockQ2K>(bytes, out),
+        GgmlType::Q3_K => dequantize_as::<BlockQ3K>(bytes, out),
         GgmlType::Q4_K => dequantize_as::<BlockQ4K>(bytes, out),
         GgmlType::Q5_K => dequantize_as::<BlockQ5K>(bytes, out),
         GgmlType::Q6_K => dequantize_as::<BlockQ6K>(bytes, out),
         GgmlType::Q8_K => dequantize_as::<BlockQ8K>(bytes, out),
+        GgmlType::IQ4_NL => dequantize_as::<BlockIq4Nl>(bytes, out),
+        GgmlType::IQ4_XS => dequantize_as::<BlockIq4Xs>(bytes, out),
         other => Err(QuantError::Unsupported(other)),
     }
 }
@@ -137,8 +141,8 @@ fn dequantize_as<B: BlockFormat>(bytes: &[u8], out: &mut [f32]) -> Result<(), Qu
 /// long: the mirror of [`dequantize_row`], producing the bytes ggml's `quantize_row_*_ref`
 /// (what llama-quantize writes without an importance matrix) would.
 ///
-/// Supported: every type with a [`Quantize`] implementation (F32, F16, BF16, the legacy
-/// and K-quant weight formats, and the activation formats Q8_1 and Q8_K).
+/// Supported: every type with a [`Quantize`] implementation (F32, F16, BF16, the legacy,
+/// K-quant and IQ4 weight formats, and the activation formats Q8_1 and Q8_K).
 ///
 /// Never panics: unsupported types ([`QuantError::Unsupported`]), an input that is not a
 /// whole number of blocks ([`QuantError::PartialInput`]) and a wrong output length
@@ -157,10 +161,14 @@ pub fn quantize_row(ty: GgmlType, x: &[f32], out: &mut [u8]) -> Result<(), Quant
         GgmlType::Q5_1 => quantize_as::<BlockQ5_1>(x, out),
         GgmlType::Q8_0 => quantize_as::<BlockQ8_0>(x, out),
         GgmlType::Q8_1 => quantize_as::<BlockQ8_1>(x, out),
+        GgmlType::Q2_K => quantize_as::<BlockQ2K>(x, out),
+        GgmlType::Q3_K => quantize_as::<BlockQ3K>(x, out),
         GgmlType::Q4_K => quantize_as::<BlockQ4K>(x, out),
         GgmlType::Q5_K => quantize_as::<BlockQ5K>(x, out),
         GgmlType::Q6_K => quantize_as::<BlockQ6K>(x, out),
         GgmlType::Q8_K => quantize_as::<BlockQ8K>(x, out),
+        GgmlType::IQ4_NL => quantize_as::<BlockIq4Nl>(x, out),
+        GgmlType::IQ4_XS => quantize_as::<BlockIq4Xs>(x, out),
         other => Err(QuantError::Unsupported(other)),
     }
 }
@@ -280,7 +288,8 @@ mod tests {
             assert_eq!(dequantize_row(ty, aligned, &mut y), Ok(()), "{ty}");
             let se: f32 = x.iter().zip(&y).map(|(a, b)| (a - b) * (a - b)).sum();
             let rmse = (se / x.len() as f32).sqrt();
-            assert!(rmse < 0.25, "{ty}: rmse {rmse}");
+            // Values in [-2, 2): Q2_K's four levels per 16 values give ~0.27.
+            assert!(rmse < 0.35, "{ty}: rmse {rmse}");
         }
     }
 
