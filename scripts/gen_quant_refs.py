@@ -10,8 +10,10 @@ Two files are written to tests/data/quant/:
   - Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, F16, BF16: quantized by `gguf.quants.quantize`
     (numpy ports of ggml's reference quantizers), dequantized by `gguf.quants.dequantize`.
     pagoda must reproduce both the bytes and the values.
-  - Q4_K, Q5_K, Q6_K: the gguf package cannot quantize these, so the blocks are random
-    bytes (with sane f16 super-block scales); pagoda must reproduce the dequantization.
+  - Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS: the gguf package cannot quantize
+    these, so the blocks are random bytes (with sane f16 super-block scales); pagoda
+    must reproduce the dequantization. (Their quantizers are checked byte for byte
+    against llama.cpp's C code instead: scripts/gen_llamacpp_quant_refs.py.)
   - Q8_1, Q8_K (activation formats, absent from the gguf package): quantized by the
     numpy transcriptions of ggml's `quantize_row_q8_1_ref` / `quantize_row_q8_K_ref`
     below, dequantized as `d * qs`.
@@ -165,15 +167,19 @@ def dequantize_q8_k(raw: np.ndarray) -> np.ndarray:
     return (d * b[:, 4:260].copy().view(np.int8).astype(np.float32)).reshape(-1)
 
 
+# Byte offset of the f16 super-block scale(s) in each block (two for d and dmin).
+SCALE_AT = {T.Q4_K: (0, 2), T.Q5_K: (0, 2), T.Q6_K: (208, 1), T.Q2_K: (80, 2),
+            T.Q3_K: (108, 1), T.IQ4_NL: (0, 1), T.IQ4_XS: (0, 1)}
+
+
 def random_k_blocks(rng, qtype, n_blocks: int) -> np.ndarray:
-    size = {T.Q4_K: 144, T.Q5_K: 176, T.Q6_K: 210}[qtype]
+    size = {T.Q4_K: 144, T.Q5_K: 176, T.Q6_K: 210, T.Q2_K: 84, T.Q3_K: 110, T.IQ4_NL: 18,
+            T.IQ4_XS: 136}[qtype]
     raw = rng.integers(0, 256, size=(n_blocks, size), dtype=np.uint8)
     scales = (np.abs(rng.standard_normal((n_blocks, 2))) * 0.01).astype(np.float16)
     scales[0] = 0  # an all-zero-scale block
-    if qtype == T.Q6_K:
-        raw[:, 208:210] = scales[:, :1].view(np.uint8)
-    else:
-        raw[:, 0:4] = scales.view(np.uint8)
+    at, count = SCALE_AT[qtype]
+    raw[:, at:at + 2 * count] = scales[:, :count].copy().view(np.uint8)
     raw[1] = 0  # an all-zero block
     return raw.reshape(-1)
 
@@ -245,6 +251,15 @@ def synthetic() -> dict:
         "bytes": raw.tobytes().hex(),
         "dequantized": hexf(dequantize_q8_k(raw)),
     })
+    # Added after the cases above so that their random draws (and bytes) are unchanged.
+    for qtype, n_blocks in [(T.Q2_K, 6), (T.Q3_K, 6), (T.IQ4_NL, 16), (T.IQ4_XS, 6)]:
+        raw = random_k_blocks(rng, qtype, n_blocks)
+        cases.append({
+            "name": f"{qtype.name} random blocks",
+            "type": qtype.name,
+            "bytes": raw.tobytes().hex(),
+            "dequantized": hexf(dequantize(raw, qtype).reshape(-1)),
+        })
     return {
         "provenance": provenance({
             "seed": SEED,

@@ -3,7 +3,9 @@
 //!
 //! - model_rows.json: rows of real tensors of the default model (Q4_1, Q8_0, F32).
 //! - synthetic.json: every supported format; where the file has the `input` values,
-//!   pagoda's `quantize` must also reproduce the reference bytes.
+//!   pagoda's `quantize` must also reproduce the reference bytes (the K-quants and IQ4
+//!   formats are random blocks, dequantization only: the gguf package cannot quantize
+//!   them).
 //! - llamacpp_quantize.json (scripts/gen_llamacpp_quant_refs.py): llama.cpp's own C
 //!   quantizers (`ggml_quantize_chunk` without an importance matrix, as llama-quantize
 //!   calls it) on rows with zeros, tiny, large, constant and one-signed values, for
@@ -144,7 +146,7 @@ fn synthetic_data_matches_reference_quantize_and_dequantize() {
     types.dedup();
     let mut want: Vec<_> = ["F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q8_1"]
         .into_iter()
-        .chain(["Q4_K", "Q5_K", "Q6_K", "Q8_K"])
+        .chain(["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K", "IQ4_NL", "IQ4_XS"])
         .collect();
     want.sort();
     assert_eq!(types, want);
