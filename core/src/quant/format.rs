@@ -6,10 +6,10 @@
 //!
 //! ```text
 //!   weights  (VecDot)      activation (Quantize)
-//!   Q4_0, Q5_0, Q8_0   ·   Q8_0
-//!   Q4_1, Q5_1         ·   Q8_1
-//!   Q4_K, Q5_K, Q6_K   ·   Q8_K
-//!   F32, F16, BF16     ·   f32
+//!   Q4_0, Q5_0, Q8_0, IQ4_NL               ·   Q8_0
+//!   Q4_1, Q5_1                             ·   Q8_1
+//!   Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS   ·   Q8_K
+//!   F32, F16, BF16                         ·   f32
 //! ```
 //!
 //! # Lengths
@@ -39,8 +39,10 @@ pub trait BlockFormat: bytemuck::Pod {
 
 /// A format pagoda can produce from `f32` values.
 pub trait Quantize: BlockFormat {
-    /// Quantizes `x` into `out`, byte for byte as ggml's `quantize_row_*_ref` does
-    /// (and, for the activation formats, as llama.cpp quantizes activations).
+    /// Quantizes `x` into `out`, byte for byte as llama.cpp's `llama-quantize` does
+    /// without an importance matrix: ggml's `quantize_row_*_ref` (for IQ4_NL and IQ4_XS
+    /// `quantize_iq4_nl` / `quantize_iq4_xs`), and, for the activation formats, as
+    /// llama.cpp quantizes activations.
     ///
     /// Precondition: `x.len() == out.len() * Self::BLOCK` (see the module docs).
     fn quantize(x: &[f32], out: &mut [Self]);

@@ -137,7 +137,7 @@ impl Quantize for BlockIq4Nl {
     /// ggml's `quantize_iq4_nl` without importance weights, which is what llama-quantize
     /// writes (`quantize_row_iq4_nl_impl` with `ntry = 7`; note that ggml's
     /// `quantize_row_iq4_nl_ref` uses `ntry = -1` and gives different bytes): the scale
-    /// from [`iq4_scale`], stored as f16, and every index re-picked against the f32
+    /// from `iq4_scale`, stored as f16, and every index re-picked against the f32
     /// scale.
     fn quantize(x: &[f32], out: &mut [Self]) {
         debug_assert_eq!(x.len(), out.len() * QK);

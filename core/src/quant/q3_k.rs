@@ -153,7 +153,7 @@ fn make_q3_quants(x: &[f32; 16], l: &mut [i8; 16]) -> f32 {
 
 impl Quantize for BlockQ3K {
     /// ggml's `quantize_row_q3_K_ref`, which is what `quantize_q3_K` (llama-quantize)
-    /// runs without an importance matrix: a [`make_q3_quants`] fit per sub-block, the
+    /// runs without an importance matrix: a `make_q3_quants` fit per sub-block, the
     /// scales quantized to 6 signed bits against the one of largest magnitude, then
     /// the quants recomputed against the rounded scales.
     fn quantize(x: &[f32], out: &mut [Self]) {
