@@ -116,9 +116,13 @@ fn every_table_format_at_every_level_equals_scalar_bit_for_bit() {
         GgmlType::Q5_0,
         GgmlType::Q5_1,
         GgmlType::Q8_0,
+        GgmlType::IQ4_NL,
+        GgmlType::Q2_K,
+        GgmlType::Q3_K,
         GgmlType::Q4_K,
         GgmlType::Q5_K,
         GgmlType::Q6_K,
+        GgmlType::IQ4_XS,
     ] {
         assert!(types.contains(&needed), "{needed} has no kernel");
     }

@@ -18,7 +18,7 @@ use pagoda_core::quant::{BlockQ8_0, BlockQ8_1, QK};
 use pagoda_core::ggml_type::GgmlType;
 
 use super::activations::{Acts, Inputs};
-use super::avx512::{Q4_1, Q5_0, Q5_1, Q8_0};
+use super::avx512::{IQ4_NL, Q4_1, Q5_0, Q5_1, Q8_0};
 use super::scalar::scales;
 use super::table::{f32_rows, row, soa_row, Activation, WeightKernels};
 use super::SimdLevel;
@@ -194,7 +194,7 @@ unsafe fn row_dot<const F: u8, const T: usize>(
         Q5_0 => (22, 6),
         Q5_1 => (24, 8),
         Q8_0 => (34, 2),
-        _ => (18, 2),
+        _ => (18, 2), // Q4_0, IQ4_NL
     };
     // Unsigned weight quants (no sign trick): Q4_1 and Q5_1.
     let unsigned = F == Q4_1 || F == Q5_1;
@@ -219,6 +219,13 @@ unsafe fn row_dot<const F: u8, const T: usize>(
         let bit_mask = _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe);
         let ones = _mm256_set1_epi16(1);
         let mut acc = [_mm256_setzero_ps(); T];
+        // IQ4_NL (llama.cpp's pairs of blocks): odd blocks into `acc2`; an odd last block
+        // as an exact integer sum with its scale, added after the horizontal sum.
+        let mut acc2 = [_mm256_setzero_ps(); T];
+        let (mut tail_i, mut tail_d) = ([0i32; T], [0.0f32; T]);
+        let kv = _mm256_broadcastsi128_si256(_mm_loadu_si128(
+            pagoda_core::quant::IQ4NL_VALUES.as_ptr() as *const __m128i,
+        ));
         let mut summs = [0.0f32; T];
         let mut g = 0;
         while g < nb {
@@ -286,10 +293,12 @@ unsafe fn row_dot<const F: u8, const T: usize>(
                         );
                         u = _mm256_or_si256(u, _mm256_and_si256(set, fifth));
                     }
-                    // Q4_0's quants are `nibble - 8`, Q5_0's `q5 - 16` (signed): ggml's sign
-                    // trick as for Q8_0.
+                    // Q4_0's quants are `nibble - 8`, Q5_0's `q5 - 16`, IQ4_NL's codebook
+                    // levels (signed): ggml's sign trick as for Q8_0.
                     let x = if unsigned {
                         u
+                    } else if F == IQ4_NL {
+                        _mm256_shuffle_epi8(kv, u)
                     } else if F == Q5_0 {
                         _mm256_sub_epi8(u, sixteen)
                     } else {
@@ -303,7 +312,15 @@ unsafe fn row_dot<const F: u8, const T: usize>(
                         let sy = if unsigned { y } else { _mm256_sign_epi8(y, x) };
                         let p = _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), ones);
                         let sc = _mm256_permutevar8x32_ps(dd[t], sel);
-                        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), sc, acc[t]);
+                        let gb = g + b;
+                        if F == IQ4_NL && nb % 2 == 1 && gb == nb - 1 {
+                            tail_i[t] = hsum_i32(p);
+                            tail_d[t] = _mm256_cvtss_f32(sc);
+                        } else if F == IQ4_NL && gb % 2 == 1 {
+                            acc2[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), sc, acc2[t]);
+                        } else {
+                            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), sc, acc[t]);
+                        }
                     }
                 }
             }
@@ -311,7 +328,16 @@ unsafe fn row_dot<const F: u8, const T: usize>(
         }
         let mut out = [0.0f32; T];
         for t in 0..T {
-            out[t] = hsum_f32(acc[t]) + summs[t];
+            out[t] = if F == IQ4_NL {
+                let s = hsum_f32(_mm256_add_ps(acc[t], acc2[t]));
+                if nb % 2 == 1 {
+                    tail_d[t].mul_add(tail_i[t] as f32, s)
+                } else {
+                    s
+                }
+            } else {
+                hsum_f32(acc[t]) + summs[t]
+            };
         }
         out
     }
@@ -329,7 +355,7 @@ unsafe fn f16_lo_to_f32(v: __m256i) -> __m256 {
 }
 
 /// This level's rows of the weight-format table (formats not listed run the scalar row).
-pub(crate) static TABLE: [WeightKernels; 7] = [
+pub(crate) static TABLE: [WeightKernels; 8] = [
     row(GgmlType::F32, Activation::F32, 4, f32_chunk),
     row(GgmlType::F16, Activation::F16, 2, super::half_x86::f16_chunk_avx2),
     soa_row(GgmlType::Q4_0, Activation::Q8_0, soa_chunk::<{ super::avx512::Q4_0 }>),
@@ -337,6 +363,7 @@ pub(crate) static TABLE: [WeightKernels; 7] = [
     soa_row(GgmlType::Q5_0, Activation::Q8_0, soa_chunk::<{ Q5_0 }>),
     soa_row(GgmlType::Q5_1, Activation::Q8_1, soa_chunk::<{ Q5_1 }>),
     soa_row(GgmlType::Q8_0, Activation::Q8_0, soa_chunk::<{ Q8_0 }>),
+    soa_row(GgmlType::IQ4_NL, Activation::Q8_0, soa_chunk::<{ IQ4_NL }>),
 ];
 
 /// [`matmul_chunk`] as a table kernel.

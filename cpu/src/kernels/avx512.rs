@@ -40,6 +40,19 @@ pub(crate) const Q8_0: u8 = 2;
 pub(crate) const Q5_0: u8 = 3;
 /// Weight format selector for the generic kernel.
 pub(crate) const Q5_1: u8 = 4;
+/// Weight format selector for the generic kernel.
+pub(crate) const IQ4_NL: u8 = 5;
+
+/// IQ4_NL's codebook shifted to unsigned bytes (`level + 128`), for `vpshufb`.
+pub(crate) const IQ4NL_U8: [u8; 16] = {
+    let mut t = [0u8; 16];
+    let mut i = 0;
+    while i < 16 {
+        t[i] = (pagoda_core::quant::IQ4NL_VALUES[i] as i16 + 128) as u8;
+        i += 1;
+    }
+    t
+};
 
 /// Whether format `F` has a per-block minimum `m` (and so the `Σ m·s` term).
 const fn has_min(f: u8) -> bool {
@@ -113,6 +126,7 @@ const fn geometry(f: u8) -> (usize, usize) {
         Q4_1 => (20, 4),
         Q5_0 => (22, 6),
         Q5_1 => (24, 8),
+        IQ4_NL => (18, 2),
         _ => (34, 2),
     }
 }
@@ -263,7 +277,7 @@ unsafe fn header_permute<const F: u8>(p: usize) -> (__m512i, __mmask32) {
     static Q5_0_T: [([u16; 32], u32); 5] = table(geometry(Q5_0).0);
     static Q5_1_T: [([u16; 32], u32); 5] = table(geometry(Q5_1).0);
     let t = match F {
-        Q4_0 => &Q4_0_T[p],
+        Q4_0 | IQ4_NL => &Q4_0_T[p],
         Q4_1 => &Q4_1_T[p],
         Q5_0 => &Q5_0_T[p],
         Q5_1 => &Q5_1_T[p],
@@ -302,6 +316,11 @@ unsafe fn tile_dot<const F: u8, const R: usize, const T: usize>(
         let zero = _mm512_setzero_si512();
 
         let mut acc = [[_mm256_setzero_ps(); T]; R];
+        // IQ4_NL (llama.cpp's pairs of blocks): odd blocks go to `acc2`, and an odd last
+        // block is kept as an exact integer sum `tail_i` with its scale `tail_d`, added
+        // after the horizontal sum.
+        let mut acc2 = [[_mm256_setzero_ps(); T]; R];
+        let (mut tail_i, mut tail_d) = ([[0i32; T]; R], [[0.0f32; T]; R]);
         // Q4_1's Σ m·s: one lane per (row, token) cell, lane t·R + r (R·T ≤ 16). Each
         // product of two f16 values is exact in f32, so fma(m, s, acc) rounds exactly as
         // the scalar chain's `acc + m·s` does. The chain is serial in block order, so it
@@ -410,6 +429,10 @@ unsafe fn tile_dot<const F: u8, const R: usize, const T: usize>(
                 let eight = _mm512_castsi512_si256(eight);
                 let sixteen = _mm256_set1_epi8(16);
                 let fifth = _mm256_set1_epi8(0x10);
+                let flip = _mm512_castsi512_si256(flip);
+                let kv = _mm256_broadcastsi128_si256(_mm_loadu_si128(
+                    IQ4NL_U8.as_ptr() as *const __m128i
+                ));
                 let zero = _mm256_setzero_si256();
                 for b in 0..n {
                     if has_min(F) {
@@ -427,6 +450,10 @@ unsafe fn tile_dot<const F: u8, const R: usize, const T: usize>(
                             let qh = (blk.add(qoff - 4) as *const u32).read_unaligned();
                             u[r] = _mm256_or_si256(u[r], _mm256_maskz_mov_epi8(qh, fifth));
                         }
+                        if F == IQ4_NL {
+                            // Codebook levels as unsigned bytes `level + 128`.
+                            u[r] = _mm256_shuffle_epi8(kv, u[r]);
+                        }
                     }
                     for t in 0..T {
                         let yp = acts.qs.as_ptr().add(((t0 + t) * nb + g + b) * QK);
@@ -438,13 +465,26 @@ unsafe fn tile_dot<const F: u8, const R: usize, const T: usize>(
                             _mm256_sub_epi32(zero, _mm256_dpbusd_epi32(zero, eight, y))
                         } else if F == Q5_0 {
                             _mm256_sub_epi32(zero, _mm256_dpbusd_epi32(zero, sixteen, y))
+                        } else if F == IQ4_NL {
+                            _mm256_sub_epi32(zero, _mm256_dpbusd_epi32(zero, flip, y))
                         } else {
                             zero
                         };
+                        let gb = g + b;
                         for r in 0..R {
                             let s = _mm256_dpbusd_epi32(init, u[r], y);
+                            if F == IQ4_NL && nb % 2 == 1 && gb == nb - 1 {
+                                tail_i[r][t] = hsum_i32(s);
+                                tail_d[r][t] = dd[r][t][b];
+                                continue;
+                            }
                             let f = _mm256_cvtepi32_ps(s);
-                            acc[r][t] = _mm256_fmadd_ps(f, _mm256_set1_ps(dd[r][t][b]), acc[r][t]);
+                            let a = if F == IQ4_NL && gb % 2 == 1 {
+                                &mut acc2[r][t]
+                            } else {
+                                &mut acc[r][t]
+                            };
+                            *a = _mm256_fmadd_ps(f, _mm256_set1_ps(dd[r][t][b]), *a);
                         }
                     }
                 }
@@ -510,10 +550,31 @@ unsafe fn tile_dot<const F: u8, const R: usize, const T: usize>(
         let mut out = [[0.0f32; T]; R];
         for r in 0..R {
             for t in 0..T {
-                out[r][t] = hsum8(acc[r][t]) + sm[t * R + r];
+                out[r][t] = if F == IQ4_NL {
+                    let s = hsum8(_mm256_add_ps(acc[r][t], acc2[r][t]));
+                    if nb % 2 == 1 {
+                        tail_d[r][t].mul_add(tail_i[r][t] as f32, s)
+                    } else {
+                        s
+                    }
+                } else {
+                    hsum8(acc[r][t]) + sm[t * R + r]
+                };
             }
         }
         out
+    }
+}
+
+/// The sum of eight i32 lanes (exact: the lanes are small).
+#[inline(always)]
+unsafe fn hsum_i32(a: __m256i) -> i32 {
+    // SAFETY: register-only AVX2 operations; features per the calling function.
+    unsafe {
+        let s = _mm_add_epi32(_mm256_castsi256_si128(a), _mm256_extracti128_si256::<1>(a));
+        let s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01>(s));
+        _mm_cvtsi128_si32(s)
     }
 }
 
@@ -530,7 +591,7 @@ unsafe fn hsum8(a: __m256) -> f32 {
 }
 
 /// This level's rows of the weight-format table (formats not listed run the scalar row).
-pub(crate) static TABLE: [WeightKernels; 8] = [
+pub(crate) static TABLE: [WeightKernels; 9] = [
     row(GgmlType::F32, Activation::F32, 4, f32_chunk),
     row(GgmlType::F16, Activation::F16, 2, super::half_x86::f16_chunk_avx512),
     row(GgmlType::BF16, Activation::Bf16, 2, super::half_x86::bf16_chunk_avx512),
@@ -539,6 +600,7 @@ pub(crate) static TABLE: [WeightKernels; 8] = [
     soa_row(GgmlType::Q5_0, Activation::Q8_0, soa_chunk::<{ Q5_0 }>),
     soa_row(GgmlType::Q5_1, Activation::Q8_1, soa_chunk::<{ Q5_1 }>),
     soa_row(GgmlType::Q8_0, Activation::Q8_0, soa_chunk::<{ Q8_0 }>),
+    soa_row(GgmlType::IQ4_NL, Activation::Q8_0, soa_chunk::<{ IQ4_NL }>),
 ];
 
 /// [`matmul_chunk`] as a table kernel.

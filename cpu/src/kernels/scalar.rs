@@ -18,7 +18,10 @@
 //! the `_ref` quantizer for activations, so parity with it needs this rule.
 
 use half::f16;
-use pagoda_core::quant::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1, QK};
+use pagoda_core::quant::iq4_nl::IQ4NL_VALUES;
+use pagoda_core::quant::{
+    BlockIq4Nl, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1, QK,
+};
 
 /// `(d, id)` for a block whose largest magnitude is `amax`.
 #[inline]
@@ -154,6 +157,34 @@ pub(crate) fn dot_q5_1(w: &[BlockQ5_1], a: &[BlockQ8_1]) -> f32 {
         lane_fma(&mut acc, x.d.to_f32() * y.d.to_f32(), lanes(&quints(&x.qs, x.qh, 0), &y.qs));
     }
     hsum8(acc) + summs
+}
+
+/// IQ4_NL codebook levels in element order.
+#[inline]
+fn iq4nl_levels(qs: &[u8; QK / 2]) -> [i32; QK] {
+    nibbles(qs, 0).map(|q| i32::from(IQ4NL_VALUES[q as usize]))
+}
+
+/// IQ4_NL · Q8_0 over whole rows (`w.len() == a.len()`), as llama.cpp's AVX2
+/// `ggml_vec_dot_iq4_nl_q8_0`: blocks in pairs, the even block into one 8-lane
+/// accumulator and the odd one into another (same lanes and fma as [`dot_q4_0`]);
+/// `hsum8(acc_even + acc_odd)`; an odd last block then adds `fma(dx·dy, Σ quants·y, sum)`.
+pub(crate) fn dot_iq4_nl(w: &[BlockIq4Nl], a: &[BlockQ8_0]) -> f32 {
+    let n = w.len().min(a.len());
+    let mut acc = [[0.0f32; 8]; 2];
+    let pairs = n / 2 * 2;
+    for (i, (x, y)) in w[..pairs].iter().zip(&a[..pairs]).enumerate() {
+        let d = y.d.to_f32() * x.d.to_f32();
+        lane_fma(&mut acc[i % 2], d, lanes(&iq4nl_levels(&x.qs), &y.qs));
+    }
+    let mut sum = hsum8(core::array::from_fn(|j| acc[0][j] + acc[1][j]));
+    if pairs < n {
+        let (x, y) = (&w[pairs], &a[pairs]);
+        let d = y.d.to_f32() * x.d.to_f32();
+        let sumi: i32 = lanes(&iq4nl_levels(&x.qs), &y.qs).iter().sum();
+        sum = d.mul_add(sumi as f32, sum);
+    }
+    sum
 }
 
 /// Q8_0 · Q8_0 over whole rows (`w.len() == a.len()`).

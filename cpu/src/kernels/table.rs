@@ -21,7 +21,8 @@ use half::{bf16, f16};
 
 use pagoda_core::ggml_type::GgmlType;
 use pagoda_core::quant::{
-    BlockQ4K, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1, VecDot,
+    BlockIq4Xs, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8K,
+    BlockQ8_0, BlockQ8_1, VecDot,
 };
 
 use super::activations::Inputs;
@@ -201,6 +202,7 @@ scalar_dot!(ScalarQ4_1, pagoda_core::quant::BlockQ4_1, BlockQ8_1, scalar::dot_q4
 scalar_dot!(ScalarQ5_0, BlockQ5_0, BlockQ8_0, scalar::dot_q5_0);
 scalar_dot!(ScalarQ5_1, BlockQ5_1, BlockQ8_1, scalar::dot_q5_1);
 scalar_dot!(ScalarQ8_0, BlockQ8_0, BlockQ8_0, scalar::dot_q8_0);
+scalar_dot!(ScalarIq4Nl, pagoda_core::quant::BlockIq4Nl, BlockQ8_0, scalar::dot_iq4_nl);
 
 /// F32 weights at `level`: pulp's dot product of the level's width (the one kernel whose
 /// float order follows the vector width). Each level's table wraps this in its own
@@ -289,7 +291,7 @@ pub(crate) const fn soa_row(ty: GgmlType, act: Activation, chunk: ChunkFn) -> We
 }
 
 /// The scalar level: every format pagoda runs.
-static SCALAR: [WeightKernels; 11] = [
+static SCALAR: [WeightKernels; 15] = [
     row(GgmlType::F32, Activation::F32, 4, f32_chunk),
     row(GgmlType::F16, Activation::F16, 2, f16_chunk),
     row(GgmlType::BF16, Activation::Bf16, 2, bf16_chunk),
@@ -298,7 +300,11 @@ static SCALAR: [WeightKernels; 11] = [
     row(GgmlType::Q5_0, Activation::Q8_0, 2, by_rows::<ScalarQ5_0>),
     row(GgmlType::Q5_1, Activation::Q8_1, 2, by_rows::<ScalarQ5_1>),
     row(GgmlType::Q8_0, Activation::Q8_0, 2, by_rows::<ScalarQ8_0>),
+    row(GgmlType::IQ4_NL, Activation::Q8_0, 2, by_rows::<ScalarIq4Nl>),
+    row(GgmlType::Q2_K, Activation::Q8K, 2, by_rows::<CoreDot<BlockQ2K>>),
+    row(GgmlType::Q3_K, Activation::Q8K, 2, by_rows::<CoreDot<BlockQ3K>>),
     row(GgmlType::Q4_K, Activation::Q8K, 2, by_rows::<CoreDot<BlockQ4K>>),
     row(GgmlType::Q5_K, Activation::Q8K, 2, by_rows::<CoreDot<BlockQ5K>>),
     row(GgmlType::Q6_K, Activation::Q8K, 2, by_rows::<CoreDot<BlockQ6K>>),
+    row(GgmlType::IQ4_XS, Activation::Q8K, 2, by_rows::<CoreDot<BlockIq4Xs>>),
 ];
