@@ -41,5 +41,6 @@ pub mod kernels;
 pub mod model;
 pub mod model_file;
 pub mod perplexity;
+pub mod quantize;
 pub mod sampler;
 pub mod tokenizer;

@@ -1,6 +1,7 @@
 //! Shared helpers of the workspace-level tests.
 #![allow(dead_code)]
 
+pub mod sha256;
 pub mod synthetic;
 
 use std::path::{Path, PathBuf};
