@@ -2,12 +2,51 @@
 //! × Q8_K activations): their rows of the weight-format table at each level.
 //!
 //! Each level's rows here are chained after that level's own table in
-//! [`super::table::lookup`]; a format missing at a level runs the scalar row.
+//! [`super::table::lookup`]; a format missing at a level runs the scalar row. The scalar
+//! rows ([`scalar`]) are llama.cpp's x86 float order and override the generic
+//! [`CoreDot`](super::table::CoreDot) rows of the scalar table.
+//!
+//! | format | scalar (llama.cpp AVX2 order) | AVX2                   | AVX-512 + VNNI            |
+//! |--------|-------------------------------|------------------------|---------------------------|
+//! | Q4_K   | `dot_q4_k`                    | `maddubs` + `madd`     | `vpdpbusd` + `vpdpwssd`   |
+//! | Q5_K   | `dot_q5_k`                    | `maddubs` + `madd`     | `vpdpbusd` + `vpdpwssd`   |
+//! | Q6_K   | `dot_q6_k`                    | `maddubs` + `madd`     | `vpdpbusd` + `vpdpwssd`   |
 
-use super::table::WeightKernels;
+mod scalar;
 
-/// K-quant rows of the scalar level (empty: the scalar table's rows apply).
-pub(crate) static SCALAR: [WeightKernels; 0] = [];
+use pagoda_core::ggml_type::GgmlType;
+use pagoda_core::quant::{BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
+
+use super::activations::Inputs;
+use super::table::{by_rows, row, Activation, RowDot, WeightKernels};
+
+/// A scalar K-quant dot product as a [`RowDot`].
+macro_rules! kquant_dot {
+    ($name:ident, $w:ty, $f:path) => {
+        pub(crate) struct $name;
+        impl RowDot for $name {
+            type W = $w;
+            type A = BlockQ8K;
+            fn acts<'a>(inputs: &Inputs<'a>) -> &'a [BlockQ8K] {
+                inputs.q8k
+            }
+            unsafe fn dot(w: &[$w], a: &[BlockQ8K]) -> f32 {
+                $f(w, a)
+            }
+        }
+    };
+}
+
+kquant_dot!(ScalarQ4K, BlockQ4K, scalar::dot_q4_k);
+kquant_dot!(ScalarQ5K, BlockQ5K, scalar::dot_q5_k);
+kquant_dot!(ScalarQ6K, BlockQ6K, scalar::dot_q6_k);
+
+/// K-quant rows of the scalar level: llama.cpp's x86 float order.
+pub(crate) static SCALAR: [WeightKernels; 3] = [
+    row(GgmlType::Q4_K, Activation::Q8K, 2, by_rows::<ScalarQ4K>),
+    row(GgmlType::Q5_K, Activation::Q8K, 2, by_rows::<ScalarQ5K>),
+    row(GgmlType::Q6_K, Activation::Q8K, 2, by_rows::<ScalarQ6K>),
+];
 
 /// K-quant rows of the AVX2 level.
 #[cfg(target_arch = "x86_64")]

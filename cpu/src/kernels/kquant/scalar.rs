@@ -1,0 +1,185 @@
+//! The K-quant dot products (× Q8_K) written out in the float order of llama.cpp's x86
+//! AVX2 `ggml_vec_dot_<fmt>_q8_K` (`ggml/src/ggml-cpu/arch/x86/quants.c`, the
+//! `#if defined __AVX2__` branch, which an AVX-512 + VNNI build also compiles: no K-quant
+//! has an `__AVX512F__` branch). This is the specification every SIMD level reproduces.
+//!
+//! Every format keeps 8 float lanes `acc`. Per super-block, its integer work is exact and
+//! lands in 8 i32 lanes; lane `m` holds, for every 32-value chunk `c` of the super-block,
+//! the scaled products of the chunk's values `4m..4m+4`:
+//!
+//! ```text
+//! lane[m] = Σ_c  sc[sub(32c + 4m)] · Σ_{e = 4m..4m+4} q[32c + e] · y[32c + e]
+//!           (sub(v) = v / 32 for Q4_K/Q5_K/IQ4_XS, v / 16 for Q2_K/Q3_K/Q6_K)
+//! acc[m]  = fma(d, (float) lane[m], acc[m])         d = y.d · f16(x.d)   (an f32 product)
+//! result  = hsum8(acc) (+ the format's tail)        hsum8 = ((a0+a4)+(a2+a6))+((a1+a5)+(a3+a7))
+//! ```
+//!
+//! The mins (Q4_K, Q5_K, Q2_K) and Q6_K's offset use the Q8_K block sums `bsums`; each
+//! function's comment gives where they enter. The integer identities hold for Q8_K quants
+//! in `-127..=127` (what [`BlockQ8K`]'s quantizer produces: llama.cpp's `vpmaddubsw` can
+//! saturate or its `vpsignb` wrap only for a quant of -128).
+
+use pagoda_core::quant::{get_scale_min_k4, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, QK_K};
+
+/// llama.cpp's `hsum_float_8`.
+#[inline]
+pub(crate) fn hsum8(a: [f32; 8]) -> f32 {
+    super::super::scalar::hsum8(a)
+}
+
+/// The integer lanes of one super-block: `lane[m] = Σ_c sc[(32c + 4m) / SUB] ·
+/// Σ_{e=4m..4m+4} q[32c + e] · y[32c + e]`.
+#[inline]
+pub(crate) fn lanes<const SUB: usize>(q: &[i32; QK_K], y: &[i8; QK_K], sc: &[i32]) -> [i32; 8] {
+    let mut l = [0i32; 8];
+    for c in 0..QK_K / 32 {
+        for (m, l) in l.iter_mut().enumerate() {
+            let v = 32 * c + 4 * m;
+            let p: i32 = (v..v + 4).map(|e| q[e] * i32::from(y[e])).sum();
+            *l += sc[v / SUB] * p;
+        }
+    }
+    l
+}
+
+#[inline]
+fn lane_fma(acc: &mut [f32; 8], d: f32, l: [i32; 8]) {
+    for (a, l) in acc.iter_mut().zip(l) {
+        *a = d.mul_add(l as f32, *a);
+    }
+}
+
+/// The decoded header of a Q4_K/Q5_K super-block: 8 scales and 8 mins (6-bit).
+#[inline]
+pub(crate) fn scales_mins_k4(scales: &[u8; 12]) -> ([i32; 8], [i32; 8]) {
+    let mut sc = [0i32; 8];
+    let mut mn = [0i32; 8];
+    for j in 0..8 {
+        let (s, m) = get_scale_min_k4(j, scales);
+        sc[j] = i32::from(s);
+        mn[j] = i32::from(m);
+    }
+    (sc, mn)
+}
+
+/// Q4_K/Q5_K's min term of one super-block, as llama.cpp's `_mm_hadd_epi16` +
+/// `_mm_madd_epi16` form it: 4 lanes `prod[k] = mn[2k]·(b[4k] + b[4k+1]) +
+/// mn[2k+1]·(b[4k+2] + b[4k+3])` (the pair sums in wrapping i16).
+#[inline]
+pub(crate) fn min_prod4(mn: &[i32; 8], bsums: &[i16; 16]) -> [i32; 4] {
+    let q8s: [i32; 8] =
+        core::array::from_fn(|k| i32::from(bsums[2 * k].wrapping_add(bsums[2 * k + 1])));
+    core::array::from_fn(|k| mn[2 * k] * q8s[2 * k] + mn[2 * k + 1] * q8s[2 * k + 1])
+}
+
+/// Q4_K's 256 quants `0..16` in value order.
+#[inline]
+fn q4k_quants(x: &BlockQ4K) -> [i32; QK_K] {
+    core::array::from_fn(|v| {
+        let b = x.qs[32 * (v / 64) + v % 32];
+        i32::from(if v % 64 < 32 { b & 0xF } else { b >> 4 })
+    })
+}
+
+/// Q5_K's 256 quants `0..32` in value order (value `v`'s fifth bit: bit `v / 32` of
+/// `qh[v % 32]`).
+#[inline]
+fn q5k_quants(x: &BlockQ5K) -> [i32; QK_K] {
+    core::array::from_fn(|v| {
+        let b = x.qs[32 * (v / 64) + v % 32];
+        let lo = if v % 64 < 32 { b & 0xF } else { b >> 4 };
+        let hi = (x.qh[v % 32] >> (v / 32)) & 1;
+        i32::from(lo | (hi << 4))
+    })
+}
+
+/// Q6_K's 256 quants `0..64` (unsigned: the -32 is applied through `bsums`).
+#[inline]
+fn q6k_quants(x: &BlockQ6K) -> [i32; QK_K] {
+    core::array::from_fn(|v| {
+        let (h, w) = (v / 128, v % 128);
+        let l = w % 32;
+        let ql = x.ql[64 * h + l + if w % 64 >= 32 { 32 } else { 0 }];
+        let lo = if w < 64 { ql & 0xF } else { ql >> 4 };
+        let hi = (x.qh[32 * h + l] >> (2 * (w / 32))) & 3;
+        i32::from(lo | (hi << 4))
+    })
+}
+
+/// Q4_K · Q8_K over whole rows (`w.len() == a.len()`), llama.cpp's AVX2
+/// `ggml_vec_dot_q4_K_q8_K` (not the repacked `q4_K_8x8` GEMV/GEMM):
+///
+/// ```text
+/// per super-block:  d = y.d · f16(x.d);  dmin = -y.d · f16(x.dmin)
+///   acc_m[k] = fma(dmin, (float) prod[k], acc_m[k])    k < 4, prod: min_prod4
+///   acc[m]   = fma(d, (float) lane[m], acc[m])          32-value sub-blocks
+/// result = hsum8(acc) + ((acc_m[0] + acc_m[2]) + (acc_m[1] + acc_m[3]))
+/// ```
+pub(crate) fn dot_q4_k(w: &[BlockQ4K], a: &[BlockQ8K]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let mut acc_m = [0.0f32; 4];
+    for (x, y) in w.iter().zip(a) {
+        let d = y.d * x.d.to_f32();
+        let dmin = -y.d * x.dmin.to_f32();
+        let (sc, mn) = scales_mins_k4(&x.scales);
+        for (m, p) in acc_m.iter_mut().zip(min_prod4(&mn, &y.bsums)) {
+            *m = dmin.mul_add(p as f32, *m);
+        }
+        lane_fma(&mut acc, d, lanes::<32>(&q4k_quants(x), &y.qs, &sc));
+    }
+    hsum8(acc) + ((acc_m[0] + acc_m[2]) + (acc_m[1] + acc_m[3]))
+}
+
+/// Q5_K · Q8_K over whole rows (`w.len() == a.len()`), llama.cpp's AVX2
+/// `ggml_vec_dot_q5_K_q8_K`:
+///
+/// ```text
+/// per super-block:  d = y.d · f16(x.d);  dmin = -y.d · f16(x.dmin)
+///   summs  = fma(dmin, (float) Σ_k prod[k], summs)     (GCC contracts `summs += dmin * i`)
+///   acc[m] = fma(d, (float) lane[m], acc[m])            32-value sub-blocks, quants 0..32
+/// result = hsum8(acc) + summs
+/// ```
+pub(crate) fn dot_q5_k(w: &[BlockQ5K], a: &[BlockQ8K]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let mut summs = 0.0f32;
+    for (x, y) in w.iter().zip(a) {
+        let d = y.d * x.d.to_f32();
+        let dmin = -y.d * x.dmin.to_f32();
+        let (sc, mn) = scales_mins_k4(&x.scales);
+        let p = min_prod4(&mn, &y.bsums);
+        let isum = (p[0].wrapping_add(p[1])).wrapping_add(p[2].wrapping_add(p[3]));
+        summs = dmin.mul_add(isum as f32, summs);
+        lane_fma(&mut acc, d, lanes::<32>(&q5k_quants(x), &y.qs, &sc));
+    }
+    hsum8(acc) + summs
+}
+
+/// Q6_K's offset term: 8 lanes `32 · (b[2m]·sc[2m] + b[2m+1]·sc[2m+1])` (llama.cpp's
+/// `q8sclsub`).
+#[inline]
+pub(crate) fn q6k_sclsub(sc: &[i32; 16], bsums: &[i16; 16]) -> [i32; 8] {
+    core::array::from_fn(|m| {
+        32 * (i32::from(bsums[2 * m]) * sc[2 * m] + i32::from(bsums[2 * m + 1]) * sc[2 * m + 1])
+    })
+}
+
+/// Q6_K · Q8_K over whole rows (`w.len() == a.len()`), llama.cpp's AVX2
+/// `ggml_vec_dot_q6_K_q8_K`:
+///
+/// ```text
+/// per super-block:  d = y.d · f16(x.d)
+///   acc[m] = fma(d, (float) (lane[m] - sclsub[m]), acc[m])   16-value sub-blocks,
+///            quants 0..64, sclsub: q6k_sclsub (the -32 of every quant)
+/// result = hsum8(acc)
+/// ```
+pub(crate) fn dot_q6_k(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    for (x, y) in w.iter().zip(a) {
+        let d = y.d * x.d.to_f32();
+        let sc: [i32; 16] = core::array::from_fn(|j| i32::from(x.scales[j]));
+        let l = lanes::<16>(&q6k_quants(x), &y.qs, &sc);
+        let s = q6k_sclsub(&sc, &y.bsums);
+        lane_fma(&mut acc, d, core::array::from_fn(|m| l[m] - s[m]));
+    }
+    hsum8(acc)
+}
