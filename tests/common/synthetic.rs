@@ -8,12 +8,17 @@
 //! let err = m.load().unwrap_err();
 //! ```
 //!
-//! Every tensor is F32 (ggml order: `[cols, rows]`). Weights are small pseudo-random values
-//! from a fixed seed; norm gains are 1. `load` goes through `ModelFile::from_vec` and
+//! Every tensor is F32 unless [`SyntheticLlama::set_type`] says otherwise, in which case
+//! its values are quantized to that type (pagoda-core's `quantize_row`, ggml's bytes), or
+//! written as zero bytes of the type's size where pagoda has no quantizer (ggml order:
+//! `[cols, rows]`). Weights are small pseudo-random values from a fixed seed; norm gains
+//! are 1. `load` goes through `ModelFile::from_vec` and
 //! `Llama::from_file`, the path every real file takes.
 #![allow(dead_code)]
 
+use pagoda::core::ggml_type::GgmlType;
 use pagoda::core::gguf::ValueType;
+use pagoda::core::quant::quantize_row;
 use pagoda::cpu::model::{Llama, ModelError};
 use pagoda::cpu::model_file::ModelFile;
 
@@ -53,6 +58,8 @@ pub struct SyntheticLlama {
     pub tensor_overrides: Vec<(String, Option<Vec<u64>>, Vec<f32>)>,
     /// Tensors left out of the file.
     pub omitted: Vec<String>,
+    /// Tensors stored in a type other than F32: name → type.
+    pub types: Vec<(String, GgmlType)>,
 }
 
 impl SyntheticLlama {
@@ -81,6 +88,7 @@ impl SyntheticLlama {
             meta: Vec::new(),
             tensor_overrides: Vec::new(),
             omitted: Vec::new(),
+            types: Vec::new(),
         };
         m.set("general.architecture", Meta::Str("llama".into()));
         m.set_u32("llama.block_count", n_layers as u32);
@@ -194,9 +202,29 @@ impl SyntheticLlama {
         out
     }
 
+    /// Stores tensor `name` as `ty` (see the module docs).
+    pub fn set_type(&mut self, name: &str, ty: GgmlType) -> &mut Self {
+        self.types.retain(|(n, _)| n != name);
+        self.types.push((name.to_string(), ty));
+        self
+    }
+
+    /// The type tensor `name` is stored in.
+    pub fn type_of(&self, name: &str) -> GgmlType {
+        self.types.iter().find(|(n, _)| n == name).map_or(GgmlType::F32, |&(_, t)| t)
+    }
+
     /// The GGUF file.
     pub fn build(&self) -> Vec<u8> {
-        write_gguf(&self.meta, &self.tensors())
+        let typed: Vec<_> = self
+            .tensors()
+            .into_iter()
+            .map(|(name, dims, values)| {
+                let ty = self.type_of(&name);
+                (name, dims, values, ty)
+            })
+            .collect();
+        write_gguf_typed(&self.meta, &typed)
     }
 
     /// The model, loaded as a file would be.
@@ -222,6 +250,36 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
 
 /// A GGUF v3 file of `meta` and F32 `tensors` (32-byte aligned data).
 pub fn write_gguf(meta: &[(String, Meta)], tensors: &[(String, Vec<u64>, Vec<f32>)]) -> Vec<u8> {
+    let typed: Vec<_> =
+        tensors.iter().map(|(n, d, v)| (n.clone(), d.clone(), v.clone(), GgmlType::F32)).collect();
+    write_gguf_typed(meta, &typed)
+}
+
+/// The bytes of `values` as a tensor of type `ty` with rows of `cols` values: quantized by
+/// `quantize_row`, else (no quantizer, or rows that are not whole blocks) zero bytes of
+/// the size ggml gives such a tensor (`values / block · block bytes`, rounded down).
+fn tensor_bytes(ty: GgmlType, cols: usize, values: &[f32]) -> Vec<u8> {
+    if ty == GgmlType::F32 {
+        return values.iter().flat_map(|x| x.to_le_bytes()).collect();
+    }
+    let (block, bytes) = (ty.block_size().unwrap_or(1), ty.type_size().unwrap_or(1));
+    let mut out = vec![0u8; values.len() / block * bytes];
+    if cols % block == 0 {
+        let row = cols / block * bytes;
+        for (x, o) in values.chunks(cols).zip(out.chunks_mut(row)) {
+            if quantize_row(ty, x, o).is_err() {
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// A GGUF v3 file of `meta` and `tensors` of the given types (32-byte aligned data).
+pub fn write_gguf_typed(
+    meta: &[(String, Meta)],
+    tensors: &[(String, Vec<u64>, Vec<f32>, GgmlType)],
+) -> Vec<u8> {
     const ALIGN: usize = 32;
     let mut out = b"GGUF".to_vec();
     out.extend(3u32.to_le_bytes());
@@ -251,21 +309,21 @@ pub fn write_gguf(meta: &[(String, Meta)], tensors: &[(String, Vec<u64>, Vec<f32
         }
     }
     let mut offset = 0usize;
-    let mut offsets = Vec::with_capacity(tensors.len());
-    for (name, dims, values) in tensors {
+    let mut data = Vec::with_capacity(tensors.len());
+    for (name, dims, values, ty) in tensors {
         put_str(&mut out, name);
         out.extend((dims.len() as u32).to_le_bytes());
         dims.iter().for_each(|d| out.extend(d.to_le_bytes()));
-        out.extend(0u32.to_le_bytes()); // GGML_TYPE_F32
+        out.extend(ty.id().to_le_bytes());
         out.extend((offset as u64).to_le_bytes());
-        offsets.push(offset);
-        offset = (offset + 4 * values.len()).next_multiple_of(ALIGN);
+        let bytes = tensor_bytes(*ty, dims[0] as usize, values);
+        offset = (offset + bytes.len()).next_multiple_of(ALIGN);
+        data.push(bytes);
     }
     out.resize(out.len().next_multiple_of(ALIGN), 0);
-    let data_start = out.len();
-    for ((_, _, values), off) in tensors.iter().zip(offsets) {
-        out.resize(data_start + off, 0);
-        out.extend(values.iter().flat_map(|x| x.to_le_bytes()));
+    for bytes in data {
+        out.extend(&bytes);
+        out.resize(out.len().next_multiple_of(ALIGN), 0);
     }
     out
 }
