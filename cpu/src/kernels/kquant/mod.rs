@@ -12,7 +12,13 @@
 //! | Q5_K   | `dot_q5_k`                    | `maddubs` + `madd`     | `vpdpbusd` + `vpdpwssd`   |
 //! | Q6_K   | `dot_q6_k`                    | `maddubs` + `madd`     | `vpdpbusd` + `vpdpwssd`   |
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 mod scalar;
+#[cfg(target_arch = "x86_64")]
+mod x86;
 
 use pagoda_core::ggml_type::GgmlType;
 use pagoda_core::quant::{BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
@@ -50,11 +56,19 @@ pub(crate) static SCALAR: [WeightKernels; 3] = [
 
 /// K-quant rows of the AVX2 level.
 #[cfg(target_arch = "x86_64")]
-pub(crate) static AVX2: [WeightKernels; 0] = [];
+pub(crate) static AVX2: [WeightKernels; 3] = [
+    row(GgmlType::Q4_K, Activation::Q8K, 2, avx2::chunk::<x86::Q4K>),
+    row(GgmlType::Q5_K, Activation::Q8K, 2, avx2::chunk::<x86::Q5K>),
+    row(GgmlType::Q6_K, Activation::Q8K, 2, avx2::chunk::<x86::Q6K>),
+];
 
 /// K-quant rows of the AVX-512 level.
 #[cfg(target_arch = "x86_64")]
-pub(crate) static AVX512: [WeightKernels; 0] = [];
+pub(crate) static AVX512: [WeightKernels; 3] = [
+    row(GgmlType::Q4_K, Activation::Q8K, 2, avx512::chunk::<x86::Q4K>),
+    row(GgmlType::Q5_K, Activation::Q8K, 2, avx512::chunk::<x86::Q5K>),
+    row(GgmlType::Q6_K, Activation::Q8K, 2, avx512::chunk::<x86::Q6K>),
+];
 
 /// K-quant rows of the NEON level.
 #[cfg(target_arch = "aarch64")]

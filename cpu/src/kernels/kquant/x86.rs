@@ -1,0 +1,293 @@
+//! What the x86 K-quant kernels share: the formats' headers, the per-super-block float
+//! step (the only float work, llama.cpp's operations), and the tile driver.
+//!
+//! A level computes, per (row, token) cell and super-block, the 8 exact i32 lanes of
+//! [`super::scalar::lanes`] in its own way (any grouping of exact integer sums gives the
+//! same lanes); [`finish`] then applies the format's float operations in the scalar
+//! order, and [`result`] the final reduction. So every level returns the scalar bits.
+//!
+//! ```text
+//!   tiles of R rows × T tokens:  for each super-block: header of the R rows (scales,
+//!   mins, d), then the level's integer work, then `finish` per cell;
+//!   after the last one `result` per cell
+//! ```
+
+use core::arch::x86_64::*;
+
+use bytemuck::Pod;
+use pagoda_core::quant::{BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
+
+use super::super::activations::Inputs;
+use super::scalar::scales_mins_k4;
+
+/// What a format adds to the 8-lane accumulator and how its result ends.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kind {
+    /// Q4_K: a 4-lane min accumulator, reduced and added last.
+    Q4K,
+    /// Q5_K: a scalar min sum (`fma` per super-block), added last.
+    Q5K,
+    /// Q6_K: the `-32` offset through `bsums`, per lane.
+    Q6K,
+}
+
+/// A super-block's header, decoded once per row and super-block.
+#[derive(Clone, Copy)]
+pub(super) struct Hdr {
+    /// `f16(x.d)`.
+    pub d: f32,
+    /// `f16(x.dmin)` (0 where the format has none).
+    pub dmin: f32,
+    /// Sub-block scales (8 for 32-value sub-blocks, 16 for 16-value ones).
+    pub sc: [i16; 16],
+    /// Sub-block mins (Q4_K/Q5_K: 8).
+    pub mn: [i16; 16],
+}
+
+/// A K-quant weight format, as the x86 kernels see it.
+pub(super) trait Fmt {
+    /// The block.
+    type B: Pod;
+    /// Which float steps apply.
+    const KIND: Kind;
+    /// Whether sub-blocks are 16 values (else 32).
+    const SUB16: bool;
+    /// The header.
+    fn header(b: &Self::B) -> Hdr;
+}
+
+/// Q4_K (marker).
+pub(super) struct Q4K;
+/// Q5_K (marker).
+pub(super) struct Q5K;
+/// Q6_K (marker).
+pub(super) struct Q6K;
+
+fn widen8(a: [i32; 8]) -> [i16; 16] {
+    core::array::from_fn(|i| if i < 8 { a[i] as i16 } else { 0 })
+}
+
+impl Fmt for Q4K {
+    type B = BlockQ4K;
+    const KIND: Kind = Kind::Q4K;
+    const SUB16: bool = false;
+    #[inline(always)]
+    fn header(b: &BlockQ4K) -> Hdr {
+        let (sc, mn) = scales_mins_k4(&b.scales);
+        Hdr { d: b.d.to_f32(), dmin: b.dmin.to_f32(), sc: widen8(sc), mn: widen8(mn) }
+    }
+}
+
+impl Fmt for Q5K {
+    type B = BlockQ5K;
+    const KIND: Kind = Kind::Q5K;
+    const SUB16: bool = false;
+    #[inline(always)]
+    fn header(b: &BlockQ5K) -> Hdr {
+        let (sc, mn) = scales_mins_k4(&b.scales);
+        Hdr { d: b.d.to_f32(), dmin: b.dmin.to_f32(), sc: widen8(sc), mn: widen8(mn) }
+    }
+}
+
+impl Fmt for Q6K {
+    type B = BlockQ6K;
+    const KIND: Kind = Kind::Q6K;
+    const SUB16: bool = true;
+    #[inline(always)]
+    fn header(b: &BlockQ6K) -> Hdr {
+        Hdr {
+            d: b.d.to_f32(),
+            dmin: 0.0,
+            sc: core::array::from_fn(|j| i16::from(b.scales[j])),
+            mn: [0; 16],
+        }
+    }
+}
+
+/// One (row, token) cell's float state: `acc` (8 lanes) and the format's tail (Q4_K: 4
+/// lanes; Q5_K: lane 0).
+#[derive(Clone, Copy)]
+pub(super) struct Cell {
+    pub acc: __m256,
+    pub m: __m128,
+}
+
+impl Cell {
+    /// A zeroed cell.
+    ///
+    /// # Safety
+    /// AVX enabled by the calling function.
+    #[inline(always)]
+    pub unsafe fn zero() -> Cell {
+        // SAFETY: register-only AVX operations; features per the caller.
+        unsafe { Cell { acc: _mm256_setzero_ps(), m: _mm_setzero_ps() } }
+    }
+}
+
+/// One super-block's float step for one cell, given its 8 integer lanes `s8`
+/// (the scalar function's order, see `super::scalar::dot_q4_k` etc.).
+///
+/// # Safety
+/// AVX2 and FMA enabled by the calling function.
+#[inline(always)]
+pub(super) unsafe fn finish<F: Fmt>(h: &Hdr, y: &BlockQ8K, s8: __m256i, cell: &mut Cell) {
+    // SAFETY: register-only operations and in-bounds loads of `y.bsums` (32 bytes) and
+    // `h.sc`/`h.mn` (32 bytes each); AVX2 + FMA per the caller.
+    unsafe {
+        let d = y.d * h.d;
+        let bs = _mm256_loadu_si256(y.bsums.as_ptr() as *const __m256i);
+        let mut s8 = s8;
+        match F::KIND {
+            Kind::Q4K | Kind::Q5K => {
+                let dmin = -y.d * h.dmin;
+                let q8s =
+                    _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256::<1>(bs));
+                let mn = _mm_loadu_si128(h.mn.as_ptr() as *const __m128i);
+                let prod = _mm_madd_epi16(mn, q8s);
+                if F::KIND == Kind::Q4K {
+                    cell.m = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(prod), cell.m);
+                } else {
+                    let s = _mm_add_epi32(prod, _mm_unpackhi_epi64(prod, prod));
+                    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01>(s));
+                    let isum = _mm_cvtsi128_si32(s);
+                    cell.m = _mm_fmadd_ss(_mm_set_ss(dmin), _mm_set_ss(isum as f32), cell.m);
+                }
+            }
+            Kind::Q6K => {
+                let sc = _mm256_loadu_si256(h.sc.as_ptr() as *const __m256i);
+                s8 = _mm256_sub_epi32(s8, _mm256_slli_epi32::<5>(_mm256_madd_epi16(bs, sc)));
+            }
+        }
+        cell.acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(s8), cell.acc);
+    }
+}
+
+/// A cell's result: `hsum8(acc)` plus the format's tail.
+///
+/// # Safety
+/// AVX enabled by the calling function.
+#[inline(always)]
+pub(super) unsafe fn result<F: Fmt>(cell: &Cell) -> f32 {
+    // SAFETY: register-only AVX operations; features per the caller.
+    unsafe {
+        let a = cell.acc;
+        let s = _mm_add_ps(_mm256_extractf128_ps::<1>(a), _mm256_castps256_ps128(a));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        let h = _mm_cvtss_f32(s);
+        match F::KIND {
+            Kind::Q4K => {
+                let m = _mm_add_ps(cell.m, _mm_movehl_ps(cell.m, cell.m));
+                let m = _mm_add_ss(m, _mm_movehdup_ps(m));
+                h + _mm_cvtss_f32(m)
+            }
+            Kind::Q5K => h + _mm_cvtss_f32(cell.m),
+            Kind::Q6K => h,
+        }
+    }
+}
+
+/// A level's tile: rows `rows` (whole rows of `nb` blocks) against tokens
+/// `t0..t0 + T` of `acts`, as `out[r][t]`.
+pub(super) trait Tile<F: Fmt> {
+    /// # Safety
+    /// The level's features are enabled by the caller; every row has `nb` blocks and
+    /// `acts` holds tokens `t0..t0 + T` (`nb` blocks each).
+    unsafe fn tile<const R: usize, const T: usize>(
+        rows: [&[F::B]; R],
+        acts: &[BlockQ8K],
+        nb: usize,
+        t0: usize,
+    ) -> [[f32; T]; R];
+}
+
+/// The [`ChunkFn`](super::super::table::ChunkFn) body: tiles of 4 rows × 1 token for
+/// decode; otherwise 64-row blocks, each against token quads in tiles of 4 rows (the
+/// block's weights stay in cache across the tokens; outputs are written per token as 64
+/// contiguous floats).
+///
+/// # Safety
+/// `L`'s features are enabled by the caller (a `target_feature` function this inlines
+/// into); the `ChunkFn` contract.
+#[inline(always)]
+pub(super) unsafe fn drive<F: Fmt, L: Tile<F>>(
+    w: &[u8],
+    row_bytes: usize,
+    inputs: &Inputs<'_>,
+    outs: &mut [&mut [f32]],
+) {
+    let nb = row_bytes / size_of::<F::B>();
+    let rows = w.len().checked_div(row_bytes).unwrap_or(0);
+    // Cannot fail: rows are whole blocks, aligned for the block type (the contract).
+    let blocks: &[F::B] = bytemuck::cast_slice(w);
+    let row = |r: usize| &blocks[r * nb..(r + 1) * nb];
+    let acts = inputs.q8k;
+    if outs.len() == 1 {
+        let out = &mut *outs[0];
+        let mut r = 0;
+        while r + 4 <= rows {
+            // SAFETY: features per this fn's contract; the rows and token 0 exist.
+            let v = unsafe {
+                L::tile::<4, 1>([row(r), row(r + 1), row(r + 2), row(r + 3)], acts, nb, 0)
+            };
+            for i in 0..4 {
+                out[r + i] = v[i][0];
+            }
+            r += 4;
+        }
+        while r < rows {
+            // SAFETY: as above.
+            out[r] = unsafe { L::tile::<1, 1>([row(r)], acts, nb, 0) }[0][0];
+            r += 1;
+        }
+        return;
+    }
+    const ROWS: usize = 64;
+    let mut tile = [[0.0f32; ROWS]; 4];
+    let mut r0 = 0;
+    while r0 < rows {
+        let rn = (rows - r0).min(ROWS);
+        let mut t = 0;
+        while t < outs.len() {
+            let tn = (outs.len() - t).min(4);
+            let mut r = 0;
+            while r < rn {
+                let four = r + 4 <= rn;
+                macro_rules! tile {
+                    ($tn:literal) => {
+                        if four {
+                            let rp =
+                                [row(r0 + r), row(r0 + r + 1), row(r0 + r + 2), row(r0 + r + 3)];
+                            // SAFETY: features per this fn's contract; rows and tokens
+                            // t..t+tn exist.
+                            let v = unsafe { L::tile::<4, $tn>(rp, acts, nb, t) };
+                            for j in 0..4 {
+                                for i in 0..$tn {
+                                    tile[i][r + j] = v[j][i];
+                                }
+                            }
+                        } else {
+                            // SAFETY: as above.
+                            let v = unsafe { L::tile::<1, $tn>([row(r0 + r)], acts, nb, t) };
+                            for i in 0..$tn {
+                                tile[i][r] = v[0][i];
+                            }
+                        }
+                    };
+                }
+                match tn {
+                    4 => tile!(4),
+                    3 => tile!(3),
+                    2 => tile!(2),
+                    _ => tile!(1),
+                }
+                r += if four { 4 } else { 1 };
+            }
+            for i in 0..tn {
+                outs[t + i][r0..r0 + rn].copy_from_slice(&tile[i][..rn]);
+            }
+            t += tn;
+        }
+        r0 += rn;
+    }
+}
