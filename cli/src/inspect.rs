@@ -1,12 +1,15 @@
 //! `pagoda inspect`: a GGUF file's metadata and tensor table, like llama.cpp's gguf-dump.
 //!
-//! Text output summarises long arrays (`[49152 strings: "<|endoftext|>", "<|im_start|>", …]`)
-//! and long strings. `--json` prints one JSON object for scripts:
+//! Each tensor's type is in the table; a last line gives the type mix (`types: 210 × Q4_1,
+//! 61 × F32, 1 × Q8_0`, [`TypeMix`]). Text output summarises long arrays
+//! (`[49152 strings: "<|endoftext|>", "<|im_start|>", …]`) and long strings. `--json` prints
+//! one JSON object for scripts:
 //!
 //! ```text
 //! { "file": path, "version": 3, "alignment": 32, "data_start": bytes, "file_bytes": bytes,
 //!   "metadata": { key: scalar | string | {"array": elem type, "len": n, "head": [≤ 16 values]} },
-//!   "tensors": [ {"name", "type", "shape" (ggml order), "n_elements", "n_bytes", "offset"} ] }
+//!   "tensors": [ {"name", "type", "shape" (ggml order), "n_elements", "n_bytes", "offset"} ],
+//!   "types": [ {"type", "count"} ] (the type mix, most common first) }
 //! ```
 
 use std::fmt::Write as _;
@@ -15,6 +18,7 @@ use std::path::PathBuf;
 use clap::Args;
 use pagoda_core::gguf::{ArrayView, Gguf, Value};
 use pagoda_cpu::model_file::{default_model_path, ModelFile, ModelFileError};
+use pagoda_cpu::quantize::TypeMix;
 use serde_json::{json, Map, Value as Json};
 
 use crate::common::{escape, quoted};
@@ -99,6 +103,7 @@ fn to_text(model: &ModelFile, g: &Gguf<'_>) -> String {
         total += t.data().len() as u64;
     }
     let _ = writeln!(out, "{} tensors, {total} bytes of tensor data", g.tensor_count());
+    let _ = writeln!(out, "types: {}", TypeMix::of_gguf(g));
     out
 }
 
@@ -176,6 +181,11 @@ fn to_json(model: &ModelFile, g: &Gguf<'_>) -> String {
         "file_bytes": model.bytes().len(),
         "metadata": metadata,
         "tensors": tensors,
+        "types": TypeMix::of_gguf(g)
+            .counts()
+            .iter()
+            .map(|(ty, n)| json!({ "type": ty.name(), "count": n }))
+            .collect::<Vec<_>>(),
     });
     let mut s = serde_json::to_string_pretty(&doc).unwrap_or_default();
     s.push('\n');

@@ -29,6 +29,7 @@ mod inspect;
 mod logger;
 mod perplexity;
 mod plot;
+mod quantize;
 mod run;
 mod tokenize;
 
@@ -63,6 +64,8 @@ enum Command {
     Perplexity(perplexity::PerplexityArgs),
     /// Print a GGUF file's metadata and tensor table (like gguf-dump).
     Inspect(inspect::InspectArgs),
+    /// Requantize a GGUF model (Q4_K_M, Q8_0, …): the file llama-quantize writes, byte for byte.
+    Quantize(quantize::QuantizeArgs),
 }
 
 /// The `pagoda` command: parses the arguments, runs the subcommand, prints an error line.
@@ -76,6 +79,7 @@ pub fn main() -> ExitCode {
         Command::Chat(a) => chat::main(a),
         Command::Tokenize(a) => tokenize::main(a),
         Command::Perplexity(a) => perplexity::main(a),
+        Command::Quantize(a) => quantize::main(a),
         Command::Inspect(a) => {
             inspect::run(&a).map_err(Into::into).and_then(|out| common::write_stdout(&out))
         }

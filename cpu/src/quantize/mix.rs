@@ -1,6 +1,7 @@
 //! A file's type mix: how many tensors of each type (`30 × Q5_0, 30 × Q4_K, 61 × F32`),
 //! the one-line fingerprint of a quantization preset that `pagoda inspect` prints.
 
+use std::borrow::Borrow;
 use std::fmt;
 
 use pagoda_core::gguf::Gguf;
@@ -26,9 +27,9 @@ impl TypeMix {
         TypeMix { counts }
     }
 
-    /// The mix of a GGUF file's tensors.
-    pub fn of_gguf(g: &Gguf<'_>) -> TypeMix {
-        TypeMix::from_types(g.tensors().map(|t| t.ggml_type()))
+    /// The mix of a GGUF file's tensors; takes `model.gguf()` or `&gguf`.
+    pub fn of_gguf<'a>(g: impl Borrow<Gguf<'a>>) -> TypeMix {
+        TypeMix::from_types(g.borrow().tensors().map(|t| t.ggml_type()))
     }
 
     /// `(type, tensor count)` pairs, most common first.

@@ -253,12 +253,19 @@ impl Preset {
     /// Q5_K_M; else a number read like C's `stoi` (leading spaces, a sign, the leading
     /// digits: `"15"` and `"15x"` are Q4_K_M) that is a preset's ftype id.
     pub fn parse(s: &str) -> Result<Preset, PresetError> {
+        Preset::parse_named(s).map(|(p, _)| p)
+    }
+
+    /// [`parse`](Self::parse), also returning the name of the table entry that matched
+    /// (`"Q4_K"` for `q4_k` and for `15`: the alias comes first), which llama-quantize
+    /// uses in its default output name `ggml-model-Q4_K.gguf`.
+    pub fn parse_named(s: &str) -> Result<(Preset, &'static str), PresetError> {
         let found = TABLE.iter().find(|e| e.name.eq_ignore_ascii_case(s)).or_else(|| {
             let id = stoi(s)?;
             TABLE.iter().find(|e| i64::from(e.ftype) == id)
         });
         match found {
-            Some(Entry { preset: Some(p), .. }) => Ok(*p),
+            Some(&Entry { name, preset: Some(p), .. }) => Ok((p, name)),
             Some(&Entry { name, ftype, preset: None }) => {
                 Err(PresetError::Unsupported { name, ftype })
             }
@@ -324,6 +331,8 @@ mod tests {
         assert_eq!(Preset::parse(" 7"), Ok(Preset::Q8_0));
         assert_eq!(Preset::parse("0"), Ok(Preset::F32));
         assert_eq!(Preset::parse("32"), Ok(Preset::BF16));
+        assert_eq!(Preset::parse_named("15"), Ok((Preset::Q4_K_M, "Q4_K")));
+        assert_eq!(Preset::parse_named("q4_k_m"), Ok((Preset::Q4_K_M, "Q4_K_M")));
         for p in Preset::ALL {
             assert_eq!(Preset::parse(p.name()), Ok(p));
             assert_eq!(Preset::parse(&p.ftype().to_string()), Ok(p));
