@@ -37,39 +37,12 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-version=0.3.36
-cache="$here/target/llamacpp"
-src="$cache/llama_cpp_python-$version/vendor/llama.cpp"
-build="$cache/build"
-llama_bench=${LLAMACPP_BENCH:-"$build/bin/llama-bench"}
+# shellcheck source=scripts/llamacpp-build.sh
+. "$here/scripts/llamacpp-build.sh"
+llama_bench=${LLAMACPP_BENCH:-"$llamacpp_build_dir/bin/llama-bench"}
 
 build_llama_bench() {
-  mkdir -p "$cache"
-  if [ ! -d "$src" ]; then
-    echo "bench-vs-llamacpp: fetching the llama-cpp-python==$version sdist from PyPI" >&2
-    # --no-binary for this package only: with :all: pip would also build the sdist's
-    # build dependencies (cmake among them) from source just to read its metadata.
-    python3 -m pip download --quiet --disable-pip-version-check --no-deps \
-      --no-binary llama-cpp-python "llama-cpp-python==$version" -d "$cache" >&2
-    tar -xzf "$cache/llama_cpp_python-$version.tar.gz" -C "$cache"
-  fi
-  if ! command -v cmake >/dev/null; then
-    echo "bench-vs-llamacpp: cmake missing; pip install cmake" >&2
-    python3 -m pip install --quiet --disable-pip-version-check cmake >&2
-    export PATH="$HOME/.local/bin:$PATH"
-  fi
-  # Not GGML_NATIVE=ON: on a Xeon with AMX that build segfaults in ggml_backend_amx_mul_mat.
-  # The same instruction sets but AMX, spelled out; AVX-VNNI (the VEX form) only where
-  # /proc/cpuinfo lists it: some AVX-512 Xeons have only the EVEX form (SIGILL otherwise).
-  avx_vnni=OFF
-  grep -qw avx_vnni /proc/cpuinfo 2>/dev/null && avx_vnni=ON
-  echo "bench-vs-llamacpp: building llama-bench (Release, GGML_NATIVE=OFF, AVX-512 VNNI/BF16/VBMI, AVX_VNNI=$avx_vnni, no AMX) in $build" >&2
-  cmake -S "$src" -B "$build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=OFF \
-    -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=ON \
-    -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX_VNNI=$avx_vnni \
-    -DLLAMA_CURL=OFF \
-    -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF >"$cache/cmake.log" 2>&1
-  cmake --build "$build" --config Release --target llama-bench -j "${BUILD_JOBS:-$(nproc)}" >>"$cache/cmake.log" 2>&1
+  llamacpp_build bench-vs-llamacpp llama-bench
 }
 
 if [ ! -x "$llama_bench" ]; then
