@@ -15,13 +15,21 @@ mod kernels_support;
 
 use kernels_support::{all_kernels, Rng};
 use pagoda::core::ggml_type::GgmlType;
-use pagoda::core::quant::{BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, Quantize, VecDot, QK_K};
+use pagoda::core::quant::{
+    BlockIq4Xs, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, Quantize, VecDot, QK_K,
+};
 use pagoda::cpu::kernels::{Kernels, MatmulScratch, QuantMatrix, SimdLevel};
 use proptest::prelude::*;
 
 /// The formats this file covers (each must have a kernel at every level).
-const FORMATS: [(GgmlType, &str); 3] =
-    [(GgmlType::Q4_K, "Q4_K"), (GgmlType::Q5_K, "Q5_K"), (GgmlType::Q6_K, "Q6_K")];
+const FORMATS: [GgmlType; 6] = [
+    GgmlType::Q2_K,
+    GgmlType::Q3_K,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+    GgmlType::IQ4_XS,
+];
 
 fn block_bytes(ty: GgmlType) -> usize {
     ty.type_size().expect("block bytes")
@@ -91,6 +99,21 @@ fn check_llamacpp(ty: GgmlType, name: &str) {
         }
     }
     assert!(nonzero >= 8, "{name}: too few informative cases");
+}
+
+#[test]
+fn q2_k_equals_llamacpp_bit_for_bit() {
+    check_llamacpp(GgmlType::Q2_K, "Q2_K");
+}
+
+#[test]
+fn q3_k_equals_llamacpp_bit_for_bit() {
+    check_llamacpp(GgmlType::Q3_K, "Q3_K");
+}
+
+#[test]
+fn iq4_xs_equals_llamacpp_bit_for_bit() {
+    check_llamacpp(GgmlType::IQ4_XS, "IQ4_XS");
 }
 
 #[test]
@@ -213,6 +236,24 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
 
     #[test]
+    fn every_level_equals_scalar_q2_k(rows in 1usize..19, nb in 1usize..5, tokens in 1usize..10,
+                                      seed in any::<u64>(), kind in 0u64..8) {
+        check_levels(GgmlType::Q2_K, rows, nb, tokens, seed, kind);
+    }
+
+    #[test]
+    fn every_level_equals_scalar_q3_k(rows in 1usize..19, nb in 1usize..5, tokens in 1usize..10,
+                                      seed in any::<u64>(), kind in 0u64..8) {
+        check_levels(GgmlType::Q3_K, rows, nb, tokens, seed, kind);
+    }
+
+    #[test]
+    fn every_level_equals_scalar_iq4_xs(rows in 1usize..19, nb in 1usize..5, tokens in 1usize..10,
+                                        seed in any::<u64>(), kind in 0u64..8) {
+        check_levels(GgmlType::IQ4_XS, rows, nb, tokens, seed, kind);
+    }
+
+    #[test]
     fn every_level_equals_scalar_q4_k(rows in 1usize..19, nb in 1usize..5, tokens in 1usize..10,
                                       seed in any::<u64>(), kind in 0u64..8) {
         check_levels(GgmlType::Q4_K, rows, nb, tokens, seed, kind);
@@ -235,7 +276,7 @@ proptest! {
 /// multiple of any tile.
 #[test]
 fn every_level_equals_scalar_on_a_prompt_shape() {
-    for (i, &(ty, _)) in FORMATS.iter().enumerate() {
+    for (i, &ty) in FORMATS.iter().enumerate() {
         check_levels(ty, 37, 3, 67, 0xC0FFEE + i as u64, 6);
     }
 }
@@ -305,4 +346,7 @@ fn scalar_is_close_to_core_vec_dot() {
     close_to_core::<BlockQ4K>(GgmlType::Q4_K, 41);
     close_to_core::<BlockQ5K>(GgmlType::Q5_K, 51);
     close_to_core::<BlockQ6K>(GgmlType::Q6_K, 61);
+    close_to_core::<BlockQ2K>(GgmlType::Q2_K, 21);
+    close_to_core::<BlockQ3K>(GgmlType::Q3_K, 31);
+    close_to_core::<BlockIq4Xs>(GgmlType::IQ4_XS, 71);
 }

@@ -21,7 +21,7 @@ mod scalar;
 mod x86;
 
 use pagoda_core::ggml_type::GgmlType;
-use pagoda_core::quant::{BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
+use pagoda_core::quant::{BlockIq4Xs, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
 
 use super::activations::Inputs;
 use super::table::{by_rows, row, Activation, RowDot, WeightKernels};
@@ -43,12 +43,18 @@ macro_rules! kquant_dot {
     };
 }
 
+kquant_dot!(ScalarQ2K, BlockQ2K, scalar::dot_q2_k);
+kquant_dot!(ScalarQ3K, BlockQ3K, scalar::dot_q3_k);
 kquant_dot!(ScalarQ4K, BlockQ4K, scalar::dot_q4_k);
 kquant_dot!(ScalarQ5K, BlockQ5K, scalar::dot_q5_k);
 kquant_dot!(ScalarQ6K, BlockQ6K, scalar::dot_q6_k);
+kquant_dot!(ScalarIq4Xs, BlockIq4Xs, scalar::dot_iq4_xs);
 
 /// K-quant rows of the scalar level: llama.cpp's x86 float order.
-pub(crate) static SCALAR: [WeightKernels; 3] = [
+pub(crate) static SCALAR: [WeightKernels; 6] = [
+    row(GgmlType::Q2_K, Activation::Q8K, 2, by_rows::<ScalarQ2K>),
+    row(GgmlType::Q3_K, Activation::Q8K, 2, by_rows::<ScalarQ3K>),
+    row(GgmlType::IQ4_XS, Activation::Q8K, 2, by_rows::<ScalarIq4Xs>),
     row(GgmlType::Q4_K, Activation::Q8K, 2, by_rows::<ScalarQ4K>),
     row(GgmlType::Q5_K, Activation::Q8K, 2, by_rows::<ScalarQ5K>),
     row(GgmlType::Q6_K, Activation::Q8K, 2, by_rows::<ScalarQ6K>),

@@ -19,7 +19,10 @@
 //! in `-127..=127` (what [`BlockQ8K`]'s quantizer produces: llama.cpp's `vpmaddubsw` can
 //! saturate or its `vpsignb` wrap only for a quant of -128).
 
-use pagoda_core::quant::{get_scale_min_k4, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, QK_K};
+use pagoda_core::quant::{
+    get_scale_min_k4, BlockIq4Xs, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K,
+    IQ4NL_VALUES, QK_K,
+};
 
 /// llama.cpp's `hsum_float_8`.
 #[inline]
@@ -180,6 +183,118 @@ pub(crate) fn dot_q6_k(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
         let l = lanes::<16>(&q6k_quants(x), &y.qs, &sc);
         let s = q6k_sclsub(&sc, &y.bsums);
         lane_fma(&mut acc, d, core::array::from_fn(|m| l[m] - s[m]));
+    }
+    hsum8(acc)
+}
+
+/// Q2_K's 256 quants `0..4` in value order (value `128h + 32k + l`: bits `2k..2k+2` of
+/// `qs[32h + l]`).
+#[inline]
+fn q2k_quants(x: &BlockQ2K) -> [i32; QK_K] {
+    core::array::from_fn(|v| {
+        let (h, k, l) = (v / 128, (v % 128) / 32, v % 32);
+        i32::from((x.qs[32 * h + l] >> (2 * k)) & 3)
+    })
+}
+
+/// Q2_K's min term: 8 lanes `m[2l]·b[2l] + m[2l+1]·b[2l+1]` (`_mm256_madd_epi16`).
+#[inline]
+pub(crate) fn q2k_min_prod(x: &BlockQ2K, bsums: &[i16; 16]) -> [i32; 8] {
+    core::array::from_fn(|l| {
+        i32::from(x.scales[2 * l] >> 4) * i32::from(bsums[2 * l])
+            + i32::from(x.scales[2 * l + 1] >> 4) * i32::from(bsums[2 * l + 1])
+    })
+}
+
+/// Q2_K · Q8_K over whole rows (`w.len() == a.len()`), llama.cpp's AVX2
+/// `ggml_vec_dot_q2_K_q8_K`: both terms go into the one accumulator, mins first:
+///
+/// ```text
+/// per super-block:  d = y.d · f16(x.d);  dmin = -y.d · f16(x.dmin)
+///   acc[l] = fma(dmin, (float) prod[l], acc[l])    prod: q2k_min_prod
+///   acc[l] = fma(d, (float) lane[l], acc[l])       16-value sub-blocks, scales & 0xF
+/// result = hsum8(acc)
+/// ```
+pub(crate) fn dot_q2_k(w: &[BlockQ2K], a: &[BlockQ8K]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    for (x, y) in w.iter().zip(a) {
+        let d = y.d * x.d.to_f32();
+        let dmin = -y.d * x.dmin.to_f32();
+        lane_fma(&mut acc, dmin, q2k_min_prod(x, &y.bsums));
+        let sc: [i32; 16] = core::array::from_fn(|j| i32::from(x.scales[j] & 0xF));
+        lane_fma(&mut acc, d, lanes::<16>(&q2k_quants(x), &y.qs, &sc));
+    }
+    hsum8(acc)
+}
+
+/// Q3_K's 16 signed scales (`6-bit - 32`).
+#[inline]
+pub(crate) fn q3k_scales(x: &BlockQ3K) -> [i32; 16] {
+    core::array::from_fn(|j| i32::from(x.scale(j)) - 32)
+}
+
+/// Q3_K's 256 signed quants `-4..4` in value order.
+#[inline]
+fn q3k_quants(x: &BlockQ3K) -> [i32; QK_K] {
+    core::array::from_fn(|v| {
+        let (h, k, l) = (v / 128, (v % 128) / 32, v % 32);
+        let lo = i32::from((x.qs[32 * h + l] >> (2 * k)) & 3);
+        let hi = (x.hmask[l] >> (4 * h + k)) & 1;
+        if hi == 1 {
+            lo
+        } else {
+            lo - 4
+        }
+    })
+}
+
+/// Q3_K · Q8_K over whole rows (`w.len() == a.len()`), llama.cpp's AVX2
+/// `ggml_vec_dot_q3_K_q8_K`:
+///
+/// ```text
+/// per super-block:  d = y.d · f16(x.d)
+///   acc[l] = fma(d, (float) lane[l], acc[l])     16-value sub-blocks, signed scales and quants
+/// result = hsum8(acc)
+/// ```
+pub(crate) fn dot_q3_k(w: &[BlockQ3K], a: &[BlockQ8K]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    for (x, y) in w.iter().zip(a) {
+        let d = y.d * x.d.to_f32();
+        lane_fma(&mut acc, d, lanes::<16>(&q3k_quants(x), &y.qs, &q3k_scales(x)));
+    }
+    hsum8(acc)
+}
+
+/// IQ4_XS's 8 signed scales (`6-bit - 32`).
+#[inline]
+pub(crate) fn iq4xs_scales(x: &BlockIq4Xs) -> [i32; 8] {
+    core::array::from_fn(|j| i32::from(x.scale(j)) - 32)
+}
+
+/// IQ4_XS's 256 codebook values in value order (sub-block `j`: low nibbles of
+/// `qs[16j..16j+16]` are values 0..16, high nibbles 16..32).
+#[inline]
+fn iq4xs_values(x: &BlockIq4Xs) -> [i32; QK_K] {
+    core::array::from_fn(|v| {
+        let (j, e) = (v / 32, v % 32);
+        let b = x.qs[16 * j + e % 16];
+        i32::from(IQ4NL_VALUES[usize::from(if e < 16 { b & 0xF } else { b >> 4 })])
+    })
+}
+
+/// IQ4_XS · Q8_K over whole rows (`w.len() == a.len()`), llama.cpp's AVX2
+/// `ggml_vec_dot_iq4_xs_q8_K`:
+///
+/// ```text
+/// per super-block:  d = f16(x.d) · y.d
+///   acc[l] = fma(d, (float) lane[l], acc[l])     32-value sub-blocks, signed scales
+/// result = hsum8(acc)
+/// ```
+pub(crate) fn dot_iq4_xs(w: &[BlockIq4Xs], a: &[BlockQ8K]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    for (x, y) in w.iter().zip(a) {
+        let d = x.d.to_f32() * y.d;
+        lane_fma(&mut acc, d, lanes::<32>(&iq4xs_values(x), &y.qs, &iq4xs_scales(x)));
     }
     hsum8(acc)
 }
