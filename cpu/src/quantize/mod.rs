@@ -345,6 +345,9 @@ pub fn quantize(
     let pool = Pool::new(options.threads)?;
     let cancelled = || options.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed));
 
+    // llama.cpp always pads to 32 bytes, even when the input's general.alignment (copied
+    // into the output) says otherwise, which makes a file readers misplace; pagoda pads to
+    // the alignment the output declares. For the usual 32 the bytes are the same.
     let alignment = g.alignment();
     let infos: Vec<writer::TensorInfo<'_>> = plan
         .tensors
