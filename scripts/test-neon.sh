@@ -37,6 +37,7 @@ step "build the tests for $target"
 cargo test --locked --target "$target" -p pagoda-cpu --no-run "$@"
 cargo test --locked --target "$target" -p pagoda --no-run \
   --test kernels_level --test kernels_matmul --test kernels_quantize --test kernels_float \
+  --test kernels_formats \
   --test attention_simd "$@"
 
 # NEON must really be the level chosen under qemu, not a silent scalar fallback: the
@@ -54,6 +55,7 @@ step "kernel and attention tests (every available level: scalar and neon)"
 # container), so it runs only in its child form, the NEON check above.
 cargo test --locked --target "$target" -p pagoda \
   --test kernels_level --test kernels_matmul --test kernels_quantize --test kernels_float \
+  --test kernels_formats \
   --test attention_simd "$@" \
   -- --skip pagoda_simd_forces_a_level_or_falls_back
 step "done"

@@ -148,6 +148,7 @@ pub fn main(a: BenchArgs) -> CliResult {
             .map(|r| {
                 json!({
                     "model": info.name, "size_bytes": info.bytes, "params": info.params,
+                    "types": info.types.to_string(),
                     "simd": model.kernels().level().name(), "kv_type": kv_name(a.kv_type),
                     "test": r.test, "threads": r.threads, "depth": r.depth,
                     "tokens_per_s": r.tps, "stdev": r.stdev, "reps": r.samples.len(),
@@ -165,8 +166,9 @@ pub fn main(a: BenchArgs) -> CliResult {
                 if r.depth == 0 { r.test.clone() } else { format!("{} @ d{}", r.test, r.depth) };
             let _ = writeln!(
                 out,
-                "| {} | {:.2} MiB | {:.2} M | {} | {} | {} | {:.2} ± {:.2} |",
+                "| {} ({}) | {:.2} MiB | {:.2} M | {} | {} | {} | {:.2} ± {:.2} |",
                 info.name,
+                info.types,
                 info.bytes as f64 / (1024.0 * 1024.0),
                 info.params as f64 / 1e6,
                 model.kernels().level().name(),
@@ -227,6 +229,8 @@ pub(crate) struct ModelInfo {
     pub bytes: u64,
     /// Values in all tensors.
     pub params: u64,
+    /// Tensor counts by type (`120 × Q5_0, 61 × F32, 30 × Q4_K`).
+    pub types: pagoda_cpu::quantize::TypeMix,
 }
 
 impl ModelInfo {
@@ -239,7 +243,8 @@ impl ModelInfo {
         let name = path
             .file_stem()
             .map_or_else(|| path.display().to_string(), |s| s.to_string_lossy().into_owned());
-        ModelInfo { name, bytes, params }
+        let types = pagoda_cpu::quantize::TypeMix::of_gguf(model.gguf());
+        ModelInfo { name, bytes, params, types }
     }
 }
 

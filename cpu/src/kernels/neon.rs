@@ -9,7 +9,9 @@
 use core::arch::aarch64::*;
 
 use pagoda_core::ggml_type::GgmlType;
-use pagoda_core::quant::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1};
+use pagoda_core::quant::{
+    BlockIq4Nl, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1, IQ4NL_VALUES,
+};
 
 use super::activations::Inputs;
 use super::table::{by_rows, f32_rows, row, ActBlock, Activation, RowDot, WeightKernels};
@@ -132,6 +134,106 @@ pub(crate) unsafe fn vec_dot_q8_0_q8_0(w: &[BlockQ8_0], a: &[BlockQ8_0]) -> f32 
     }
 }
 
+/// A Q5 block's quants `nibble | fifth bit << 4` as two vectors (elements 0..16, 16..32).
+///
+/// # Safety
+/// NEON must be available.
+#[inline(always)]
+unsafe fn quints(qs: &[u8; 16], qh: [u8; 4]) -> (uint8x16_t, uint8x16_t) {
+    // SAFETY: a 16-byte load from a 16-byte array and 8-byte loads from an 8-byte array;
+    // register-only NEON otherwise, enabled by the caller.
+    unsafe {
+        let q = vld1q_u8(qs.as_ptr());
+        const BITS: [u8; 8] = [1, 2, 4, 8, 16, 32, 64, 128];
+        let bits = vld1_u8(BITS.as_ptr());
+        let fifth = vdupq_n_u8(0x10);
+        let spread = |a: u8, b: u8| {
+            vandq_u8(vcombine_u8(vtst_u8(vdup_n_u8(a), bits), vtst_u8(vdup_n_u8(b), bits)), fifth)
+        };
+        let lo = vorrq_u8(vandq_u8(q, vdupq_n_u8(0x0F)), spread(qh[0], qh[1]));
+        let hi = vorrq_u8(vshrq_n_u8::<4>(q), spread(qh[2], qh[3]));
+        (lo, hi)
+    }
+}
+
+/// Q5_0 · Q8_0 over whole rows, in [`super::scalar::dot_q5_0`]'s float order.
+///
+/// # Safety
+/// NEON must be available.
+#[target_feature(enable = "neon")]
+pub(crate) unsafe fn vec_dot_q5_0_q8_0(w: &[BlockQ5_0], a: &[BlockQ8_0]) -> f32 {
+    // SAFETY: loads within the blocks' arrays (as in `vec_dot_q4_0_q8_0`); NEON per contract.
+    unsafe {
+        let mut acc = [vdupq_n_f32(0.0); 2];
+        let sixteen = vdupq_n_s8(16);
+        for (x, y) in w.iter().zip(a) {
+            let (lo, hi) = quints(&x.qs, x.qh);
+            let lo = vsubq_s8(vreinterpretq_s8_u8(lo), sixteen);
+            let hi = vsubq_s8(vreinterpretq_s8_u8(hi), sixteen);
+            let l = lanes(lo, hi, vld1q_s8(y.qs.as_ptr()), vld1q_s8(y.qs.as_ptr().add(16)));
+            lane_fma(&mut acc, l, x.d.to_f32() * y.d.to_f32());
+        }
+        hsum8(acc)
+    }
+}
+
+/// Q5_1 · Q8_1 over whole rows, in [`super::scalar::dot_q5_1`]'s float order.
+///
+/// # Safety
+/// NEON must be available.
+#[target_feature(enable = "neon")]
+pub(crate) unsafe fn vec_dot_q5_1_q8_1(w: &[BlockQ5_1], a: &[BlockQ8_1]) -> f32 {
+    // SAFETY: as in `vec_dot_q5_0_q8_0`.
+    unsafe {
+        let mut acc = [vdupq_n_f32(0.0); 2];
+        let mut summs = 0.0f32;
+        for (x, y) in w.iter().zip(a) {
+            summs += x.m.to_f32() * y.s.to_f32();
+            let (lo, hi) = quints(&x.qs, x.qh);
+            let (lo, hi) = (vreinterpretq_s8_u8(lo), vreinterpretq_s8_u8(hi));
+            let l = lanes(lo, hi, vld1q_s8(y.qs.as_ptr()), vld1q_s8(y.qs.as_ptr().add(16)));
+            lane_fma(&mut acc, l, x.d.to_f32() * y.d.to_f32());
+        }
+        hsum8(acc) + summs
+    }
+}
+
+/// IQ4_NL · Q8_0 over whole rows, in [`super::scalar::dot_iq4_nl`]'s float order (block
+/// pairs into two accumulators, an odd last block fma'd after the sum).
+///
+/// # Safety
+/// NEON must be available.
+#[target_feature(enable = "neon")]
+pub(crate) unsafe fn vec_dot_iq4_nl_q8_0(w: &[BlockIq4Nl], a: &[BlockQ8_0]) -> f32 {
+    // SAFETY: loads within the blocks' arrays and the 16-entry codebook; NEON per contract.
+    unsafe {
+        let kv = vld1q_s8(IQ4NL_VALUES.as_ptr());
+        let n = w.len().min(a.len());
+        let levels = |x: &BlockIq4Nl| {
+            let q = vld1q_u8(x.qs.as_ptr());
+            (vqtbl1q_s8(kv, vandq_u8(q, vdupq_n_u8(0x0F))), vqtbl1q_s8(kv, vshrq_n_u8::<4>(q)))
+        };
+        let mut acc = [[vdupq_n_f32(0.0); 2]; 2];
+        let pairs = n / 2 * 2;
+        for i in 0..pairs {
+            let (x, y) = (&w[i], &a[i]);
+            let (lo, hi) = levels(x);
+            let l = lanes(lo, hi, vld1q_s8(y.qs.as_ptr()), vld1q_s8(y.qs.as_ptr().add(16)));
+            lane_fma(&mut acc[i % 2], l, y.d.to_f32() * x.d.to_f32());
+        }
+        let mut sum = hsum8([vaddq_f32(acc[0][0], acc[1][0]), vaddq_f32(acc[0][1], acc[1][1])]);
+        if pairs < n {
+            let (x, y) = (&w[pairs], &a[pairs]);
+            let (lo, hi) = levels(x);
+            let l = lanes(lo, hi, vld1q_s8(y.qs.as_ptr()), vld1q_s8(y.qs.as_ptr().add(16)));
+            // Exact: the lanes are small integers.
+            let sumi = vaddvq_f32(vaddq_f32(l[0], l[1]));
+            sum = (y.d.to_f32() * x.d.to_f32()).mul_add(sumi, sum);
+        }
+        sum
+    }
+}
+
 /// NEON rows of the block dot products, for the table.
 macro_rules! neon_dot {
     ($name:ident, $w:ty, $a:ty, $f:ident) => {
@@ -153,6 +255,9 @@ macro_rules! neon_dot {
 neon_dot!(NeonQ4_0, BlockQ4_0, BlockQ8_0, vec_dot_q4_0_q8_0);
 neon_dot!(NeonQ4_1, BlockQ4_1, BlockQ8_1, vec_dot_q4_1_q8_1);
 neon_dot!(NeonQ8_0, BlockQ8_0, BlockQ8_0, vec_dot_q8_0_q8_0);
+neon_dot!(NeonQ5_0, BlockQ5_0, BlockQ8_0, vec_dot_q5_0_q8_0);
+neon_dot!(NeonQ5_1, BlockQ5_1, BlockQ8_1, vec_dot_q5_1_q8_1);
+neon_dot!(NeonIq4Nl, BlockIq4Nl, BlockQ8_0, vec_dot_iq4_nl_q8_0);
 
 /// F32 weights with pulp at this level.
 ///
@@ -163,9 +268,12 @@ unsafe fn f32_chunk(w: &[u8], row_bytes: usize, inputs: &Inputs<'_>, outs: &mut 
 }
 
 /// This level's rows of the weight-format table (formats not listed run the scalar row).
-pub(crate) static TABLE: [WeightKernels; 4] = [
+pub(crate) static TABLE: [WeightKernels; 7] = [
     row(GgmlType::F32, Activation::F32, 4, f32_chunk),
     row(GgmlType::Q4_0, Activation::Q8_0, 2, by_rows::<NeonQ4_0>),
     row(GgmlType::Q4_1, Activation::Q8_1, 2, by_rows::<NeonQ4_1>),
+    row(GgmlType::Q5_0, Activation::Q8_0, 2, by_rows::<NeonQ5_0>),
+    row(GgmlType::Q5_1, Activation::Q8_1, 2, by_rows::<NeonQ5_1>),
     row(GgmlType::Q8_0, Activation::Q8_0, 2, by_rows::<NeonQ8_0>),
+    row(GgmlType::IQ4_NL, Activation::Q8_0, 2, by_rows::<NeonIq4Nl>),
 ];
