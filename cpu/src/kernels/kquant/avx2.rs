@@ -14,10 +14,12 @@
 
 use core::arch::x86_64::*;
 
-use pagoda_core::quant::{BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
+use pagoda_core::quant::{
+    BlockIq4Xs, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, IQ4NL_VALUES,
+};
 
 use super::super::activations::Inputs;
-use super::x86::{self, Cell, Fmt, Tile, Q4K, Q5K, Q6K};
+use super::x86::{self, Cell, Fmt, Iq4Xs, Mode, Tile, Q2K, Q3K, Q4K, Q5K, Q6K};
 
 /// The AVX2 level (marker).
 pub(super) struct Avx2;
@@ -29,7 +31,8 @@ pub(super) trait Dec: Fmt {
     /// # Safety
     /// AVX2 enabled by the caller.
     unsafe fn prep(b: &Self::B) -> Self::P;
-    /// Chunk `c`'s (`c < 8`) 32 quants as unsigned bytes, in value order.
+    /// Chunk `c`'s (`c < 8`) 32 quants in value order: unsigned bytes, `q + 4` for
+    /// [`Mode::Offset4`], signed values for [`Mode::Sign`].
     ///
     /// # Safety
     /// AVX2 enabled by the caller.
@@ -100,6 +103,73 @@ impl Dec for Q6K {
     }
 }
 
+/// Bits `2k..2k+2` of the 32 bytes at `p`.
+///
+/// # Safety
+/// 32 bytes readable at `p`; AVX2 enabled by the caller.
+#[inline(always)]
+unsafe fn crumbs(p: *const u8, k: usize) -> __m256i {
+    // SAFETY: per the contract.
+    unsafe {
+        let q = _mm256_loadu_si256(p as *const __m256i);
+        let q = _mm256_srl_epi16(q, _mm_cvtsi32_si128(2 * k as i32));
+        _mm256_and_si256(q, _mm256_set1_epi8(3))
+    }
+}
+
+impl Dec for Q2K {
+    type P = ();
+    #[inline(always)]
+    unsafe fn prep(_: &BlockQ2K) {}
+    #[inline(always)]
+    unsafe fn chunk(b: &BlockQ2K, _: &(), c: usize) -> __m256i {
+        // SAFETY: c < 8: 32 bytes at 32(c/4) lie in `qs`; features per the caller.
+        unsafe { crumbs(b.qs.as_ptr().add(32 * (c / 4)), c % 4) }
+    }
+}
+
+impl Dec for Q3K {
+    /// `hmask`.
+    type P = __m256i;
+    #[inline(always)]
+    unsafe fn prep(b: &BlockQ3K) -> __m256i {
+        // SAFETY: `hmask` is 32 bytes; features per the caller.
+        unsafe { _mm256_loadu_si256(b.hmask.as_ptr() as *const __m256i) }
+    }
+    #[inline(always)]
+    unsafe fn chunk(b: &BlockQ3K, hm: &__m256i, c: usize) -> __m256i {
+        // SAFETY: c < 8: 32 bytes at 32(c/4) lie in `qs`; features per the caller.
+        unsafe {
+            let lo = crumbs(b.qs.as_ptr().add(32 * (c / 4)), c % 4);
+            // High bit of value 32c + e (c = 4j + k): bit c of hmask[e]; set: u = lo + 4.
+            let bit = _mm256_set1_epi8((1u8 << c) as i8);
+            let set = _mm256_cmpeq_epi8(_mm256_and_si256(*hm, bit), bit);
+            _mm256_or_si256(lo, _mm256_and_si256(set, _mm256_set1_epi8(4)))
+        }
+    }
+}
+
+impl Dec for Iq4Xs {
+    /// The codebook in both 128-bit lanes.
+    type P = __m256i;
+    #[inline(always)]
+    unsafe fn prep(_: &BlockIq4Xs) -> __m256i {
+        // SAFETY: IQ4NL_VALUES is 16 bytes; features per the caller.
+        unsafe {
+            _mm256_broadcastsi128_si256(_mm_loadu_si128(IQ4NL_VALUES.as_ptr() as *const __m128i))
+        }
+    }
+    #[inline(always)]
+    unsafe fn chunk(b: &BlockIq4Xs, book: &__m256i, c: usize) -> __m256i {
+        // SAFETY: c < 8: 16 bytes at 16c lie in `qs`; features per the caller.
+        unsafe {
+            let q = _mm_loadu_si128(b.qs.as_ptr().add(16 * c) as *const __m128i);
+            let z = _mm256_set_m128i(_mm_srli_epi16::<4>(q), q);
+            _mm256_shuffle_epi8(*book, _mm256_and_si256(z, _mm256_set1_epi8(0x0F)))
+        }
+    }
+}
+
 impl<F: Dec> Tile<F> for Avx2 {
     #[inline(always)]
     // Index loops over the tile's parallel arrays read most clearly.
@@ -152,8 +222,24 @@ impl<F: Dec> Tile<F> for Avx2 {
                     }
                     for t in 0..T {
                         let y = _mm256_loadu_si256(ys[t].qs.as_ptr().add(32 * c) as *const __m256i);
+                        // Offset4: u = q + 4, so the pair sums lose 4·(y pair) (exact i16).
+                        let off = if F::MODE == Mode::Offset4 {
+                            _mm256_maddubs_epi16(_mm256_set1_epi8(4), y)
+                        } else {
+                            zero
+                        };
                         for r in 0..R {
-                            let p16 = _mm256_maddubs_epi16(u[r], y);
+                            let p16 = match F::MODE {
+                                // llama.cpp's `mul_add_epi8`: |v| · (y with v's sign).
+                                Mode::Sign => _mm256_maddubs_epi16(
+                                    _mm256_sign_epi8(u[r], u[r]),
+                                    _mm256_sign_epi8(y, u[r]),
+                                ),
+                                Mode::Offset4 => {
+                                    _mm256_sub_epi16(_mm256_maddubs_epi16(u[r], y), off)
+                                }
+                                Mode::Unsigned => _mm256_maddubs_epi16(u[r], y),
+                            };
                             sumi[r][t] =
                                 _mm256_add_epi32(sumi[r][t], _mm256_madd_epi16(p16, pat[r]));
                         }

@@ -17,10 +17,12 @@
 
 use core::arch::x86_64::*;
 
-use pagoda_core::quant::{BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
+use pagoda_core::quant::{
+    BlockIq4Xs, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, IQ4NL_VALUES,
+};
 
 use super::super::activations::Inputs;
-use super::x86::{self, Cell, Fmt, Tile, Q4K, Q5K, Q6K};
+use super::x86::{self, Cell, Fmt, Iq4Xs, Mode, Tile, Q2K, Q3K, Q4K, Q5K, Q6K};
 
 /// The AVX-512 level (marker).
 pub(super) struct Avx512;
@@ -32,7 +34,8 @@ pub(super) trait Dec: Fmt {
     /// # Safety
     /// AVX-512 F/BW enabled by the caller.
     unsafe fn prep(b: &Self::B) -> Self::P;
-    /// Chunk `c`'s (`c < 4`) 64 quants as unsigned bytes, in value order.
+    /// Chunk `c`'s (`c < 4`) 64 quants in value order: unsigned bytes, `q + 4` for
+    /// [`Mode::Offset4`], signed values for [`Mode::Sign`].
     ///
     /// # Safety
     /// AVX-512 F/BW enabled by the caller.
@@ -120,6 +123,79 @@ impl Dec for Q6K {
     }
 }
 
+/// 2-bit fields `k0` (low half) and `k0 + 1` (high half) of the 32 bytes at `p`.
+///
+/// # Safety
+/// 32 bytes readable at `p`; AVX-512 F/BW enabled by the caller.
+#[inline(always)]
+unsafe fn crumbs(p: *const u8, k0: usize) -> __m512i {
+    // SAFETY: per the contract.
+    unsafe {
+        let (a, b) = (2 * k0 as i64, 2 * k0 as i64 + 2);
+        let z = _mm512_srlv_epi64(both_halves(p), _mm512_setr_epi64(a, a, a, a, b, b, b, b));
+        _mm512_and_si512(z, _mm512_set1_epi8(3))
+    }
+}
+
+impl Dec for Q2K {
+    type P = ();
+    #[inline(always)]
+    unsafe fn prep(_: &BlockQ2K) {}
+    #[inline(always)]
+    unsafe fn chunk(b: &BlockQ2K, _: &(), c: usize) -> __m512i {
+        // SAFETY: c < 4: 32 bytes at 32(c/2) lie in `qs`; features per the caller.
+        unsafe { crumbs(b.qs.as_ptr().add(32 * (c / 2)), 2 * (c % 2)) }
+    }
+}
+
+impl Dec for Q3K {
+    /// `hmask` in both halves.
+    type P = __m512i;
+    #[inline(always)]
+    unsafe fn prep(b: &BlockQ3K) -> __m512i {
+        // SAFETY: `hmask` is 32 bytes; features per the caller.
+        unsafe { both_halves(b.hmask.as_ptr()) }
+    }
+    #[inline(always)]
+    unsafe fn chunk(b: &BlockQ3K, hm: &__m512i, c: usize) -> __m512i {
+        // SAFETY: c < 4: 32 bytes at 32(c/2) lie in `qs`; features per the caller.
+        unsafe {
+            let (j, k0) = (c / 2, 2 * (c % 2));
+            let lo = crumbs(b.qs.as_ptr().add(32 * j), k0);
+            // High bit of value 128j + 32k + e: bit 4j + k of hmask[e]; set means q = lo
+            // (u = lo + 4), clear q = lo - 4 (u = lo).
+            let (s0, s1) = ((4 * j + k0) as i64, (4 * j + k0 + 1) as i64);
+            let h = _mm512_srlv_epi64(*hm, _mm512_setr_epi64(s0, s0, s0, s0, s1, s1, s1, s1));
+            let k = _mm512_test_epi8_mask(h, _mm512_set1_epi8(1));
+            _mm512_mask_add_epi8(lo, k, lo, _mm512_set1_epi8(4))
+        }
+    }
+}
+
+impl Dec for Iq4Xs {
+    /// The codebook in each 128-bit lane.
+    type P = __m512i;
+    #[inline(always)]
+    unsafe fn prep(_: &BlockIq4Xs) -> __m512i {
+        // SAFETY: IQ4NL_VALUES is 16 bytes; features per the caller.
+        unsafe { _mm512_broadcast_i32x4(_mm_loadu_si128(IQ4NL_VALUES.as_ptr() as *const __m128i)) }
+    }
+    #[inline(always)]
+    unsafe fn chunk(b: &BlockIq4Xs, book: &__m512i, c: usize) -> __m512i {
+        // SAFETY: c < 4: 32 bytes at 32c lie in `qs`; features per the caller.
+        unsafe {
+            // Sub-blocks 2c, 2c + 1: | lo(A) | hi(A) | lo(B) | hi(B) |, A, B their 16 bytes.
+            let q = _mm256_loadu_si256(b.qs.as_ptr().add(32 * c) as *const __m256i);
+            let z = _mm512_permutexvar_epi64(
+                _mm512_setr_epi64(0, 1, 0, 1, 2, 3, 2, 3),
+                _mm512_castsi256_si512(q),
+            );
+            let z = _mm512_srlv_epi64(z, _mm512_setr_epi64(0, 0, 4, 4, 0, 0, 4, 4));
+            _mm512_shuffle_epi8(*book, _mm512_and_si512(z, _mm512_set1_epi8(0x0F)))
+        }
+    }
+}
+
 impl<F: Dec> Tile<F> for Avx512 {
     #[inline(always)]
     // Index loops over the tile's parallel arrays read most clearly.
@@ -144,6 +220,10 @@ impl<F: Dec> Tile<F> for Avx512 {
                     sv[r] = _mm512_cvtepu16_epi32(_mm256_loadu_si256(
                         hdr[r].sc.as_ptr() as *const __m256i
                     ));
+                    if F::MODE == Mode::Sign {
+                        // vpmaddubsw pairs: both words of a lane take the scale.
+                        sv[r] = _mm512_or_si512(sv[r], _mm512_slli_epi32::<16>(sv[r]));
+                    }
                     if r > 0 {
                         pre[r] = F::prep(&rows[r][i]);
                     }
@@ -194,16 +274,41 @@ impl<F: Dec> Tile<F> for Avx512 {
                         )
                     };
                     let mut u = [zero; R];
+                    let mut neg = [0 as __mmask64; R];
                     let mut pat = [zero; R];
                     for r in 0..R {
                         u[r] = F::chunk(&rows[r][i], &pre[r], c);
+                        if F::MODE == Mode::Sign {
+                            neg[r] = _mm512_movepi8_mask(u[r]);
+                            u[r] = _mm512_abs_epi8(u[r]);
+                        }
                         pat[r] = _mm512_permutexvar_epi32(idx, sv[r]);
                     }
                     for t in 0..T {
                         let y = _mm512_loadu_si512(ys[t].qs.as_ptr().add(64 * c) as *const __m512i);
-                        for r in 0..R {
-                            let p = _mm512_dpbusd_epi32(zero, u[r], y);
-                            sumi[r][t] = _mm512_dpwssd_epi32(sumi[r][t], p, pat[r]);
+                        match F::MODE {
+                            Mode::Sign => {
+                                // llama.cpp's `mul_add_epi8`: |v| · (y with v's sign), in
+                                // i16 pairs (|pair| ≤ 2·127·127), then · scale.
+                                for r in 0..R {
+                                    let sy = _mm512_mask_sub_epi8(y, neg[r], zero, y);
+                                    let p = _mm512_maddubs_epi16(u[r], sy);
+                                    sumi[r][t] = _mm512_dpwssd_epi32(sumi[r][t], p, pat[r]);
+                                }
+                            }
+                            _ => {
+                                // Offset4: u = q + 4, so the 4-value sums start at -4·Σy.
+                                let init = if F::MODE == Mode::Offset4 {
+                                    let four = _mm512_set1_epi8(4);
+                                    _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, four, y))
+                                } else {
+                                    zero
+                                };
+                                for r in 0..R {
+                                    let p = _mm512_dpbusd_epi32(init, u[r], y);
+                                    sumi[r][t] = _mm512_dpwssd_epi32(sumi[r][t], p, pat[r]);
+                                }
+                            }
                         }
                     }
                 }

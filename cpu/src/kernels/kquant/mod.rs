@@ -6,11 +6,22 @@
 //! rows ([`scalar`]) are llama.cpp's x86 float order and override the generic
 //! [`CoreDot`](super::table::CoreDot) rows of the scalar table.
 //!
-//! | format | scalar (llama.cpp AVX2 order) | AVX2                   | AVX-512 + VNNI            |
-//! |--------|-------------------------------|------------------------|---------------------------|
-//! | Q4_K   | `dot_q4_k`                    | `maddubs` + `madd`     | `vpdpbusd` + `vpdpwssd`   |
-//! | Q5_K   | `dot_q5_k`                    | `maddubs` + `madd`     | `vpdpbusd` + `vpdpwssd`   |
-//! | Q6_K   | `dot_q6_k`                    | `maddubs` + `madd`     | `vpdpbusd` + `vpdpwssd`   |
+//! | format | scalar (llama.cpp AVX2 order) | AVX2 (`avx2.rs`)              | AVX-512 + VNNI (`avx512.rs`)      |
+//! |--------|-------------------------------|-------------------------------|-----------------------------------|
+//! | Q2_K   | `dot_q2_k`                    | `maddubs` + `madd`            | `vpdpbusd` + `vpdpwssd`           |
+//! | Q3_K   | `dot_q3_k`                    | `maddubs` (q + 4) − 4·y pairs | `vpdpbusd` from −4·Σy + `vpdpwssd`|
+//! | Q4_K   | `dot_q4_k`                    | `maddubs` + `madd`            | `vpdpbusd` + `vpdpwssd`           |
+//! | Q5_K   | `dot_q5_k`                    | `maddubs` + `madd`            | `vpdpbusd` + `vpdpwssd`           |
+//! | Q6_K   | `dot_q6_k`                    | `maddubs` + `madd`            | `vpdpbusd` + `vpdpwssd`           |
+//! | IQ4_XS | `dot_iq4_xs`                  | sign trick `maddubs` + `madd` | sign trick `maddubs` + `vpdpwssd` |
+//!
+//! The integer lanes are exact and the float steps are shared (`x86.rs`), so every level
+//! returns the scalar bits, which are llama.cpp's (tests/kernels_kquant.rs).
+//!
+//! Not llama.cpp's default Q4_K path on x86: llama.cpp repacks Q4_K weights at load
+//! (`repack.cpp`, `block_q4_Kx8`) and runs `ggml_gemv_q4_K_8x8_q8_K` /
+//! `ggml_gemm_q4_K_8x8_q8_K`, whose float order differs; these rows are the non-repacked
+//! `ggml_vec_dot_q4_K_q8_K` (llama.cpp with `--no-repack`).
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -62,7 +73,10 @@ pub(crate) static SCALAR: [WeightKernels; 6] = [
 
 /// K-quant rows of the AVX2 level.
 #[cfg(target_arch = "x86_64")]
-pub(crate) static AVX2: [WeightKernels; 3] = [
+pub(crate) static AVX2: [WeightKernels; 6] = [
+    row(GgmlType::Q2_K, Activation::Q8K, 2, avx2::chunk::<x86::Q2K>),
+    row(GgmlType::Q3_K, Activation::Q8K, 2, avx2::chunk::<x86::Q3K>),
+    row(GgmlType::IQ4_XS, Activation::Q8K, 2, avx2::chunk::<x86::Iq4Xs>),
     row(GgmlType::Q4_K, Activation::Q8K, 2, avx2::chunk::<x86::Q4K>),
     row(GgmlType::Q5_K, Activation::Q8K, 2, avx2::chunk::<x86::Q5K>),
     row(GgmlType::Q6_K, Activation::Q8K, 2, avx2::chunk::<x86::Q6K>),
@@ -70,7 +84,10 @@ pub(crate) static AVX2: [WeightKernels; 3] = [
 
 /// K-quant rows of the AVX-512 level.
 #[cfg(target_arch = "x86_64")]
-pub(crate) static AVX512: [WeightKernels; 3] = [
+pub(crate) static AVX512: [WeightKernels; 6] = [
+    row(GgmlType::Q2_K, Activation::Q8K, 2, avx512::chunk::<x86::Q2K>),
+    row(GgmlType::Q3_K, Activation::Q8K, 2, avx512::chunk::<x86::Q3K>),
+    row(GgmlType::IQ4_XS, Activation::Q8K, 2, avx512::chunk::<x86::Iq4Xs>),
     row(GgmlType::Q4_K, Activation::Q8K, 2, avx512::chunk::<x86::Q4K>),
     row(GgmlType::Q5_K, Activation::Q8K, 2, avx512::chunk::<x86::Q5K>),
     row(GgmlType::Q6_K, Activation::Q8K, 2, avx512::chunk::<x86::Q6K>),

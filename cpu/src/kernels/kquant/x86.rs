@@ -15,10 +15,10 @@
 use core::arch::x86_64::*;
 
 use bytemuck::Pod;
-use pagoda_core::quant::{BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
+use pagoda_core::quant::{BlockIq4Xs, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
 
 use super::super::activations::Inputs;
-use super::scalar::scales_mins_k4;
+use super::scalar::{iq4xs_scales, q3k_scales, scales_mins_k4};
 
 /// What a format adds to the 8-lane accumulator and how its result ends.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -29,6 +29,21 @@ pub(super) enum Kind {
     Q5K,
     /// Q6_K: the `-32` offset through `bsums`, per lane.
     Q6K,
+    /// Q2_K: 8 lanes of mins fma'd into `acc` before the scales.
+    Q2K,
+    /// Q3_K, IQ4_XS: only the scaled quants.
+    Plain,
+}
+
+/// How a format's quants enter the integer products.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Mode {
+    /// As decoded: unsigned.
+    Unsigned,
+    /// Decoded as `q + 4` (Q3_K): the levels subtract `4·Σy`.
+    Offset4,
+    /// Signed codebook values (IQ4_XS): `|v|` times `y` with `v`'s sign (`vpsignb`).
+    Sign,
 }
 
 /// A super-block's header, decoded once per row and super-block.
@@ -52,6 +67,8 @@ pub(super) trait Fmt {
     const KIND: Kind;
     /// Whether sub-blocks are 16 values (else 32).
     const SUB16: bool;
+    /// How the decoded quants are multiplied.
+    const MODE: Mode = Mode::Unsigned;
     /// The header.
     fn header(b: &Self::B) -> Hdr;
 }
@@ -62,6 +79,12 @@ pub(super) struct Q4K;
 pub(super) struct Q5K;
 /// Q6_K (marker).
 pub(super) struct Q6K;
+/// Q2_K (marker).
+pub(super) struct Q2K;
+/// Q3_K (marker).
+pub(super) struct Q3K;
+/// IQ4_XS (marker).
+pub(super) struct Iq4Xs;
 
 fn widen8(a: [i32; 8]) -> [i16; 16] {
     core::array::from_fn(|i| if i < 8 { a[i] as i16 } else { 0 })
@@ -101,6 +124,44 @@ impl Fmt for Q6K {
             sc: core::array::from_fn(|j| i16::from(b.scales[j])),
             mn: [0; 16],
         }
+    }
+}
+
+impl Fmt for Q2K {
+    type B = BlockQ2K;
+    const KIND: Kind = Kind::Q2K;
+    const SUB16: bool = true;
+    #[inline(always)]
+    fn header(b: &BlockQ2K) -> Hdr {
+        Hdr {
+            d: b.d.to_f32(),
+            dmin: b.dmin.to_f32(),
+            sc: core::array::from_fn(|j| i16::from(b.scales[j] & 0xF)),
+            mn: core::array::from_fn(|j| i16::from(b.scales[j] >> 4)),
+        }
+    }
+}
+
+impl Fmt for Q3K {
+    type B = BlockQ3K;
+    const KIND: Kind = Kind::Plain;
+    const SUB16: bool = true;
+    const MODE: Mode = Mode::Offset4;
+    #[inline(always)]
+    fn header(b: &BlockQ3K) -> Hdr {
+        let sc = q3k_scales(b);
+        Hdr { d: b.d.to_f32(), dmin: 0.0, sc: core::array::from_fn(|j| sc[j] as i16), mn: [0; 16] }
+    }
+}
+
+impl Fmt for Iq4Xs {
+    type B = BlockIq4Xs;
+    const KIND: Kind = Kind::Plain;
+    const SUB16: bool = false;
+    const MODE: Mode = Mode::Sign;
+    #[inline(always)]
+    fn header(b: &BlockIq4Xs) -> Hdr {
+        Hdr { d: b.d.to_f32(), dmin: 0.0, sc: widen8(iq4xs_scales(b)), mn: [0; 16] }
     }
 }
 
@@ -157,6 +218,14 @@ pub(super) unsafe fn finish<F: Fmt>(h: &Hdr, y: &BlockQ8K, s8: __m256i, cell: &m
                 let sc = _mm256_loadu_si256(h.sc.as_ptr() as *const __m256i);
                 s8 = _mm256_sub_epi32(s8, _mm256_slli_epi32::<5>(_mm256_madd_epi16(bs, sc)));
             }
+            Kind::Q2K => {
+                let dmin = -y.d * h.dmin;
+                let mn = _mm256_loadu_si256(h.mn.as_ptr() as *const __m256i);
+                let prod = _mm256_madd_epi16(mn, bs);
+                cell.acc =
+                    _mm256_fmadd_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(prod), cell.acc);
+            }
+            Kind::Plain => {}
         }
         cell.acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(s8), cell.acc);
     }
@@ -182,7 +251,7 @@ pub(super) unsafe fn result<F: Fmt>(cell: &Cell) -> f32 {
                 h + _mm_cvtss_f32(m)
             }
             Kind::Q5K => h + _mm_cvtss_f32(cell.m),
-            Kind::Q6K => h,
+            Kind::Q6K | Kind::Q2K | Kind::Plain => h,
         }
     }
 }
