@@ -3,10 +3,9 @@
 # each preset pagoda's `quantize` supports, from the default model (the reference
 # tests/quantize.rs checks pagoda against, byte for byte).
 #
-# llama-quantize is built from the llama.cpp copy vendored in the PyPI sdist of
-# llama-cpp-python==0.3.36 (llama.cpp b11312, commit 0c1e57098bba43ac29e6e3b677cdceebdd22334f),
-# with the cmake flags of scripts/bench-vs-llamacpp.sh, under target/llamacpp/ (the same
-# cache). For each preset it runs
+# llama-quantize is built by scripts/llamacpp-build.sh from the llama.cpp copy vendored in the
+# PyPI sdist of llama-cpp-python==0.3.36 (llama.cpp b11312, commit
+# 0c1e57098bba43ac29e6e3b677cdceebdd22334f), under target/llamacpp/ (the shared cache). For each preset it runs
 #   llama-quantize --allow-requantize models/SmolLM2-135M-Instruct.Q4_1.gguf OUT TYPE 2
 # and records the output's SHA-256, size and per-tensor types (read from the GGUF tensor
 # infos by a small independent parser below, not by pagoda).
@@ -22,30 +21,15 @@ model="$here/$model_rel"
 out_json="$here/tests/data/quantize/llamacpp.json"
 presets="Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q3_K_S Q3_K_M Q3_K_L Q4_K_S Q4_K_M Q5_K_S Q5_K_M Q6_K IQ4_NL IQ4_XS F16 BF16"
 
-version=0.3.36
-cache="$here/target/llamacpp"
-src="$cache/llama_cpp_python-$version/vendor/llama.cpp"
-build="$cache/build"
+# shellcheck source=scripts/llamacpp-build.sh
+. "$here/scripts/llamacpp-build.sh"
+build="$llamacpp_build_dir"
 quantize=${LLAMA_QUANTIZE:-"$build/bin/llama-quantize"}
-avx_vnni=OFF
-grep -qw avx_vnni /proc/cpuinfo 2>/dev/null && avx_vnni=ON
-cmake_flags="-DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX_VNNI=$avx_vnni -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF"
 
 "$here/scripts/fetch-model.sh"
 
 if [ ! -x "$quantize" ]; then
-  mkdir -p "$cache"
-  if [ ! -d "$src" ]; then
-    echo "gen_quantize_refs: fetching the llama-cpp-python==$version sdist from PyPI" >&2
-    python3 -m pip download --quiet --disable-pip-version-check --no-deps \
-      --no-binary llama-cpp-python "llama-cpp-python==$version" -d "$cache" >&2
-    tar -xzf "$cache/llama_cpp_python-$version.tar.gz" -C "$cache"
-  fi
-  echo "gen_quantize_refs: building llama-quantize in $build" >&2
-  # shellcheck disable=SC2086
-  cmake -S "$src" -B "$build" $cmake_flags >"$cache/cmake-quantize.log" 2>&1
-  cmake --build "$build" --config Release --target llama-quantize -j "${BUILD_JOBS:-$(nproc)}" \
-    >>"$cache/cmake-quantize.log" 2>&1
+  llamacpp_build gen_quantize_refs llama-quantize
 fi
 
 # The flags the binary was really built with (the cache may predate this script).
