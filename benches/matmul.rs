@@ -6,7 +6,11 @@
 //! - `q4_1_stream`: 120 distinct 1536×576 Q4_1 matrices (66 MB, the model's Q4_1 bytes)
 //!   run one after another, as a decode step does: memory-bound, the figure that matters
 //!   for generation speed;
-//! - `q8_0_logits_49152x576`: the tied token_embd/output matrix (30 MB).
+//! - `q8_0_logits_49152x576`: the tied token_embd/output matrix (30 MB);
+//! - `q4_k_576x1536` etc. (`PAGODA_BENCH_MIN` mode only): every K-quant format in the FFN
+//!   down projection's shape (the model's K-quant tensor in a Q4_K_M file), weights from
+//!   pagoda-core's quantizer; `core` rows run pagoda-core's generic `VecDot` row by row
+//!   (the scalar table's `CoreDot` path before the kquant kernels) at 1 token, 1 thread.
 //!
 //! Each at 1 and 64 tokens (prompt processing reads each weight once per 64 tokens; its
 //! "GB/s" counts the weight bytes once), 1 and 2 threads, every available level (scalar
@@ -41,6 +45,49 @@ fn bytes(ty: GgmlType, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
         }
     }
     v
+}
+
+/// The K-quant formats benchmarked, each as a 576×1536 matrix of real quantizations.
+const KQUANTS: [GgmlType; 6] = [
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+    GgmlType::Q2_K,
+    GgmlType::Q3_K,
+    GgmlType::IQ4_XS,
+];
+
+fn kquant_bytes(ty: GgmlType, rows: usize, cols: usize) -> Vec<u8> {
+    let row_bytes = ty.row_bytes(cols as u64).unwrap() as usize;
+    // 8-aligned storage for the 2-aligned blocks.
+    let mut store = vec![0u64; (rows * row_bytes).div_ceil(8)];
+    let v = bytemuck::cast_slice_mut::<u64, u8>(&mut store);
+    for r in 0..rows {
+        let x: Vec<f32> =
+            (0..cols).map(|i| (((i + 31 * r) * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
+        pagoda::core::quant::quantize_row(ty, &x, &mut v[r * row_bytes..(r + 1) * row_bytes])
+            .unwrap();
+    }
+    v[..rows * row_bytes].to_vec()
+}
+
+/// pagoda-core's generic dot product of every row with one token (the `CoreDot` path).
+fn core_rows<
+    W: pagoda::core::quant::VecDot<Activation = pagoda::core::quant::BlockQ8K> + bytemuck::Pod,
+>(
+    w: &[u8],
+    rows: usize,
+    x: &[f32],
+    out: &mut [f32],
+) {
+    use pagoda::core::quant::{BlockQ8K, Quantize};
+    let mut y = vec![<BlockQ8K as bytemuck::Zeroable>::zeroed(); x.len() / 256];
+    BlockQ8K::quantize(x, &mut y);
+    let row_bytes = w.len() / rows;
+    for (r, o) in out.iter_mut().enumerate().take(rows) {
+        let blocks: &[W] = bytemuck::cast_slice(&w[r * row_bytes..(r + 1) * row_bytes]);
+        *o = W::vec_dot(blocks, &y);
+    }
 }
 
 fn input(n: usize) -> Vec<f32> {
@@ -116,6 +163,24 @@ fn min_of_runs() {
     let q4 = bytes(GgmlType::Q4_1, 1536, 576, 1);
     let logits = bytes(GgmlType::Q8_0, 49152, 576, 2);
     let stream: Vec<Vec<u8>> = (0..120).map(|i| bytes(GgmlType::Q4_1, 1536, 576, 3 + i)).collect();
+    // PAGODA_BENCH_KQUANT=Q4_K,Q6_K picks the K-quant formats (default all).
+    let kq_pick = std::env::var("PAGODA_BENCH_KQUANT").unwrap_or_default();
+    let kq: Vec<(GgmlType, Vec<u64>)> = KQUANTS
+        .iter()
+        .filter(|t| kq_pick.is_empty() || kq_pick.split(',').any(|p| p.trim() == t.name()))
+        .map(|&t| {
+            let b = kquant_bytes(t, 576, 1536);
+            let mut a = vec![0u64; b.len().div_ceil(8)];
+            bytemuck::cast_slice_mut::<u64, u8>(&mut a)[..b.len()].copy_from_slice(&b);
+            (t, a)
+        })
+        .collect();
+    let kq: Vec<(GgmlType, &[u8])> = kq
+        .iter()
+        .map(|(t, a)| {
+            (*t, &bytemuck::cast_slice::<u64, u8>(a)[..t.row_bytes(1536).unwrap() as usize * 576])
+        })
+        .collect();
     let budget = Duration::from_millis(
         std::env::var("PAGODA_BENCH_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(1500),
     );
@@ -207,6 +272,41 @@ fn min_of_runs() {
                 report("q8_0_logits_49152x576", logits.len(), &mut || {
                     k.matmul(&m, &x, tokens, &mut out, &mut scratch).unwrap()
                 });
+                let xk = input(1536 * tokens);
+                for (ty, w) in &kq {
+                    let m = QuantMatrix::new(*ty, 576, 1536, &w[..]).unwrap();
+                    let case = format!("{}_576x1536", ty.name().to_lowercase());
+                    report(&case, w.len(), &mut || {
+                        k.matmul(&m, &xk, tokens, &mut out[..576 * tokens], &mut scratch).unwrap()
+                    });
+                }
+            }
+            if tokens == 1 && threads == 1 {
+                let xk = input(1536);
+                let mut out = vec![0.0f32; 576];
+                for (ty, w) in &kq {
+                    let t = best(&mut || {
+                        use pagoda::core::quant::{BlockQ4K, BlockQ5K, BlockQ6K};
+                        let o = &mut out[..576];
+                        match ty {
+                            GgmlType::Q4_K => core_rows::<BlockQ4K>(w, 576, &xk, o),
+                            GgmlType::Q5_K => core_rows::<BlockQ5K>(w, 576, &xk, o),
+                            GgmlType::Q6_K => core_rows::<BlockQ6K>(w, 576, &xk, o),
+                            _ => {}
+                        }
+                    });
+                    if matches!(ty, GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K) {
+                        println!(
+                            "{:<8} {:>3} {:>3} {:<24} {:>10.1} {:>9.2}",
+                            "core",
+                            1,
+                            1,
+                            format!("{}_576x1536", ty.name().to_lowercase()),
+                            t.as_secs_f64() * 1e6,
+                            w.len() as f64 / t.as_secs_f64() / 1e9
+                        );
+                    }
+                }
             }
         }
     }
