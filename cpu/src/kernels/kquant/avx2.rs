@@ -187,13 +187,16 @@ impl<F: Dec> Tile<F> for Avx2 {
             let zero = _mm256_setzero_si256();
             let mut cells = [[Cell::zero(); T]; R];
             for i in 0..nb {
-                let hdr: [x86::Hdr; R] = core::array::from_fn(|r| F::header(&rows[r][i]));
+                let mut hdr = [F::header(&rows[0][i]); R];
+                for r in 1..R {
+                    hdr[r] = F::header(&rows[r][i]);
+                }
                 // Per row: the scales as i32 lanes `sc | sc << 16` (both words of a pair),
                 // sub-blocks 0..8 and 8..16.
                 let mut sv = [[zero; 2]; R];
                 let mut pre = [F::prep(&rows[0][i]); R];
                 for r in 0..R {
-                    let s = _mm256_loadu_si256(hdr[r].sc.as_ptr() as *const __m256i);
+                    let s = hdr[r].sc;
                     let lo = _mm256_cvtepu16_epi32(_mm256_castsi256_si128(s));
                     let hi = _mm256_cvtepu16_epi32(_mm256_extracti128_si256::<1>(s));
                     sv[r] = [
@@ -205,6 +208,10 @@ impl<F: Dec> Tile<F> for Avx2 {
                     }
                 }
                 let ys: [&BlockQ8K; T] = core::array::from_fn(|t| &acts[(t0 + t) * nb + i]);
+                let mut toks = [x86::Tok::new(ys[0]); T];
+                for t in 1..T {
+                    toks[t] = x86::Tok::new(ys[t]);
+                }
                 let mut sumi = [[zero; T]; R];
                 for c in 0..8 {
                     // Lane l's sub-block: 2c + l/4 (16-value) or c (32-value).
@@ -247,7 +254,7 @@ impl<F: Dec> Tile<F> for Avx2 {
                 }
                 for r in 0..R {
                     for t in 0..T {
-                        x86::finish::<F>(&hdr[r], ys[t], sumi[r][t], &mut cells[r][t]);
+                        x86::finish::<F>(&hdr[r], &toks[t], sumi[r][t], &mut cells[r][t]);
                     }
                 }
             }

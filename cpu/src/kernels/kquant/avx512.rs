@@ -213,13 +213,14 @@ impl<F: Dec> Tile<F> for Avx512 {
             let zero = _mm512_setzero_si512();
             let mut cells = [[Cell::zero(); T]; R];
             for i in 0..nb {
-                let hdr: [x86::Hdr; R] = core::array::from_fn(|r| F::header(&rows[r][i]));
+                let mut hdr = [F::header(&rows[0][i]); R];
+                for r in 1..R {
+                    hdr[r] = F::header(&rows[r][i]);
+                }
                 let mut sv = [zero; R];
                 let mut pre = [F::prep(&rows[0][i]); R];
                 for r in 0..R {
-                    sv[r] = _mm512_cvtepu16_epi32(_mm256_loadu_si256(
-                        hdr[r].sc.as_ptr() as *const __m256i
-                    ));
+                    sv[r] = _mm512_cvtepu16_epi32(hdr[r].sc);
                     if F::MODE == Mode::Sign {
                         // vpmaddubsw pairs: both words of a lane take the scale.
                         sv[r] = _mm512_or_si512(sv[r], _mm512_slli_epi32::<16>(sv[r]));
@@ -229,6 +230,10 @@ impl<F: Dec> Tile<F> for Avx512 {
                     }
                 }
                 let ys: [&BlockQ8K; T] = core::array::from_fn(|t| &acts[(t0 + t) * nb + i]);
+                let mut toks = [x86::Tok::new(ys[0]); T];
+                for t in 1..T {
+                    toks[t] = x86::Tok::new(ys[t]);
+                }
                 let mut sumi = [[zero; T]; R];
                 for c in 0..4 {
                     // Lane l's sub-block: 4c + l/4 (16-value) or 2c + l/8 (32-value).
@@ -319,7 +324,7 @@ impl<F: Dec> Tile<F> for Avx512 {
                             _mm512_castsi512_si256(s),
                             _mm512_extracti64x4_epi64::<1>(s),
                         );
-                        x86::finish::<F>(&hdr[r], ys[t], s8, &mut cells[r][t]);
+                        x86::finish::<F>(&hdr[r], &toks[t], s8, &mut cells[r][t]);
                     }
                 }
             }

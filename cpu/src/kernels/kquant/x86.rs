@@ -18,7 +18,6 @@ use bytemuck::Pod;
 use pagoda_core::quant::{BlockIq4Xs, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
 
 use super::super::activations::Inputs;
-use super::scalar::{iq4xs_scales, q3k_scales, scales_mins_k4};
 
 /// What a format adds to the 8-lane accumulator and how its result ends.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -46,17 +45,18 @@ pub(super) enum Mode {
     Sign,
 }
 
-/// A super-block's header, decoded once per row and super-block.
+/// A super-block's header, decoded once per row and super-block (in registers: no
+/// scalar stores for the vector code to reload).
 #[derive(Clone, Copy)]
 pub(super) struct Hdr {
     /// `f16(x.d)`.
     pub d: f32,
     /// `f16(x.dmin)` (0 where the format has none).
     pub dmin: f32,
-    /// Sub-block scales (8 for 32-value sub-blocks, 16 for 16-value ones).
-    pub sc: [i16; 16],
-    /// Sub-block mins (Q4_K/Q5_K: 8).
-    pub mn: [i16; 16],
+    /// Sub-block scales as 16 i16 words (8 for 32-value sub-blocks, in words 0..8).
+    pub sc: __m256i,
+    /// Sub-block mins as i16 words (Q4_K/Q5_K: 8 in words 0..8; Q2_K: 16).
+    pub mn: __m256i,
 }
 
 /// A K-quant weight format, as the x86 kernels see it.
@@ -70,7 +70,10 @@ pub(super) trait Fmt {
     /// How the decoded quants are multiplied.
     const MODE: Mode = Mode::Unsigned;
     /// The header.
-    fn header(b: &Self::B) -> Hdr;
+    ///
+    /// # Safety
+    /// AVX2 and F16C enabled by the calling function.
+    unsafe fn header(b: &Self::B) -> Hdr;
 }
 
 /// Q4_K (marker).
@@ -86,8 +89,39 @@ pub(super) struct Q3K;
 /// IQ4_XS (marker).
 pub(super) struct Iq4Xs;
 
-fn widen8(a: [i32; 8]) -> [i16; 16] {
-    core::array::from_fn(|i| if i < 8 { a[i] as i16 } else { 0 })
+/// Two f16 values (`lo`, `hi` of `bits`) as f32.
+///
+/// # Safety
+/// F16C enabled by the calling function.
+#[inline(always)]
+unsafe fn f16x2(bits: u32) -> (f32, f32) {
+    // SAFETY: register-only F16C/SSE operations; features per the caller.
+    unsafe {
+        let v = _mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32));
+        (_mm_cvtss_f32(v), _mm_cvtss_f32(_mm_movehdup_ps(v)))
+    }
+}
+
+/// Q4_K/Q5_K's packed scales and mins as 16 words `sc0..8, mn0..8` (llama.cpp's `utmp`
+/// shuffle, the same as `get_scale_min_k4`).
+///
+/// # Safety
+/// AVX2 enabled by the calling function.
+#[inline(always)]
+unsafe fn k4_scales(scales: &[u8; 12]) -> __m256i {
+    const KMASK1: u32 = 0x3f3f_3f3f;
+    const KMASK2: u32 = 0x0f0f_0f0f;
+    const KMASK3: u32 = 0x0303_0303;
+    let u = |i: usize| {
+        u32::from_le_bytes([scales[4 * i], scales[4 * i + 1], scales[4 * i + 2], scales[4 * i + 3]])
+    };
+    let (u0, u1, u2) = (u(0), u(1), u(2));
+    let m3 = ((u2 >> 4) & KMASK2) | (((u1 >> 6) & KMASK3) << 4);
+    let m2 = u1 & KMASK1;
+    let s1 = (u2 & KMASK2) | (((u0 >> 6) & KMASK3) << 4);
+    let s0 = u0 & KMASK1;
+    // SAFETY: register-only AVX2 operations; features per the caller.
+    unsafe { _mm256_cvtepu8_epi16(_mm_setr_epi32(s0 as i32, s1 as i32, m2 as i32, m3 as i32)) }
 }
 
 impl Fmt for Q4K {
@@ -95,9 +129,13 @@ impl Fmt for Q4K {
     const KIND: Kind = Kind::Q4K;
     const SUB16: bool = false;
     #[inline(always)]
-    fn header(b: &BlockQ4K) -> Hdr {
-        let (sc, mn) = scales_mins_k4(&b.scales);
-        Hdr { d: b.d.to_f32(), dmin: b.dmin.to_f32(), sc: widen8(sc), mn: widen8(mn) }
+    unsafe fn header(b: &BlockQ4K) -> Hdr {
+        // SAFETY: features per the caller.
+        unsafe {
+            let (d, dmin) = f16x2(u32::from(b.d.to_bits()) | u32::from(b.dmin.to_bits()) << 16);
+            let w = k4_scales(&b.scales);
+            Hdr { d, dmin, sc: w, mn: _mm256_permute2x128_si256::<0x11>(w, w) }
+        }
     }
 }
 
@@ -106,9 +144,13 @@ impl Fmt for Q5K {
     const KIND: Kind = Kind::Q5K;
     const SUB16: bool = false;
     #[inline(always)]
-    fn header(b: &BlockQ5K) -> Hdr {
-        let (sc, mn) = scales_mins_k4(&b.scales);
-        Hdr { d: b.d.to_f32(), dmin: b.dmin.to_f32(), sc: widen8(sc), mn: widen8(mn) }
+    unsafe fn header(b: &BlockQ5K) -> Hdr {
+        // SAFETY: features per the caller.
+        unsafe {
+            let (d, dmin) = f16x2(u32::from(b.d.to_bits()) | u32::from(b.dmin.to_bits()) << 16);
+            let w = k4_scales(&b.scales);
+            Hdr { d, dmin, sc: w, mn: _mm256_permute2x128_si256::<0x11>(w, w) }
+        }
     }
 }
 
@@ -117,12 +159,11 @@ impl Fmt for Q6K {
     const KIND: Kind = Kind::Q6K;
     const SUB16: bool = true;
     #[inline(always)]
-    fn header(b: &BlockQ6K) -> Hdr {
-        Hdr {
-            d: b.d.to_f32(),
-            dmin: 0.0,
-            sc: core::array::from_fn(|j| i16::from(b.scales[j])),
-            mn: [0; 16],
+    unsafe fn header(b: &BlockQ6K) -> Hdr {
+        // SAFETY: `scales` is 16 bytes; features per the caller.
+        unsafe {
+            let sc = _mm256_cvtepi8_epi16(_mm_loadu_si128(b.scales.as_ptr() as *const __m128i));
+            Hdr { d: f16x2(u32::from(b.d.to_bits())).0, dmin: 0.0, sc, mn: sc }
         }
     }
 }
@@ -132,12 +173,15 @@ impl Fmt for Q2K {
     const KIND: Kind = Kind::Q2K;
     const SUB16: bool = true;
     #[inline(always)]
-    fn header(b: &BlockQ2K) -> Hdr {
-        Hdr {
-            d: b.d.to_f32(),
-            dmin: b.dmin.to_f32(),
-            sc: core::array::from_fn(|j| i16::from(b.scales[j] & 0xF)),
-            mn: core::array::from_fn(|j| i16::from(b.scales[j] >> 4)),
+    unsafe fn header(b: &BlockQ2K) -> Hdr {
+        // SAFETY: `scales` is 16 bytes; features per the caller.
+        unsafe {
+            let (d, dmin) = f16x2(u32::from(b.d.to_bits()) | u32::from(b.dmin.to_bits()) << 16);
+            let v = _mm_loadu_si128(b.scales.as_ptr() as *const __m128i);
+            let m4 = _mm_set1_epi8(0x0F);
+            let sc = _mm256_cvtepu8_epi16(_mm_and_si128(v, m4));
+            let mn = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16::<4>(v), m4));
+            Hdr { d, dmin, sc, mn }
         }
     }
 }
@@ -148,9 +192,23 @@ impl Fmt for Q3K {
     const SUB16: bool = true;
     const MODE: Mode = Mode::Offset4;
     #[inline(always)]
-    fn header(b: &BlockQ3K) -> Hdr {
-        let sc = q3k_scales(b);
-        Hdr { d: b.d.to_f32(), dmin: 0.0, sc: core::array::from_fn(|j| sc[j] as i16), mn: [0; 16] }
+    unsafe fn header(b: &BlockQ3K) -> Hdr {
+        // llama.cpp's `aux` shuffle (the same as `BlockQ3K::scale`), then - 32.
+        const KMASK1: u32 = 0x0303_0303;
+        const KMASK2: u32 = 0x0f0f_0f0f;
+        let s = &b.scales;
+        let a = |i: usize| u32::from_le_bytes([s[4 * i], s[4 * i + 1], s[4 * i + 2], s[4 * i + 3]]);
+        let (a0, a1, a2) = (a(0), a(1), a(2));
+        let w0 = (a0 & KMASK2) | ((a2 & KMASK1) << 4);
+        let w1 = (a1 & KMASK2) | (((a2 >> 2) & KMASK1) << 4);
+        let w2 = ((a0 >> 4) & KMASK2) | (((a2 >> 4) & KMASK1) << 4);
+        let w3 = ((a1 >> 4) & KMASK2) | (((a2 >> 6) & KMASK1) << 4);
+        // SAFETY: register-only operations; features per the caller.
+        unsafe {
+            let v = _mm_setr_epi32(w0 as i32, w1 as i32, w2 as i32, w3 as i32);
+            let sc = _mm256_cvtepi8_epi16(_mm_sub_epi8(v, _mm_set1_epi8(32)));
+            Hdr { d: f16x2(u32::from(b.d.to_bits())).0, dmin: 0.0, sc, mn: sc }
+        }
     }
 }
 
@@ -160,8 +218,46 @@ impl Fmt for Iq4Xs {
     const SUB16: bool = false;
     const MODE: Mode = Mode::Sign;
     #[inline(always)]
-    fn header(b: &BlockIq4Xs) -> Hdr {
-        Hdr { d: b.d.to_f32(), dmin: 0.0, sc: widen8(iq4xs_scales(b)), mn: [0; 16] }
+    unsafe fn header(b: &BlockIq4Xs) -> Hdr {
+        // Byte j = (low nibble j of scales_l) | (bits 2j..2j+2 of scales_h) << 4, minus 32.
+        let mut packed = 0u64;
+        for j in 0..8 {
+            let lo = u64::from((b.scales_l[j / 2] >> (4 * (j % 2))) & 0xF);
+            let hi = u64::from((b.scales_h >> (2 * j)) & 3);
+            packed |= (lo | hi << 4) << (8 * j);
+        }
+        // SAFETY: register-only operations; features per the caller.
+        unsafe {
+            let v = _mm_sub_epi8(_mm_cvtsi64_si128(packed as i64), _mm_set1_epi8(32));
+            let sc = _mm256_cvtepi8_epi16(v);
+            Hdr { d: f16x2(u32::from(b.d.to_bits())).0, dmin: 0.0, sc, mn: sc }
+        }
+    }
+}
+
+/// A token's super-block, as [`finish`] reads it (once per tile and token, shared by the
+/// rows).
+#[derive(Clone, Copy)]
+pub(super) struct Tok {
+    /// `y.d`.
+    pub d: f32,
+    /// `bsums` (16 words).
+    pub bs: __m256i,
+    /// Pair sums of `bsums` (8 wrapping words, llama.cpp's `_mm_hadd_epi16`).
+    pub q8s: __m128i,
+}
+
+impl Tok {
+    /// # Safety
+    /// AVX2 enabled by the calling function.
+    #[inline(always)]
+    pub unsafe fn new(y: &BlockQ8K) -> Tok {
+        // SAFETY: `bsums` is 32 bytes; features per the caller.
+        unsafe {
+            let bs = _mm256_loadu_si256(y.bsums.as_ptr() as *const __m256i);
+            let q8s = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256::<1>(bs));
+            Tok { d: y.d, bs, q8s }
+        }
     }
 }
 
@@ -191,20 +287,15 @@ impl Cell {
 /// # Safety
 /// AVX2 and FMA enabled by the calling function.
 #[inline(always)]
-pub(super) unsafe fn finish<F: Fmt>(h: &Hdr, y: &BlockQ8K, s8: __m256i, cell: &mut Cell) {
-    // SAFETY: register-only operations and in-bounds loads of `y.bsums` (32 bytes) and
-    // `h.sc`/`h.mn` (32 bytes each); AVX2 + FMA per the caller.
+pub(super) unsafe fn finish<F: Fmt>(h: &Hdr, y: &Tok, s8: __m256i, cell: &mut Cell) {
+    // SAFETY: register-only operations; AVX2 + FMA per the caller.
     unsafe {
         let d = y.d * h.d;
-        let bs = _mm256_loadu_si256(y.bsums.as_ptr() as *const __m256i);
         let mut s8 = s8;
         match F::KIND {
             Kind::Q4K | Kind::Q5K => {
                 let dmin = -y.d * h.dmin;
-                let q8s =
-                    _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256::<1>(bs));
-                let mn = _mm_loadu_si128(h.mn.as_ptr() as *const __m128i);
-                let prod = _mm_madd_epi16(mn, q8s);
+                let prod = _mm_madd_epi16(_mm256_castsi256_si128(h.mn), y.q8s);
                 if F::KIND == Kind::Q4K {
                     cell.m = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(prod), cell.m);
                 } else {
@@ -215,13 +306,12 @@ pub(super) unsafe fn finish<F: Fmt>(h: &Hdr, y: &BlockQ8K, s8: __m256i, cell: &m
                 }
             }
             Kind::Q6K => {
-                let sc = _mm256_loadu_si256(h.sc.as_ptr() as *const __m256i);
-                s8 = _mm256_sub_epi32(s8, _mm256_slli_epi32::<5>(_mm256_madd_epi16(bs, sc)));
+                let sub = _mm256_slli_epi32::<5>(_mm256_madd_epi16(y.bs, h.sc));
+                s8 = _mm256_sub_epi32(s8, sub);
             }
             Kind::Q2K => {
                 let dmin = -y.d * h.dmin;
-                let mn = _mm256_loadu_si256(h.mn.as_ptr() as *const __m256i);
-                let prod = _mm256_madd_epi16(mn, bs);
+                let prod = _mm256_madd_epi16(h.mn, y.bs);
                 cell.acc =
                     _mm256_fmadd_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(prod), cell.acc);
             }
