@@ -273,6 +273,13 @@ fn min_of_runs() {
                     k.matmul(&m, &x, tokens, &mut out, &mut scratch).unwrap()
                 });
                 let xk = input(1536 * tokens);
+                if !kq.is_empty() {
+                    // The Q8_K activation quantization every K-quant matmul starts with
+                    // (pagoda-core's `quantize_row_q8_K_ref`, the same at every level).
+                    use pagoda::core::quant::{BlockQ8K, Quantize};
+                    let mut y = vec![<BlockQ8K as bytemuck::Zeroable>::zeroed(); 6 * tokens];
+                    report("q8_k_quantize_x1536", 0, &mut || BlockQ8K::quantize(&xk, &mut y));
+                }
                 for (ty, w) in &kq {
                     let m = QuantMatrix::new(*ty, 576, 1536, &w[..]).unwrap();
                     let case = format!("{}_576x1536", ty.name().to_lowercase());

@@ -196,6 +196,24 @@ impl Dec for Iq4Xs {
     }
 }
 
+/// The sub-block of each i32 lane of chunk `c` (`permutexvar` indices into the scales):
+/// `4c + l/4` for 16-value sub-blocks, `2c + l/8` for 32-value ones.
+const fn sub_idx(per: usize, lanes_per: usize) -> [[i32; 16]; 4] {
+    let mut t = [[0i32; 16]; 4];
+    let mut c = 0;
+    while c < 4 {
+        let mut l = 0;
+        while l < 16 {
+            t[c][l] = (per * c + l / lanes_per) as i32;
+            l += 1;
+        }
+        c += 1;
+    }
+    t
+}
+static SUB16_IDX: [[i32; 16]; 4] = sub_idx(4, 4);
+static SUB32_IDX: [[i32; 16]; 4] = sub_idx(2, 8);
+
 impl<F: Dec> Tile<F> for Avx512 {
     #[inline(always)]
     // Index loops over the tile's parallel arrays read most clearly.
@@ -211,7 +229,11 @@ impl<F: Dec> Tile<F> for Avx512 {
         // 64 bytes at 64c < 256 of a block's `qs`, and the features are the caller's.
         unsafe {
             let zero = _mm512_setzero_si512();
+            // T == 1: one cell per (row, token); T > 1: pairs of cells in `acc2` and
+            // quads of cells' min lanes in `m4` (see below).
             let mut cells = [[Cell::zero(); T]; R];
+            let mut acc2 = [[_mm512_setzero_ps(); 2]; R];
+            let mut m4 = [_mm512_setzero_ps(); R];
             for i in 0..nb {
                 let mut hdr = [F::header(&rows[0][i]); R];
                 for r in 1..R {
@@ -237,47 +259,10 @@ impl<F: Dec> Tile<F> for Avx512 {
                 let mut sumi = [[zero; T]; R];
                 for c in 0..4 {
                     // Lane l's sub-block: 4c + l/4 (16-value) or 2c + l/8 (32-value).
-                    let idx = if F::SUB16 {
-                        let b = 4 * c as i32;
-                        _mm512_setr_epi32(
-                            b,
-                            b,
-                            b,
-                            b,
-                            b + 1,
-                            b + 1,
-                            b + 1,
-                            b + 1,
-                            b + 2,
-                            b + 2,
-                            b + 2,
-                            b + 2,
-                            b + 3,
-                            b + 3,
-                            b + 3,
-                            b + 3,
-                        )
-                    } else {
-                        let b = 2 * c as i32;
-                        _mm512_setr_epi32(
-                            b,
-                            b,
-                            b,
-                            b,
-                            b,
-                            b,
-                            b,
-                            b,
-                            b + 1,
-                            b + 1,
-                            b + 1,
-                            b + 1,
-                            b + 1,
-                            b + 1,
-                            b + 1,
-                            b + 1,
-                        )
-                    };
+                    let idx = _mm512_loadu_si512(
+                        if F::SUB16 { &SUB16_IDX[c] } else { &SUB32_IDX[c] }.as_ptr()
+                            as *const __m512i,
+                    );
                     let mut u = [zero; R];
                     let mut neg = [0 as __mmask64; R];
                     let mut pat = [zero; R];
@@ -317,21 +302,112 @@ impl<F: Dec> Tile<F> for Avx512 {
                         }
                     }
                 }
-                for r in 0..R {
-                    for t in 0..T {
-                        let s = sumi[r][t];
+                if T == 1 {
+                    for r in 0..R {
+                        let s = sumi[r][0];
                         let s8 = _mm256_add_epi32(
                             _mm512_castsi512_si256(s),
                             _mm512_extracti64x4_epi64::<1>(s),
                         );
-                        x86::finish::<F>(&hdr[r], &toks[t], s8, &mut cells[r][t]);
+                        x86::finish::<F>(&hdr[r], &toks[0], s8, &mut cells[r][0]);
+                    }
+                    continue;
+                }
+                // Two cells (r, 2p), (r, 2p + 1) per 512-bit float register, the same
+                // operations lane for lane as `x86::finish` (a missing odd token is zeros).
+                let sign = _mm512_set1_ps(-0.0);
+                let mut yd2 = [_mm512_setzero_ps(); 2];
+                let mut bs2 = [zero; 2];
+                for p in 0..T.div_ceil(2) {
+                    let (a, b) = (2 * p, (2 * p + 1).min(T - 1));
+                    let db = if 2 * p + 1 < T { toks[b].d } else { 0.0 };
+                    yd2[p] = _mm512_insertf32x8::<1>(
+                        _mm512_castps256_ps512(_mm256_set1_ps(toks[a].d)),
+                        _mm256_set1_ps(db),
+                    );
+                    let bsb = if 2 * p + 1 < T { toks[b].bs } else { _mm256_setzero_si256() };
+                    bs2[p] = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(toks[a].bs), bsb);
+                }
+                // Four cells' min lanes per register (Q4_K/Q5_K): token t in lanes 4t..4t+4.
+                let tk = |t: usize| if t < T { t } else { T - 1 };
+                let live = |t: usize| if t < T { 1.0f32 } else { 0.0 };
+                let mut q8s4 = _mm512_castsi128_si512(toks[0].q8s);
+                q8s4 = _mm512_inserti32x4::<1>(q8s4, toks[tk(1)].q8s);
+                q8s4 = _mm512_inserti32x4::<2>(q8s4, toks[tk(2)].q8s);
+                q8s4 = _mm512_inserti32x4::<3>(q8s4, toks[tk(3)].q8s);
+                let yd4 = _mm_setr_ps(
+                    toks[0].d,
+                    toks[tk(1)].d * live(1),
+                    toks[tk(2)].d * live(2),
+                    toks[tk(3)].d * live(3),
+                );
+                let nyd4 = _mm512_xor_ps(
+                    _mm512_permutexvar_ps(
+                        _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3),
+                        _mm512_castps128_ps512(yd4),
+                    ),
+                    sign,
+                );
+                for r in 0..R {
+                    let h = &hdr[r];
+                    let hd = _mm512_set1_ps(h.d);
+                    let hdmin = _mm512_set1_ps(h.dmin);
+                    for p in 0..T.div_ceil(2) {
+                        let a = sumi[r][2 * p];
+                        let b = if 2 * p + 1 < T { sumi[r][2 * p + 1] } else { zero };
+                        let mut s16 = _mm512_add_epi32(
+                            _mm512_shuffle_i64x2::<0x44>(a, b),
+                            _mm512_shuffle_i64x2::<0xEE>(a, b),
+                        );
+                        match F::KIND {
+                            x86::Kind::Q6K => {
+                                let sc = _mm512_broadcast_i64x4(h.sc);
+                                let sub = _mm512_slli_epi32::<5>(_mm512_madd_epi16(bs2[p], sc));
+                                s16 = _mm512_sub_epi32(s16, sub);
+                            }
+                            x86::Kind::Q2K => {
+                                let mn = _mm512_broadcast_i64x4(h.mn);
+                                let prod = _mm512_cvtepi32_ps(_mm512_madd_epi16(mn, bs2[p]));
+                                let dmin = _mm512_mul_ps(_mm512_xor_ps(yd2[p], sign), hdmin);
+                                acc2[r][p] = _mm512_fmadd_ps(dmin, prod, acc2[r][p]);
+                            }
+                            _ => {}
+                        }
+                        let d = _mm512_mul_ps(yd2[p], hd);
+                        acc2[r][p] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(s16), acc2[r][p]);
+                    }
+                    if matches!(F::KIND, x86::Kind::Q4K | x86::Kind::Q5K) {
+                        let mn = _mm512_broadcast_i32x4(_mm256_castsi256_si128(h.mn));
+                        let prod = _mm512_madd_epi16(mn, q8s4);
+                        let dmin = _mm512_mul_ps(nyd4, hdmin);
+                        let v = if F::KIND == x86::Kind::Q4K {
+                            prod
+                        } else {
+                            // Q5_K: every lane of a token's quarter = Σ of its 4 lanes.
+                            let s =
+                                _mm512_add_epi32(prod, _mm512_shuffle_epi32::<0b01_00_11_10>(prod));
+                            _mm512_add_epi32(s, _mm512_shuffle_epi32::<0b10_11_00_01>(s))
+                        };
+                        m4[r] = _mm512_fmadd_ps(dmin, _mm512_cvtepi32_ps(v), m4[r]);
                     }
                 }
             }
             let mut out = [[0.0f32; T]; R];
             for r in 0..R {
+                let mut m = [0.0f32; 16];
+                _mm512_storeu_ps(m.as_mut_ptr(), m4[r]);
                 for t in 0..T {
-                    out[r][t] = x86::result::<F>(&cells[r][t]);
+                    let cell = if T == 1 {
+                        cells[r][0]
+                    } else {
+                        let mut a = [0.0f32; 16];
+                        _mm512_storeu_ps(a.as_mut_ptr(), acc2[r][t / 2]);
+                        Cell {
+                            acc: _mm256_loadu_ps(a.as_ptr().add(8 * (t % 2))),
+                            m: _mm_loadu_ps(m.as_ptr().add(4 * t)),
+                        }
+                    };
+                    out[r][t] = x86::result::<F>(&cell);
                 }
             }
             out
