@@ -219,17 +219,20 @@ impl Fmt for Iq4Xs {
     const MODE: Mode = Mode::Sign;
     #[inline(always)]
     unsafe fn header(b: &BlockIq4Xs) -> Hdr {
-        // Byte j = (low nibble j of scales_l) | (bits 2j..2j+2 of scales_h) << 4, minus 32.
-        let mut packed = 0u64;
-        for j in 0..8 {
-            let lo = u64::from((b.scales_l[j / 2] >> (4 * (j % 2))) & 0xF);
-            let hi = u64::from((b.scales_h >> (2 * j)) & 3);
-            packed |= (lo | hi << 4) << (8 * j);
-        }
+        // Byte j = (low nibble j of scales_l) | (bits 2j..2j+2 of scales_h) << 4, minus 32:
+        // the nibbles by an unpack, the 2-bit fields spread to bytes by shifts and masks.
+        let mut h = u64::from(b.scales_h);
+        h = (h | h << 24) & 0x0000_00FF_0000_00FF;
+        h = (h | h << 12) & 0x000F_000F_000F_000F;
+        h = (h | h << 6) & 0x0303_0303_0303_0303;
         // SAFETY: register-only operations; features per the caller.
         unsafe {
-            let v = _mm_sub_epi8(_mm_cvtsi64_si128(packed as i64), _mm_set1_epi8(32));
-            let sc = _mm256_cvtepi8_epi16(v);
+            let l = _mm_cvtsi32_si128(i32::from_le_bytes(b.scales_l));
+            let m4 = _mm_set1_epi8(0x0F);
+            let nib =
+                _mm_unpacklo_epi8(_mm_and_si128(l, m4), _mm_and_si128(_mm_srli_epi16::<4>(l), m4));
+            let v = _mm_or_si128(nib, _mm_cvtsi64_si128((h << 4) as i64));
+            let sc = _mm256_cvtepi8_epi16(_mm_sub_epi8(v, _mm_set1_epi8(32)));
             Hdr { d: f16x2(u32::from(b.d.to_bits())).0, dmin: 0.0, sc, mn: sc }
         }
     }
