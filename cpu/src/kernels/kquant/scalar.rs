@@ -33,13 +33,15 @@ pub(crate) fn hsum8(a: [f32; 8]) -> f32 {
 /// The integer lanes of one super-block: `lane[m] = Σ_c sc[(32c + 4m) / SUB] ·
 /// Σ_{e=4m..4m+4} q[32c + e] · y[32c + e]`.
 #[inline]
-pub(crate) fn lanes<const SUB: usize>(q: &[i32; QK_K], y: &[i8; QK_K], sc: &[i32]) -> [i32; 8] {
+pub(crate) fn lanes<const SUB: usize>(q: &[i8; QK_K], y: &[i8; QK_K], sc: &[i32]) -> [i32; 8] {
     let mut l = [0i32; 8];
-    for c in 0..QK_K / 32 {
-        for (m, l) in l.iter_mut().enumerate() {
-            let v = 32 * c + 4 * m;
-            let p: i32 = (v..v + 4).map(|e| q[e] * i32::from(y[e])).sum();
-            *l += sc[v / SUB] * p;
+    for (c, (qc, yc)) in q.chunks_exact(32).zip(y.chunks_exact(32)).enumerate() {
+        let mut p = [0i32; 8];
+        for (e, (&a, &b)) in qc.iter().zip(yc).enumerate() {
+            p[e / 4] += i32::from(a) * i32::from(b);
+        }
+        for (m, (l, p)) in l.iter_mut().zip(p).enumerate() {
+            *l += sc[(32 * c + 4 * m) / SUB] * p;
         }
     }
     l
@@ -77,36 +79,46 @@ pub(crate) fn min_prod4(mn: &[i32; 8], bsums: &[i16; 16]) -> [i32; 4] {
 
 /// Q4_K's 256 quants `0..16` in value order.
 #[inline]
-fn q4k_quants(x: &BlockQ4K) -> [i32; QK_K] {
-    core::array::from_fn(|v| {
-        let b = x.qs[32 * (v / 64) + v % 32];
-        i32::from(if v % 64 < 32 { b & 0xF } else { b >> 4 })
-    })
+fn q4k_quants(x: &BlockQ4K) -> [i8; QK_K] {
+    let mut a = [0i8; QK_K];
+    for (a, q) in a.chunks_exact_mut(64).zip(x.qs.chunks_exact(32)) {
+        for (l, &b) in q.iter().enumerate() {
+            a[l] = (b & 0xF) as i8;
+            a[l + 32] = (b >> 4) as i8;
+        }
+    }
+    a
 }
 
 /// Q5_K's 256 quants `0..32` in value order (value `v`'s fifth bit: bit `v / 32` of
 /// `qh[v % 32]`).
 #[inline]
-fn q5k_quants(x: &BlockQ5K) -> [i32; QK_K] {
-    core::array::from_fn(|v| {
-        let b = x.qs[32 * (v / 64) + v % 32];
-        let lo = if v % 64 < 32 { b & 0xF } else { b >> 4 };
-        let hi = (x.qh[v % 32] >> (v / 32)) & 1;
-        i32::from(lo | (hi << 4))
-    })
+fn q5k_quants(x: &BlockQ5K) -> [i8; QK_K] {
+    let mut a = [0i8; QK_K];
+    for (c, (a, q)) in a.chunks_exact_mut(64).zip(x.qs.chunks_exact(32)).enumerate() {
+        for (l, (&b, &h)) in q.iter().zip(&x.qh).enumerate() {
+            a[l] = ((b & 0xF) | (((h >> (2 * c)) & 1) << 4)) as i8;
+            a[l + 32] = ((b >> 4) | (((h >> (2 * c + 1)) & 1) << 4)) as i8;
+        }
+    }
+    a
 }
 
 /// Q6_K's 256 quants `0..64` (unsigned: the -32 is applied through `bsums`).
 #[inline]
-fn q6k_quants(x: &BlockQ6K) -> [i32; QK_K] {
-    core::array::from_fn(|v| {
-        let (h, w) = (v / 128, v % 128);
-        let l = w % 32;
-        let ql = x.ql[64 * h + l + if w % 64 >= 32 { 32 } else { 0 }];
-        let lo = if w < 64 { ql & 0xF } else { ql >> 4 };
-        let hi = (x.qh[32 * h + l] >> (2 * (w / 32))) & 3;
-        i32::from(lo | (hi << 4))
-    })
+fn q6k_quants(x: &BlockQ6K) -> [i8; QK_K] {
+    let mut a = [0i8; QK_K];
+    for ((a, ql), qh) in
+        a.chunks_exact_mut(128).zip(x.ql.chunks_exact(64)).zip(x.qh.chunks_exact(32))
+    {
+        for (l, &h) in qh.iter().enumerate() {
+            a[l] = ((ql[l] & 0xF) | ((h & 3) << 4)) as i8;
+            a[l + 32] = ((ql[l + 32] & 0xF) | (((h >> 2) & 3) << 4)) as i8;
+            a[l + 64] = ((ql[l] >> 4) | (((h >> 4) & 3) << 4)) as i8;
+            a[l + 96] = ((ql[l + 32] >> 4) | (((h >> 6) & 3) << 4)) as i8;
+        }
+    }
+    a
 }
 
 /// Q4_K · Q8_K over whole rows (`w.len() == a.len()`), llama.cpp's AVX2
@@ -190,11 +202,16 @@ pub(crate) fn dot_q6_k(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
 /// Q2_K's 256 quants `0..4` in value order (value `128h + 32k + l`: bits `2k..2k+2` of
 /// `qs[32h + l]`).
 #[inline]
-fn q2k_quants(x: &BlockQ2K) -> [i32; QK_K] {
-    core::array::from_fn(|v| {
-        let (h, k, l) = (v / 128, (v % 128) / 32, v % 32);
-        i32::from((x.qs[32 * h + l] >> (2 * k)) & 3)
-    })
+fn q2k_quants(x: &BlockQ2K) -> [i8; QK_K] {
+    let mut a = [0i8; QK_K];
+    for (half, q) in a.chunks_exact_mut(128).zip(x.qs.chunks_exact(32)) {
+        for (k, part) in half.chunks_exact_mut(32).enumerate() {
+            for (v, &q) in part.iter_mut().zip(q) {
+                *v = ((q >> (2 * k)) & 3) as i8;
+            }
+        }
+    }
+    a
 }
 
 /// Q2_K's min term: 8 lanes `m[2l]·b[2l] + m[2l+1]·b[2l+1]` (`_mm256_madd_epi16`).
@@ -235,17 +252,17 @@ pub(crate) fn q3k_scales(x: &BlockQ3K) -> [i32; 16] {
 
 /// Q3_K's 256 signed quants `-4..4` in value order.
 #[inline]
-fn q3k_quants(x: &BlockQ3K) -> [i32; QK_K] {
-    core::array::from_fn(|v| {
-        let (h, k, l) = (v / 128, (v % 128) / 32, v % 32);
-        let lo = i32::from((x.qs[32 * h + l] >> (2 * k)) & 3);
-        let hi = (x.hmask[l] >> (4 * h + k)) & 1;
-        if hi == 1 {
-            lo
-        } else {
-            lo - 4
+fn q3k_quants(x: &BlockQ3K) -> [i8; QK_K] {
+    let mut a = [0i8; QK_K];
+    for (h, (half, q)) in a.chunks_exact_mut(128).zip(x.qs.chunks_exact(32)).enumerate() {
+        for (k, part) in half.chunks_exact_mut(32).enumerate() {
+            for ((v, &q), &hm) in part.iter_mut().zip(q).zip(&x.hmask) {
+                let hi = ((hm >> (4 * h + k)) & 1) as i8;
+                *v = ((q >> (2 * k)) & 3) as i8 - 4 * (1 - hi);
+            }
         }
-    })
+    }
+    a
 }
 
 /// Q3_K · Q8_K over whole rows (`w.len() == a.len()`), llama.cpp's AVX2
@@ -274,12 +291,15 @@ pub(crate) fn iq4xs_scales(x: &BlockIq4Xs) -> [i32; 8] {
 /// IQ4_XS's 256 codebook values in value order (sub-block `j`: low nibbles of
 /// `qs[16j..16j+16]` are values 0..16, high nibbles 16..32).
 #[inline]
-fn iq4xs_values(x: &BlockIq4Xs) -> [i32; QK_K] {
-    core::array::from_fn(|v| {
-        let (j, e) = (v / 32, v % 32);
-        let b = x.qs[16 * j + e % 16];
-        i32::from(IQ4NL_VALUES[usize::from(if e < 16 { b & 0xF } else { b >> 4 })])
-    })
+fn iq4xs_values(x: &BlockIq4Xs) -> [i8; QK_K] {
+    let mut a = [0i8; QK_K];
+    for (a, q) in a.chunks_exact_mut(32).zip(x.qs.chunks_exact(16)) {
+        for (l, &b) in q.iter().enumerate() {
+            a[l] = IQ4NL_VALUES[usize::from(b & 0xF)];
+            a[l + 16] = IQ4NL_VALUES[usize::from(b >> 4)];
+        }
+    }
+    a
 }
 
 /// IQ4_XS · Q8_K over whole rows (`w.len() == a.len()`), llama.cpp's AVX2
