@@ -15,6 +15,8 @@
 //! | Q6_K   | `dot_q6_k`                    | `maddubs` + `madd`            | `vpdpbusd` + `vpdpwssd`           |
 //! | IQ4_XS | `dot_iq4_xs`                  | sign trick `maddubs` + `madd` | sign trick `maddubs` + `vpdpwssd` |
 //!
+//! NEON (`neon.rs`): the scalar functions with `vmull_s8` lane sums, one row at a time.
+//!
 //! The integer lanes are exact and the float steps are shared (`x86.rs`), so every level
 //! returns the scalar bits, which are llama.cpp's (tests/kernels_kquant.rs).
 //!
@@ -27,6 +29,8 @@
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "aarch64")]
+mod neon;
 mod scalar;
 #[cfg(target_arch = "x86_64")]
 mod x86;
@@ -93,6 +97,13 @@ pub(crate) static AVX512: [WeightKernels; 6] = [
     row(GgmlType::Q6_K, Activation::Q8K, 2, avx512::chunk::<x86::Q6K>),
 ];
 
-/// K-quant rows of the NEON level.
+/// K-quant rows of the NEON level: the scalar order with NEON integer lanes.
 #[cfg(target_arch = "aarch64")]
-pub(crate) static NEON: [WeightKernels; 0] = [];
+pub(crate) static NEON: [WeightKernels; 6] = [
+    row(GgmlType::Q2_K, Activation::Q8K, 2, by_rows::<neon::NeonQ2K>),
+    row(GgmlType::Q3_K, Activation::Q8K, 2, by_rows::<neon::NeonQ3K>),
+    row(GgmlType::Q4_K, Activation::Q8K, 2, by_rows::<neon::NeonQ4K>),
+    row(GgmlType::Q5_K, Activation::Q8K, 2, by_rows::<neon::NeonQ5K>),
+    row(GgmlType::Q6_K, Activation::Q8K, 2, by_rows::<neon::NeonQ6K>),
+    row(GgmlType::IQ4_XS, Activation::Q8K, 2, by_rows::<neon::NeonIq4Xs>),
+];

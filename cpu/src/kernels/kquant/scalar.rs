@@ -30,6 +30,23 @@ pub(crate) fn hsum8(a: [f32; 8]) -> f32 {
     super::super::scalar::hsum8(a)
 }
 
+/// How the exact integer lanes of a super-block are computed (any way gives the same
+/// integers: the portable loops here, NEON's widening multiplies).
+pub(crate) trait Lanes {
+    /// `lane[m] = Σ_c sc[(32c + 4m) / SUB] · Σ_{e=4m..4m+4} q[32c + e] · y[32c + e]`.
+    fn lanes<const SUB: usize>(q: &[i8; QK_K], y: &[i8; QK_K], sc: &[i32]) -> [i32; 8];
+}
+
+/// The portable [`Lanes`].
+pub(crate) struct Portable;
+
+impl Lanes for Portable {
+    #[inline]
+    fn lanes<const SUB: usize>(q: &[i8; QK_K], y: &[i8; QK_K], sc: &[i32]) -> [i32; 8] {
+        lanes::<SUB>(q, y, sc)
+    }
+}
+
 /// The integer lanes of one super-block: `lane[m] = Σ_c sc[(32c + 4m) / SUB] ·
 /// Σ_{e=4m..4m+4} q[32c + e] · y[32c + e]`.
 #[inline]
@@ -131,6 +148,12 @@ fn q6k_quants(x: &BlockQ6K) -> [i8; QK_K] {
 /// result = hsum8(acc) + ((acc_m[0] + acc_m[2]) + (acc_m[1] + acc_m[3]))
 /// ```
 pub(crate) fn dot_q4_k(w: &[BlockQ4K], a: &[BlockQ8K]) -> f32 {
+    dot_q4_k_in::<Portable>(w, a)
+}
+
+/// [`dot_q4_k`] with the integer lanes of `L`.
+#[inline(always)]
+pub(crate) fn dot_q4_k_in<L: Lanes>(w: &[BlockQ4K], a: &[BlockQ8K]) -> f32 {
     let mut acc = [0.0f32; 8];
     let mut acc_m = [0.0f32; 4];
     for (x, y) in w.iter().zip(a) {
@@ -140,7 +163,7 @@ pub(crate) fn dot_q4_k(w: &[BlockQ4K], a: &[BlockQ8K]) -> f32 {
         for (m, p) in acc_m.iter_mut().zip(min_prod4(&mn, &y.bsums)) {
             *m = dmin.mul_add(p as f32, *m);
         }
-        lane_fma(&mut acc, d, lanes::<32>(&q4k_quants(x), &y.qs, &sc));
+        lane_fma(&mut acc, d, L::lanes::<32>(&q4k_quants(x), &y.qs, &sc));
     }
     hsum8(acc) + ((acc_m[0] + acc_m[2]) + (acc_m[1] + acc_m[3]))
 }
@@ -155,6 +178,12 @@ pub(crate) fn dot_q4_k(w: &[BlockQ4K], a: &[BlockQ8K]) -> f32 {
 /// result = hsum8(acc) + summs
 /// ```
 pub(crate) fn dot_q5_k(w: &[BlockQ5K], a: &[BlockQ8K]) -> f32 {
+    dot_q5_k_in::<Portable>(w, a)
+}
+
+/// [`dot_q5_k`] with the integer lanes of `L`.
+#[inline(always)]
+pub(crate) fn dot_q5_k_in<L: Lanes>(w: &[BlockQ5K], a: &[BlockQ8K]) -> f32 {
     let mut acc = [0.0f32; 8];
     let mut summs = 0.0f32;
     for (x, y) in w.iter().zip(a) {
@@ -164,7 +193,7 @@ pub(crate) fn dot_q5_k(w: &[BlockQ5K], a: &[BlockQ8K]) -> f32 {
         let p = min_prod4(&mn, &y.bsums);
         let isum = (p[0].wrapping_add(p[1])).wrapping_add(p[2].wrapping_add(p[3]));
         summs = dmin.mul_add(isum as f32, summs);
-        lane_fma(&mut acc, d, lanes::<32>(&q5k_quants(x), &y.qs, &sc));
+        lane_fma(&mut acc, d, L::lanes::<32>(&q5k_quants(x), &y.qs, &sc));
     }
     hsum8(acc) + summs
 }
@@ -188,11 +217,17 @@ pub(crate) fn q6k_sclsub(sc: &[i32; 16], bsums: &[i16; 16]) -> [i32; 8] {
 /// result = hsum8(acc)
 /// ```
 pub(crate) fn dot_q6_k(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
+    dot_q6_k_in::<Portable>(w, a)
+}
+
+/// [`dot_q6_k`] with the integer lanes of `L`.
+#[inline(always)]
+pub(crate) fn dot_q6_k_in<L: Lanes>(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
     let mut acc = [0.0f32; 8];
     for (x, y) in w.iter().zip(a) {
         let d = y.d * x.d.to_f32();
         let sc: [i32; 16] = core::array::from_fn(|j| i32::from(x.scales[j]));
-        let l = lanes::<16>(&q6k_quants(x), &y.qs, &sc);
+        let l = L::lanes::<16>(&q6k_quants(x), &y.qs, &sc);
         let s = q6k_sclsub(&sc, &y.bsums);
         lane_fma(&mut acc, d, core::array::from_fn(|m| l[m] - s[m]));
     }
@@ -233,13 +268,19 @@ pub(crate) fn q2k_min_prod(x: &BlockQ2K, bsums: &[i16; 16]) -> [i32; 8] {
 /// result = hsum8(acc)
 /// ```
 pub(crate) fn dot_q2_k(w: &[BlockQ2K], a: &[BlockQ8K]) -> f32 {
+    dot_q2_k_in::<Portable>(w, a)
+}
+
+/// [`dot_q2_k`] with the integer lanes of `L`.
+#[inline(always)]
+pub(crate) fn dot_q2_k_in<L: Lanes>(w: &[BlockQ2K], a: &[BlockQ8K]) -> f32 {
     let mut acc = [0.0f32; 8];
     for (x, y) in w.iter().zip(a) {
         let d = y.d * x.d.to_f32();
         let dmin = -y.d * x.dmin.to_f32();
         lane_fma(&mut acc, dmin, q2k_min_prod(x, &y.bsums));
         let sc: [i32; 16] = core::array::from_fn(|j| i32::from(x.scales[j] & 0xF));
-        lane_fma(&mut acc, d, lanes::<16>(&q2k_quants(x), &y.qs, &sc));
+        lane_fma(&mut acc, d, L::lanes::<16>(&q2k_quants(x), &y.qs, &sc));
     }
     hsum8(acc)
 }
@@ -274,10 +315,16 @@ fn q3k_quants(x: &BlockQ3K) -> [i8; QK_K] {
 /// result = hsum8(acc)
 /// ```
 pub(crate) fn dot_q3_k(w: &[BlockQ3K], a: &[BlockQ8K]) -> f32 {
+    dot_q3_k_in::<Portable>(w, a)
+}
+
+/// [`dot_q3_k`] with the integer lanes of `L`.
+#[inline(always)]
+pub(crate) fn dot_q3_k_in<L: Lanes>(w: &[BlockQ3K], a: &[BlockQ8K]) -> f32 {
     let mut acc = [0.0f32; 8];
     for (x, y) in w.iter().zip(a) {
         let d = y.d * x.d.to_f32();
-        lane_fma(&mut acc, d, lanes::<16>(&q3k_quants(x), &y.qs, &q3k_scales(x)));
+        lane_fma(&mut acc, d, L::lanes::<16>(&q3k_quants(x), &y.qs, &q3k_scales(x)));
     }
     hsum8(acc)
 }
@@ -311,10 +358,16 @@ fn iq4xs_values(x: &BlockIq4Xs) -> [i8; QK_K] {
 /// result = hsum8(acc)
 /// ```
 pub(crate) fn dot_iq4_xs(w: &[BlockIq4Xs], a: &[BlockQ8K]) -> f32 {
+    dot_iq4_xs_in::<Portable>(w, a)
+}
+
+/// [`dot_iq4_xs`] with the integer lanes of `L`.
+#[inline(always)]
+pub(crate) fn dot_iq4_xs_in<L: Lanes>(w: &[BlockIq4Xs], a: &[BlockQ8K]) -> f32 {
     let mut acc = [0.0f32; 8];
     for (x, y) in w.iter().zip(a) {
         let d = x.d.to_f32() * y.d;
-        lane_fma(&mut acc, d, lanes::<32>(&iq4xs_values(x), &y.qs, &iq4xs_scales(x)));
+        lane_fma(&mut acc, d, L::lanes::<32>(&iq4xs_values(x), &y.qs, &iq4xs_scales(x)));
     }
     hsum8(acc)
 }
