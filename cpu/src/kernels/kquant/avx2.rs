@@ -184,6 +184,13 @@ impl<F: Dec> Tile<F> for Avx2 {
         // tokens t0..t0+T have nb blocks each: the caller's contract), the quant loads read
         // 32 bytes at 32c < 256 of a block's `qs`, and the features are the caller's.
         unsafe {
+            if R == 4 {
+                // Two tiles of 2 rows: 16 ymm registers do not hold 4 rows' accumulators,
+                // weights and scale patterns without spilling.
+                let a = <Avx2 as Tile<F>>::tile::<2, T>([rows[0], rows[1 % R]], acts, nb, t0);
+                let b = <Avx2 as Tile<F>>::tile::<2, T>([rows[2 % R], rows[3 % R]], acts, nb, t0);
+                return core::array::from_fn(|r| if r < 2 { a[r] } else { b[r - 2] });
+            }
             let zero = _mm256_setzero_si256();
             let mut cells = [[Cell::zero(); T]; R];
             for i in 0..nb {
