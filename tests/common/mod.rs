@@ -1,8 +1,10 @@
 //! Shared helpers of the workspace-level tests.
 #![allow(dead_code)]
 
+pub mod golden;
 pub mod sha256;
 pub mod synthetic;
+pub mod tempdir;
 
 use std::path::{Path, PathBuf};
 

@@ -1,0 +1,187 @@
+//! Every quantization preset end to end against llama.cpp (tests/data/llamacpp/presets.json,
+//! from scripts/gen_preset_refs.sh): pagoda's own quantizer makes the preset's file from the
+//! default model, and
+//! - the file is llama-quantize's byte for byte (SHA-256; tests/quantize.rs checks the type
+//!   mix and the failure cases),
+//! - its perplexity on tests/data/text/GPL-3 at -c 512 is within 0.1% of llama-perplexity's
+//!   (llama.cpp's default run, weight repacking on),
+//! - its greedy ids for greedy_dev.json's prompts are llama.cpp's up to the first step where
+//!   llama.cpp's top-1/top-2 margin is below 0.1 (tests/data/llamacpp/PROVENANCE.md).
+//!
+//! One test per preset; each prints its measured PPL, llama.cpp's, the relative difference
+//! and how many greedy steps matched (`cargo test --release --test model_presets -- --nocapture`)
+//! and reports every failed check at once. A preset whose weight formats pagoda cannot run
+//! yet fails here: that is the point of the test.
+
+mod common;
+
+use std::ops::ControlFlow;
+use std::path::Path;
+
+use common::golden::{greedy, GreedyCase};
+use common::sha256::sha256_file;
+use common::tempdir::TempDir;
+use pagoda::cpu::model::{Llama, SessionOptions};
+use pagoda::cpu::model_file::ModelFile;
+use pagoda::cpu::quantize::{quantize, Preset, QuantizeOptions};
+use pagoda::cpu::tokenizer::Tokenizer;
+
+/// The presets of presets.json, in its order.
+const PRESETS: [&str; 18] = [
+    "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S",
+    "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K", "IQ4_NL", "IQ4_XS", "F16", "BF16",
+];
+
+/// Most relative difference from llama.cpp's perplexity.
+const PPL_TOLERANCE: f64 = 0.001;
+
+fn refs() -> serde_json::Value {
+    common::data_json("llamacpp/presets.json")
+}
+
+/// `llama-quantize --allow-requantize DEFAULT_MODEL out PRESET`, by pagoda.
+fn pagoda_quantize(preset: &str, out: &Path) {
+    let input = ModelFile::open(common::model_path()).expect("the default model opens");
+    let preset_ty =
+        Preset::parse(preset).unwrap_or_else(|e| panic!("pagoda quantize knows no {preset}: {e}"));
+    let opts = QuantizeOptions { allow_requantize: true, ..Default::default() };
+    quantize(&input, out, preset_ty, &opts, |_| ControlFlow::Continue(()))
+        .unwrap_or_else(|e| panic!("pagoda quantize {preset}: {e}"));
+}
+
+fn preset_matches_llamacpp(preset: &str) {
+    let refs = refs();
+    let r = &refs["presets"][preset];
+    assert!(r.is_object(), "presets.json has no {preset}: run scripts/gen_preset_refs.sh");
+
+    let dir = TempDir::new(&format!("preset-{preset}"));
+    let file = dir.path(&format!("SmolLM2-135M-Instruct-{preset}.gguf"));
+    pagoda_quantize(preset, &file);
+    let want_sha = r["sha256"].as_str().unwrap();
+    assert_eq!(
+        sha256_file(&file),
+        want_sha,
+        "{preset}: pagoda's file differs from llama-quantize's (see tests/quantize.rs)"
+    );
+
+    let model = Llama::load(&file)
+        .unwrap_or_else(|e| panic!("{preset}: pagoda cannot load the {preset} file: {e}"));
+    let mut failures = Vec::new();
+
+    // Perplexity at -c 512, as tests/llama_perplexity.rs.
+    let reference = &r["perplexity_c512"];
+    let want_ppl = reference["ppl"].as_f64().unwrap();
+    let tok = Tokenizer::from_gguf(&model.gguf()).expect("tokenizer");
+    let text = std::fs::read_to_string(common::root().join("tests/data/text/GPL-3")).unwrap();
+    let tokens = tok.encode(&text, true, false);
+    let opts = SessionOptions { n_ctx: 512, ..SessionOptions::default() };
+    let ppl_line = match pagoda::cpu::perplexity::perplexity(&model, &tokens, &opts, |_, _| {}) {
+        Ok(got) => {
+            let rel = (got.ppl - want_ppl) / want_ppl;
+            let no_repack = r["no_repack"]["perplexity_c512"]["ppl"]
+                .as_f64()
+                .map(|p| format!(", --no-repack {p:.4} ({:+.3}%)", (got.ppl - p) / p * 100.0))
+                .unwrap_or_default();
+            if got.chunks as u64 != reference["n_chunks"].as_u64().unwrap() {
+                failures.push(format!(
+                    "perplexity over {} chunks, llama.cpp {}",
+                    got.chunks, reference["n_chunks"]
+                ));
+            }
+            if rel.is_nan() || rel.abs() >= PPL_TOLERANCE {
+                failures.push(format!(
+                    "PPL {:.4} differs from llama.cpp's {want_ppl} by {:+.3}% (> {}%)",
+                    got.ppl,
+                    rel * 100.0,
+                    PPL_TOLERANCE * 100.0
+                ));
+            }
+            format!(
+                "PPL {:.4} ± {:.5} ({} chunks); llama.cpp {want_ppl:.4} ({:+.3}%){no_repack}",
+                got.ppl,
+                got.ppl_stderr,
+                got.chunks,
+                rel * 100.0
+            )
+        }
+        Err(e) => {
+            failures.push(format!("perplexity failed: {e}"));
+            format!("PPL: failed ({e}); llama.cpp {want_ppl:.4}")
+        }
+    };
+
+    // Greedy ids, as tests/llama_greedy.rs, but only up to llama.cpp's first near-tie.
+    // Where llama.cpp repacks weights, also how far pagoda follows its --no-repack run
+    // (printed only: the check is against llama.cpp's default).
+    let no_repack =
+        r["no_repack"]["greedy"].as_array().map(|_| GreedyCase::all(&r["no_repack"]["greedy"]));
+    let mut greedy_lines = Vec::new();
+    for (i, case) in GreedyCase::all(&r["greedy"]).into_iter().enumerate() {
+        let got = greedy(&model, &case.prompt_ids, case.want.len());
+        let agree = case.agree(&got);
+        let must = case.must_agree();
+        let nr = no_repack
+            .as_ref()
+            .map(|cases| format!(", --no-repack {}", cases[i].agree(&got)))
+            .unwrap_or_default();
+        greedy_lines.push(format!("{agree}/{} (must {must}{nr})", case.want.len()));
+        if agree < must {
+            failures.push(format!(
+                "greedy {:?}: diverged at step {agree} (llama.cpp margin there {:.3}, first margin < 0.1 at {must}); got {:?}, want {:?}",
+                case.prompt,
+                case.margins[agree],
+                &got[..(agree + 1).min(got.len())],
+                &case.want[..(agree + 1).min(case.want.len())]
+            ));
+        }
+    }
+
+    eprintln!("{preset}: {ppl_line}; greedy steps matched {}", greedy_lines.join(", "));
+    assert!(failures.is_empty(), "{preset} differs from llama.cpp:\n  {}", failures.join("\n  "));
+}
+
+#[test]
+fn presets_json_covers_every_preset() {
+    let refs = refs();
+    let presets = refs["presets"].as_object().expect("presets");
+    let names: Vec<&str> = presets.keys().map(String::as_str).collect();
+    assert_eq!(names, PRESETS, "presets.json's presets (regenerate: scripts/gen_preset_refs.sh)");
+    let text_sha = refs["provenance"]["text"]["sha256"].as_str().unwrap();
+    assert_eq!(text_sha, sha256_file(&common::root().join("tests/data/text/GPL-3")));
+    for (name, r) in presets {
+        assert_eq!(r["greedy"].as_array().map(Vec::len), Some(4), "{name}: greedy cases");
+        assert_eq!(r["perplexity_c512"]["n_ctx"].as_u64(), Some(512), "{name}");
+    }
+}
+
+macro_rules! preset_tests {
+    ($($test:ident => $preset:literal,)*) => {
+        $(
+            #[test]
+            fn $test() {
+                preset_matches_llamacpp($preset);
+            }
+        )*
+    };
+}
+
+preset_tests! {
+    q4_0_matches_llamacpp => "Q4_0",
+    q4_1_matches_llamacpp => "Q4_1",
+    q5_0_matches_llamacpp => "Q5_0",
+    q5_1_matches_llamacpp => "Q5_1",
+    q8_0_matches_llamacpp => "Q8_0",
+    q2_k_matches_llamacpp => "Q2_K",
+    q3_k_s_matches_llamacpp => "Q3_K_S",
+    q3_k_m_matches_llamacpp => "Q3_K_M",
+    q3_k_l_matches_llamacpp => "Q3_K_L",
+    q4_k_s_matches_llamacpp => "Q4_K_S",
+    q4_k_m_matches_llamacpp => "Q4_K_M",
+    q5_k_s_matches_llamacpp => "Q5_K_S",
+    q5_k_m_matches_llamacpp => "Q5_K_M",
+    q6_k_matches_llamacpp => "Q6_K",
+    iq4_nl_matches_llamacpp => "IQ4_NL",
+    iq4_xs_matches_llamacpp => "IQ4_XS",
+    f16_matches_llamacpp => "F16",
+    bf16_matches_llamacpp => "BF16",
+}
