@@ -20,10 +20,14 @@
 //! The integer lanes are exact and the float steps are shared (`x86.rs`), so every level
 //! returns the scalar bits, which are llama.cpp's (tests/kernels_kquant.rs).
 //!
-//! Not llama.cpp's default Q4_K path on x86: llama.cpp repacks Q4_K weights at load
-//! (`repack.cpp`, `block_q4_Kx8`) and runs `ggml_gemv_q4_K_8x8_q8_K` /
-//! `ggml_gemm_q4_K_8x8_q8_K`, whose float order differs; these rows are the non-repacked
-//! `ggml_vec_dot_q4_K_q8_K` (llama.cpp with `--no-repack`).
+//! Not llama.cpp's default Q4_K and Q2_K paths on x86: for weights whose row count is a
+//! multiple of 8, llama.cpp repacks Q4_K (AVX2) and Q2_K (AVX-512) at load (`repack.cpp`,
+//! 8 rows interleaved) and runs `ggml_gemv/gemm_q{4,2}_K_8x8_q8_K`, whose float order
+//! differs: one f32 accumulator per output, `acc = fma((float) Σ_superblock, dx·dy, acc)`,
+//! the mins in a second accumulator `fma((float) Σ m·bsums, dmin·dy, acc_min)`, result
+//! `acc - acc_min` (no 8 lanes, no `hsum_float_8`). These rows are the non-repacked
+//! `ggml_vec_dot_*_q8_K` (llama.cpp with `--repack 0`); Q3_K, Q5_K, Q6_K and IQ4_XS are
+//! not repacked on x86, so for them this is llama.cpp's default.
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
