@@ -43,7 +43,12 @@ impl GreedyCase {
     /// The steps that must agree: up to (not including) the first step whose llama.cpp
     /// margin is below 0.1, where llama.cpp's own choice depends on the order of its sums.
     pub fn must_agree(&self) -> usize {
-        self.margins.iter().position(|&m| m < 0.1).unwrap_or(self.want.len())
+        self.must_agree_above(0.1)
+    }
+
+    /// The steps up to (not including) the first whose llama.cpp margin is below `margin`.
+    pub fn must_agree_above(&self, margin: f64) -> usize {
+        self.margins.iter().position(|&m| m < margin).unwrap_or(self.want.len())
     }
 
     /// How many leading ids of `got` are llama.cpp's.

@@ -97,7 +97,8 @@ pub(crate) fn lookup(level: SimdLevel, ty: GgmlType) -> Option<&'static WeightKe
 
 /// Every weight type some level has a kernel for (all of them have a scalar one).
 pub(crate) fn supported() -> impl Iterator<Item = GgmlType> {
-    super::kquant::SCALAR.iter().chain(SCALAR.iter()).map(|k| k.ty)
+    // The generic table lists every type once (K-quant rows override some of them).
+    SCALAR.iter().map(|k| k.ty)
 }
 
 /// A block dot product over whole rows, for [`by_rows`].
