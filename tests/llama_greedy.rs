@@ -8,42 +8,29 @@
 
 mod common;
 
-use pagoda::cpu::generate::{generate, GenerateOptions};
-use pagoda::cpu::model::{Llama, Session, SessionOptions};
-use pagoda::cpu::sampler::{Sampler, SamplerConfig};
+use common::golden::{greedy, GreedyCase};
+use pagoda::cpu::model::Llama;
 
 #[test]
 fn greedy_matches_llamacpp_until_its_margin_drops() {
     let model = Llama::load(common::model_path()).expect("load model");
     let data = common::data_json("llamacpp/greedy_dev.json");
-    for case in data["cases"].as_array().unwrap() {
-        let prompt = common::ids(&case["prompt_ids"]);
-        let want = common::ids(&case["generated_ids"]);
-        let margins: Vec<f64> = case["top1_top2_margin"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m.as_f64().unwrap())
-            .collect();
-        let mut session = Session::new(&model, SessionOptions::default()).unwrap();
-        let mut sampler = Sampler::new(SamplerConfig::greedy()).unwrap();
-        let opts =
-            GenerateOptions { n_predict: Some(want.len()), ignore_eos: true, no_kv_cache: false };
-        let got = generate(&mut session, &mut sampler, &prompt, &opts, |_| false, |_| {}).unwrap();
-        let agree = got.tokens.iter().zip(&want).take_while(|(a, b)| a == b).count();
-        let must = margins.iter().position(|&m| m < 0.1).unwrap_or(want.len());
+    for case in GreedyCase::all(&data["cases"]) {
+        let got = greedy(&model, &case.prompt_ids, case.want.len());
+        let agree = case.agree(&got);
         eprintln!(
-            "{:?}: {agree}/{} tokens agree with llama.cpp (first step with margin < 0.1: {must})",
-            case["prompt"].as_str().unwrap(),
-            want.len()
+            "{:?}: {agree}/{} tokens agree with llama.cpp (first step with margin < 0.1: {})",
+            case.prompt,
+            case.want.len(),
+            case.must_agree()
         );
         assert!(
-            agree == want.len(),
+            agree == case.want.len(),
             "prompt {:?}: diverged at step {agree} (llama.cpp margin there {:.3}); got {:?}, want {:?}",
-            case["prompt"],
-            margins[agree],
-            &got.tokens[..(agree + 1).min(got.tokens.len())],
-            &want[..(agree + 1).min(want.len())]
+            case.prompt,
+            case.margins[agree],
+            &got[..(agree + 1).min(got.len())],
+            &case.want[..(agree + 1).min(case.want.len())]
         );
     }
 }

@@ -8,11 +8,11 @@
 mod common;
 
 use std::ops::ControlFlow;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use common::sha256::{sha256_file, sha256_hex};
+use common::tempdir::TempDir;
 use pagoda::cpu::model_file::ModelFile;
 use pagoda::cpu::quantize::{
     plan, quantize, Preset, PresetError, QuantizeError, QuantizeOptions, TensorProgress,
@@ -30,39 +30,6 @@ fn input() -> ModelFile {
     ModelFile::open(common::model_path()).expect("the default model opens")
 }
 
-/// A fresh directory under the system temp dir, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let dir =
-            std::env::temp_dir().join(format!("pagoda-quantize-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-
-    /// The names of the files in the directory, sorted.
-    fn files(&self) -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(&self.0)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        names
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn allow() -> QuantizeOptions {
     QuantizeOptions { allow_requantize: true, ..Default::default() }
 }
@@ -78,7 +45,7 @@ fn matches_llama_quantize(name: &str) {
     assert!(expected.is_object(), "no reference for {name}");
     let input = input();
     let preset = Preset::parse(name).unwrap();
-    let dir = TempDir::new(name);
+    let dir = TempDir::new(&format!("quantize-{name}"));
     let out = dir.path("out.gguf");
     let mut lines = 0;
     let report = quantize(&input, &out, preset, &allow(), |_| {
@@ -243,7 +210,7 @@ fn unknown_type_is_named() {
 #[test]
 fn requantizing_needs_permission_and_leaves_nothing() {
     let input = input();
-    let dir = TempDir::new("requant");
+    let dir = TempDir::new("quantize-requant");
     let out = dir.path("out.gguf");
     let e =
         quantize(&input, &out, Preset::Q8_0, &QuantizeOptions::default(), continue_).unwrap_err();
@@ -262,7 +229,7 @@ fn requantizing_needs_permission_and_leaves_nothing() {
 
 #[test]
 fn output_equal_to_input_is_refused() {
-    let dir = TempDir::new("same");
+    let dir = TempDir::new("quantize-same");
     let path = dir.path("model.gguf");
     std::fs::copy(common::model_path(), &path).unwrap();
     let input = ModelFile::open(&path).unwrap();
@@ -270,7 +237,7 @@ fn output_equal_to_input_is_refused() {
     assert!(matches!(e, QuantizeError::SameFile { .. }), "{e:?}");
     assert!(e.to_string().contains("is the input file"), "{e}");
     // Also through another name for the same file.
-    let alias = dir.0.join(".").join("model.gguf");
+    let alias = dir.dir().join(".").join("model.gguf");
     assert!(matches!(
         quantize(&input, &alias, Preset::Q8_0, &allow(), continue_),
         Err(QuantizeError::SameFile { .. })
@@ -283,7 +250,7 @@ fn output_equal_to_input_is_refused() {
 #[test]
 fn a_cancelled_run_leaves_the_old_output_and_no_temporary_file() {
     let input = input();
-    let dir = TempDir::new("cancel");
+    let dir = TempDir::new("quantize-cancel");
     let out = dir.path("out.gguf");
     std::fs::write(&out, b"old contents").unwrap();
     // Stopped by the progress callback after a few tensors…
@@ -318,7 +285,7 @@ fn a_cancelled_run_leaves_the_old_output_and_no_temporary_file() {
 #[test]
 fn a_missing_output_directory_is_an_io_error_naming_it() {
     let input = input();
-    let dir = TempDir::new("nodir");
+    let dir = TempDir::new("quantize-nodir");
     let out = dir.path("missing/out.gguf");
     let e = quantize(&input, &out, Preset::Q8_0, &allow(), continue_).unwrap_err();
     assert!(matches!(e, QuantizeError::Io { .. }), "{e:?}");
@@ -329,7 +296,7 @@ fn a_missing_output_directory_is_an_io_error_naming_it() {
 #[test]
 fn the_output_runs_and_does_not_depend_on_the_thread_count() {
     let input = input();
-    let dir = TempDir::new("threads");
+    let dir = TempDir::new("quantize-threads");
     let one = dir.path("one.gguf");
     let opts = QuantizeOptions { threads: Some(1), ..allow() };
     quantize(&input, &one, Preset::Q8_0, &opts, continue_).unwrap();
