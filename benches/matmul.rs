@@ -10,7 +10,7 @@
 //! - `q4_k_576x1536` etc. (`PAGODA_BENCH_MIN` mode only): every K-quant format in the FFN
 //!   down projection's shape (the model's K-quant tensor in a Q4_K_M file), weights from
 //!   pagoda-core's quantizer; `core` rows run pagoda-core's generic `VecDot` row by row
-//!   (the scalar table's `CoreDot` path before the kquant kernels) at 1 token, 1 thread.
+//!   (the generic path K-quants ran through before the kquant kernels) at 1 token, 1 thread.
 //!
 //! Each at 1 and 64 tokens (prompt processing reads each weight once per 64 tokens; its
 //! "GB/s" counts the weight bytes once), 1 and 2 threads, every available level (scalar
@@ -71,7 +71,7 @@ fn kquant_bytes(ty: GgmlType, rows: usize, cols: usize) -> Vec<u8> {
     v[..rows * row_bytes].to_vec()
 }
 
-/// pagoda-core's generic dot product of every row with one token (the `CoreDot` path).
+/// pagoda-core's generic dot product of every row with one token (what K-quants ran before the kquant kernels).
 fn core_rows<
     W: pagoda::core::quant::VecDot<Activation = pagoda::core::quant::BlockQ8K> + bytemuck::Pod,
 >(

@@ -20,10 +20,7 @@ use bytemuck::Pod;
 use half::{bf16, f16};
 
 use pagoda_core::ggml_type::GgmlType;
-use pagoda_core::quant::{
-    BlockIq4Xs, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8K,
-    BlockQ8_0, BlockQ8_1, VecDot,
-};
+use pagoda_core::quant::{BlockQ5_0, BlockQ5_1, BlockQ8K, BlockQ8_0, BlockQ8_1};
 
 use super::activations::Inputs;
 use super::{float, scalar, SimdLevel};
@@ -97,8 +94,8 @@ pub(crate) fn lookup(level: SimdLevel, ty: GgmlType) -> Option<&'static WeightKe
 
 /// Every weight type some level has a kernel for (all of them have a scalar one).
 pub(crate) fn supported() -> impl Iterator<Item = GgmlType> {
-    // The generic table lists every type once (K-quant rows override some of them).
-    SCALAR.iter().map(|k| k.ty)
+    // Each type has one scalar row, here or in the K-quant table.
+    SCALAR.iter().chain(&super::kquant::SCALAR).map(|k| k.ty)
 }
 
 /// A block dot product over whole rows, for [`by_rows`].
@@ -135,25 +132,6 @@ pub(crate) unsafe fn by_rows<D: RowDot>(
             // SAFETY: the CPU supports D's level (this fn's contract).
             o[r] = unsafe { D::dot(row, &acts[t * nb..(t + 1) * nb]) };
         }
-    }
-}
-
-/// A format's dot product as pagoda-core's scalar [`VecDot`] computes it (ggml's generic
-/// C order).
-pub(crate) struct CoreDot<W>(core::marker::PhantomData<W>);
-
-impl<W> RowDot for CoreDot<W>
-where
-    W: VecDot,
-    W::Activation: ActBlock,
-{
-    type W = W;
-    type A = W::Activation;
-    fn acts<'a>(inputs: &Inputs<'a>) -> &'a [W::Activation] {
-        W::Activation::acts(inputs)
-    }
-    unsafe fn dot(w: &[W], a: &[W::Activation]) -> f32 {
-        W::vec_dot(w, a)
     }
 }
 
@@ -291,8 +269,8 @@ pub(crate) const fn soa_row(ty: GgmlType, act: Activation, chunk: ChunkFn) -> We
     WeightKernels { ty, act, align: 2, soa: true, chunk }
 }
 
-/// The scalar level: every format pagoda runs.
-static SCALAR: [WeightKernels; 15] = [
+/// The scalar level: every format pagoda runs but the K-quants (`kquant::SCALAR`).
+static SCALAR: [WeightKernels; 9] = [
     row(GgmlType::F32, Activation::F32, 4, f32_chunk),
     row(GgmlType::F16, Activation::F16, 2, f16_chunk),
     row(GgmlType::BF16, Activation::Bf16, 2, bf16_chunk),
@@ -302,10 +280,4 @@ static SCALAR: [WeightKernels; 15] = [
     row(GgmlType::Q5_1, Activation::Q8_1, 2, by_rows::<ScalarQ5_1>),
     row(GgmlType::Q8_0, Activation::Q8_0, 2, by_rows::<ScalarQ8_0>),
     row(GgmlType::IQ4_NL, Activation::Q8_0, 2, by_rows::<ScalarIq4Nl>),
-    row(GgmlType::Q2_K, Activation::Q8K, 2, by_rows::<CoreDot<BlockQ2K>>),
-    row(GgmlType::Q3_K, Activation::Q8K, 2, by_rows::<CoreDot<BlockQ3K>>),
-    row(GgmlType::Q4_K, Activation::Q8K, 2, by_rows::<CoreDot<BlockQ4K>>),
-    row(GgmlType::Q5_K, Activation::Q8K, 2, by_rows::<CoreDot<BlockQ5K>>),
-    row(GgmlType::Q6_K, Activation::Q8K, 2, by_rows::<CoreDot<BlockQ6K>>),
-    row(GgmlType::IQ4_XS, Activation::Q8K, 2, by_rows::<CoreDot<BlockIq4Xs>>),
 ];

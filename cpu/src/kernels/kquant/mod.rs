@@ -3,8 +3,8 @@
 //!
 //! Each level's rows here are chained after that level's own table in
 //! [`super::table::lookup`]; a format missing at a level runs the scalar row. The scalar
-//! rows ([`scalar`]) are llama.cpp's x86 float order and override the generic
-//! [`CoreDot`](super::table::CoreDot) rows of the scalar table.
+//! rows ([`scalar`]) are llama.cpp's x86 float order (pagoda-core's `VecDot` keeps ggml's
+//! generic order: the two agree to rounding, `tests/kernels_kquant.rs`).
 //!
 //! | format | scalar (llama.cpp AVX2 order) | AVX2 (`avx2.rs`)              | AVX-512 + VNNI (`avx512.rs`)      |
 //! |--------|-------------------------------|-------------------------------|-----------------------------------|
