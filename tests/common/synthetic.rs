@@ -199,6 +199,15 @@ impl SyntheticLlama {
                 None => out.push((name, dims, values)),
             }
         }
+        // Tensors the model does not have by default (e.g. `rope_freqs.weight`), given with
+        // their shape, go last.
+        for (name, dims, values) in &self.tensor_overrides {
+            if let Some(dims) = dims {
+                if !out.iter().any(|(n, _, _)| n == name) && !self.omitted.contains(name) {
+                    out.push((name.clone(), dims.clone(), values.clone()));
+                }
+            }
+        }
         out
     }
 

@@ -10,6 +10,6 @@ mod silu;
 mod softmax;
 
 pub use rmsnorm::rmsnorm;
-pub use rope::{rope_inplace, rotate_pair, RopeTable};
+pub use rope::{rope_inplace, rope_neox_inplace, rotate_pair, RopeTable};
 pub use silu::{silu, silu_mul_inplace};
 pub use softmax::softmax_inplace;

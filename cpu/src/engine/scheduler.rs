@@ -158,6 +158,10 @@ impl<'m> Engine<'m> {
     /// single-layer pages. Prefix caching is off under it (it scores pages by attention
     /// mass); forks share every layer's pages copy-on-write, and no layer evicts a page a
     /// sibling still holds.
+    ///
+    /// A model with sliding-window layers (Gemma 3) runs under `full` only: its sequences
+    /// keep one table of all-layer pages, and the windowed layers' attention masks the
+    /// positions outside their window (the pages are held for the global layers).
     pub fn with_policy(
         model: &'m Llama,
         config: EngineConfig,
@@ -176,6 +180,13 @@ impl<'m> Engine<'m> {
             )));
         }
         let c = model.config();
+        if c.has_windows() && policy.evicts() {
+            return Err(EngineError::InvalidConfig(format!(
+                "KV policy {policy} with a {} model: its sliding-window layers cannot be evicted \
+                 by another rule; use the full policy",
+                c.family.name()
+            )));
+        }
         // Checks the policy against the page size (a budget of at least two pages).
         Evictor::new(policy, c.context_length, config.block_size, c.n_layers)?;
         let (cache, n_tables) = if policy.per_layer() {

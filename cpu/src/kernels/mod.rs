@@ -26,6 +26,7 @@
 mod activations;
 mod error;
 mod float;
+pub mod gelu;
 mod kquant;
 mod level;
 mod matmul;
@@ -196,6 +197,27 @@ impl Kernels {
         rope_body(x, head_dim, table)
     }
 
+    /// [`rope`](Self::rope) in the NeoX pairing (`x[i]` with `x[i + pairs]`): the same bits as
+    /// `pagoda_core::ops::rope_neox_inplace`.
+    pub fn rope_neox<const P: usize>(&self, x: &mut [f32], head_dim: usize, table: &RopeTable<P>) {
+        #[cfg(target_arch = "x86_64")]
+        if matches!(self.level, SimdLevel::Avx2 | SimdLevel::Avx512) {
+            // SAFETY: a Kernels at these levels exists only after AVX2 + FMA were detected.
+            return unsafe { rope_neox_fma(x, head_dim, table) };
+        }
+        rope_neox_body(x, head_dim, table)
+    }
+
+    /// GeGLU's gate: `gate[i] = gelu(gate[i]) * up[i]` with ggml's GELU (tanh form, looked
+    /// up in a table of every f16 input: `x` is rounded to f16, its GELU rounded to f16 and
+    /// widened; `x ≤ -10` gives 0 and `x ≥ 10` gives `x`), as `ggml_vec_geglu_f32`. Errors if
+    /// the lengths differ.
+    pub fn gelu_mul(&self, gate: &mut [f32], up: &[f32]) -> Result<(), KernelError> {
+        check_len("up", gate.len(), up.len())?;
+        gelu::gelu_mul(gate, up);
+        Ok(())
+    }
+
     /// SwiGLU's gate: `gate[i] = silu(gate[i]) * up[i]`, `silu(g) = g / (1 + e^-g)` with
     /// ggml's vectorized `e^x` ([`silu::exp`]); bit-identical at every level. Errors if the
     /// lengths differ.
@@ -222,6 +244,32 @@ fn rope_body<const P: usize>(x: &mut [f32], head_dim: usize, table: &RopeTable<P
             head[2 * i + 1] = y1;
         }
     }
+}
+
+/// The rotation loop of [`Kernels::rope_neox`] (see [`rope_body`]).
+#[inline(always)]
+fn rope_neox_body<const P: usize>(x: &mut [f32], head_dim: usize, table: &RopeTable<P>) {
+    if head_dim == 0 {
+        return;
+    }
+    let pairs = table.pairs().min(head_dim / 2);
+    let (cos, sin) = (&table.cos()[..pairs], &table.sin()[..pairs]);
+    for head in x.chunks_exact_mut(head_dim) {
+        let (lo, hi) = head.split_at_mut(pairs);
+        for (((a, b), &c), &s) in lo.iter_mut().zip(hi.iter_mut()).zip(cos).zip(sin) {
+            let (y0, y1) = rotate_pair(*a, *b, c, s, f32::mul_add);
+            *a = y0;
+            *b = y1;
+        }
+    }
+}
+
+/// # Safety
+/// The CPU has FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "fma")]
+unsafe fn rope_neox_fma<const P: usize>(x: &mut [f32], head_dim: usize, table: &RopeTable<P>) {
+    rope_neox_body(x, head_dim, table)
 }
 
 /// # Safety

@@ -365,19 +365,7 @@ mod tests {
     use pagoda_core::evict::Budget;
 
     fn tiny() -> LlamaConfig {
-        LlamaConfig {
-            n_layers: 2,
-            dim: 8,
-            ffn_dim: 16,
-            n_heads: 2,
-            n_kv_heads: 1,
-            head_dim: 4,
-            n_rot: 4,
-            rope_base: 10_000.0,
-            rms_eps: 1e-5,
-            vocab_size: 10,
-            context_length: 64,
-        }
+        LlamaConfig { vocab_size: 10, context_length: 64, ..LlamaConfig::llama(2, 8, 16, 2, 1, 4) }
     }
 
     #[test]

@@ -374,17 +374,10 @@ mod tests {
     /// SmolLM2-135M's attention shape: 30 layers, 3 kv heads of 64.
     fn smollm2() -> LlamaConfig {
         LlamaConfig {
-            n_layers: 30,
-            dim: 576,
-            ffn_dim: 1536,
-            n_heads: 9,
-            n_kv_heads: 3,
-            head_dim: 64,
-            n_rot: 64,
             rope_base: 100_000.0,
-            rms_eps: 1e-5,
             vocab_size: 49_152,
             context_length: 8192,
+            ..LlamaConfig::llama(30, 576, 1536, 9, 3, 64)
         }
     }
 

@@ -1,19 +1,23 @@
-//! The Llama forward pass over memory-mapped GGUF weights and the paged KV cache.
+//! The forward pass of the Llama family (Llama, Gemma 3) over memory-mapped GGUF weights
+//! and the paged KV cache.
 //!
-//! One function per step of the architecture, in the order of the paper:
+//! One function per step of the architecture; the steps in brackets are the family blocks
+//! [`LlamaConfig`] switches on (Gemma 3 has them all, Llama none):
 //!
 //! ```text
-//! x = embed(tokens)                                  (n, dim)
-//! for each layer:
+//! x = embed(tokens) [· embed_scale]                   (n, dim)
+//! for each layer l:
 //!     h = rmsnorm(x) · attn_norm
-//!     q, k, v = h·Wqᵀ, h·Wkᵀ, h·Wvᵀ                  (n, n_heads·hd), (n, n_kv·hd) ×2
-//!     rope(q, k) at each token's position
+//!     q, k, v = h·Wqᵀ, h·Wkᵀ, h·Wvᵀ                   (n, n_heads·hd), (n, n_kv·hd) ×2
+//!     [q, k = rmsnorm per head · q_norm, k_norm]      (QK-norm)
+//!     rope(q, k) at each token's position, base of layer l, adjacent or NeoX pairs
+//!     [q ·= q_scale]
 //!     write k, v into the sequence's KV pages
-//!     a = attention(q, all cached k, v)  (causal)    (n, n_heads·hd)
-//!     x += a·Woᵀ
+//!     a = attention(q, cached k, v)  (causal [, last W positions on windowed layers])
+//!     x += [rmsnorm](a·Woᵀ) [· post_attention_norm]
 //!     h = rmsnorm(x) · ffn_norm
-//!     x += (silu(h·Wgateᵀ) ⊙ h·Wupᵀ)·Wdownᵀ
-//! logits = rmsnorm(x) · output_norm · Woutᵀ          (n_out, vocab)
+//!     x += [rmsnorm]((act(h·Wgateᵀ) ⊙ h·Wupᵀ)·Wdownᵀ) [· post_ffw_norm]   act: SiLU | GELU
+//! logits = rmsnorm(x) · output_norm · Woutᵀ           (n_out, vocab)
 //! ```
 //!
 //! A chunk of `n` tokens runs through each matmul at once (each weight block is read once
@@ -32,6 +36,7 @@ use crate::attention::{paged_attention, paged_attention_f16};
 use crate::kernels::{Kernels, MatmulScratch};
 use crate::model_file::ModelFile;
 
+use super::config::{FfnActivation, RopeStyle};
 use super::kv_cache::{reference_attention, AttentionFn, KvCache, KvStore, SeqTable};
 use super::kv_slab::KvSlab;
 use super::weights::{LlamaWeights, Weight};
@@ -85,6 +90,8 @@ pub struct ForwardScratch {
     gate: Vec<f32>,
     up: Vec<f32>,
     out: Vec<f32>,
+    /// One head (QK-norm) or one row (post-norms) being normalised.
+    row: Vec<f32>,
     /// When `Some`, every layer's RoPE'd queries are appended here (see
     /// [`ForwardScratch::record_queries`]).
     queries: Option<Vec<f32>>,
@@ -492,6 +499,9 @@ impl Llama {
             let start = w.range.start + t as usize * row_bytes;
             pagoda_core::quant::dequantize_row(w.ty, &bytes[start..start + row_bytes], row)
                 .map_err(|e| ModelError::Invalid(format!("{}: {e}", w.name)))?;
+            if let Some(scale) = self.config.embed_scale {
+                row.iter_mut().for_each(|v| *v *= scale);
+            }
         }
         Ok(())
     }
@@ -545,14 +555,35 @@ impl Llama {
         }
     }
 
-    /// RoPE of one token's queries and keys at `pos`, with a table of `P ≥ n_rot / 2` pairs.
-    fn rope<const P: usize>(&self, q: &mut [f32], k: &mut [f32], pos: usize) {
+    /// `rows = rmsnorm(rows) · gain`, in place, for rows of `gain.len()` (QK-norm of each
+    /// head, post-norms of each token), through `tmp`.
+    fn rmsnorm_in_place(&self, rows: &mut [f32], gain: &[f32], tmp: &mut Vec<f32>) {
+        tmp.resize(gain.len(), 0.0);
+        for r in rows.chunks_exact_mut(gain.len()) {
+            self.kernels.rmsnorm(r, gain, self.config.rms_eps, tmp).expect("rows of gain.len()");
+            r.copy_from_slice(tmp);
+        }
+    }
+
+    /// RoPE of one token's queries and keys at `pos` in layer `l`, with a table of
+    /// `P ≥ n_rot / 2` pairs.
+    fn rope<const P: usize>(&self, l: usize, q: &mut [f32], k: &mut [f32], pos: usize) {
         let c = &self.config;
         debug_assert!(c.n_rot <= 2 * P, "n_rot {} exceeds the table", c.n_rot);
         // The C library's cosf/sinf, as llama.cpp calls them (libm's can differ by an ulp).
-        let table = RopeTable::<P>::with_trig(pos, c.n_rot, c.rope_base, f32::cos, f32::sin);
-        self.kernels.rope(q, c.head_dim, &table);
-        self.kernels.rope(k, c.head_dim, &table);
+        let factors = self.weights.rope_freqs.as_deref();
+        let base = c.layer_rope_base(l);
+        let table = RopeTable::<P>::with_factors(pos, c.n_rot, base, factors, f32::cos, f32::sin);
+        match c.rope_style {
+            RopeStyle::Adjacent => {
+                self.kernels.rope(q, c.head_dim, &table);
+                self.kernels.rope(k, c.head_dim, &table);
+            }
+            RopeStyle::Neox => {
+                self.kernels.rope_neox(q, c.head_dim, &table);
+                self.kernels.rope_neox(k, c.head_dim, &table);
+            }
+        }
     }
 
     /// Pre-norm, QKV, RoPE, KV write, causal paged attention, output projection, residual.
@@ -582,6 +613,11 @@ impl Llama {
             &mut s.matmul,
         )?;
 
+        if let Some((q_norm, k_norm)) = &lw.qk_norm {
+            self.rmsnorm_in_place(&mut s.q, q_norm, &mut s.row);
+            self.rmsnorm_in_place(&mut s.k, k_norm, &mut s.row);
+        }
+
         // Which pages this layer uses: the sequence's table, or (single-layer pages) its
         // table for this layer, in slab layer 0.
         let (g, kl) = if b.per_layer { (l, 0) } else { (0, l) };
@@ -592,9 +628,12 @@ impl Llama {
                 .zip(s.v.chunks_exact(kv_dim));
         for (((q, k), v), (&(page, slot), &pos)) in rows.zip(b.slots[g].iter().zip(&b.positions)) {
             if c.n_rot <= 2 * ROPE_PAIRS {
-                self.rope::<ROPE_PAIRS>(q, k, pos);
+                self.rope::<ROPE_PAIRS>(l, q, k, pos);
             } else {
-                self.rope::<WIDE_ROPE_PAIRS>(q, k, pos);
+                self.rope::<WIDE_ROPE_PAIRS>(l, q, k, pos);
+            }
+            if let Some(scale) = c.q_scale {
+                q.iter_mut().for_each(|v| *v *= scale);
             }
             kv.write(kl, page, slot, k, v)
                 .map_err(|e| ModelError::Invalid(format!("KV write: {e}")))?;
@@ -610,8 +649,12 @@ impl Llama {
         // Causal attention: a token at position p of its sequence sees positions 0..=p of
         // that sequence's pages (a span's tokens sit at consecutive positions). Spans in
         // parallel; each call splits its own work over (token group, kv head, page range).
-        let cfg = AttnConfig::new(c.n_heads, c.n_kv_heads, c.head_dim)
+        let mut cfg = AttnConfig::new(c.n_heads, c.n_kv_heads, c.head_dim)
             .map_err(|e| ModelError::Invalid(format!("attention: {e}")))?;
+        if c.q_scale.is_some() {
+            cfg.scale = 1.0; // the queries carry the scale
+        }
+        cfg.window = c.window(l);
         let att = resize(&mut s.att, n, q_dim, "attention outputs")?;
         let kv_ref: &KvPages<T, KvSlab<T>> = kv;
         let level = self.kernels.level();
@@ -629,14 +672,17 @@ impl Llama {
                 .map_err(|e| ModelError::Invalid(format!("attention: {e}")))
         })?;
 
-        // x += att · Woᵀ
+        // x += [post_norm](att · Woᵀ)
         let o = resize(&mut s.out, n, c.dim, "block outputs")?;
         self.matmul(&lw.wo, &s.att, n, o, &mut s.matmul)?;
+        if let Some((post_attn, _)) = &lw.post_norms {
+            self.rmsnorm_in_place(&mut s.out, post_attn, &mut s.row);
+        }
         s.x.iter_mut().zip(&s.out).for_each(|(x, o)| *x += o);
         Ok(())
     }
 
-    /// Pre-norm, SwiGLU feed-forward, residual.
+    /// Pre-norm, gated feed-forward (SwiGLU or GeGLU), [post-norm,] residual.
     fn ffn_block(&self, l: usize, n: usize, s: &mut ForwardScratch) -> Result<(), ModelError> {
         let c = &self.config;
         let lw = &self.weights.layers[l];
@@ -651,9 +697,16 @@ impl Llama {
             [&mut s.gate[..], &mut s.up[..]],
             &mut s.matmul,
         )?;
-        self.kernels.silu_mul(&mut s.gate, &s.up).expect("same length");
+        match c.ffn_act {
+            FfnActivation::Silu => self.kernels.silu_mul(&mut s.gate, &s.up),
+            FfnActivation::GeluTanh => self.kernels.gelu_mul(&mut s.gate, &s.up),
+        }
+        .expect("same length");
         let o = resize(&mut s.out, n, c.dim, "block outputs")?;
         self.matmul(&lw.w_down, &s.gate, n, o, &mut s.matmul)?;
+        if let Some((_, post_ffn)) = &lw.post_norms {
+            self.rmsnorm_in_place(&mut s.out, post_ffn, &mut s.row);
+        }
         s.x.iter_mut().zip(&s.out).for_each(|(x, o)| *x += o);
         Ok(())
     }

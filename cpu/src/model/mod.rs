@@ -5,6 +5,7 @@
 //! - [`KvCache`]: page pool + K/V page storage; sequences are block tables into it.
 //! - [`Llama`]: the forward pass.
 //! - [`Session`]: one sequence with its own cache, the unit the CLI drives.
+//! - [`drop_out_of_window`]: sliding-window layers give back the pages their window left.
 
 mod config;
 mod eviction;
@@ -13,16 +14,18 @@ mod kv_slab;
 mod llama;
 mod session;
 mod weights;
+mod window;
 
 use std::fmt;
 
-pub use config::{LlamaConfig, MAX_ROPE_DIMS};
+pub use config::{Family, FfnActivation, LlamaConfig, RopeStyle, MAX_ROPE_DIMS};
 pub use eviction::Evictor;
 pub use kv_cache::{KvCache, KvStore, KvType, SeqTable};
 pub use kv_slab::KvSlab;
 pub use llama::{BatchItem, ForwardScratch, Llama, Logits, SeqItem};
 pub use session::{Session, SessionOptions};
 pub use weights::{LayerWeights, LlamaWeights, Weight};
+pub use window::{drop_out_of_window, droppable_pages, max_window_pages};
 
 use crate::model_file::ModelFileError;
 

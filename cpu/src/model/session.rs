@@ -8,6 +8,7 @@ use pagoda_core::evict::{EvictionRule, KvPolicy};
 use super::eviction::Evictor;
 use super::kv_cache::{KvCache, KvType, SeqTable};
 use super::llama::{ForwardScratch, Llama, Logits};
+use super::window::{drop_out_of_window, max_window_pages};
 use super::ModelError;
 
 /// Settings of a [`Session`].
@@ -44,6 +45,11 @@ impl Default for SessionOptions {
 ///
 /// A per-layer policy (PyramidKV) gets a cache of single-layer pages and one table per layer
 /// ([`tables`](Self::tables)); every other policy, and `full`, one table of all-layer pages.
+///
+/// A model with sliding-window layers (Gemma 3) gets single-layer pages and one table per
+/// layer too: after every forward pass each windowed layer gives back the pages its window
+/// has left (`super::window`), so memory is global layers × `n_ctx` + windowed layers ×
+/// window. Such a model runs under `full` only (an evicting policy is refused at creation).
 #[derive(Debug)]
 pub struct Session<'m> {
     model: ModelRef<'m>,
@@ -122,6 +128,9 @@ impl<'m> Session<'m> {
             ));
         }
         let c = model.config();
+        if c.has_windows() {
+            return Self::build_windowed(model, opts, policy);
+        }
         let evictor = Evictor::new(policy, opts.n_ctx, opts.block_size, c.n_layers)?;
         // Each table needs the pages of its rule's bound. A rule that keeps more than the
         // context's `n_ctx` tokens evicts nothing within the context (it is `full` there): that
@@ -175,15 +184,67 @@ impl<'m> Session<'m> {
         })
     }
 
+    /// A session for a model with sliding-window layers (see the type's docs).
+    fn build_windowed(
+        model: ModelRef<'m>,
+        opts: SessionOptions,
+        policy: KvPolicy,
+    ) -> Result<Self, ModelError> {
+        let c = model.config();
+        if policy.evicts() {
+            let w = c.layer_windows.iter().flatten().next().copied().unwrap_or(0);
+            return Err(ModelError::Unsupported(format!(
+                "KV policy '{policy}' with a {} model: its sliding-window layers already keep only \
+                 their last {w} tokens and cannot be evicted by another rule; use the full policy",
+                c.family.name()
+            )));
+        }
+        let bs = opts.block_size;
+        let ctx_pages = opts.n_ctx.div_ceil(bs);
+        let step = opts.n_batch.min(opts.n_ctx);
+        let mut n_pages = 0usize;
+        for l in 0..c.n_layers {
+            let pages = match c.window(l) {
+                Some(w) => max_window_pages(w, step, bs).min(ctx_pages),
+                None => ctx_pages,
+            };
+            n_pages = n_pages.checked_add(pages).ok_or_else(|| ModelError::OutOfMemory {
+                what: "the KV page pool".into(),
+                bytes: None,
+            })?;
+        }
+        let cache = KvCache::new_per_layer(c, opts.kv_type, n_pages, bs)?;
+        let tables = (0..c.n_layers).map(|_| cache.new_table()).collect();
+        let evictor = Evictor::new(KvPolicy::Full, opts.n_ctx, bs, c.n_layers)?;
+        let mut scratch = ForwardScratch::default();
+        scratch.reserve(c, step)?;
+        Ok(Session {
+            model,
+            cache,
+            tables,
+            tokens: Vec::new(),
+            opts,
+            scratch,
+            evictor,
+            runs_past_ctx: false,
+            peak_pages: 0,
+        })
+    }
+
+    /// Whether the model has sliding-window layers (one table per layer, see the type docs).
+    fn windowed(&self) -> bool {
+        self.model.config().has_windows()
+    }
+
     /// The KV eviction policy.
     pub fn policy(&self) -> KvPolicy {
         self.evictor.policy()
     }
 
-    /// Tokens the cache holds now (`len()` minus those evicted; under a per-layer policy,
-    /// those of layer 0, which keeps the most).
+    /// Tokens the cache holds now (`len()` minus those evicted; with a table per layer, those
+    /// of the table that keeps the most).
     pub fn cached_len(&self) -> usize {
-        self.tables[0].len()
+        self.tables.iter().map(|t| t.len()).max().unwrap_or(0)
     }
 
     /// Pages the eviction policy has given back to the pool so far.
@@ -307,6 +368,21 @@ impl<'m> Session<'m> {
     }
 
     fn forward(&mut self, chunk: &[u32], want: Logits) -> Result<Vec<f32>, ModelError> {
+        if self.windowed() {
+            let pos0 = self.tokens.len();
+            let l = self.model.forward_per_layer(
+                &mut self.cache,
+                &mut self.tables,
+                chunk,
+                pos0,
+                want,
+                &mut self.scratch,
+            )?;
+            self.tokens.extend_from_slice(chunk);
+            self.peak_pages = self.peak_pages.max(self.cache.pages_in_use());
+            drop_out_of_window(&mut self.cache, &mut self.tables, self.model.config())?;
+            return Ok(l);
+        }
         if !self.evictor.evicts() {
             let l = self.model.forward(
                 &mut self.cache,
@@ -369,12 +445,22 @@ impl<'m> Session<'m> {
     }
 
     /// Drops tokens past `n`, giving their pages back. Under eviction, the cache keeps the
-    /// tokens it still holds at positions below `n`.
+    /// tokens it still holds at positions below `n`; so does a sliding-window layer, which
+    /// still holds the window of the last token after a truncation of one token (and, after
+    /// a longer one, fewer than its window: the next tokens then see less than they would
+    /// in a fresh run).
     pub fn truncate(&mut self, n: usize) {
         if n < self.tokens.len() {
+            let (len, windowed) = (self.tokens.len(), self.windowed());
             for (i, table) in self.tables.iter_mut().enumerate() {
-                let keep =
-                    if self.evictor.evicts() { self.evictor.cached_below(i, table, n) } else { n };
+                // A table's tokens are the last `table.len()` of the sequence.
+                let keep = if windowed {
+                    n.saturating_sub(len - table.len())
+                } else if self.evictor.evicts() {
+                    self.evictor.cached_below(i, table, n)
+                } else {
+                    n
+                };
                 self.cache.truncate(table, keep);
             }
             self.evictor.truncated(&self.tables);

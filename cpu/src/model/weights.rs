@@ -109,6 +109,11 @@ pub struct LayerWeights {
     pub w_up: Weight,
     /// `(dim, ffn_dim)` SwiGLU down.
     pub w_down: Weight,
+    /// `(head_dim)` RMSNorm gains of each query and key head (QK-norm, Gemma 3), as a pair.
+    pub qk_norm: Option<(Vec<f32>, Vec<f32>)>,
+    /// `(dim)` RMSNorm gains of the attention output and of the FFN output before their
+    /// residual adds (Gemma 3), as a pair.
+    pub post_norms: Option<(Vec<f32>, Vec<f32>)>,
 }
 
 /// All weights of a Llama model.
@@ -122,6 +127,9 @@ pub struct LlamaWeights {
     pub output_norm: Vec<f32>,
     /// `(vocab, dim)` LM head: `output.weight`, or `token_embd` when tied (absent).
     pub output: Weight,
+    /// `(n_rot / 2)` RoPE frequency divisors (`rope_freqs.weight`, Llama 3.1+): pair `i`
+    /// rotates by `θᵢ / rope_freqs[i]`. `None`: no scaling.
+    pub rope_freqs: Option<Vec<f32>>,
 }
 
 impl LlamaWeights {
@@ -155,13 +163,41 @@ impl LlamaWeights {
                 w_gate: Weight::load(g, &n("ffn_gate"), c.ffn_dim, c.dim)?,
                 w_up: Weight::load(g, &n("ffn_up"), c.ffn_dim, c.dim)?,
                 w_down: Weight::load(g, &n("ffn_down"), c.dim, c.ffn_dim)?,
+                qk_norm: match c.qk_norm {
+                    true => Some((
+                        load_f32(g, &n("attn_q_norm"), c.head_dim)?,
+                        load_f32(g, &n("attn_k_norm"), c.head_dim)?,
+                    )),
+                    false => None,
+                },
+                post_norms: match c.post_norms {
+                    true => Some((
+                        load_f32(g, &n("post_attention_norm"), c.dim)?,
+                        load_f32(g, &n("post_ffw_norm"), c.dim)?,
+                    )),
+                    false => None,
+                },
             });
         }
+        let rope_freqs = match g.tensor("rope_freqs.weight") {
+            Ok(_) => {
+                let f = load_f32(g, "rope_freqs.weight", c.n_rot / 2)?;
+                if let Some(i) = f.iter().position(|&x| x <= 0.0) {
+                    return Err(ModelError::Invalid(format!(
+                        "tensor 'rope_freqs.weight' holds a divisor <= 0 ({} at index {i})",
+                        f[i]
+                    )));
+                }
+                Some(f)
+            }
+            Err(_) => None,
+        };
         Ok(LlamaWeights {
             token_embd,
             layers,
             output_norm: load_f32(g, "output_norm.weight", c.dim)?,
             output,
+            rope_freqs,
         })
     }
 
@@ -179,6 +215,8 @@ impl LlamaWeights {
                     + l.w_up.bytes()
                     + l.w_down.bytes()
                     + 8 * l.attn_norm.len()
+                    + l.post_norms.as_ref().map_or(0, |(a, f)| 4 * (a.len() + f.len()))
+                    + l.qk_norm.as_ref().map_or(0, |(q, k)| 4 * (q.len() + k.len()))
             })
             .sum();
         layers + self.output.bytes() + 4 * self.output_norm.len()
