@@ -63,9 +63,10 @@ pub enum ChatTemplateError {
 impl fmt::Display for ChatTemplateError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ChatTemplateError::Missing => {
-                f.write_str("the model has no chat template (tokenizer.chat_template)")
-            }
+            ChatTemplateError::Missing => f.write_str(
+                "the model has no chat template (tokenizer.chat_template): it is a base \
+                     model, not tuned for chat; use `pagoda run -p TEXT` to continue a text",
+            ),
             ChatTemplateError::Unrecognised(start) => {
                 write!(f, "unrecognised chat template (only ChatML is supported): {start}…")
             }

@@ -58,7 +58,10 @@ use super::{
     EngineError, EngineStats, FinishReason, Request, RequestId, RequestOutput, SampleOutput,
     StepOutput, TokenEvent,
 };
-use crate::model::{Evictor, ForwardScratch, KvCache, KvType, Llama, Logits, SeqItem, SeqTable};
+use crate::model::{
+    drop_out_of_window, droppable_pages, max_window_pages, Evictor, ForwardScratch, KvCache,
+    KvType, Llama, Logits, SeqItem, SeqTable,
+};
 use crate::sampler::{Sampler, SamplerConfig};
 
 /// Engine settings.
@@ -159,9 +162,11 @@ impl<'m> Engine<'m> {
     /// mass); forks share every layer's pages copy-on-write, and no layer evicts a page a
     /// sibling still holds.
     ///
-    /// A model with sliding-window layers (Gemma 3) runs under `full` only: its sequences
-    /// keep one table of all-layer pages, and the windowed layers' attention masks the
-    /// positions outside their window (the pages are held for the global layers).
+    /// A model with sliding-window layers (Gemma 3) runs under `full` only. It gets the
+    /// per-layer pool (`kv_pages × n_layers` single-layer pages) and one table per layer, and
+    /// after every step each windowed layer gives back the pages its window has left
+    /// (`crate::model::drop_out_of_window`): a sequence holds global layers × its length +
+    /// windowed layers × the window. Prefix caching is off for it.
     pub fn with_policy(
         model: &'m Llama,
         config: EngineConfig,
@@ -189,7 +194,7 @@ impl<'m> Engine<'m> {
         }
         // Checks the policy against the page size (a budget of at least two pages).
         Evictor::new(policy, c.context_length, config.block_size, c.n_layers)?;
-        let (cache, n_tables) = if policy.per_layer() {
+        let (cache, n_tables) = if policy.per_layer() || c.has_windows() {
             let pages = config.kv_pages.checked_mul(c.n_layers).ok_or_else(|| {
                 EngineError::InvalidConfig(format!(
                     "KV pages ({}) × layers ({}) overflows",
@@ -255,9 +260,7 @@ impl<'m> Engine<'m> {
     /// includes every per-layer policy (PyramidKV), so the prefix index only ever holds
     /// all-layer pages.
     fn prefix_caching(&self) -> bool {
-        self.config.prefix_caching
-            && !self.policy.needs_attention_mass()
-            && !self.policy.per_layer()
+        self.config.prefix_caching && !self.policy.needs_attention_mass() && self.n_tables == 1
     }
 
     /// The settings.
@@ -340,9 +343,21 @@ impl<'m> Engine<'m> {
                 req.max_tokens
             ));
         }
-        let pages_needed = ((longest - 1).div_ceil(self.config.block_size))
-            .saturating_mul(self.n_tables)
-            .min(bound.unwrap_or(usize::MAX));
+        let bs = self.config.block_size;
+        let seq_pages = (longest - 1).div_ceil(bs);
+        let c = self.model.config();
+        let pages_needed = if c.has_windows() {
+            // Windowed layers hold their window and a step, never more than the sequence.
+            let step = self.config.max_batch_tokens;
+            (0..c.n_layers)
+                .map(|l| match c.window(l) {
+                    Some(w) => max_window_pages(w, step, bs).min(seq_pages),
+                    None => seq_pages,
+                })
+                .fold(0usize, usize::saturating_add)
+        } else {
+            seq_pages.saturating_mul(self.n_tables).min(bound.unwrap_or(usize::MAX))
+        };
         let pages_total = self.cache.pool().capacity();
         if pages_needed > pages_total {
             return Err(EngineError::TooLarge { id, pages_needed, pages_total });
@@ -563,8 +578,25 @@ impl<'m> Engine<'m> {
             )));
         }
         let bs = self.cache.block_size();
+        let c = self.model.config();
+        let windowed = c.has_windows();
         for s in self.running.iter().chain(&self.waiting) {
             let evicted = s.evictor.as_ref().map_or(0, |e| e.evicted_pages());
+            if windowed {
+                // Each windowed table holds exactly the pages of the rule, never more.
+                for (l, t) in s.tables.iter().enumerate() {
+                    let Some(w) = c.window(l) else { continue };
+                    if droppable_pages(t.len(), w, bs) > 0 {
+                        return Err(EngineError::Inconsistent(format!(
+                            "{} sample {} layer {l}: {} tokens held, more than the pages of \
+                             its last {w}",
+                            s.id,
+                            s.sample,
+                            t.len()
+                        )));
+                    }
+                }
+            }
             if s.tables.len() != self.n_tables {
                 return Err(EngineError::Inconsistent(format!(
                     "{} sample {}: {} block tables, expected {}",
@@ -584,8 +616,8 @@ impl<'m> Engine<'m> {
                     && s.computed <= s.tokens.len()
                     && t.pages().len() == t.len().div_ceil(bs)
                     && t.len() % bs == s.computed % bs
-                    && (s.evictor.is_some() || s.computed == t.len())
-                    && (evicted > 0 || s.computed == t.len());
+                    && (s.evictor.is_some() || windowed || s.computed == t.len())
+                    && (evicted > 0 || windowed || s.computed == t.len());
                 if !ok {
                     return Err(EngineError::Inconsistent(format!(
                         "{} sample {} table {l}: {} tokens, {} computed, {} in the table, {} \
@@ -843,6 +875,9 @@ impl<'m> Engine<'m> {
             }
             seq.computed += n;
             off += n;
+            if c.has_windows() {
+                drop_out_of_window(&mut self.cache, &mut seq.tables, c)?;
+            }
         }
         Ok(logits)
     }
