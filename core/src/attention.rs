@@ -16,6 +16,23 @@
 //! Grouped-query attention: query head `h` reads kv head `h / (n_heads / n_kv_heads)`
 //! (MQA is `n_kv_heads = 1`, plain multi-head is `n_kv_heads = n_heads`).
 //!
+//! # Sliding window
+//!
+//! With [`AttnConfig::window`] `= Some(W)` a query sees only the last `W` keys, itself
+//! included (llama.cpp's `LLAMA_SWA_TYPE_STANDARD`: the key at `p0` is masked for the query
+//! at `p1` when `p1 - p0 ≥ W`). Masked keys are skipped, not weighted by zero: they take no
+//! part in the max, the sum or the output, as in llama.cpp's flash attention, where a `-inf`
+//! mask entry contributes nothing. Everything is in block-table indices:
+//!
+//! ```text
+//! table index:   0    …    p+1-W   …    p    …   n_ctx-1
+//! query at p:    [ masked  ][ visible: W keys ]  (causal: later keys masked)
+//! ```
+//!
+//! A model may drop whole pages from the front of a windowed layer's table once no query can
+//! see them; `n_ctx` then counts from the table's first slot, and since only whole pages go,
+//! index distance is still position distance.
+//!
 //! Vectors: `q` and `out` are `[head][head_dim]`, `n_heads × head_dim` f32s per token.
 //! Accumulation is in f32; [`naive`] is the materialised-scores, f64 reference they are
 //! tested against.
@@ -44,8 +61,16 @@ pub struct AttnConfig {
     pub n_kv_heads: usize,
     /// Elements per head.
     pub head_dim: usize,
-    /// Score scale, `1 / sqrt(head_dim)` from [`AttnConfig::new`].
+    /// Score scale, `1 / sqrt(head_dim)` from [`AttnConfig::new`] (see
+    /// [`AttnConfig::with_scale`]).
     pub scale: f32,
+    /// Sliding window `W` (`None`: full causal attention).
+    ///
+    /// Query token `i` of a chunk of `n_new` sits at index `p = n_ctx - n_new + i` of the
+    /// block table and sees the indices `max(0, p + 1 - W) ..= p`: itself and the `W - 1`
+    /// before it. `Some(0)` would see nothing and is refused by every entry point
+    /// ([`AttnError::ZeroWindow`]).
+    pub window: Option<usize>,
 }
 
 impl AttnConfig {
@@ -58,7 +83,36 @@ impl AttnConfig {
             return Err(AttnError::HeadsNotDivisible { n_heads, n_kv_heads });
         }
         let scale = 1.0 / libm::sqrtf(head_dim as f32);
-        Ok(AttnConfig { n_heads, n_kv_heads, head_dim, scale })
+        Ok(AttnConfig { n_heads, n_kv_heads, head_dim, scale, window: None })
+    }
+
+    /// This config with sliding window `window` ([`AttnConfig::window`]; `None`: full
+    /// causal attention).
+    ///
+    /// `Some(0)` is accepted here but every attention call then returns
+    /// [`AttnError::ZeroWindow`] (the field is public, so the calls check it in any case).
+    #[must_use]
+    pub fn with_window(self, window: Option<usize>) -> Self {
+        AttnConfig { window, ..self }
+    }
+
+    /// This config with score scale `scale` (for a model that scales its queries itself, as
+    /// Gemma does: then `1.0`).
+    #[must_use]
+    pub fn with_scale(self, scale: f32) -> Self {
+        AttnConfig { scale, ..self }
+    }
+
+    /// The first block-table index the query at index `pos` sees: `pos + 1 - W` (0 when
+    /// that is negative, or without a window). It sees `first_visible(pos) ..= pos`, and
+    /// `first_visible` never decreases as `pos` grows.
+    #[inline]
+    pub fn first_visible(&self, pos: usize) -> usize {
+        match self.window {
+            // pos + 1 - W without overflow (and without panicking on a refused W = 0).
+            Some(w) => pos.saturating_sub(w.saturating_sub(1)),
+            None => 0,
+        }
     }
 
     /// Query heads per kv head.
@@ -88,6 +142,9 @@ impl AttnConfig {
                 n_heads: self.n_heads,
                 n_kv_heads: self.n_kv_heads,
             });
+        }
+        if self.window == Some(0) {
+            return Err(AttnError::ZeroWindow);
         }
         Ok(())
     }
@@ -124,6 +181,8 @@ pub enum AttnError {
         /// Given length.
         got: usize,
     },
+    /// The sliding window is `Some(0)`: a query would see no key, not even itself.
+    ZeroWindow,
     /// There is nothing to attend to (0 context tokens), or the query chunk is empty.
     EmptyContext,
     /// More query tokens than context tokens in prefill (the chunk must already be appended).
@@ -162,6 +221,7 @@ impl fmt::Display for AttnError {
             AttnError::Length { what, expected, got } => {
                 write!(f, "attention: {what} has {got} elements, expected {expected}")
             }
+            AttnError::ZeroWindow => write!(f, "attention: the sliding window must be ≥ 1"),
             AttnError::EmptyContext => write!(f, "attention: no tokens to attend to"),
             AttnError::ChunkLongerThanContext { n_new, n_ctx } => write!(
                 f,
@@ -223,7 +283,8 @@ fn validate<'p, T: KvFormat, S: AsRef<[T]>>(
 }
 
 /// Decode attention: one new query token attends to all `n_ctx` cached tokens of one
-/// sequence in `layer` (the token's own K/V must already be written).
+/// sequence in `layer` (the token's own K/V must already be written), or under a window `W`
+/// to the last `min(W, n_ctx)` of them.
 ///
 /// `pages` is the sequence's block table (`BlockTable::pages()`; extra trailing pages are
 /// ignored); `q` and `out` are `n_heads × head_dim` f32s, `[head][head_dim]`.
@@ -249,7 +310,8 @@ pub fn paged_decode<T: KvFormat, S: AsRef<[T]>>(
 
 /// Causal prefill attention for a chunk of `n_new` query tokens that were just appended to a
 /// sequence of `n_ctx` tokens (the chunk included; its K/V already written): query `i` sits at
-/// position `p = n_ctx - n_new + i` and attends to positions `0..=p`.
+/// position `p = n_ctx - n_new + i` and attends to positions `0..=p` (under a window `W`:
+/// `max(0, p + 1 - W) ..= p`, see [`AttnConfig::window`]).
 ///
 /// `q` and `out` are `[token][head][head_dim]`, `n_new × n_heads × head_dim` f32s; `n_new` is
 /// `q.len() / (n_heads × head_dim)`.
@@ -304,7 +366,8 @@ pub fn check_prefill<'p, T: KvFormat, S: AsRef<[T]>>(
     Ok((pages, n_new))
 }
 
-/// One query token over the first `n_ctx` positions; arguments already validated.
+/// One query token at index `n_ctx - 1` over the indices it sees
+/// (`cfg.first_visible(n_ctx - 1) .. n_ctx`); arguments already validated.
 fn attend_token<T: KvFormat, S: AsRef<[T]>>(
     kv: &KvPages<T, S>,
     layer: usize,
@@ -316,19 +379,24 @@ fn attend_token<T: KvFormat, S: AsRef<[T]>>(
 ) -> Result<(), AttnError> {
     let hd = cfg.head_dim;
     let (block_size, row_units) = (kv.config().block_size, kv.row_units());
+    let lo = cfg.first_visible(n_ctx.saturating_sub(1));
     for (h, (q_h, acc)) in q.chunks_exact(hd).zip(out.chunks_exact_mut(hd)).enumerate() {
         let kv_head = cfg.kv_head_of(h);
         acc.fill(0.0);
         let mut state = OnlineSoftmax::new();
-        for (i, &page) in pages.iter().enumerate() {
+        // Pages wholly before the window are never read.
+        for (i, &page) in pages.iter().enumerate().skip(lo / block_size) {
             let first = i * block_size;
             if first >= n_ctx {
                 break;
             }
             let n = (n_ctx - first).min(block_size);
+            // Slots before the window's first index (only in its first page) are skipped.
+            let skip = lo.saturating_sub(first);
             let keys = kv.head_run(layer, page, KvHalf::Key, kv_head)?;
             let values = kv.head_run(layer, page, KvHalf::Value, kv_head)?;
-            for (k, v) in keys.chunks_exact(row_units).zip(values.chunks_exact(row_units)).take(n) {
+            let rows = keys.chunks_exact(row_units).zip(values.chunks_exact(row_units));
+            for (k, v) in rows.take(n).skip(skip) {
                 let score = cfg.scale * T::dot(q_h, k);
                 state.push(score, v, acc);
             }
@@ -378,6 +446,8 @@ impl OnlineSoftmax {
 mod tests {
     use super::*;
     use crate::kv::KvConfig;
+    use std::vec;
+    use std::vec::Vec;
 
     #[test]
     fn scale_is_inverse_sqrt_head_dim_and_gqa_maps_groups() {
@@ -437,5 +507,159 @@ mod tests {
             AttnConfig::new(3, 2, 2),
             Err(AttnError::HeadsNotDivisible { n_heads: 3, n_kv_heads: 2 })
         );
+    }
+
+    #[test]
+    fn window_config_is_checked_and_first_visible_follows_the_rule() {
+        let cfg = AttnConfig::new(2, 1, 2).unwrap();
+        assert_eq!(cfg.window, None);
+        assert_eq!(cfg.with_scale(1.0).scale, 1.0);
+        assert_eq!(cfg.first_visible(1000), 0);
+        let w = cfg.with_window(Some(4));
+        assert_eq!(w.window, Some(4));
+        // Query at p sees p + 1 - W ..= p: exactly W keys once p ≥ W - 1.
+        let firsts: [usize; 7] = core::array::from_fn(|p| w.first_visible(p));
+        assert_eq!(firsts, [0, 0, 0, 0, 1, 2, 3]);
+        assert_eq!(cfg.with_window(Some(1)).first_visible(9), 9);
+
+        let kc = KvConfig { n_layers: 1, n_kv_heads: 1, head_dim: 2, block_size: 4, n_pages: 2 };
+        let kv = KvPages::new(kc, [0.0f32; 32]).unwrap();
+        let zero = cfg.with_window(Some(0));
+        let p = [PageId(0)];
+        let mut out = [0.0; 4];
+        assert_eq!(
+            paged_decode(&kv, 0, &p, 1, &[0.0; 4], &mut out, &zero),
+            Err(AttnError::ZeroWindow)
+        );
+        assert_eq!(
+            paged_prefill(&kv, 0, &p, 1, &[0.0; 4], &mut out, &zero),
+            Err(AttnError::ZeroWindow)
+        );
+        let mut scores = [0.0f64; 1];
+        assert_eq!(
+            naive::naive_attention(
+                &[0.0; 4],
+                &[0.0; 2],
+                &[0.0; 2],
+                0,
+                &zero,
+                &mut scores,
+                &mut out
+            ),
+            Err(AttnError::ZeroWindow)
+        );
+    }
+
+    /// Pseudo-random values in [-1, 1) (xorshift64*).
+    fn noise(seed: u64, n: usize) -> Vec<f32> {
+        let mut x = seed | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x >> 12;
+                x ^= x << 25;
+                x ^= x >> 27;
+                (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    /// A cache, its block table, and the same keys and values contiguous.
+    type Cache = (KvPages<f32, Vec<f32>>, Vec<PageId>, Vec<f32>, Vec<f32>);
+
+    /// A cache of `n_ctx` tokens in pages of `bs` (page `i` of the table is slab page
+    /// `n_pages - 1 - i`), unwritten slots NaN.
+    fn windowed_cache(n_ctx: usize, bs: usize, seed: u64) -> Cache {
+        let n_pages = n_ctx.div_ceil(bs);
+        let kc = KvConfig { n_layers: 1, n_kv_heads: 2, head_dim: 3, block_size: bs, n_pages };
+        let mut kv = KvPages::new(kc, vec![f32::NAN; kc.slab_len().unwrap()]).unwrap();
+        let pages: Vec<PageId> = (0..n_pages).map(|i| PageId((n_pages - 1 - i) as u32)).collect();
+        let (k, v) = (noise(seed, n_ctx * 6), noise(seed + 2, n_ctx * 6));
+        for t in 0..n_ctx {
+            let (kr, vr) = (&k[t * 6..][..6], &v[t * 6..][..6]);
+            kv.write(0, pages[t / bs], t % bs, kr, vr).unwrap();
+        }
+        (kv, pages, k, v)
+    }
+
+    fn bits(x: &[f32]) -> Vec<u32> {
+        x.iter().map(|v| v.to_bits()).collect()
+    }
+
+    /// Windows below, at and above the page size, chunks longer than the window: the paged
+    /// reference equals the naive one, decode equals the chunk's last row bit for bit, and a
+    /// window covering the whole context is no window at all, bit for bit.
+    #[test]
+    fn windowed_prefill_and_decode_match_naive() {
+        for bs in [1, 3, 4, 8] {
+            for n_ctx in [1, 5, 17, 30] {
+                let (kv, pages, k, v) = windowed_cache(n_ctx, bs, (bs * 100 + n_ctx) as u64);
+                for n_new in [1, 6, n_ctx].into_iter().filter(|&n| n <= n_ctx) {
+                    let q = noise(n_ctx as u64 * 7 + n_new as u64, n_new * 12);
+                    let full = AttnConfig::new(4, 2, 3).unwrap();
+                    let mut none = vec![0.0; q.len()];
+                    paged_prefill(&kv, 0, &pages, n_ctx, &q, &mut none, &full).unwrap();
+                    for w in [1, 2, 3, 4, 5, 7, 8, 9, 16, 29, 30, 31, 100] {
+                        let cfg = full.with_window(Some(w));
+                        let mut got = vec![f32::NAN; q.len()];
+                        paged_prefill(&kv, 0, &pages, n_ctx, &q, &mut got, &cfg).unwrap();
+                        let mut want = vec![0.0; q.len()];
+                        let mut scores = vec![0.0f64; n_ctx];
+                        let first = n_ctx - n_new;
+                        naive::naive_attention(&q, &k, &v, first, &cfg, &mut scores, &mut want)
+                            .unwrap();
+                        for (g, e) in got.iter().zip(&want) {
+                            assert!((g - e).abs() <= 1e-5, "bs {bs} ctx {n_ctx} w {w}: {g} vs {e}");
+                        }
+                        let last = &q[(n_new - 1) * 12..];
+                        let mut dec = vec![f32::NAN; 12];
+                        paged_decode(&kv, 0, &pages, n_ctx, last, &mut dec, &cfg).unwrap();
+                        assert_eq!(bits(&dec), bits(&got[(n_new - 1) * 12..]));
+                        if w >= n_ctx {
+                            assert_eq!(bits(&got), bits(&none), "bs {bs} ctx {n_ctx} w {w}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Masked keys are skipped, not weighted by zero: NaN in every key and value a decode
+    /// query's window excludes changes nothing.
+    #[test]
+    fn masked_keys_are_never_read_into_the_result() {
+        let (n_ctx, bs, w) = (23, 4, 6);
+        let (mut kv, pages, _, _) = windowed_cache(n_ctx, bs, 11);
+        let cfg = AttnConfig::new(4, 2, 3).unwrap().with_window(Some(w));
+        let q = noise(5, 12);
+        let mut want = vec![0.0; 12];
+        paged_decode(&kv, 0, &pages, n_ctx, &q, &mut want, &cfg).unwrap();
+        for t in 0..n_ctx - w {
+            let nan = [f32::NAN; 6];
+            kv.write(0, pages[t / bs], t % bs, &nan, &nan).unwrap();
+        }
+        let mut got = vec![0.0; 12];
+        paged_decode(&kv, 0, &pages, n_ctx, &q, &mut got, &cfg).unwrap();
+        assert_eq!(bits(&got), bits(&want));
+        assert!(got.iter().all(|x| x.is_finite()));
+    }
+
+    /// A table whose first pages were dropped (none visible to any query of the chunk), with
+    /// `n_ctx` counted from its first slot, gives the full table's result bit for bit.
+    #[test]
+    fn dropping_invisible_front_pages_changes_nothing() {
+        for (bs, w, n_ctx, n_new) in [(4, 5, 30, 3), (4, 4, 30, 1), (3, 2, 17, 1), (8, 9, 40, 7)] {
+            let (kv, pages, _, _) = windowed_cache(n_ctx, bs, 3);
+            let cfg = AttnConfig::new(4, 2, 3).unwrap().with_window(Some(w));
+            let q = noise(9, n_new * 12);
+            let mut want = vec![0.0; q.len()];
+            paged_prefill(&kv, 0, &pages, n_ctx, &q, &mut want, &cfg).unwrap();
+            let dropped = cfg.first_visible(n_ctx - n_new) / bs;
+            assert!(dropped > 0);
+            for d in 1..=dropped {
+                let mut got = vec![0.0; q.len()];
+                paged_prefill(&kv, 0, &pages[d..], n_ctx - d * bs, &q, &mut got, &cfg).unwrap();
+                assert_eq!(bits(&got), bits(&want), "bs {bs} w {w} dropped {d}");
+            }
+        }
     }
 }

@@ -9,10 +9,13 @@
 use super::{AttnConfig, AttnError};
 
 /// Causal attention for `n_q` query tokens at positions `first_pos .. first_pos + n_q` over
-/// `n_kv` contiguous tokens (positions `0..n_kv`); query `i` sees positions `0..=first_pos + i`.
+/// `n_kv` contiguous tokens (positions `0..n_kv`); query `i` sees positions `0..=first_pos + i`,
+/// or under a sliding window `W` ([`AttnConfig::window`]) `max(0, p + 1 - W) ..= p` for
+/// `p = first_pos + i`: masked positions get no score at all (they are not in the max).
 ///
 /// Layouts: `q`, `out`: `[n_q][n_heads][head_dim]`; `k`, `v`: `[n_kv][n_kv_heads][head_dim]`.
-/// `scores` is scratch of at least `first_pos + n_q` entries (the longest visible prefix).
+/// `scores` is scratch of at least `first_pos + n_q` entries (the longest visible prefix,
+/// whatever the window).
 pub fn naive_attention(
     q: &[f32],
     k: &[f32],
@@ -49,13 +52,21 @@ pub fn naive_attention(
     }
     let scale = f64::from(cfg.scale);
     for i in 0..n_q {
-        let visible = first_pos + i + 1;
+        let pos = first_pos + i;
+        // Written out rather than via `cfg.first_visible`, so the spec checks that helper:
+        // the key at `t` is masked when `pos - t ≥ W`.
+        let lo = match cfg.window {
+            Some(w) if pos >= w => pos - w + 1,
+            _ => 0,
+        };
         for h in 0..cfg.n_heads {
             // Written out rather than via `cfg.kv_head_of`, so the spec checks that helper.
             let kvh = h / (cfg.n_heads / cfg.n_kv_heads);
             let q_h = &q[i * q_len + h * hd..][..hd];
-            let scores = &mut scores[..visible];
-            for (t, s) in scores.iter_mut().enumerate() {
+            // scores[j] is the key at position lo + j.
+            let scores = &mut scores[..pos + 1 - lo];
+            for (j, s) in scores.iter_mut().enumerate() {
+                let t = lo + j;
                 let k_t = &k[t * row + kvh * hd..][..hd];
                 let dot: f64 =
                     q_h.iter().zip(k_t).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum();
@@ -72,7 +83,7 @@ pub fn naive_attention(
                 let acc: f64 = scores
                     .iter()
                     .enumerate()
-                    .map(|(t, &p)| p * f64::from(v[t * row + kvh * hd + d]))
+                    .map(|(j, &p)| p * f64::from(v[(lo + j) * row + kvh * hd + d]))
                     .sum();
                 *o = (acc / sum) as f32;
             }
