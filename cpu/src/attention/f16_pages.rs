@@ -21,8 +21,15 @@
 //! row and of how the context is split into pages or the prompt into chunks, so results
 //! do not depend on batching.
 //!
+//! Sliding window (`AttnConfig::window = Some(W)`): a row's visible keys are the last `W`
+//! (table indices `max(0, p + 1 - W) ..= p`) and the loop above starts at the first of
+//! them, in the same order. llama.cpp's loop skips a key whose mask is `-inf` before it
+//! touches `M`, `S` or `acc16`, so this is its result too. Pages before every row's window
+//! are not read.
+//!
 //! Long rows and threads: a row that sees at least [`SPLIT_MIN_KEYS`] keys, with `T > 1`
-//! threads, runs the loop above over `T` page-aligned parts of its keys and merges the
+//! threads, runs the loop above over `T` page-aligned parts of its keys (of the pages that
+//! hold its visible keys, under a window) and merges the
 //! parts' `(M, S, acc)` as llama.cpp's split-KV decode does (`reduce_partials`:
 //! `M = max(M, Mc)`, `V = V·e^(M_old−M) + Vc·e^(Mc−M)`, `S` likewise, then `V / S`). So
 //! such rows depend on the thread count (llama.cpp's decode results do too), still not on
@@ -86,7 +93,11 @@ pub fn paged_attention_f16<S: AsRef<[f16]> + Sync>(
     // Decode over a long context (one new token seeing ≥ SPLIT_MIN_KEYS keys): each kv
     // head's group is one task per part of the context, as llama.cpp splits a decode's
     // keys over its threads; the parts' partial results merge afterwards.
-    let decode_parts = if n_new == 1 { Parts::new(first_pos + 1, bs, threads).n } else { 1 };
+    let decode_parts = if n_new == 1 {
+        Parts::new(cfg.first_visible(first_pos), first_pos + 1, bs, threads).n
+    } else {
+        1
+    };
     let few = n_chunks * n_kv < 2 * threads;
     let runs: Vec<Range<usize>> = if few && decode_parts == 1 {
         let parts = threads.div_ceil(n_chunks).clamp(1, n_heads);
@@ -150,26 +161,31 @@ pub fn paged_attention_f16<S: AsRef<[f16]> + Sync>(
 /// `nek1 >= 512` for its split-KV decode), so their results depend on the thread count.
 pub const SPLIT_MIN_KEYS: usize = 512;
 
-/// How a row's `visible` keys split into parts: one part unless `threads > 1` and
-/// `visible ≥ SPLIT_MIN_KEYS`, else `min(threads, pages)` parts of whole pages, as even as
-/// pages allow (part `k` starts at page [`Parts::start`]`(k)`).
+/// How a row's keys `lo .. hi` (table indices; `lo > 0` only under a sliding window) split
+/// into parts: one part unless `threads > 1` and it sees `hi - lo ≥ SPLIT_MIN_KEYS` keys,
+/// else `min(threads, pages)` parts of the whole pages holding them, as even as pages allow
+/// (part `k` starts at page [`Parts::start`]`(k)`; the pages before `lo`'s are in no part).
 #[derive(Clone, Copy, Debug)]
 struct Parts {
+    /// The page of `lo`.
+    first: usize,
+    /// Pages from `first` to the page of `hi - 1`, inclusive.
     pages: usize,
     n: usize,
 }
 
 impl Parts {
-    fn new(visible: usize, bs: usize, threads: usize) -> Self {
-        let pages = visible.div_ceil(bs);
-        let n =
-            if threads > 1 && visible >= SPLIT_MIN_KEYS { threads.min(pages).max(1) } else { 1 };
-        Parts { pages, n }
+    fn new(lo: usize, hi: usize, bs: usize, threads: usize) -> Self {
+        let first = lo / bs;
+        let pages = hi.div_ceil(bs) - first;
+        let keys = hi - lo;
+        let n = if threads > 1 && keys >= SPLIT_MIN_KEYS { threads.min(pages).max(1) } else { 1 };
+        Parts { first, pages, n }
     }
 
-    /// First page of part `k` (`k == n`: the page count).
+    /// First page of part `k` (`k == n`: one past the last page).
     fn start(self, k: usize) -> usize {
-        k * self.pages / self.n
+        self.first + k * self.pages / self.n
     }
 }
 
@@ -243,9 +259,13 @@ pub(super) struct Row {
     acc: Vec<f32>,
     max: f32,
     sum: f32,
+    /// The table indices the row sees: `lo .. visible`.
+    lo: usize,
     visible: usize,
     /// Which of the task's kv heads the row reads (index into its K/V runs).
     seg: usize,
+    /// The row's first key in this page's runs (its `steps` are of keys `from ..`).
+    from: usize,
     /// Output row index (`token · n_heads + head`).
     out_row: usize,
     /// How the row's keys split ([`Parts`]); `part`: the part being computed.
@@ -276,25 +296,30 @@ impl<S: AsRef<[f16]>> Shared<'_, S> {
                     .map(|&x| f16::from_f32(x).to_f32())
                     .collect();
                 let visible = self.first_pos + t + 1;
+                let lo = cfg.first_visible(self.first_pos + t);
                 rows.push(Row {
                     q16,
                     acc: vec![0.0; hd],
                     max: f32::NEG_INFINITY,
                     sum: 0.0,
+                    lo,
                     visible,
                     seg: h / group - kv0,
+                    from: 0,
                     out_row: head,
-                    parts: Parts::new(visible, bs, self.threads),
+                    parts: Parts::new(lo, visible, bs, self.threads),
                     part: task.part.unwrap_or(0),
                     steps: Vec::with_capacity(bs),
                 });
             }
         }
         let max_visible = self.first_pos + task.tokens.end;
-        // The task's pages: all of them, or (a decode split) one part's.
+        // The first index any row sees (`first_visible` grows with the position).
+        let min_lo = cfg.first_visible(self.first_pos + task.tokens.start);
+        // The task's pages: all those its rows see, or (a decode split) one part's.
         let (page_lo, page_hi) = match (task.part, rows.first()) {
             (Some(k), Some(r)) => (r.parts.start(k), r.parts.start(k + 1)),
-            _ => (0, usize::MAX),
+            _ => (min_lo / bs, usize::MAX),
         };
         let mut partials = Vec::with_capacity(rows.len());
         let mut kbufs: Vec<Vec<f32>> = vec![Vec::new(); n_seg];
@@ -317,7 +342,13 @@ impl<S: AsRef<[f16]>> Shared<'_, S> {
                     }
                 }
             }
+            // Slots any row sees: s0..n. Later slots of the last page are unwritten; earlier
+            // ones of the windows' first page are masked for every row, and not read.
             let n = (max_visible - start).min(bs);
+            let s0 = min_lo.saturating_sub(start);
+            if s0 >= n {
+                continue;
+            }
             // A later page's runs are on their way from memory while this one computes:
             // pages of one sequence lie a whole page of all layers apart, too far for the
             // hardware prefetchers, and one page of lead left the loads waiting (tg64 at
@@ -335,13 +366,15 @@ impl<S: AsRef<[f16]>> Shared<'_, S> {
                     }
                 }
             }
-            // Each kv head's K and V runs (`n` rows of `hd`): read in place, or widened
-            // into its buffers.
+            // Each kv head's K and V runs (slots `s0..n`, rows of `hd`): read in place, or
+            // widened into its buffers.
             kruns.clear();
             vruns.clear();
+            let slots = s0 * hd..n * hd;
             for (seg, (kbuf, vbuf)) in kbufs.iter_mut().zip(vbufs.iter_mut()).enumerate() {
-                let k = &self.kv.head_run(self.layer, page, KvHalf::Key, kv0 + seg)?[..n * hd];
-                let v = &self.kv.head_run(self.layer, page, KvHalf::Value, kv0 + seg)?[..n * hd];
+                let k = &self.kv.head_run(self.layer, page, KvHalf::Key, kv0 + seg)?[slots.clone()];
+                let v =
+                    &self.kv.head_run(self.layer, page, KvHalf::Value, kv0 + seg)?[slots.clone()];
                 if direct {
                     kruns.push(k);
                     vruns.push(v);
@@ -351,13 +384,17 @@ impl<S: AsRef<[f16]>> Shared<'_, S> {
                 }
             }
             for row in rows.iter_mut() {
-                let n_r = row.visible.saturating_sub(start).min(n);
-                row.steps.resize(n_r, Step::default());
-                let s = &mut scores[..n_r];
+                // The row's keys in the runs: a..b, from its window's start (a > 0 only if
+                // it starts later than the task's) to its causal end, in order.
+                let b = row.visible.saturating_sub(start).min(n).saturating_sub(s0);
+                let a = row.lo.saturating_sub(start + s0).min(b);
+                row.from = a;
+                row.steps.resize(b - a, Step::default());
+                let s = &mut scores[..b - a];
                 if direct {
-                    kernel.scores(&kruns[row.seg][..n_r * hd], &row.q16, s);
+                    kernel.scores(&kruns[row.seg][a * hd..b * hd], &row.q16, s);
                 } else {
-                    kernel.scores(&kbufs[row.seg][..n_r * hd], &row.q16, s);
+                    kernel.scores(&kbufs[row.seg][a * hd..b * hd], &row.q16, s);
                 }
                 kernel.softmax_steps(s, cfg.scale, &mut row.max, &mut row.steps);
             }
@@ -519,11 +556,12 @@ impl Kernel {
         #[cfg(target_arch = "x86_64")]
         if self.level == SimdLevel::Avx512 {
             // SAFETY: `new` checked AVX-512 and `hd % 64 == 0`; `values[row.seg]` holds
-            // at least `steps.len()` rows of `hd` for every row (the page's visible slots).
+            // at least `from + steps.len()` rows of `hd` for every row (the page's slots
+            // the task's rows see).
             return unsafe { x86::accumulate_avx512(rows, values) };
         }
         for row in rows {
-            let v = T::f32s(values[row.seg].as_ref());
+            let v = T::f32s(&values[row.seg].as_ref()[row.from * row.acc.len()..]);
             #[cfg(target_arch = "x86_64")]
             if self.level == SimdLevel::Avx2 {
                 // SAFETY: `new` checked the AVX2 level (AVX2 + FMA + F16C).
@@ -829,7 +867,7 @@ mod x86 {
     ///
     /// # Safety
     /// AVX-512F/DQ and F16C; every row's `acc.len()` is the same `hd`, a multiple of 64;
-    /// `values.len() ≥ steps.len() · hd` for every row; `rows.len() ≤ 4`.
+    /// `values[seg].len() ≥ (from + steps.len()) · hd` for every row; `rows.len() ≤ 4`.
     #[target_feature(enable = "avx512f,avx512dq,f16c")]
     pub(super) unsafe fn accumulate_avx512<T: Lanes, V: AsRef<[T]>>(
         rows: &mut [Row],
@@ -849,7 +887,7 @@ mod x86 {
                 (128, _) => accumulate_regs::<8, 1, T, V>(rows, values),
                 _ => {
                     for row in rows.iter_mut() {
-                        let v = T::f32s(values[row.seg].as_ref());
+                        let v = T::f32s(&values[row.seg].as_ref()[row.from * row.acc.len()..]);
                         accumulate_scalar(&mut row.acc, &mut row.sum, &v, &row.steps);
                     }
                 }
@@ -879,12 +917,19 @@ mod x86 {
     ) {
         let hd = 16 * N;
         let n = rows[..R].iter().map(|r| r.steps.len()).max().unwrap_or(0);
-        let vps: [*const T; R] = core::array::from_fn(|r| values[rows[r].seg].as_ref().as_ptr());
-        // Rows reading the same kv head as the previous row reuse its value registers.
-        let fresh: [bool; R] = core::array::from_fn(|r| r == 0 || rows[r].seg != rows[r - 1].seg);
+        // Row r's value rows, from its first key in the runs.
+        let vals: [&[T]; R] =
+            core::array::from_fn(|r| &values[rows[r].seg].as_ref()[rows[r].from * hd..]);
+        let vps: [*const T; R] = core::array::from_fn(|r| vals[r].as_ptr());
+        let avail: [usize; R] = core::array::from_fn(|r| vals[r].len() / hd);
+        // Rows reading the same value rows as the previous row (same kv head, same first
+        // key) reuse its value registers.
+        let key = |r: usize| (rows[r].seg, rows[r].from);
+        let fresh: [bool; R] = core::array::from_fn(|r| r == 0 || key(r) != key(r - 1));
         // SAFETY: loads/stores of 16 floats at offsets < 16·N within each `acc`, and
-        // within value row j < max steps.len() ≤ values[seg].len() / hd (every kv head's
-        // run holds the page's slots for the task); AVX-512F per the caller.
+        // within value row j < avail[r] of `vals[r]` (a row of a chain of rows sharing
+        // `vals` has steps only for keys its run holds: j < steps.len() ≤ avail); AVX-512F
+        // per the caller.
         unsafe {
             let mut a = [[_mm512_setzero_ps(); N]; R];
             for (r, a) in a.iter_mut().enumerate() {
@@ -896,7 +941,7 @@ mod x86 {
             for j in 0..n {
                 let mut v = [_mm512_setzero_ps(); N];
                 for r in 0..R {
-                    if fresh[r] {
+                    if fresh[r] && j < avail[r] {
                         let vp = vps[r].add(j * hd);
                         for (c, v) in v.iter_mut().enumerate() {
                             *v = T::load16(vp.add(16 * c));

@@ -30,7 +30,9 @@
 //!
 //! The split rule ([`Split::Auto`]): split when `n_ctx ≥ SPLIT_MIN_CTX` and there are fewer
 //! than `2 × threads` tasks, into `ceil(2 × threads / tasks)` ranges, but no range shorter
-//! than [`SPLIT_MIN_TOKENS`] tokens. Two tasks per thread keeps both threads busy when the
+//! than [`SPLIT_MIN_TOKENS`] tokens. Under a sliding window (`AttnConfig::window`) `n_ctx`
+//! here is the keys the call's first token sees, and the ranges cut only the visible pages:
+//! a decode with a window of 512 at a context of 8192 splits the window's pages. Two tasks per thread keeps both threads busy when the
 //! task count is odd (3 kv heads on 2 threads → 6 tasks), and 256-token ranges keep the
 //! merge (one pass over `rows × head_dim`) under a few percent of the work.
 //!
@@ -78,14 +80,17 @@ pub const SPLIT_MIN_TOKENS: usize = 256;
 pub enum Split {
     /// The documented rule of the module docs (what [`paged_attention`] uses).
     Auto,
-    /// Exactly this many page ranges per task (clamped to `1 ..= pages in the context`);
-    /// `Ranges(1)` never splits. For tests and benchmarks.
+    /// Exactly this many page ranges per task (clamped to `1 ..= pages in the context`, or
+    /// under a sliding window to the pages the call's first token sees); `Ranges(1)` never
+    /// splits. For tests and benchmarks.
     Ranges(usize),
 }
 
 /// Causal paged attention for `n_new ≥ 1` query tokens that were just appended to one
-/// sequence of `n_ctx` tokens: query `i` sits at position `n_ctx - n_new + i` and attends
-/// to positions `0 ..= n_ctx - n_new + i` of `layer`. Decode is `n_new = 1`.
+/// sequence of `n_ctx` tokens: query `i` sits at position `p = n_ctx - n_new + i` and attends
+/// to positions `0 ..= p` of `layer` (under a sliding window `W`, `max(0, p + 1 - W) ..= p`:
+/// see `AttnConfig::window`; pages wholly before every query's window are not read). Decode
+/// is `n_new = 1`.
 ///
 /// Same contract as `pagoda_core::attention::paged_prefill`: `pages` is the sequence's
 /// block table (`pages[i]` holds positions `i·block_size ..`, extra pages ignored); `q` and
@@ -123,7 +128,12 @@ pub fn paged_attention_split<T: KvElement, S: AsRef<[T]> + Sync>(
     let (pages, n_new) = check_prefill(kv, layer, pages, n_ctx, q, out, cfg)?;
     let n_kv = cfg.n_kv_heads;
     let n_chunks = n_new.div_ceil(TOKENS_PER_TASK);
-    let n_ranges = n_ranges(split, n_chunks * n_kv, n_ctx, pages.len());
+    let (bs, first_pos) = (kv.config().block_size, n_ctx - n_new);
+    // A chunk's pages start at the page of its first token's window start (page 0 without
+    // a window); the call's first chunk sees the most keys and pages.
+    let first_page = |t0: usize| cfg.first_visible(first_pos + t0) / bs;
+    let keys = n_ctx - cfg.first_visible(first_pos);
+    let n_ranges = n_ranges(split, n_chunks * n_kv, keys, pages.len() - first_page(0));
 
     // Task index = (chunk · n_kv + kv_head) · n_ranges + range: the merge relies on it.
     let tasks: Vec<Task> = (0..n_chunks * n_kv * n_ranges)
@@ -131,15 +141,18 @@ pub fn paged_attention_split<T: KvElement, S: AsRef<[T]> + Sync>(
             let (range, rest) = (i % n_ranges, i / n_ranges);
             let (kv_head, chunk) = (rest % n_kv, rest / n_kv);
             let t0 = chunk * TOKENS_PER_TASK;
+            // The chunk's visible pages lo..pages.len(), cut into n_ranges ranges (some
+            // empty when a later chunk's window spans fewer pages: merged with weight 0).
+            let lo = first_page(t0);
+            let span = pages.len() - lo;
             Task {
                 tokens: t0..(t0 + TOKENS_PER_TASK).min(n_new),
                 kv_head,
-                pages: pages.len() * range / n_ranges..pages.len() * (range + 1) / n_ranges,
+                pages: lo + span * range / n_ranges..lo + span * (range + 1) / n_ranges,
             }
         })
         .collect();
-    let shared =
-        Shared { ops: PageOps::new(level), kv, layer, pages, first_pos: n_ctx - n_new, q, cfg };
+    let shared = Shared { ops: PageOps::new(level), kv, layer, pages, first_pos, q, cfg };
     let partials: Vec<Partial> =
         tasks.par_iter().map(|t| shared.run(t)).collect::<Result<_, AttnError>>()?;
 
@@ -147,14 +160,15 @@ pub fn paged_attention_split<T: KvElement, S: AsRef<[T]> + Sync>(
     Ok(())
 }
 
-/// Page ranges per task under `split` (see the module docs for [`Split::Auto`]).
-fn n_ranges(split: Split, n_tasks: usize, n_ctx: usize, n_pages: usize) -> usize {
+/// Page ranges per task under `split` (see the module docs for [`Split::Auto`]), for a call
+/// whose rows see up to `keys` keys on `n_pages` pages (the whole context without a window).
+fn n_ranges(split: Split, n_tasks: usize, keys: usize, n_pages: usize) -> usize {
     let wanted = match split {
         Split::Ranges(r) => r,
         Split::Auto => {
             let threads = rayon::current_num_threads();
-            if n_ctx >= SPLIT_MIN_CTX && n_tasks < 2 * threads {
-                (2 * threads).div_ceil(n_tasks).min(n_ctx / SPLIT_MIN_TOKENS)
+            if keys >= SPLIT_MIN_CTX && n_tasks < 2 * threads {
+                (2 * threads).div_ceil(n_tasks).min(keys / SPLIT_MIN_TOKENS)
             } else {
                 1
             }

@@ -8,12 +8,18 @@
 //! ```text
 //! for page in range:                        keys, values: n × hd   (one head_run each)
 //!     S = scale · Q Kᵀ                       rows × n   (ops.scores)
-//!     per row r:  n_r = slots of this page row r may see (causal)
-//!                 m' = max(m, max S[r][..n_r]);  c = exp(m - m')
+//!     per row r:  a_r..b_r = slots of this page row r sees (window start, causal end)
+//!                 m' = max(m, max S[r][a_r..b_r]);  c = exp(m - m')
 //!                 l = l·c + Σ exp(S[r][j] - m');  acc[r] *= c;  m = m'
-//!                 P[r][j] = exp(S[r][j] - m') for j < n_r, else 0
+//!                 P[r][j] = exp(S[r][j] - m') for a_r ≤ j < b_r, else 0
 //!     acc += P V                             rows × hd  (ops.accumulate)
 //! ```
+//!
+//! Row `r` (token `t`) sees the table indices `lo_r .. hi_r`, `hi_r = first_pos + t + 1` and
+//! `lo_r = cfg.first_visible(first_pos + t)` (0 without a sliding window). A page's slots
+//! before the task's smallest `lo_r` are neither read nor scored (the "page" above is then
+//! its tail), and the task's page range never starts before that page: masked keys take no
+//! part in a row's max or sum.
 //!
 //! The result is unnormalised (`m`, `l`, `acc` per row): the caller divides, or merges the
 //! partials of several page ranges with the log-sum-exp rule.
@@ -70,13 +76,18 @@ impl<T: KvElement, S: AsRef<[T]>> Shared<'_, T, S> {
 
         // Query rows of the group, token-major: row = t_local · group + g.
         let mut q = Vec::with_capacity(rows * hd);
+        // Each row sees the table indices first[r] .. visible[r].
         let mut visible = Vec::with_capacity(rows);
+        let mut first = Vec::with_capacity(rows);
         for t in task.tokens.clone() {
             let head0 = t * cfg.n_heads + task.kv_head * group;
             q.extend_from_slice(&self.q[head0 * hd..(head0 + group) * hd]);
             visible.extend(core::iter::repeat_n(self.first_pos + t + 1, group));
+            first.extend(core::iter::repeat_n(cfg.first_visible(self.first_pos + t), group));
         }
         let max_visible = self.first_pos + task.tokens.end;
+        // The first index any row sees (`first_visible` grows with the position).
+        let min_first = cfg.first_visible(self.first_pos + task.tokens.start);
 
         let mut part = Partial {
             max: vec![f32::NEG_INFINITY; rows],
@@ -91,8 +102,14 @@ impl<T: KvElement, S: AsRef<[T]>> Shared<'_, T, S> {
             if start >= max_visible {
                 break;
             }
-            // Slots any row reads; later slots of the last page are unwritten.
+            // Slots any row reads: s0..n. Later slots of the last page are unwritten;
+            // earlier ones of the window's first page are masked for every row.
             let n = (max_visible - start).min(bs);
+            let s0 = min_first.saturating_sub(start);
+            if s0 >= n {
+                continue;
+            }
+            let len = n - s0;
             let page = self.pages[i];
             if i + 1 < task.pages.end && start + bs < max_visible {
                 let next = self.pages[i + 1];
@@ -105,17 +122,20 @@ impl<T: KvElement, S: AsRef<[T]>> Shared<'_, T, S> {
                 )?);
             }
             let keys = self.kv.head_run(self.layer, page, KvHalf::Key, task.kv_head)?;
-            let keys = self.ops.as_f32(&keys[..n * hd], &mut kbuf);
-            let p = &mut p[..rows * n];
-            self.ops.scores(&q, keys, hd, n, cfg.scale, p);
+            let keys = self.ops.as_f32(&keys[s0 * hd..n * hd], &mut kbuf);
+            let p = &mut p[..rows * len];
+            self.ops.scores(&q, keys, hd, len, cfg.scale, p);
 
-            for (r, p_r) in p.chunks_exact_mut(n).enumerate() {
-                let n_r = visible[r].saturating_sub(start).min(n);
-                if n_r == 0 {
+            for (r, p_r) in p.chunks_exact_mut(len).enumerate() {
+                // The row sees slots s0 + a .. s0 + b: from its window's start (a > 0 only
+                // if it starts later than the task's) to its causal end.
+                let b = visible[r].saturating_sub(start).min(n).saturating_sub(s0);
+                let a = first[r].saturating_sub(start + s0).min(b);
+                if a == b {
                     p_r.fill(0.0);
                     continue;
                 }
-                let block_max = p_r[..n_r].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let block_max = p_r[a..b].iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 let m = &mut part.max[r];
                 if block_max > *m {
                     // exp(-inf) = 0 on the row's first page: nothing summed yet to rescale.
@@ -124,13 +144,14 @@ impl<T: KvElement, S: AsRef<[T]>> Shared<'_, T, S> {
                     part.acc[r * hd..(r + 1) * hd].iter_mut().for_each(|a| *a *= c);
                     *m = block_max;
                 }
-                part.sum[r] += self.ops.exp_sum(&mut p_r[..n_r], *m);
-                p_r[n_r..].fill(0.0);
+                part.sum[r] += self.ops.exp_sum(&mut p_r[a..b], *m);
+                p_r[..a].fill(0.0);
+                p_r[b..].fill(0.0);
             }
 
             let values = self.kv.head_run(self.layer, page, KvHalf::Value, task.kv_head)?;
-            let values = self.ops.as_f32(&values[..n * hd], &mut vbuf);
-            self.ops.accumulate(&mut part.acc, p, values, hd, n);
+            let values = self.ops.as_f32(&values[s0 * hd..n * hd], &mut vbuf);
+            self.ops.accumulate(&mut part.acc, p, values, hd, len);
         }
         Ok(part)
     }
