@@ -25,6 +25,21 @@ pub fn model_path() -> PathBuf {
     p
 }
 
+/// The Gemma 3 270M Q4_K_M model's path (`models/gemma-3-270m-q4_k_m.gguf`); panics with
+/// instructions if it is missing (tests that need it must fail loudly, never pass silently).
+pub fn gemma3_model_path() -> PathBuf {
+    let p = root().join("models").join(GEMMA3_MODEL_FILE);
+    assert!(
+        p.exists(),
+        "model file {} is missing: run scripts/fetch-model.sh gemma3 (or scripts/fetch-model.sh all)",
+        p.display()
+    );
+    p
+}
+
+/// The file name `scripts/fetch-model.sh gemma3` writes under models/.
+pub const GEMMA3_MODEL_FILE: &str = "gemma-3-270m-q4_k_m.gguf";
+
 /// Parses a JSON file under tests/data.
 pub fn data_json(rel: &str) -> serde_json::Value {
     let p = root().join("tests/data").join(rel);

@@ -137,7 +137,10 @@ impl core::fmt::Debug for Tokenizer {
     }
 }
 
-/// Token texts llama.cpp treats as end-of-generation (and as control tokens).
+/// Token texts llama.cpp (b11312, `llama_vocab::impl::load`) treats as end-of-generation
+/// and, if they are not already, promotes to control tokens; in this order they are also the
+/// candidates for the end-of-turn token when `tokenizer.ggml.eot_token_id` is absent (see
+/// [`EOT_SKIP`]).
 const EOG_TEXTS: &[&str] = &[
     "<|eot_id|>",
     "<|im_end|>",
@@ -149,7 +152,39 @@ const EOG_TEXTS: &[&str] = &[
     "_<EOT>",
     "<｜end▁of▁sentence｜>",
     "<end_of_utterance>",
+    "<|return|>",
+    "<|call|>",
+    "<|flush|>",
+    "<|calls|>",
+    "</s>",
+    "[EOT]",
+    "[EOS]",
+    "<|end_of_text|>",
+    "<eos>",
+    "<turn|>",
+    "<|tool_response>",
+    "[e~[",
 ];
+
+/// [`EOG_TEXTS`] that are not end-of-turn candidates (`<|endoftext|>` is one only when
+/// nothing else is).
+const EOT_SKIP: &[&str] = &[
+    "<|endoftext|>",
+    "<|eom_id|>",
+    "<|return|>",
+    "<|call|>",
+    "<|flush|>",
+    "<|calls|>",
+    "</s>",
+    "[EOS]",
+    "<eos>",
+    "<turn|>",
+    "<|tool_response>",
+    "[e~[",
+];
+
+/// Tokens llama.cpp always makes user-defined (its gpt-oss workaround).
+const ALWAYS_USER_DEFINED: &[&str] = &["<|channel|>", "<|message|>", "<|start|>", "<|constrain|>"];
 
 impl Tokenizer {
     /// Builds a tokenizer from metadata.
@@ -230,22 +265,53 @@ impl Tokenizer {
 
         // llama.cpp: tokens named like an end of turn are end-of-generation
         // and, if not already, control tokens.
-        let mut eog: Vec<u32> = eot.into_iter().chain(eom).collect();
+        let mut eog: Vec<u32> = Vec::new();
         for text in EOG_TEXTS {
             if let Some(id) = vocab.id(text) {
-                if eot.is_none() && !matches!(*text, "<|endoftext|>" | "<|eom_id|>") {
+                if eot.is_none() && !EOT_SKIP.contains(text) {
                     eot = Some(id);
                 }
                 eog.push(id);
                 vocab.types[id as usize] = TokenType::Control;
             }
         }
-        eog.extend(eos);
-        eog.sort_unstable();
-        eog.dedup();
+        for text in ALWAYS_USER_DEFINED {
+            if let Some(id) = vocab.id(text) {
+                vocab.types[id as usize] = TokenType::UserDefined;
+            }
+        }
         if eot.is_none() {
             // llama.cpp also accepts `<|endoftext|>` as eot when nothing better exists.
             eot = vocab.id("<|endoftext|>");
+        }
+        eog.extend(eos.into_iter().chain(eot).chain(eom));
+        eog.sort_unstable();
+        eog.dedup();
+        // llama.cpp's two exceptions: with `<|return|>` and `<|call|>` (or `<|call|>`/`<|calls|>`
+        // and `<|flush|>`), `<|end|>` ends a message, not the generation, and is user-defined;
+        // next to `<|tool_response>` or `<|plamo:eos|>`, `</s>` is an ordinary token.
+        let [end, call, calls, ret, flush, end_s, tool_response, plamo_eos] = [
+            "<|end|>",
+            "<|call|>",
+            "<|calls|>",
+            "<|return|>",
+            "<|flush|>",
+            "</s>",
+            "<|tool_response>",
+            "<|plamo:eos|>",
+        ]
+        .map(|text| vocab.id(text).filter(|id| eog.binary_search(id).is_ok()));
+        if let Some(end) = end {
+            if (call.is_some() || calls.is_some()) && (ret.is_some() || flush.is_some()) {
+                eog.retain(|&id| id != end);
+                vocab.types[end as usize] = TokenType::UserDefined;
+            }
+        }
+        if let Some(end_s) = end_s {
+            if tool_response.is_some() || plamo_eos.is_some() {
+                eog.retain(|&id| id != end_s);
+                vocab.types[end_s as usize] = TokenType::Normal;
+            }
         }
 
         let is_llama3 = matches!(&algorithm, Algorithm::Bpe { pre, .. } if pre.ignore_merges());
@@ -513,11 +579,13 @@ fn render_piece(text: &str, ty: TokenType, spm: bool, out: &mut Vec<u8>) {
                 return;
             }
         }
-        let mut buf = [0u8; 4];
-        for c in text.chars() {
-            let c = if c == '▁' { ' ' } else { c };
-            out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+        let mut rest = text;
+        while let Some(at) = rest.find('▁') {
+            out.extend_from_slice(&rest.as_bytes()[..at]);
+            out.push(b' ');
+            rest = &rest[at + '▁'.len_utf8()..];
         }
+        out.extend_from_slice(rest.as_bytes());
     } else {
         let mut buf = [0u8; 4];
         for c in text.chars() {
@@ -537,4 +605,67 @@ fn parse_byte_token(text: &str) -> Option<u8> {
         return None;
     }
     u8::from_str_radix(hex, 16).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A SentencePiece vocabulary of `tokens`, all normal except the listed user-defined ones.
+    fn spm(tokens: &[&str], user_defined: &[&str]) -> Tokenizer {
+        let types = tokens.iter().map(|t| if user_defined.contains(t) { 4 } else { 1 }).collect();
+        Tokenizer::from_data(TokenizerData {
+            model: "llama".into(),
+            tokens: tokens.iter().map(|t| t.to_string()).collect(),
+            token_types: Some(types),
+            bos: Some(0),
+            eos: Some(1),
+            add_space_prefix: Some(false),
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn end_of_generation_texts_as_llama_cpp() {
+        // Gemma 3: the user-defined </s> becomes a control, end-of-generation token, so it is
+        // text without special parsing; <s> stays user-defined (always a token).
+        let tok = spm(&["<bos>", "<eos>", "<end_of_turn>", "</s>", "<s>", "a"], &["</s>", "<s>"]);
+        assert_eq!(tok.eog_ids(), [1, 2, 3]);
+        assert_eq!(tok.eot(), Some(2));
+        assert_eq!(tok.token_type(3), Some(TokenType::Control));
+        assert_eq!(tok.token_type(4), Some(TokenType::UserDefined));
+        assert_eq!(tok.encode("</s>a<s>", false, true), [3, 5, 4]);
+        assert!(!tok.encode("</s>a<s>", false, false).contains(&3));
+        assert_eq!(tok.encode("</s>a<s>", false, false).last(), Some(&4));
+        // Next to <|tool_response> (Gemma 4), </s> is an ordinary token.
+        let tok = spm(&["<bos>", "<eos>", "<|tool_response>", "</s>"], &["</s>"]);
+        assert_eq!(tok.eog_ids(), [1, 2]);
+        assert_eq!(tok.token_type(3), Some(TokenType::Normal));
+        // gpt-oss: with <|return|> and <|call|>, <|end|> ends a message, not the generation.
+        let names = ["<bos>", "<eos>", "<|end|>", "<|return|>", "<|call|>", "<|channel|>"];
+        let tok = spm(&names, &[]);
+        assert_eq!(tok.eog_ids(), [1, 3, 4]);
+        assert_eq!(tok.token_type(2), Some(TokenType::UserDefined));
+        assert_eq!(tok.token_type(5), Some(TokenType::UserDefined));
+        let tok = spm(&names[..3], &[]);
+        assert_eq!(tok.eog_ids(), [1, 2]);
+        assert_eq!(tok.eot(), Some(2));
+    }
+
+    #[test]
+    fn text_index_finds_every_text_and_the_last_of_duplicates() {
+        let mut texts: Vec<String> = (0..5000).map(|i| format!("t{i}▁")).collect();
+        texts.push("t7▁".into());
+        texts.push(String::new());
+        let vocab = Vocab::new(texts, vec![TokenType::Normal; 5002], vec![0.0; 5002]);
+        for i in 0..5000u32 {
+            let want = if i == 7 { 5000 } else { i };
+            assert_eq!(vocab.id(&format!("t{i}▁")), Some(want));
+        }
+        assert_eq!(vocab.id("[EMPTY_5001]"), Some(5001));
+        assert_eq!(vocab.id(""), None);
+        assert_eq!(vocab.id("t5000▁"), None);
+        assert_eq!(vocab.id_of_concat("t4", "2▁"), Some(42));
+    }
 }

@@ -81,25 +81,24 @@ pub(crate) struct Vocab {
     /// SentencePiece scores (0 where absent).
     pub(crate) scores: Vec<f32>,
     /// Text → id. On duplicate texts the last id wins, as in llama.cpp.
-    index: HashMap<String, u32>,
+    index: TextIndex,
     /// Byte-level BPE: id of the one-character text for each byte, or `NO_TOKEN`.
     byte_tokens: [u32; 256],
 }
 
 impl Vocab {
     pub(crate) fn new(mut texts: Vec<String>, types: Vec<TokenType>, scores: Vec<f32>) -> Self {
-        let mut index = HashMap::with_capacity(texts.len());
         for (id, text) in texts.iter_mut().enumerate() {
             if text.is_empty() {
                 *text = format!("[EMPTY_{id}]");
             }
-            index.insert(text.clone(), id as u32);
         }
+        let index = TextIndex::new(&texts);
         let mut byte_tokens = [NO_TOKEN; 256];
         let mut buf = [0u8; 4];
         for (b, slot) in byte_tokens.iter_mut().enumerate() {
             let s: &str = BYTE_TO_CHAR[b].encode_utf8(&mut buf);
-            *slot = index.get(s).copied().unwrap_or(NO_TOKEN);
+            *slot = index.get(&texts, s).unwrap_or(NO_TOKEN);
         }
         Self { texts, types, scores, index, byte_tokens }
     }
@@ -110,7 +109,7 @@ impl Vocab {
 
     #[inline]
     pub(crate) fn id(&self, text: &str) -> Option<u32> {
-        self.index.get(text).copied()
+        self.index.get(&self.texts, text)
     }
 
     pub(crate) fn id_of_concat(&self, a: &str, b: &str) -> Option<u32> {
@@ -129,4 +128,62 @@ impl Vocab {
     pub(crate) fn token_type(&self, id: u32) -> TokenType {
         self.types.get(id as usize).copied().unwrap_or(TokenType::Undefined)
     }
+}
+
+/// Text → id without a second copy of the texts: an open-addressing table (linear probing,
+/// at most half full) of ids, compared against `texts[id]`. Building it for Gemma 3's
+/// 262,144 pieces takes a few milliseconds, a `HashMap<String, u32>` (a clone per text) several
+/// times that.
+struct TextIndex {
+    /// `NO_TOKEN` or an id; length a power of two.
+    slots: Box<[u32]>,
+    /// `64 - log2(slots.len())`: the hash's top bits pick the first slot.
+    shift: u32,
+}
+
+impl TextIndex {
+    fn new(texts: &[String]) -> Self {
+        let n_slots = (texts.len() * 2).next_power_of_two().max(2);
+        let mut slots = vec![NO_TOKEN; n_slots].into_boxed_slice();
+        let shift = 64 - n_slots.trailing_zeros();
+        let mask = n_slots - 1;
+        for (id, text) in texts.iter().enumerate() {
+            let mut i = (hash(text.as_bytes()) >> shift) as usize;
+            loop {
+                let slot = &mut slots[i];
+                if *slot == NO_TOKEN || texts[*slot as usize] == *text {
+                    // Duplicate texts: the later id replaces the earlier one.
+                    *slot = id as u32;
+                    break;
+                }
+                i = (i + 1) & mask;
+            }
+        }
+        Self { slots, shift }
+    }
+
+    #[inline]
+    fn get(&self, texts: &[String], text: &str) -> Option<u32> {
+        let mask = self.slots.len() - 1;
+        let mut i = (hash(text.as_bytes()) >> self.shift) as usize;
+        loop {
+            let id = self.slots[i];
+            if id == NO_TOKEN {
+                return None;
+            }
+            if texts[id as usize] == text {
+                return Some(id);
+            }
+            i = (i + 1) & mask;
+        }
+    }
+}
+
+/// [`IdHasher`] over the bytes, finished with a final multiply so the top bits (the table's
+/// index) depend on every byte.
+#[inline]
+fn hash(bytes: &[u8]) -> u64 {
+    let mut h = IdHasher::default();
+    h.write(bytes);
+    (h.finish() ^ (h.finish() >> 29)).wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
