@@ -3,8 +3,9 @@
 //! The token stream is cut into `⌊N / n_ctx⌋` chunks of `n_ctx` tokens. Each chunk runs
 //! from an empty cache; only its second half is scored: the logits at positions
 //! `n_ctx/2 .. n_ctx-2` predict tokens `n_ctx/2+1 .. n_ctx-1`. PPL = exp(mean NLL), and
-//! the ± is llama.cpp's estimate `PPL · sqrt((⟨nll²⟩ − ⟨nll⟩²) / (count − 1))`.
-
+//! the ± is llama.cpp's estimate `PPL · sqrt((⟨nll²⟩ − ⟨nll⟩²) / (count − 1))`. When the
+//! model's tokenizer adds BOS (`tokenizer.ggml.add_bos_token`, Gemma), each chunk's first
+//! token is replaced by BOS, as llama-perplexity does.
 //!
 //! Under a KV eviction policy ([`perplexity_with_policy`]) each chunk still starts from an
 //! empty cache, but goes through the model one page at a time, the policy evicting before
@@ -13,6 +14,7 @@
 use pagoda_core::evict::KvPolicy;
 
 use crate::model::{Llama, ModelError, Session, SessionOptions};
+use crate::tokenizer::Tokenizer;
 
 /// The result of a perplexity run.
 #[derive(Clone, Debug, PartialEq)]
@@ -67,11 +69,24 @@ pub fn perplexity_with_policy(
     }
     let vocab = model.config().vocab_size;
     let first = n_ctx / 2;
+    // As llama-perplexity: when the model's tokenizer adds BOS, every chunk starts with it
+    // (its first token is replaced; the scored second half is unchanged).
+    let bos = Tokenizer::from_gguf(&model.gguf())
+        .ok()
+        .filter(Tokenizer::add_bos)
+        .and_then(|t| t.bos())
+        .filter(|&b| (b as usize) < vocab);
+    let mut chunk_buf = Vec::with_capacity(n_ctx);
     let mut session = Session::with_policy(model, opts.clone(), policy)?;
     let (mut nll, mut nll2, mut count) = (0.0f64, 0.0f64, 0usize);
     let mut running = Vec::with_capacity(n_chunks);
     for i in 0..n_chunks {
-        let chunk = &tokens[i * n_ctx..(i + 1) * n_ctx];
+        chunk_buf.clear();
+        chunk_buf.extend_from_slice(&tokens[i * n_ctx..(i + 1) * n_ctx]);
+        if let Some(b) = bos {
+            chunk_buf[0] = b;
+        }
+        let chunk = &chunk_buf[..];
         session.clear();
         let logits = session.eval_all(chunk, first)?;
         // Row j of `logits` is position first + j; rows up to n_ctx - 2 predict a token.
