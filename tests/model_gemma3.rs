@@ -320,3 +320,32 @@ fn perplexity_matches_llamacpp_within_half_a_percent() {
         );
     }
 }
+
+/// An eviction policy cannot combine with the windowed layers: a clear error, in a session
+/// and in the engine; every KV page format runs.
+#[test]
+fn eviction_policies_are_refused_and_every_kv_type_runs() {
+    use pagoda::core::evict::KvPolicy;
+    let model = gemma3();
+    let policy = KvPolicy::parse("sink:4,window:64").unwrap();
+    let e = Session::with_policy(&model, SessionOptions::default(), policy).unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains("sliding-window") && msg.contains("full policy"), "{msg}");
+    let e = Engine::with_policy(&model, EngineConfig::default(), policy).unwrap_err();
+    assert!(e.to_string().contains("sliding-window"), "{e}");
+    let prompt = text_tokens(&model, 40);
+    let want = greedy_session(&model, &prompt, 4);
+    for kv_type in KvType::ALL {
+        let opts = SessionOptions { n_ctx: 64, kv_type, ..Default::default() };
+        let mut s = Session::new(&model, opts).unwrap();
+        let logits = s.eval(&prompt).unwrap();
+        assert!(logits.iter().all(|x| x.is_finite()), "{kv_type:?}");
+        let argmax = logits
+            .iter()
+            .enumerate()
+            .fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b })
+            .0 as u32;
+        // Every page format picks the f16 cache's first greedy token for this prompt.
+        assert_eq!(argmax, want[0], "{kv_type:?}");
+    }
+}
