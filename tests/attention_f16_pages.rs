@@ -2,8 +2,11 @@
 //! over f16 pages): every SIMD level returns the scalar level's bits; a row's result does
 //! not depend on how the context is paged (page order in the slab, block size stays) nor on
 //! how the prompt is chunked (prefill of n tokens = n single-token decodes); and it stays
-//! within f16 rounding of the exact f64 attention. Random GQA shapes, head dims (64 and 128
-//! take the AVX-512 kernel, others the portable one), block sizes and contexts.
+//! within f16 rounding of the exact f64 attention. Random GQA shapes, head dims (multiples
+//! of 16 take the AVX-512 kernel: 64 and 128 in one block of registers, 256 (Gemma 3) in
+//! column blocks, 80 and 96 with the dot's f64 tail; 8 and 40 the portable one), block
+//! sizes and contexts; Gemma 3's shape (MQA, 4 query heads of 256) and other widths at
+//! fixed prefill chunks of 1 to 40 tokens.
 
 mod common;
 
@@ -40,7 +43,7 @@ fn case() -> impl Strategy<Value = Case> {
     (
         1..=3usize,
         prop::sample::select(vec![1usize, 3, 4]),
-        prop::sample::select(vec![64usize, 128, 8, 40, 96]),
+        prop::sample::select(vec![64usize, 128, 8, 40, 96, 256, 80]),
         prop::sample::select(vec![1usize, 4, 16, 32]),
         1..=700usize,
         1..=12usize,
@@ -100,12 +103,19 @@ fn run(level: SimdLevel, c: &Case, reverse: bool) -> Vec<f32> {
 
 /// The case's rows computed one new token per call (the decode path), concatenated.
 fn token_by_token(level: SimdLevel, c: &Case) -> Vec<f32> {
+    chunked(level, c, 1)
+}
+
+/// The case's rows computed `chunk` new tokens per call (the last call fewer), concatenated.
+fn chunked(level: SimdLevel, c: &Case, chunk: usize) -> Vec<f32> {
     let (kv, pages, _, _, q, cfg) = build(c, false);
     let q_len = cfg.q_len();
     let first = c.n_ctx - c.n_new;
     let mut out = vec![f32::NAN; q.len()];
-    for (t, (qt, o)) in q.chunks_exact(q_len).zip(out.chunks_exact_mut(q_len)).enumerate() {
-        paged_attention_f16(level, &kv, 0, &pages, first + t + 1, qt, o, &cfg).unwrap();
+    let calls = q.chunks(chunk * q_len).zip(out.chunks_mut(chunk * q_len));
+    for (i, (qc, o)) in calls.enumerate() {
+        let n_ctx = first + i * chunk + qc.len() / q_len;
+        paged_attention_f16(level, &kv, 0, &pages, n_ctx, qc, o, &cfg).unwrap();
     }
     out
 }
@@ -161,6 +171,41 @@ proptest! {
         let tol = 4e-3 * (1.0 + (c.n_ctx as f32).sqrt() / 8.0);
         for (i, (g, e)) in got.iter().zip(&exact).enumerate() {
             prop_assert!((g - e).abs() <= tol, "element {}: {} vs exact {} (tol {})", i, g, e, tol);
+        }
+    }
+}
+
+/// Gemma 3's attention (4 query heads on one kv head of 256), MQA and GQA at the other
+/// widths the AVX-512 kernel runs in column blocks (192, 512) or with the dot's f64 tail
+/// (80, 48), and one the portable kernel runs (40): every level equals the scalar level at
+/// every thread count, and prefill chunks of 1 to 40 tokens give the whole call's bits
+/// (contexts past `SPLIT_MIN_KEYS` split their rows over the threads, both ways alike).
+#[test]
+fn wide_and_odd_heads_at_every_level_thread_count_and_chunk() {
+    let shapes =
+        [(1, 4, 256), (2, 2, 256), (1, 4, 80), (2, 3, 48), (1, 3, 192), (1, 2, 512), (1, 4, 40)];
+    let contexts = [(1, 1, 16), (40, 40, 16), (100, 33, 32), (600, 17, 16), (530, 1, 32)];
+    for (seed, &(n_kv_heads, group, head_dim)) in (1u64..).step_by(2).zip(&shapes) {
+        for &(n_ctx, n_new, block_size) in &contexts {
+            let c = Case { n_kv_heads, group, head_dim, block_size, n_ctx, n_new, seed };
+            let what = format!("{c:?}");
+            let want = run(SimdLevel::Scalar, &c, false);
+            for level in SimdLevel::available() {
+                assert_eq!(bits(&run(level, &c, false)), bits(&want), "{level} vs scalar, {what}");
+            }
+            for threads in [1usize, 2, 3] {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                let scalar = pool.install(|| run(SimdLevel::Scalar, &c, false));
+                for level in SimdLevel::available() {
+                    let got = pool.install(|| run(level, &c, false));
+                    assert_eq!(bits(&got), bits(&scalar), "{level}, {threads} threads, {what}");
+                    for chunk in [1usize, 2, 7, 40] {
+                        let parts = pool.install(|| chunked(level, &c, chunk));
+                        let at = format!("{level}, {threads} threads, chunks of {chunk}, {what}");
+                        assert_eq!(bits(&parts), bits(&got), "{at}");
+                    }
+                }
+            }
         }
     }
 }

@@ -138,14 +138,16 @@ fn case() -> impl Strategy<Value = Case> {
         })
 }
 
-/// The shapes `paged_attention_f16` is tested on (64 and 128 take the AVX-512 kernel), with
+/// The shapes `paged_attention_f16` is tested on (multiples of 16 take the AVX-512 kernel:
+/// 64 and 128 in one block of registers, 256 in column blocks, 80 and 96 with the dot's
+/// f64 tail; 8 and 40 the portable one), with
 /// contexts past `SPLIT_MIN_KEYS` so that windows of 512 and more split over threads.
 fn f16_case() -> impl Strategy<Value = Case> {
     (
         (
             1..=3usize,
             prop::sample::select(vec![1usize, 3, 4]),
-            prop::sample::select(vec![64usize, 128, 8, 40, 96]),
+            prop::sample::select(vec![64usize, 128, 8, 40, 96, 256, 80]),
             prop::sample::select(vec![1usize, 4, 16, 32]),
         ),
         1..=1400usize,
@@ -335,11 +337,24 @@ fn run_f16(level: SimdLevel, x: &F16Data, c: &Case, dropped: bool, cfg: &AttnCon
 
 /// The case's rows computed one new token per call (the decode path), concatenated.
 fn f16_token_by_token(level: SimdLevel, x: &F16Data, c: &Case, cfg: &AttnConfig) -> Vec<f32> {
+    f16_chunked(level, x, c, cfg, 1)
+}
+
+/// The case's rows computed `chunk` new tokens per call (the last call fewer), concatenated.
+fn f16_chunked(
+    level: SimdLevel,
+    x: &F16Data,
+    c: &Case,
+    cfg: &AttnConfig,
+    chunk: usize,
+) -> Vec<f32> {
     let q_len = cfg.q_len();
     let first = c.n_ctx - c.n_new;
     let mut out = vec![f32::NAN; x.q.len()];
-    for (t, (qt, o)) in x.q.chunks_exact(q_len).zip(out.chunks_exact_mut(q_len)).enumerate() {
-        paged_attention_f16(level, &x.kv, 1, &x.pages, first + t + 1, qt, o, cfg).unwrap();
+    let calls = x.q.chunks(chunk * q_len).zip(out.chunks_mut(chunk * q_len));
+    for (i, (qc, o)) in calls.enumerate() {
+        let n_ctx = first + i * chunk + qc.len() / q_len;
+        paged_attention_f16(level, &x.kv, 1, &x.pages, n_ctx, qc, o, cfg).unwrap();
     }
     out
 }
@@ -500,6 +515,44 @@ fn long_context_decode_splits_only_the_window() {
             for level in SimdLevel::available() {
                 pool.install(|| cpu_run(level, &kv, &pages, &c, c.n_ctx, &q, &cfg, Split::Auto))
                     .unwrap_or_else(|e| panic!("W {window} {threads} threads {level}: {e}"));
+            }
+        }
+    }
+}
+
+/// Gemma 3's sliding-window layers (4 query heads on one kv head of 256, W = 512) and
+/// other windows, and the same at head dim 80 (the AVX-512 dot's f64 tail): every level
+/// equals the scalar level at every thread count, a table without the invisible front
+/// pages gives the same bits, and prefill chunks of 1 to 40 tokens give the whole call's.
+#[test]
+fn mqa_wide_heads_under_windows() {
+    for head_dim in [256, 80] {
+        for (window, n_ctx, n_new, bs) in [
+            (512, 1100, 40, 16),
+            (512, 700, 1, 32),
+            (512, 300, 33, 16),
+            (17, 300, 40, 16),
+            (1, 60, 9, 4),
+            (100, 530, 25, 32),
+        ] {
+            let c = Case { group: 4, q_gain: 1.0, ..fixed(window, n_ctx, n_new, bs, head_dim) };
+            let cfg = c.cfg();
+            let x = f16_data(&c);
+            for threads in [1usize, 2, 3] {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                let want = pool.install(|| run_f16(SimdLevel::Scalar, &x, &c, false, &cfg));
+                for level in SimdLevel::available() {
+                    let what =
+                        format!("hd {head_dim} W {window} n_ctx {n_ctx} {threads} threads {level}");
+                    for dropped in [false, true] {
+                        let got = pool.install(|| run_f16(level, &x, &c, dropped, &cfg));
+                        assert_eq!(bits(&got), bits(&want), "{what}, dropped {dropped}");
+                    }
+                    for chunk in [1usize, 6, 40] {
+                        let got = pool.install(|| f16_chunked(level, &x, &c, &cfg, chunk));
+                        assert_eq!(bits(&got), bits(&want), "{what}, chunks of {chunk}");
+                    }
+                }
             }
         }
     }

@@ -47,6 +47,10 @@
 //! as the per-key tree), the running maxima of a page are a prefix max across lanes, the
 //! exponentials are sixteen glibc `expf`s at once in f64 lanes (`expf::x86::expf16`), and
 //! `S` advances in the accumulate loop, where several rows' chains interleave.
+//! It takes any head dim that is a multiple of 16: the accumulators of a head wider than
+//! 128 (Gemma 3's 256) go through the page's keys in column blocks of 64 (each element's
+//! chain of rounded operations is its own), and a dot over a head dim that is not a
+//! multiple of 64 adds its last products in f64 after the tree, as the scalar dot does.
 
 use std::borrow::Cow;
 
@@ -417,6 +421,13 @@ impl<S: AsRef<[f16]>> Shared<'_, S> {
 }
 
 impl Row {
+    /// The value rows of the keys this row's steps are for (`from .. from + steps.len()`
+    /// of its kv head's run).
+    fn values<'v, T, V: AsRef<[T]>>(&self, values: &'v [V]) -> &'v [T] {
+        let hd = self.acc.len();
+        &values[self.seg].as_ref()[self.from * hd..(self.from + self.steps.len()) * hd]
+    }
+
     /// The part computed so far as a [`Partial`]; the row starts its next part afresh with
     /// `acc` (zeros; empty after the last part).
     fn take_part(&mut self, acc: Vec<f32>) -> Partial {
@@ -502,8 +513,8 @@ struct Kernel {
 
 impl Kernel {
     fn new(level: SimdLevel, hd: usize) -> Self {
-        // The AVX-512 kernel handles whole 64-element steps only.
-        let level = if level.is_available() && (level != SimdLevel::Avx512 || hd % 64 == 0) {
+        // The AVX-512 kernel handles whole 16-element vectors only.
+        let level = if level.is_available() && (level != SimdLevel::Avx512 || hd % 16 == 0) {
             level
         } else {
             SimdLevel::Scalar
@@ -522,7 +533,7 @@ impl Kernel {
     fn scores<T: Lanes>(self, keys: &[T], q: &[f32], scores: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         if self.level == SimdLevel::Avx512 {
-            // SAFETY: `new` checked AVX-512 and `hd % 64 == 0`; `q` is `hd` long, `keys`
+            // SAFETY: `new` checked AVX-512 and `hd % 16 == 0`; `q` is `hd` long, `keys`
             // holds `scores.len()` rows of `hd`.
             return unsafe { x86::scores_avx512(keys, q, scores) };
         }
@@ -555,13 +566,13 @@ impl Kernel {
     fn accumulate<T: Lanes, V: AsRef<[T]>>(self, rows: &mut [Row], values: &[V]) {
         #[cfg(target_arch = "x86_64")]
         if self.level == SimdLevel::Avx512 {
-            // SAFETY: `new` checked AVX-512 and `hd % 64 == 0`; `values[row.seg]` holds
+            // SAFETY: `new` checked AVX-512 and `hd % 16 == 0`; `values[row.seg]` holds
             // at least `from + steps.len()` rows of `hd` for every row (the page's slots
             // the task's rows see).
             return unsafe { x86::accumulate_avx512(rows, values) };
         }
         for row in rows {
-            let v = T::f32s(&values[row.seg].as_ref()[row.from * row.acc.len()..]);
+            let v = T::f32s(row.values(values));
             #[cfg(target_arch = "x86_64")]
             if self.level == SimdLevel::Avx2 {
                 // SAFETY: `new` checked the AVX2 level (AVX2 + FMA + F16C).
@@ -674,7 +685,7 @@ mod x86 {
     /// separate products and adds.
     ///
     /// # Safety
-    /// `hd` (a multiple of 64) floats readable at `k` and `q`; `q4` holds `q[..64]`;
+    /// `hd` (a multiple of 64, at least 64) floats readable at `k` and `q`; `q4` holds `q[..64]`;
     /// AVX-512F enabled by the caller.
     #[inline(always)]
     unsafe fn key_lanes<T: Lanes>(
@@ -786,7 +797,7 @@ mod x86 {
         }
     }
 
-    /// `scores[j] =` [`super::dot_scalar`]`(keys[j], q)`, `q.len()` a multiple of 64.
+    /// `scores[j] =` [`super::dot_scalar`]`(keys[j], q)`, `q.len()` a multiple of 16.
     ///
     /// Sixteen keys at a time: each key's 16-lane vector `(s0 + s2) + (s1 + s3)`, then the
     /// sixteen [`super::reduce16`] trees side by side — every add of the transposed tree
@@ -800,19 +811,27 @@ mod x86 {
     /// last:            (t4 0+2) + (t4 1+3)                         (1 add, lanes 4·(j%4) + j/4)
     /// ```
     ///
+    /// A head dim that is not a multiple of 64 adds each key's last `hd % 64` products one
+    /// by one in f64 after the tree, as [`super::dot_scalar`] does ([`tail`]; only the
+    /// tail if `hd < 64`).
+    ///
     /// # Safety
-    /// AVX-512F; `q.len()` a multiple of 64 (and ≤ 256); `keys.len() ≥ scores.len() · q.len()`.
+    /// AVX-512F; `q.len()` a multiple of 16; `keys.len() ≥ scores.len() · q.len()`.
     #[target_feature(enable = "avx512f,avx512dq")]
     pub(super) unsafe fn scores_avx512<T: Lanes>(keys: &[T], q: &[f32], scores: &mut [f32]) {
         let hd = q.len();
-        debug_assert!(hd % 64 == 0 && keys.len() >= scores.len() * hd);
+        // The whole 64-element steps.
+        let np = hd / 64 * 64;
+        debug_assert!(hd % 16 == 0 && keys.len() >= scores.len() * hd);
         // SAFETY: loads at offsets < hd (q) and < scores.len()·hd (keys), stores below
         // scores.len(); AVX-512F per the contract.
         unsafe {
             let (kp, qp) = (keys.as_ptr(), q.as_ptr());
             let mut q4 = [_mm512_setzero_ps(); 4];
-            for (c, q4) in q4.iter_mut().enumerate() {
-                *q4 = _mm512_loadu_ps(qp.add(16 * c));
+            if np > 0 {
+                for (c, q4) in q4.iter_mut().enumerate() {
+                    *q4 = _mm512_loadu_ps(qp.add(16 * c));
+                }
             }
             // The key's 16-lane vector before the horizontal sum; products of f16 values
             // are exact, so the first step's `s_c = k·q` and `fma(k0, q0, k2·q2)` (one
@@ -821,11 +840,18 @@ mod x86 {
             let mut j0 = 0;
             while j0 < scores.len() {
                 let m = (scores.len() - j0).min(16);
+                if np == 0 {
+                    for (j, s) in scores[j0..j0 + m].iter_mut().enumerate() {
+                        *s = tail(kp.add((j0 + j) * hd), qp, 0, hd, 0.0);
+                    }
+                    j0 += m;
+                    continue;
+                }
                 // Plain loops (closures passed to `array::from_fn` may stay out of line,
                 // without this function's target features).
                 let mut x = [_mm512_setzero_ps(); 16];
                 for (j, x) in x.iter_mut().enumerate().take(m) {
-                    *x = key_lanes(kp.add((j0 + j) * hd), qp, &q4, hd);
+                    *x = key_lanes(kp.add((j0 + j) * hd), qp, &q4, np);
                 }
                 let mut y = [_mm512_setzero_ps(); 8];
                 for (p, y) in y.iter_mut().enumerate() {
@@ -857,39 +883,93 @@ mod x86 {
                 );
                 let f = _mm512_permutexvar_ps(order, f);
                 _mm512_mask_storeu_ps(scores.as_mut_ptr().add(j0), ((1u32 << m) - 1) as u16, f);
+                if np < hd {
+                    for (j, s) in scores[j0..j0 + m].iter_mut().enumerate() {
+                        *s = tail(kp.add((j0 + j) * hd), qp, np, hd, *s);
+                    }
+                }
                 j0 += m;
             }
         }
     }
 
+    /// [`super::dot_scalar`]'s last step: `head` (the tree's sum of elements `..np`) plus
+    /// the products of elements `np..hd`, one by one in f64, rounded to f32.
+    ///
+    /// # Safety
+    /// `hd` values readable at `k` and `q`; `hd - np` a multiple of 16; AVX-512F enabled
+    /// by the caller.
+    #[inline(always)]
+    unsafe fn tail<T: Lanes>(k: *const T, q: *const f32, np: usize, hd: usize, head: f32) -> f32 {
+        let mut total = f64::from(head);
+        let mut e = np;
+        // SAFETY: loads of 16 values at offsets e < hd, e + 16 ≤ hd; stores to a local.
+        unsafe {
+            while e < hd {
+                let p = _mm512_mul_ps(T::load16(k.add(e)), _mm512_loadu_ps(q.add(e)));
+                let mut x = [0.0f32; 16];
+                _mm512_storeu_ps(x.as_mut_ptr(), p);
+                for x in x {
+                    total += f64::from(x);
+                }
+                e += 16;
+            }
+        }
+        total as f32
+    }
+
     /// [`super::accumulate_scalar`] for up to 4 rows at once, their accumulators in
     /// registers for the page (independent chains hide the conversions' latency).
     ///
+    /// Every element of a row's accumulator goes through its own chain of rounded scales
+    /// and FMAs, independent of the other elements, so a head wider than the registers
+    /// hold runs as column blocks of 64 (a narrower last block for the rest), each over
+    /// all of the page's keys: the same operations on every element, the same bits.
+    /// Head dims that are not a multiple of 16 take the scalar loop.
+    ///
     /// # Safety
-    /// AVX-512F/DQ and F16C; every row's `acc.len()` is the same `hd`, a multiple of 64;
+    /// AVX-512F/DQ and F16C; every row's `acc.len()` is the same `hd`;
     /// `values[seg].len() ≥ (from + steps.len()) · hd` for every row; `rows.len() ≤ 4`.
     #[target_feature(enable = "avx512f,avx512dq,f16c")]
     pub(super) unsafe fn accumulate_avx512<T: Lanes, V: AsRef<[T]>>(
         rows: &mut [Row],
         values: &[V],
     ) {
-        // SAFETY (all arms): this fn's contract, with the lengths each callee is built for.
+        // `N` registers per row at column `col` (sums advanced if `sum`), for all the rows.
+        macro_rules! regs {
+            ($n:literal, $col:expr, $sum:expr) => {
+                match rows.len() {
+                    4 => accumulate_regs::<$n, 4, T, V>(rows, values, $col, $sum),
+                    3 => accumulate_regs::<$n, 3, T, V>(rows, values, $col, $sum),
+                    2 => accumulate_regs::<$n, 2, T, V>(rows, values, $col, $sum),
+                    _ => accumulate_regs::<$n, 1, T, V>(rows, values, $col, $sum),
+                }
+            };
+        }
+        let hd = rows.first().map_or(0, |r| r.acc.len());
+        // SAFETY (all arms): this fn's contract, with the lengths each callee is built for
+        // (column blocks inside `hd`).
         unsafe {
-            match (rows.first().map_or(0, |r| r.acc.len()), rows.len()) {
-                (_, 0) => {}
-                (64, 4) => accumulate_regs::<4, 4, T, V>(rows, values),
-                (64, 3) => accumulate_regs::<4, 3, T, V>(rows, values),
-                (64, 2) => accumulate_regs::<4, 2, T, V>(rows, values),
-                (64, _) => accumulate_regs::<4, 1, T, V>(rows, values),
-                (128, 4) => accumulate_regs::<8, 4, T, V>(rows, values),
-                (128, 3) => accumulate_regs::<8, 3, T, V>(rows, values),
-                (128, 2) => accumulate_regs::<8, 2, T, V>(rows, values),
-                (128, _) => accumulate_regs::<8, 1, T, V>(rows, values),
-                _ => {
-                    for row in rows.iter_mut() {
-                        let v = T::f32s(&values[row.seg].as_ref()[row.from * row.acc.len()..]);
-                        accumulate_scalar(&mut row.acc, &mut row.sum, &v, &row.steps);
+            if rows.is_empty() {
+            } else if hd == 128 {
+                regs!(8, 0, true);
+            } else if hd % 16 == 0 {
+                // Column blocks of 64; the rows' sums advance in the first.
+                let mut col = 0;
+                while col < hd {
+                    let sum = col == 0;
+                    match (hd - col).min(64) / 16 {
+                        4 => regs!(4, col, sum),
+                        3 => regs!(3, col, sum),
+                        2 => regs!(2, col, sum),
+                        _ => regs!(1, col, sum),
                     }
+                    col += 64;
+                }
+            } else {
+                for row in rows.iter_mut() {
+                    let v = T::f32s(row.values(values));
+                    accumulate_scalar(&mut row.acc, &mut row.sum, &v, &row.steps);
                 }
             }
         }
@@ -906,16 +986,21 @@ mod x86 {
         unsafe { _mm512_cvtph_ps(_mm512_cvtps_ph::<NEAREST>(x)) }
     }
 
-    /// `R` rows (of the first `rows`), each `acc.len() == 16 · N`.
+    /// `R` rows (of the first `rows`), columns `col .. col + 16 · N` of their accumulators
+    /// (each `hd` long); `sum`: also advance the rows' sums (once per key: in one column
+    /// block only).
     ///
     /// # Safety
-    /// AVX-512F; as [`accumulate_avx512`], `rows.len() ≥ R`.
+    /// AVX-512F; as [`accumulate_avx512`], `rows.len() ≥ R`, `col + 16 · N ≤ hd`.
     #[inline(always)]
     unsafe fn accumulate_regs<const N: usize, const R: usize, T: Lanes, V: AsRef<[T]>>(
         rows: &mut [Row],
         values: &[V],
+        col: usize,
+        sum: bool,
     ) {
-        let hd = 16 * N;
+        let hd = rows[0].acc.len();
+        debug_assert!(col + 16 * N <= hd && rows[..R].iter().all(|r| r.acc.len() == hd));
         let n = rows[..R].iter().map(|r| r.steps.len()).max().unwrap_or(0);
         // Row r's value rows, from its first key in the runs.
         let vals: [&[T]; R] =
@@ -926,15 +1011,15 @@ mod x86 {
         // key) reuse its value registers.
         let key = |r: usize| (rows[r].seg, rows[r].from);
         let fresh: [bool; R] = core::array::from_fn(|r| r == 0 || key(r) != key(r - 1));
-        // SAFETY: loads/stores of 16 floats at offsets < 16·N within each `acc`, and
-        // within value row j < avail[r] of `vals[r]` (a row of a chain of rows sharing
+        // SAFETY: loads/stores of 16 floats at offsets col + 16·c < hd within each `acc`,
+        // and within value row j < avail[r] of `vals[r]` (a row of a chain of rows sharing
         // `vals` has steps only for keys its run holds: j < steps.len() ≤ avail); AVX-512F
         // per the caller.
         unsafe {
             let mut a = [[_mm512_setzero_ps(); N]; R];
             for (r, a) in a.iter_mut().enumerate() {
                 for (c, a) in a.iter_mut().enumerate() {
-                    *a = _mm512_loadu_ps(rows[r].acc.as_ptr().add(16 * c));
+                    *a = _mm512_loadu_ps(rows[r].acc.as_ptr().add(col + 16 * c));
                 }
             }
             let mut sums: [f32; R] = core::array::from_fn(|r| rows[r].sum);
@@ -942,13 +1027,15 @@ mod x86 {
                 let mut v = [_mm512_setzero_ps(); N];
                 for r in 0..R {
                     if fresh[r] && j < avail[r] {
-                        let vp = vps[r].add(j * hd);
+                        let vp = vps[r].add(j * hd + col);
                         for (c, v) in v.iter_mut().enumerate() {
                             *v = T::load16(vp.add(16 * c));
                         }
                     }
                     let Some(step) = rows[r].steps.get(j) else { continue };
-                    sums[r] = sums[r].mul_add(step.ms, step.vs);
+                    if sum {
+                        sums[r] = sums[r].mul_add(step.ms, step.vs);
+                    }
                     if step.ms != 1.0 {
                         let m = _mm512_set1_ps(step.ms);
                         for x in a[r].iter_mut() {
@@ -964,7 +1051,7 @@ mod x86 {
             for (r, a) in a.iter().enumerate() {
                 rows[r].sum = sums[r];
                 for (c, x) in a.iter().enumerate() {
-                    _mm512_storeu_ps(rows[r].acc.as_mut_ptr().add(16 * c), *x);
+                    _mm512_storeu_ps(rows[r].acc.as_mut_ptr().add(col + 16 * c), *x);
                 }
             }
         }
