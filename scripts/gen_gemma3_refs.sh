@@ -186,15 +186,18 @@ echo "gen_gemma3_refs: tokenize (50 strings)" >&2
 LLAMACPP_GREEDY_VERBOSE=1 "$work/llamacpp_greedy" "$model" 0 "$work/prompt0.txt" 2>"$work/load.log" >/dev/null
 
 prompts=$(ls "$work"/prompt[0-9]*.txt | sort -V)
-for mode in default no_repack; do
-  flag=""
-  [ "$mode" = no_repack ] && flag=--no-repack
+# vec_dot: --no-repack and GGML_CPU_TILED_MM=0, which turns off b11312's tiled K-quant matmul
+# (ggml-cpu/tiled/, taken for batches of >= 8 rows): every matmul is ggml_vec_dot_*'s order.
+for mode in default no_repack vec_dot; do
+  flag="" tiled=1
+  [ "$mode" != default ] && flag=--no-repack
+  [ "$mode" = vec_dot ] && tiled=0
   echo "gen_gemma3_refs: greedy $mode" >&2
   # shellcheck disable=SC2086
-  "$work/llamacpp_greedy" "$model" "$n_predict" $flag $prompts >"$work/greedy_$mode.jsonl"
+  GGML_CPU_TILED_MM=$tiled "$work/llamacpp_greedy" "$model" "$n_predict" $flag $prompts >"$work/greedy_$mode.jsonl"
   echo "gen_gemma3_refs: logits $mode" >&2
   # shellcheck disable=SC2086
-  "$work/llamacpp_logits" "$model" "$work/logits_prompt.txt" 10 $flag >"$work/logits_$mode.json"
+  GGML_CPU_TILED_MM=$tiled "$work/llamacpp_logits" "$model" "$work/logits_prompt.txt" 10 $flag >"$work/logits_$mode.json"
 done
 
 complete_ppl() { [ -f "$1" ] && grep -q "Final estimate: PPL" "$1"; }
@@ -305,8 +308,10 @@ assert len(tok_cases) == 50
 
 greedy_default = greedy(f"{work}/greedy_default.jsonl")
 greedy_nr = greedy(f"{work}/greedy_no_repack.jsonl")
+greedy_vd = greedy(f"{work}/greedy_vec_dot.jsonl")
 logits_default = logits(f"{work}/logits_default.json")
 logits_nr = logits(f"{work}/logits_no_repack.json")
+logits_vd = logits(f"{work}/logits_vec_dot.json")
 ppl_runs = {c: {m: ppl(f"{work}/ppl_c{c}_{m}.log") for m in ("default", "no_repack")} for c in (512, 2048)}
 
 def greedy_diff(a, b):
@@ -402,6 +407,10 @@ out = {
                       "first_differing_step_per_case": greedy_diff(greedy_default, greedy_nr),
                       "logits_identical": all(x["argmax_logits"] == y["argmax_logits"]
                                               for x, y in zip(greedy_default, greedy_nr))},
+        "vec_dot": {"how": "--no-repack and GGML_CPU_TILED_MM=0: no tiled K-quant matmul for batches of "
+                           ">= 8 rows, every matmul in ggml_vec_dot order",
+                    "cases": greedy_vd,
+                    "first_differing_step_per_case": greedy_diff(greedy_nr, greedy_vd)},
     },
     "logits": {
         "prompt": open(f"{work}/logits_prompt.txt", encoding="utf-8").read(),
@@ -413,6 +422,9 @@ out = {
                      "over the full 262144 vocab (double precision), so log p(t) = logit(t) - logsumexp.",
         **logits_default,
         "no_repack": {**logits_nr, "vs_default": logits_diff(logits_default, logits_nr)},
+        "vec_dot": {**logits_vd, "how": "--no-repack and GGML_CPU_TILED_MM=0 (every matmul in "
+                                        "ggml_vec_dot order)",
+                    "vs_no_repack": logits_diff(logits_nr, logits_vd)},
     },
     "perplexity": {
         "method": "llama-perplexity: the text tokenized with BOS (parse_special false), floor(n_tokens/n_ctx) chunks each from an "
