@@ -4,9 +4,9 @@
 //! how the prompt is chunked (prefill of n tokens = n single-token decodes); and it stays
 //! within f16 rounding of the exact f64 attention. Random GQA shapes, head dims (multiples
 //! of 16 take the AVX-512 kernel: 64 and 128 in one block of registers, 256 (Gemma 3) in
-//! column blocks, 80 and 96 with the dot's f64 tail; 8 and 40 the portable one), block
-//! sizes and contexts; Gemma 3's shape (MQA, 4 query heads of 256) and other widths at
-//! fixed prefill chunks of 1 to 40 tokens.
+//! column blocks, 80 and 96 with the dot's f64 tail; 8 and 40 the portable one; AVX2 runs
+//! multiples of 8 in 8-lane column blocks), block sizes and contexts; Gemma 3's shape (MQA,
+//! 4 query heads of 256) and other widths at fixed prefill chunks of 1 to 40 tokens.
 
 mod common;
 
@@ -177,13 +177,22 @@ proptest! {
 
 /// Gemma 3's attention (4 query heads on one kv head of 256), MQA and GQA at the other
 /// widths the AVX-512 kernel runs in column blocks (192, 512) or with the dot's f64 tail
-/// (80, 48), and one the portable kernel runs (40): every level equals the scalar level at
-/// every thread count, and prefill chunks of 1 to 40 tokens give the whole call's bits
-/// (contexts past `SPLIT_MIN_KEYS` split their rows over the threads, both ways alike).
+/// (80, 48), one it leaves to the portable kernel (40: AVX2's 8-lane blocks take it), and
+/// one no vector block fits (19): every level equals the scalar level at every thread
+/// count, and prefill chunks of 1 to 40 tokens give the whole call's bits (contexts past
+/// `SPLIT_MIN_KEYS` split their rows over the threads, both ways alike).
 #[test]
 fn wide_and_odd_heads_at_every_level_thread_count_and_chunk() {
-    let shapes =
-        [(1, 4, 256), (2, 2, 256), (1, 4, 80), (2, 3, 48), (1, 3, 192), (1, 2, 512), (1, 4, 40)];
+    let shapes = [
+        (1, 4, 256),
+        (2, 2, 256),
+        (1, 4, 80),
+        (2, 3, 48),
+        (1, 3, 192),
+        (1, 2, 512),
+        (1, 4, 40),
+        (1, 3, 19),
+    ];
     let contexts = [(1, 1, 16), (40, 40, 16), (100, 33, 32), (600, 17, 16), (530, 1, 32)];
     for (seed, &(n_kv_heads, group, head_dim)) in (1u64..).step_by(2).zip(&shapes) {
         for &(n_ctx, n_new, block_size) in &contexts {

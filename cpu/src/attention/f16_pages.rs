@@ -51,6 +51,9 @@
 //! 128 (Gemma 3's 256) go through the page's keys in column blocks of 64 (each element's
 //! chain of rounded operations is its own), and a dot over a head dim that is not a
 //! multiple of 64 adds its last products in f64 after the tree, as the scalar dot does.
+//! The AVX2 level (pages widened to f32 once per page) runs the same dot in 8-lane halves of
+//! the 16-lane sums and the same accumulate in 8-lane column blocks of 16, up to 4 rows at a
+//! time, for head dims that are multiples of 8.
 
 use std::borrow::Cow;
 
@@ -473,6 +476,13 @@ trait Lanes: Copy {
     /// Sixteen values readable at `p`; AVX-512F enabled by the caller.
     #[cfg(target_arch = "x86_64")]
     unsafe fn load16(p: *const Self) -> core::arch::x86_64::__m512;
+
+    /// Eight values at `p` as f32s.
+    ///
+    /// # Safety
+    /// Eight values readable at `p`; AVX and F16C enabled by the caller.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load8(p: *const Self) -> core::arch::x86_64::__m256;
 }
 
 impl Lanes for f32 {
@@ -485,6 +495,13 @@ impl Lanes for f32 {
     unsafe fn load16(p: *const f32) -> core::arch::x86_64::__m512 {
         // SAFETY: the caller's contract.
         unsafe { core::arch::x86_64::_mm512_loadu_ps(p) }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const f32) -> core::arch::x86_64::__m256 {
+        // SAFETY: the caller's contract.
+        unsafe { core::arch::x86_64::_mm256_loadu_ps(p) }
     }
 }
 
@@ -499,6 +516,14 @@ impl Lanes for f16 {
         use core::arch::x86_64::{_mm256_loadu_si256, _mm512_cvtph_ps};
         // SAFETY: the caller's contract; `f16` is `repr(transparent)` over `u16`.
         unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p.cast())) }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const f16) -> core::arch::x86_64::__m256 {
+        use core::arch::x86_64::{_mm256_cvtph_ps, _mm_loadu_si128};
+        // SAFETY: the caller's contract; `f16` is `repr(transparent)` over `u16`.
+        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast())) }
     }
 }
 
@@ -538,6 +563,11 @@ impl Kernel {
             return unsafe { x86::scores_avx512(keys, q, scores) };
         }
         let keys = T::f32s(keys);
+        #[cfg(target_arch = "x86_64")]
+        if self.level == SimdLevel::Avx2 {
+            // SAFETY: `new` checked the AVX2 level (AVX2 + FMA + F16C).
+            return unsafe { x86::scores_avx2(&keys, q, scores) };
+        }
         for (s, k) in scores.iter_mut().zip(keys.chunks_exact(q.len())) {
             *s = dot_scalar(k, q);
         }
@@ -571,14 +601,14 @@ impl Kernel {
             // the task's rows see).
             return unsafe { x86::accumulate_avx512(rows, values) };
         }
+        #[cfg(target_arch = "x86_64")]
+        if self.level == SimdLevel::Avx2 {
+            // SAFETY: `new` checked the AVX2 level (AVX2 + FMA + F16C); `values[row.seg]`
+            // holds at least `from + steps.len()` rows of `hd` for every row.
+            return unsafe { x86::accumulate_avx2(rows, values) };
+        }
         for row in rows {
             let v = T::f32s(row.values(values));
-            #[cfg(target_arch = "x86_64")]
-            if self.level == SimdLevel::Avx2 {
-                // SAFETY: `new` checked the AVX2 level (AVX2 + FMA + F16C).
-                unsafe { x86::accumulate_fma(&mut row.acc, &mut row.sum, &v, &row.steps) };
-                continue;
-            }
             accumulate_scalar(&mut row.acc, &mut row.sum, &v, &row.steps)
         }
     }
@@ -1052,6 +1082,168 @@ mod x86 {
                 rows[r].sum = sums[r];
                 for (c, x) in a.iter().enumerate() {
                     _mm512_storeu_ps(rows[r].acc.as_mut_ptr().add(col + 16 * c), *x);
+                }
+            }
+        }
+    }
+
+    /// `scores[j] =` [`super::dot_scalar`]`(keys[j], q)` with 8-lane registers: each of the
+    /// scalar dot's four 16-lane sums is two registers, every lane the same chain of
+    /// (exact-product) FMAs; the lane combination and [`super::reduce16`] pair the same
+    /// partial sums; the tail past the last 64-element step is added in f64, one by one.
+    ///
+    /// # Safety
+    /// AVX2 and FMA; `keys.len() ≥ scores.len() · q.len()`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn scores_avx2(keys: &[f32], q: &[f32], scores: &mut [f32]) {
+        let hd = q.len();
+        let np = hd / 64 * 64;
+        debug_assert!(keys.len() >= scores.len() * hd);
+        for (s, k) in scores.iter_mut().zip(keys.chunks_exact(hd)) {
+            // SAFETY: loads of 8 floats at offsets < np ≤ hd of `k` and `q` (both hd
+            // long); register-only AVX/FMA otherwise, enabled by this fn's contract.
+            let head = unsafe {
+                let (kp, qp) = (k.as_ptr(), q.as_ptr());
+                // x[2j], x[2j + 1]: lanes 0..8 and 8..16 of the scalar dot's sum[j].
+                let mut x = [_mm256_setzero_ps(); 8];
+                let mut i = 0;
+                while i < np {
+                    for (c, x) in x.iter_mut().enumerate() {
+                        let o = i + 8 * c;
+                        *x = _mm256_fmadd_ps(
+                            _mm256_loadu_ps(kp.add(o)),
+                            _mm256_loadu_ps(qp.add(o)),
+                            *x,
+                        );
+                    }
+                    i += 64;
+                }
+                // (s0 + s2) + (s1 + s3), lanes 0..8 and 8..16.
+                let lo = _mm256_add_ps(_mm256_add_ps(x[0], x[4]), _mm256_add_ps(x[2], x[6]));
+                let hi = _mm256_add_ps(_mm256_add_ps(x[1], x[5]), _mm256_add_ps(x[3], x[7]));
+                // reduce16: t8 = halves, t4 = quarters, then (t4 0 + 2) + (t4 1 + 3).
+                let t8 = _mm256_add_ps(lo, hi);
+                let t4 = _mm_add_ps(_mm256_castps256_ps128(t8), _mm256_extractf128_ps::<1>(t8));
+                let t2 = _mm_add_ps(t4, _mm_movehl_ps(t4, t4));
+                _mm_cvtss_f32(_mm_add_ss(t2, _mm_movehdup_ps(t2)))
+            };
+            let mut total = f64::from(head);
+            for (&k, &q) in k[np..].iter().zip(&q[np..]) {
+                total += f64::from(k * q);
+            }
+            *s = total as f32;
+        }
+    }
+
+    /// [`super::accumulate_scalar`] for up to 4 rows at once with 8-lane registers, as
+    /// [`accumulate_avx512`]: column blocks of 16 (8 for the rest), each over all of the
+    /// page's keys, the rows' sums advancing in the first. Head dims that are not a
+    /// multiple of 8 take [`accumulate_fma`] row by row.
+    ///
+    /// # Safety
+    /// AVX2, FMA and F16C; every row's `acc.len()` is the same `hd`;
+    /// `values[seg].len() ≥ (from + steps.len()) · hd` for every row; `rows.len() ≤ 4`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn accumulate_avx2<T: Lanes, V: AsRef<[T]>>(rows: &mut [Row], values: &[V]) {
+        macro_rules! regs {
+            ($n:literal, $col:expr, $sum:expr) => {
+                match rows.len() {
+                    4 => accumulate_regs8::<$n, 4, T, V>(rows, values, $col, $sum),
+                    3 => accumulate_regs8::<$n, 3, T, V>(rows, values, $col, $sum),
+                    2 => accumulate_regs8::<$n, 2, T, V>(rows, values, $col, $sum),
+                    _ => accumulate_regs8::<$n, 1, T, V>(rows, values, $col, $sum),
+                }
+            };
+        }
+        let hd = rows.first().map_or(0, |r| r.acc.len());
+        // SAFETY (all arms): this fn's contract, with the lengths each callee is built for
+        // (column blocks inside `hd`).
+        unsafe {
+            if rows.is_empty() {
+            } else if hd % 8 == 0 {
+                let mut col = 0;
+                while col < hd {
+                    let sum = col == 0;
+                    if hd - col >= 16 {
+                        regs!(2, col, sum);
+                    } else {
+                        regs!(1, col, sum);
+                    }
+                    col += 16;
+                }
+            } else {
+                for row in rows.iter_mut() {
+                    let v = T::f32s(row.values(values));
+                    accumulate_fma(&mut row.acc, &mut row.sum, &v, &row.steps);
+                }
+            }
+        }
+    }
+
+    /// [`accumulate_regs`] with 8-lane registers: `R` rows (of the first `rows`), columns
+    /// `col .. col + 8 · N` of their accumulators (each `hd` long); `sum`: also advance
+    /// the rows' sums.
+    ///
+    /// # Safety
+    /// AVX2, FMA and F16C; as [`accumulate_avx2`], `rows.len() ≥ R`, `col + 8 · N ≤ hd`.
+    #[inline(always)]
+    unsafe fn accumulate_regs8<const N: usize, const R: usize, T: Lanes, V: AsRef<[T]>>(
+        rows: &mut [Row],
+        values: &[V],
+        col: usize,
+        sum: bool,
+    ) {
+        // F16C's immediate: round to nearest even (not MXCSR's mode).
+        const NEAREST: i32 = _MM_FROUND_TO_NEAREST_INT;
+        let hd = rows[0].acc.len();
+        debug_assert!(col + 8 * N <= hd && rows[..R].iter().all(|r| r.acc.len() == hd));
+        let n = rows[..R].iter().map(|r| r.steps.len()).max().unwrap_or(0);
+        let vals: [&[T]; R] =
+            core::array::from_fn(|r| &values[rows[r].seg].as_ref()[rows[r].from * hd..]);
+        let vps: [*const T; R] = core::array::from_fn(|r| vals[r].as_ptr());
+        let avail: [usize; R] = core::array::from_fn(|r| vals[r].len() / hd);
+        let key = |r: usize| (rows[r].seg, rows[r].from);
+        let fresh: [bool; R] = core::array::from_fn(|r| r == 0 || key(r) != key(r - 1));
+        // SAFETY: as `accumulate_regs`, with 8 floats per load/store at offsets
+        // col + 8·c < hd; register-only AVX/FMA/F16C otherwise, enabled by the caller.
+        unsafe {
+            let round = |x: __m256| _mm256_cvtph_ps(_mm256_cvtps_ph::<NEAREST>(x));
+            let mut a = [[_mm256_setzero_ps(); N]; R];
+            for (r, a) in a.iter_mut().enumerate() {
+                for (c, a) in a.iter_mut().enumerate() {
+                    *a = _mm256_loadu_ps(rows[r].acc.as_ptr().add(col + 8 * c));
+                }
+            }
+            let mut sums: [f32; R] = core::array::from_fn(|r| rows[r].sum);
+            for j in 0..n {
+                let mut v = [_mm256_setzero_ps(); N];
+                for r in 0..R {
+                    if fresh[r] && j < avail[r] {
+                        let vp = vps[r].add(j * hd + col);
+                        for (c, v) in v.iter_mut().enumerate() {
+                            *v = T::load8(vp.add(8 * c));
+                        }
+                    }
+                    let Some(step) = rows[r].steps.get(j) else { continue };
+                    if sum {
+                        sums[r] = sums[r].mul_add(step.ms, step.vs);
+                    }
+                    if step.ms != 1.0 {
+                        let m = _mm256_set1_ps(step.ms);
+                        for x in a[r].iter_mut() {
+                            *x = round(_mm256_mul_ps(*x, m));
+                        }
+                    }
+                    let w = _mm256_set1_ps(step.vs);
+                    for (x, v) in a[r].iter_mut().zip(&v) {
+                        *x = round(_mm256_fmadd_ps(*v, w, *x));
+                    }
+                }
+            }
+            for (r, a) in a.iter().enumerate() {
+                rows[r].sum = sums[r];
+                for (c, x) in a.iter().enumerate() {
+                    _mm256_storeu_ps(rows[r].acc.as_mut_ptr().add(col + 8 * c), *x);
                 }
             }
         }
