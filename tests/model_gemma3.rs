@@ -376,3 +376,31 @@ fn eviction_policies_are_refused_and_every_kv_type_runs() {
         assert_eq!(argmax, want[0], "{kv_type:?}");
     }
 }
+
+/// Preemption under a small pool: windowed sequences that lose their pages recompute and still
+/// give the tokens they give alone; every page comes back.
+#[test]
+fn engine_preempts_windowed_sequences_and_recomputes_them_exactly() {
+    let model = gemma3();
+    let text = text_tokens(&model, 1300);
+    let cases: Vec<(Vec<u32>, usize)> =
+        (0..4).map(|i| (text[i * 100..i * 100 + 600 + 60 * i].to_vec(), 24)).collect();
+    let solo: Vec<Vec<u32>> = cases.iter().map(|(p, n)| greedy_session(&model, p, *n)).collect();
+    // 60 all-layer pages' worth of single-layer pages: not enough for all four at once.
+    let config = EngineConfig { kv_pages: 60, max_batch_tokens: 256, ..Default::default() };
+    let mut engine = Engine::new(&model, config).unwrap();
+    for (i, (p, n)) in cases.iter().enumerate() {
+        engine.add_request(Request::greedy(i as u64, p.clone(), *n)).unwrap();
+    }
+    let mut outs = Vec::new();
+    while engine.has_unfinished() {
+        outs.extend(engine.step().unwrap().finished);
+        engine.check_invariants().unwrap();
+    }
+    assert!(engine.stats().preemptions > 0, "the pool was large enough: nothing preempted");
+    for o in &outs {
+        assert_eq!(o.samples[0].tokens, solo[o.id.0 as usize], "request {}", o.id.0);
+    }
+    assert_eq!(outs.len(), cases.len());
+    assert_eq!(engine.cache().pool().used_count(), 0);
+}
