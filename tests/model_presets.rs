@@ -21,6 +21,11 @@
 //! accumulator in tinyBLAS, not `vec_dot`'s two), greedy divergence at margin 0.174 (Q3_K_M
 //! against `--no-repack`).
 //!
+//! llama.cpp's arithmetic that pagoda does follow is pinned separately: with its
+//! batch-dependent kernels off (`GGML_CPU_TILED_MM=0 --no-repack -ub 32`,
+//! tests/data/llamacpp/presets_vec_dot.json from scripts/gen_preset_vecdot_refs.sh), llama.cpp's
+//! perplexity of every preset recorded there must equal pagoda's to the printed digits.
+//!
 //! One test per preset; each prints its measured PPL, llama.cpp's, the relative difference
 //! and how many greedy steps matched (`cargo test --release --test model_presets -- --nocapture`)
 //! and reports every failed check at once. A preset whose weight formats pagoda cannot run
@@ -104,6 +109,20 @@ fn preset_matches_llamacpp(preset: &str) {
                     "perplexity over {} chunks, llama.cpp {}",
                     got.chunks, reference["n_chunks"]
                 ));
+            }
+            // Against llama.cpp with its batch-dependent kernels off (vec_dot order, one
+            // key at a time), where recorded: equal to the printed digits.
+            if let Some(exact) = common::data_json("llamacpp/presets_vec_dot.json")["presets"]
+                [preset]["ppl"]
+                .as_f64()
+            {
+                if (got.ppl - exact).abs() > 5e-5 * exact {
+                    failures.push(format!(
+                        "PPL {:.4} differs from llama.cpp's vec_dot run ({exact}: \
+                         presets_vec_dot.json)",
+                        got.ppl
+                    ));
+                }
             }
             if rel.is_nan() || rel.abs() >= PPL_TOLERANCE {
                 failures.push(format!(

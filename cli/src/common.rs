@@ -171,12 +171,29 @@ pub fn init_threads(requested: Option<usize>) -> CliResult<usize> {
         Some(t) => t.max(1),
         None => cores,
     };
+    // Address space for the threads first: a thread whose stack was mapped but whose
+    // signal stack then cannot be (std allocates it inside the new thread) aborts the process.
+    // Reserving more than the threads take, and giving it back, makes a memory limit fail
+    // here, as an error, or not at all.
+    let probe = n.saturating_mul(WORKER_STACK + (256 << 10)).saturating_add(4 << 20);
+    let mut room = Vec::<u8>::new();
+    room.try_reserve_exact(probe).map_err(|_| {
+        format!(
+            "cannot start {n} worker threads: not enough memory for their stacks ({probe} bytes)"
+        )
+    })?;
+    drop(std::hint::black_box(room)); // a real allocation, not optimised away
     rayon::ThreadPoolBuilder::new()
         .num_threads(n)
+        .stack_size(WORKER_STACK)
         .build_global()
         .map_err(|e| format!("cannot start {n} worker threads: {e}"))?;
     Ok(n)
 }
+
+/// Stack of each worker thread: std's default for spawned threads (2 MiB), set explicitly so
+/// that the memory probe of [`init_threads`] knows it.
+const WORKER_STACK: usize = 2 << 20;
 
 /// Sets up the thread pool and loads model + tokenizer, with errors that say what to do.
 pub fn load(args: &ModelArgs) -> CliResult<Loaded> {
