@@ -20,14 +20,6 @@ use pagoda_cpu::attention::{paged_attention_f16, SPLIT_MIN_KEYS};
 use pagoda_cpu::kernels::SimdLevel;
 use proptest::prelude::*;
 
-fn config() -> ProptestConfig {
-    if std::env::var_os("PROPTEST_CASES").is_some() {
-        ProptestConfig { failure_persistence: None, ..ProptestConfig::default() }
-    } else {
-        ProptestConfig { cases: 32, failure_persistence: None, ..ProptestConfig::default() }
-    }
-}
-
 #[derive(Clone, Debug)]
 struct Case {
     n_kv_heads: usize,
@@ -125,7 +117,7 @@ fn bits(x: &[f32]) -> Vec<u32> {
 }
 
 proptest! {
-    #![proptest_config(config())]
+    #![proptest_config(common::proptest_config(32))]
 
     #[test]
     fn every_level_paging_and_chunking_give_the_same_bits(c in case()) {

@@ -18,14 +18,6 @@ use pagoda_cpu::attention::{paged_attention, paged_attention_split, Split};
 use pagoda_cpu::kernels::SimdLevel;
 use proptest::prelude::*;
 
-fn config() -> ProptestConfig {
-    if std::env::var_os("PROPTEST_CASES").is_some() {
-        ProptestConfig { failure_persistence: None, ..ProptestConfig::default() }
-    } else {
-        ProptestConfig { cases: 48, failure_persistence: None, ..ProptestConfig::default() }
-    }
-}
-
 const REL_TOL: f32 = 1e-5;
 
 #[derive(Clone, Debug)]
@@ -164,7 +156,7 @@ fn check<T: KvElement>(c: &Case) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(config())]
+    #![proptest_config(common::proptest_config(48))]
 
     #[test]
     fn simd_f32_pages_match_core(c in case()) {

@@ -28,14 +28,6 @@ use pagoda_cpu::attention::{paged_attention_f16, paged_attention_split, Split};
 use pagoda_cpu::kernels::SimdLevel;
 use proptest::prelude::*;
 
-fn config() -> ProptestConfig {
-    if std::env::var_os("PROPTEST_CASES").is_some() {
-        ProptestConfig { failure_persistence: None, ..ProptestConfig::default() }
-    } else {
-        ProptestConfig { cases: 48, failure_persistence: None, ..ProptestConfig::default() }
-    }
-}
-
 const REL_TOL: f32 = 1e-5;
 
 #[derive(Clone, Debug)]
@@ -296,7 +288,7 @@ fn check<T: KvElement>(c: &Case) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(config())]
+    #![proptest_config(common::proptest_config(48))]
 
     #[test]
     fn windowed_f32_pages_match_core_and_naive(c in case()) {
@@ -360,7 +352,7 @@ fn f16_chunked(
 }
 
 proptest! {
-    #![proptest_config(config())]
+    #![proptest_config(common::proptest_config(48))]
 
     /// The f16 kernel's bit-exactness properties hold under a window: every level equals the
     /// scalar level at every thread count (windows of ≥ SPLIT_MIN_KEYS keys split over the

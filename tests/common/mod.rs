@@ -40,6 +40,17 @@ pub fn gemma3_model_path() -> PathBuf {
 /// The file name `scripts/fetch-model.sh gemma3` writes under models/.
 pub const GEMMA3_MODEL_FILE: &str = "gemma-3-270m-q4_k_m.gguf";
 
+/// The property tests' proptest settings: `cases` cases unless `PROPTEST_CASES` says
+/// otherwise (then proptest's own reading of it), and no failure files written into the tree.
+pub fn proptest_config(cases: u32) -> proptest::prelude::ProptestConfig {
+    use proptest::prelude::ProptestConfig;
+    if std::env::var_os("PROPTEST_CASES").is_some() {
+        ProptestConfig { failure_persistence: None, ..ProptestConfig::default() }
+    } else {
+        ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() }
+    }
+}
+
 /// Parses a JSON file under tests/data.
 pub fn data_json(rel: &str) -> serde_json::Value {
     let p = root().join("tests/data").join(rel);
