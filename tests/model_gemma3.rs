@@ -26,6 +26,7 @@ use pagoda::cpu::engine::{Engine, EngineConfig, Request};
 use pagoda::cpu::model::{
     droppable_pages, ForwardScratch, KvCache, KvType, Llama, Logits, Session, SessionOptions,
 };
+use pagoda::cpu::sampler::argmax;
 use pagoda::cpu::tokenizer::Tokenizer;
 
 fn gemma3() -> Llama {
@@ -165,11 +166,7 @@ fn greedy_session(model: &Llama, prompt: &[u32], n: usize) -> Vec<u32> {
     let mut logits = s.eval(prompt).unwrap();
     let mut out = Vec::new();
     for _ in 0..n {
-        let t = logits
-            .iter()
-            .enumerate()
-            .fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b })
-            .0 as u32;
+        let t = argmax(&logits);
         out.push(t);
         logits = s.eval(&[t]).unwrap();
     }
@@ -218,22 +215,18 @@ fn teacher_forced_logits_are_within_llamacpps_own_spread() {
             sum += d;
             count += 1;
         }
-        let argmax = row
-            .iter()
-            .enumerate()
-            .fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b })
-            .0 as u32;
+        let top = argmax(row);
         // Where llama.cpp's two runs disagree, or either is within 0.1 of a tie, the top-1
         // is arithmetic noise.
         let other = floats(&r["top10_logits"]);
         let margin = (want[0] - want[1]).min(other[0] - other[1]);
         let settled = margin >= 0.1 && common::ids(&r["top10_ids"])[0] == want_ids[0];
-        if argmax == want_ids[0] {
+        if top == want_ids[0] {
             top1 += 1;
         } else {
             assert!(
                 !settled,
-                "pos {pos}: top-1 {argmax}, llama.cpp {} (margin {margin})",
+                "pos {pos}: top-1 {top}, llama.cpp {} (margin {margin})",
                 want_ids[0]
             );
         }
@@ -367,13 +360,9 @@ fn eviction_policies_are_refused_and_every_kv_type_runs() {
         let mut s = Session::new(&model, opts).unwrap();
         let logits = s.eval(&prompt).unwrap();
         assert!(logits.iter().all(|x| x.is_finite()), "{kv_type:?}");
-        let argmax = logits
-            .iter()
-            .enumerate()
-            .fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b })
-            .0 as u32;
+        let top = argmax(&logits);
         // Every page format picks the f16 cache's first greedy token for this prompt.
-        assert_eq!(argmax, want[0], "{kv_type:?}");
+        assert_eq!(top, want[0], "{kv_type:?}");
     }
 }
 
