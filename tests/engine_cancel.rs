@@ -128,3 +128,83 @@ fn cancelling_waiting_and_preempted_requests_and_reusing_ids() {
     let pool = engine.cache().pool();
     assert_eq!(pool.free_count(), pool.capacity());
 }
+
+/// `Engine::finish_sample` (a stop string found by the caller): the sample ends with the
+/// tokens it has, its pages go back in the call, its siblings run on to what they produce
+/// alone, and the request's output comes when the last sample ends.
+#[test]
+fn finishing_one_sample_frees_its_pages_and_leaves_its_siblings_alone() {
+    use pagoda::cpu::engine::FinishReason;
+    use pagoda::cpu::sampler::SamplerConfig;
+    let model = model();
+    let sampler = SamplerConfig {
+        temperature: 1.0,
+        top_k: 0,
+        top_p: 1.0,
+        min_p: 0.0,
+        seed: 9,
+        ..SamplerConfig::default()
+    };
+    let req = Request { n: 3, sampler, ..Request::greedy(5, prompt_in(5, 19, vocab()), 30) };
+    // Alone: what each sample produces unstopped.
+    let mut alone = Engine::new(model, config(64, false)).unwrap();
+    alone.add_request(req.clone()).unwrap();
+    let full = alone.run_to_completion().unwrap().remove(0);
+
+    let mut engine = Engine::new(model, config(64, false)).unwrap();
+    engine.add_request(req).unwrap();
+    // Before the prompt is done nothing was generated: nothing to finish.
+    assert_eq!(engine.finish_sample(RequestId(5), 0).unwrap(), None);
+    let mut generated = 0;
+    while generated < 6 {
+        generated += engine.step().unwrap().tokens.iter().filter(|t| t.sample == 1).count();
+    }
+    let held = engine.pages_held();
+    let own = pages_of(&engine, 5, 3) - pages_of(&engine, 5, 1) - {
+        // sample 2's pages
+        engine.sequence_pages(RequestId(5), 2).map_or(0, <[_]>::len)
+    };
+    assert!(own > 0);
+    assert_eq!(engine.finish_sample(RequestId(5), 1).unwrap(), None, "samples 0 and 2 run on");
+    engine.check_invariants().unwrap();
+    assert!(engine.pages_held() < held, "sample 1's own pages went back in the call");
+    assert!(engine.sequence_pages(RequestId(5), 1).is_none());
+    // Finishing it again, or an unknown request, changes nothing.
+    assert_eq!(engine.finish_sample(RequestId(5), 1).unwrap(), None);
+    assert_eq!(engine.finish_sample(RequestId(77), 0).unwrap(), None);
+    let out = engine.run_to_completion().unwrap().remove(0);
+    engine.check_invariants().unwrap();
+    assert_eq!(engine.pages_held(), 0);
+    assert_eq!(out.samples[0], full.samples[0]);
+    assert_eq!(out.samples[2], full.samples[2]);
+    assert_eq!(out.samples[1].finish, FinishReason::Stop);
+    assert_eq!(out.samples[1].tokens[..], full.samples[1].tokens[..6]);
+}
+
+/// `Request::logprobs`: each token event carries `ln p` of the chosen token under the
+/// model's softmax and the top alternatives, most likely first; greedy picks the top one.
+#[test]
+fn token_events_carry_log_probabilities_when_asked() {
+    let model = model();
+    let mut engine = Engine::new(model, config(64, false)).unwrap();
+    let req = Request { logprobs: Some(3), ..Request::greedy(1, prompt_in(3, 11, vocab()), 8) };
+    engine.add_request(req).unwrap();
+    engine.add_request(Request::greedy(2, prompt_in(4, 9, vocab()), 8)).unwrap();
+    let mut seen = 0;
+    while engine.has_unfinished() {
+        for t in engine.step().unwrap().tokens {
+            match t.id.0 {
+                1 => {
+                    let lp = t.logprobs.expect("asked for");
+                    assert_eq!(lp.top.len(), 3);
+                    assert_eq!(lp.top[0], (t.token, lp.logprob), "greedy takes the most likely");
+                    assert!(lp.top.windows(2).all(|w| w[0].1 >= w[1].1));
+                    assert!(lp.logprob <= 0.0 && lp.logprob.is_finite());
+                    seen += 1;
+                }
+                _ => assert!(t.logprobs.is_none(), "not asked for"),
+            }
+        }
+    }
+    assert_eq!(seen, 8);
+}

@@ -64,6 +64,7 @@ fn samples_have_their_own_seeds_and_sample_zero_is_the_single_run() {
         sampler: sampler.clone(),
         n,
         stop_tokens: Vec::new(),
+        logprobs: None,
     };
     let mut engine = Engine::new(&model, EngineConfig::default()).unwrap();
     engine.add_request(req(1, 4)).unwrap();

@@ -350,6 +350,7 @@ fn options_from(o: &pagoda_options) -> Res<pagoda::Options> {
             repeat_penalty: o.repeat_penalty,
             repeat_last_n,
             seed: o.seed,
+            ..SamplerConfig::default()
         })
         .context(o.n_ctx as usize)
         .kv_type(kv_type)

@@ -501,6 +501,7 @@ fn run_requests(
             sampler: l.sampler.clone(),
             n: 1,
             stop_tokens: stop_tokens.clone(),
+            logprobs: None,
         };
         match engine.add_request(req) {
             Ok(_) => {

@@ -141,6 +141,7 @@ impl SamplingArgs {
             repeat_penalty: self.repeat_penalty,
             repeat_last_n: self.repeat_last_n,
             seed: self.seed.unwrap_or(SamplerConfig::default().seed),
+            ..SamplerConfig::default()
         }
     }
 }

@@ -202,6 +202,7 @@ fn run_samples(
             sampler,
             n,
             stop_tokens,
+            logprobs: None,
         })?;
         let t0 = std::time::Instant::now();
         let done = engine.run_to_completion()?;

@@ -7,6 +7,7 @@
 //! | [`kernels`]     | SIMD kernels (pulp, run-time dispatch) and quantized matmul    |
 //! | [`model`]       | the Llama forward pass on the paged KV cache                   |
 //! | [`sampler`]     | greedy, temperature, top-k/top-p/min-p, repetition penalty     |
+//! | [`stop`]        | stop strings found in streamed text, held back until decided   |
 //! | [`engine`]      | many sequences in one page pool: batching, prefix cache, forks |
 //!
 //! One sequence, token by token: a [`Session`](model::Session) owns the sequence's KV
@@ -43,4 +44,5 @@ pub mod model_file;
 pub mod perplexity;
 pub mod quantize;
 pub mod sampler;
+pub mod stop;
 pub mod tokenizer;

@@ -1,5 +1,5 @@
 //! Token sampling: greedy, or a llama.cpp-style chain
-//! `repetition penalty → top-k → top-p → min-p → temperature → draw`.
+//! `penalties (repetition, frequency, presence) → top-k → top-p → min-p → temperature → draw`.
 //!
 //! The filters see the untempered distribution and temperature is applied last, as in
 //! llama.cpp's default sampler chain, so the same flags mean the same thing in both.
@@ -22,9 +22,16 @@ pub struct SamplerConfig {
     pub min_p: f32,
     /// Divide positive (multiply negative) logits of recently seen tokens (`1.0` = off).
     pub repeat_penalty: f32,
-    /// How many recent tokens the repetition penalty looks at (any value: the window only
+    /// How many recent tokens the penalties look at (any value: the window only
     /// ever holds the tokens seen, so `usize::MAX` means the whole sequence).
     pub repeat_last_n: usize,
+    /// Subtract `count × frequency_penalty` from the logit of each token seen `count`
+    /// times in the window (`0.0` = off; OpenAI's `frequency_penalty`, llama.cpp's
+    /// `--frequency-penalty`).
+    pub frequency_penalty: f32,
+    /// Subtract `presence_penalty` from the logit of each token seen in the window (`0.0` =
+    /// off; OpenAI's `presence_penalty`, llama.cpp's `--presence-penalty`).
+    pub presence_penalty: f32,
     /// Seed of the random generator.
     pub seed: u64,
 }
@@ -40,6 +47,8 @@ impl Default for SamplerConfig {
             min_p: 0.05,
             repeat_penalty: 1.0,
             repeat_last_n: 64,
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
             seed: 0x5EED,
         }
     }
@@ -83,6 +92,15 @@ impl SamplerConfig {
         }
         if !(self.repeat_penalty.is_finite() && self.repeat_penalty > 0.0) {
             return bad(format!("repeat penalty must be > 0, got {}", self.repeat_penalty));
+        }
+        if !self.frequency_penalty.is_finite() {
+            return bad(format!(
+                "frequency penalty must be finite, got {}",
+                self.frequency_penalty
+            ));
+        }
+        if !self.presence_penalty.is_finite() {
+            return bad(format!("presence penalty must be finite, got {}", self.presence_penalty));
         }
         Ok(())
     }
@@ -131,7 +149,7 @@ impl Sampler {
     }
 
     /// Choose the next token from `logits` (one per vocabulary entry). `logits` is
-    /// modified in place by the repetition penalty.
+    /// modified in place by the penalties.
     ///
     /// # Panics
     /// If `logits` is empty: a vocabulary has at least one token, and a model's logits
@@ -191,20 +209,52 @@ impl Sampler {
         cands[cands.len() - 1].0
     }
 
+    /// llama.cpp's penalties sampler: for each distinct token seen `c` times in the window,
+    /// the repetition penalty divides a positive logit (multiplies a non-positive one),
+    /// then `c × frequency + presence` is subtracted.
     fn apply_penalty(&self, logits: &mut [f32]) {
-        let p = self.cfg.repeat_penalty;
-        if p == 1.0 {
+        let (p, freq, pres) =
+            (self.cfg.repeat_penalty, self.cfg.frequency_penalty, self.cfg.presence_penalty);
+        if p == 1.0 && freq == 0.0 && pres == 0.0 {
             return;
         }
         let mut seen: Vec<u32> = self.recent.iter().copied().collect();
         seen.sort_unstable();
-        seen.dedup();
-        for t in seen {
-            if let Some(l) = logits.get_mut(t as usize) {
-                *l = if *l > 0.0 { *l / p } else { *l * p };
+        for run in seen.chunk_by(|a, b| a == b) {
+            if let Some(l) = logits.get_mut(run[0] as usize) {
+                if p != 1.0 {
+                    *l = if *l > 0.0 { *l / p } else { *l * p };
+                }
+                *l -= run.len() as f32 * freq + pres;
             }
         }
     }
+}
+
+/// `ln softmax(logits)[token]` and the `top` most likely tokens with theirs (most likely
+/// first, ties by lower id): the log-probabilities OpenAI's `logprobs` report, of the
+/// model's distribution before any penalty, temperature or filter.
+///
+/// Returns `None` for an empty `logits` or a `token` outside it.
+pub fn log_probs(logits: &[f32], token: u32, top: usize) -> Option<(f32, Vec<(u32, f32)>)> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&l| f64::from((l - max).exp())).sum();
+    let log_z = max + sum.ln() as f32;
+    let lp = logits.get(token as usize)? - log_z;
+    let mut best: Vec<(u32, f32)> = Vec::new();
+    if top > 0 {
+        let mut all: Vec<(u32, f32)> =
+            logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
+        let k = top.min(all.len());
+        let by_logit = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        if k < all.len() {
+            all.select_nth_unstable_by(k, by_logit);
+            all.truncate(k);
+        }
+        all.sort_by(by_logit);
+        best = all.into_iter().map(|(t, l)| (t, l - log_z)).collect();
+    }
+    Some((lp, best))
 }
 
 /// Index of the largest logit (the first one on ties), as llama.cpp's greedy sampler.
@@ -262,9 +312,59 @@ impl Xoshiro256 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn logits() -> Vec<f32> {
         vec![0.1, 2.0, -1.0, 1.9, 0.0, 3.0, -5.0, 2.5]
+    }
+
+    proptest! {
+        /// llama.cpp's penalties, by their definition: a token seen `c > 0` times in the
+        /// last `n` has its logit divided (positive) or multiplied (non-positive) by the
+        /// repetition penalty, then lowered by `c × frequency + presence`; others are kept.
+        #[test]
+        fn penalties_follow_their_definition(
+            history in proptest::collection::vec(0u32..8, 0..40),
+            last_n in 0usize..50,
+            repeat in 0.5f32..2.0,
+            freq in -2.0f32..2.0,
+            pres in -2.0f32..2.0,
+        ) {
+            let cfg = SamplerConfig {
+                repeat_penalty: repeat,
+                repeat_last_n: last_n,
+                frequency_penalty: freq,
+                presence_penalty: pres,
+                ..SamplerConfig::greedy()
+            };
+            let mut s = Sampler::new(cfg).unwrap();
+            history.iter().for_each(|&t| s.accept(t));
+            let mut got = logits();
+            s.apply_penalty(&mut got);
+            let window = &history[history.len().saturating_sub(last_n)..];
+            for (t, (&g, &l)) in got.iter().zip(&logits()).enumerate() {
+                let c = window.iter().filter(|&&w| w == t as u32).count();
+                let want = if c == 0 {
+                    l
+                } else {
+                    let l = if l > 0.0 { l / repeat } else { l * repeat };
+                    l - (c as f32 * freq + pres)
+                };
+                prop_assert_eq!(g.to_bits(), want.to_bits(), "token {} seen {} times", t, c);
+            }
+        }
+    }
+
+    #[test]
+    fn log_probs_are_a_log_softmax_with_the_top_alternatives() {
+        let l = logits();
+        let (lp, top) = log_probs(&l, 5, 3).unwrap();
+        let z: f64 = l.iter().map(|&x| f64::from(x).exp()).sum();
+        assert!((f64::from(lp) - (3.0 - z.ln())).abs() < 1e-5);
+        assert_eq!(top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![5, 7, 1]);
+        assert_eq!(top[0].1, lp);
+        assert!(log_probs(&l, 8, 0).is_none());
+        assert!(log_probs(&[], 0, 2).is_none());
     }
 
     #[test]

@@ -37,6 +37,7 @@ pub use error::EngineError;
 pub use prefix_index::{PrefixIndex, PrefixKey};
 pub use request::{
     FinishReason, Request, RequestId, RequestOutput, SampleOutput, StepOutput, TokenEvent,
+    TokenLogprobs,
 };
 pub use scheduler::{Engine, EngineConfig};
 pub use stats::EngineStats;

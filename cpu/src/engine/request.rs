@@ -33,6 +33,9 @@ pub struct Request {
     /// [`Tokenizer::eog_ids`](crate::tokenizer::Tokenizer::eog_ids); empty: always run to
     /// `max_tokens`.
     pub stop_tokens: Vec<u32>,
+    /// Report each chosen token's log-probability and this many most likely alternatives
+    /// in its [`TokenEvent`] (`None`: no log-probabilities, the default).
+    pub logprobs: Option<usize>,
 }
 
 impl Request {
@@ -45,6 +48,7 @@ impl Request {
             sampler: SamplerConfig::greedy(),
             n: 1,
             stop_tokens: Vec::new(),
+            logprobs: None,
         }
     }
 }
@@ -52,7 +56,9 @@ impl Request {
 /// Why a sample stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FinishReason {
-    /// It produced one of the request's stop tokens (the last token of its output).
+    /// It produced one of the request's stop tokens (the last token of its output), or
+    /// the caller ended it with [`Engine::finish_sample`](super::Engine::finish_sample)
+    /// (a stop string, for example).
     Stop,
     /// It generated `max_tokens` tokens.
     Length,
@@ -94,7 +100,7 @@ pub struct RequestOutput {
 }
 
 /// A token just chosen for a sample (for streaming).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct TokenEvent {
     /// The request.
     pub id: RequestId,
@@ -102,10 +108,24 @@ pub struct TokenEvent {
     pub sample: usize,
     /// The token.
     pub token: u32,
+    /// Its log-probability and the most likely alternatives, when the request asked for
+    /// them ([`Request::logprobs`]).
+    pub logprobs: Option<TokenLogprobs>,
+}
+
+/// Log-probabilities of one sampling step, under the model's distribution (the softmax of
+/// the logits, before penalties, filters and temperature), see
+/// [`log_probs`](crate::sampler::log_probs).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenLogprobs {
+    /// `ln p(chosen token)`.
+    pub logprob: f32,
+    /// The most likely tokens and their `ln p`, most likely first.
+    pub top: Vec<(u32, f32)>,
 }
 
 /// What one [`Engine::step`](super::Engine::step) produced.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct StepOutput {
     /// Every token chosen in this step, in batch order.
     pub tokens: Vec<TokenEvent>,

@@ -56,13 +56,13 @@ use super::prefix_index::PrefixIndex;
 use super::sequence::Sequence;
 use super::{
     EngineError, EngineStats, FinishReason, Request, RequestId, RequestOutput, SampleOutput,
-    StepOutput, TokenEvent,
+    StepOutput, TokenEvent, TokenLogprobs,
 };
 use crate::model::{
     drop_out_of_window, droppable_pages, max_window_pages, Evictor, ForwardScratch, KvCache,
     KvType, Llama, Logits, SeqItem, SeqTable,
 };
-use crate::sampler::{Sampler, SamplerConfig};
+use crate::sampler::{log_probs, Sampler, SamplerConfig};
 
 /// Engine settings.
 #[derive(Clone, Debug, PartialEq)]
@@ -101,6 +101,7 @@ impl Default for EngineConfig {
 struct Group {
     max_tokens: usize,
     stop_tokens: Vec<u32>,
+    logprobs: Option<usize>,
     sampler: SamplerConfig,
     prompt_len: usize,
     cached_prompt_tokens: Option<usize>,
@@ -369,6 +370,7 @@ impl<'m> Engine<'m> {
             Group {
                 max_tokens: req.max_tokens,
                 stop_tokens: req.stop_tokens,
+                logprobs: req.logprobs,
                 sampler: req.sampler,
                 prompt_len: req.prompt.len(),
                 cached_prompt_tokens: None,
@@ -548,6 +550,47 @@ impl<'m> Engine<'m> {
         self.stats.cancelled += 1;
         self.cache.pool().check_invariants()?;
         Ok(true)
+    }
+
+    /// Ends sample `sample` of request `id` now, as if it had produced a stop token: its
+    /// pages go back at once and it finishes with [`FinishReason::Stop`] and the tokens it
+    /// generated so far (a caller that found a stop string in its text, for example).
+    /// Returns the request's output when this was its last unfinished sample.
+    ///
+    /// Returns `Ok(None)` and changes nothing when the engine is not running that sample:
+    /// an unknown request, a sample that already finished, or one not yet forked from the
+    /// prompt (it has generated nothing; cancel the request instead).
+    pub fn finish_sample(
+        &mut self,
+        id: RequestId,
+        sample: usize,
+    ) -> Result<Option<RequestOutput>, EngineError> {
+        // A sample that has generated nothing may still have samples to fork from it.
+        let finishable =
+            |s: &Sequence| s.id == id && s.sample == sample && !s.generated().is_empty();
+        let mut seq = if let Some(i) = self.running.iter().position(finishable) {
+            self.running.remove(i)
+        } else if let Some(i) = self.waiting.iter().position(finishable) {
+            self.waiting.remove(i).expect("position is in range")
+        } else {
+            return Ok(None);
+        };
+        self.free_pages(&mut seq);
+        self.cache.pool().check_invariants()?;
+        let group = self.groups.get_mut(&id).expect("a sequence's group exists");
+        group.samples[sample] =
+            Some(SampleOutput { tokens: seq.generated().to_vec(), finish: FinishReason::Stop });
+        if !group.samples.iter().all(Option::is_some) {
+            return Ok(None);
+        }
+        let g = self.groups.remove(&id).expect("just looked up");
+        Ok(Some(RequestOutput {
+            id,
+            prompt_tokens: g.prompt_len,
+            cached_prompt_tokens: g.cached_prompt_tokens.unwrap_or(0),
+            preemptions: g.preemptions,
+            samples: g.samples.into_iter().flatten().collect(),
+        }))
     }
 
     /// Gives back every cached page no sequence uses; returns how many.
@@ -930,10 +973,16 @@ fn sample_into(
     logits: &mut [f32],
     out: &mut StepOutput,
 ) -> Option<FinishReason> {
+    // Log-probabilities come from the logits before the sampler's penalties change them.
+    let raw = group.logprobs.map(|top| (logits.to_vec(), top));
     let token = seq.sampler.sample(logits);
+    let logprobs = raw.and_then(|(raw, top)| {
+        let (logprob, top) = log_probs(&raw, token, top)?;
+        Some(TokenLogprobs { logprob, top })
+    });
     seq.sampler.accept(token);
     seq.tokens.push(token);
-    out.tokens.push(TokenEvent { id: seq.id, sample: seq.sample, token });
+    out.tokens.push(TokenEvent { id: seq.id, sample: seq.sample, token, logprobs });
     if group.stop_tokens.contains(&token) {
         Some(FinishReason::Stop)
     } else if seq.generated().len() >= group.max_tokens {
