@@ -86,10 +86,7 @@ impl Model {
     /// Wraps an already loaded [`Llama`] (e.g. one with forced kernels).
     pub fn from_llama(llama: Llama) -> Result<Model> {
         let tokenizer = Tokenizer::from_gguf(&llama.gguf())?;
-        let template = match llama.gguf().get_str("tokenizer.chat_template") {
-            Ok(src) => ChatTemplate::from_jinja(src),
-            Err(_) => Ok(ChatTemplate::chatml()),
-        };
+        let template = ChatTemplate::from_model(&llama.gguf(), &tokenizer);
         Ok(Model { inner: Arc::new(Inner { llama: Arc::new(llama), tokenizer, template }) })
     }
 
@@ -146,8 +143,10 @@ impl Model {
         opts: &Options,
         mut on_piece: impl FnMut(&str),
     ) -> Result<Completion> {
-        let prompt = self.template()?.render(messages, true);
-        let ids = self.inner.tokenizer.encode(&prompt, true, true);
+        let template = self.template()?;
+        let prompt = template.render(messages, true)?;
+        // BOS as the tokenizer asks, unless the template printed it already.
+        let ids = self.inner.tokenizer.encode(&prompt, !template.starts_with_bos(&prompt), true);
         let mut session = self.cpu_session(opts)?;
         Decode::start(&mut session, &ids, opts)?.run(
             &mut session,

@@ -1,5 +1,6 @@
 //! [`Session`]: a conversation that keeps its KV pages between turns.
 
+use pagoda_cpu::chat::Conversation;
 use pagoda_cpu::generate::StopReason;
 use pagoda_cpu::model::Session as CpuSession;
 
@@ -44,6 +45,12 @@ impl Iterator for Reply<'_> {
     fn next(&mut self) -> Option<Result<String>> {
         let s = &mut *self.session;
         let piece = self.decode.next_piece(&mut s.session, s.model.tokenizer());
+        if let (Some(Ok(text)), Some(conv)) = (&piece, &mut s.conversation) {
+            conv.push_cached(text);
+            if let Some(reply) = &mut s.open_reply {
+                reply.push_str(text);
+            }
+        }
         if piece.is_none() && self.decode.generation().stop == StopReason::EndOfGeneration {
             // The end-of-turn token was sampled but not run: the next turn runs it first.
             s.pending_eog = self.decode.generation().tokens.last().copied();
@@ -75,14 +82,23 @@ pub struct Session {
     session: CpuSession<'static>,
     /// The last reply's end-of-turn token: sampled, not yet in the cache.
     pending_eog: Option<u32>,
-    /// Chat turns so far (the first adds the system prompt).
-    turns: usize,
+    /// The chat so far, from the first chat turn on (the system prompt is set then).
+    conversation: Option<Conversation>,
+    /// The chat reply being generated, recorded in `conversation` at the next turn.
+    open_reply: Option<String>,
     system: Option<String>,
 }
 
 impl Session {
     pub(crate) fn new(model: Model, session: CpuSession<'static>) -> Self {
-        Session { model, session, pending_eog: None, turns: 0, system: None }
+        Session {
+            model,
+            session,
+            pending_eog: None,
+            conversation: None,
+            open_reply: None,
+            system: None,
+        }
     }
 
     /// Sets the system prompt of the conversation (before its first turn; the template's
@@ -118,22 +134,21 @@ impl Session {
     /// the reply there: the session keeps the turn as generated so far, and the next turn
     /// closes it.
     pub fn chat_stream(&mut self, user: &str, opts: &Options) -> Result<Reply<'_>> {
-        let template = self.model.template()?.clone();
-        let tok = self.model.tokenizer();
-        let first = self.turns == 0;
-        let mut prompt: Vec<u32> = self.pending_eog.take().into_iter().collect();
-        if !first {
-            let close = template.end_of_reply(!prompt.is_empty());
-            prompt.extend(tok.encode(close, false, true));
+        if self.conversation.is_none() {
+            let template = self.model.template()?.clone();
+            let mut conv = Conversation::new(template, self.system.as_deref());
+            if !self.session.is_empty() {
+                // Text generated before the first chat turn: the template renders after it.
+                conv.push_cached("\u{0}");
+            }
+            self.conversation = Some(conv);
         }
-        // The template's text around the user's words parses special tokens; the words
-        // themselves do not.
-        let turn = template.user_turn(self.system.as_deref(), "\u{0}", first);
-        let (before, after) = turn.split_once('\u{0}').unwrap_or((&turn, ""));
-        prompt.extend(tok.encode(before, first, true));
-        prompt.extend(tok.encode(user, false, false));
-        prompt.extend(tok.encode(after, false, true));
-        self.turns += 1;
+        let mut prompt = self.settle();
+        let tok = self.model.tokenizer();
+        let conv = self.conversation.as_mut().expect("set above");
+        // The template's text parses special tokens; the user's words do not.
+        prompt.extend(conv.user_turn(tok, user, false)?);
+        self.open_reply = Some(String::new());
         self.reply(&prompt, opts)
     }
 
@@ -154,10 +169,27 @@ impl Session {
 
     /// [`generate`](Self::generate) as an iterator of text pieces; dropping it stops there.
     pub fn generate_stream(&mut self, text: &str, opts: &Options) -> Result<Reply<'_>> {
-        let mut prompt: Vec<u32> = self.pending_eog.take().into_iter().collect();
+        let mut prompt = self.settle();
         let tok = self.model.tokenizer();
         prompt.extend(tok.encode(text, self.session.is_empty() && prompt.is_empty(), true));
+        if let Some(conv) = &mut self.conversation {
+            conv.push_cached(text);
+        }
         self.reply(&prompt, opts)
+    }
+
+    /// Closes the last reply: records a chat reply in the conversation, and returns the
+    /// pending end-of-turn token (to run first), its text recorded as cached.
+    fn settle(&mut self) -> Vec<u32> {
+        let eog = self.pending_eog.take();
+        if let Some(conv) = &mut self.conversation {
+            if let Some(reply) = self.open_reply.take() {
+                conv.push_reply(&reply);
+            }
+            let tok = self.model.tokenizer();
+            conv.push_cached(eog.and_then(|t| tok.token_text(t)).unwrap_or(""));
+        }
+        eog.into_iter().collect()
     }
 
     fn reply(&mut self, prompt: &[u32], opts: &Options) -> Result<Reply<'_>> {
@@ -184,7 +216,8 @@ impl Session {
     pub fn reset(&mut self) {
         self.session.clear();
         self.pending_eog = None;
-        self.turns = 0;
+        self.conversation = None;
+        self.open_reply = None;
     }
 
     /// The model.

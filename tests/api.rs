@@ -111,7 +111,7 @@ fn chat_renders_the_template_then_generates() {
     let m = model();
     let msgs = [Message::user("What is the capital of France?")];
     let opts = Options::greedy().max_tokens(24);
-    let rendered = m.template().unwrap().render(&msgs, true);
+    let rendered = m.template().unwrap().render(&msgs, true).unwrap();
     assert!(rendered.ends_with("<|im_start|>assistant\n"), "{rendered}");
     assert_eq!(m.chat(&msgs, &opts).unwrap(), m.generate(&rendered, &opts).unwrap());
 }

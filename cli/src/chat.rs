@@ -4,13 +4,14 @@
 use std::io::{BufRead, IsTerminal, Write};
 
 use clap::Args;
-use pagoda_cpu::chat::ChatTemplate;
+use pagoda_cpu::chat::{ChatTemplate, ChatTemplateError, Conversation};
 use pagoda_cpu::generate::{GenerateOptions, StopReason};
 use pagoda_cpu::model::Session;
 use pagoda_cpu::sampler::Sampler;
 
 use crate::common::{
-    generate_until_closed, load, stdout_error, CliResult, ContextArgs, ModelArgs, SamplingArgs,
+    escape_controls, generate_until_closed, load, stdout_error, CliResult, ContextArgs, ModelArgs,
+    SamplingArgs,
 };
 
 #[derive(Args, Debug)]
@@ -20,6 +21,10 @@ pub struct ChatArgs {
     /// System prompt (default: the chat template's own, if it has one).
     #[arg(long = "system")]
     system: Option<String>,
+    /// Jinja chat template file to use instead of the model's `tokenizer.chat_template`
+    /// (also lets a model without one chat).
+    #[arg(long = "chat-template", value_name = "FILE")]
+    chat_template: Option<std::path::PathBuf>,
     /// Most tokens per reply (-1: until end of turn).
     #[arg(short = 'n', long = "n-predict", default_value_t = -1, allow_negative_numbers = true,
           value_parser = clap::value_parser!(i64).range(-1..))]
@@ -35,58 +40,38 @@ pub struct ChatArgs {
     parse_special: bool,
 }
 
-/// The tokens of one user turn: the template's text around the user's words parses special
-/// tokens, the words themselves only if `parse_special` (so a typed `<|im_end|>` cannot end
-/// the turn or forge a system message). `bos` on the first turn.
-fn encode_turn(
-    tok: &pagoda_cpu::tokenizer::Tokenizer,
-    rendered_with: impl Fn(&str) -> String,
-    user: &str,
-    bos: bool,
-    parse_special: bool,
-) -> Vec<u32> {
-    if parse_special {
-        return tok.encode(&rendered_with(user), bos, true);
-    }
-    // A placeholder the template's own text (system prompt included) does not contain;
-    // the turn is cut where the template put it.
-    let empty = rendered_with("");
-    let mut n = 0u32;
-    let mark = loop {
-        let m = format!("\u{0}user-text-{n}\u{0}");
-        if !empty.contains(&m) {
-            break m;
-        }
-        n += 1;
-    };
-    let mut ids = Vec::new();
-    for (i, part) in rendered_with(&mark).split(mark.as_str()).enumerate() {
-        if i > 0 {
-            ids.extend(tok.encode(user, false, false));
-        }
-        ids.extend(tok.encode(part, bos && i == 0, true));
-    }
-    ids
-}
-
 pub fn main(a: ChatArgs) -> CliResult {
     let mut sampler = Sampler::new(a.sampling.config())?;
     let loaded = load(&a.model)?;
     let tok = &loaded.tokenizer;
-    let template_src = loaded
-        .model
-        .gguf()
-        .get_str("tokenizer.chat_template")
-        .map_err(|_| pagoda_cpu::chat::ChatTemplateError::Missing)?;
-    let template = ChatTemplate::from_jinja(template_src).map_err(|e| match e {
-        // The template's text comes from the file: escaped, not sent raw to the terminal.
-        pagoda_cpu::chat::ChatTemplateError::Unrecognised(start) => format!(
-            "unrecognised chat template (only ChatML is supported): {}…",
-            crate::common::escape(&start)
-        )
-        .into(),
-        e => Box::<dyn std::error::Error>::from(e),
-    })?;
+    let template = match &a.chat_template {
+        Some(path) => {
+            let source = std::fs::read_to_string(path).map_err(|e| {
+                format!(
+                    "cannot read chat template {}: {e}",
+                    escape_controls(&path.display().to_string())
+                )
+            })?;
+            ChatTemplate::for_tokenizer(&source, tok).map_err(|e| {
+                format!(
+                    "chat template {}: {}",
+                    escape_controls(&path.display().to_string()),
+                    escape_controls(&e.to_string())
+                )
+            })?
+        }
+        None => {
+            let source = loaded
+                .model
+                .gguf()
+                .get_str("tokenizer.chat_template")
+                .map_err(|_| ChatTemplateError::Missing)?;
+            ChatTemplate::for_tokenizer(source, tok).map_err(|e| {
+                format!("the model's chat template: {}", escape_controls(&e.to_string()))
+            })?
+        }
+    };
+    let mut conversation = Conversation::new(template, a.system.as_deref());
     let mut session = Session::new(&loaded.model, a.ctx.session(2048))?;
     let opts = GenerateOptions {
         n_predict: (a.n_predict >= 0).then_some(a.n_predict as usize),
@@ -111,17 +96,14 @@ pub fn main(a: ChatArgs) -> CliResult {
             continue;
         }
         turn += 1;
-        let first = turn == 1;
         let mut prompt: Vec<u32> = pending.take().into_iter().collect();
-        let close = if first { "" } else { template.end_of_reply(!prompt.is_empty()) };
-        let render = |u: &str| {
-            let mut t = close.to_string();
-            t.push_str(&template.user_turn(a.system.as_deref(), u, first));
-            t
-        };
-        prompt.extend(encode_turn(tok, render, user, first, a.parse_special));
+        let turn_ids = conversation
+            .user_turn(tok, user, a.parse_special)
+            .map_err(|e| escape_controls(&e.to_string()))?;
+        prompt.extend(turn_ids);
         let cached = session.len();
         let mut decoder = tok.stream_decoder();
+        let mut reply = String::new();
         // A failed write (stdout closed) stops the reply at once.
         let result = generate_until_closed(
             &mut session,
@@ -133,12 +115,16 @@ pub fn main(a: ChatArgs) -> CliResult {
                 if tok.is_eog(t) {
                     return Ok(());
                 }
-                stdout.write_all(decoder.push(t).as_bytes())?;
+                let piece = decoder.push(t);
+                reply.push_str(&piece);
+                stdout.write_all(piece.as_bytes())?;
                 stdout.flush()
             },
         );
+        let tail = decoder.finish();
+        reply.push_str(&tail);
         stdout
-            .write_all(decoder.finish().as_bytes())
+            .write_all(tail.as_bytes())
             .and_then(|()| writeln!(stdout))
             .and_then(|()| stdout.flush())
             .map_err(stdout_error)?;
@@ -149,6 +135,9 @@ pub fn main(a: ChatArgs) -> CliResult {
         if gen.stop == StopReason::EndOfGeneration {
             pending = gen.tokens.last().copied();
         }
+        // The reply as generated, and its end-of-turn token (run first next turn): the next
+        // turn sends only what the template adds after them.
+        conversation.reply(&reply, pending.and_then(|t| tok.token_text(t)));
         eprintln!(
             "[turn {turn}: {cached} tokens cached, prompt {} new tokens ({:.1} t/s), reply {} tokens ({:.1} t/s), KV {} pages]",
             gen.prompt_tokens,

@@ -1,0 +1,186 @@
+//! [`Conversation`]: a chat rendered turn by turn into one growing KV cache.
+
+use super::{ChatTemplate, ChatTemplateError, Message};
+use crate::tokenizer::Tokenizer;
+
+/// A conversation whose earlier turns are already in a KV cache: each user turn renders the
+/// whole conversation with the template and sends only what is new, as llama.cpp's chat
+/// does (render with and without the new message, keep the difference).
+///
+/// The conversation keeps the text that is in the cache (rendered turns, then each reply as
+/// generated and its end-of-turn token): when the new rendering starts with it, exactly the
+/// rest is sent. When it does not (the template rewrites a reply, e.g. trims it), the turn
+/// is the new rendering minus the rendering of the conversation before it.
+#[derive(Clone, Debug)]
+pub struct Conversation {
+    template: ChatTemplate,
+    messages: Vec<Message>,
+    /// The text whose tokens are in the cache.
+    cached: String,
+    /// User turns rendered so far.
+    turns: usize,
+}
+
+impl Conversation {
+    /// An empty conversation, opened by a system message if `system` is given (else the
+    /// template's own default, if it has one).
+    pub fn new(template: ChatTemplate, system: Option<&str>) -> Self {
+        let messages = system.map(Message::system).into_iter().collect();
+        Conversation { template, messages, cached: String::new(), turns: 0 }
+    }
+
+    /// The template.
+    pub fn template(&self) -> &ChatTemplate {
+        &self.template
+    }
+
+    /// The messages so far.
+    pub fn messages(&self) -> &[Message] {
+        &self.messages
+    }
+
+    /// The tokens of the next user turn: appends `user` to the conversation and returns what
+    /// the template adds to the cached text, ending where the assistant's reply begins.
+    ///
+    /// The template's own text is tokenized with special tokens parsed; the user's words
+    /// only if `parse_special` (so a typed `<|im_end|>` stays text and cannot end the turn
+    /// or forge a role). BOS is added (as the tokenizer asks) on the first turn, unless the
+    /// template already printed it. If the template transforms the user's text beyond
+    /// trimming (so it cannot be found in the rendering), the whole turn is tokenized with
+    /// special tokens parsed.
+    ///
+    /// On an error the conversation is unchanged.
+    pub fn user_turn(
+        &mut self,
+        tokenizer: &Tokenizer,
+        user: &str,
+        parse_special: bool,
+    ) -> Result<Vec<u32>, ChatTemplateError> {
+        self.messages.push(Message::user(user));
+        let result = self.render_turn(tokenizer, user, parse_special);
+        if result.is_err() {
+            self.messages.pop();
+        }
+        result
+    }
+
+    fn render_turn(
+        &mut self,
+        tokenizer: &Tokenizer,
+        user: &str,
+        parse_special: bool,
+    ) -> Result<Vec<u32>, ChatTemplateError> {
+        let first = self.cached.is_empty();
+        let full = self.template.render(&self.messages, true)?;
+        let start = if full.starts_with(&self.cached) {
+            self.cached.len()
+        } else if self.turns == 0 {
+            0
+        } else {
+            let past = self.template.render(&self.messages[..self.messages.len() - 1], false)?;
+            common_prefix(&past, &full)
+        };
+        let delta = &full[start..];
+        let bos = first && !self.template.starts_with_bos(delta);
+        let ids = if parse_special {
+            tokenizer.encode(delta, bos, true)
+        } else {
+            match self.split_user_text(&full, start, user)? {
+                Some((parts, text)) => {
+                    let mut ids = Vec::new();
+                    for (i, part) in parts.iter().enumerate() {
+                        if i > 0 {
+                            ids.extend(tokenizer.encode(&text, false, false));
+                        }
+                        ids.extend(tokenizer.encode(part, bos && i == 0, true));
+                    }
+                    ids
+                }
+                None => tokenizer.encode(delta, bos, true),
+            }
+        };
+        self.cached = full;
+        self.turns += 1;
+        Ok(ids)
+    }
+
+    /// `full[start..]` cut where the template printed the last message's content: the
+    /// template's parts and the content as printed (e.g. trimmed). Renders again with a
+    /// marker in place of the content; `None` if the content cannot be found.
+    #[allow(clippy::type_complexity)]
+    fn split_user_text(
+        &mut self,
+        full: &str,
+        start: usize,
+        user: &str,
+    ) -> Result<Option<(Vec<String>, String)>, ChatTemplateError> {
+        let mut n = 0u32;
+        let mark = loop {
+            let m = format!("\u{0}user-text-{n}\u{0}");
+            if !full.contains(&m) && !user.contains(&m) {
+                break m;
+            }
+            n += 1;
+        };
+        let last = self.messages.len() - 1;
+        self.messages[last].content = mark.clone();
+        let marked = self.template.render(&self.messages, true);
+        self.messages[last].content = user.to_owned();
+        let marked = marked?;
+        let delta = &full[start..];
+        let Some(marked_delta) = marked.get(start..).filter(|_| marked[..start] == full[..start])
+        else {
+            return Ok(None);
+        };
+        let parts: Vec<String> = marked_delta.split(mark.as_str()).map(str::to_owned).collect();
+        let k = parts.len() - 1;
+        if k == 0 {
+            return Ok((marked_delta == delta).then(|| (parts, String::new())));
+        }
+        let fixed: usize = parts.iter().map(String::len).sum();
+        if delta.len() < fixed || (delta.len() - fixed) % k != 0 {
+            return Ok(None);
+        }
+        let len = (delta.len() - fixed) / k;
+        let Some(text) = delta.get(parts[0].len()..parts[0].len() + len) else {
+            return Ok(None);
+        };
+        Ok((parts.join(text) == delta).then(|| (parts, text.to_owned())))
+    }
+
+    /// Records the assistant's reply as a message (what the template renders next time).
+    pub fn push_reply(&mut self, content: &str) {
+        self.messages.push(Message::assistant(content));
+    }
+
+    /// Records text that went into the cache outside the template: a reply as generated,
+    /// its end-of-turn token's text, or raw text.
+    pub fn push_cached(&mut self, text: &str) {
+        self.cached.push_str(text);
+    }
+
+    /// The reply as generated: [`push_reply`](Self::push_reply) of `text` and
+    /// [`push_cached`](Self::push_cached) of `text` then `end_of_turn` (the text of the
+    /// end-of-turn token that closed it, if it is or will be in the cache).
+    pub fn reply(&mut self, text: &str, end_of_turn: Option<&str>) {
+        self.push_reply(text);
+        self.push_cached(text);
+        self.push_cached(end_of_turn.unwrap_or(""));
+    }
+
+    /// Forgets the turns (the system message stays) and the cached text.
+    pub fn reset(&mut self) {
+        self.messages
+            .truncate(usize::from(self.messages.first().is_some_and(|m| m.role == "system")));
+        self.cached.clear();
+        self.turns = 0;
+    }
+}
+
+/// Length of the longest common prefix of `a` and `b`, on a character boundary.
+fn common_prefix(a: &str, b: &str) -> usize {
+    a.char_indices()
+        .zip(b.chars())
+        .find(|((_, ca), cb)| ca != cb)
+        .map_or(a.len().min(b.len()), |((i, _), _)| i)
+}
