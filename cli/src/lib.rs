@@ -31,6 +31,7 @@ mod perplexity;
 mod plot;
 mod quantize;
 mod run;
+mod serve;
 mod tokenize;
 
 use std::process::ExitCode;
@@ -56,6 +57,8 @@ enum Command {
     Batch(batch::BatchArgs),
     /// Tokens/s like llama-bench; --batch: engine throughput by batch size; --scaling: time and KV memory vs N.
     Bench(bench::BenchArgs),
+    /// An OpenAI-compatible HTTP server (completions, chat, streaming) on the engine.
+    Serve(serve::ServeArgs),
     /// Interactive multi-turn chat with the model's chat template (Ctrl-D ends).
     Chat(chat::ChatArgs),
     /// Print the token ids of a text as a JSON array.
@@ -75,6 +78,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(a) => run::main(a),
         Command::Batch(a) => batch::main(a),
+        Command::Serve(a) => serve::main(a),
         Command::Bench(a) => bench::main(a),
         Command::Chat(a) => chat::main(a),
         Command::Tokenize(a) => tokenize::main(a),
