@@ -3,7 +3,7 @@
 mod common;
 
 use pagoda::cpu::model::{
-    BatchItem, ForwardScratch, KvCache, KvType, Llama, Logits, Session, SessionOptions,
+    ForwardScratch, KvCache, KvType, Llama, Logits, SeqItem, Session, SessionOptions,
 };
 use pagoda::cpu::sampler::argmax;
 
@@ -35,12 +35,13 @@ fn batched_greedy_equals_each_sequence_alone() {
     // Step 0: all prompts in one batch; then one decode token per sequence per step.
     let mut next: Vec<Vec<u32>> = prompts.clone();
     for _ in 0..steps {
-        let mut items: Vec<BatchItem> = tables
+        let mut items: Vec<SeqItem> = tables
             .iter_mut()
             .zip(&next)
-            .map(|(table, toks)| BatchItem { table, tokens: toks, logits: Logits::Last })
+            .map(|(table, toks)| SeqItem::new(table, toks, Logits::Last))
             .collect();
-        let logits = model.forward_batch(&mut cache, &mut items, &mut scratch).unwrap();
+        let batch = cache.prepare(&mut items).unwrap();
+        let logits = model.forward(&mut cache, &batch, &mut scratch).unwrap();
         for (i, l) in logits.iter().enumerate() {
             let t = argmax(l);
             got[i].push(t);

@@ -24,7 +24,8 @@ fn gelu_table_equals_ggml_cpu() {
 
 use pagoda::cpu::engine::{Engine, EngineConfig, Request};
 use pagoda::cpu::model::{
-    droppable_pages, ForwardScratch, KvCache, KvType, Llama, Logits, Session, SessionOptions,
+    droppable_pages, ForwardScratch, KvCache, KvType, Llama, Logits, SeqItem, Session,
+    SessionOptions,
 };
 use pagoda::cpu::sampler::argmax;
 use pagoda::cpu::tokenizer::Tokenizer;
@@ -85,7 +86,9 @@ fn windowed_layers_keep_only_their_pages_and_give_the_logits_of_a_masked_full_ca
         let n = sizes[step % sizes.len()].min(tokens.len() - at);
         let chunk = &tokens[at..at + n];
         let got = session.eval(chunk).unwrap();
-        let want = model.forward(&mut full, &mut table, chunk, Logits::Last, &mut scratch).unwrap();
+        let mut items = [SeqItem::new(&mut table, chunk, Logits::Last)];
+        let batch = full.prepare(&mut items).unwrap();
+        let want = model.forward(&mut full, &batch, &mut scratch).unwrap().remove(0);
         at += n;
         step += 1;
         let differ = got.iter().zip(&want).filter(|(a, b)| a.to_bits() != b.to_bits()).count();

@@ -180,7 +180,7 @@ fn invalid(message: impl Into<String>) -> Failure {
 fn model_status(e: &ModelError) -> pagoda_status {
     match e {
         ModelError::File(ModelFileError::Io { .. }) => PAGODA_ERR_IO,
-        ModelError::ContextFull { .. } | ModelError::KvFull(_) => PAGODA_ERR_CONTEXT_FULL,
+        ModelError::ContextFull { .. } | ModelError::OutOfPages { .. } => PAGODA_ERR_CONTEXT_FULL,
         _ => PAGODA_ERR_MODEL,
     }
 }

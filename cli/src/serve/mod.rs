@@ -149,29 +149,20 @@ pub fn main(a: ServeArgs) -> CliResult {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
     });
-    let model = &loaded.model;
-    std::thread::scope(|scope| -> CliResult {
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let policy = a.kv_policy;
-        let worker_metrics = metrics.clone();
-        let check = a.check_invariants;
-        let engine_thread = scope.spawn(move || match Engine::with_policy(model, config, policy) {
-            Ok(engine) => {
-                let _ = ready_tx.send(Ok(()));
-                worker::run(engine, command_rx, worker_metrics, check);
-            }
-            Err(e) => {
-                let _ = ready_tx.send(Err(e.to_string()));
-            }
-        });
-        ready_rx.recv().map_err(|_| "the engine thread stopped")??;
-        let served = serve_http(&a, addr, state.clone());
-        // Whatever happened, the engine thread stops.
-        let _ = state.commands.send(worker::Command::CancelAll);
-        let _ = state.commands.send(worker::Command::Exit);
-        engine_thread.join().map_err(|_| "the engine thread panicked")?;
-        served
-    })
+    // The engine owns its model (shared) and lives on a thread of its own.
+    let model = Arc::new(loaded.model);
+    let engine = Engine::shared(model, config, a.kv_policy)?;
+    let check = a.check_invariants;
+    let engine_thread = std::thread::Builder::new()
+        .name("engine".into())
+        .spawn(move || worker::run(engine, command_rx, metrics, check))
+        .map_err(|e| format!("cannot start the engine thread: {e}"))?;
+    let served = serve_http(&a, addr, state.clone());
+    // Whatever happened, the engine thread stops.
+    let _ = state.commands.send(worker::Command::CancelAll);
+    let _ = state.commands.send(worker::Command::Exit);
+    engine_thread.join().map_err(|_| "the engine thread panicked")?;
+    served
 }
 
 /// Runs the HTTP side on a single-threaded tokio runtime until a signal ends it.

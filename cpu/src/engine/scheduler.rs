@@ -7,7 +7,7 @@
 //!                                                       still prefilling gets a chunk
 //!   waiting (FIFO):          E:chunk  F:…               admitted while pages and budget last
 //!   ─────────────────────────────────────────────────
-//!   forward_batch(A B C D E)   → logits of every sequence whose pending tokens are all in
+//!   forward(A B C D E)         → logits of every sequence whose pending tokens are all in
 //!                                → sample, stream, finish, free pages at once
 //! ```
 //!
@@ -47,6 +47,7 @@
 //! [`Session`]: crate::model::Session
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
 use pagoda_core::evict::KvPolicy;
 use pagoda_core::pool::PageId;
@@ -60,7 +61,7 @@ use super::{
 };
 use crate::model::{
     drop_out_of_window, droppable_pages, max_window_pages, Evictor, ForwardScratch, KvCache,
-    KvType, Llama, Logits, SeqItem, SeqTable,
+    KvType, Llama, Logits, ModelRef, SeqItem, SeqTable,
 };
 use crate::sampler::{log_probs, Sampler, SamplerConfig};
 
@@ -127,7 +128,7 @@ struct Group {
 /// ```
 #[derive(Debug)]
 pub struct Engine<'m> {
-    model: &'m Llama,
+    model: ModelRef<'m>,
     cache: KvCache,
     index: PrefixIndex,
     config: EngineConfig,
@@ -143,6 +144,19 @@ pub struct Engine<'m> {
     policy: KvPolicy,
     /// Block tables per sequence: 1, or `n_layers` under a per-layer policy.
     n_tables: usize,
+}
+
+impl Engine<'static> {
+    /// An engine that shares ownership of its model: it borrows nothing, so it can be
+    /// stored or moved to a thread of its own (a server's engine thread). Otherwise as
+    /// [`with_policy`](Self::with_policy).
+    pub fn shared(
+        model: Arc<Llama>,
+        config: EngineConfig,
+        policy: KvPolicy,
+    ) -> Result<Self, EngineError> {
+        Self::build(ModelRef::Shared(model), config, policy)
+    }
 }
 
 impl<'m> Engine<'m> {
@@ -170,6 +184,14 @@ impl<'m> Engine<'m> {
     /// windowed layers × the window. Prefix caching is off for it.
     pub fn with_policy(
         model: &'m Llama,
+        config: EngineConfig,
+        policy: KvPolicy,
+    ) -> Result<Self, EngineError> {
+        Self::build(ModelRef::Borrowed(model), config, policy)
+    }
+
+    fn build(
+        model: ModelRef<'m>,
         config: EngineConfig,
         policy: KvPolicy,
     ) -> Result<Self, EngineError> {
@@ -784,7 +806,7 @@ impl<'m> Engine<'m> {
                 .evict_lru(self.cache.pool_mut())
                 .map_err(|e| EngineError::Table(TableError::Pool(e)))?;
             if evicted.is_none() {
-                break; // forward_batch reports the shortage (cannot happen: reserved fits)
+                break; // KvCache::prepare reports the shortage (cannot happen: reserved fits)
             }
             self.stats.evictions += 1;
         }
@@ -891,7 +913,15 @@ impl<'m> Engine<'m> {
             // Evicted tokens: the new ones keep their positions in the text.
             items.push(SeqItem { tables, tokens: &tokens[start..start + n], pos0: start, logits });
         }
-        let logits = self.model.forward_items(&mut self.cache, &mut items, &mut self.scratch)?;
+        // All or nothing: a failed pass gives every slot back.
+        let batch = self.cache.prepare(&mut items)?;
+        let logits = match self.model.forward(&mut self.cache, &batch, &mut self.scratch) {
+            Ok(l) => l,
+            Err(e) => {
+                self.cache.rollback(&mut items, batch);
+                return Err(e.into());
+            }
+        };
         drop(items);
         // The batch's queries, `[layer][batch token][q]`, for the policies that score pages.
         let queries = self.scratch.take_queries();

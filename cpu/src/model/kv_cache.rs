@@ -173,6 +173,8 @@ pub struct KvCache {
     kv_type: KvType,
     page_bytes: usize,
     per_layer: bool,
+    /// The model's layers (a sequence's table count under `per_layer`).
+    n_layers: usize,
 }
 
 fn slab<T: KvFormat + bytemuck::Pod>(
@@ -241,12 +243,21 @@ impl KvCache {
         entries.resize(n_pages, PageEntry::default());
         let pool =
             BlockPool::new(entries).map_err(|e| ModelError::Invalid(format!("KV cache: {e}")))?;
-        Ok(KvCache { pool, store, config, kv_type, page_bytes, per_layer })
+        Ok(KvCache { pool, store, config, kv_type, page_bytes, per_layer, n_layers: c.n_layers })
     }
 
     /// Whether pages are single-layer (one table per layer, [`new_per_layer`](Self::new_per_layer)).
     pub fn per_layer(&self) -> bool {
         self.per_layer
+    }
+
+    /// Block tables per sequence: one per layer for single-layer pages, else one.
+    pub fn table_groups(&self) -> usize {
+        if self.per_layer {
+            self.n_layers
+        } else {
+            1
+        }
     }
 
     /// The slab layer holding model layer `layer`'s K/V: `layer`, or 0 for single-layer pages.
@@ -314,6 +325,10 @@ impl KvCache {
     /// truncated back to its old length.
     pub fn append(&mut self, table: &mut SeqTable, n: usize) -> Result<(), ModelError> {
         let old = table.len();
+        let bs = self.block_size();
+        // Pages the append takes (a copy-on-write copy of a shared last page not counted).
+        let needed = (old + n).div_ceil(bs).saturating_sub(table.pages().len());
+        let free = self.pool.free_count();
         for _ in 0..n {
             match table.append_slot(&mut self.pool) {
                 Ok(outcome) => {
@@ -321,14 +336,9 @@ impl KvCache {
                         self.copy_page(cow);
                     }
                 }
-                Err(e) => {
+                Err(_) => {
                     let _ = table.truncate(old, &mut self.pool);
-                    return Err(ModelError::KvFull(format!(
-                        "no free KV page for token {} of the sequence ({e}; {} pages of {} tokens)",
-                        table.len() + 1,
-                        self.pool.capacity(),
-                        self.block_size()
-                    )));
+                    return Err(ModelError::OutOfPages { needed: needed.max(1), free });
                 }
             }
         }

@@ -29,15 +29,15 @@ use pagoda_core::attention::AttnConfig;
 use pagoda_core::gguf::Gguf;
 use pagoda_core::kv::{KvFormat, KvPages};
 use pagoda_core::ops::RopeTable;
-use pagoda_core::pool::PageId;
 use rayon::prelude::*;
 
 use crate::attention::{paged_attention, paged_attention_f16};
 use crate::kernels::{Kernels, MatmulScratch};
 use crate::model_file::ModelFile;
 
+use super::batch::{Batch, BatchLayout, SeqSpan};
 use super::config::{FfnActivation, RopeStyle};
-use super::kv_cache::{reference_attention, AttentionFn, KvCache, KvStore, SeqTable};
+use super::kv_cache::{reference_attention, AttentionFn, KvCache, KvStore};
 use super::kv_slab::KvSlab;
 use super::weights::{LlamaWeights, Weight};
 use super::{LlamaConfig, ModelError, MAX_ROPE_DIMS};
@@ -250,185 +250,43 @@ impl Llama {
         &self.file
     }
 
-    /// Runs `tokens` through the model as the next tokens of the sequence `table`
-    /// (whose first `table.len()` tokens are already cached): appends their K/V to the
-    /// cache and returns the logits asked for (`n_out × vocab`, row-major).
+    /// The forward pass over a batch [`prepare`](KvCache::prepare)d in `cache`: every
+    /// item's new tokens (a decode step of some sequences, prompt chunks of others) go
+    /// through each matmul together, so each weight is read once per pass; their K/V are
+    /// written into the slots the batch reserved; attention reads each sequence's own
+    /// pages. Returns each item's logits as it asked for (`n_out × vocab`, row-major).
     ///
-    /// On error nothing is appended: the table keeps its old length.
+    /// On error the K/V written may be partial: give the batch back with
+    /// [`KvCache::rollback`], which returns the tables to their old lengths.
     pub fn forward(
         &self,
         cache: &mut KvCache,
-        table: &mut SeqTable,
-        tokens: &[u32],
-        logits: Logits,
-        scratch: &mut ForwardScratch,
-    ) -> Result<Vec<f32>, ModelError> {
-        self.forward_shifted(cache, table, tokens, 0, logits, scratch)
-    }
-
-    /// [`forward`](Self::forward) for a sequence that has lost `pos_shift` tokens before its
-    /// cached ones (KV eviction): the token at cache slot `p` gets RoPE position
-    /// `p + pos_shift`, its position in the original text.
-    pub fn forward_shifted(
-        &self,
-        cache: &mut KvCache,
-        table: &mut SeqTable,
-        tokens: &[u32],
-        pos_shift: usize,
-        logits: Logits,
-        scratch: &mut ForwardScratch,
-    ) -> Result<Vec<f32>, ModelError> {
-        let pos0 = table.len() + pos_shift;
-        let mut items = [SeqItem { tables: std::slice::from_mut(table), tokens, pos0, logits }];
-        let mut out = self.forward_items(cache, &mut items, scratch)?;
-        Ok(out.pop().unwrap_or_default())
-    }
-
-    /// [`forward`](Self::forward) for a sequence with one table per layer, in a cache of
-    /// single-layer pages ([`KvCache::new_per_layer`]): layer `l` writes into and attends over
-    /// `tables[l]` only, so each layer may have kept a different set of pages (PyramidKV).
-    /// The new tokens get RoPE positions `pos0, pos0 + 1, …` (their positions in the text).
-    ///
-    /// On error nothing is appended to any table.
-    pub fn forward_per_layer(
-        &self,
-        cache: &mut KvCache,
-        tables: &mut [SeqTable],
-        tokens: &[u32],
-        pos0: usize,
-        logits: Logits,
-        scratch: &mut ForwardScratch,
-    ) -> Result<Vec<f32>, ModelError> {
-        let mut items = [SeqItem { tables, tokens, pos0, logits }];
-        let mut out = self.forward_items(cache, &mut items, scratch)?;
-        Ok(out.pop().unwrap_or_default())
-    }
-
-    /// One forward pass over a flat batch: the next tokens of several sequences (a decode
-    /// step of each running sequence, prompt chunks of others) go through every matmul
-    /// together, so each weight is read once per step; attention reads each sequence's
-    /// own pages. Returns each item's logits as asked for (`n_out × vocab`).
-    ///
-    /// All or nothing: on error no table changes length.
-    pub fn forward_batch(
-        &self,
-        cache: &mut KvCache,
-        items: &mut [BatchItem<'_>],
+        batch: &Batch,
         scratch: &mut ForwardScratch,
     ) -> Result<Vec<Vec<f32>>, ModelError> {
-        self.forward_batch_shifted(cache, items, &[], scratch)
-    }
-
-    /// [`forward_batch`](Self::forward_batch) with item `i`'s RoPE positions shifted by
-    /// `pos_shifts[i]` (0 where the slice is short): sequences that lost tokens to KV
-    /// eviction (see [`forward_shifted`](Self::forward_shifted)).
-    pub fn forward_batch_shifted(
-        &self,
-        cache: &mut KvCache,
-        items: &mut [BatchItem<'_>],
-        pos_shifts: &[usize],
-        scratch: &mut ForwardScratch,
-    ) -> Result<Vec<Vec<f32>>, ModelError> {
-        let mut seq_items: Vec<SeqItem<'_>> = items
-            .iter_mut()
-            .enumerate()
-            .map(|(i, it)| {
-                let pos0 = it.table.len() + pos_shifts.get(i).copied().unwrap_or(0);
-                SeqItem {
-                    tables: std::slice::from_mut(&mut *it.table),
-                    tokens: it.tokens,
-                    pos0,
-                    logits: it.logits,
-                }
-            })
-            .collect();
-        self.forward_items(cache, &mut seq_items, scratch)
-    }
-
-    /// The forward pass over any items: appends each item's tokens to each of its tables,
-    /// lays the batch out, runs it; returns each item's logits as asked for (`n_out ×
-    /// vocab`). [`forward_batch`](Self::forward_batch) for sequences with one table per
-    /// layer (single-layer pages, [`KvCache::new_per_layer`]), as the engine batches them
-    /// under PyramidKV: each item gives its RoPE positions (`pos0`) itself.
-    ///
-    /// All or nothing: on error no table changes length.
-    pub fn forward_items(
-        &self,
-        cache: &mut KvCache,
-        items: &mut [SeqItem<'_>],
-        scratch: &mut ForwardScratch,
-    ) -> Result<Vec<Vec<f32>>, ModelError> {
+        let layout = batch.layout();
+        if let Some(&bad) = layout.tokens.iter().find(|&&t| t as usize >= self.config.vocab_size) {
+            return Err(ModelError::Invalid(format!(
+                "token id {bad} is outside the vocabulary ({} tokens)",
+                self.config.vocab_size
+            )));
+        }
         let groups = if cache.per_layer() { self.config.n_layers } else { 1 };
-        for it in items.iter() {
-            if let Some(&bad) = it.tokens.iter().find(|&&t| t as usize >= self.config.vocab_size) {
-                return Err(ModelError::Invalid(format!(
-                    "token id {bad} is outside the vocabulary ({} tokens)",
-                    self.config.vocab_size
-                )));
-            }
-            if it.tables.len() != groups {
-                return Err(ModelError::Invalid(format!(
-                    "{} block tables for a sequence in a cache of {} pages (needs {groups})",
-                    it.tables.len(),
-                    if cache.per_layer() { "single-layer" } else { "all-layer" }
-                )));
-            }
+        if layout.slots.len() != groups {
+            return Err(ModelError::Invalid(format!(
+                "a batch of {} table groups for a cache of {} pages (needs {groups})",
+                layout.slots.len(),
+                if cache.per_layer() { "single-layer" } else { "all-layer" }
+            )));
         }
-        // Take the slots of every new token; undo everything if the pool runs dry.
-        let mut layout = BatchLayout {
-            slots: vec![Vec::new(); groups],
-            per_layer: cache.per_layer(),
-            ..BatchLayout::default()
-        };
-        let mut old_lens: Vec<Vec<usize>> = Vec::with_capacity(items.len());
-        let undo = |cache: &mut KvCache, items: &mut [SeqItem<'_>], old_lens: &[Vec<usize>]| {
-            for (it, olds) in items.iter_mut().zip(old_lens) {
-                for (t, &old) in it.tables.iter_mut().zip(olds) {
-                    cache.truncate(t, old);
-                }
-            }
-        };
-        for i in 0..items.len() {
-            let olds: Vec<usize> = items[i].tables.iter().map(|t| t.len()).collect();
-            let n = items[i].tokens.len();
-            for g in 0..groups {
-                if let Err(e) = cache.append(&mut items[i].tables[g], n) {
-                    old_lens.push(olds);
-                    undo(cache, items, &old_lens);
-                    return Err(e);
-                }
-            }
-            let it = &items[i];
-            let off = layout.tokens.len();
-            for (g, (t, &old)) in it.tables.iter().zip(&olds).enumerate() {
-                for p in old..old + n {
-                    let sl = t.slot(p).expect("slot appended above");
-                    layout.slots[g].push((sl.page, sl.slot));
-                }
-            }
-            layout.positions.extend(it.pos0..it.pos0 + n);
-            layout.tokens.extend_from_slice(it.tokens);
-            layout.spans.push(SeqSpan {
-                pages: it.tables.iter().map(|t| t.pages().to_vec()).collect(),
-                n_ctx: it.tables.iter().map(|t| t.len()).collect(),
-                off,
-                n,
-                logits: it.logits,
-            });
-            old_lens.push(olds);
-        }
-        let result = match cache.store_mut() {
-            KvStore::F32(kv) => self.run(kv, &layout, scratch, paged_attention),
-            KvStore::F16(kv) => self.run(kv, &layout, scratch, paged_attention_f16),
-            KvStore::Bf16(kv) => self.run(kv, &layout, scratch, paged_attention),
+        match cache.store_mut() {
+            KvStore::F32(kv) => self.run(kv, layout, scratch, paged_attention),
+            KvStore::F16(kv) => self.run(kv, layout, scratch, paged_attention_f16),
+            KvStore::Bf16(kv) => self.run(kv, layout, scratch, paged_attention),
             // No SIMD kernels for block formats yet: core's reference, tokens in parallel.
-            KvStore::Q8_0(kv) => self.run(kv, &layout, scratch, reference_attention),
-            KvStore::Q4_0(kv) => self.run(kv, &layout, scratch, reference_attention),
-        };
-        if result.is_err() {
-            undo(cache, items, &old_lens);
+            KvStore::Q8_0(kv) => self.run(kv, layout, scratch, reference_attention),
+            KvStore::Q4_0(kv) => self.run(kv, layout, scratch, reference_attention),
         }
-        result
     }
 
     /// The pass over a laid-out batch, checked for non-finite values: the last hidden state
@@ -762,54 +620,4 @@ impl Llama {
         }
         Ok(out)
     }
-}
-
-/// One sequence's part of [`Llama::forward_batch`].
-#[derive(Debug)]
-pub struct BatchItem<'a> {
-    /// The sequence's block table (its cached tokens come first).
-    pub table: &'a mut SeqTable,
-    /// The tokens to append.
-    pub tokens: &'a [u32],
-    /// Which of them need logits.
-    pub logits: Logits,
-}
-
-/// One sequence's part of [`Llama::forward_items`]: [`BatchItem`], or a sequence with a
-/// table per layer.
-#[derive(Debug)]
-pub struct SeqItem<'a> {
-    /// One table shared by every layer (all-layer pages), or one per layer (single-layer
-    /// pages); the cached tokens of each come first.
-    pub tables: &'a mut [SeqTable],
-    /// The tokens to append.
-    pub tokens: &'a [u32],
-    /// Text position (RoPE) of the first token.
-    pub pos0: usize,
-    /// Which of them need logits.
-    pub logits: Logits,
-}
-
-/// A sequence's tokens within the flat batch.
-#[derive(Debug)]
-struct SeqSpan {
-    /// Pages per table group (one group, or one per layer), after the append.
-    pages: Vec<Vec<PageId>>,
-    /// Tokens per table group after the append (what the last new token sees).
-    n_ctx: Vec<usize>,
-    off: usize,
-    n: usize,
-    logits: Logits,
-}
-
-/// Where every token of a flat batch comes from and goes to.
-#[derive(Debug, Default)]
-struct BatchLayout {
-    spans: Vec<SeqSpan>,
-    tokens: Vec<u32>,
-    positions: Vec<usize>,
-    /// Where each token's K/V goes, per table group: `slots[g][token]`.
-    slots: Vec<Vec<(PageId, usize)>>,
-    /// One table group per layer, in slab layer 0 (single-layer pages).
-    per_layer: bool,
 }

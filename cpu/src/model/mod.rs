@@ -7,22 +7,26 @@
 //! - [`Session`]: one sequence with its own cache, the unit the CLI drives.
 //! - [`drop_out_of_window`]: sliding-window layers give back the pages their window left.
 
+mod batch;
 mod config;
 mod eviction;
 mod kv_cache;
 mod kv_slab;
 mod llama;
+mod model_ref;
 mod session;
 mod weights;
 mod window;
 
 use std::fmt;
 
+pub use batch::{Batch, SeqItem};
 pub use config::{Family, FfnActivation, LlamaConfig, RopeStyle, MAX_ROPE_DIMS};
 pub use eviction::Evictor;
 pub use kv_cache::{KvCache, KvStore, KvType, SeqTable};
 pub use kv_slab::KvSlab;
-pub use llama::{BatchItem, ForwardScratch, Llama, Logits, SeqItem};
+pub use llama::{ForwardScratch, Llama, Logits};
+pub use model_ref::ModelRef;
 pub use session::{Session, SessionOptions};
 pub use weights::{LayerWeights, LlamaWeights, Weight};
 pub use window::{drop_out_of_window, droppable_pages, max_window_pages};
@@ -49,8 +53,13 @@ pub enum ModelError {
         /// The context size.
         n_ctx: usize,
     },
-    /// The KV page pool is exhausted.
-    KvFull(String),
+    /// The KV page pool has fewer free pages than a step needs (nothing was appended).
+    OutOfPages {
+        /// Pages the step needed (at least).
+        needed: usize,
+        /// Free pages in the pool.
+        free: usize,
+    },
     /// The forward pass produced NaN or infinite values: the weights (or the input) are
     /// broken. `layer` is the first block whose output is non-finite, `None` if the blocks
     /// are all finite and the values appear later (final norm, LM head) or earlier (the
@@ -81,7 +90,11 @@ impl fmt::Display for ModelError {
                 f,
                 "the sequence needs {needed} tokens but the context holds {n_ctx} (raise -c)"
             ),
-            ModelError::KvFull(m) => write!(f, "KV cache full: {m}"),
+            ModelError::OutOfPages { needed, free } => write!(
+                f,
+                "KV cache full: the step needs {needed} more pages, {free} are free \
+                 (raise --kv-pages, or shorten the request)"
+            ),
             ModelError::NonFinite { layer: Some(l), what } => write!(
                 f,
                 "non-finite values (NaN or infinity) in the {what} after layer {l}: the model's \

@@ -5,11 +5,12 @@ use std::sync::Arc;
 
 use pagoda_core::evict::{EvictionRule, KvPolicy};
 
+use super::batch::SeqItem;
 use super::eviction::Evictor;
 use super::kv_cache::{KvCache, KvType, SeqTable};
 use super::llama::{ForwardScratch, Llama, Logits};
 use super::window::{drop_out_of_window, max_window_pages};
-use super::ModelError;
+use super::{ModelError, ModelRef};
 
 /// Settings of a [`Session`].
 #[derive(Clone, Debug, PartialEq)]
@@ -64,24 +65,6 @@ pub struct Session<'m> {
     /// in the context's pages (else the pool is capped at the context and so is the sequence).
     runs_past_ctx: bool,
     peak_pages: usize,
-}
-
-/// The model a session runs: borrowed, or shared ownership (a `Session<'static>` that can
-/// be stored and moved between threads without borrowing anything).
-#[derive(Clone, Debug)]
-enum ModelRef<'m> {
-    Borrowed(&'m Llama),
-    Shared(Arc<Llama>),
-}
-
-impl std::ops::Deref for ModelRef<'_> {
-    type Target = Llama;
-    fn deref(&self) -> &Llama {
-        match self {
-            ModelRef::Borrowed(m) => m,
-            ModelRef::Shared(m) => m,
-        }
-    }
 }
 
 impl Session<'static> {
@@ -369,28 +352,14 @@ impl<'m> Session<'m> {
 
     fn forward(&mut self, chunk: &[u32], want: Logits) -> Result<Vec<f32>, ModelError> {
         if self.windowed() {
-            let pos0 = self.tokens.len();
-            let l = self.model.forward_per_layer(
-                &mut self.cache,
-                &mut self.tables,
-                chunk,
-                pos0,
-                want,
-                &mut self.scratch,
-            )?;
+            let l = self.pass(chunk, want)?;
             self.tokens.extend_from_slice(chunk);
             self.peak_pages = self.peak_pages.max(self.cache.pages_in_use());
             drop_out_of_window(&mut self.cache, &mut self.tables, self.model.config())?;
             return Ok(l);
         }
         if !self.evictor.evicts() {
-            let l = self.model.forward(
-                &mut self.cache,
-                &mut self.tables[0],
-                chunk,
-                want,
-                &mut self.scratch,
-            )?;
+            let l = self.pass(chunk, want)?;
             self.tokens.extend_from_slice(chunk);
             self.peak_pages = self.peak_pages.max(self.cache.pages_in_use());
             return Ok(l);
@@ -413,26 +382,7 @@ impl<'m> Session<'m> {
             };
             self.evictor.evict(&mut self.cache, &mut self.tables)?;
             let pos0 = self.tokens.len();
-            let l = if self.cache.per_layer() {
-                self.model.forward_per_layer(
-                    &mut self.cache,
-                    &mut self.tables,
-                    step,
-                    pos0,
-                    step_want,
-                    &mut self.scratch,
-                )?
-            } else {
-                let shift = pos0 - self.tables[0].len();
-                self.model.forward_shifted(
-                    &mut self.cache,
-                    &mut self.tables[0],
-                    step,
-                    shift,
-                    step_want,
-                    &mut self.scratch,
-                )?
-            };
+            let l = self.pass(step, step_want)?;
             self.evictor.appended(&self.tables, pos0, n);
             let queries = self.scratch.take_queries();
             self.evictor.add_mass(&self.cache, &self.tables, self.model.config(), &queries, n)?;
@@ -442,6 +392,22 @@ impl<'m> Session<'m> {
             at += n;
         }
         Ok(out)
+    }
+
+    /// One forward pass over `tokens` as the sequence's next tokens, in every table; their
+    /// RoPE positions continue the text (`self.tokens.len()` on, whatever was evicted). All
+    /// or nothing: on error no table changes length.
+    fn pass(&mut self, tokens: &[u32], want: Logits) -> Result<Vec<f32>, ModelError> {
+        let pos0 = self.tokens.len();
+        let mut items = [SeqItem { tables: &mut self.tables, tokens, pos0, logits: want }];
+        let batch = self.cache.prepare(&mut items)?;
+        match self.model.forward(&mut self.cache, &batch, &mut self.scratch) {
+            Ok(mut logits) => Ok(logits.pop().unwrap_or_default()),
+            Err(e) => {
+                self.cache.rollback(&mut items, batch);
+                Err(e)
+            }
+        }
     }
 
     /// Drops tokens past `n`, giving their pages back. Under eviction, the cache keeps the
