@@ -1,23 +1,23 @@
-//! Fuzz chat templates: `ChatTemplate::from_jinja` on arbitrary text recognises a family or
-//! names what it found, never panicking; a recognised template renders any conversation and
-//! any user turn, with every message's role and content in order in the output.
+//! Fuzz chat templates: `ChatTemplate::new` compiles arbitrary Jinja or names the syntax
+//! error, never panicking; a compiled template renders any conversation to text or a typed
+//! error (no panic, no hang: recursion and output are bounded); ChatML renders every
+//! message's role and content in order; a `Conversation` over the template never panics.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pagoda_cpu::chat::{ChatTemplate, Message};
+use pagoda_cpu::chat::{ChatTemplate, ChatTemplateError, Message};
 
 struct Input {
     template: String,
+    bos: String,
     messages: Vec<(String, String)>,
     add_generation_prompt: bool,
-    system: Option<String>,
-    user: String,
-    first: bool,
 }
 
-/// The input: one flag byte (bit 0: add the generation prompt, bit 1: first turn, bit 2:
-/// a system prompt), then NUL-separated lossy UTF-8 fields: template, system, user, and
-/// role/content pairs. Seeds are readable text.
+/// The input: one flag byte (bit 0: add the generation prompt, bit 2: a system message,
+/// bit 3: BOS text `<bos>`), then NUL-separated lossy UTF-8 fields: template, system, user,
+/// then role/content pairs (the conversation: system, the pairs, user last). Seeds are
+/// readable text (`seeds/make_seeds.py`).
 fn input(data: &[u8]) -> Input {
     let flags = data.first().copied().unwrap_or(0);
     let rest = data.get(1..).unwrap_or(&[]);
@@ -25,38 +25,36 @@ fn input(data: &[u8]) -> Input {
     let template = fields.next().unwrap_or_default();
     let system = fields.next().filter(|_| flags & 4 != 0);
     let user = fields.next().unwrap_or_default();
-    let mut messages = Vec::new();
+    let mut messages: Vec<(String, String)> =
+        system.map(|s| ("system".to_string(), s)).into_iter().collect();
     while let (Some(role), Some(content)) = (fields.next(), fields.next()) {
         messages.push((role, content));
     }
-    Input {
-        template,
-        messages,
-        add_generation_prompt: flags & 1 != 0,
-        system,
-        user,
-        first: flags & 2 != 0,
-    }
+    messages.push(("user".to_string(), user));
+    let bos = if flags & 8 != 0 { "<bos>" } else { "" }.to_string();
+    Input { template, bos, messages, add_generation_prompt: flags & 1 != 0 }
+}
+
+/// Whether `template` can run for a long time without failing: nested loops, macros (which
+/// may recurse twice per call), includes of itself, loops over huge strings. minijinja
+/// bounds recursion depth and output size, not CPU time (that needs its `fuel` feature), so
+/// such templates are compiled but not rendered.
+fn may_run_long(template: &str) -> bool {
+    let loops = ["for", "macro", "include", "import", "extends", "call"]
+        .iter()
+        .map(|k| template.matches(k).count())
+        .sum::<usize>();
+    loops > 1 || template.contains('*') || template.len() > 4096
 }
 
 fuzz_target!(|data: &[u8]| {
     let input = input(data);
-    let Ok(t) = ChatTemplate::from_jinja(&input.template) else {
-        assert!(!input.template.contains("<|im_start|>"), "a ChatML template was refused");
-        return;
-    };
     let messages: Vec<Message> =
         input.messages.iter().take(64).map(|(r, c)| Message::new(r.as_str(), c.as_str())).collect();
-    let out = t.render(&messages, input.add_generation_prompt);
-    // The documented rendering: the template's default system block unless the conversation
-    // starts with a system message, every message in order, then the generation prompt.
-    let ChatTemplate::ChatMl { default_system } = &t;
+
+    // ChatML: the documented rendering.
+    let out = ChatTemplate::chatml().render(&messages, input.add_generation_prompt).unwrap();
     let mut want = String::new();
-    if messages.first().is_none_or(|m| m.role != "system") {
-        if let Some(sys) = default_system {
-            want += &format!("<|im_start|>system\n{sys}<|im_end|>\n");
-        }
-    }
     for m in &messages {
         want += &format!("<|im_start|>{}\n{}<|im_end|>\n", m.role, m.content);
     }
@@ -64,14 +62,25 @@ fuzz_target!(|data: &[u8]| {
         want += "<|im_start|>assistant\n";
     }
     assert_eq!(out, want);
-    let turn = t.user_turn(input.system.as_deref(), &input.user, input.first);
-    let tail = format!("<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n", input.user);
-    assert!(turn.ends_with(&tail), "{turn:?}");
-    if !input.first {
-        assert_eq!(turn, tail, "only the first turn has a system block");
-    } else if let Some(sys) = &input.system {
-        assert!(turn.starts_with(&format!("<|im_start|>system\n{sys}<|im_end|>\n")));
+
+    let t = match ChatTemplate::new(&input.template, &input.bos, "") {
+        Ok(t) => t,
+        Err(ChatTemplateError::Syntax { message, .. }) => {
+            assert!(!message.is_empty());
+            return;
+        }
+        Err(e) => panic!("compiling gave a non-syntax error: {e:?}"),
+    };
+    if may_run_long(&input.template) {
+        return;
     }
-    let _ = (t.end_of_reply(true), t.end_of_reply(false));
-    let _ = ChatTemplate::chatml().render(&messages, input.add_generation_prompt);
+    match t.render(&messages, input.add_generation_prompt) {
+        Ok(s) => {
+            assert!(s.len() <= pagoda_cpu::chat::MAX_OUTPUT_BYTES);
+            assert_eq!(t.starts_with_bos(&s), !input.bos.is_empty() && s.starts_with(&input.bos));
+        }
+        Err(e) => {
+            let _ = e.to_string();
+        }
+    }
 });
