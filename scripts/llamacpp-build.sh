@@ -11,7 +11,8 @@
 # builds those targets and prints the bin directory.
 #
 # Flags: Release, GGML_NATIVE=OFF with the instruction sets spelled out (AVX2, FMA, F16C,
-# BMI2, AVX-512 with VNNI/BF16/VBMI), AVX-VNNI only where /proc/cpuinfo lists it, no AMX.
+# BMI2, AVX-512 with VNNI/BF16/VBMI), AVX-VNNI only where /proc/cpuinfo lists it, no AMX;
+# llama-server without the embedded web UI (nothing is downloaded at build time).
 # Needs python3 + pip, a C++ compiler, cmake (pip-installed if missing). BUILD_JOBS: its -j.
 
 llamacpp_here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -22,12 +23,15 @@ llamacpp_build_dir="$llamacpp_cache/build"
 # Not GGML_NATIVE=ON: on a Xeon with AMX that build segfaults in ggml_backend_amx_mul_mat.
 # The same instruction sets but AMX, spelled out; AVX-VNNI (the VEX form) only where
 # /proc/cpuinfo lists it: some AVX-512 Xeons have only the EVEX form (SIGILL otherwise).
+# The server is configured (for llama-server, scripts/bench-server.sh) without its web UI:
+# LLAMA_USE_PREBUILT_UI=OFF, since that option would download prebuilt assets at build time.
 llamacpp_avx_vnni=OFF
 grep -qw avx_vnni /proc/cpuinfo 2>/dev/null && llamacpp_avx_vnni=ON
 llamacpp_cmake_flags="-DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=OFF \
 -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=ON \
 -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX_VNNI=$llamacpp_avx_vnni \
--DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF"
+-DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF \
+-DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF"
 
 # llamacpp_build NAME TARGET...: fetches the sdist if needed, configures, builds the targets.
 llamacpp_build() {
