@@ -3,7 +3,7 @@
 mod common;
 
 use pagoda::cpu::model::{
-    ForwardScratch, KvCache, KvType, Llama, Logits, SeqItem, Session, SessionOptions,
+    ForwardScratch, KvCache, KvType, Llama, Logits, ModelError, SeqItem, Session, SessionOptions,
 };
 use pagoda::cpu::sampler::argmax;
 
@@ -55,5 +55,35 @@ fn batched_greedy_equals_each_sequence_alone() {
         cache.free(t);
     }
     assert_eq!(cache.pages_in_use(), 0);
+    cache.pool().check_invariants().unwrap();
+}
+
+/// `KvCache::prepare` is all or nothing, and a shortage is a typed error a caller can match:
+/// `OutOfPages { needed, free }`, with every table back at its old length and no page taken.
+#[test]
+fn prepare_is_all_or_nothing_and_a_shortage_is_out_of_pages() {
+    let model = Llama::load(common::model_path()).expect("load model");
+    let mut cache = KvCache::new(model.config(), KvType::F16, 3, 16).unwrap();
+    let (mut a, mut b) = (cache.new_table(), cache.new_table());
+    let (ta, tb) = (vec![1u32; 20], vec![2u32; 30]);
+    {
+        let mut items =
+            [SeqItem::new(&mut a, &ta, Logits::Last), SeqItem::new(&mut b, &tb, Logits::Last)];
+        match cache.prepare(&mut items) {
+            Err(ModelError::OutOfPages { needed, free }) => assert_eq!((needed, free), (2, 1)),
+            other => panic!("expected OutOfPages, got {other:?}"),
+        }
+    }
+    assert_eq!((a.len(), b.len(), cache.pages_in_use()), (0, 0, 0));
+    // What fits is prepared, and a failed pass rolls back (here: an id outside the vocabulary).
+    let bad = vec![u32::MAX; 5];
+    let mut items =
+        [SeqItem::new(&mut a, &ta, Logits::Last), SeqItem::new(&mut b, &bad, Logits::Last)];
+    let batch = cache.prepare(&mut items).unwrap();
+    assert_eq!(batch.len(), 25);
+    let err = model.forward(&mut cache, &batch, &mut ForwardScratch::default()).unwrap_err();
+    assert!(matches!(err, ModelError::Invalid(_)), "{err}");
+    cache.rollback(&mut items, batch);
+    assert_eq!((a.len(), b.len(), cache.pages_in_use()), (0, 0, 0));
     cache.pool().check_invariants().unwrap();
 }

@@ -53,6 +53,7 @@ use pagoda_core::evict::KvPolicy;
 use pagoda_core::pool::PageId;
 use pagoda_core::table::TableError;
 
+use super::kv_manager::KvManager;
 use super::prefix_index::PrefixIndex;
 use super::sequence::Sequence;
 use super::{
@@ -60,8 +61,8 @@ use super::{
     StepOutput, TokenEvent, TokenLogprobs,
 };
 use crate::model::{
-    drop_out_of_window, droppable_pages, max_window_pages, Evictor, ForwardScratch, KvCache,
-    KvType, Llama, Logits, ModelRef, SeqItem, SeqTable,
+    droppable_pages, max_window_pages, Evictor, ForwardScratch, KvCache, KvType, Llama, Logits,
+    ModelRef, SeqItem, SeqTable,
 };
 use crate::sampler::{log_probs, Sampler, SamplerConfig};
 
@@ -129,8 +130,7 @@ struct Group {
 #[derive(Debug)]
 pub struct Engine<'m> {
     model: ModelRef<'m>,
-    cache: KvCache,
-    index: PrefixIndex,
+    kv: KvManager,
     config: EngineConfig,
     /// Not started, or preempted (at the front, oldest first). Hold no pages.
     waiting: VecDeque<Sequence>,
@@ -232,8 +232,7 @@ impl<'m> Engine<'m> {
         scratch.record_queries(policy.needs_attention_mass());
         Ok(Engine {
             model,
-            cache,
-            index: PrefixIndex::new(),
+            kv: KvManager::new(cache),
             config,
             waiting: VecDeque::new(),
             running: Vec::new(),
@@ -293,12 +292,17 @@ impl<'m> Engine<'m> {
 
     /// The pool and pages.
     pub fn cache(&self) -> &KvCache {
-        &self.cache
+        self.kv.cache()
     }
 
     /// The prefix index.
     pub fn prefix_index(&self) -> &PrefixIndex {
-        &self.index
+        self.kv.prefix_index()
+    }
+
+    /// The KV side: pool, pages and prefix index.
+    pub fn kv(&self) -> &KvManager {
+        &self.kv
     }
 
     /// Counters since creation.
@@ -324,7 +328,7 @@ impl<'m> Engine<'m> {
     /// Pages held by sequences (cached pages nobody uses excluded: they are reclaimable); in
     /// single-layer pages under a per-layer policy.
     pub fn pages_held(&self) -> usize {
-        self.cache.pool().used_count() - self.index.unused()
+        self.kv.pages_held()
     }
 
     /// Queues a request. Refused with a clear error if it is malformed, its id is in use,
@@ -381,7 +385,7 @@ impl<'m> Engine<'m> {
         } else {
             seq_pages.saturating_mul(self.n_tables).min(bound.unwrap_or(usize::MAX))
         };
-        let pages_total = self.cache.pool().capacity();
+        let pages_total = self.kv.cache().pool().capacity();
         if pages_needed > pages_total {
             return Err(EngineError::TooLarge { id, pages_needed, pages_total });
         }
@@ -405,7 +409,7 @@ impl<'m> Engine<'m> {
             sample: 0,
             prompt_len: req.prompt.len(),
             tokens: req.prompt,
-            tables: (0..self.n_tables).map(|_| self.cache.new_table()).collect(),
+            tables: (0..self.n_tables).map(|_| self.kv.new_table()).collect(),
             computed: 0,
             evictor,
             page_keys: Vec::new(),
@@ -442,7 +446,6 @@ impl<'m> Engine<'m> {
         }
         let logits = self.forward(&plan)?;
         self.stats.steps += 1;
-        let bs = self.cache.block_size();
         let prefix_caching = self.prefix_caching();
         let mut children = Vec::new();
         let mut finished = Vec::new();
@@ -458,7 +461,7 @@ impl<'m> Engine<'m> {
             self.stats.recomputed_tokens += recomputed as u64;
             out.batch_tokens += n;
             if prefix_caching && seq.unevicted() {
-                register_full_pages(seq, &mut self.index, &mut self.cache, bs)?;
+                self.kv.register_full_pages(&seq.tables[0], &seq.tokens, &mut seq.page_keys)?;
             }
             if seq.pending() > 0 {
                 continue; // a prompt chunk that is not the last: no logits
@@ -467,12 +470,7 @@ impl<'m> Engine<'m> {
             if seq.forks_pending > 0 {
                 for k in 1..=seq.forks_pending {
                     // Every table shares its pages with the child (copy-on-write).
-                    let tables = seq
-                        .tables
-                        .iter()
-                        .map(|t| t.fork(self.cache.pool_mut()))
-                        .collect::<Result<Vec<_>, _>>()
-                        .map_err(EngineError::Table)?;
+                    let tables = self.kv.fork(&seq.tables)?;
                     let mut cfg = group.sampler.clone();
                     cfg.seed = cfg.seed.wrapping_add(k as u64);
                     let mut sampler = Sampler::new(cfg)?;
@@ -570,7 +568,7 @@ impl<'m> Engine<'m> {
         }
         self.waiting = waiting;
         self.stats.cancelled += 1;
-        self.cache.pool().check_invariants()?;
+        self.kv.cache().pool().check_invariants()?;
         Ok(true)
     }
 
@@ -598,7 +596,7 @@ impl<'m> Engine<'m> {
             return Ok(None);
         };
         self.free_pages(&mut seq);
-        self.cache.pool().check_invariants()?;
+        self.kv.cache().pool().check_invariants()?;
         let group = self.groups.get_mut(&id).expect("a sequence's group exists");
         group.samples[sample] =
             Some(SampleOutput { tokens: seq.generated().to_vec(), finish: FinishReason::Stop });
@@ -617,32 +615,23 @@ impl<'m> Engine<'m> {
 
     /// Gives back every cached page no sequence uses; returns how many.
     pub fn clear_prefix_cache(&mut self) -> Result<usize, EngineError> {
-        self.index
-            .clear_unused(self.cache.pool_mut())
-            .map_err(|e| EngineError::Table(TableError::Pool(e)))
+        self.kv.clear_prefix_cache()
     }
 
     /// Checks the pool's invariants and that every page's refcount equals the number of
     /// its holders (sequence tables and the prefix index). O(pages × held ids): for tests.
     pub fn check_invariants(&self) -> Result<(), EngineError> {
-        let pool = self.cache.pool();
-        pool.check_invariants()?;
-        let cached = self.index.pages();
-        let holders = self
-            .running
-            .iter()
-            .chain(&self.waiting)
-            .flat_map(Sequence::page_lists)
-            .chain(std::iter::once(&cached[..]));
-        pool.check_holders(holders)?;
-        if self.n_tables > 1 && !cached.is_empty() {
+        self.kv.check_invariants(
+            self.running.iter().chain(&self.waiting).flat_map(Sequence::page_lists),
+        )?;
+        let cached = self.kv.prefix_index().len();
+        if self.n_tables > 1 && cached > 0 {
             return Err(EngineError::Inconsistent(format!(
                 "the prefix index holds {} single-layer pages (prefix caching is off under {})",
-                cached.len(),
-                self.policy
+                cached, self.policy
             )));
         }
-        let bs = self.cache.block_size();
+        let bs = self.kv.block_size();
         let c = self.model.config();
         let windowed = c.has_windows();
         for s in self.running.iter().chain(&self.waiting) {
@@ -704,7 +693,7 @@ impl<'m> Engine<'m> {
     /// Picks this step's batch: `(index into running, tokens)` in batch order, with the
     /// pages it needs free in the pool.
     fn schedule(&mut self) -> Result<Vec<(usize, usize)>, EngineError> {
-        let bs = self.cache.block_size();
+        let bs = self.kv.block_size();
         let mut budget = self.config.max_batch_tokens;
         let mut plan = Vec::new();
         let mut reserved = 0usize;
@@ -748,11 +737,8 @@ impl<'m> Engine<'m> {
         while !preempted && budget > 0 {
             let Some(seq) = self.waiting.front() else { break };
             let probe = (seq.tokens.len() - 1) / bs;
-            let hits = if prefix_caching {
-                self.index.longest_prefix(&seq.tokens, bs, probe)
-            } else {
-                Vec::new()
-            };
+            let hits =
+                if prefix_caching { self.kv.cached_prefix(&seq.tokens, probe) } else { Vec::new() };
             let cached = hits.len() * bs;
             let n = if seq.evictor.is_some() {
                 // The first step from a page boundary: a whole page (or the prompt's rest).
@@ -766,18 +752,13 @@ impl<'m> Engine<'m> {
             };
             // Prefix hits only with one table (prefix caching is off under per-layer policies).
             let need = (cached + n).div_ceil(bs) * self.n_tables - hits.len();
-            let hits_unused = hits.iter().filter(|(_, p)| self.index.is_unused(*p)).count();
+            let hits_unused = self.kv.reclaimable_among(&hits);
             if reserved + need > self.available() - hits_unused {
                 break;
             }
             let mut seq = self.waiting.pop_front().expect("front exists");
-            for &(key, page) in &hits {
-                self.index.acquire(page);
-                seq.tables[0]
-                    .push_shared_page(page, self.cache.pool_mut())
-                    .map_err(EngineError::Table)?;
-                seq.page_keys.push(key);
-            }
+            self.kv.share_cached(&mut seq.tables[0], &hits)?;
+            seq.page_keys.extend(hits.iter().map(|&(key, _)| key));
             seq.computed = cached;
             if let Some(ev) = &mut seq.evictor {
                 ev.appended(&seq.tables, 0, cached);
@@ -800,22 +781,14 @@ impl<'m> Engine<'m> {
             reserved += need;
             budget -= n;
         }
-        while self.cache.pool().free_count() < reserved {
-            let evicted = self
-                .index
-                .evict_lru(self.cache.pool_mut())
-                .map_err(|e| EngineError::Table(TableError::Pool(e)))?;
-            if evicted.is_none() {
-                break; // KvCache::prepare reports the shortage (cannot happen: reserved fits)
-            }
-            self.stats.evictions += 1;
-        }
+        // Reclaiming cannot fall short: `reserved` fits in what is available.
+        self.stats.evictions += self.kv.reserve(reserved)? as u64;
         Ok(plan)
     }
 
     /// Free pages plus cached pages nobody uses.
     fn available(&self) -> usize {
-        self.cache.pool().free_count() + self.index.unused()
+        self.kv.available()
     }
 
     /// New pages `running[i]` takes to append `n` tokens to each of its tables, and the
@@ -828,7 +801,7 @@ impl<'m> Engine<'m> {
         n: usize,
         cow_claims: &HashMap<PageId, u32>,
     ) -> Result<(usize, Vec<PageId>), EngineError> {
-        let bs = self.cache.block_size();
+        let bs = self.kv.block_size();
         let mut need = 0;
         let mut cows = Vec::new();
         for table in &self.running[i].tables {
@@ -839,7 +812,8 @@ impl<'m> Engine<'m> {
             }
             let last = *table.pages().last().expect("a partly filled page exists");
             let rc = self
-                .cache
+                .kv
+                .cache()
                 .pool()
                 .refcount(last)
                 .map_err(|e| EngineError::Table(TableError::Pool(e)))?;
@@ -868,13 +842,7 @@ impl<'m> Engine<'m> {
     /// Gives a sequence's pages back (every table's); cached ones nobody else holds become
     /// reclaimable, tail pages first (they are the least likely to be shared).
     fn free_pages(&mut self, seq: &mut Sequence) {
-        for table in &mut seq.tables {
-            let pages = table.pages().to_vec();
-            self.cache.free(table);
-            for &p in pages.iter().rev() {
-                self.index.released(p, self.cache.pool());
-            }
-        }
+        self.kv.release(&mut seq.tables);
         seq.computed = 0;
         if let Some(e) = &mut seq.evictor {
             e.reset();
@@ -886,11 +854,7 @@ impl<'m> Engine<'m> {
     fn evict(&mut self, i: usize) -> Result<(), EngineError> {
         let seq = &mut self.running[i];
         let Some(evictor) = &mut seq.evictor else { return Ok(()) };
-        let dropped = evictor.evict_pages(&mut self.cache, &mut seq.tables)?;
-        self.stats.policy_evictions += dropped.len() as u64;
-        for p in dropped {
-            self.index.released(p, self.cache.pool());
-        }
+        self.stats.policy_evictions += self.kv.evict(evictor, &mut seq.tables)? as u64;
         Ok(())
     }
 
@@ -914,14 +878,8 @@ impl<'m> Engine<'m> {
             items.push(SeqItem { tables, tokens: &tokens[start..start + n], pos0: start, logits });
         }
         // All or nothing: a failed pass gives every slot back.
-        let batch = self.cache.prepare(&mut items)?;
-        let logits = match self.model.forward(&mut self.cache, &batch, &mut self.scratch) {
-            Ok(l) => l,
-            Err(e) => {
-                self.cache.rollback(&mut items, batch);
-                return Err(e.into());
-            }
-        };
+        let batch = self.kv.prepare(&mut items)?;
+        let logits = self.kv.forward(&self.model, &mut items, batch, &mut self.scratch)?;
         drop(items);
         // The batch's queries, `[layer][batch token][q]`, for the policies that score pages.
         let queries = self.scratch.take_queries();
@@ -943,13 +901,13 @@ impl<'m> Engine<'m> {
                         })
                         .copied()
                         .collect();
-                    ev.add_mass(&self.cache, tables, c, &mine, n)?;
+                    ev.add_mass(self.kv.cache(), tables, c, &mine, n)?;
                 }
             }
             seq.computed += n;
             off += n;
             if c.has_windows() {
-                drop_out_of_window(&mut self.cache, &mut seq.tables, c)?;
+                self.kv.drop_out_of_window(&mut seq.tables, c)?;
             }
         }
         Ok(logits)
@@ -958,8 +916,8 @@ impl<'m> Engine<'m> {
     /// Adds this step's page occupancy to the utilisation counters and the peak (pool
     /// pages: single-layer pages under a per-layer policy).
     fn record_occupancy(&mut self) {
-        let bs = self.cache.block_size();
-        let mut filled = vec![0u32; self.cache.pool().capacity()];
+        let bs = self.kv.block_size();
+        let mut filled = vec![0u32; self.kv.cache().pool().capacity()];
         for t in self.running.iter().flat_map(|s| &s.tables) {
             let len = t.len();
             for (j, p) in t.pages().iter().enumerate() {
@@ -973,26 +931,6 @@ impl<'m> Engine<'m> {
         self.stats.held_slots += (held * bs) as u64;
         self.stats.peak_pages = self.stats.peak_pages.max(self.pages_held());
     }
-}
-
-/// Caches the sequence's full pages not yet in the index, continuing its key chain (one
-/// table of all-layer pages: prefix caching is off under per-layer policies).
-fn register_full_pages(
-    seq: &mut Sequence,
-    index: &mut PrefixIndex,
-    cache: &mut KvCache,
-    bs: usize,
-) -> Result<(), EngineError> {
-    let full = seq.table().len() / bs;
-    for j in seq.page_keys.len()..full {
-        let parent = j.checked_sub(1).map(|p| seq.page_keys[p]);
-        let page = seq.table().pages()[j];
-        let key = index
-            .insert(parent, &seq.tokens[j * bs..(j + 1) * bs], page, cache.pool_mut())
-            .map_err(|e| EngineError::Table(TableError::Pool(e)))?;
-        seq.page_keys.push(key);
-    }
-    Ok(())
 }
 
 /// Samples the sequence's next token from `logits`, streams it, and says whether the

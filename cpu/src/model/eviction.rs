@@ -71,7 +71,7 @@ impl Evictor {
             .map(|l| {
                 let rule = policy
                     .resolve_layer(n_ctx, block_size, l, n_layers)
-                    .map_err(|e| ModelError::Invalid(format!("KV policy {policy}: {e}")))?;
+                    .map_err(|source| ModelError::Policy { policy: policy.to_string(), source })?;
                 Ok(TableState { rule, page_pos: Vec::new(), mass: Vec::new() })
             })
             .collect::<Result<_, ModelError>>()?;
@@ -160,7 +160,7 @@ impl Evictor {
                 let new_page = table.len() % table.block_size() == 0;
                 let Some(i) = st.rule.next_victim(&view, new_page) else { break };
                 let victim = drop_page(table, i, cache.pool_mut())
-                    .map_err(|e| ModelError::Invalid(format!("KV eviction: {e}")))?;
+                    .map_err(|source| ModelError::Evict { what: "KV eviction".into(), source })?;
                 st.page_pos.remove(i);
                 if i < st.mass.len() {
                     st.mass.remove(i);
@@ -347,7 +347,7 @@ fn page_mass<T: KvFormat + bytemuck::Pod>(
             Ok(mass)
         })
         .collect::<Result<_, pagoda_core::kv::KvError>>()
-        .map_err(|e| ModelError::Invalid(format!("attention mass: {e}")))?;
+        .map_err(|source| ModelError::Kv { what: "attention mass".into(), source })?;
     if job.per_layer {
         return Ok(per_layer);
     }

@@ -100,7 +100,7 @@ impl std::fmt::Display for KvType {
 }
 
 fn kv_error(t: KvType, e: pagoda_core::kv::KvError) -> ModelError {
-    ModelError::Invalid(format!("KV cache ({t} pages): {e}"))
+    ModelError::Kv { what: format!("KV cache ({t} pages)"), source: e }
 }
 
 /// The page slab, by format. Every arm is a [`KvPages`]; the forward pass is generic over
@@ -279,8 +279,10 @@ impl KvCache {
         &self.pool
     }
 
-    /// The page pool, mutably (for tables to take and give back pages).
-    pub fn pool_mut(&mut self) -> &mut BlockPool<Vec<PageEntry>> {
+    /// The page pool, mutably: for this crate's page operations only (the engine's
+    /// [`KvManager`](crate::engine::KvManager), eviction, sliding windows). Outside it the
+    /// pool is read-only, so its refcounts always match the holders the manager knows.
+    pub(crate) fn pool_mut(&mut self) -> &mut BlockPool<Vec<PageEntry>> {
         &mut self.pool
     }
 

@@ -376,7 +376,7 @@ impl Llama {
         let m = w.matrix(self.file.bytes());
         self.kernels
             .matmul(&m, x, n, out, scratch)
-            .map_err(|e| ModelError::Invalid(format!("matmul {}: {e}", w.name)))
+            .map_err(|source| ModelError::Kernel { weight: w.name.clone(), source })
     }
 
     /// Several matmuls of the same input: `outs[i] = x · ws[i]ᵀ`. Quantizes `x` once and
@@ -494,7 +494,7 @@ impl Llama {
                 q.iter_mut().for_each(|v| *v *= scale);
             }
             kv.write(kl, page, slot, k, v)
-                .map_err(|e| ModelError::Invalid(format!("KV write: {e}")))?;
+                .map_err(|source| ModelError::Kv { what: "KV write".into(), source })?;
         }
         if let Some(log) = &mut s.queries {
             log.try_reserve(s.q.len()).map_err(|_| ModelError::OutOfMemory {
@@ -507,8 +507,8 @@ impl Llama {
         // Causal attention: a token at position p of its sequence sees positions 0..=p of
         // that sequence's pages (a span's tokens sit at consecutive positions). Spans in
         // parallel; each call splits its own work over (token group, kv head, page range).
-        let mut cfg = AttnConfig::new(c.n_heads, c.n_kv_heads, c.head_dim)
-            .map_err(|e| ModelError::Invalid(format!("attention: {e}")))?;
+        let mut cfg =
+            AttnConfig::new(c.n_heads, c.n_kv_heads, c.head_dim).map_err(ModelError::Attention)?;
         if c.q_scale.is_some() {
             cfg.scale = 1.0; // the queries carry the scale
         }
@@ -527,7 +527,7 @@ impl Llama {
         }
         outs.into_par_iter().try_for_each(|(sp, out, q)| {
             attend(level, kv_ref, kl, &sp.pages[g], sp.n_ctx[g], q, out, &cfg)
-                .map_err(|e| ModelError::Invalid(format!("attention: {e}")))
+                .map_err(ModelError::Attention)
         })?;
 
         // x += [post_norm](att · Woᵀ)

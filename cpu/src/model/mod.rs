@@ -70,6 +70,36 @@ pub enum ModelError {
         /// What holds the values: "logits", "hidden state", "token embeddings".
         what: String,
     },
+    /// Attention failed (a malformed shape or page list; the source says which).
+    Attention(pagoda_core::attention::AttnError),
+    /// A K/V page operation failed: `what` was being done.
+    Kv {
+        /// What was being done ("KV write", "attention mass", "KV cache (f16 pages)", …).
+        what: String,
+        /// The page store's error.
+        source: pagoda_core::kv::KvError,
+    },
+    /// A weight's matmul failed.
+    Kernel {
+        /// The weight tensor.
+        weight: String,
+        /// The kernel's error.
+        source: crate::kernels::KernelError,
+    },
+    /// A KV eviction policy cannot be used with this model or page size.
+    Policy {
+        /// The policy as given.
+        policy: String,
+        /// Why not.
+        source: pagoda_core::evict::PolicyError,
+    },
+    /// A page could not be dropped from a sequence's table: `what` was dropping it.
+    Evict {
+        /// "KV eviction", "sliding window, layer 3", …
+        what: String,
+        /// The table's error.
+        source: pagoda_core::evict::EvictError,
+    },
     /// A buffer could not be allocated (too large for memory, or its size overflows).
     OutOfMemory {
         /// What the buffer is for.
@@ -90,6 +120,11 @@ impl fmt::Display for ModelError {
                 f,
                 "the sequence needs {needed} tokens but the context holds {n_ctx} (raise -c)"
             ),
+            ModelError::Attention(e) => write!(f, "attention: {e}"),
+            ModelError::Kv { what, source } => write!(f, "{what}: {source}"),
+            ModelError::Kernel { weight, source } => write!(f, "matmul {weight}: {source}"),
+            ModelError::Policy { policy, source } => write!(f, "KV policy {policy}: {source}"),
+            ModelError::Evict { what, source } => write!(f, "{what}: {source}"),
             ModelError::OutOfPages { needed, free } => write!(
                 f,
                 "KV cache full: the step needs {needed} more pages, {free} are free \
@@ -119,6 +154,11 @@ impl std::error::Error for ModelError {
         match self {
             ModelError::File(e) => Some(e),
             ModelError::Gguf(e) => Some(&**e),
+            ModelError::Attention(e) => Some(e),
+            ModelError::Kv { source, .. } => Some(source),
+            ModelError::Kernel { source, .. } => Some(source),
+            ModelError::Policy { source, .. } => Some(source),
+            ModelError::Evict { source, .. } => Some(source),
             _ => None,
         }
     }

@@ -64,8 +64,9 @@ pub fn drop_out_of_window(
     for (l, table) in tables.iter_mut().enumerate() {
         let Some(w) = config.window(l) else { continue };
         for _ in 0..droppable_pages(table.len(), w, table.block_size()) {
-            let page = drop_page(table, 0, cache.pool_mut())
-                .map_err(|e| ModelError::Invalid(format!("sliding window, layer {l}: {e}")))?;
+            let page = drop_page(table, 0, cache.pool_mut()).map_err(|source| {
+                ModelError::Evict { what: format!("sliding window, layer {l}"), source }
+            })?;
             dropped.push(page);
         }
     }
