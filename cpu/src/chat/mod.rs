@@ -68,6 +68,10 @@ impl Message {
 /// Deepest nesting of macro calls, includes and recursive loops a template may reach.
 pub const RECURSION_LIMIT: usize = 200;
 
+/// Instructions one render may run (minijinja's fuel): real templates take a few thousand
+/// per message; a template that loops without printing fails with a render error.
+pub const FUEL: u64 = 50_000_000;
+
 /// Largest rendered prompt, in bytes: a template that prints more fails with
 /// [`ChatTemplateError::OutputTooLarge`].
 pub const MAX_OUTPUT_BYTES: usize = 64 << 20;
@@ -214,6 +218,9 @@ impl ChatTemplate {
         env.set_keep_trailing_newline(false);
         env.set_undefined_behavior(UndefinedBehavior::Chainable);
         env.set_recursion_limit(RECURSION_LIMIT);
+        // A bound on the instructions one render may run: a template that loops without
+        // printing (nested `range(100000)`) ends with an error instead of hanging the caller.
+        env.set_fuel(Some(FUEL));
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
