@@ -196,7 +196,7 @@ fi
 
 machine=$(lscpu | sed -n 's/^Model name:[[:space:]]*//p' | head -n 1)
 commit=$(git -C "$here" rev-parse --short HEAD)
-git -C "$here" diff --quiet HEAD -- cli crates 2>/dev/null || commit="$commit (with uncommitted changes)"
+git -C "$here" diff --quiet HEAD -- Cargo.toml Cargo.lock core cpu cli capi || commit="$commit (+ uncommitted changes in the working tree)"
 # shellcheck disable=SC2154 # llamacpp_cmake_flags comes from scripts/llamacpp-build.sh
 "${load[@]}" report --dir "$work" --levels "$levels" --rounds "$rounds" --prompt-tokens "$p" \
   --gen-tokens "$n" --prefix-requests 8 --system-tokens "$system_tokens" \
