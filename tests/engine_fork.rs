@@ -65,6 +65,7 @@ fn samples_have_their_own_seeds_and_sample_zero_is_the_single_run() {
         n,
         stop_tokens: Vec::new(),
         logprobs: None,
+        stop: Vec::new(),
     };
     let mut engine = Engine::new(&model, EngineConfig::default()).unwrap();
     engine.add_request(req(1, 4)).unwrap();

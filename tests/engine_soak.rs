@@ -60,6 +60,7 @@ fn random_request(rng: &mut Rng, id: u64, stems: &[Vec<u32>], vocab: usize) -> R
         n: if rng.chance(30) { rng.range(2, 4) } else { 1 },
         stop_tokens,
         logprobs: None,
+        stop: Vec::new(),
     }
 }
 

@@ -502,6 +502,7 @@ fn run_requests(
             n: 1,
             stop_tokens: stop_tokens.clone(),
             logprobs: None,
+            stop: Vec::new(),
         };
         match engine.add_request(req) {
             Ok(_) => {

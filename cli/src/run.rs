@@ -203,6 +203,7 @@ fn run_samples(
             n,
             stop_tokens,
             logprobs: None,
+            stop: Vec::new(),
         })?;
         let t0 = std::time::Instant::now();
         let done = engine.run_to_completion()?;

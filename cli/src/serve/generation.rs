@@ -1,15 +1,12 @@
 //! One request's life on the handler side: submit it to the engine thread, turn its token
-//! events into text per sample (UTF-8 completed across tokens, stop strings held back and
-//! cut), and cancel it if the handler goes away before it is done.
+//! events (the engine gives each its text, stop strings already found and cut) into
+//! updates per sample, and cancel it if the handler goes away before it is done.
 
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::Sender;
-use std::sync::Arc;
 
 use axum::http::StatusCode;
-use pagoda_cpu::engine::{EngineError, FinishReason, Request, RequestId, TokenLogprobs};
-use pagoda_cpu::stop::StopMatcher;
-use pagoda_cpu::tokenizer::{Tokenizer, Utf8Buffer};
+use pagoda_cpu::engine::{EngineError, Request, RequestId, TokenLogprobs};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use super::metrics::Metrics;
@@ -44,9 +41,6 @@ pub struct Usage {
 }
 
 struct Sample {
-    utf8: Utf8Buffer,
-    stop: StopMatcher,
-    tokens: usize,
     finished: bool,
 }
 
@@ -56,8 +50,6 @@ pub struct Generation {
     id: RequestId,
     events: UnboundedReceiver<Event>,
     commands: Sender<Command>,
-    tokenizer: Arc<Tokenizer>,
-    eog: Vec<u32>,
     samples: Vec<Sample>,
     prompt_tokens: usize,
     pending: std::collections::VecDeque<Update>,
@@ -69,9 +61,7 @@ impl Generation {
     /// requests already wait for their first token.
     pub fn submit(
         request: Request,
-        stop: &[String],
         commands: &Sender<Command>,
-        tokenizer: Arc<Tokenizer>,
         metrics: &Metrics,
         max_queue: usize,
     ) -> Result<Generation, ApiError> {
@@ -88,7 +78,6 @@ impl Generation {
         let (tx, rx) = unbounded_channel();
         let id = request.id;
         let n = request.n;
-        let eog = request.stop_tokens.clone();
         let prompt_tokens = request.prompt.len();
         if commands.send(Command::Submit { request, events: tx }).is_err() {
             metrics.queued.fetch_sub(1, Ordering::AcqRel);
@@ -99,20 +88,11 @@ impl Generation {
             ));
         }
         metrics.prompt_tokens.fetch_add(prompt_tokens as u64, Ordering::Relaxed);
-        let samples = (0..n)
-            .map(|_| Sample {
-                utf8: Utf8Buffer::default(),
-                stop: StopMatcher::new(stop.iter().cloned()),
-                tokens: 0,
-                finished: false,
-            })
-            .collect();
+        let samples = (0..n).map(|_| Sample { finished: false }).collect();
         Ok(Generation {
             id,
             events: rx,
             commands: commands.clone(),
-            tokenizer,
-            eog,
             samples,
             prompt_tokens,
             pending: Default::default(),
@@ -147,56 +127,37 @@ impl Generation {
             Event::Token(t) => {
                 let Some(s) = self.samples.get_mut(t.sample) else { return Ok(()) };
                 if s.finished {
-                    return Ok(()); // ended by a stop string; the engine had one more step
-                }
-                s.tokens += 1;
-                let token = Some(TokenInfo { id: t.token, logprobs: t.logprobs });
-                if self.eog.contains(&t.token) {
-                    // End of generation: its piece is not text; Done says "stop".
-                    self.pending.push_back(Update::Text {
-                        sample: t.sample,
-                        text: String::new(),
-                        token,
-                    });
                     return Ok(());
                 }
-                let piece = s.utf8.push(&self.tokenizer, t.token);
-                let (text, stopped) = s.stop.push(&piece);
+                let token = Some(TokenInfo { id: t.token, logprobs: t.logprobs });
+                let text = t.text.unwrap_or_default();
                 self.pending.push_back(Update::Text { sample: t.sample, text, token });
-                if stopped {
+                if let Some(f) = t.finish {
                     s.finished = true;
-                    let _ = self.commands.send(Command::FinishSample(self.id, t.sample));
+                    let reason = f.as_str();
                     self.pending.push_back(Update::Finished {
                         sample: t.sample,
                         text: String::new(),
-                        reason: "stop",
+                        reason,
                     });
                 }
             }
             Event::Done(out) => {
                 self.done = true;
-                let mut completion = 0;
                 for (i, (s, o)) in self.samples.iter_mut().zip(&out.samples).enumerate() {
-                    completion += s.tokens;
-                    if s.finished {
-                        continue;
+                    if !s.finished {
+                        s.finished = true;
+                        let reason = o.finish.as_str();
+                        self.pending.push_back(Update::Finished {
+                            sample: i,
+                            text: String::new(),
+                            reason,
+                        });
                     }
-                    s.finished = true;
-                    let tail = s.utf8.finish();
-                    let (mut text, stopped) = s.stop.push(&tail);
-                    if !stopped {
-                        text.push_str(&s.stop.finish());
-                    }
-                    let reason = match o.finish {
-                        _ if stopped => "stop",
-                        FinishReason::Stop => "stop",
-                        FinishReason::Length => "length",
-                    };
-                    self.pending.push_back(Update::Finished { sample: i, text, reason });
                 }
                 self.pending.push_back(Update::Done(Usage {
                     prompt_tokens: self.prompt_tokens,
-                    completion_tokens: completion,
+                    completion_tokens: out.samples.iter().map(|s| s.tokens.len()).sum(),
                     cached_tokens: out.cached_prompt_tokens,
                 }));
             }

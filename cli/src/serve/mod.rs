@@ -151,7 +151,7 @@ pub fn main(a: ServeArgs) -> CliResult {
     });
     // The engine owns its model (shared) and lives on a thread of its own.
     let model = Arc::new(loaded.model);
-    let engine = Engine::shared(model, config, a.kv_policy)?;
+    let engine = Engine::shared(model, config, a.kv_policy)?.with_tokenizer(tokenizer.clone());
     let check = a.check_invariants;
     let engine_thread = std::thread::Builder::new()
         .name("engine".into())

@@ -220,15 +220,9 @@ async fn serve_checked(
         n: req.n,
         stop_tokens: s.stop_tokens.clone(),
         logprobs: req.logprobs,
+        stop: req.stop.clone(),
     };
-    let gen = Generation::submit(
-        request,
-        &req.stop,
-        &s.commands,
-        s.tokenizer.clone(),
-        &s.metrics,
-        s.max_queue,
-    )?;
+    let gen = Generation::submit(request, &s.commands, &s.metrics, s.max_queue)?;
     let head = Head {
         id: format!("{}-{id}", if chat { "chatcmpl" } else { "cmpl" }),
         created: now_secs(),

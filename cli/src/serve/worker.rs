@@ -2,7 +2,7 @@
 //! and receive their request's [`Event`]s on a channel of their own.
 //!
 //! ```text
-//!   handlers ──Command (std mpsc)──► engine thread: add/cancel/finish_sample, step(), route
+//!   handlers ──Command (std mpsc)──► engine thread: add, cancel, step(), route
 //!   handler  ◄──Event (tokio mpsc, one per request)── tokens, Done(output) | Failed
 //! ```
 //!
@@ -27,8 +27,6 @@ pub enum Command {
     Submit { request: Request, events: UnboundedSender<Event> },
     /// Drop a request (its handler went away with its client): pages back to the pool at once.
     Cancel(RequestId),
-    /// End one sample now (a stop string was found in its text).
-    FinishSample(RequestId, usize),
     /// Cancel everything (shutdown grace period over); the thread keeps serving.
     CancelAll,
     /// Leave the loop (after `CancelAll`; the server has stopped).
@@ -193,15 +191,6 @@ fn apply(
                 }
             }
         }
-        Command::FinishSample(id, sample) => match engine.finish_sample(id, sample) {
-            Ok(Some(out)) => {
-                if let Some(r) = routes.remove(&id) {
-                    let _ = r.events.send(Event::Done(out));
-                }
-            }
-            Ok(None) => {}
-            Err(e) => log::error!("finishing {id} sample {sample}: {e}"),
-        },
         Command::CancelAll => {
             for (id, r) in routes.drain() {
                 if r.first_token.is_none() {

@@ -5,14 +5,21 @@
 //!                      ▲                                                           │
 //!                      └──────── preempt the most recently started (pages freed) ──┘
 //!   step(): one forward pass over [next token of every running sequence | prompt chunks]
-//!           within max_batch_tokens → sample → stream tokens → finished requests
+//!           within max_batch_tokens → sample → stream tokens (+ text, logprobs) → finished
+//!   cancel(id): its pages back at once      finish_sample(id, k): one sample ends now
 //! ```
+//!
+//! A sample ends at a stop token, at `max_tokens`, or — with the engine's tokenizer
+//! ([`Engine::with_tokenizer`]) — at the token that completes one of its stop strings; every
+//! [`TokenEvent`] then carries the text it adds, with what could still become a stop string
+//! held back. The engine owns its model when built with [`Engine::shared`] (an `Arc`), so it
+//! can live on a thread of its own (`pagoda serve` does).
 //!
 //! | file              | what it holds                                                      |
 //! |-------------------|--------------------------------------------------------------------|
 //! | [`scheduler`]     | [`Engine`]: queue, admission, preemption, cancellation, the step loop |
-//! | [`kv_manager`]    | [`KvManager`]: pool, pages and prefix index; every page operation  |
-//! | [`prefix_index`]  | [`PrefixIndex`]: chained page keys → cached pages, LRU reclaim     |
+//! | [`KvManager`]     | pool, pages, prefix index, each sequence's tables (in `model`)     |
+//! | [`PrefixIndex`]   | chained page keys → cached pages, LRU reclaim (in `model`)         |
 //! | `sequence`        | one sample's tokens, block table(s), eviction state and sampler    |
 //! | [`request`]       | [`Request`] in; [`TokenEvent`], [`RequestOutput`] out              |
 //! | [`stats`]         | [`EngineStats`]: tokens, pages, utilisation, cache hits, preemptions |
@@ -28,16 +35,13 @@
 //! same tokens alone, in any batch, after a preemption, or from cached prefix pages.
 
 pub mod error;
-pub mod kv_manager;
-pub mod prefix_index;
 pub mod request;
 pub mod scheduler;
 mod sequence;
 pub mod stats;
 
+pub use crate::model::{KvManager, PrefixIndex, PrefixKey};
 pub use error::EngineError;
-pub use kv_manager::KvManager;
-pub use prefix_index::{PrefixIndex, PrefixKey};
 pub use request::{
     FinishReason, Request, RequestId, RequestOutput, SampleOutput, StepOutput, TokenEvent,
     TokenLogprobs,

@@ -36,6 +36,10 @@ pub struct Request {
     /// Report each chosen token's log-probability and this many most likely alternatives
     /// in its [`TokenEvent`] (`None`: no log-probabilities, the default).
     pub logprobs: Option<usize>,
+    /// Strings that end a sample (OpenAI's `stop`): its text ends just before the earliest
+    /// one, and the sample finishes with [`FinishReason::Stop`] at the token that completed
+    /// it. Needs the engine's tokenizer ([`Engine::with_tokenizer`](super::Engine::with_tokenizer)).
+    pub stop: Vec<String>,
 }
 
 impl Request {
@@ -49,6 +53,7 @@ impl Request {
             n: 1,
             stop_tokens: Vec::new(),
             logprobs: None,
+            stop: Vec::new(),
         }
     }
 }
@@ -111,6 +116,14 @@ pub struct TokenEvent {
     /// Its log-probability and the most likely alternatives, when the request asked for
     /// them ([`Request::logprobs`]).
     pub logprobs: Option<TokenLogprobs>,
+    /// With the engine's tokenizer: the text this token adds to the sample's output, as it
+    /// may be shown now — UTF-8 completed across tokens, text that could still become a
+    /// stop string held back until decided, nothing of a stop token or a stop string; the
+    /// last event of a sample flushes what was held. Concatenated, a sample's texts are its
+    /// output text. `None` without a tokenizer.
+    pub text: Option<String>,
+    /// Set on a sample's last token: why it stopped.
+    pub finish: Option<FinishReason>,
 }
 
 /// Log-probabilities of one sampling step, under the model's distribution (the softmax of

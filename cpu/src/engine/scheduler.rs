@@ -53,18 +53,19 @@ use pagoda_core::evict::KvPolicy;
 use pagoda_core::pool::PageId;
 use pagoda_core::table::TableError;
 
-use super::kv_manager::KvManager;
-use super::prefix_index::PrefixIndex;
-use super::sequence::Sequence;
+use super::sequence::{Sequence, TextState};
 use super::{
     EngineError, EngineStats, FinishReason, Request, RequestId, RequestOutput, SampleOutput,
     StepOutput, TokenEvent, TokenLogprobs,
 };
 use crate::model::{
-    droppable_pages, max_window_pages, Evictor, ForwardScratch, KvCache, KvType, Llama, Logits,
-    ModelRef, SeqItem, SeqTable,
+    droppable_pages, max_window_pages, BatchEntry, Evictor, ForwardScratch, KvCache, KvType, Llama,
+    Logits, ModelRef, SeqTable,
 };
+use crate::model::{KvManager, PrefixIndex};
 use crate::sampler::{log_probs, Sampler, SamplerConfig};
+use crate::stop::StopMatcher;
+use crate::tokenizer::{Tokenizer, Utf8Buffer};
 
 /// Engine settings.
 #[derive(Clone, Debug, PartialEq)]
@@ -144,6 +145,8 @@ pub struct Engine<'m> {
     policy: KvPolicy,
     /// Block tables per sequence: 1, or `n_layers` under a per-layer policy.
     n_tables: usize,
+    /// Turns tokens into text for [`TokenEvent::text`] and stop strings.
+    tokenizer: Option<Arc<Tokenizer>>,
 }
 
 impl Engine<'static> {
@@ -242,7 +245,15 @@ impl<'m> Engine<'m> {
             next_start: 0,
             policy,
             n_tables,
+            tokenizer: None,
         })
+    }
+
+    /// Gives the engine the model's tokenizer: token events then carry their text
+    /// ([`TokenEvent::text`]) and requests may have stop strings ([`Request::stop`]).
+    pub fn with_tokenizer(mut self, tokenizer: Arc<Tokenizer>) -> Self {
+        self.tokenizer = Some(tokenizer);
+        self
     }
 
     /// The KV eviction policy of every sequence.
@@ -260,7 +271,8 @@ impl<'m> Engine<'m> {
     /// The block tables of sample `sample` of request `id`, if it is running: one, or one
     /// per layer under a per-layer policy.
     pub fn sequence_tables(&self, id: RequestId, sample: usize) -> Option<&[SeqTable]> {
-        self.running.iter().find(|s| s.id == id && s.sample == sample).map(|s| &s.tables[..])
+        let seq = self.running.iter().find(|s| s.id == id && s.sample == sample)?;
+        Some(self.kv.tables(seq.kv))
     }
 
     /// Block tables per sequence: 1, or the model's layer count under a per-layer policy.
@@ -353,6 +365,11 @@ impl<'m> Engine<'m> {
         if req.n == 0 {
             return invalid("n (samples) must be at least 1".into());
         }
+        if !req.stop.is_empty() && self.tokenizer.is_none() {
+            return invalid(
+                "stop strings need the engine's tokenizer (Engine::with_tokenizer)".into(),
+            );
+        }
         let vocab = self.model.config().vocab_size;
         if let Some((i, t)) = req.prompt.iter().enumerate().find(|(_, &t)| t as usize >= vocab) {
             return invalid(format!(
@@ -409,13 +426,17 @@ impl<'m> Engine<'m> {
             sample: 0,
             prompt_len: req.prompt.len(),
             tokens: req.prompt,
-            tables: (0..self.n_tables).map(|_| self.kv.new_table()).collect(),
+            kv: self.kv.add_sequence(),
             computed: 0,
             evictor,
             page_keys: Vec::new(),
             sampler,
             forks_pending: req.n - 1,
             started: 0,
+            text: self.tokenizer.as_ref().map(|_| TextState {
+                utf8: Utf8Buffer::default(),
+                stop: StopMatcher::new(req.stop.iter().cloned()),
+            }),
         });
         Ok(id)
     }
@@ -460,8 +481,8 @@ impl<'m> Engine<'m> {
                 (start + n).min(seq.tokens.len() - 1).saturating_sub(seq.prompt_len.max(start));
             self.stats.recomputed_tokens += recomputed as u64;
             out.batch_tokens += n;
-            if prefix_caching && seq.unevicted() {
-                self.kv.register_full_pages(&seq.tables[0], &seq.tokens, &mut seq.page_keys)?;
+            if prefix_caching && seq.unevicted(self.kv.tables(seq.kv)) {
+                self.kv.register_full_pages(seq.kv, &seq.tokens, &mut seq.page_keys)?;
             }
             if seq.pending() > 0 {
                 continue; // a prompt chunk that is not the last: no logits
@@ -470,7 +491,7 @@ impl<'m> Engine<'m> {
             if seq.forks_pending > 0 {
                 for k in 1..=seq.forks_pending {
                     // Every table shares its pages with the child (copy-on-write).
-                    let tables = self.kv.fork(&seq.tables)?;
+                    let kv = self.kv.fork(seq.kv)?;
                     let mut cfg = group.sampler.clone();
                     cfg.seed = cfg.seed.wrapping_add(k as u64);
                     let mut sampler = Sampler::new(cfg)?;
@@ -480,24 +501,28 @@ impl<'m> Engine<'m> {
                         sample: k,
                         tokens: seq.tokens.clone(),
                         prompt_len: seq.prompt_len,
-                        tables,
+                        kv,
                         computed: seq.computed,
                         evictor: seq.evictor.clone(),
                         page_keys: seq.page_keys.clone(),
                         sampler,
                         forks_pending: 0,
                         started: self.next_start,
+                        text: seq.text.clone(),
                     };
                     self.next_start += 1;
                     let mut l = logits.clone();
-                    if let Some(f) = sample_into(&mut child, group, &mut l, &mut out) {
+                    let tok = self.tokenizer.as_deref();
+                    if let Some(f) = sample_into(&mut child, group, tok, &mut l, &mut out) {
                         finished.push((child.id, child.sample, f));
                     }
                     children.push(child);
                 }
                 seq.forks_pending = 0;
             }
-            if let Some(f) = sample_into(seq, group, &mut logits, &mut out) {
+            if let Some(f) =
+                sample_into(seq, group, self.tokenizer.as_deref(), &mut logits, &mut out)
+            {
                 finished.push((seq.id, seq.sample, f));
             }
         }
@@ -507,14 +532,14 @@ impl<'m> Engine<'m> {
         // Finished sequences give their pages back now.
         if !finished.is_empty() {
             let mut keep = Vec::with_capacity(self.running.len());
-            for mut seq in std::mem::take(&mut self.running) {
+            for seq in std::mem::take(&mut self.running) {
                 let Some(&(_, _, reason)) =
                     finished.iter().find(|f| f.0 == seq.id && f.1 == seq.sample)
                 else {
                     keep.push(seq);
                     continue;
                 };
-                self.free_pages(&mut seq);
+                self.kv.remove(seq.kv);
                 let group = self.groups.get_mut(&seq.id).expect("group of a running sequence");
                 let generated = seq.generated().to_vec();
                 group.samples[seq.sample] =
@@ -549,19 +574,19 @@ impl<'m> Engine<'m> {
             return Ok(false);
         }
         let mut keep = Vec::with_capacity(self.running.len());
-        for mut seq in std::mem::take(&mut self.running) {
+        for seq in std::mem::take(&mut self.running) {
             if seq.id == id {
-                self.free_pages(&mut seq);
+                self.kv.remove(seq.kv);
             } else {
                 keep.push(seq);
             }
         }
         self.running = keep;
         let mut waiting = VecDeque::with_capacity(self.waiting.len());
-        for mut seq in std::mem::take(&mut self.waiting) {
+        for seq in std::mem::take(&mut self.waiting) {
             if seq.id == id {
-                // Waiting sequences hold no pages; freeing is a no-op kept for safety.
-                self.free_pages(&mut seq);
+                // Waiting sequences hold no pages; removing gives back their tables.
+                self.kv.remove(seq.kv);
             } else {
                 waiting.push_back(seq);
             }
@@ -588,14 +613,14 @@ impl<'m> Engine<'m> {
         // A sample that has generated nothing may still have samples to fork from it.
         let finishable =
             |s: &Sequence| s.id == id && s.sample == sample && !s.generated().is_empty();
-        let mut seq = if let Some(i) = self.running.iter().position(finishable) {
+        let seq = if let Some(i) = self.running.iter().position(finishable) {
             self.running.remove(i)
         } else if let Some(i) = self.waiting.iter().position(finishable) {
             self.waiting.remove(i).expect("position is in range")
         } else {
             return Ok(None);
         };
-        self.free_pages(&mut seq);
+        self.kv.remove(seq.kv);
         self.kv.cache().pool().check_invariants()?;
         let group = self.groups.get_mut(&id).expect("a sequence's group exists");
         group.samples[sample] =
@@ -615,15 +640,20 @@ impl<'m> Engine<'m> {
 
     /// Gives back every cached page no sequence uses; returns how many.
     pub fn clear_prefix_cache(&mut self) -> Result<usize, EngineError> {
-        self.kv.clear_prefix_cache()
+        Ok(self.kv.clear_prefix_cache()?)
     }
 
     /// Checks the pool's invariants and that every page's refcount equals the number of
     /// its holders (sequence tables and the prefix index). O(pages × held ids): for tests.
     pub fn check_invariants(&self) -> Result<(), EngineError> {
-        self.kv.check_invariants(
-            self.running.iter().chain(&self.waiting).flat_map(Sequence::page_lists),
-        )?;
+        self.kv.check_invariants()?;
+        let live = self.kv.sequences().count();
+        if live != self.running.len() + self.waiting.len() {
+            return Err(EngineError::Inconsistent(format!(
+                "the KV manager holds {live} sequences, the engine {}",
+                self.running.len() + self.waiting.len()
+            )));
+        }
         let cached = self.kv.prefix_index().len();
         if self.n_tables > 1 && cached > 0 {
             return Err(EngineError::Inconsistent(format!(
@@ -635,10 +665,11 @@ impl<'m> Engine<'m> {
         let c = self.model.config();
         let windowed = c.has_windows();
         for s in self.running.iter().chain(&self.waiting) {
+            let tables = self.kv.tables(s.kv);
             let evicted = s.evictor.as_ref().map_or(0, |e| e.evicted_pages());
             if windowed {
                 // Each windowed table holds exactly the pages of the rule, never more.
-                for (l, t) in s.tables.iter().enumerate() {
+                for (l, t) in tables.iter().enumerate() {
                     let Some(w) = c.window(l) else { continue };
                     if droppable_pages(t.len(), w, bs) > 0 {
                         return Err(EngineError::Inconsistent(format!(
@@ -651,21 +682,21 @@ impl<'m> Engine<'m> {
                     }
                 }
             }
-            if s.tables.len() != self.n_tables {
+            if tables.len() != self.n_tables {
                 return Err(EngineError::Inconsistent(format!(
                     "{} sample {}: {} block tables, expected {}",
                     s.id,
                     s.sample,
-                    s.tables.len(),
+                    tables.len(),
                     self.n_tables
                 )));
             }
             if let Some(ev) = &s.evictor {
-                ev.check(&s.tables).map_err(|e| {
+                ev.check(tables).map_err(|e| {
                     EngineError::Inconsistent(format!("{} sample {}: {e}", s.id, s.sample))
                 })?;
             }
-            for (l, t) in s.tables.iter().enumerate() {
+            for (l, t) in tables.iter().enumerate() {
                 let ok = t.len() <= s.computed
                     && s.computed <= s.tokens.len()
                     && t.pages().len() == t.len().div_ceil(bs)
@@ -701,7 +732,7 @@ impl<'m> Engine<'m> {
         let mut preempted = false;
         let mut i = 0;
         'running: while i < self.running.len() && budget > 0 {
-            let n = match self.running[i].eviction_step(bs) {
+            let n = match self.running[i].eviction_step(self.kv.tables(self.running[i].kv), bs) {
                 None => self.running[i].pending().min(budget),
                 // A Session's step, never split: it waits if the budget is short.
                 Some(n) if n > budget => 0,
@@ -757,11 +788,11 @@ impl<'m> Engine<'m> {
                 break;
             }
             let mut seq = self.waiting.pop_front().expect("front exists");
-            self.kv.share_cached(&mut seq.tables[0], &hits)?;
+            self.kv.share_cached(seq.kv, &hits)?;
             seq.page_keys.extend(hits.iter().map(|&(key, _)| key));
             seq.computed = cached;
             if let Some(ev) = &mut seq.evictor {
-                ev.appended(&seq.tables, 0, cached);
+                ev.appended(self.kv.tables(seq.kv), 0, cached);
             }
             if prefix_caching {
                 self.stats.prefix_lookups += probe as u64;
@@ -804,7 +835,7 @@ impl<'m> Engine<'m> {
         let bs = self.kv.block_size();
         let mut need = 0;
         let mut cows = Vec::new();
-        for table in &self.running[i].tables {
+        for table in self.kv.tables(self.running[i].kv) {
             let len = table.len();
             need += (len + n).div_ceil(bs) - len.div_ceil(bs);
             if len % bs == 0 {
@@ -842,7 +873,7 @@ impl<'m> Engine<'m> {
     /// Gives a sequence's pages back (every table's); cached ones nobody else holds become
     /// reclaimable, tail pages first (they are the least likely to be shared).
     fn free_pages(&mut self, seq: &mut Sequence) {
-        self.kv.release(&mut seq.tables);
+        self.kv.release(seq.kv);
         seq.computed = 0;
         if let Some(e) = &mut seq.evictor {
             e.reset();
@@ -854,7 +885,7 @@ impl<'m> Engine<'m> {
     fn evict(&mut self, i: usize) -> Result<(), EngineError> {
         let seq = &mut self.running[i];
         let Some(evictor) = &mut seq.evictor else { return Ok(()) };
-        self.stats.policy_evictions += self.kv.evict(evictor, &mut seq.tables)? as u64;
+        self.stats.policy_evictions += self.kv.evict(seq.kv, evictor)? as u64;
         Ok(())
     }
 
@@ -866,20 +897,25 @@ impl<'m> Engine<'m> {
             n_of[i] = n;
         }
         // Plan order is ascending running order (running first, then admissions appended).
-        let mut items: Vec<SeqItem> = Vec::with_capacity(plan.len());
+        let mut items: Vec<BatchEntry> = Vec::with_capacity(plan.len());
         for (seq, &n) in self.running.iter_mut().zip(&n_of) {
             if n == 0 {
                 continue;
             }
-            let Sequence { tables, tokens, computed, .. } = seq;
+            let Sequence { kv, tokens, computed, .. } = seq;
             let start = *computed;
             let logits = if start + n == tokens.len() { Logits::Last } else { Logits::None };
             // Evicted tokens: the new ones keep their positions in the text.
-            items.push(SeqItem { tables, tokens: &tokens[start..start + n], pos0: start, logits });
+            items.push(BatchEntry {
+                seq: *kv,
+                tokens: &tokens[start..start + n],
+                pos0: start,
+                logits,
+            });
         }
         // All or nothing: a failed pass gives every slot back.
-        let batch = self.kv.prepare(&mut items)?;
-        let logits = self.kv.forward(&self.model, &mut items, batch, &mut self.scratch)?;
+        let batch = self.kv.prepare(&items)?;
+        let logits = self.kv.forward(&self.model, batch, &mut self.scratch)?;
         drop(items);
         // The batch's queries, `[layer][batch token][q]`, for the policies that score pages.
         let queries = self.scratch.take_queries();
@@ -892,7 +928,7 @@ impl<'m> Engine<'m> {
                 continue;
             }
             if let Some(ev) = &mut seq.evictor {
-                let tables = &seq.tables;
+                let tables = self.kv.tables(seq.kv);
                 ev.appended(tables, seq.computed, n);
                 if !queries.is_empty() {
                     let mine: Vec<f32> = (0..c.n_layers)
@@ -907,7 +943,7 @@ impl<'m> Engine<'m> {
             seq.computed += n;
             off += n;
             if c.has_windows() {
-                self.kv.drop_out_of_window(&mut seq.tables, c)?;
+                self.kv.drop_out_of_window(seq.kv, c)?;
             }
         }
         Ok(logits)
@@ -918,7 +954,7 @@ impl<'m> Engine<'m> {
     fn record_occupancy(&mut self) {
         let bs = self.kv.block_size();
         let mut filled = vec![0u32; self.kv.cache().pool().capacity()];
-        for t in self.running.iter().flat_map(|s| &s.tables) {
+        for t in self.running.iter().flat_map(|s| self.kv.tables(s.kv)) {
             let len = t.len();
             for (j, p) in t.pages().iter().enumerate() {
                 let f = (len - j * bs).min(bs) as u32;
@@ -933,11 +969,12 @@ impl<'m> Engine<'m> {
     }
 }
 
-/// Samples the sequence's next token from `logits`, streams it, and says whether the
-/// sample is finished.
+/// Samples the sequence's next token from `logits`, streams it (with its text when there is
+/// a tokenizer), and says whether the sample is finished.
 fn sample_into(
     seq: &mut Sequence,
     group: &Group,
+    tokenizer: Option<&Tokenizer>,
     logits: &mut [f32],
     out: &mut StepOutput,
 ) -> Option<FinishReason> {
@@ -950,12 +987,32 @@ fn sample_into(
     });
     seq.sampler.accept(token);
     seq.tokens.push(token);
-    out.tokens.push(TokenEvent { id: seq.id, sample: seq.sample, token, logprobs });
-    if group.stop_tokens.contains(&token) {
+    let stop_token = group.stop_tokens.contains(&token);
+    let mut finish = if stop_token {
         Some(FinishReason::Stop)
     } else if seq.generated().len() >= group.max_tokens {
         Some(FinishReason::Length)
     } else {
         None
-    }
+    };
+    let text = match (&mut seq.text, tokenizer) {
+        (Some(t), Some(tok)) => {
+            // A stop token's piece is not text.
+            let piece = if stop_token { String::new() } else { t.utf8.push(tok, token) };
+            let (mut text, stopped) = t.stop.push(&piece);
+            if stopped {
+                finish = Some(FinishReason::Stop);
+            } else if finish.is_some() {
+                let (tail, stopped) = t.stop.push(&t.utf8.finish());
+                text.push_str(&tail);
+                if !stopped {
+                    text.push_str(&t.stop.finish());
+                }
+            }
+            Some(text)
+        }
+        _ => None,
+    };
+    out.tokens.push(TokenEvent { id: seq.id, sample: seq.sample, token, logprobs, text, finish });
+    finish
 }

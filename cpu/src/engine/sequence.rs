@@ -28,12 +28,11 @@
 //! plus the same partly filled last page (`len ≡ computed mod block_size`), since eviction
 //! drops whole pages.
 
-use pagoda_core::pool::PageId;
-
-use super::prefix_index::PrefixKey;
 use super::RequestId;
-use crate::model::{Evictor, SeqTable};
+use crate::model::{Evictor, PrefixKey, SeqKv, SeqTable};
 use crate::sampler::Sampler;
+use crate::stop::StopMatcher;
+use crate::tokenizer::Utf8Buffer;
 
 #[derive(Debug)]
 pub(super) struct Sequence {
@@ -45,10 +44,10 @@ pub(super) struct Sequence {
     pub tokens: Vec<u32>,
     /// How many of `tokens` are the prompt.
     pub prompt_len: usize,
-    /// Its block tables: one (all-layer pages), or one per layer (single-layer pages, a
-    /// per-layer policy). Each holds the K/V of `len()` of the computed tokens (all of them
-    /// unless evicting).
-    pub tables: Vec<SeqTable>,
+    /// Its block tables in the engine's [`KvManager`](crate::model::KvManager): one
+    /// (all-layer pages), or one per layer (single-layer pages, a per-layer policy). Each
+    /// holds the K/V of `len()` of the computed tokens (all of them unless evicting).
+    pub kv: SeqKv,
     /// Tokens whose K/V has been computed (the first `computed` of `tokens`).
     pub computed: usize,
     /// Its eviction state, under an evicting policy.
@@ -63,6 +62,16 @@ pub(super) struct Sequence {
     pub forks_pending: usize,
     /// Admission order (larger = started more recently): preemption picks the largest.
     pub started: u64,
+    /// Its output text so far, with the engine's tokenizer: UTF-8 pending across tokens and
+    /// the stop strings' matcher (kept through preemption: generated tokens are kept).
+    pub text: Option<TextState>,
+}
+
+/// A sample's output text as it streams (see [`TokenEvent::text`](super::TokenEvent)).
+#[derive(Clone, Debug)]
+pub struct TextState {
+    pub utf8: Utf8Buffer,
+    pub stop: StopMatcher,
 }
 
 impl Sequence {
@@ -73,33 +82,25 @@ impl Sequence {
 
     /// Under an evicting policy, the tokens of its next step (what a `Session` would run):
     /// the rest of the prompt's current page, else one token. `None` without a policy.
-    pub fn eviction_step(&self, block_size: usize) -> Option<usize> {
+    /// `tables` are its tables.
+    pub fn eviction_step(&self, tables: &[SeqTable], block_size: usize) -> Option<usize> {
         self.evictor.as_ref()?;
         let n = if self.computed < self.prompt_len {
-            (self.prompt_len - self.computed).min(block_size - self.table().len() % block_size)
+            (self.prompt_len - self.computed).min(block_size - tables[0].len() % block_size)
         } else {
             1
         };
         Some(n.min(self.pending()))
     }
 
-    /// Whether every table still maps page `j` to tokens `j·bs..` (nothing evicted yet).
-    pub fn unevicted(&self) -> bool {
-        self.tables.iter().all(|t| t.len() == self.computed)
-    }
-
-    /// Its first table (the only one unless the policy is per layer).
-    pub fn table(&self) -> &SeqTable {
-        &self.tables[0]
+    /// Whether every one of its `tables` still maps page `j` to tokens `j·bs..` (nothing
+    /// evicted yet).
+    pub fn unevicted(&self, tables: &[SeqTable]) -> bool {
+        tables.iter().all(|t| t.len() == self.computed)
     }
 
     /// Generated tokens so far.
     pub fn generated(&self) -> &[u32] {
         &self.tokens[self.prompt_len..]
-    }
-
-    /// The physical pages of each table.
-    pub fn page_lists(&self) -> impl Iterator<Item = &[PageId]> + Clone {
-        self.tables.iter().map(|t| t.pages())
     }
 }

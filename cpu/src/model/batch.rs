@@ -50,6 +50,8 @@ pub struct Batch {
     layout: BatchLayout,
     /// Each item's table lengths before the batch.
     old_lens: Vec<Vec<usize>>,
+    /// The items' sequences, when a [`KvManager`](super::KvManager) prepared it.
+    pub(super) seqs: Vec<super::SeqKv>,
 }
 
 impl Batch {
@@ -143,7 +145,7 @@ impl KvCache {
             });
             old_lens.push(olds);
         }
-        Ok(Batch { layout, old_lens })
+        Ok(Batch { layout, old_lens, seqs: Vec::new() })
     }
 
     /// Gives back a prepared batch whose forward pass failed: each item's tables return to

@@ -3,6 +3,8 @@
 //! - [`LlamaConfig`]: hyper-parameters from GGUF metadata.
 //! - [`LlamaWeights`]: where each weight lives in the mapped file.
 //! - [`KvCache`]: page pool + K/V page storage; sequences are block tables into it.
+//! - [`KvManager`]: the cache, the prefix index and every sequence's tables; `prepare`s a
+//!   [`Batch`] the forward pass runs. [`Session`] and the engine sit on it.
 //! - [`Llama`]: the forward pass.
 //! - [`Session`]: one sequence with its own cache, the unit the CLI drives.
 //! - [`drop_out_of_window`]: sliding-window layers give back the pages their window left.
@@ -11,9 +13,11 @@ mod batch;
 mod config;
 mod eviction;
 mod kv_cache;
+mod kv_manager;
 mod kv_slab;
 mod llama;
 mod model_ref;
+mod prefix_index;
 mod session;
 mod weights;
 mod window;
@@ -24,9 +28,11 @@ pub use batch::{Batch, SeqItem};
 pub use config::{Family, FfnActivation, LlamaConfig, RopeStyle, MAX_ROPE_DIMS};
 pub use eviction::Evictor;
 pub use kv_cache::{KvCache, KvStore, KvType, SeqTable};
+pub use kv_manager::{BatchEntry, KvManager, SeqKv};
 pub use kv_slab::KvSlab;
 pub use llama::{ForwardScratch, Llama, Logits};
 pub use model_ref::ModelRef;
+pub use prefix_index::{PrefixIndex, PrefixKey};
 pub use session::{Session, SessionOptions};
 pub use weights::{LayerWeights, LlamaWeights, Weight};
 pub use window::{drop_out_of_window, droppable_pages, max_window_pages};
@@ -100,6 +106,11 @@ pub enum ModelError {
         /// The table's error.
         source: pagoda_core::evict::EvictError,
     },
+    /// A block table or the page pool refused an operation (a bug: the manager's
+    /// bookkeeping disagrees with the pool).
+    Table(pagoda_core::table::TableError),
+    /// The page pool's invariants do not hold (a bug), found by a check.
+    Invariant(pagoda_core::pool::InvariantViolation),
     /// A buffer could not be allocated (too large for memory, or its size overflows).
     OutOfMemory {
         /// What the buffer is for.
@@ -125,6 +136,8 @@ impl fmt::Display for ModelError {
             ModelError::Kernel { weight, source } => write!(f, "matmul {weight}: {source}"),
             ModelError::Policy { policy, source } => write!(f, "KV policy {policy}: {source}"),
             ModelError::Evict { what, source } => write!(f, "{what}: {source}"),
+            ModelError::Table(e) => write!(f, "KV pages: {e}"),
+            ModelError::Invariant(e) => write!(f, "{e}"),
             ModelError::OutOfPages { needed, free } => write!(
                 f,
                 "KV cache full: the step needs {needed} more pages, {free} are free \
@@ -159,6 +172,8 @@ impl std::error::Error for ModelError {
             ModelError::Kernel { source, .. } => Some(source),
             ModelError::Policy { source, .. } => Some(source),
             ModelError::Evict { source, .. } => Some(source),
+            ModelError::Table(e) => Some(e),
+            ModelError::Invariant(e) => Some(e),
             _ => None,
         }
     }

@@ -5,11 +5,11 @@ use std::sync::Arc;
 
 use pagoda_core::evict::{EvictionRule, KvPolicy};
 
-use super::batch::SeqItem;
 use super::eviction::Evictor;
 use super::kv_cache::{KvCache, KvType, SeqTable};
+use super::kv_manager::{BatchEntry, KvManager, SeqKv};
 use super::llama::{ForwardScratch, Llama, Logits};
-use super::window::{drop_out_of_window, max_window_pages};
+use super::window::max_window_pages;
 use super::{ModelError, ModelRef};
 
 /// Settings of a [`Session`].
@@ -54,9 +54,9 @@ impl Default for SessionOptions {
 #[derive(Debug)]
 pub struct Session<'m> {
     model: ModelRef<'m>,
-    cache: KvCache,
-    /// One table, or one per layer (per-layer policy).
-    tables: Vec<SeqTable>,
+    /// Its pool and pages, and its one sequence (one table, or one per layer).
+    kv: KvManager,
+    seq: SeqKv,
     tokens: Vec<u32>,
     opts: SessionOptions,
     scratch: ForwardScratch,
@@ -148,7 +148,8 @@ impl<'m> Session<'m> {
         } else {
             KvCache::new(c, opts.kv_type, n_pages, opts.block_size)?
         };
-        let tables = (0..evictor.n_tables()).map(|_| cache.new_table()).collect();
+        let mut kv = KvManager::new(cache);
+        let seq = kv.add_sequence();
         let mut scratch = ForwardScratch::default();
         // The largest step: a prompt chunk, or under eviction a page-aligned step.
         let step = opts.n_batch.min(opts.n_ctx);
@@ -156,8 +157,8 @@ impl<'m> Session<'m> {
         scratch.record_queries(policy.needs_attention_mass());
         Ok(Session {
             model,
-            cache,
-            tables,
+            kv,
+            seq,
             tokens: Vec::new(),
             opts,
             scratch,
@@ -196,15 +197,15 @@ impl<'m> Session<'m> {
                 bytes: None,
             })?;
         }
-        let cache = KvCache::new_per_layer(c, opts.kv_type, n_pages, bs)?;
-        let tables = (0..c.n_layers).map(|_| cache.new_table()).collect();
+        let mut kv = KvManager::new(KvCache::new_per_layer(c, opts.kv_type, n_pages, bs)?);
+        let seq = kv.add_sequence();
         let evictor = Evictor::new(KvPolicy::Full, opts.n_ctx, bs, c.n_layers)?;
         let mut scratch = ForwardScratch::default();
         scratch.reserve(c, step)?;
         Ok(Session {
             model,
-            cache,
-            tables,
+            kv,
+            seq,
             tokens: Vec::new(),
             opts,
             scratch,
@@ -227,7 +228,7 @@ impl<'m> Session<'m> {
     /// Tokens the cache holds now (`len()` minus those evicted; with a table per layer, those
     /// of the table that keeps the most).
     pub fn cached_len(&self) -> usize {
-        self.tables.iter().map(|t| t.len()).max().unwrap_or(0)
+        self.tables().iter().map(|t| t.len()).max().unwrap_or(0)
     }
 
     /// Pages the eviction policy has given back to the pool so far.
@@ -275,17 +276,22 @@ impl<'m> Session<'m> {
 
     /// The cache (pool statistics, page size).
     pub fn cache(&self) -> &KvCache {
-        &self.cache
+        self.kv.cache()
+    }
+
+    /// The KV manager the session sits on (its one sequence's tables, the pool).
+    pub fn kv(&self) -> &KvManager {
+        &self.kv
     }
 
     /// The sequence's block table (layer 0's under a per-layer policy).
     pub fn table(&self) -> &SeqTable {
-        &self.tables[0]
+        &self.tables()[0]
     }
 
     /// The sequence's block tables: one, or one per layer under a per-layer policy.
     pub fn tables(&self) -> &[SeqTable] {
-        &self.tables
+        self.kv.tables(self.seq)
     }
 
     /// Appends `tokens` (in chunks of `n_batch`) and returns the last token's logits.
@@ -354,14 +360,14 @@ impl<'m> Session<'m> {
         if self.windowed() {
             let l = self.pass(chunk, want)?;
             self.tokens.extend_from_slice(chunk);
-            self.peak_pages = self.peak_pages.max(self.cache.pages_in_use());
-            drop_out_of_window(&mut self.cache, &mut self.tables, self.model.config())?;
+            self.peak_pages = self.peak_pages.max(self.kv.cache().pages_in_use());
+            self.kv.drop_out_of_window(self.seq, self.model.config())?;
             return Ok(l);
         }
         if !self.evictor.evicts() {
             let l = self.pass(chunk, want)?;
             self.tokens.extend_from_slice(chunk);
-            self.peak_pages = self.peak_pages.max(self.cache.pages_in_use());
+            self.peak_pages = self.peak_pages.max(self.kv.cache().pages_in_use());
             return Ok(l);
         }
         // Page-aligned steps, evicting before each: every token sees what the policy keeps
@@ -371,7 +377,7 @@ impl<'m> Session<'m> {
         let mut at = 0;
         while at < chunk.len() {
             // Every table holds whole pages plus the same partial last page.
-            let n = (bs - self.tables[0].len() % bs).min(chunk.len() - at);
+            let n = (bs - self.table().len() % bs).min(chunk.len() - at);
             let step = &chunk[at..at + n];
             let step_want = match want {
                 Logits::None => Logits::None,
@@ -380,14 +386,15 @@ impl<'m> Session<'m> {
                 Logits::From(i) if at + n <= i => Logits::None,
                 Logits::From(i) => Logits::From(i.saturating_sub(at)),
             };
-            self.evictor.evict(&mut self.cache, &mut self.tables)?;
+            self.kv.evict(self.seq, &mut self.evictor)?;
             let pos0 = self.tokens.len();
             let l = self.pass(step, step_want)?;
-            self.evictor.appended(&self.tables, pos0, n);
+            self.evictor.appended(self.kv.tables(self.seq), pos0, n);
             let queries = self.scratch.take_queries();
-            self.evictor.add_mass(&self.cache, &self.tables, self.model.config(), &queries, n)?;
+            let (cache, tables) = (self.kv.cache(), self.kv.tables(self.seq));
+            self.evictor.add_mass(cache, tables, self.model.config(), &queries, n)?;
             self.tokens.extend_from_slice(step);
-            self.peak_pages = self.peak_pages.max(self.cache.pages_in_use());
+            self.peak_pages = self.peak_pages.max(self.kv.cache().pages_in_use());
             out.extend_from_slice(&l);
             at += n;
         }
@@ -399,15 +406,10 @@ impl<'m> Session<'m> {
     /// or nothing: on error no table changes length.
     fn pass(&mut self, tokens: &[u32], want: Logits) -> Result<Vec<f32>, ModelError> {
         let pos0 = self.tokens.len();
-        let mut items = [SeqItem { tables: &mut self.tables, tokens, pos0, logits: want }];
-        let batch = self.cache.prepare(&mut items)?;
-        match self.model.forward(&mut self.cache, &batch, &mut self.scratch) {
-            Ok(mut logits) => Ok(logits.pop().unwrap_or_default()),
-            Err(e) => {
-                self.cache.rollback(&mut items, batch);
-                Err(e)
-            }
-        }
+        let entry = BatchEntry { seq: self.seq, tokens, pos0, logits: want };
+        let batch = self.kv.prepare(&[entry])?;
+        let mut logits = self.kv.forward(&self.model, batch, &mut self.scratch)?;
+        Ok(logits.pop().unwrap_or_default())
     }
 
     /// Drops tokens past `n`, giving their pages back. Under eviction, the cache keeps the
@@ -418,7 +420,8 @@ impl<'m> Session<'m> {
     pub fn truncate(&mut self, n: usize) {
         if n < self.tokens.len() {
             let (len, windowed) = (self.tokens.len(), self.windowed());
-            for (i, table) in self.tables.iter_mut().enumerate() {
+            for i in 0..self.tables().len() {
+                let table = &self.tables()[i];
                 // A table's tokens are the last `table.len()` of the sequence.
                 let keep = if windowed {
                     n.saturating_sub(len - table.len())
@@ -427,9 +430,9 @@ impl<'m> Session<'m> {
                 } else {
                     n
                 };
-                self.cache.truncate(table, keep);
+                self.kv.truncate(self.seq, i, keep);
             }
-            self.evictor.truncated(&self.tables);
+            self.evictor.truncated(self.kv.tables(self.seq));
             self.tokens.truncate(n);
         }
     }
@@ -441,16 +444,16 @@ impl<'m> Session<'m> {
 
     /// KV pages the sequence holds.
     pub fn kv_pages_in_use(&self) -> usize {
-        self.cache.pages_in_use()
+        self.kv.cache().pages_in_use()
     }
 
     /// Bytes of those pages.
     pub fn kv_bytes_in_use(&self) -> usize {
-        self.cache.bytes_in_use()
+        self.kv.cache().bytes_in_use()
     }
 
     /// The most KV bytes the session has held at once (after any forward pass).
     pub fn peak_kv_bytes(&self) -> usize {
-        self.peak_pages * self.cache.page_bytes()
+        self.peak_pages * self.kv.cache().page_bytes()
     }
 }
