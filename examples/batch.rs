@@ -10,13 +10,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for (i, p) in prompts.iter().enumerate() {
         let mut req = Request::greedy(i as u64, model.tokenize(p), 16);
         req.stop_tokens = model.tokenizer().eog_ids().to_vec();
-        engine.add_request(req)?;
+        engine.submit(req)?;
     }
     // Two samples of one prompt: prefilled once, its pages shared copy-on-write.
     let mut forked = Request::greedy(99, model.tokenize("Once upon a time"), 16);
     forked.n = 2;
     forked.sampler.temperature = 0.8;
-    engine.add_request(forked)?;
+    engine.submit(forked)?;
 
     let mut outputs = engine.run_to_completion()?;
     outputs.sort_by_key(|o| o.id);

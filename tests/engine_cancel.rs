@@ -45,8 +45,8 @@ fn cancelling_a_running_forked_request_frees_its_pages_at_once() {
         let mut engine = Engine::new(model, config(32, prefix_caching)).unwrap();
         let keep = Request::greedy(1, prompt_in(1, 21, vocab()), 12);
         let doomed = Request { n: 3, ..Request::greedy(2, prompt_in(2, 19, vocab()), 40) };
-        engine.add_request(keep.clone()).unwrap();
-        engine.add_request(doomed).unwrap();
+        engine.submit(keep.clone()).unwrap();
+        engine.submit(doomed).unwrap();
         let mut done = Vec::new();
         // Run until the doomed request has forked and its samples have diverged pages.
         for _ in 0..4 {
@@ -92,7 +92,7 @@ fn cancelling_waiting_and_preempted_requests_and_reusing_ids() {
     let mut engine = Engine::new(model, config(6, true)).unwrap();
     let prompts: Vec<Vec<u32>> = (0..4).map(|i| prompt_in(10 + i, 20, vocab())).collect();
     for (i, p) in prompts.iter().enumerate().take(3) {
-        engine.add_request(Request::greedy(i as u64, p.clone(), 20)).unwrap();
+        engine.submit(Request::greedy(i as u64, p.clone(), 20)).unwrap();
     }
     assert!(!engine.cancel(RequestId(99)).unwrap(), "unknown id");
     let mut done: HashMap<RequestId, Vec<u32>> = HashMap::new();
@@ -114,7 +114,7 @@ fn cancelling_waiting_and_preempted_requests_and_reusing_ids() {
             assert_eq!(engine.pages_held(), held, "a waiting request holds no pages");
             cancelled_waiting = true;
             // Its id is free again: queue a different request under it.
-            engine.add_request(Request::greedy(2, prompts[3].clone(), 9)).unwrap();
+            engine.submit(Request::greedy(2, prompts[3].clone(), 9)).unwrap();
         }
         assert!(steps < 10_000);
     }
@@ -148,11 +148,11 @@ fn finishing_one_sample_frees_its_pages_and_leaves_its_siblings_alone() {
     let req = Request { n: 3, sampler, ..Request::greedy(5, prompt_in(5, 19, vocab()), 30) };
     // Alone: what each sample produces unstopped.
     let mut alone = Engine::new(model, config(64, false)).unwrap();
-    alone.add_request(req.clone()).unwrap();
+    alone.submit(req.clone()).unwrap();
     let full = alone.run_to_completion().unwrap().remove(0);
 
     let mut engine = Engine::new(model, config(64, false)).unwrap();
-    engine.add_request(req).unwrap();
+    engine.submit(req).unwrap();
     // Before the prompt is done nothing was generated: nothing to finish.
     assert_eq!(engine.finish_sample(RequestId(5), 0).unwrap(), None);
     let mut generated = 0;
@@ -188,8 +188,8 @@ fn token_events_carry_log_probabilities_when_asked() {
     let model = model();
     let mut engine = Engine::new(model, config(64, false)).unwrap();
     let req = Request { logprobs: Some(3), ..Request::greedy(1, prompt_in(3, 11, vocab()), 8) };
-    engine.add_request(req).unwrap();
-    engine.add_request(Request::greedy(2, prompt_in(4, 9, vocab()), 8)).unwrap();
+    engine.submit(req).unwrap();
+    engine.submit(Request::greedy(2, prompt_in(4, 9, vocab()), 8)).unwrap();
     let mut seen = 0;
     while engine.has_unfinished() {
         for t in engine.step().unwrap().tokens {

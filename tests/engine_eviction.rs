@@ -105,13 +105,13 @@ fn sink_window_batch_runs_past_full_capacity_and_matches_sessions() {
     // full attention the first request alone needs ⌈(40 + 260 − 1) / 16⌉ = 19 pages.
     let kv_pages = 18;
     let full = Engine::new(&model, config(kv_pages));
-    let refused = full.unwrap().add_request(Request::greedy(0, prompts[0].clone(), steps[0]));
+    let refused = full.unwrap().submit(Request::greedy(0, prompts[0].clone(), steps[0]));
     assert!(matches!(refused, Err(EngineError::TooLarge { .. })), "{refused:?}");
 
     let mut engine = Engine::with_policy(&model, config(kv_pages), policy).expect("engine");
     let mut seqs = Vec::new();
     for (i, (p, &n)) in prompts.iter().zip(&steps).enumerate() {
-        engine.add_request(Request::greedy(i as u64, p.clone(), n)).expect("request");
+        engine.submit(Request::greedy(i as u64, p.clone(), n)).expect("request");
         seqs.push((RequestId(i as u64), 0));
         if i == 0 {
             // Its first page computed and cached: the others start from it.
@@ -149,7 +149,7 @@ fn h2o_batch_matches_sessions_and_keeps_its_budget() {
     let mut engine = Engine::with_policy(&model, config(kv_pages), policy).expect("engine");
     let mut seqs = Vec::new();
     for (i, p) in prompts.iter().enumerate() {
-        engine.add_request(Request::greedy(i as u64, p.clone(), steps[i])).expect("request");
+        engine.submit(Request::greedy(i as u64, p.clone(), steps[i])).expect("request");
         seqs.push((RequestId(i as u64), 0));
     }
     let done = run_watching_shared_pages(&mut engine, &seqs).done;
@@ -170,7 +170,7 @@ fn forked_samples_evict_shared_pages_as_they_would_alone() {
     req.sampler.temperature = 0.9;
     req.sampler.seed = 5;
     let mut engine = Engine::with_policy(&model, config(24), policy).expect("engine");
-    engine.add_request(req.clone()).expect("request");
+    engine.submit(req.clone()).expect("request");
     let seqs = [(RequestId(0), 0), (RequestId(0), 1)];
     let Watched { done, shared_seen, dropped_shared } =
         run_watching_shared_pages(&mut engine, &seqs);
@@ -191,7 +191,7 @@ fn forked_samples_evict_shared_pages_as_they_would_alone() {
         alone.n = 1;
         alone.sampler.seed = req.sampler.seed + k as u64;
         let mut solo = Engine::with_policy(&model, config(24), policy).expect("engine");
-        solo.add_request(alone).expect("request");
+        solo.submit(alone).expect("request");
         let mut out = Vec::new();
         while solo.has_unfinished() {
             out.extend(solo.step().expect("step").finished);
@@ -232,7 +232,7 @@ fn preempted_evicting_sequences_recompute_to_their_session_tokens() {
     let mut engine = Engine::with_policy(&model, config(7), policy).expect("engine");
     let mut seqs = Vec::new();
     for (i, p) in prompts.iter().enumerate() {
-        engine.add_request(Request::greedy(i as u64, p.clone(), steps[i])).expect("request");
+        engine.submit(Request::greedy(i as u64, p.clone(), steps[i])).expect("request");
         seqs.push((RequestId(i as u64), 0));
     }
     let done = run_watching_shared_pages(&mut engine, &seqs).done;

@@ -14,7 +14,7 @@ fn eight_greedy_samples_share_the_prompt_pages_and_agree() {
     let steps = 4;
     let mut engine = Engine::new(&model, EngineConfig::default()).unwrap();
     let req = Request { n: 8, ..Request::greedy(1, prompt.clone(), steps) };
-    engine.add_request(req).unwrap();
+    engine.submit(req).unwrap();
     // Step until the prompt is done and the samples are forked (first tokens out).
     let mut out = engine.step().unwrap();
     while out.tokens.is_empty() {
@@ -68,18 +68,15 @@ fn samples_have_their_own_seeds_and_sample_zero_is_the_single_run() {
         stop: Vec::new(),
     };
     let mut engine = Engine::new(&model, EngineConfig::default()).unwrap();
-    engine.add_request(req(1, 4)).unwrap();
+    engine.submit(req(1, 4)).unwrap();
     let (many, _) = engine_common::run_checked(&mut engine);
-    engine.add_request(req(2, 1)).unwrap();
+    engine.submit(req(2, 1)).unwrap();
     let (single, _) = engine_common::run_checked(&mut engine);
     let s = &many[0].samples;
     assert_eq!(s[0], single[0].samples[0], "sample 0 uses the request's seed");
     // Sample i uses seed 42 + i: the same as a single run with that seed.
     engine
-        .add_request(Request {
-            sampler: SamplerConfig { seed: 44, ..sampler.clone() },
-            ..req(3, 1)
-        })
+        .submit(Request { sampler: SamplerConfig { seed: 44, ..sampler.clone() }, ..req(3, 1) })
         .unwrap();
     let (third, _) = engine_common::run_checked(&mut engine);
     assert_eq!(s[2], third[0].samples[0]);

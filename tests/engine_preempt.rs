@@ -20,7 +20,7 @@ fn a_small_pool_completes_every_request_with_reference_outputs() {
         let mut engine =
             Engine::new(&model, EngineConfig { prefix_caching, ..cfg.clone() }).unwrap();
         for (i, p) in prompts.iter().enumerate() {
-            engine.add_request(Request::greedy(i as u64, p.clone(), steps)).unwrap();
+            engine.submit(Request::greedy(i as u64, p.clone(), steps)).unwrap();
         }
         let (done, _) = engine_common::run_checked(&mut engine);
         let stats = engine.stats();

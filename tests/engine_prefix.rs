@@ -20,11 +20,11 @@ fn second_request_prefills_only_its_suffix_and_matches_the_uncached_run() {
     let steps = 6;
 
     let mut engine = Engine::new(&model, EngineConfig::default()).unwrap();
-    engine.add_request(Request::greedy(1, a.clone(), steps)).unwrap();
+    engine.submit(Request::greedy(1, a.clone(), steps)).unwrap();
     let (done_a, _) = engine_common::run_checked(&mut engine);
     assert_eq!(done_a[0].cached_prompt_tokens, 0);
     let before = engine.stats().clone();
-    engine.add_request(Request::greedy(2, b.clone(), steps)).unwrap();
+    engine.submit(Request::greedy(2, b.clone(), steps)).unwrap();
     let (done_b, _) = engine_common::run_checked(&mut engine);
     let after = engine.stats();
 
@@ -44,7 +44,7 @@ fn second_request_prefills_only_its_suffix_and_matches_the_uncached_run() {
     // The same tokens as with the cache off, and as B alone in a session.
     let mut plain =
         Engine::new(&model, EngineConfig { prefix_caching: false, ..Default::default() }).unwrap();
-    plain.add_request(Request::greedy(2, b.clone(), steps)).unwrap();
+    plain.submit(Request::greedy(2, b.clone(), steps)).unwrap();
     let (uncached, _) = engine_common::run_checked(&mut plain);
     assert_eq!(plain.stats().prefill_computed, b.len() as u64);
     assert_eq!(done_b[0].samples, uncached[0].samples);
@@ -63,9 +63,9 @@ fn a_fully_cached_prompt_still_computes_its_last_token() {
     let model = Llama::load(common::model_path()).expect("load model");
     let p = engine_common::prompt(3, 64); // exactly 4 pages
     let mut engine = Engine::new(&model, EngineConfig::default()).unwrap();
-    engine.add_request(Request::greedy(1, p.clone(), 3)).unwrap();
+    engine.submit(Request::greedy(1, p.clone(), 3)).unwrap();
     let (first, _) = engine_common::run_checked(&mut engine);
-    engine.add_request(Request::greedy(2, p.clone(), 3)).unwrap();
+    engine.submit(Request::greedy(2, p.clone(), 3)).unwrap();
     let (second, _) = engine_common::run_checked(&mut engine);
     // The last page is recomputed (its last token's logits are needed): 3 pages reused.
     assert_eq!(second[0].cached_prompt_tokens, 48);

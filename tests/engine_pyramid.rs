@@ -131,7 +131,7 @@ fn assert_all_free(engine: &mut Engine<'_>) {
 
 fn greedy_requests(engine: &mut Engine<'_>, prompts: &[Vec<u32>], steps: &[usize]) {
     for (i, (p, &n)) in prompts.iter().zip(steps).enumerate() {
-        engine.add_request(Request::greedy(i as u64, p.clone(), n)).expect("request");
+        engine.submit(Request::greedy(i as u64, p.clone(), n)).expect("request");
     }
 }
 
@@ -174,7 +174,7 @@ fn pyramid_batch_matches_sessions_alone_and_keeps_each_layers_budget() {
         assert_eq!(out.samples[0].tokens, want, "request {i} in the batch differs from Session");
         // Alone through the engine: the same tokens again.
         let mut alone = Engine::with_policy(&model, config(kv_pages), POLICY).expect("engine");
-        alone.add_request(Request::greedy(i as u64, prompts[i].clone(), steps[i])).unwrap();
+        alone.submit(Request::greedy(i as u64, prompts[i].clone(), steps[i])).unwrap();
         let (solo, _) = run_watched(&mut alone, &[(out.id, 0)], &budgets);
         assert_eq!(solo[0].samples[0].tokens, want, "request {i} alone differs from Session");
         assert_all_free(&mut alone);
@@ -191,7 +191,7 @@ fn pyramid_forked_samples_share_every_layer_and_evict_shared_pages_as_alone() {
     let mut req = Request::greedy(0, prompt.clone(), 64);
     req.n = n;
     let mut engine = Engine::with_policy(&model, config(24), POLICY).expect("engine");
-    engine.add_request(req).expect("request");
+    engine.submit(req).expect("request");
     let seqs: Vec<_> = (0..n).map(|k| (RequestId(0), k)).collect();
 
     // Prompt steps (one page each) until the fork.
@@ -270,7 +270,7 @@ fn pyramid_requests_are_counted_in_single_layer_pages() {
     let n_layers = model.config().n_layers;
     // 3 all-layer pages = 90 single-layer pages: less than one sequence's bound (120).
     let mut engine = Engine::with_policy(&model, config(3), POLICY).expect("engine");
-    let err = engine.add_request(Request::greedy(0, engine_common::prompt(81, 40), 200));
+    let err = engine.submit(Request::greedy(0, engine_common::prompt(81, 40), 200));
     match err {
         Err(EngineError::TooLarge { pages_needed, pages_total, .. }) => {
             assert_eq!((pages_needed, pages_total), (n_layers * 4, 3 * n_layers));
@@ -278,7 +278,7 @@ fn pyramid_requests_are_counted_in_single_layer_pages() {
         other => panic!("expected TooLarge, got {other:?}"),
     }
     // A short request needs 2 pages per layer unevicted (⌈(20 + 12 − 1) / 16⌉): it fits.
-    engine.add_request(Request::greedy(1, engine_common::prompt(82, 20), 12)).expect("fits");
+    engine.submit(Request::greedy(1, engine_common::prompt(82, 20), 12)).expect("fits");
     let (done, _) = engine_common::run_checked(&mut engine);
     assert_eq!(done.len(), 1);
     assert_eq!(engine.stats().peak_pages, 2 * n_layers);

@@ -77,7 +77,7 @@ proptest! {
         while outputs.len() < requests.len() {
             for (r, a) in requests.iter().zip(&arrivals) {
                 if a.step == step {
-                    engine.add_request(r.clone()).unwrap();
+                    engine.submit(r.clone()).unwrap();
                 }
             }
             let out = engine.step().unwrap();
@@ -111,8 +111,8 @@ fn requests_that_can_never_fit_or_are_malformed_are_refused() {
     let cfg = EngineConfig { kv_pages: 4, block_size: 16, ..EngineConfig::default() };
     let mut engine = Engine::new(model, cfg).unwrap();
     // 60 prompt + 5 generated − 1 = 64 tokens = 4 pages: fits exactly.
-    engine.add_request(Request::greedy(1, engine_common::prompt(1, 60), 5)).unwrap();
-    let too_big = engine.add_request(Request::greedy(2, engine_common::prompt(2, 60), 6));
+    engine.submit(Request::greedy(1, engine_common::prompt(1, 60), 5)).unwrap();
+    let too_big = engine.submit(Request::greedy(2, engine_common::prompt(2, 60), 6));
     assert!(
         matches!(too_big, Err(EngineError::TooLarge { pages_needed: 5, pages_total: 4, .. })),
         "{too_big:?}"
@@ -120,15 +120,15 @@ fn requests_that_can_never_fit_or_are_malformed_are_refused() {
     let msg = too_big.unwrap_err().to_string();
     assert!(msg.contains("request 2") && msg.contains("5 KV pages"), "{msg}");
     assert!(matches!(
-        engine.add_request(Request::greedy(1, vec![5], 1)),
+        engine.submit(Request::greedy(1, vec![5], 1)),
         Err(EngineError::DuplicateId(RequestId(1)))
     ));
-    let empty = engine.add_request(Request::greedy(3, vec![], 1)).unwrap_err();
+    let empty = engine.submit(Request::greedy(3, vec![], 1)).unwrap_err();
     assert!(empty.to_string().contains("empty"), "{empty}");
-    let oov = engine.add_request(Request::greedy(4, vec![1, u32::MAX], 1)).unwrap_err();
+    let oov = engine.submit(Request::greedy(4, vec![1, u32::MAX], 1)).unwrap_err();
     assert!(oov.to_string().contains("prompt token 1"), "{oov}");
     let zero = Request { n: 0, ..Request::greedy(5, vec![1], 1) };
-    assert!(engine.add_request(zero).unwrap_err().to_string().contains("n (samples)"));
+    assert!(engine.submit(zero).unwrap_err().to_string().contains("n (samples)"));
     assert!(matches!(
         Engine::new(model, EngineConfig { max_batch_tokens: 0, ..EngineConfig::default() }),
         Err(EngineError::InvalidConfig(_))

@@ -68,7 +68,7 @@ fn random_request(rng: &mut Rng, id: u64, stems: &[Vec<u32>], vocab: usize) -> R
 fn solo(model: &Llama, policy: KvPolicy, req: &Request) -> Vec<SampleOutput> {
     let cfg = EngineConfig { kv_pages: 64, block_size: BS, ..EngineConfig::default() };
     let mut engine = Engine::with_policy(model, cfg, policy).expect("solo engine");
-    engine.add_request(req.clone()).expect("solo request");
+    engine.submit(req.clone()).expect("solo request");
     let mut done = engine.run_to_completion().expect("solo run");
     assert_eq!(done.len(), 1);
     done.remove(0).samples
@@ -110,7 +110,7 @@ fn round(model: &Llama, policy: KvPolicy, n_requests: usize, seed: u64, totals: 
         if next_id < n_requests as u64 && live.len() < 8 {
             for _ in 0..rng.range(0, 4).min(n_requests - next_id as usize) {
                 let req = random_request(&mut rng, next_id, &stems, vocab);
-                engine.add_request(req.clone()).unwrap_or_else(|e| panic!("{:?}: {e}", req));
+                engine.submit(req.clone()).unwrap_or_else(|e| panic!("{:?}: {e}", req));
                 totals.forks += req.n - 1;
                 live.push(req.id);
                 requests.insert(req.id, req);

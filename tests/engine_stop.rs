@@ -26,7 +26,7 @@ fn run(
     requests: Vec<Request>,
 ) -> BTreeMap<(u64, usize), (String, FinishReason, Vec<u32>)> {
     for r in requests {
-        engine.add_request(r).unwrap();
+        engine.submit(r).unwrap();
     }
     let mut texts: BTreeMap<(u64, usize), (String, Option<FinishReason>)> = BTreeMap::new();
     let mut out = BTreeMap::new();
@@ -117,7 +117,7 @@ fn stop_strings_without_a_tokenizer_are_refused() {
     let (model, _) = model();
     let mut engine = Engine::new(&model, EngineConfig::default()).unwrap();
     let req = Request { stop: vec!["x".into()], ..Request::greedy(1, vec![1, 2, 3], 4) };
-    match engine.add_request(req) {
+    match engine.submit(req) {
         Err(EngineError::InvalidRequest { id, reason }) => {
             assert_eq!(id, RequestId(1));
             assert!(reason.contains("tokenizer"), "{reason}");

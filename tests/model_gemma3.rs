@@ -146,7 +146,7 @@ fn engine_runs_windowed_requests_as_a_session_does_alone() {
         let mut req = Request::greedy(i as u64, p.clone(), *n);
         // Two samples of the long prompt: forked pages, dropped by each sample on its own.
         req.n = if i == 0 { 2 } else { 1 };
-        engine.add_request(req).unwrap();
+        engine.submit(req).unwrap();
     }
     let mut outs = Vec::new();
     while engine.has_unfinished() {
@@ -382,7 +382,7 @@ fn engine_preempts_windowed_sequences_and_recomputes_them_exactly() {
     let config = EngineConfig { kv_pages: 60, max_batch_tokens: 256, ..Default::default() };
     let mut engine = Engine::new(&model, config).unwrap();
     for (i, (p, n)) in cases.iter().enumerate() {
-        engine.add_request(Request::greedy(i as u64, p.clone(), *n)).unwrap();
+        engine.submit(Request::greedy(i as u64, p.clone(), *n)).unwrap();
     }
     let mut outs = Vec::new();
     while engine.has_unfinished() {

@@ -504,7 +504,7 @@ fn run_requests(
             logprobs: None,
             stop: Vec::new(),
         };
-        match engine.add_request(req) {
+        match engine.submit(req) {
             Ok(_) => {
                 pending.insert(i, ());
             }

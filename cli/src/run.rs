@@ -195,7 +195,7 @@ fn run_samples(
         };
         let mut engine = Engine::new(&loaded.model, config)?;
         let stop_tokens = if a.ignore_eos { Vec::new() } else { tok.eog_ids().to_vec() };
-        engine.add_request(Request {
+        engine.submit(Request {
             id: RequestId(0),
             prompt: prompt_ids.clone(),
             max_tokens,

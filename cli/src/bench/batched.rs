@@ -48,9 +48,7 @@ fn one_run(model: &Llama, b: usize, p: usize, n: usize, rep: usize) -> InPool<Ru
     let vocab = model.config().vocab_size.min(20_000);
     for i in 0..b {
         let seed = (rep * 1000 + i) as u64 + 1;
-        engine
-            .add_request(Request::greedy(i as u64, pseudo_prompt(seed, p, vocab), n))
-            .map_err(msg)?;
+        engine.submit(Request::greedy(i as u64, pseudo_prompt(seed, p, vocab), n)).map_err(msg)?;
     }
     // PP: until every sequence has its first token (the prompt logits).
     let t0 = Instant::now();

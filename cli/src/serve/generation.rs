@@ -190,7 +190,7 @@ impl Drop for Generation {
     }
 }
 
-/// An `add_request` refusal as a 400.
+/// An `submit` refusal as a 400.
 fn refused(e: EngineError) -> ApiError {
     let mut err = ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", e.to_string());
     if matches!(e, EngineError::TooLarge { .. }) {

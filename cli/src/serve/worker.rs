@@ -40,7 +40,7 @@ pub enum Event {
     Token(TokenEvent),
     /// Every sample finished.
     Done(RequestOutput),
-    /// The engine refused the request (`add_request`'s error).
+    /// The engine refused the request (`submit`'s error).
     Refused(EngineError),
     /// The engine failed while running it (a bug: logged, the request ends with a 500).
     Failed(String),
@@ -164,7 +164,7 @@ fn apply(
     match command {
         Command::Submit { request, events } => {
             let id = request.id;
-            match engine.add_request(request) {
+            match engine.submit(request) {
                 Ok(_) => {
                     let route = Route {
                         events,

@@ -44,7 +44,7 @@ pub enum EngineError {
     /// A sequence's table disagrees with its tokens (a bug); the message says how.
     Inconsistent(String),
     /// Requests are unfinished but none could be scheduled (a bug: requests that cannot
-    /// fit are refused by `add_request`).
+    /// fit are refused by `submit`).
     Stalled {
         /// Sequences waiting.
         waiting: usize,

@@ -1,9 +1,9 @@
 //! The engine: many sequences in one page pool.
 //!
 //! ```text
-//!   add_request ──► waiting (FIFO) ──admit when the pool holds the next chunk──► running
-//!                      ▲                                                           │
-//!                      └──────── preempt the most recently started (pages freed) ──┘
+//!   submit(request) ──► waiting (FIFO) ──admit when the pool has pages──► running
+//!                       ▲                                                 │
+//!                       └─── preempt the newest started (pages freed) ────┘
 //!   step(): one forward pass over [next token of every running sequence | prompt chunks]
 //!           within max_batch_tokens → sample → stream tokens (+ text, logprobs) → finished
 //!   cancel(id): its pages back at once      finish_sample(id, k): one sample ends now

@@ -121,8 +121,8 @@ struct Group {
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let model = Llama::load("models/SmolLM2-135M-Instruct.Q4_1.gguf")?;
 /// let mut engine = Engine::new(&model, EngineConfig::default())?;
-/// engine.add_request(Request::greedy(1, vec![1, 504, 3458], 16))?;
-/// engine.add_request(Request::greedy(2, vec![1, 504, 1120, 314], 16))?;
+/// engine.submit(Request::greedy(1, vec![1, 504, 3458], 16))?;
+/// engine.submit(Request::greedy(2, vec![1, 504, 1120, 314], 16))?;
 /// for out in engine.run_to_completion()? {
 ///     println!("{}: {:?}", out.id, out.samples[0].tokens);
 /// }
@@ -350,7 +350,7 @@ impl<'m> Engine<'m> {
     /// a per-layer policy, single-layer pages: that many per layer, at most the sum of the
     /// layers' budgets, against `kv_pages × n_layers`). Under an evicting policy a request
     /// may run past the model's context length.
-    pub fn add_request(&mut self, req: Request) -> Result<RequestId, EngineError> {
+    pub fn submit(&mut self, req: Request) -> Result<RequestId, EngineError> {
         let id = req.id;
         let invalid = |reason: String| Err(EngineError::InvalidRequest { id, reason });
         if self.groups.contains_key(&id) {
@@ -457,7 +457,7 @@ impl<'m> Engine<'m> {
         let plan = self.schedule()?;
         if plan.is_empty() {
             if self.has_unfinished() {
-                // Unreachable by construction (add_request refuses what cannot fit).
+                // Unreachable by construction (submit refuses what cannot fit).
                 return Err(EngineError::Stalled {
                     waiting: self.waiting.len(),
                     running: self.running.len(),
