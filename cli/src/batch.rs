@@ -38,15 +38,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use pagoda_cpu::engine::{Engine, EngineConfig, EngineStats, Request, RequestId, RequestOutput};
-use pagoda_cpu::model::KvType;
+use pagoda_cpu::engine::{Engine, EngineStats, Request, RequestId, RequestOutput};
 use pagoda_cpu::sampler::SamplerConfig;
 use pagoda_cpu::tokenizer::Tokenizer;
 use serde_json::{json, Map, Value};
 
 use crate::common::{
-    load, parse_kv_policy, parse_kv_type, read_text_file, same_file, stdout_error, AtomicFile,
-    CliResult, Exit, ModelArgs, OutputLock, SamplingArgs,
+    load, read_text_file, same_file, stdout_error, AtomicFile, CliResult, EngineArgs, Exit,
+    ModelArgs, OutputLock, SamplingArgs,
 };
 
 #[derive(Args, Debug)]
@@ -70,31 +69,8 @@ pub struct BatchArgs {
     #[arg(short = 'n', long = "n-predict", default_value_t = 128,
           value_parser = clap::value_parser!(u32).range(1..))]
     n_predict: u32,
-    /// Pages in the shared KV pool (all-layer pages; under pyramid the pool holds
-    /// kv-pages × n_layers single-layer pages, the same bytes).
-    #[arg(long = "kv-pages", default_value_t = 512,
-          value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
-    kv_pages: u32,
-    /// Most tokens per forward pass (decode tokens plus prompt chunks).
-    #[arg(long = "max-batch-tokens", default_value_t = 512,
-          value_parser = clap::value_parser!(u32).range(1..=65_536))]
-    max_batch_tokens: u32,
-    /// Tokens per KV page.
-    #[arg(long = "block-size", default_value_t = 16,
-          value_parser = clap::value_parser!(u32).range(1..=4096))]
-    block_size: u32,
-    /// KV page format: f32, f16, bf16, q8_0 or q4_0.
-    #[arg(long = "kv-type", default_value = "f16", value_parser = parse_kv_type)]
-    kv_type: KvType,
-    /// Turn off prefix caching.
-    #[arg(long = "no-prefix-cache")]
-    no_prefix_cache: bool,
-    /// KV eviction policy of every sequence: full (default), sink:S,window:W, window:W,
-    /// h2o:BUDGET or pyramid:BUDGET (tokens, or N% of the model's context length); each
-    /// sequence evicts its own pages, never one another sequence shares. See
-    /// docs/kv-eviction.md.
-    #[arg(long = "kv-policy", default_value = "full", value_parser = parse_kv_policy)]
-    kv_policy: pagoda_core::evict::KvPolicy,
+    #[command(flatten)]
+    engine: EngineArgs,
     /// Keep generating past end-of-turn tokens.
     #[arg(long = "ignore-eos")]
     ignore_eos: bool,
@@ -482,14 +458,7 @@ fn run_requests(
 ) -> CliResult<RunOutcome> {
     let loaded = load(&a.model)?;
     let tok = &loaded.tokenizer;
-    let config = EngineConfig {
-        kv_pages: a.kv_pages as usize,
-        block_size: a.block_size as usize,
-        kv_type: a.kv_type,
-        max_batch_tokens: a.max_batch_tokens as usize,
-        prefix_caching: !a.no_prefix_cache,
-    };
-    let mut engine = Engine::with_policy(&loaded.model, config, a.kv_policy)?;
+    let mut engine = Engine::with_policy(&loaded.model, a.engine.config(), a.engine.kv_policy)?;
     let stop_tokens = if a.ignore_eos { Vec::new() } else { tok.eog_ids().to_vec() };
     // Requests in the engine, by index into `lines`.
     let mut pending = BTreeMap::new();

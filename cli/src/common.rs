@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use pagoda_core::evict::KvPolicy;
+use pagoda_cpu::engine::EngineConfig;
 use pagoda_cpu::generate::{GenerateError, GenerateOptions, Generation, Generator};
 use pagoda_cpu::model::{KvType, Llama, Session, SessionOptions};
 use pagoda_cpu::model_file::default_model_path;
@@ -100,6 +101,49 @@ impl ContextArgs {
             kv_type: self.kv_type,
             block_size: self.block_size as usize,
             n_batch: self.batch as usize,
+        }
+    }
+}
+
+/// The engine's flags (`batch`, `serve`): the shared page pool and the batch budget.
+#[derive(Args, Clone, Debug)]
+pub struct EngineArgs {
+    /// Pages in the shared KV pool (all-layer pages; under pyramid the pool holds
+    /// kv-pages × n_layers single-layer pages, the same bytes).
+    #[arg(long = "kv-pages", default_value_t = 512,
+          value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
+    pub kv_pages: u32,
+    /// Most tokens per forward pass (decode tokens plus prompt chunks).
+    #[arg(long = "max-batch-tokens", default_value_t = 512,
+          value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub max_batch_tokens: u32,
+    /// Tokens per KV page.
+    #[arg(long = "block-size", default_value_t = 16,
+          value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub block_size: u32,
+    /// KV page format: f32, f16, bf16, q8_0 or q4_0.
+    #[arg(long = "kv-type", default_value = "f16", value_parser = parse_kv_type)]
+    pub kv_type: KvType,
+    /// Turn off prefix caching.
+    #[arg(long = "no-prefix-cache")]
+    pub no_prefix_cache: bool,
+    /// KV eviction policy of every sequence: full (default), sink:S,window:W, window:W,
+    /// h2o:BUDGET or pyramid:BUDGET (tokens, or N% of the model's context length); each
+    /// sequence evicts its own pages, never one another sequence shares. See
+    /// docs/kv-eviction.md.
+    #[arg(long = "kv-policy", default_value = "full", value_parser = parse_kv_policy)]
+    pub kv_policy: KvPolicy,
+}
+
+impl EngineArgs {
+    /// The engine settings from the flags.
+    pub fn config(&self) -> EngineConfig {
+        EngineConfig {
+            kv_pages: self.kv_pages as usize,
+            block_size: self.block_size as usize,
+            kv_type: self.kv_type,
+            max_batch_tokens: self.max_batch_tokens as usize,
+            prefix_caching: !self.no_prefix_cache,
         }
     }
 }

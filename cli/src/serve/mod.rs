@@ -30,12 +30,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use pagoda_core::evict::KvPolicy;
 use pagoda_cpu::chat::ChatTemplate;
-use pagoda_cpu::engine::{Engine, EngineConfig};
-use pagoda_cpu::model::KvType;
+use pagoda_cpu::engine::Engine;
 
-use crate::common::{load, parse_kv_policy, parse_kv_type, read_text_file, CliResult, ModelArgs};
+use crate::common::{load, read_text_file, CliResult, EngineArgs, ModelArgs};
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
@@ -50,31 +48,12 @@ pub struct ServeArgs {
     /// Require `Authorization: Bearer KEY` on /v1/ endpoints.
     #[arg(long = "api-key")]
     api_key: Option<String>,
-    /// Pages in the shared KV pool.
-    #[arg(long = "kv-pages", default_value_t = 512,
-          value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
-    kv_pages: u32,
-    /// Most tokens per forward pass (decode tokens plus prompt chunks).
-    #[arg(long = "max-batch-tokens", default_value_t = 512,
-          value_parser = clap::value_parser!(u32).range(1..=65_536))]
-    max_batch_tokens: u32,
+    #[command(flatten)]
+    engine: EngineArgs,
     /// Most requests waiting for their first token; more get 503 with Retry-After.
     #[arg(long = "max-queue", default_value_t = 64,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     max_queue: u32,
-    /// Tokens per KV page.
-    #[arg(long = "block-size", default_value_t = 16,
-          value_parser = clap::value_parser!(u32).range(1..=4096))]
-    block_size: u32,
-    /// KV page format: f32, f16, bf16, q8_0 or q4_0.
-    #[arg(long = "kv-type", default_value = "f16", value_parser = parse_kv_type)]
-    kv_type: KvType,
-    /// KV eviction policy of every sequence (see `pagoda batch --help`).
-    #[arg(long = "kv-policy", default_value = "full", value_parser = parse_kv_policy)]
-    kv_policy: KvPolicy,
-    /// Turn off prefix caching.
-    #[arg(long = "no-prefix-cache")]
-    no_prefix_cache: bool,
     /// A Jinja chat template to use instead of the model's.
     #[arg(long = "chat-template")]
     chat_template: Option<PathBuf>,
@@ -120,16 +99,10 @@ pub fn main(a: ServeArgs) -> CliResult {
         None => ChatTemplate::from_model(&loaded.model.gguf(), &tokenizer)
             .map_err(|e| format!("the model's chat template: {e}"))?,
     };
-    let config = EngineConfig {
-        kv_pages: a.kv_pages as usize,
-        block_size: a.block_size as usize,
-        kv_type: a.kv_type,
-        max_batch_tokens: a.max_batch_tokens as usize,
-        prefix_caching: !a.no_prefix_cache,
-    };
+    let config = a.engine.config();
     let n_ctx = loaded.model.config().context_length;
     let max_context = n_ctx.min(config.kv_pages.saturating_mul(config.block_size));
-    let evicting = a.kv_policy.evicts();
+    let evicting = a.engine.kv_policy.evicts();
     let metrics = Arc::new(metrics::Metrics::default());
     let (commands, command_rx) = std::sync::mpsc::channel();
     let state = Arc::new(routes::AppState {
@@ -151,7 +124,8 @@ pub fn main(a: ServeArgs) -> CliResult {
     });
     // The engine owns its model (shared) and lives on a thread of its own.
     let model = Arc::new(loaded.model);
-    let engine = Engine::shared(model, config, a.kv_policy)?.with_tokenizer(tokenizer.clone());
+    let engine =
+        Engine::shared(model, config, a.engine.kv_policy)?.with_tokenizer(tokenizer.clone());
     let check = a.check_invariants;
     let engine_thread = std::thread::Builder::new()
         .name("engine".into())
