@@ -23,6 +23,8 @@ struct Input {
     first_logit: f32,
     logits: Vec<f32>,
     steps: u8,
+    frequency_penalty: f32,
+    presence_penalty: f32,
 }
 
 fuzz_target!(|input: Input| {
@@ -33,6 +35,8 @@ fuzz_target!(|input: Input| {
         min_p: input.min_p,
         repeat_penalty: input.repeat_penalty,
         repeat_last_n: input.repeat_last_n,
+        frequency_penalty: input.frequency_penalty,
+        presence_penalty: input.presence_penalty,
         seed: input.seed,
     };
     let valid = cfg.validate();
