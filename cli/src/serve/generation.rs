@@ -17,10 +17,11 @@ use super::worker::{Command, Event};
 #[derive(Debug)]
 pub enum Update {
     /// New text (maybe empty when a token only completed part of a character or of a
-    /// possible stop string) for a sample, with the token's log-probabilities if asked.
-    Text { sample: usize, text: String, token: Option<TokenInfo> },
-    /// A sample finished: the last of its text, and why.
-    Finished { sample: usize, text: String, reason: &'static str },
+    /// possible stop string) for a sample, with the token (and its log-probabilities if
+    /// asked). The engine's text: a sample's last token flushes what was held back.
+    Text { sample: usize, text: String, token: TokenInfo },
+    /// A sample finished, and why.
+    Finished { sample: usize, reason: &'static str },
     /// Every sample finished.
     Done(Usage),
 }
@@ -40,17 +41,14 @@ pub struct Usage {
     pub cached_tokens: usize,
 }
 
-struct Sample {
-    finished: bool,
-}
-
 /// A submitted request (see the module docs). Dropping it before [`Update::Done`] cancels
 /// the request in the engine: its pages return to the pool.
 pub struct Generation {
     id: RequestId,
     events: UnboundedReceiver<Event>,
     commands: Sender<Command>,
-    samples: Vec<Sample>,
+    /// Whether each sample has finished.
+    finished: Vec<bool>,
     prompt_tokens: usize,
     pending: std::collections::VecDeque<Update>,
     done: bool,
@@ -88,12 +86,12 @@ impl Generation {
             ));
         }
         metrics.prompt_tokens.fetch_add(prompt_tokens as u64, Ordering::Relaxed);
-        let samples = (0..n).map(|_| Sample { finished: false }).collect();
+        let finished = vec![false; n];
         Ok(Generation {
             id,
             events: rx,
             commands: commands.clone(),
-            samples,
+            finished,
             prompt_tokens,
             pending: Default::default(),
             done: false,
@@ -125,34 +123,26 @@ impl Generation {
     fn apply(&mut self, event: Event) -> Result<(), ApiError> {
         match event {
             Event::Token(t) => {
-                let Some(s) = self.samples.get_mut(t.sample) else { return Ok(()) };
-                if s.finished {
+                let Some(done) = self.finished.get_mut(t.sample) else { return Ok(()) };
+                if *done {
                     return Ok(());
                 }
-                let token = Some(TokenInfo { id: t.token, logprobs: t.logprobs });
+                let token = TokenInfo { id: t.token, logprobs: t.logprobs };
                 let text = t.text.unwrap_or_default();
                 self.pending.push_back(Update::Text { sample: t.sample, text, token });
                 if let Some(f) = t.finish {
-                    s.finished = true;
-                    let reason = f.as_str();
-                    self.pending.push_back(Update::Finished {
-                        sample: t.sample,
-                        text: String::new(),
-                        reason,
-                    });
+                    *done = true;
+                    self.pending
+                        .push_back(Update::Finished { sample: t.sample, reason: f.as_str() });
                 }
             }
             Event::Done(out) => {
                 self.done = true;
-                for (i, (s, o)) in self.samples.iter_mut().zip(&out.samples).enumerate() {
-                    if !s.finished {
-                        s.finished = true;
+                for (i, (done, o)) in self.finished.iter_mut().zip(&out.samples).enumerate() {
+                    if !*done {
+                        *done = true;
                         let reason = o.finish.as_str();
-                        self.pending.push_back(Update::Finished {
-                            sample: i,
-                            text: String::new(),
-                            reason,
-                        });
+                        self.pending.push_back(Update::Finished { sample: i, reason });
                     }
                 }
                 self.pending.push_back(Update::Done(Usage {

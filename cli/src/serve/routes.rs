@@ -366,15 +366,12 @@ async fn whole(
     while let Some(u) = gen.next().await? {
         match u {
             Update::Text { sample, text, token } => {
-                if let Some(t) = token.filter(|_| req.logprobs.is_some()) {
-                    logprobs[sample].add(&s.tokenizer, &t, head.chat, texts[sample].len());
+                if req.logprobs.is_some() {
+                    logprobs[sample].add(&s.tokenizer, &token, head.chat, texts[sample].len());
                 }
                 texts[sample].push_str(&text);
             }
-            Update::Finished { sample, text, reason } => {
-                texts[sample].push_str(&text);
-                reasons[sample] = reason;
-            }
+            Update::Finished { sample, reason } => reasons[sample] = reason,
             Update::Done(u) => usage = Some(u),
         }
     }
@@ -425,8 +422,8 @@ fn stream(s: Shared, mut gen: Generation, head: Head, req: GenRequest) -> Respon
             let chunk = match update {
                 Update::Text { sample, text, token } => {
                     let mut lp = Logprobs::default();
-                    if let Some(t) = token.filter(|_| req.logprobs.is_some()) {
-                        lp.add(&s.tokenizer, &t, chat, offsets[sample]);
+                    if req.logprobs.is_some() {
+                        lp.add(&s.tokenizer, &token, chat, offsets[sample]);
                     }
                     if text.is_empty() && lp.content.is_empty() && lp.tokens.is_empty() {
                         continue;
@@ -435,8 +432,8 @@ fn stream(s: Shared, mut gen: Generation, head: Head, req: GenRequest) -> Respon
                     let lp = if req.logprobs.is_some() { lp.take(chat) } else { Value::Null };
                     choice(chat, sample, &text, lp, Value::Null, &mut sent_role)
                 }
-                Update::Finished { sample, text, reason } => {
-                    choice(chat, sample, &text, Value::Null, json!(reason), &mut sent_role)
+                Update::Finished { sample, reason } => {
+                    choice(chat, sample, "", Value::Null, json!(reason), &mut sent_role)
                 }
                 Update::Done(u) => {
                     s.metrics.count_outcome("completed");

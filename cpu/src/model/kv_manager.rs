@@ -314,15 +314,22 @@ impl KvManager {
         keys: &mut Vec<PrefixKey>,
     ) -> Result<(), ModelError> {
         let bs = self.block_size();
-        let (full, pages) = {
-            let t = &self.tables(seq)[0];
-            (t.len() / bs, t.pages().to_vec())
-        };
-        for j in keys.len()..full {
+        let table = &self.tables(seq)[0];
+        let (from, full) = (keys.len(), table.len() / bs);
+        if from >= full {
+            return Ok(()); // the common case, every step: nothing new to cache
+        }
+        let pages = table.pages()[from..full].to_vec();
+        for j in from..full {
             let parent = j.checked_sub(1).map(|p| keys[p]);
             let key = self
                 .index
-                .insert(parent, &tokens[j * bs..(j + 1) * bs], pages[j], self.cache.pool_mut())
+                .insert(
+                    parent,
+                    &tokens[j * bs..(j + 1) * bs],
+                    pages[j - from],
+                    self.cache.pool_mut(),
+                )
                 .map_err(pool_error)?;
             keys.push(key);
         }
