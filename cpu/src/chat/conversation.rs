@@ -168,6 +168,118 @@ impl Conversation {
         self.push_cached(end_of_turn.unwrap_or(""));
     }
 
+    /// The system prompt given at creation or restored (the template's own default, which
+    /// it prints when there is none, is not one).
+    pub fn system(&self) -> Option<&str> {
+        self.messages.first().filter(|m| m.role == "system").map(|m| m.content.as_str())
+    }
+
+    /// The text the template prints before the words of the first user message: the system
+    /// prompt (given, or the template's default) and the first user message's header. A
+    /// chat that keeps only part of its history (StreamingLLM) keeps this as its attention
+    /// sinks. Empty if the template does not print the user's words as they are.
+    pub fn preamble(&self) -> Result<String, ChatTemplateError> {
+        let mut n = 0u32;
+        let mark = loop {
+            let m = format!("\u{0}preamble-{n}\u{0}");
+            if !self.system().is_some_and(|s| s.contains(&m)) {
+                break m;
+            }
+            n += 1;
+        };
+        let mut messages: Vec<Message> =
+            self.messages.first().filter(|m| m.role == "system").cloned().into_iter().collect();
+        messages.push(Message::user(mark.as_str()));
+        let text = self.template.render(&messages, true)?;
+        Ok(text.find(&mark).map_or(String::new(), |i| text[..i].to_owned()))
+    }
+
+    /// Replaces the conversation by `messages` (a saved chat: an optional system message
+    /// first, then the turns) and returns the tokens of their rendering, for an empty cache.
+    /// Later turns continue it as if it had been said here.
+    ///
+    /// The template's text is tokenized with special tokens parsed, the messages' words only
+    /// if `parse_special` (as [`user_turn`](Self::user_turn) does; if the template changes
+    /// the words so that they cannot be found in the rendering, the whole rendering is
+    /// tokenized with special tokens parsed). BOS is added as the tokenizer asks unless the
+    /// template printed it. On an error (the template refuses the messages) the conversation
+    /// is unchanged.
+    pub fn restore(
+        &mut self,
+        tokenizer: &Tokenizer,
+        messages: Vec<Message>,
+        parse_special: bool,
+    ) -> Result<Vec<u32>, ChatTemplateError> {
+        let full = self.template.render(&messages, false)?;
+        let bos = !self.template.starts_with_bos(&full);
+        let ids = if full.is_empty() {
+            Vec::new()
+        } else if parse_special {
+            tokenizer.encode(&full, bos, true)
+        } else {
+            match self.split_contents(&messages, &full)? {
+                Some(parts) => {
+                    let mut ids = Vec::new();
+                    for (i, (text, plain)) in parts.iter().enumerate() {
+                        ids.extend(tokenizer.encode(text, bos && i == 0, !plain));
+                    }
+                    ids
+                }
+                None => tokenizer.encode(&full, bos, true),
+            }
+        };
+        let turns = usize::from(messages.iter().any(|m| m.role != "system"));
+        self.messages = messages;
+        self.cached = full;
+        self.turns = turns;
+        Ok(ids)
+    }
+
+    /// `full` (the rendering of `messages`) cut into the template's text and the messages'
+    /// words, in order: `(text, is_words)`. Renders again with a marker in place of each
+    /// message's content; `None` if putting the contents back does not give `full`.
+    fn split_contents(
+        &self,
+        messages: &[Message],
+        full: &str,
+    ) -> Result<Option<Vec<(String, bool)>>, ChatTemplateError> {
+        let mut n = 0u32;
+        let prefix = loop {
+            let p = format!("\u{0}content-{n}-");
+            if !full.contains(&p) {
+                break p;
+            }
+            n += 1;
+        };
+        let marked: Vec<Message> = messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| Message::new(m.role.as_str(), format!("{prefix}{i}\u{0}")))
+            .collect();
+        let rendered = self.template.render(&marked, false)?;
+        let mut parts = Vec::new();
+        let mut rest = rendered.as_str();
+        while let Some(at) = rest.find(&prefix) {
+            let after = &rest[at + prefix.len()..];
+            let Some(end) = after.find('\u{0}') else { return Ok(None) };
+            let Some(m) = after[..end].parse::<usize>().ok().and_then(|i| messages.get(i)) else {
+                return Ok(None);
+            };
+            if at > 0 {
+                parts.push((rest[..at].to_owned(), false));
+            }
+            if !m.content.is_empty() {
+                parts.push((m.content.clone(), true));
+            }
+            rest = &after[end + 1..];
+        }
+        if !rest.is_empty() {
+            parts.push((rest.to_owned(), false));
+        }
+        let joined: String = parts.iter().map(|(t, _)| t.as_str()).collect();
+        Ok((joined == full).then_some(parts))
+    }
+
     /// Forgets the turns (the system message stays) and the cached text.
     pub fn reset(&mut self) {
         self.messages

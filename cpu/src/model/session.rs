@@ -215,6 +215,81 @@ impl<'m> Session<'m> {
         })
     }
 
+    /// Puts the session under `policy` from now on, keeping what the cache holds: a chat
+    /// whose history filled the context switches to StreamingLLM and goes on without
+    /// processing the history again. The next step evicts what `policy` does not keep; the
+    /// cached tokens keep their positions in the text, as if `policy` had been given at
+    /// creation and had not evicted yet. If `policy` bounds the pages it keeps within the
+    /// pool, the sequence may then run past `n_ctx` ([`remaining`](Self::remaining) becomes
+    /// unlimited).
+    ///
+    /// Refused ([`ModelError::Unsupported`], the session unchanged) when the session has
+    /// already evicted under another policy (its positions would be lost) unless it is
+    /// empty, when `policy` keeps a different page layout (PyramidKV's one table per layer
+    /// against one table, or the reverse), when the model has sliding-window layers and
+    /// `policy` evicts, and when `policy`'s bound needs more pages than the pool has.
+    pub fn switch_policy(&mut self, policy: KvPolicy) -> Result<(), ModelError> {
+        let current = self.policy();
+        if policy == current {
+            return Ok(());
+        }
+        let refuse = |why: String| {
+            Err(ModelError::Unsupported(format!(
+                "switching the KV policy from '{current}' to '{policy}': {why}"
+            )))
+        };
+        if self.windowed() && policy.evicts() {
+            return refuse(format!(
+                "a {} model's sliding-window layers cannot be evicted by another rule",
+                self.model.config().family.name()
+            ));
+        }
+        if policy.per_layer() != current.per_layer() {
+            return refuse("the two policies keep different page layouts".into());
+        }
+        if current.evicts() && self.evicted_pages() > 0 && !self.is_empty() {
+            return refuse("the session has already evicted pages under the current policy".into());
+        }
+        let c = self.model.config();
+        let mut evictor = Evictor::new(policy, self.opts.n_ctx, self.opts.block_size, c.n_layers)?;
+        // The pages each table needs, as at creation: its rule's bound, or the context's
+        // pages for a rule that keeps more than the context (the sequence then stops at
+        // `n_ctx`).
+        let ctx_pages = self.opts.n_ctx.div_ceil(self.opts.block_size);
+        let (mut needed, mut runs_past_ctx) = (0usize, policy.evicts());
+        for i in 0..evictor.n_tables() {
+            let rule = evictor.rule(i).unwrap_or(EvictionRule::KeepAll);
+            let keeps_more_than_ctx = match rule {
+                EvictionRule::KeepAll => true,
+                EvictionRule::SinkWindow { sink, window } => {
+                    sink.saturating_add(window) > self.opts.n_ctx
+                }
+                EvictionRule::HeavyHitters { budget_pages, .. } => budget_pages > ctx_pages,
+            };
+            let pages = match rule.max_pages(self.opts.block_size) {
+                Some(p) if !keeps_more_than_ctx => p,
+                _ => {
+                    runs_past_ctx = false;
+                    ctx_pages
+                }
+            };
+            needed = needed.saturating_add(pages);
+        }
+        let capacity = self.kv.cache().pool().capacity();
+        if needed > capacity {
+            return refuse(format!("it needs {needed} pages and the pool has {capacity}"));
+        }
+        // Nothing was evicted: logical page `j` holds text positions `j × block_size…`.
+        let len = self.tables().iter().map(|t| t.len()).max().unwrap_or(0);
+        if len > 0 {
+            evictor.appended(self.kv.tables(self.seq), 0, len);
+        }
+        self.scratch.record_queries(policy.needs_attention_mass());
+        self.runs_past_ctx = runs_past_ctx;
+        self.evictor = evictor;
+        Ok(())
+    }
+
     /// Whether the model has sliding-window layers (one table per layer, see the type docs).
     fn windowed(&self) -> bool {
         self.model.config().has_windows()
