@@ -38,6 +38,7 @@ pub mod attention;
 pub mod chat;
 pub mod engine;
 pub mod generate;
+pub mod grammar;
 pub mod kernels;
 pub mod model;
 pub mod model_file;
