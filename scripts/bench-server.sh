@@ -168,7 +168,7 @@ for c in "${level_list[@]}"; do
     if [ "$do_overhead" = 1 ] && [ "$c" = 16 ]; then
       # The engine alone in the same round, so that other load on the machine hits both alike.
       echo "bench-server: 16 clients, round $r/$rounds: engine alone (pagoda bench --batch 16 -p $p -n $n -t $threads -r 1)" >&2
-      run "$pagoda" bench -m "$model" --batch 16 -p "$p" -n "$n" -t "$threads" -r 1 --json \
+      run "$pagoda" bench -m "$model" --batch 16 -p "$p" -n "$n" -t "$threads" -r 1 -o jsonl \
         >"$work/overhead.r$r.json" || die "pagoda bench --batch 16 failed"
     fi
   done

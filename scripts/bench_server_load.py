@@ -286,7 +286,7 @@ def load_json(path):
 
 
 def read_bench(path):
-    """The row of `pagoda bench --batch B --json` (one JSON object per line)."""
+    """The row of `pagoda bench --batch B -o jsonl` (one JSON object per line)."""
     with open(path) as f:
         return [json.loads(x) for x in f if x.strip()][-1]
 

@@ -28,7 +28,8 @@ use pagoda_cpu::model_file::default_model_path;
 use serde_json::json;
 
 use crate::common::{
-    available_cores, check_writable_dir, init_threads, parse_kv_type, write_stdout, CliResult,
+    available_cores, check_writable_dir, init_threads, parse_kv_type, usage_error, write_stdout,
+    CliResult,
 };
 
 #[derive(Args, Debug)]
@@ -54,8 +55,12 @@ pub struct BenchArgs {
     /// Repetitions per test (the median is reported).
     #[arg(short = 'r', long = "repetitions", default_value_t = 3)]
     reps: usize,
-    /// Print a JSON array of rows instead of the markdown table.
-    #[arg(long = "json")]
+    /// Output format: md (llama-bench's markdown table), csv (a header line, then one line
+    /// per test), json (an array of rows) or jsonl (one JSON row per line).
+    #[arg(short = 'o', long = "output", value_enum, default_value = "md")]
+    output: OutputFormat,
+    /// The same as `-o json`.
+    #[arg(long = "json", conflicts_with = "output")]
     json: bool,
     /// KV page element type: f32, f16, bf16, q8_0 or q4_0.
     #[arg(long = "kv-type", default_value = "f16", value_parser = parse_kv_type)]
@@ -71,8 +76,9 @@ pub struct BenchArgs {
     #[arg(long = "batch", value_delimiter = ',')]
     engine_batch: Vec<usize>,
     /// Run the complexity experiment instead: generation time and KV bytes vs N, with
-    /// the paged cache and without a cache; writes docs/scaling.md and docs/scaling.svg.
-    #[arg(long = "scaling")]
+    /// the paged cache and without a cache; writes scaling.md and scaling.svg into the
+    /// directory given with --out-dir (required).
+    #[arg(long = "scaling", requires = "out_dir")]
     scaling: bool,
     /// With --scaling: the generated token counts N.
     #[arg(long = "n-list", value_delimiter = ',', default_value = "64,128,256,512,1024,2048")]
@@ -80,9 +86,33 @@ pub struct BenchArgs {
     /// With --scaling: the largest N run without a cache (its time grows as N³).
     #[arg(long = "no-cache-max", default_value_t = 256)]
     no_cache_max: usize,
-    /// With --scaling: where scaling.md and scaling.svg go.
-    #[arg(long = "out-dir", default_value = "docs")]
-    out_dir: PathBuf,
+    /// With --scaling: the directory scaling.md and scaling.svg are written to (created if
+    /// missing; the repository's figures are made with `--out-dir docs`).
+    #[arg(long = "out-dir", requires = "scaling")]
+    out_dir: Option<PathBuf>,
+}
+
+/// How `pagoda bench` prints its results (`-o`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputFormat {
+    /// llama-bench's markdown table.
+    Md,
+    /// Comma-separated values with a header line.
+    Csv,
+    /// One JSON array of rows.
+    Json,
+    /// One JSON object per row and line.
+    Jsonl,
+}
+
+/// `s` as one CSV field: quoted (with doubled quotes) when it holds a comma, a quote or a
+/// line break.
+pub(crate) fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
 }
 
 pub fn main(a: BenchArgs) -> CliResult {
@@ -92,17 +122,28 @@ pub fn main(a: BenchArgs) -> CliResult {
         a.threads.clone()
     };
     if let Some(&bad) = threads.iter().find(|&&t| t == 0 || t > 1024) {
-        return Err(format!("-t: thread count {bad} out of range 1..=1024").into());
+        return Err(usage_error(&format!("-t: thread count {bad} out of range 1..=1024")));
     }
     if a.reps == 0 {
-        return Err("-r: at least one repetition is needed".into());
+        return Err(usage_error("-r: at least one repetition is needed"));
     }
     if a.block_size == 0 || a.batch == 0 {
-        return Err("--block-size and --batch-size must be at least 1".into());
+        return Err(usage_error("--block-size and --batch-size must be at least 1"));
     }
-    if a.scaling {
+    if !a.engine_batch.is_empty() {
+        let (p, n) =
+            (a.n_prompt.first().copied().unwrap_or(0), a.n_gen.first().copied().unwrap_or(0));
+        if a.engine_batch.contains(&0) || p == 0 || n < 2 {
+            return Err(usage_error("--batch: batch sizes and -p must be ≥ 1, -n ≥ 2"));
+        }
+    }
+    if a.scaling && (a.n_list.is_empty() || a.n_list.contains(&0)) {
+        return Err(usage_error("--n-list: give positive token counts, e.g. 64,128,256"));
+    }
+    let format = if a.json { OutputFormat::Json } else { a.output };
+    if let Some(dir) = &a.out_dir {
         // Checked now, not after an experiment of many minutes.
-        check_writable_dir(&a.out_dir).map_err(|e| format!("--out-dir: {e}"))?;
+        check_writable_dir(dir).map_err(|e| format!("--out-dir: {e}"))?;
     }
     if let Some(&t) = threads.iter().find(|&&t| t > available_cores()) {
         log::warn!(
@@ -120,10 +161,10 @@ pub fn main(a: BenchArgs) -> CliResult {
         let n = a.n_gen.first().copied().unwrap_or(0);
         let pool = thread_pool(threads[0])?;
         return pool
-            .install(|| batched::run(&model, &a.engine_batch, p, n, a.reps, a.json))
+            .install(|| batched::run(&model, &a.engine_batch, p, n, a.reps, format))
             .map_err(from_pool);
     }
-    if a.scaling {
+    if let (true, Some(out_dir)) = (a.scaling, &a.out_dir) {
         let opts = scaling::ScalingOptions {
             n_list: a.n_list.clone(),
             no_cache_max: a.no_cache_max,
@@ -131,7 +172,7 @@ pub fn main(a: BenchArgs) -> CliResult {
             kv_type: a.kv_type,
             block_size: a.block_size,
             batch: a.batch,
-            out_dir: a.out_dir.clone(),
+            out_dir: out_dir.clone(),
         };
         return scaling::run(&model, &info, &opts);
     }
@@ -142,45 +183,77 @@ pub fn main(a: BenchArgs) -> CliResult {
             rows.extend(pool.install(|| bench_depth(&model, &a, t, d)).map_err(from_pool)?);
         }
     }
-    if a.json {
-        let arr: Vec<_> = rows
-            .iter()
-            .map(|r| {
-                json!({
-                    "model": info.name, "size_bytes": info.bytes, "params": info.params,
-                    "types": info.types.to_string(),
-                    "simd": model.kernels().level().name(), "kv_type": kv_name(a.kv_type),
-                    "test": r.test, "threads": r.threads, "depth": r.depth,
-                    "tokens_per_s": r.tps, "stdev": r.stdev, "reps": r.samples.len(),
-                    "samples_tokens_per_s": r.samples,
-                })
-            })
-            .collect();
-        write_stdout(&format!("{}\n", serde_json::to_string_pretty(&arr)?))?;
-    } else {
-        let mut out = String::new();
-        out.push_str("| model | size | params | simd | threads | test | t/s |\n");
-        out.push_str("| --- | ---: | ---: | --- | ---: | ---: | ---: |\n");
-        for r in &rows {
-            let test =
-                if r.depth == 0 { r.test.clone() } else { format!("{} @ d{}", r.test, r.depth) };
-            let _ = writeln!(
-                out,
-                "| {} ({}) | {:.2} MiB | {:.2} M | {} | {} | {} | {:.2} ± {:.2} |",
-                info.name,
-                info.types,
-                info.bytes as f64 / (1024.0 * 1024.0),
-                info.params as f64 / 1e6,
-                model.kernels().level().name(),
-                r.threads,
-                test,
-                r.tps,
-                r.stdev
-            );
+    let row_json = |r: &Row| {
+        json!({
+            "model": info.name, "size_bytes": info.bytes, "params": info.params,
+            "types": info.types.to_string(),
+            "simd": model.kernels().level().name(), "kv_type": kv_name(a.kv_type),
+            "test": r.test, "threads": r.threads, "depth": r.depth,
+            "tokens_per_s": r.tps, "stdev": r.stdev, "reps": r.samples.len(),
+            "samples_tokens_per_s": r.samples,
+        })
+    };
+    let mut out = String::new();
+    match format {
+        OutputFormat::Json => {
+            let arr: Vec<_> = rows.iter().map(row_json).collect();
+            out = format!("{}\n", serde_json::to_string_pretty(&arr)?);
         }
-        let _ = writeln!(out, "\nmedian of {} repetitions ± sample standard deviation", a.reps);
-        write_stdout(&out)?;
+        OutputFormat::Jsonl => {
+            for r in &rows {
+                let _ = writeln!(out, "{}", row_json(r));
+            }
+        }
+        OutputFormat::Csv => {
+            out.push_str(
+                "model,types,size_bytes,params,simd,kv_type,threads,test,depth,tokens_per_s,stdev,reps\n",
+            );
+            for r in &rows {
+                let _ = writeln!(
+                    out,
+                    "{},{},{},{},{},{},{},{},{},{:.4},{:.4},{}",
+                    csv_field(&info.name),
+                    csv_field(&info.types.to_string()),
+                    info.bytes,
+                    info.params,
+                    model.kernels().level().name(),
+                    kv_name(a.kv_type),
+                    r.threads,
+                    r.test,
+                    r.depth,
+                    r.tps,
+                    r.stdev,
+                    r.samples.len()
+                );
+            }
+        }
+        OutputFormat::Md => {
+            out.push_str("| model | size | params | simd | threads | test | t/s |\n");
+            out.push_str("| --- | ---: | ---: | --- | ---: | ---: | ---: |\n");
+            for r in &rows {
+                let test = if r.depth == 0 {
+                    r.test.clone()
+                } else {
+                    format!("{} @ d{}", r.test, r.depth)
+                };
+                let _ = writeln!(
+                    out,
+                    "| {} ({}) | {:.2} MiB | {:.2} M | {} | {} | {} | {:.2} ± {:.2} |",
+                    info.name,
+                    info.types,
+                    info.bytes as f64 / (1024.0 * 1024.0),
+                    info.params as f64 / 1e6,
+                    model.kernels().level().name(),
+                    r.threads,
+                    test,
+                    r.tps,
+                    r.stdev
+                );
+            }
+            let _ = writeln!(out, "\nmedian of {} repetitions ± sample standard deviation", a.reps);
+        }
     }
+    write_stdout(&out)?;
     Ok(())
 }
 

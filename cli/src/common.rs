@@ -313,6 +313,16 @@ impl std::fmt::Display for Exit {
 
 impl std::error::Error for Exit {}
 
+/// A usage error found after clap parsed the flags (a missing `-p`, a value out of range
+/// that only makes sense with another flag): `error: MESSAGE` and clap's hint on stderr,
+/// exit status 2, as clap's own usage errors.
+pub fn usage_error(message: &str) -> Box<dyn std::error::Error> {
+    Box::new(Exit {
+        code: 2,
+        message: Some(format!("error: {message}\n\nFor more information, try '--help'.")),
+    })
+}
+
 /// Exit status after stdout's reader went away (EPIPE): 128 + SIGPIPE, what a shell
 /// reports for `cat` killed by SIGPIPE. Nothing is printed.
 pub const EXIT_BROKEN_PIPE: u8 = 141;

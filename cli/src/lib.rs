@@ -25,10 +25,12 @@ pub mod batch;
 mod bench;
 mod chat;
 mod common;
+pub mod compat;
 mod inspect;
 mod logger;
 mod perplexity;
 mod plot;
+mod progress;
 mod quantize;
 mod run;
 mod serve;
@@ -61,8 +63,10 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Interactive multi-turn chat with the model's chat template (Ctrl-D ends).
     Chat(chat::ChatArgs),
-    /// Print the token ids of a text as a JSON array.
+    /// Print the token ids of a text as a JSON array (--pieces: id and piece per line).
     Tokenize(tokenize::TokenizeArgs),
+    /// Print the text of token ids (the inverse of tokenize).
+    Detokenize(tokenize::DetokenizeArgs),
     /// Perplexity of a text file, by llama.cpp's method.
     Perplexity(perplexity::PerplexityArgs),
     /// Print a GGUF file's metadata and tensor table (like gguf-dump).
@@ -74,7 +78,26 @@ enum Command {
 /// The `pagoda` command: parses the arguments, runs the subcommand, prints an error line.
 pub fn main() -> ExitCode {
     logger::install();
-    let cli = Cli::parse();
+    // llama.cpp's flags pagoda does not have: noted and dropped, or refused (exit 2),
+    // before clap can misread `-ngl` as `-n gl`. Arguments that are not UTF-8 go to clap
+    // as they are (a path may be any bytes).
+    let raw: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let args = match raw.iter().map(|a| a.to_str().map(String::from)).collect::<Option<Vec<_>>>() {
+        Some(text) => match compat::filter(text) {
+            Ok(f) => {
+                for note in &f.notes {
+                    eprintln!("{note}");
+                }
+                f.args.into_iter().map(Into::into).collect()
+            }
+            Err(message) => {
+                eprintln!("error: {message}");
+                return ExitCode::from(2);
+            }
+        },
+        None => raw,
+    };
+    let cli = Cli::parse_from(args);
     let result = match cli.command {
         Command::Run(a) => run::main(a),
         Command::Batch(a) => batch::main(a),
@@ -82,6 +105,7 @@ pub fn main() -> ExitCode {
         Command::Bench(a) => bench::main(a),
         Command::Chat(a) => chat::main(a),
         Command::Tokenize(a) => tokenize::main(a),
+        Command::Detokenize(a) => tokenize::detokenize(a),
         Command::Perplexity(a) => perplexity::main(a),
         Command::Quantize(a) => quantize::main(a),
         Command::Inspect(a) => {

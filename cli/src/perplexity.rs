@@ -1,6 +1,6 @@
 //! `pagoda perplexity`: llama.cpp's perplexity over a text file.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -8,6 +8,7 @@ use clap::Args;
 use serde_json::json;
 
 use crate::common::{load, read_text_file, CliResult, ContextArgs, ModelArgs, PolicyArgs};
+use crate::progress::Progress;
 
 #[derive(Args, Debug)]
 pub struct PerplexityArgs {
@@ -50,6 +51,12 @@ pub fn main(a: PerplexityArgs) -> CliResult {
     let json = a.json;
     let mut out = std::io::stdout().lock();
     let policy = a.policy.checked(&opts, loaded.model.config().n_layers);
+    // On a terminal, chunks done and the time left, unless llama.cpp's `[i]ppl,` list is
+    // going to the same terminal (it is its own progress there: a redrawn line would erase it).
+    let show = std::io::stderr().is_terminal() && (json || !std::io::stdout().is_terminal());
+    let chunks = tokens.len() / opts.n_ctx.max(1);
+    let mut progress = Progress::with_output("perplexity", chunks, "chunks", show);
+    progress.update(0);
     let r = pagoda_cpu::perplexity::perplexity_with_policy(
         &loaded.model,
         &tokens,
@@ -60,8 +67,10 @@ pub fn main(a: PerplexityArgs) -> CliResult {
                 let _ = write!(out, "[{}]{ppl:.4},", i + 1);
                 let _ = out.flush();
             }
+            progress.update(i + 1);
         },
     )?;
+    progress.clear();
     let bytes_per_token = opts.kv_type.bytes_per_token(loaded.model.config())?;
     if json {
         let obj = json!({

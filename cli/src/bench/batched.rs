@@ -13,7 +13,7 @@ use pagoda_cpu::engine::{Engine, EngineConfig, Request};
 use pagoda_cpu::model::{KvType, Llama};
 use serde_json::json;
 
-use super::{msg, InPool};
+use super::{msg, InPool, OutputFormat};
 
 /// One run: prompt and generation rates, KV utilisation.
 struct Run {
@@ -91,18 +91,23 @@ pub fn run(
     n_prompt: usize,
     n_gen: usize,
     reps: usize,
-    json: bool,
+    format: OutputFormat,
 ) -> InPool<()> {
     if batch.contains(&0) || n_prompt == 0 || n_gen < 2 || reps == 0 {
         return Err("--batch sizes, -p and -r must be ≥ 1, -n ≥ 2".into());
     }
-    if !json {
-        out(String::from(
+    match format {
+        OutputFormat::Md => out(String::from(
             "|    B |    P |    N |   PP t/s |   TG t/s | TG vs B=first | KV util |\n\
              |------|------|------|----------|----------|---------------|---------|",
-        ))?;
+        ))?,
+        OutputFormat::Csv => out(String::from(
+            "batch,n_prompt,n_gen,reps,pp_tps_median,tg_tps_median,tg_speedup,kv_utilisation",
+        ))?,
+        OutputFormat::Json | OutputFormat::Jsonl => {}
     }
     let mut base = None;
+    let mut rows = Vec::new();
     for &b in batch {
         let runs: Vec<Run> =
             (0..reps).map(|rep| one_run(model, b, n_prompt, n_gen, rep)).collect::<InPool<_>>()?;
@@ -110,22 +115,28 @@ pub fn run(
         let tg = median(runs.iter().map(|r| r.tg_tps).collect());
         let util = median(runs.iter().map(|r| r.kv_util).collect());
         let base_tg = *base.get_or_insert(tg);
-        if json {
-            out(format!(
-                "{}",
-                json!({ "batch": b, "n_prompt": n_prompt, "n_gen": n_gen, "reps": reps,
-                        "pp_tps_median": pp, "tg_tps_median": tg,
-                        "tg_speedup": tg / base_tg, "kv_utilisation": util })
-            ))?;
-        } else {
-            out(format!(
+        let row = json!({ "batch": b, "n_prompt": n_prompt, "n_gen": n_gen, "reps": reps,
+                          "pp_tps_median": pp, "tg_tps_median": tg,
+                          "tg_speedup": tg / base_tg, "kv_utilisation": util });
+        match format {
+            // Each row as soon as it is measured (a run over many sizes takes minutes).
+            OutputFormat::Jsonl => out(row.to_string())?,
+            OutputFormat::Json => rows.push(row),
+            OutputFormat::Csv => out(format!(
+                "{b},{n_prompt},{n_gen},{reps},{pp:.4},{tg:.4},{:.4},{util:.4}",
+                tg / base_tg
+            ))?,
+            OutputFormat::Md => out(format!(
                 "| {b:4} | {:4} | {:4} | {pp:8.1} | {tg:8.1} | {:12.2}× | {:6.1}% |",
                 n_prompt,
                 n_gen,
                 tg / base_tg,
                 100.0 * util
-            ))?;
+            ))?,
         }
+    }
+    if format == OutputFormat::Json {
+        out(serde_json::to_string_pretty(&serde_json::Value::Array(rows)).map_err(msg)?)?;
     }
     Ok(())
 }
