@@ -187,12 +187,13 @@ fn report(
     let _ = writeln!(s, "# Generation time and KV memory vs N, measured\n");
     let _ = writeln!(
         s,
-        "Made by `pagoda bench --scaling --n-list {} --no-cache-max {} -t {} --kv-type {}` \
+        "Made by `pagoda bench --scaling --out-dir {} --n-list {} --no-cache-max {} -t {} --kv-type {}` \
          (model `{}`, {} layers, {} query heads, {} KV heads × {} dims; SIMD level `{}`; \
          block size {}; {:.0} s wall). Each N is one greedy generation of N tokens from a \
          one-token prompt, timed end to end (median of 3 when a run takes under {REPEAT_BELOW_S} s). \
          No-cache runs stop at N = {} because their time grows as N³. The machine is a shared \
          2-core VM: expect 5–10 % noise per point.\n",
+        o.out_dir.display(),
         o.n_list.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(","),
         o.no_cache_max,
         o.threads,
