@@ -425,7 +425,10 @@ impl Callback {
 
 fn stop_reason(s: StopReason) -> pagoda_stop_reason {
     match s {
-        StopReason::EndOfGeneration => pagoda_stop_reason::PAGODA_STOP_END_OF_GENERATION,
+        // The C API sets no stop strings; one would end the text as a stop token does.
+        StopReason::EndOfGeneration | StopReason::StopString => {
+            pagoda_stop_reason::PAGODA_STOP_END_OF_GENERATION
+        }
         StopReason::Length => pagoda_stop_reason::PAGODA_STOP_LENGTH,
         StopReason::ContextFull => pagoda_stop_reason::PAGODA_STOP_CONTEXT_FULL,
     }

@@ -1,23 +1,30 @@
 //! `pagoda run`: generate from a prompt, streaming to stdout.
+//!
+//! Output: the text as it is generated (default), one JSON object at the end (`--json`), or
+//! one JSON line per token and a summary line (`--json-stream`). `--stop STR` ends the text
+//! before a stop string; `--logprobs N` adds each token's log-probability and the N most
+//! likely alternatives (of the model's distribution, before penalties and filters).
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
+use std::sync::Arc;
 
-use clap::Args;
-use pagoda_cpu::generate::{GenerateOptions, Generation};
-use pagoda_cpu::model::Session;
-use pagoda_cpu::sampler::Sampler;
-use serde_json::json;
-
-use pagoda_cpu::engine::{Engine, EngineConfig, FinishReason, Request, RequestId};
-use pagoda_cpu::sampler::SamplerConfig;
+use clap::{ArgGroup, Args};
+use pagoda_cpu::engine::{Engine, EngineConfig, FinishReason, Request, RequestId, TokenLogprobs};
+use pagoda_cpu::generate::{GenerateOptions, Generation, Generator};
+use pagoda_cpu::model::{ModelError, Session};
+use pagoda_cpu::sampler::{Sampler, SamplerConfig};
+use pagoda_cpu::tokenizer::Tokenizer;
+use serde_json::{json, Value};
 
 use crate::common::{
-    generate_until_closed, load, read_text_file, stdout_error, CliResult, ContextArgs, Loaded,
-    ModelArgs, PolicyArgs, SamplingArgs,
+    load, read_text_file, stdout_error, CliResult, ContextArgs, Exit, Loaded, ModelArgs,
+    PolicyArgs, SamplingArgs,
 };
 
 #[derive(Args, Debug)]
+#[command(group(ArgGroup::new("input").required(true).args(["prompt", "file"])))]
+#[command(group(ArgGroup::new("json_output").args(["json", "json_stream"])))]
 pub struct RunArgs {
     #[command(flatten)]
     model: ModelArgs,
@@ -40,12 +47,27 @@ pub struct RunArgs {
     /// Keep generating past end-of-turn tokens.
     #[arg(long = "ignore-eos")]
     ignore_eos: bool,
+    /// Stop the text before this string (repeatable: the earliest of them); the token that
+    /// completes it is the last generated, finish_reason "stop".
+    #[arg(long = "stop", value_name = "STR",
+          value_parser = clap::builder::NonEmptyStringValueParser::new())]
+    stop: Vec<String>,
+    /// Report each token's log-probability and the N most likely alternatives (0-100) in
+    /// the JSON output (needs --json or --json-stream). They are of the model's
+    /// distribution: before repetition penalties, temperature and top-k/top-p/min-p.
+    #[arg(long = "logprobs", value_name = "N", requires = "json_output",
+          value_parser = clap::value_parser!(u32).range(0..=100))]
+    logprobs: Option<u32>,
     /// Recompute the whole sequence every step (the O(N³) baseline).
     #[arg(long = "no-kv-cache", conflicts_with = "kv_policy")]
     no_kv_cache: bool,
     /// Print one JSON object instead of streaming text (a JSON array with --samples).
-    #[arg(long = "json")]
+    #[arg(long = "json", conflicts_with = "json_stream")]
     json: bool,
+    /// Print one JSON line per token as it is generated ({"token", "piece": the text it
+    /// adds, "logprob"}), then {"summary": the --json object}.
+    #[arg(long = "json-stream", conflicts_with = "samples")]
+    json_stream: bool,
     /// Draw N samples: the prompt is prefilled once and its pages shared by all samples
     /// (copy-on-write); sample i uses seed + i. Printed in turn.
     #[arg(long = "samples", default_value_t = 1, conflicts_with_all = ["no_kv_cache", "kv_policy"],
@@ -53,11 +75,47 @@ pub struct RunArgs {
     samples: u32,
 }
 
+/// How `run` prints what it generates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum OutputMode {
+    /// The text, as it is generated.
+    Text,
+    /// One JSON object at the end.
+    Json,
+    /// One JSON line per token, then a summary line.
+    JsonStream,
+}
+
+impl RunArgs {
+    fn output(&self) -> OutputMode {
+        match (self.json, self.json_stream) {
+            (_, true) => OutputMode::JsonStream,
+            (true, false) => OutputMode::Json,
+            (false, false) => OutputMode::Text,
+        }
+    }
+
+    /// Alternatives per token: `--logprobs N`; the chosen token's alone for `--json-stream`.
+    fn top_logprobs(&self) -> Option<usize> {
+        match (self.logprobs, self.output()) {
+            (Some(n), _) => Some(n as usize),
+            (None, OutputMode::JsonStream) => Some(0),
+            (None, _) => None,
+        }
+    }
+}
+
 pub fn main(a: RunArgs) -> CliResult {
     let prompt = match (&a.prompt, &a.file) {
         (Some(p), None) => p.clone(),
         (None, Some(f)) => read_text_file(f)?,
-        _ => return Err("give a prompt with -p PROMPT or -f FILE".into()),
+        // Unreachable through clap (the `input` group), kept as the usage error it would be.
+        _ => {
+            return Err(Box::new(Exit {
+                code: 2,
+                message: Some("error: give a prompt with -p PROMPT or -f FILE".into()),
+            }))
+        }
     };
     let mut sampler = Sampler::new(a.sampling.config())?;
     let loaded = load(&a.model)?;
@@ -72,64 +130,74 @@ pub fn main(a: RunArgs) -> CliResult {
     let opts = a.ctx.session(2048);
     let policy = a.policy.checked(&opts, loaded.model.config().n_layers);
     let mut session = Session::with_policy(&loaded.model, opts, policy)?;
-    let opts = GenerateOptions {
+    let gen_opts = GenerateOptions {
         n_predict: (a.n_predict >= 0).then_some(a.n_predict as usize),
         ignore_eos: a.ignore_eos,
         no_kv_cache: a.no_kv_cache,
     };
-    let mut decoder = tok.stream_decoder();
-    let mut text = String::new();
+    let mode = a.output();
     let mut stdout = std::io::stdout().lock();
-    let json = a.json;
-    // A failed write (a closed pipe: `pagoda run … | head`) stops generation at once.
-    let result = generate_until_closed(
+    let mut text = String::new();
+    let mut logprobs = Vec::new();
+    let mut progress = PromptProgress::new(prompt_ids.len(), session.options().n_batch);
+    let started = Generator::start_with_progress(
         &mut session,
         &mut sampler,
         &prompt_ids,
-        &opts,
-        |t| tok.is_eog(t),
-        |t| {
-            if tok.is_eog(t) && !a.ignore_eos {
-                return Ok(());
-            }
-            let piece = decoder.push(t);
-            text.push_str(&piece);
-            if !json {
-                stdout.write_all(piece.as_bytes())?;
-                stdout.flush()?;
-            }
-            Ok(())
-        },
+        &gen_opts,
+        |done, total| progress.update(done, total),
     );
-    let tail = decoder.finish();
-    text.push_str(&tail);
-    let (gen, err) = match result {
-        Ok((g, None)) => (g, None),
-        Ok((_, Some(closed))) => return Err(stdout_error(closed)),
+    progress.clear();
+    let (gen, err) = match started {
         Err(e) => (e.partial, Some(e.error)),
-    };
-    if json {
-        let mut obj = json!({
-            "prompt_tokens": prompt_ids,
-            "tokens": gen.tokens,
-            "text": text,
-            "stop": gen.stop.as_str(),
-            "timings": timings(&gen, loaded.load_time.as_secs_f64()),
-            "kv": { "pages": session.kv_pages_in_use(), "bytes": session.kv_bytes_in_use(),
-                    "block_size": session.cache().block_size(),
-                    "policy": policy.to_string(), "peak_bytes": session.peak_kv_bytes(),
-                    "evicted_pages": session.evicted_pages() },
-        });
-        if let Some(e) = &err {
-            obj["error"] = json!(e.to_string());
+        Ok(g) => {
+            let mut g = g.with_stop_strings(a.stop.iter().cloned());
+            if let Some(n) = a.top_logprobs() {
+                g = g.with_logprobs(n);
+            }
+            let mut err = None;
+            loop {
+                let step = match g.step_decoded(&mut session, &mut sampler, tok) {
+                    Ok(Some(step)) => step,
+                    Ok(None) => break,
+                    Err(e) => {
+                        let tail = g.take_held_text();
+                        if mode == OutputMode::Text {
+                            stdout.write_all(tail.as_bytes()).map_err(stdout_error)?;
+                        }
+                        text.push_str(&tail);
+                        err = Some(e);
+                        break;
+                    }
+                };
+                text.push_str(&step.text);
+                let lp = step.logprobs.as_ref().map(|l| logprob_json(tok, step.token, l));
+                // A failed write (a closed pipe: `pagoda run … | head`) stops generation at once.
+                match mode {
+                    OutputMode::Text => stdout.write_all(step.text.as_bytes()),
+                    OutputMode::Json => Ok(()),
+                    OutputMode::JsonStream => {
+                        let mut line = json!({ "token": step.token, "piece": step.text });
+                        if let Some(Value::Object(lp)) = &lp {
+                            line["logprob"] = lp["logprob"].clone();
+                            if a.logprobs.is_some() {
+                                line["top_logprobs"] = lp["top_logprobs"].clone();
+                            }
+                        }
+                        writeln!(stdout, "{line}")
+                    }
+                }
+                .and_then(|()| stdout.flush())
+                .map_err(stdout_error)?;
+                if a.logprobs.is_some() {
+                    logprobs.extend(lp);
+                }
+            }
+            (g.finish(), err)
         }
-        writeln!(stdout, "{obj}").and_then(|()| stdout.flush()).map_err(stdout_error)?;
-    } else {
-        stdout
-            .write_all(tail.as_bytes())
-            .and_then(|()| writeln!(stdout))
-            .and_then(|()| stdout.flush())
-            .map_err(stdout_error)?;
+    };
+    if mode == OutputMode::Text {
+        writeln!(stdout).and_then(|()| stdout.flush()).map_err(stdout_error)?;
         eprintln!(
             "load {:.2} s | prompt {} tokens, {:.1} t/s | generated {} tokens, {:.1} t/s | KV {} pages, {} bytes",
             loaded.load_time.as_secs_f64(),
@@ -140,6 +208,29 @@ pub fn main(a: RunArgs) -> CliResult {
             session.kv_pages_in_use(),
             session.kv_bytes_in_use(),
         );
+    } else {
+        let mut obj = json!({
+            "prompt_tokens": prompt_ids,
+            "tokens": gen.tokens,
+            "text": text,
+            "stop": gen.stop.as_str(),
+            "finish_reason": gen.stop.finish_reason(),
+            "timings": timings(&gen, loaded.load_time.as_secs_f64()),
+            "kv": { "pages": session.kv_pages_in_use(), "bytes": session.kv_bytes_in_use(),
+                    "block_size": session.cache().block_size(),
+                    "policy": policy.to_string(), "peak_bytes": session.peak_kv_bytes(),
+                    "evicted_pages": session.evicted_pages() },
+        });
+        if a.logprobs.is_some() {
+            obj["logprobs"] = Value::Array(logprobs);
+        }
+        if let Some(e) = &err {
+            obj["error"] = json!(e.to_string());
+        }
+        if mode == OutputMode::JsonStream {
+            obj = json!({ "summary": obj });
+        }
+        writeln!(stdout, "{obj}").and_then(|()| stdout.flush()).map_err(stdout_error)?;
     }
     match err {
         Some(e) => Err(e.into()),
@@ -147,7 +238,58 @@ pub fn main(a: RunArgs) -> CliResult {
     }
 }
 
-fn timings(g: &Generation, load_s: f64) -> serde_json::Value {
+/// One token's log-probabilities as JSON: `{"token", "piece", "logprob", "top_logprobs":
+/// [{"token", "piece", "logprob"}, …]}`, where a piece is the token's own text (invalid
+/// UTF-8 of a partial character shown as U+FFFD).
+fn logprob_json(tok: &Tokenizer, token: u32, lp: &TokenLogprobs) -> Value {
+    let entry =
+        |t: u32, logprob: f32| json!({ "token": t, "piece": piece(tok, t), "logprob": logprob });
+    let mut v = entry(token, lp.logprob);
+    v["top_logprobs"] = lp.top.iter().map(|&(t, l)| entry(t, l)).collect();
+    v
+}
+
+/// The text of token `t` alone.
+fn piece(tok: &Tokenizer, t: u32) -> String {
+    String::from_utf8_lossy(tok.token_to_bytes(t).unwrap_or_default()).into_owned()
+}
+
+/// `prompt: 1024/8192 tokens (12%)` on stderr, redrawn in place while a prompt of more than
+/// one batch is processed, and erased when it is done; only when stderr is a terminal.
+struct PromptProgress {
+    enabled: bool,
+    shown: bool,
+}
+
+impl PromptProgress {
+    fn new(prompt_tokens: usize, n_batch: usize) -> Self {
+        PromptProgress {
+            enabled: prompt_tokens > n_batch && std::io::stderr().is_terminal(),
+            shown: false,
+        }
+    }
+
+    fn update(&mut self, done: usize, total: usize) {
+        if !self.enabled || done >= total {
+            return;
+        }
+        let pct = done * 100 / total.max(1);
+        let mut err = std::io::stderr().lock();
+        let _ = write!(err, "\rprompt: {done}/{total} tokens ({pct}%)").and_then(|()| err.flush());
+        self.shown = true;
+    }
+
+    /// Erases the line, if one was drawn.
+    fn clear(&mut self) {
+        if self.shown {
+            let mut err = std::io::stderr().lock();
+            let _ = write!(err, "\r\x1b[2K").and_then(|()| err.flush());
+            self.shown = false;
+        }
+    }
+}
+
+fn timings(g: &Generation, load_s: f64) -> Value {
     json!({
         "load_ms": load_s * 1e3,
         "prompt_n": g.prompt_tokens,
@@ -157,6 +299,15 @@ fn timings(g: &Generation, load_s: f64) -> serde_json::Value {
         "predicted_ms": g.gen_time.as_secs_f64() * 1e3,
         "predicted_per_second": g.gen_tps(),
     })
+}
+
+/// One sample of `--samples N` as the engine streamed it.
+#[derive(Default)]
+struct SampleText {
+    tokens: Vec<u32>,
+    text: String,
+    logprobs: Vec<Value>,
+    finish: Option<FinishReason>,
 }
 
 /// `--samples N`: one request of N samples through the engine (prefill once, fork).
@@ -170,17 +321,19 @@ fn run_samples(
     let opts = a.ctx.session(2048);
     let n = a.samples as usize;
     if prompt_ids.len() >= opts.n_ctx {
-        return Err(pagoda_cpu::model::ModelError::ContextFull {
-            needed: prompt_ids.len() + 1,
-            n_ctx: opts.n_ctx,
-        }
-        .into());
+        return Err(
+            ModelError::ContextFull { needed: prompt_ids.len() + 1, n_ctx: opts.n_ctx }.into()
+        );
     }
     let room = opts.n_ctx - prompt_ids.len();
     let seed = sampler.seed;
+    let mut samples: Vec<SampleText> = (0..n).map(|_| SampleText::default()).collect();
     // `-n 0`: every sample is empty; the engine (at least one token a request) is not asked.
-    let (samples, summary): (Vec<(Vec<u32>, FinishReason)>, Option<String>) = if a.n_predict == 0 {
-        (vec![(Vec::new(), FinishReason::Length); n], None)
+    let summary = if a.n_predict == 0 {
+        for s in &mut samples {
+            s.finish = Some(FinishReason::Length);
+        }
+        None
     } else {
         let max_tokens = if a.n_predict > 0 { (a.n_predict as usize).min(room) } else { room };
         // The shared prompt pages, plus each sample's own growth and its copy of the last page.
@@ -193,7 +346,9 @@ fn run_samples(
             max_batch_tokens: opts.n_batch,
             prefix_caching: false,
         };
-        let mut engine = Engine::new(&loaded.model, config)?;
+        // The engine's own copy of the tokenizer: the text of each token, cut at stop strings.
+        let engine_tok = Tokenizer::from_gguf(&loaded.model.gguf())?;
+        let mut engine = Engine::new(&loaded.model, config)?.with_tokenizer(Arc::new(engine_tok));
         let stop_tokens = if a.ignore_eos { Vec::new() } else { tok.eog_ids().to_vec() };
         engine.submit(Request {
             id: RequestId(0),
@@ -202,15 +357,25 @@ fn run_samples(
             sampler,
             n,
             stop_tokens,
-            logprobs: None,
-            stop: Vec::new(),
+            logprobs: a.logprobs.map(|n| n as usize),
+            stop: a.stop.clone(),
+            constraint: None,
         })?;
         let t0 = std::time::Instant::now();
-        let done = engine.run_to_completion()?;
+        while engine.has_unfinished() {
+            for e in engine.step()?.tokens {
+                let s = samples.get_mut(e.sample).ok_or("the engine returned an unknown sample")?;
+                s.tokens.push(e.token);
+                s.text.push_str(e.text.as_deref().unwrap_or_default());
+                if let Some(lp) = &e.logprobs {
+                    s.logprobs.push(logprob_json(tok, e.token, lp));
+                }
+                s.finish = s.finish.or(e.finish);
+            }
+        }
         let wall = t0.elapsed().as_secs_f64();
-        let out = done.into_iter().next().ok_or("the engine returned no output")?;
         let st = engine.stats();
-        let summary = format!(
+        Some(format!(
             "load {:.2} s | prompt {} tokens once | {n} samples, {} tokens, {:.1} t/s | \
              KV peak {} pages ({} bytes)",
             loaded.load_time.as_secs_f64(),
@@ -219,36 +384,35 @@ fn run_samples(
             st.generated_tokens as f64 / wall.max(1e-9),
             st.peak_pages,
             st.peak_pages * engine.cache().page_bytes(),
-        );
-        (out.samples.into_iter().map(|s| (s.tokens, s.finish)).collect(), Some(summary))
+        ))
     };
     let mut stdout = std::io::stdout().lock();
     let mut all = Vec::new();
-    for (i, (tokens, finish)) in samples.iter().enumerate() {
-        let mut d = tok.stream_decoder();
-        let mut text = String::new();
-        for &t in tokens {
-            if a.ignore_eos || !tok.is_eog(t) {
-                text.push_str(&d.push(t));
-            }
-        }
-        text.push_str(&d.finish());
+    for (i, s) in samples.iter().enumerate() {
         let sample_seed = seed.wrapping_add(i as u64);
-        let stop = match finish {
-            FinishReason::Stop => "eog",
-            _ => "length",
+        // A stop token, or a stop string when the text is shorter than the tokens' text.
+        let stopped_by_string =
+            !a.stop.is_empty() && s.tokens.last().is_none_or(|&t| a.ignore_eos || !tok.is_eog(t));
+        let (stop, finish_reason) = match s.finish {
+            Some(FinishReason::Stop) if stopped_by_string => ("stop", "stop"),
+            Some(FinishReason::Stop) => ("eog", "stop"),
+            _ => ("length", "length"),
         };
         if a.json {
-            all.push(json!({ "sample": i, "seed": sample_seed, "tokens": tokens,
-                             "text": text, "stop": stop }));
+            let mut obj = json!({ "sample": i, "seed": sample_seed, "tokens": s.tokens,
+                                  "text": s.text, "stop": stop, "finish_reason": finish_reason });
+            if a.logprobs.is_some() {
+                obj["logprobs"] = Value::Array(s.logprobs.clone());
+            }
+            all.push(obj);
         } else {
             writeln!(stdout, "--- sample {i} (seed {sample_seed}) ---")
-                .and_then(|()| writeln!(stdout, "{text}"))
+                .and_then(|()| writeln!(stdout, "{}", s.text))
                 .map_err(stdout_error)?;
         }
     }
     if a.json {
-        writeln!(stdout, "{}", serde_json::Value::Array(all)).map_err(stdout_error)?;
+        writeln!(stdout, "{}", Value::Array(all)).map_err(stdout_error)?;
     }
     stdout.flush().map_err(stdout_error)?;
     if let Some(summary) = summary {

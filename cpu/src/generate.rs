@@ -4,11 +4,20 @@
 //! attends over the cached pages: O(N) work per token, O(N²) for the sequence. With
 //! [`GenerateOptions::no_kv_cache`] every step clears the cache and re-processes the
 //! whole sequence — the lecture's O(N³) baseline, kept for the complexity experiment.
+//!
+//! Beyond tokens, a [`Generator`] can stop at stop strings
+//! ([`with_stop_strings`](Generator::with_stop_strings), text through
+//! [`step_decoded`](Generator::step_decoded)), report log-probabilities
+//! ([`with_logprobs`](Generator::with_logprobs)) and report the prompt's progress chunk by
+//! chunk ([`start_with_progress`](Generator::start_with_progress)).
 
 use std::time::{Duration, Instant};
 
+use crate::engine::TokenLogprobs;
 use crate::model::{ModelError, Session};
-use crate::sampler::Sampler;
+use crate::sampler::{log_probs, Sampler};
+use crate::stop::StopMatcher;
+use crate::tokenizer::{Tokenizer, Utf8Buffer};
 
 /// Settings of one generation.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -31,13 +40,29 @@ pub enum StopReason {
     Length,
     /// The context is full.
     ContextFull,
+    /// The text reached one of the stop strings
+    /// ([`Generator::with_stop_strings`]); the token that completed it is the last of
+    /// `tokens`, and the text ends just before the stop string.
+    StopString,
 }
 
 impl StopReason {
-    /// A short name for output.
+    /// A short name for output: `"eog"`, `"length"`, `"context"`, `"stop"`.
     pub fn as_str(self) -> &'static str {
         match self {
             StopReason::EndOfGeneration => "eog",
+            StopReason::Length => "length",
+            StopReason::ContextFull => "context",
+            StopReason::StopString => "stop",
+        }
+    }
+
+    /// OpenAI's `finish_reason` for it: `"stop"` for an end-of-generation token or a stop
+    /// string (the model or the caller's text ended it), `"length"` for `n_predict`,
+    /// `"context"` for a full context.
+    pub fn finish_reason(self) -> &'static str {
+        match self {
+            StopReason::EndOfGeneration | StopReason::StopString => "stop",
             StopReason::Length => "length",
             StopReason::ContextFull => "context",
         }
@@ -125,13 +150,38 @@ pub fn generate(
     }
 }
 
+/// One generated token as [`Generator::step_decoded`] returns it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenStep {
+    /// The token.
+    pub token: u32,
+    /// The text it adds to the output, as it may be shown now: UTF-8 completed across
+    /// tokens, text that could still become a stop string held back until decided,
+    /// nothing of an end-of-generation token that ends the generation (with
+    /// [`GenerateOptions::ignore_eos`] its piece is text like any other) and nothing from
+    /// a stop string on; the last step flushes what was held. Concatenated, the steps'
+    /// texts are the generation's output text. Often empty.
+    pub text: String,
+    /// Its log-probability and the most likely alternatives, with
+    /// [`Generator::with_logprobs`].
+    pub logprobs: Option<TokenLogprobs>,
+}
+
+/// The text side of a generation with a tokenizer: UTF-8 reassembly and the stop strings.
+#[derive(Clone, Debug, Default)]
+struct TextState {
+    utf8: Utf8Buffer,
+    stop: StopMatcher,
+}
+
 /// The generation loop one token at a time, for callers that pull tokens (an iterator, a
 /// C callback, a server) instead of handing [`generate`] a closure.
 ///
-/// It does not hold the session or the sampler, so a caller can keep all three side by
-/// side in one struct; pass the same two to every call. [`start`](Self::start) runs the
-/// prompt; each [`step`](Self::step) first runs the previous token through the model (if
-/// any), then samples and returns the next token, until a stop.
+/// It does not hold the session, the sampler or the tokenizer, so a caller can keep them
+/// side by side in one struct; pass the same ones to every call. [`start`](Self::start)
+/// runs the prompt; each [`step`](Self::step) (or [`step_decoded`](Self::step_decoded))
+/// first runs the previous token through the model (if any), then samples and returns the
+/// next token, until a stop.
 #[derive(Debug)]
 pub struct Generator {
     opts: GenerateOptions,
@@ -143,6 +193,10 @@ pub struct Generator {
     /// When the first step began.
     started: Option<Instant>,
     done: bool,
+    /// How many alternatives to report with each token's log-probability, if any.
+    logprobs: Option<usize>,
+    /// Decoded text and stop strings (used by [`step_decoded`](Self::step_decoded)).
+    text: TextState,
 }
 
 impl Generator {
@@ -153,6 +207,20 @@ impl Generator {
         sampler: &mut Sampler,
         prompt: &[u32],
         opts: &GenerateOptions,
+    ) -> Result<Generator, Box<GenerateError>> {
+        Self::start_with_progress(session, sampler, prompt, opts, |_, _| {})
+    }
+
+    /// [`start`](Self::start), calling `progress(done, total)` after each chunk of the
+    /// prompt (chunks of the session's `n_batch` tokens, the same forward passes `start`
+    /// runs): `done` prompt tokens of `total` are in the session, the last call with
+    /// `done == total`. Not called for an empty prompt (a continued session).
+    pub fn start_with_progress(
+        session: &mut Session<'_>,
+        sampler: &mut Sampler,
+        prompt: &[u32],
+        opts: &GenerateOptions,
+        mut progress: impl FnMut(usize, usize),
     ) -> Result<Generator, Box<GenerateError>> {
         let mut gen = Generation {
             tokens: Vec::new(),
@@ -184,39 +252,128 @@ impl Generator {
             session.truncate(n - 1);
             session.eval(&[last])
         } else {
-            session.eval(prompt)
+            eval_prompt(session, prompt, &mut progress)
         };
         gen.prompt_time = t0.elapsed();
+        let generator = |gen, logits, done| Generator {
+            opts: opts.clone(),
+            logits,
+            pending: None,
+            gen,
+            started: None,
+            done,
+            logprobs: None,
+            text: TextState::default(),
+        };
         match logits {
             // `n_predict = 0`: the prompt is in the session, nothing is sampled.
-            Ok(_) if opts.n_predict == Some(0) => Ok(Generator {
-                opts: opts.clone(),
-                logits: None,
-                pending: None,
-                gen,
-                started: None,
-                done: true,
-            }),
-            Ok(l) => Ok(Generator {
-                opts: opts.clone(),
-                logits: Some(l),
-                pending: None,
-                gen,
-                started: None,
-                done: false,
-            }),
+            Ok(_) if opts.n_predict == Some(0) => Ok(generator(gen, None, true)),
+            Ok(l) => Ok(generator(gen, Some(l), false)),
             Err(error) => Err(Box::new(GenerateError { error, partial: gen })),
         }
     }
 
+    /// Stops the generation at the first of `stops` in its text (empty strings are
+    /// ignored): the token that completes one is the last, [`Generation::stop`] is
+    /// [`StopReason::StopString`], and the text ([`TokenStep::text`]) ends just before it.
+    /// Text that may still become a stop string is held back until the next token decides.
+    /// Stop strings need the text: generate with [`step_decoded`](Self::step_decoded)
+    /// (plain [`step`](Self::step) refuses to run with stop strings set).
+    pub fn with_stop_strings<S: Into<String>>(
+        mut self,
+        stops: impl IntoIterator<Item = S>,
+    ) -> Self {
+        self.text.stop = StopMatcher::new(stops);
+        self
+    }
+
+    /// Reports each token's log-probability and the `top` most likely tokens with theirs
+    /// ([`TokenStep::logprobs`]). They are of the model's distribution — the softmax of the
+    /// logits as the model computed them, before the repetition, frequency and presence
+    /// penalties, temperature and the top-k/top-p/min-p filters — as OpenAI's `logprobs`
+    /// (and the engine's [`TokenEvent::logprobs`](crate::engine::TokenEvent::logprobs)),
+    /// so they do not depend on the sampling settings; under greedy sampling without
+    /// penalties the chosen token is the first alternative.
+    pub fn with_logprobs(mut self, top: usize) -> Self {
+        self.logprobs = Some(top);
+        self
+    }
+
+    /// The stop strings (see [`with_stop_strings`](Self::with_stop_strings)).
+    pub fn stop_strings(&self) -> &[String] {
+        self.text.stop.stops()
+    }
+
     /// The next token, or `None` once generation has stopped ([`Generation::stop`] says
-    /// why). An error (the model failed) also ends generation.
+    /// why). An error (the model failed) also ends generation. With stop strings set this
+    /// is an error ([`ModelError::Invalid`]): they need [`step_decoded`](Self::step_decoded).
     pub fn step(
         &mut self,
         session: &mut Session<'_>,
         sampler: &mut Sampler,
         is_eog: impl Fn(u32) -> bool,
     ) -> Result<Option<u32>, ModelError> {
+        if !self.done && !self.text.stop.stops().is_empty() {
+            self.done = true;
+            return Err(ModelError::Invalid(
+                "stop strings need the tokens' text: generate with Generator::step_decoded".into(),
+            ));
+        }
+        Ok(self.timed_step(session, sampler, &is_eog)?.map(|(tok, _)| tok))
+    }
+
+    /// [`step`](Self::step), with the token's text decoded by `tokenizer` (the model's, the
+    /// same every call) and checked against the stop strings, and its log-probabilities
+    /// when asked for. Its end-of-generation tokens ([`Tokenizer::is_eog`]) end generation.
+    pub fn step_decoded(
+        &mut self,
+        session: &mut Session<'_>,
+        sampler: &mut Sampler,
+        tokenizer: &Tokenizer,
+    ) -> Result<Option<TokenStep>, ModelError> {
+        let Some((token, logprobs)) = self.timed_step(session, sampler, |t| tokenizer.is_eog(t))?
+        else {
+            return Ok(None);
+        };
+        let t = &mut self.text;
+        // An end-of-generation token that ends it is not text.
+        let ends = self.gen.stop == StopReason::EndOfGeneration && self.done;
+        let piece = if ends { String::new() } else { t.utf8.push(tokenizer, token) };
+        let (mut text, stopped) = t.stop.push(&piece);
+        if stopped {
+            self.stop(StopReason::StopString);
+        } else if self.done {
+            // The last token: flush the incomplete UTF-8 and the held stop-string start.
+            let (tail, stopped) = t.stop.push(&t.utf8.finish());
+            text.push_str(&tail);
+            if stopped {
+                self.gen.stop = StopReason::StopString;
+            } else {
+                text.push_str(&t.stop.finish());
+            }
+        }
+        Ok(Some(TokenStep { token, text, logprobs }))
+    }
+
+    /// After [`step_decoded`](Self::step_decoded) failed: the text it was holding back (an
+    /// incomplete UTF-8 character, a possible start of a stop string), which no step will
+    /// return any more. Empty after a stop string.
+    pub fn take_held_text(&mut self) -> String {
+        let t = &mut self.text;
+        let (mut out, stopped) = t.stop.push(&t.utf8.finish());
+        if !stopped {
+            out.push_str(&t.stop.finish());
+        }
+        out
+    }
+
+    /// Runs one step with its timing; `None` once done.
+    fn timed_step(
+        &mut self,
+        session: &mut Session<'_>,
+        sampler: &mut Sampler,
+        is_eog: impl Fn(u32) -> bool,
+    ) -> Result<Option<(u32, Option<TokenLogprobs>)>, ModelError> {
         if self.done {
             return Ok(None);
         }
@@ -234,7 +391,7 @@ impl Generator {
         session: &mut Session<'_>,
         sampler: &mut Sampler,
         is_eog: impl Fn(u32) -> bool,
-    ) -> Result<u32, ModelError> {
+    ) -> Result<(u32, Option<TokenLogprobs>), ModelError> {
         let mut l = match (self.logits.take(), self.pending.take()) {
             (Some(l), _) => l,
             (None, Some(tok)) if self.opts.no_kv_cache => {
@@ -246,7 +403,13 @@ impl Generator {
             (None, Some(tok)) => session.eval(&[tok])?,
             (None, None) => unreachable!("a generator that is not done has logits or a token"),
         };
+        // The model's distribution: the logits before the sampler's penalties change them.
+        let raw = self.logprobs.map(|top| (l.clone(), top));
         let tok = sampler.sample(&mut l);
+        let logprobs = raw.and_then(|(raw, top)| {
+            let (logprob, top) = log_probs(&raw, tok, top)?;
+            Some(TokenLogprobs { logprob, top })
+        });
         sampler.accept(tok);
         self.gen.tokens.push(tok);
         self.pending = Some(tok);
@@ -257,7 +420,7 @@ impl Generator {
         } else if session.remaining() == 0 {
             self.stop(StopReason::ContextFull);
         }
-        Ok(tok)
+        Ok((tok, logprobs))
     }
 
     fn stop(&mut self, reason: StopReason) {
@@ -279,4 +442,28 @@ impl Generator {
     pub fn finish(self) -> Generation {
         self.gen
     }
+}
+
+/// Runs `prompt` through the session in chunks of its `n_batch` tokens (as
+/// [`Session::eval`] does), reporting each chunk; returns the last position's logits.
+fn eval_prompt(
+    session: &mut Session<'_>,
+    prompt: &[u32],
+    progress: &mut impl FnMut(usize, usize),
+) -> Result<Vec<f32>, ModelError> {
+    let n_batch = session.options().n_batch.max(1);
+    let total = prompt.len();
+    let mut done = 0;
+    let mut logits = Vec::new();
+    for chunk in prompt.chunks(n_batch) {
+        done += chunk.len();
+        logits = if done == total {
+            session.eval(chunk)?
+        } else {
+            // No logits for a chunk that is not the last.
+            session.eval_all(chunk, chunk.len())?
+        };
+        progress(done, total);
+    }
+    Ok(logits)
 }
