@@ -61,6 +61,7 @@ fn random_request(rng: &mut Rng, id: u64, stems: &[Vec<u32>], vocab: usize) -> R
         stop_tokens,
         logprobs: None,
         stop: Vec::new(),
+        constraint: None,
     }
 }
 

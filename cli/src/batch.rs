@@ -472,6 +472,7 @@ fn run_requests(
             stop_tokens: stop_tokens.clone(),
             logprobs: None,
             stop: Vec::new(),
+            constraint: None,
         };
         match engine.submit(req) {
             Ok(_) => {

@@ -221,6 +221,7 @@ async fn serve_checked(
         stop_tokens: s.stop_tokens.clone(),
         logprobs: req.logprobs,
         stop: req.stop.clone(),
+        constraint: None,
     };
     let gen = Generation::submit(request, &s.commands, &s.metrics, s.max_queue)?;
     let head = Head {

@@ -6,6 +6,7 @@ use pagoda_core::pool::InvariantViolation;
 use pagoda_core::table::TableError;
 
 use super::RequestId;
+use crate::grammar::GrammarError;
 use crate::model::ModelError;
 use crate::sampler::SamplerError;
 
@@ -43,6 +44,17 @@ pub enum EngineError {
     Invariant(InvariantViolation),
     /// A sequence's table disagrees with its tokens (a bug); the message says how.
     Inconsistent(String),
+    /// A sample's grammar failed while generating: a mask could not be computed or the
+    /// sampled token was refused (llguidance hit one of its limits; a bug otherwise, since
+    /// disallowed tokens are masked out before sampling).
+    Grammar {
+        /// The request.
+        id: RequestId,
+        /// Which of its samples.
+        sample: usize,
+        /// What failed.
+        error: GrammarError,
+    },
     /// Requests are unfinished but none could be scheduled (a bug: requests that cannot
     /// fit are refused by `submit`).
     Stalled {
@@ -69,6 +81,9 @@ impl fmt::Display for EngineError {
             EngineError::Table(e) => write!(f, "engine: {e}"),
             EngineError::Invariant(e) => write!(f, "{e}"),
             EngineError::Inconsistent(m) => write!(f, "engine state inconsistent: {m}"),
+            EngineError::Grammar { id, sample, error } => {
+                write!(f, "{id} sample {sample}: {error}")
+            }
             EngineError::Stalled { waiting, running } => write!(
                 f,
                 "engine stalled with {waiting} waiting and {running} running sequences (a bug)"
@@ -84,6 +99,7 @@ impl std::error::Error for EngineError {
             EngineError::Sampler(e) => Some(e),
             EngineError::Table(e) => Some(e),
             EngineError::Invariant(e) => Some(e),
+            EngineError::Grammar { error, .. } => Some(error),
             _ => None,
         }
     }

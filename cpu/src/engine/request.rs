@@ -1,6 +1,9 @@
 //! What goes into the engine (a [`Request`]) and what comes out (tokens as they are chosen,
 //! a [`RequestOutput`] per request when all its samples are done).
 
+use std::sync::Arc;
+
+use crate::grammar::Grammar;
 use crate::sampler::SamplerConfig;
 
 /// The caller's name for a request; unique among the requests the engine is working on.
@@ -40,6 +43,13 @@ pub struct Request {
     /// one, and the sample finishes with [`FinishReason::Stop`] at the token that completed
     /// it. Needs the engine's tokenizer ([`Engine::with_tokenizer`](super::Engine::with_tokenizer)).
     pub stop: Vec<String>,
+    /// A grammar or JSON schema every sample's text must follow
+    /// ([`Grammar::compile`](crate::grammar::Grammar::compile); `None`: free text, the
+    /// default). Each sample follows it with its own [`Matcher`](crate::grammar::Matcher):
+    /// disallowed tokens get `-inf` before sampling, and a sample whose grammar is complete
+    /// (only an end-of-generation token could follow) finishes with [`FinishReason::Stop`]
+    /// at its last token. The masks of a step are computed while its forward pass runs.
+    pub constraint: Option<Arc<Grammar>>,
 }
 
 impl Request {
@@ -54,6 +64,7 @@ impl Request {
             stop_tokens: Vec::new(),
             logprobs: None,
             stop: Vec::new(),
+            constraint: None,
         }
     }
 }
@@ -61,8 +72,8 @@ impl Request {
 /// Why a sample stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FinishReason {
-    /// It produced one of the request's stop tokens (the last token of its output), or
-    /// the caller ended it with [`Engine::finish_sample`](super::Engine::finish_sample)
+    /// It produced one of the request's stop tokens (the last token of its output), its
+    /// grammar ([`Request::constraint`]) was complete, or the caller ended it with [`Engine::finish_sample`](super::Engine::finish_sample)
     /// (a stop string, for example).
     Stop,
     /// It generated `max_tokens` tokens.

@@ -48,6 +48,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::Instant;
 
 use pagoda_core::evict::KvPolicy;
 use pagoda_core::pool::PageId;
@@ -58,6 +59,7 @@ use super::{
     EngineError, EngineStats, FinishReason, Request, RequestId, RequestOutput, SampleOutput,
     StepOutput, TokenEvent, TokenLogprobs,
 };
+use crate::grammar::{Mask, Matcher};
 use crate::model::{
     droppable_pages, max_window_pages, BatchEntry, Evictor, ForwardScratch, KvCache, KvType, Llama,
     Logits, ModelRef, SeqTable,
@@ -147,6 +149,8 @@ pub struct Engine<'m> {
     n_tables: usize,
     /// Turns tokens into text for [`TokenEvent::text`] and stop strings.
     tokenizer: Option<Arc<Tokenizer>>,
+    /// Compute grammar masks on a thread of their own during the forward pass.
+    overlap_masks: bool,
 }
 
 impl Engine<'static> {
@@ -246,6 +250,7 @@ impl<'m> Engine<'m> {
             policy,
             n_tables,
             tokenizer: None,
+            overlap_masks: true,
         })
     }
 
@@ -253,6 +258,15 @@ impl<'m> Engine<'m> {
     /// ([`TokenEvent::text`]) and requests may have stop strings ([`Request::stop`]).
     pub fn with_tokenizer(mut self, tokenizer: Arc<Tokenizer>) -> Self {
         self.tokenizer = Some(tokenizer);
+        self
+    }
+
+    /// Whether the grammar masks of a step ([`Request::constraint`]) are computed on a
+    /// thread of their own while the step's forward pass runs (the default), or after it.
+    /// Either way the tokens are the same; [`EngineStats::mask_wait`] is the time sampling
+    /// waited for masks.
+    pub fn with_mask_overlap(mut self, overlap: bool) -> Self {
+        self.overlap_masks = overlap;
         self
     }
 
@@ -437,6 +451,8 @@ impl<'m> Engine<'m> {
                 utf8: Utf8Buffer::default(),
                 stop: StopMatcher::new(req.stop.iter().cloned()),
             }),
+            matcher: req.constraint.as_ref().map(|g| g.matcher()),
+            mask: None,
         });
         Ok(id)
     }
@@ -465,7 +481,7 @@ impl<'m> Engine<'m> {
             }
             return Ok(out);
         }
-        let logits = self.forward(&plan)?;
+        let logits = self.forward_with_masks(&plan)?;
         self.stats.steps += 1;
         let prefix_caching = self.prefix_caching();
         let mut children = Vec::new();
@@ -509,11 +525,13 @@ impl<'m> Engine<'m> {
                         forks_pending: 0,
                         started: self.next_start,
                         text: seq.text.clone(),
+                        matcher: seq.matcher.clone(),
+                        mask: seq.mask.clone(),
                     };
                     self.next_start += 1;
                     let mut l = logits.clone();
                     let tok = self.tokenizer.as_deref();
-                    if let Some(f) = sample_into(&mut child, group, tok, &mut l, &mut out) {
+                    if let Some(f) = sample_into(&mut child, group, tok, &mut l, &mut out)? {
                         finished.push((child.id, child.sample, f));
                     }
                     children.push(child);
@@ -521,7 +539,7 @@ impl<'m> Engine<'m> {
                 seq.forks_pending = 0;
             }
             if let Some(f) =
-                sample_into(seq, group, self.tokenizer.as_deref(), &mut logits, &mut out)
+                sample_into(seq, group, self.tokenizer.as_deref(), &mut logits, &mut out)?
             {
                 finished.push((seq.id, seq.sample, f));
             }
@@ -889,6 +907,69 @@ impl<'m> Engine<'m> {
         Ok(())
     }
 
+    /// [`forward`](Self::forward), and meanwhile the grammar masks of the sequences that
+    /// sample after this step (all their pending tokens are in it): on a scoped thread of
+    /// their own, or after the pass without overlap. Each mask lands in its sequence's
+    /// `mask`.
+    fn forward_with_masks(
+        &mut self,
+        plan: &[(usize, usize)],
+    ) -> Result<Vec<Vec<f32>>, EngineError> {
+        let mut jobs: Vec<(usize, Matcher)> = Vec::new();
+        for &(i, n) in plan {
+            let seq = &mut self.running[i];
+            if seq.pending() == n {
+                if let Some(m) = seq.matcher.take() {
+                    jobs.push((i, m));
+                }
+            }
+        }
+        if jobs.is_empty() {
+            return self.forward(plan);
+        }
+        let compute = |jobs: &mut Vec<(usize, Matcher)>| {
+            let start = Instant::now();
+            let masks: Vec<_> = jobs.iter_mut().map(|(_, m)| m.compute_mask()).collect();
+            (masks, start.elapsed())
+        };
+        let (logits, (masks, took), waited) = if self.overlap_masks {
+            std::thread::scope(|s| {
+                let worker = s.spawn(|| compute(&mut jobs));
+                let logits = self.forward(plan);
+                let wait = Instant::now();
+                let masks = worker.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+                (logits, masks, wait.elapsed())
+            })
+        } else {
+            let logits = self.forward(plan);
+            let masks = compute(&mut jobs);
+            let took = masks.1;
+            (logits, masks, took)
+        };
+        self.stats.masks += jobs.len() as u64;
+        self.stats.mask_time += took;
+        self.stats.mask_wait += waited;
+        let mut failed = None;
+        for ((i, matcher), mask) in jobs.into_iter().zip(masks) {
+            let seq = &mut self.running[i];
+            match mask {
+                Ok(mask) => seq.mask = Some(mask),
+                Err(error) => {
+                    failed.get_or_insert(EngineError::Grammar {
+                        id: seq.id,
+                        sample: seq.sample,
+                        error,
+                    });
+                }
+            }
+            seq.matcher = Some(matcher);
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => logits,
+        }
+    }
+
     /// Runs the planned batch through the model; one logits vector per plan entry (empty
     /// for a chunk that does not end its sequence's pending tokens).
     fn forward(&mut self, plan: &[(usize, usize)]) -> Result<Vec<Vec<f32>>, EngineError> {
@@ -969,15 +1050,21 @@ impl<'m> Engine<'m> {
     }
 }
 
-/// Samples the sequence's next token from `logits`, streams it (with its text when there is
-/// a tokenizer), and says whether the sample is finished.
+/// Samples the sequence's next token from `logits` (masked by its grammar, if it has one),
+/// streams it (with its text when there is a tokenizer), and says whether the sample is
+/// finished.
 fn sample_into(
     seq: &mut Sequence,
     group: &Group,
     tokenizer: Option<&Tokenizer>,
     logits: &mut [f32],
     out: &mut StepOutput,
-) -> Option<FinishReason> {
+) -> Result<Option<FinishReason>, EngineError> {
+    // The grammar's mask first: log-probabilities are those of the allowed tokens.
+    let mask: Option<Mask> = seq.mask.take();
+    if let Some(mask) = &mask {
+        mask.apply(logits);
+    }
     // Log-probabilities come from the logits before the sampler's penalties change them.
     let raw = group.logprobs.map(|top| (logits.to_vec(), top));
     let token = seq.sampler.sample(logits);
@@ -985,20 +1072,31 @@ fn sample_into(
         let (logprob, top) = log_probs(&raw, token, top)?;
         Some(TokenLogprobs { logprob, top })
     });
+    let mut grammar_done = false;
+    if let Some(matcher) = &mut seq.matcher {
+        matcher.commit(token).map_err(|error| EngineError::Grammar {
+            id: seq.id,
+            sample: seq.sample,
+            error,
+        })?;
+        grammar_done = matcher.is_finished();
+    }
     seq.sampler.accept(token);
     seq.tokens.push(token);
     let stop_token = group.stop_tokens.contains(&token);
-    let mut finish = if stop_token {
+    let mut finish = if stop_token || grammar_done {
         Some(FinishReason::Stop)
     } else if seq.generated().len() >= group.max_tokens {
         Some(FinishReason::Length)
     } else {
         None
     };
+    // An end-of-generation token the grammar took as its end is not text either.
+    let no_text = stop_token || (grammar_done && tokenizer.is_some_and(|t| t.is_eog(token)));
     let text = match (&mut seq.text, tokenizer) {
         (Some(t), Some(tok)) => {
             // A stop token's piece is not text.
-            let piece = if stop_token { String::new() } else { t.utf8.push(tok, token) };
+            let piece = if no_text { String::new() } else { t.utf8.push(tok, token) };
             let (mut text, stopped) = t.stop.push(&piece);
             if stopped {
                 finish = Some(FinishReason::Stop);
@@ -1014,5 +1112,5 @@ fn sample_into(
         _ => None,
     };
     out.tokens.push(TokenEvent { id: seq.id, sample: seq.sample, token, logprobs, text, finish });
-    finish
+    Ok(finish)
 }

@@ -29,6 +29,7 @@
 //! drops whole pages.
 
 use super::RequestId;
+use crate::grammar::{Mask, Matcher};
 use crate::model::{Evictor, PrefixKey, SeqKv, SeqTable};
 use crate::sampler::Sampler;
 use crate::stop::StopMatcher;
@@ -65,6 +66,11 @@ pub(super) struct Sequence {
     /// Its output text so far, with the engine's tokenizer: UTF-8 pending across tokens and
     /// the stop strings' matcher (kept through preemption: generated tokens are kept).
     pub text: Option<TextState>,
+    /// Its position in the request's grammar, if it has one (kept through preemption).
+    pub matcher: Option<Matcher>,
+    /// The grammar's mask for its next sampled token, computed during the step's forward
+    /// pass.
+    pub mask: Option<Mask>,
 }
 
 /// A sample's output text as it streams (see [`TokenEvent::text`](super::TokenEvent)).

@@ -1,5 +1,7 @@
 //! Counters the engine keeps while it runs.
 
+use std::time::Duration;
+
 /// Running totals since the engine was created.
 ///
 /// Page counts are in the pool's pages: all-layer pages, or single-layer pages under a
@@ -38,6 +40,14 @@ pub struct EngineStats {
     pub filled_slots: u64,
     /// Σ over steps of slots in the pages sequences hold.
     pub held_slots: u64,
+    /// Grammar masks computed ([`Request::constraint`](super::Request::constraint)): one
+    /// per constrained sample per sampling step.
+    pub masks: u64,
+    /// Total time computing them (on the mask thread, alongside the forward pass).
+    pub mask_time: Duration,
+    /// Of the steps' time, how long sampling waited for masks after the forward pass had
+    /// finished: the grammar's cost on the critical path.
+    pub mask_wait: Duration,
 }
 
 impl EngineStats {
@@ -46,6 +56,11 @@ impl EngineStats {
     /// sequence's last page. `None` before the first step.
     pub fn kv_utilisation(&self) -> Option<f64> {
         (self.held_slots > 0).then(|| self.filled_slots as f64 / self.held_slots as f64)
+    }
+
+    /// Mean time to compute one grammar mask, in microseconds (`None` before the first).
+    pub fn mask_us_per_token(&self) -> Option<f64> {
+        (self.masks > 0).then(|| self.mask_time.as_secs_f64() * 1e6 / self.masks as f64)
     }
 
     /// Prefix-cache hit rate over full prompt pages looked up.
