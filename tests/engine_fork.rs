@@ -66,6 +66,7 @@ fn samples_have_their_own_seeds_and_sample_zero_is_the_single_run() {
         stop_tokens: Vec::new(),
         logprobs: None,
         stop: Vec::new(),
+        constraint: None,
     };
     let mut engine = Engine::new(&model, EngineConfig::default()).unwrap();
     engine.submit(req(1, 4)).unwrap();
