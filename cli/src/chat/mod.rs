@@ -118,8 +118,11 @@ pub fn main(a: ChatArgs) -> CliResult {
     let interrupt = Arc::new(AtomicBool::new(false));
     let mut source = if interactive {
         // Ctrl-C outside the line editor (during a reply) only sets the flag the reply
-        // checks; inside it, the editor reads it as a key.
-        signal_hook::flag::register(signal_hook::consts::SIGINT, interrupt.clone())
+        // checks, and a second one before the reply has stopped ends pagoda (exit 130);
+        // inside the editor, Ctrl-C is a key.
+        let sigint = signal_hook::consts::SIGINT;
+        signal_hook::flag::register_conditional_shutdown(sigint, 130, interrupt.clone())
+            .and_then(|_| signal_hook::flag::register(sigint, interrupt.clone()))
             .map_err(|e| format!("cannot handle Ctrl-C: {e}"))?;
         Source::editor(if a.no_history { None } else { input::history_path() })?
     } else {

@@ -190,6 +190,7 @@ impl<'m, 't> Chat<'m, 't> {
             logits = self.session.eval(&[t])?;
         };
         let gen_time = t1.elapsed();
+        self.interrupt.store(false, Ordering::SeqCst);
         if end != ReplyEnd::Stop {
             let tail = decoder.finish();
             decoded.push_str(&tail);
