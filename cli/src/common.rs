@@ -148,11 +148,14 @@ impl EngineArgs {
     }
 }
 
-/// Sampling flags, llama.cpp's names and defaults.
+/// Sampling flags, llama.cpp's names and defaults. Negative numbers parse where they mean
+/// something: `--temp -1` (greedy), `--repeat-last-n -1` and `--dry-penalty-last-n -1` (the
+/// whole context), `--presence-penalty -0.5`, `--logit-bias 15043-1`.
 #[derive(Args, Clone, Debug)]
 pub struct SamplingArgs {
-    /// Temperature; 0 is greedy.
-    #[arg(long = "temp", default_value_t = 0.8)]
+    /// Temperature; 0 or below (e.g. -1) is greedy.
+    #[arg(long = "temp", default_value_t = 0.8, allow_negative_numbers = true,
+          value_parser = float_in("--temp", f32::MIN, f32::MAX))]
     pub temp: f32,
     /// Top-k (0 = off).
     #[arg(long = "top-k", default_value_t = 40)]
@@ -163,30 +166,181 @@ pub struct SamplingArgs {
     /// Min-p (0.0 = off).
     #[arg(long = "min-p", default_value_t = 0.05)]
     pub min_p: f32,
+    /// Locally typical sampling, parameter p in [0, 1] (1.0 = off).
+    #[arg(long = "typical", visible_alias = "typical-p", default_value_t = 1.0,
+          value_parser = float_in("--typical", 0.0, 1.0))]
+    pub typical: f32,
     /// Repetition penalty (1.0 = off).
     #[arg(long = "repeat-penalty", default_value_t = 1.0)]
     pub repeat_penalty: f32,
-    /// Tokens the repetition penalty looks back over.
-    #[arg(long = "repeat-last-n", default_value_t = 64)]
+    /// Tokens the penalties look back over (0 = off, -1 = the whole context).
+    #[arg(long = "repeat-last-n", default_value = "64", allow_negative_numbers = true,
+          value_parser = parse_last_n)]
     pub repeat_last_n: usize,
+    /// Subtract this from the logit of every token already in the window (0.0 = off;
+    /// negative favours repeats).
+    #[arg(long = "presence-penalty", default_value_t = 0.0, allow_negative_numbers = true,
+          value_parser = float_in("--presence-penalty", f32::MIN, f32::MAX))]
+    pub presence_penalty: f32,
+    /// Subtract this times its count in the window from every token's logit (0.0 = off;
+    /// negative favours repeats).
+    #[arg(long = "frequency-penalty", default_value_t = 0.0, allow_negative_numbers = true,
+          value_parser = float_in("--frequency-penalty", f32::MIN, f32::MAX))]
+    pub frequency_penalty: f32,
+    /// DRY multiplier (0.0 = off): a token extending a repeat of n tokens loses
+    /// multiplier × base^(n − allowed length).
+    #[arg(long = "dry-multiplier", default_value_t = 0.0,
+          value_parser = float_in("--dry-multiplier", 0.0, f32::MAX))]
+    pub dry_multiplier: f32,
+    /// DRY base (>= 1).
+    #[arg(long = "dry-base", default_value_t = 1.75,
+          value_parser = float_in("--dry-base", 1.0, f32::MAX))]
+    pub dry_base: f32,
+    /// Repeats up to this many tokens are not penalized by DRY.
+    #[arg(long = "dry-allowed-length", default_value_t = 2)]
+    pub dry_allowed_length: usize,
+    /// Tokens DRY scans for repeats (0 = off, -1 = the whole context).
+    #[arg(long = "dry-penalty-last-n", default_value = "-1", allow_negative_numbers = true,
+          value_parser = parse_last_n)]
+    pub dry_penalty_last_n: usize,
+    /// A DRY sequence breaker (repeatable; replaces the defaults "\n" ":" "\"" "*";
+    /// "none": no breakers).
+    #[arg(long = "dry-sequence-breaker", value_name = "STRING")]
+    pub dry_sequence_breaker: Vec<String>,
+    /// Mirostat: 0 = off, 2 = Mirostat 2.0 (logit bias, temperature, Mirostat: the
+    /// penalties, DRY, top-k, typical, top-p and min-p are not used, as in llama.cpp).
+    #[arg(long = "mirostat", default_value_t = 0, value_parser = parse_mirostat)]
+    pub mirostat: u8,
+    /// Mirostat learning rate, parameter eta.
+    #[arg(long = "mirostat-lr", default_value_t = 0.1,
+          value_parser = float_in("--mirostat-lr", 0.0, f32::MAX))]
+    pub mirostat_lr: f32,
+    /// Mirostat target entropy (surprise, in bits), parameter tau.
+    #[arg(long = "mirostat-ent", default_value_t = 5.0,
+          value_parser = float_in("--mirostat-ent", 0.0, f32::MAX))]
+    pub mirostat_ent: f32,
+    /// Add BIAS to a token's logit: TOKEN_ID+BIAS or TOKEN_ID-BIAS (e.g. 15043+1, 15043-1;
+    /// 15043-inf bans the token). Repeatable.
+    #[arg(long = "logit-bias", value_name = "TOKEN_ID(+|-)BIAS", allow_negative_numbers = true,
+          value_parser = parse_logit_bias)]
+    pub logit_bias: Vec<(u32, f32)>,
     /// Random seed (default: fixed, so runs are reproducible).
     #[arg(short = 's', long = "seed")]
     pub seed: Option<u64>,
 }
 
+/// A parser of a finite float in `[lo, hi]` whose error names `flag`.
+fn float_in(
+    flag: &'static str,
+    lo: f32,
+    hi: f32,
+) -> impl Fn(&str) -> Result<f32, String> + Clone + Send + Sync + 'static {
+    move |s: &str| {
+        let v: f32 = s.trim().parse().map_err(|_| format!("{flag} takes a number, got '{s}'"))?;
+        if !v.is_finite() || v < lo || v > hi {
+            return Err(match (lo == f32::MIN, hi == f32::MAX) {
+                (true, true) => format!("{flag} must be finite, got {s}"),
+                (false, true) => format!("{flag} must be >= {lo}, got {s}"),
+                _ => format!("{flag} must be in [{lo}, {hi}], got {s}"),
+            });
+        }
+        Ok(v)
+    }
+}
+
+/// A token window: a count, 0 (off) or -1 (the whole context, `usize::MAX`).
+fn parse_last_n(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<i64>() {
+        Ok(-1) => Ok(usize::MAX),
+        Ok(n) if n >= 0 => usize::try_from(n).map_err(|_| format!("{n} is too large")),
+        _ => Err(format!("expected a token count, 0 (off) or -1 (the whole context), got '{s}'")),
+    }
+}
+
+/// `--mirostat`: 0 or 2 (version 1 is not implemented).
+fn parse_mirostat(s: &str) -> Result<u8, String> {
+    match s.trim() {
+        "0" => Ok(0),
+        "2" => Ok(2),
+        "1" => Err("Mirostat v1 is not implemented: use --mirostat 2 (Mirostat 2.0)".into()),
+        _ => Err(format!("--mirostat is 0 (off) or 2 (Mirostat 2.0), got '{s}'")),
+    }
+}
+
+/// `--logit-bias TOKEN_ID(+|-)BIAS`, llama.cpp's form: `15043+1`, `15043-0.5`, `15043-inf`.
+fn parse_logit_bias(s: &str) -> Result<(u32, f32), String> {
+    let form =
+        || format!("--logit-bias takes TOKEN_ID+BIAS or TOKEN_ID-BIAS (e.g. 15043-1), got '{s}'");
+    let at = s.find(['+', '-']).filter(|&i| i > 0).ok_or_else(form)?;
+    let token: u32 = s[..at].parse().map_err(|_| form())?;
+    let magnitude = &s[at + 1..];
+    // Only a plain number or inf: no second sign, no NaN.
+    if magnitude.is_empty() || magnitude.starts_with(['+', '-']) {
+        return Err(form());
+    }
+    let v: f32 = magnitude.parse().map_err(|_| form())?;
+    if v.is_nan() {
+        return Err(form());
+    }
+    let bias = if s.as_bytes()[at] == b'-' { -v } else { v };
+    if bias == f32::INFINITY {
+        return Err(format!(
+            "--logit-bias {s}: +inf is not a bias (use a large finite one; -inf bans a token)"
+        ));
+    }
+    Ok((token, bias))
+}
+
 impl SamplingArgs {
-    /// The sampler settings.
+    /// The sampler settings (DRY's breakers as strings: "none" alone clears them).
     pub fn config(&self) -> SamplerConfig {
+        let defaults = SamplerConfig::default();
+        let dry_sequence_breakers = if self.dry_sequence_breaker.is_empty() {
+            defaults.dry_sequence_breakers.clone()
+        } else {
+            // llama.cpp: "none" clears the list (what follows it is added again).
+            let last_none = self.dry_sequence_breaker.iter().rposition(|b| b == "none");
+            self.dry_sequence_breaker[last_none.map_or(0, |i| i + 1)..].to_vec()
+        };
         SamplerConfig {
             temperature: self.temp,
             top_k: self.top_k,
             top_p: self.top_p,
             min_p: self.min_p,
+            typical_p: self.typical,
             repeat_penalty: self.repeat_penalty,
             repeat_last_n: self.repeat_last_n,
-            seed: self.seed.unwrap_or(SamplerConfig::default().seed),
-            ..SamplerConfig::default()
+            frequency_penalty: self.frequency_penalty,
+            presence_penalty: self.presence_penalty,
+            dry_multiplier: self.dry_multiplier,
+            dry_base: self.dry_base,
+            dry_allowed_length: self.dry_allowed_length,
+            dry_penalty_last_n: self.dry_penalty_last_n,
+            dry_sequence_breakers,
+            mirostat: self.mirostat,
+            mirostat_tau: self.mirostat_ent,
+            mirostat_eta: self.mirostat_lr,
+            logit_bias: self.logit_bias.clone(),
+            seed: self.seed.unwrap_or(defaults.seed),
         }
+    }
+
+    /// The sampler for a loaded model: DRY's breakers matched against its vocabulary, and a
+    /// `--logit-bias` token outside it a usage error (exit 2) naming the flag.
+    #[expect(dead_code, reason = "run and chat build their sampler before loading the model")]
+    pub fn sampler(&self, tokenizer: &Tokenizer) -> CliResult<Sampler> {
+        let cfg = self.config();
+        let n = tokenizer.vocab_size();
+        if let Some(&(token, _)) = cfg.logit_bias.iter().find(|(t, _)| *t as usize >= n) {
+            return Err(Box::new(Exit {
+                code: 2,
+                message: Some(format!(
+                    "error: --logit-bias: token {token} is outside the model's vocabulary \
+                     ({n} tokens)"
+                )),
+            }));
+        }
+        Ok(Sampler::with_vocabulary(cfg, tokenizer)?)
     }
 }
 
