@@ -425,8 +425,8 @@ impl Callback {
 
 fn stop_reason(s: StopReason) -> pagoda_stop_reason {
     match s {
-        // The C API sets no stop strings; one would end the text as a stop token does.
-        StopReason::EndOfGeneration | StopReason::StopString => {
+        // The C API sets no stop strings or constraints; they end the text as a stop token.
+        StopReason::EndOfGeneration | StopReason::StopString | StopReason::ConstraintComplete => {
             pagoda_stop_reason::PAGODA_STOP_END_OF_GENERATION
         }
         StopReason::Length => pagoda_stop_reason::PAGODA_STOP_LENGTH,

@@ -9,11 +9,15 @@
 //! ([`with_stop_strings`](Generator::with_stop_strings), text through
 //! [`step_decoded`](Generator::step_decoded)), report log-probabilities
 //! ([`with_logprobs`](Generator::with_logprobs)) and report the prompt's progress chunk by
-//! chunk ([`start_with_progress`](Generator::start_with_progress)).
+//! chunk ([`start_with_progress`](Generator::start_with_progress)), and follow a grammar
+//! ([`with_constraint`](Generator::with_constraint)): the mask of step t+1 is computed on a
+//! scoped thread while the forward pass of token t runs, then applied to the logits before
+//! sampling.
 
 use std::time::{Duration, Instant};
 
 use crate::engine::TokenLogprobs;
+use crate::grammar::{GrammarError, Mask, MaskStats, Matcher};
 use crate::model::{ModelError, Session};
 use crate::sampler::{log_probs, Sampler};
 use crate::stop::StopMatcher;
@@ -44,6 +48,9 @@ pub enum StopReason {
     /// ([`Generator::with_stop_strings`]); the token that completed it is the last of
     /// `tokens`, and the text ends just before the stop string.
     StopString,
+    /// The constraint ([`Generator::with_constraint`]) is complete: nothing may follow but
+    /// the end of generation.
+    ConstraintComplete,
 }
 
 impl StopReason {
@@ -54,15 +61,18 @@ impl StopReason {
             StopReason::Length => "length",
             StopReason::ContextFull => "context",
             StopReason::StopString => "stop",
+            StopReason::ConstraintComplete => "constraint",
         }
     }
 
-    /// OpenAI's `finish_reason` for it: `"stop"` for an end-of-generation token or a stop
-    /// string (the model or the caller's text ended it), `"length"` for `n_predict`,
+    /// OpenAI's `finish_reason` for it: `"stop"` for an end-of-generation token, a stop
+    /// string or a complete constraint (the text ended), `"length"` for `n_predict`,
     /// `"context"` for a full context.
     pub fn finish_reason(self) -> &'static str {
         match self {
-            StopReason::EndOfGeneration | StopReason::StopString => "stop",
+            StopReason::EndOfGeneration
+            | StopReason::StopString
+            | StopReason::ConstraintComplete => "stop",
             StopReason::Length => "length",
             StopReason::ContextFull => "context",
         }
@@ -82,6 +92,39 @@ pub struct Generation {
     pub prompt_time: Duration,
     /// Time spent generating (sampling included).
     pub gen_time: Duration,
+    /// With a constraint ([`Generator::with_constraint`]): what its masks cost.
+    pub constraint: Option<ConstraintCost>,
+}
+
+/// The cost of a constraint's masks in one generation.
+///
+/// A mask is computed on its own thread while the forward pass runs, so its compute time
+/// ([`masks`](Self::masks)) is mostly hidden; what the generation paid for it is
+/// [`critical`](Self::critical): starting the mask thread, waiting for the mask once the
+/// logits were ready, and applying it to them (the first token's mask, which has no
+/// forward pass to hide behind, counts whole).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConstraintCost {
+    /// Masks computed and the time spent computing them.
+    pub masks: MaskStats,
+    /// Time the generation spent on masks on its critical path.
+    pub critical: Duration,
+}
+
+impl ConstraintCost {
+    /// Mean compute time per mask (one per generated token), in microseconds.
+    pub fn mask_us_per_token(&self) -> f64 {
+        self.masks.mean_us()
+    }
+
+    /// Mean time on the critical path per mask, in microseconds.
+    pub fn critical_us_per_token(&self) -> f64 {
+        if self.masks.masks == 0 {
+            0.0
+        } else {
+            self.critical.as_secs_f64() * 1e6 / self.masks.masks as f64
+        }
+    }
 }
 
 impl Generation {
@@ -197,6 +240,15 @@ pub struct Generator {
     logprobs: Option<usize>,
     /// Decoded text and stop strings (used by [`step_decoded`](Self::step_decoded)).
     text: TextState,
+    /// The grammar the tokens must follow, if any.
+    constraint: Option<Constraint>,
+}
+
+/// A generation's constraint: its matcher and what its masks cost on the critical path.
+#[derive(Debug)]
+struct Constraint {
+    matcher: Matcher,
+    critical: Duration,
 }
 
 impl Generator {
@@ -228,6 +280,7 @@ impl Generator {
             prompt_tokens: prompt.len(),
             prompt_time: Duration::ZERO,
             gen_time: Duration::ZERO,
+            constraint: None,
         };
         let n_ctx = session.options().n_ctx;
         let empty = prompt.is_empty() && session.is_empty();
@@ -264,6 +317,7 @@ impl Generator {
             done,
             logprobs: None,
             text: TextState::default(),
+            constraint: None,
         };
         match logits {
             // `n_predict = 0`: the prompt is in the session, nothing is sampled.
@@ -290,12 +344,28 @@ impl Generator {
     /// Reports each token's log-probability and the `top` most likely tokens with theirs
     /// ([`TokenStep::logprobs`]). They are of the model's distribution — the softmax of the
     /// logits as the model computed them, before the repetition, frequency and presence
-    /// penalties, temperature and the top-k/top-p/min-p filters — as OpenAI's `logprobs`
+    /// penalties, temperature, the top-k/top-p/min-p filters and a constraint's mask — as
+    /// OpenAI's `logprobs`
     /// (and the engine's [`TokenEvent::logprobs`](crate::engine::TokenEvent::logprobs)),
     /// so they do not depend on the sampling settings; under greedy sampling without
     /// penalties the chosen token is the first alternative.
     pub fn with_logprobs(mut self, top: usize) -> Self {
         self.logprobs = Some(top);
+        self
+    }
+
+    /// Makes the tokens follow `matcher`'s grammar (from
+    /// [`Grammar::matcher`](crate::grammar::Grammar::matcher), at its start): before each
+    /// sampling the tokens it does not allow get `-inf` logits, and each chosen token is
+    /// committed to it. The mask for the next token is computed on a scoped thread while
+    /// the forward pass of the current one runs ([`ConstraintCost`] in
+    /// [`Generation::constraint`] says what it cost). Generation stops with
+    /// [`StopReason::ConstraintComplete`] when the grammar is complete (or at an
+    /// end-of-generation token it allows, as usual); a grammar that allows no token at some
+    /// point ends it with an error ([`ModelError::Invalid`]).
+    pub fn with_constraint(mut self, matcher: Matcher) -> Self {
+        self.gen.constraint = Some(ConstraintCost::default());
+        self.constraint = Some(Constraint { matcher, critical: Duration::ZERO });
         self
     }
 
@@ -392,35 +462,106 @@ impl Generator {
         sampler: &mut Sampler,
         is_eog: impl Fn(u32) -> bool,
     ) -> Result<(u32, Option<TokenLogprobs>), ModelError> {
-        let mut l = match (self.logits.take(), self.pending.take()) {
-            (Some(l), _) => l,
-            (None, Some(tok)) if self.opts.no_kv_cache => {
-                let mut all = session.tokens().to_vec();
-                all.push(tok);
-                session.clear();
-                session.eval(&all)?
-            }
-            (None, Some(tok)) => session.eval(&[tok])?,
-            (None, None) => unreachable!("a generator that is not done has logits or a token"),
-        };
-        // The model's distribution: the logits before the sampler's penalties change them.
+        let (mut l, mask) = self.logits_and_mask(session)?;
+        // The model's distribution: the logits before the mask and the sampler change them.
         let raw = self.logprobs.map(|top| (l.clone(), top));
+        if let (Some(mask), Some(c)) = (mask, &mut self.constraint) {
+            let t = Instant::now();
+            if mask.is_empty() {
+                return Err(constraint_error(GrammarError::Rejected {
+                    message: "the constraint allows no token here".into(),
+                }));
+            }
+            mask.apply(&mut l);
+            c.critical += t.elapsed();
+        }
         let tok = sampler.sample(&mut l);
         let logprobs = raw.and_then(|(raw, top)| {
             let (logprob, top) = log_probs(&raw, tok, top)?;
             Some(TokenLogprobs { logprob, top })
         });
+        let mut complete = false;
+        if let Some(c) = &mut self.constraint {
+            c.matcher.commit(tok).map_err(constraint_error)?;
+            complete = c.matcher.is_finished();
+            self.gen.constraint =
+                Some(ConstraintCost { masks: c.matcher.stats(), critical: c.critical });
+        }
         sampler.accept(tok);
         self.gen.tokens.push(tok);
         self.pending = Some(tok);
         if !self.opts.ignore_eos && is_eog(tok) {
             self.stop(StopReason::EndOfGeneration);
+        } else if complete {
+            self.stop(StopReason::ConstraintComplete);
         } else if self.opts.n_predict.is_some_and(|n| self.gen.tokens.len() >= n) {
             self.stop(StopReason::Length);
         } else if session.remaining() == 0 {
             self.stop(StopReason::ContextFull);
         }
         Ok((tok, logprobs))
+    }
+
+    /// The logits of the next position (running the pending token through the model if
+    /// they are not there yet) and, with a constraint, its mask for that position —
+    /// computed on a scoped thread beside the forward pass.
+    fn logits_and_mask(
+        &mut self,
+        session: &mut Session<'_>,
+    ) -> Result<(Vec<f32>, Option<Mask>), ModelError> {
+        let pending = self.pending.take();
+        let no_kv_cache = self.opts.no_kv_cache;
+        let forward = |session: &mut Session<'_>| match pending {
+            Some(tok) if no_kv_cache => {
+                let mut all = session.tokens().to_vec();
+                all.push(tok);
+                session.clear();
+                session.eval(&all)
+            }
+            Some(tok) => session.eval(&[tok]),
+            None => Err(ModelError::Invalid("the generator has no token to run".into())),
+        };
+        let logits = self.logits.take();
+        let Some(c) = &mut self.constraint else {
+            return Ok((logits.map_or_else(|| forward(session), Ok)?, None));
+        };
+        let t = Instant::now();
+        let (logits, mask) = match logits {
+            // After the prompt: no forward pass to hide the first mask behind.
+            Some(l) => {
+                let mask = c.matcher.compute_mask();
+                c.critical += t.elapsed();
+                (Ok(l), mask)
+            }
+            None => {
+                let matcher = &mut c.matcher;
+                let critical = &mut c.critical;
+                let overlapped = std::thread::scope(|s| {
+                    let thread = std::thread::Builder::new()
+                        .name("pagoda-mask".into())
+                        .spawn_scoped(s, || matcher.compute_mask())
+                        .ok()?;
+                    let spawned = t.elapsed();
+                    let logits = forward(session);
+                    let waiting = Instant::now();
+                    let mask = thread.join().unwrap_or_else(|_| {
+                        Err(GrammarError::Rejected { message: "the mask thread panicked".into() })
+                    });
+                    *critical += spawned + waiting.elapsed();
+                    Some((logits, mask))
+                });
+                match overlapped {
+                    Some(both) => both,
+                    // No thread to be had: the mask first, then the model.
+                    None => {
+                        let mask = c.matcher.compute_mask();
+                        c.critical += t.elapsed();
+                        (forward(session), mask)
+                    }
+                }
+            }
+        };
+        Ok((logits?, Some(mask.map_err(constraint_error)?)))
     }
 
     fn stop(&mut self, reason: StopReason) {
@@ -442,6 +583,11 @@ impl Generator {
     pub fn finish(self) -> Generation {
         self.gen
     }
+}
+
+/// A constraint's failure as the generator reports it.
+fn constraint_error(e: GrammarError) -> ModelError {
+    ModelError::Invalid(format!("constraint: {e}"))
 }
 
 /// Runs `prompt` through the session in chunks of its `n_batch` tokens (as
