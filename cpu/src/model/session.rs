@@ -532,3 +532,95 @@ impl<'m> Session<'m> {
         self.peak_pages * self.kv.cache().page_bytes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::KvType;
+    use crate::sampler::argmax;
+
+    fn model() -> Llama {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let path = crate::model_file::workspace_model_path(&root);
+        assert!(path.exists(), "model {} missing: run scripts/fetch-model.sh", path.display());
+        Llama::load(&path).unwrap()
+    }
+
+    fn opts(n_ctx: usize) -> SessionOptions {
+        SessionOptions { n_ctx, kv_type: KvType::F16, block_size: 16, n_batch: 512 }
+    }
+
+    /// `n` greedy tokens after logits `l`, checking the pages after every token.
+    fn greedy(s: &mut Session<'_>, mut l: Vec<f32>, n: usize, max_pages: usize) -> Vec<u32> {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            let t = argmax(&l);
+            out.push(t);
+            l = s.eval(&[t]).unwrap();
+            assert!(s.kv_pages_in_use() <= max_pages, "{} pages", s.kv_pages_in_use());
+        }
+        out
+    }
+
+    #[test]
+    fn switching_a_full_session_to_streaming_llm_keeps_its_cache_and_runs_past_the_context() {
+        let model = model();
+        let policy = KvPolicy::SinkWindow { sink: 16, window: 80 };
+        let prompt: Vec<u32> = (0..40).map(|i| 1000 + 37 * i).collect();
+        // Switched after the prompt, before anything was evicted: the same tokens as under
+        // the policy from the start (which evicts nothing within its window either).
+        let mut a = Session::new(&model, opts(128)).unwrap();
+        let la = a.eval(&prompt).unwrap();
+        a.switch_policy(policy).unwrap();
+        assert_eq!(a.policy(), policy);
+        assert_eq!(a.remaining(), usize::MAX - a.len());
+        let mut b = Session::with_policy(&model, opts(128), policy).unwrap();
+        let lb = b.eval(&prompt).unwrap();
+        assert_eq!(argmax(&la), argmax(&lb));
+        // 1 sink page + ⌈79/16⌉ window pages + 2.
+        let bound = 8;
+        let ta = greedy(&mut a, la, 200, bound);
+        let tb = greedy(&mut b, lb, 200, bound);
+        assert_eq!(ta[..32], tb[..32], "the first tokens after the switch");
+        assert_eq!(a.len(), 240, "past the 128-token context");
+        assert!(a.evicted_pages() > 0);
+        assert_eq!(a.cached_len(), b.cached_len());
+
+        // Switched with a full context: the next step evicts down to the policy at once.
+        let mut c = Session::new(&model, opts(128)).unwrap();
+        let text: Vec<u32> = (0..127).map(|i| 500 + 11 * i).collect();
+        let l = c.eval(&text).unwrap();
+        assert_eq!(c.remaining(), 1);
+        c.switch_policy(policy).unwrap();
+        greedy(&mut c, l, 100, bound);
+        assert_eq!(c.len(), 227);
+    }
+
+    #[test]
+    fn switches_that_cannot_keep_the_cache_are_refused_and_change_nothing() {
+        let model = model();
+        let mut s = Session::new(&model, opts(128)).unwrap();
+        s.eval(&[1, 2, 3]).unwrap();
+        // PyramidKV keeps one table per layer: another page layout.
+        let e = s.switch_policy(KvPolicy::Pyramid(pagoda_core::evict::Budget::Tokens(64)));
+        assert!(e.unwrap_err().to_string().contains("different page layouts"));
+        assert_eq!((s.policy(), s.len(), s.remaining()), (KvPolicy::Full, 3, 125));
+        // A bound beyond the pool (the context's 8 pages): H2O over 12 pages.
+        let e = s.switch_policy(KvPolicy::H2o(pagoda_core::evict::Budget::Tokens(192)));
+        assert!(e.is_ok(), "a budget beyond the context is full within it: {e:?}");
+        assert_eq!(s.remaining(), 125, "and the sequence still stops at n_ctx");
+        // A session that has evicted cannot change its policy, until it is emptied.
+        let small = KvPolicy::SinkWindow { sink: 16, window: 32 };
+        let mut t = Session::with_policy(&model, opts(128), small).unwrap();
+        let l = t.eval(&(0..100).map(|i| 300 + i).collect::<Vec<u32>>()).unwrap();
+        greedy(&mut t, l, 4, 5);
+        let e = t.switch_policy(KvPolicy::SinkWindow { sink: 16, window: 16 }).unwrap_err();
+        assert!(e.to_string().contains("already evicted"), "{e}");
+        // Emptied, it may go back to full only if its pool holds the context: it does not.
+        t.clear();
+        let e = t.switch_policy(KvPolicy::Full).unwrap_err();
+        assert!(e.to_string().contains("needs 8 pages and the pool has 5"), "{e}");
+        t.switch_policy(KvPolicy::SinkWindow { sink: 16, window: 16 }).unwrap();
+        assert!(t.is_empty());
+    }
+}
