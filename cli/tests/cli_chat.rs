@@ -144,6 +144,31 @@ fn kv_policy_full_ends_the_chat_when_the_context_is_full() {
     assert_error(&o, 2, "a stop string cannot be empty");
 }
 
+#[test]
+fn a_model_with_sliding_window_layers_says_why_it_cannot_go_on() {
+    let gemma = common::gemma3();
+    let o = run_with_stdin(
+        &[
+            "chat",
+            "-m",
+            gemma.to_str().unwrap(),
+            "--chat-template",
+            "tests/data/chat_templates/gemma3-it.jinja",
+            "-c",
+            "128",
+            "-n",
+            "30",
+            "--temp",
+            "0",
+            "-t",
+            "1",
+        ],
+        &questions(8),
+    );
+    assert_error(&o, 1, "the conversation filled the context (128 tokens) and cannot continue");
+    assert!(stderr(&o).contains("sliding-window layers"), "{}", stderr(&o));
+}
+
 /// A scratch directory for one test.
 fn scratch_dir(name: &str) -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!("pagoda-cli-chat-{}-{name}", std::process::id()));

@@ -29,7 +29,7 @@ use crate::common::{
 };
 use commands::{Command, Parsed};
 use input::{Input, Source};
-use turn::Chat;
+use turn::{Chat, ReplyOptions};
 
 #[derive(Args, Debug)]
 pub struct ChatArgs {
@@ -128,17 +128,13 @@ pub fn main(a: ChatArgs) -> CliResult {
     } else {
         Source::stdin(std::io::stdin().is_terminal())
     };
-    let mut chat = Chat::new(
-        session,
-        sampler,
-        conversation,
-        tok,
-        (a.n_predict >= 0).then_some(a.n_predict as usize),
-        a.stop.clone(),
-        a.parse_special,
+    let options = ReplyOptions {
+        n_predict: (a.n_predict >= 0).then_some(a.n_predict as usize),
+        stops: a.stop.clone(),
+        parse_special: a.parse_special,
         policy,
-        interrupt,
-    );
+    };
+    let mut chat = Chat::new(session, sampler, conversation, tok, options, interrupt);
     let mut stdout = std::io::stdout().lock();
     loop {
         let message = match source.read_message()? {
@@ -179,7 +175,7 @@ fn run_command(chat: &mut Chat<'_, '_>, command: Command) {
                 "[conversation loaded from '{}': {} messages, {} tokens]",
                 escape_controls(&path.display().to_string()),
                 chat.messages().len(),
-                chat.session.len()
+                chat.tokens_so_far()
             ))
         }),
     };

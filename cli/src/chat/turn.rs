@@ -4,11 +4,12 @@
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pagoda_core::evict::KvPolicy;
 use pagoda_cpu::chat::{Conversation, Message};
-use pagoda_cpu::model::Session;
+use pagoda_cpu::model::{ModelError, Session};
 use pagoda_cpu::sampler::Sampler;
 use pagoda_cpu::stop::StopMatcher;
 use pagoda_cpu::tokenizer::Tokenizer;
@@ -32,68 +33,76 @@ pub enum ReplyEnd {
     ContextFull,
 }
 
+/// How a chat replies: `pagoda chat`'s flags.
+#[derive(Clone, Debug, Default)]
+pub struct ReplyOptions {
+    /// Most tokens per reply (`-n`; `None`: until the end of the turn).
+    pub n_predict: Option<usize>,
+    /// `--stop` strings: a reply ends before the first one it prints.
+    pub stops: Vec<String>,
+    /// `--parse-special`: special-token text in what the user says becomes control tokens.
+    pub parse_special: bool,
+    /// `--kv-policy`; `None`: full, and StreamingLLM once the context is full.
+    pub policy: Option<KvPolicy>,
+}
+
 /// One chat: its conversation and the session whose cache holds it.
 pub struct Chat<'m, 't> {
-    pub session: Session<'m>,
-    pub sampler: Sampler,
-    pub conversation: Conversation,
-    pub tokenizer: &'t Tokenizer,
-    /// Most tokens per reply.
-    pub n_predict: Option<usize>,
-    /// `--stop` strings.
-    pub stops: Vec<String>,
-    /// `--parse-special`.
-    pub parse_special: bool,
-    /// The policy the chat started with; `None` (no `--kv-policy`): full, and StreamingLLM
-    /// once the context is full.
-    pub policy: Option<KvPolicy>,
+    session: Session<'m>,
+    sampler: Sampler,
+    conversation: Conversation,
+    tokenizer: &'t Tokenizer,
+    options: ReplyOptions,
     /// Set by Ctrl-C (SIGINT) while a reply is generated.
-    pub interrupt: std::sync::Arc<AtomicBool>,
+    interrupt: Arc<AtomicBool>,
     /// The last reply's end-of-turn token: sampled but not yet in the cache.
     pending: Option<u32>,
     /// Whether the chat has fallen back to StreamingLLM (said once on stderr).
     fell_back: bool,
+    /// Why it could not, when it tried and failed.
+    no_fallback: Option<String>,
     turn: usize,
 }
 
 impl<'m, 't> Chat<'m, 't> {
-    /// A chat that has not started.
-    #[allow(clippy::too_many_arguments)]
+    /// A chat that has not started: `session` is empty and under `options.policy` (full if
+    /// none); `interrupt` is the flag Ctrl-C sets.
     pub fn new(
         session: Session<'m>,
         sampler: Sampler,
         conversation: Conversation,
         tokenizer: &'t Tokenizer,
-        n_predict: Option<usize>,
-        stops: Vec<String>,
-        parse_special: bool,
-        policy: Option<KvPolicy>,
-        interrupt: std::sync::Arc<AtomicBool>,
+        options: ReplyOptions,
+        interrupt: Arc<AtomicBool>,
     ) -> Self {
         Chat {
             session,
             sampler,
             conversation,
             tokenizer,
-            n_predict,
-            stops,
-            parse_special,
-            policy,
+            options,
             interrupt,
             pending: None,
             fell_back: false,
+            no_fallback: None,
             turn: 0,
         }
     }
 
+    /// Tokens in the conversation so far (the cache holds them, or under eviction the
+    /// part of them it keeps).
+    pub fn tokens_so_far(&self) -> usize {
+        self.session.len()
+    }
+
     /// Room for `n` more tokens: true if they fit, falling back to StreamingLLM first when
     /// the context is full and no policy was given (said once on stderr); false if they do
-    /// not fit and the chat may not evict.
+    /// not fit and the chat may not (or cannot) evict.
     fn make_room(&mut self, n: usize) -> CliResult<bool> {
         if self.session.remaining() >= n {
             return Ok(true);
         }
-        if self.policy.is_some() || self.fell_back {
+        if self.options.policy.is_some() || self.fell_back || self.no_fallback.is_some() {
             return Ok(false);
         }
         let opts = self.session.options().clone();
@@ -101,25 +110,41 @@ impl<'m, 't> Chat<'m, 't> {
         let bos =
             self.tokenizer.add_bos() && !self.conversation.template().starts_with_bos(&preamble);
         let sinks = self.tokenizer.encode(&preamble, bos, true).len();
-        let Some(policy) = fallback::streaming_policy(opts.n_ctx, opts.block_size, sinks) else {
-            return Ok(false);
+        let switched = match fallback::streaming_policy(opts.n_ctx, opts.block_size, sinks) {
+            None => Err("the context is too small to keep a window".to_owned()),
+            Some(policy) => {
+                self.session.switch_policy(policy).map(|()| policy).map_err(|e| match e {
+                    ModelError::Unsupported(m) => m,
+                    e => e.to_string(),
+                })
+            }
         };
-        if let Err(e) = self.session.switch_policy(policy) {
-            log::warn!("cannot continue past the context: {}", escape_controls(&e.to_string()));
-            return Ok(false);
+        match switched {
+            Ok(policy) => {
+                self.fell_back = true;
+                eprintln!("{}", fallback::notice(opts.n_ctx, policy));
+                Ok(self.session.remaining() >= n)
+            }
+            Err(why) => {
+                self.no_fallback = Some(escape_controls(&why));
+                Ok(false)
+            }
         }
-        self.fell_back = true;
-        eprintln!("{}", fallback::notice(opts.n_ctx, policy));
-        Ok(self.session.remaining() >= n)
     }
 
     /// An error for a conversation that no longer fits.
     fn full_error(&self) -> Box<dyn std::error::Error> {
-        format!(
-            "the conversation filled the context ({} tokens); start a new chat, raise -c, or \
-             leave out --kv-policy full to continue with StreamingLLM",
-            self.session.options().n_ctx
-        )
+        let n_ctx = self.session.options().n_ctx;
+        match &self.no_fallback {
+            Some(why) => format!(
+                "the conversation filled the context ({n_ctx} tokens) and cannot continue with \
+                 StreamingLLM ({why}); start a new chat or raise -c"
+            ),
+            None => format!(
+                "the conversation filled the context ({n_ctx} tokens); start a new chat, raise \
+                 -c, or leave out --kv-policy to continue with StreamingLLM"
+            ),
+        }
         .into()
     }
 
@@ -143,7 +168,7 @@ impl<'m, 't> Chat<'m, 't> {
         let mut prompt: Vec<u32> = self.pending.take().into_iter().collect();
         let turn_ids = self
             .conversation
-            .user_turn(self.tokenizer, user, self.parse_special)
+            .user_turn(self.tokenizer, user, self.options.parse_special)
             .map_err(|e| escape_controls(&e.to_string()))?;
         prompt.extend(turn_ids);
         let cached = self.session.cached_len();
@@ -154,7 +179,7 @@ impl<'m, 't> Chat<'m, 't> {
         let t1 = Instant::now();
         let tok = self.tokenizer;
         let mut decoder = tok.stream_decoder();
-        let mut stop = StopMatcher::new(self.stops.iter().cloned());
+        let mut stop = StopMatcher::new(self.options.stops.iter().cloned());
         // Everything decoded, what was shown, and the decoded length after each token.
         let (mut decoded, mut shown) = (String::new(), String::new());
         let mut ends: Vec<usize> = Vec::new();
@@ -163,7 +188,7 @@ impl<'m, 't> Chat<'m, 't> {
             if self.interrupt.load(Ordering::SeqCst) {
                 break ReplyEnd::Interrupted;
             }
-            if self.n_predict == Some(0) {
+            if self.options.n_predict == Some(0) {
                 break ReplyEnd::Length;
             }
             let t = self.sampler.sample(&mut logits);
@@ -181,7 +206,7 @@ impl<'m, 't> Chat<'m, 't> {
             if stopped {
                 break ReplyEnd::Stop;
             }
-            if self.n_predict.is_some_and(|n| tokens.len() >= n) {
+            if self.options.n_predict.is_some_and(|n| tokens.len() >= n) {
                 break ReplyEnd::Length;
             }
             if !self.make_room(1)? {
@@ -264,8 +289,9 @@ impl<'m, 't> Chat<'m, 't> {
     fn reset_cache(&mut self) -> CliResult {
         self.session.clear();
         self.pending = None;
+        self.no_fallback = None;
         if self.fell_back {
-            self.session.switch_policy(self.policy.unwrap_or(KvPolicy::Full))?;
+            self.session.switch_policy(self.options.policy.unwrap_or(KvPolicy::Full))?;
             self.fell_back = false;
         }
         Ok(())
@@ -281,7 +307,7 @@ impl<'m, 't> Chat<'m, 't> {
     pub fn load(&mut self, messages: Vec<Message>) -> CliResult {
         let mut conversation = self.conversation.clone();
         let ids = conversation
-            .restore(self.tokenizer, messages, self.parse_special)
+            .restore(self.tokenizer, messages, self.options.parse_special)
             .map_err(|e| escape_controls(&e.to_string()))?;
         self.reset_cache()?;
         self.conversation = conversation;
