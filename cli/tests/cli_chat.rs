@@ -313,3 +313,27 @@ fn interactive_chat_in_a_terminal_edits_lines_stops_replies_and_keeps_history() 
     assert!(!history.contains("never sent"), "{history}");
     let _ = std::fs::remove_dir_all(&data);
 }
+
+#[test]
+fn a_history_file_that_cannot_be_written_is_a_warning() {
+    use expectrl::{ControlCode, Eof, Expect};
+    let dir = scratch_dir("pty-no-history");
+    // The data directory is a file: the history's directory cannot be made.
+    let data = dir.join("not-a-directory");
+    std::fs::write(&data, "").unwrap();
+    let mut cmd = common::pagoda(&["chat", "--temp", "0", "-t", "1", "-n", "8"]);
+    cmd.env("XDG_DATA_HOME", &data).env("TERM", "xterm");
+    let mut p = expectrl::Session::spawn(cmd).expect("spawn pagoda in a pty");
+    p.set_expect_timeout(Some(Duration::from_secs(120)));
+    p.expect("warning: chat history: cannot create").unwrap();
+    p.expect("> ").unwrap();
+    p.send_line("Hello!").unwrap();
+    p.expect("[turn 1:").unwrap();
+    p.expect("> ").unwrap();
+    p.send(ControlCode::EndOfTransmission).unwrap();
+    p.expect(Eof).unwrap();
+    let pid = p.get_process().pid();
+    let status = p.get_process().wait().unwrap();
+    assert_eq!(status, expectrl::process::unix::WaitStatus::Exited(pid, 0));
+    let _ = std::fs::remove_dir_all(&dir);
+}
