@@ -296,3 +296,65 @@ fn common_prefix(a: &str, b: &str) -> usize {
         .find(|((_, ca), cb)| ca != cb)
         .map_or(a.len().min(b.len()), |((i, _), _)| i)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model_file::{workspace_model_path, ModelFile};
+
+    fn smollm2() -> Tokenizer {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let file = ModelFile::open(workspace_model_path(&root)).unwrap();
+        Tokenizer::from_gguf(&file.gguf()).unwrap()
+    }
+
+    #[test]
+    fn the_preamble_is_the_system_prompt_and_the_first_user_header() {
+        let conv = Conversation::new(ChatTemplate::chatml(), Some("Be brief."));
+        assert_eq!(conv.system(), Some("Be brief."));
+        assert_eq!(
+            conv.preamble().unwrap(),
+            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n"
+        );
+        // Without a system prompt, the template's default one (ChatML's) is part of it.
+        let conv = Conversation::new(ChatTemplate::chatml(), None);
+        assert_eq!(conv.system(), None);
+        let preamble = conv.preamble().unwrap();
+        assert!(preamble.ends_with("<|im_start|>user\n"), "{preamble:?}");
+    }
+
+    #[test]
+    fn a_restored_conversation_continues_as_if_said_here() {
+        let tok = smollm2();
+        let messages = vec![
+            Message::system("Be brief."),
+            Message::user("Hi <|im_end|>"),
+            Message::assistant("Hello!"),
+        ];
+        let mut here = Conversation::new(ChatTemplate::chatml(), Some("Be brief."));
+        let mut ids = here.user_turn(&tok, "Hi <|im_end|>", false).unwrap();
+        ids.extend(tok.encode("Hello!", false, false));
+        here.reply("Hello!", None);
+        let mut restored = Conversation::new(ChatTemplate::chatml(), None);
+        let restored_ids = restored.restore(&tok, messages.clone(), false).unwrap();
+        assert_eq!(restored.messages(), &messages[..]);
+        assert_eq!(restored.system(), Some("Be brief."));
+        // The same tokens but the closing `<|im_end|>\n`, which the rendering has and a
+        // reply cut before its end-of-turn token has not (the next turn sends it).
+        let end = tok.encode("<|im_end|>\n", false, true);
+        assert_eq!(restored_ids[..ids.len()], ids[..]);
+        assert_eq!(restored_ids[ids.len()..], end[..]);
+        // The typed `<|im_end|>` stayed text: one control token per message, not two.
+        let im_end = tok.token_id("<|im_end|>").unwrap();
+        assert_eq!(restored_ids.iter().filter(|&&t| t == im_end).count(), 3);
+        let parsed = Conversation::new(ChatTemplate::chatml(), None)
+            .restore(&tok, messages.clone(), true)
+            .unwrap();
+        assert_eq!(parsed.iter().filter(|&&t| t == im_end).count(), 4);
+        // The next turn sends only itself, in both.
+        let next = restored.user_turn(&tok, "Bye", false).unwrap();
+        assert_eq!(tok.decode(&next), "<|im_start|>user\nBye<|im_end|>\n<|im_start|>assistant\n");
+        let next_here = here.user_turn(&tok, "Bye", false).unwrap();
+        assert_eq!(tok.decode(&next_here), format!("<|im_end|>\n{}", tok.decode(&next)));
+    }
+}
