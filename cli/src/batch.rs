@@ -7,7 +7,12 @@
 //! ```
 //!
 //! Only `prompt` is required; `id` defaults to the line number, `n_predict` to `-n`, the
-//! sampling fields to the command's flags. Output, one line per request as it finishes:
+//! sampling fields to the command's flags. Structured output: `"grammar"` (GBNF text),
+//! `"json_schema"` (a schema) or `"response_format"` (OpenAI's object: `{"type":
+//! "json_object"}`, `{"type": "json_schema", "json_schema": {"schema": …}}`, `{"type":
+//! "text"}`), at most one; a line without them takes `--grammar` / `--json-schema` /
+//! `--json-object`. A constrained request ends with `"finish": "stop"` when its grammar is
+//! complete. Output, one line per request as it finishes:
 //!
 //! ```text
 //! {"id": "a", "text": "…", "tokens": […], "finish": "length", "prompt_tokens": 5,
@@ -43,6 +48,9 @@ use pagoda_cpu::sampler::SamplerConfig;
 use pagoda_cpu::tokenizer::Tokenizer;
 use serde_json::{json, Map, Value};
 
+use crate::constraint::{request_fields, ConstraintArgs, GrammarCache, RequestConstraint};
+use pagoda_cpu::grammar::{ConstraintSpec, TokenEnv};
+
 use crate::common::{
     load, read_text_file, same_file, stdout_error, AtomicFile, CliResult, EngineArgs, Exit,
     ModelArgs, OutputLock, SamplingArgs,
@@ -76,6 +84,8 @@ pub struct BatchArgs {
     ignore_eos: bool,
     #[command(flatten)]
     sampling: SamplingArgs,
+    #[command(flatten)]
+    constraint: ConstraintArgs,
 }
 
 /// One parsed request line of a batch file.
@@ -91,9 +101,13 @@ pub struct ParsedRequest {
     pub n_predict: usize,
     /// Sampler settings: the command's defaults with the line's fields applied (validated).
     pub sampler: SamplerConfig,
+    /// The line's `grammar` / `json_schema` / `response_format` (not yet compiled).
+    pub constraint: RequestConstraint,
 }
 
-const FIELDS: &str = "id, prompt, n_predict, temperature, seed, top_k, top_p, min_p";
+const FIELDS: &str =
+    "id, prompt, n_predict, temperature, seed, top_k, top_p, min_p, grammar, json_schema, \
+     response_format";
 
 /// Parses one request line (`{"id":…,"prompt":…,…}`) of a batch file: `line_no` is named in
 /// every error, `defaults` are the sampler settings of fields the line leaves out, `n_predict`
@@ -163,7 +177,8 @@ pub fn parse_request_line(
         None => n_predict,
         Some(x) => usize::try_from(x).unwrap_or(usize::MAX),
     };
-    Ok(ParsedRequest { line_no, id, prompt, n_predict, sampler })
+    let constraint = request_fields(&obj).map_err(at)?;
+    Ok(ParsedRequest { line_no, id, prompt, n_predict, sampler, constraint })
 }
 
 /// One line of the input: a request, or why it cannot run.
@@ -362,6 +377,8 @@ fn signal_name(sig: usize) -> &'static str {
 
 pub fn main(a: BatchArgs) -> CliResult {
     let defaults = a.sampling.config();
+    // Read and parsed before the model loads: a bad file fails at once.
+    let default_constraint = a.constraint.spec()?;
     let entries = read_lines(&a.file, &defaults, a.n_predict as usize, a.strict)?;
     let model_path =
         a.model.model.clone().unwrap_or_else(pagoda_cpu::model_file::default_model_path);
@@ -410,7 +427,7 @@ pub fn main(a: BatchArgs) -> CliResult {
     let (stats_line, unfinished, step_error) = if lines.is_empty() {
         (None, Vec::new(), None)
     } else {
-        run_requests(&a, &lines, &mut sink, &interrupt, &mut failed)?
+        run_requests(&a, default_constraint, &lines, &mut sink, &interrupt, &mut failed)?
     };
     sink.finish()?;
     if let Some(s) = stats_line {
@@ -451,6 +468,7 @@ type RunOutcome = (Option<String>, Vec<usize>, Option<String>);
 
 fn run_requests(
     a: &BatchArgs,
+    default_constraint: Option<(ConstraintSpec, String)>,
     lines: &[ParsedRequest],
     sink: &mut Sink,
     interrupt: &Interrupt,
@@ -460,9 +478,43 @@ fn run_requests(
     let tok = &loaded.tokenizer;
     let mut engine = Engine::with_policy(&loaded.model, a.engine.config(), a.engine.kv_policy)?;
     let stop_tokens = if a.ignore_eos { Vec::new() } else { tok.eog_ids().to_vec() };
+    // The token environment only when some request is constrained.
+    let constrained = default_constraint.is_some()
+        || lines.iter().any(|l| matches!(l.constraint, RequestConstraint::Spec(_)));
+    let env = if constrained { Some(TokenEnv::new(tok)?) } else { None };
+    let mut grammars = GrammarCache::default();
+    let default_grammar = match (&default_constraint, &env) {
+        (Some((spec, what)), Some(env)) => {
+            Some(grammars.get(env, spec).map_err(|e| format!("{what}: {e}"))?)
+        }
+        _ => None,
+    };
     // Requests in the engine, by index into `lines`.
     let mut pending = BTreeMap::new();
     for (i, l) in lines.iter().enumerate() {
+        let where_ = || format!("{}: line {} (id {})", a.file.display(), l.line_no, l.id);
+        let constraint = match &l.constraint {
+            RequestConstraint::Default => default_grammar.clone(),
+            RequestConstraint::Text => None,
+            RequestConstraint::Spec(spec) => {
+                let compiled = env
+                    .as_ref()
+                    .ok_or_else(|| "no token environment".to_string())
+                    .and_then(|env| grammars.get(env, spec));
+                match compiled {
+                    Ok(g) => Some(g),
+                    Err(e) => {
+                        let error = format!("{}: {}: {e}", where_(), spec.kind());
+                        if a.strict {
+                            return Err(error.into());
+                        }
+                        sink.line(&json!({ "id": l.id, "error": error }).to_string())?;
+                        *failed += 1;
+                        continue;
+                    }
+                }
+            }
+        };
         let req = Request {
             id: RequestId(i as u64),
             prompt: tok.encode(&l.prompt, true, true),
@@ -472,14 +524,14 @@ fn run_requests(
             stop_tokens: stop_tokens.clone(),
             logprobs: None,
             stop: Vec::new(),
-            constraint: None,
+            constraint,
         };
         match engine.submit(req) {
             Ok(_) => {
                 pending.insert(i, ());
             }
             Err(e) => {
-                let error = format!("{}: line {} (id {}): {e}", a.file.display(), l.line_no, l.id);
+                let error = format!("{}: {e}", where_());
                 if a.strict {
                     return Err(error.into());
                 }
@@ -563,10 +615,19 @@ fn result_json(line: &ParsedRequest, r: &RequestOutput, tok: &Tokenizer, hide_eo
 /// per-layer policy, in which peak and KV utilisation are counted).
 fn summary(requests: usize, s: &EngineStats, wall: Duration, pages: usize, unit: &str) -> String {
     let pct = |x: Option<f64>| x.map_or("n/a".to_string(), |v| format!("{:.1}%", 100.0 * v));
+    let grammar = match s.mask_us_per_token() {
+        Some(us) => format!(
+            " | grammar masks {} ({us:.0} µs each, {:.0} µs per mask waited after the forward \
+             pass)",
+            s.masks,
+            s.mask_wait.as_secs_f64() * 1e6 / s.masks as f64
+        ),
+        None => String::new(),
+    };
     format!(
         "requests {requests} | generated {} tokens | wall {:.2} s | {:.1} tokens/s aggregate | \
          peak {} / {pages} {unit} | KV utilisation {} | prefix-cache hits {} ({} / {} pages, \
-         {} prompt tokens skipped, {} computed) | preemptions {}",
+         {} prompt tokens skipped, {} computed) | preemptions {}{grammar}",
         s.generated_tokens,
         wall.as_secs_f64(),
         s.generated_tokens as f64 / wall.as_secs_f64().max(1e-9),

@@ -26,6 +26,7 @@ mod bench;
 mod chat;
 mod common;
 pub mod compat;
+pub mod constraint;
 mod inspect;
 mod logger;
 mod perplexity;

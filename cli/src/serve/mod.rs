@@ -34,6 +34,8 @@ use pagoda_cpu::chat::ChatTemplate;
 use pagoda_cpu::engine::Engine;
 
 use crate::common::{load, read_text_file, CliResult, EngineArgs, ModelArgs};
+use crate::constraint::ConstraintArgs;
+use pagoda_cpu::grammar::TokenEnv;
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
@@ -70,6 +72,9 @@ pub struct ServeArgs {
     /// is logged and counted in /metrics as pagoda_invariant_violations_total.
     #[arg(long = "check-invariants", hide = true)]
     check_invariants: bool,
+    /// The default output constraint of requests without `response_format`.
+    #[command(flatten)]
+    constraint: ConstraintArgs,
 }
 
 pub fn main(a: ServeArgs) -> CliResult {
@@ -80,6 +85,8 @@ pub fn main(a: ServeArgs) -> CliResult {
             (a.host.as_str(), a.port).to_socket_addrs().ok().and_then(|mut i| i.next()).ok_or(())
         })
         .map_err(|_| format!("--host '{}': not an address this machine can listen on", a.host))?;
+    // Read and parsed before the model loads: a bad file fails at once.
+    let default_spec = a.constraint.spec()?;
     let loaded = load(&a.model)?;
     let model_path =
         a.model.model.clone().unwrap_or_else(pagoda_cpu::model_file::default_model_path);
@@ -103,6 +110,17 @@ pub fn main(a: ServeArgs) -> CliResult {
     let n_ctx = loaded.model.config().context_length;
     let max_context = n_ctx.min(config.kv_pages.saturating_mul(config.block_size));
     let evicting = a.engine.kv_policy.evicts();
+    let grammar_env = std::sync::OnceLock::new();
+    let default_constraint = match default_spec {
+        Some((spec, what)) => {
+            let env = TokenEnv::new(&tokenizer).map_err(|e| format!("{what}: {e}"))?;
+            let grammar = pagoda_cpu::grammar::Grammar::compile(&env, spec)
+                .map_err(|e| format!("{what}: {e}"))?;
+            let _ = grammar_env.set(Ok(env));
+            Some(Arc::new(grammar))
+        }
+        None => None,
+    };
     let metrics = Arc::new(metrics::Metrics::default());
     let (commands, command_rx) = std::sync::mpsc::channel();
     let state = Arc::new(routes::AppState {
@@ -116,6 +134,8 @@ pub fn main(a: ServeArgs) -> CliResult {
         api_key: a.api_key.clone(),
         metrics: metrics.clone(),
         stop_tokens: if a.ignore_eos { Vec::new() } else { tokenizer.eog_ids().to_vec() },
+        grammar_env,
+        default_constraint,
         next_id: AtomicU64::new(1),
         shutting_down: AtomicBool::new(false),
         started: std::time::SystemTime::now()

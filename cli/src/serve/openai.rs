@@ -10,6 +10,8 @@ use pagoda_cpu::chat::Message;
 use pagoda_cpu::sampler::SamplerConfig;
 use serde_json::{json, Map, Value};
 
+use crate::constraint::{response_format, RequestConstraint};
+
 /// An error as OpenAI's API reports it: `{"error": {"message", "type", "param", "code"}}`.
 #[derive(Debug)]
 pub struct ApiError {
@@ -90,6 +92,8 @@ pub struct GenRequest {
     pub include_usage: bool,
     /// `Some(k)`: report log-probabilities with the top `k` alternatives.
     pub logprobs: Option<usize>,
+    /// `response_format`: free text, any JSON object, or a JSON schema.
+    pub constraint: RequestConstraint,
 }
 
 /// Most samples per request (`n`).
@@ -182,7 +186,12 @@ pub fn parse(body: &Value, chat: bool) -> Result<GenRequest, ApiError> {
         // The legacy field: how many alternatives (0: the chosen token's only).
         integer(o, "logprobs", 0, MAX_TOP_LOGPROBS as i64)?.map(|k| k as usize)
     };
+    let constraint = match o.get("response_format") {
+        None | Some(Value::Null) => RequestConstraint::Default,
+        Some(v) => response_format(v).map_err(|(param, m)| ApiError::field(&param, m))?,
+    };
     Ok(GenRequest {
+        constraint,
         prompt,
         max_tokens,
         sampler,

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
@@ -16,6 +16,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use pagoda_cpu::chat::ChatTemplate;
 use pagoda_cpu::engine::{Request, RequestId};
+use pagoda_cpu::grammar::{Grammar, TokenEnv};
 use pagoda_cpu::tokenizer::Tokenizer;
 use serde_json::{json, Value};
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -25,6 +26,7 @@ use super::generation::{Generation, TokenInfo, Update, Usage};
 use super::metrics::Metrics;
 use super::openai::{self, json_body, ApiError, GenRequest, Prompt};
 use super::worker::Command;
+use crate::constraint::RequestConstraint;
 
 /// What every handler shares.
 pub struct AppState {
@@ -40,6 +42,11 @@ pub struct AppState {
     pub api_key: Option<String>,
     pub metrics: Arc<Metrics>,
     pub stop_tokens: Vec<u32>,
+    /// The token environment for `response_format` grammars, built by the first request
+    /// that needs it (or at start with `--grammar` / `--json-schema` / `--json-object`).
+    pub grammar_env: OnceLock<Result<TokenEnv, String>>,
+    /// The grammar of requests without `response_format` (the command's flags).
+    pub default_constraint: Option<Arc<Grammar>>,
     pub next_id: AtomicU64,
     pub shutting_down: AtomicBool,
     pub started: u64,
@@ -207,6 +214,21 @@ async fn serve_checked(
         e.code = Some("context_length_exceeded");
         return Err(e);
     }
+    let constraint = match &req.constraint {
+        RequestConstraint::Default => s.default_constraint.clone(),
+        RequestConstraint::Text => None,
+        RequestConstraint::Spec(spec) => {
+            let env = s
+                .grammar_env
+                .get_or_init(|| TokenEnv::new(&s.tokenizer).map_err(|e| e.to_string()));
+            let env = env.as_ref().map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", e.clone())
+            })?;
+            let grammar = Grammar::compile(env, spec.clone())
+                .map_err(|e| ApiError::field("response_format", format!("response_format: {e}")))?;
+            Some(Arc::new(grammar))
+        }
+    };
     let mut sampler = req.sampler.clone();
     if !req.seeded {
         sampler.seed = fresh_seed(s);
@@ -221,7 +243,7 @@ async fn serve_checked(
         stop_tokens: s.stop_tokens.clone(),
         logprobs: req.logprobs,
         stop: req.stop.clone(),
-        constraint: None,
+        constraint,
     };
     let gen = Generation::submit(request, &s.commands, &s.metrics, s.max_queue)?;
     let head = Head {

@@ -115,3 +115,77 @@ pub fn python_venv(name: &str, packages: &[&str]) -> PathBuf {
     }
     python
 }
+
+/// A running `pagoda serve` on a free port (`--port 0`) with the default model; killed when
+/// dropped. Its stderr is collected in `log`.
+pub struct Server {
+    child: std::process::Child,
+    /// `host:port` it listens on.
+    pub addr: String,
+    /// Its stderr so far.
+    pub log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Server {
+    /// Starts `pagoda serve --port 0 ARGS` and waits (up to 60 s) for its "listening on" line.
+    pub fn start(args: &[&str]) -> Server {
+        use std::io::BufRead;
+        let mut child = pagoda(&["serve", "--port", "0"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn pagoda serve");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
+                }
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        match rx.recv_timeout(std::time::Duration::from_secs(60)) {
+            Ok(addr) => Server { child, addr, log },
+            Err(_) => {
+                let _ = child.kill();
+                panic!("server did not start: {}", log.lock().unwrap());
+            }
+        }
+    }
+
+    /// POSTs `body` as JSON to `path` (HTTP/1.1, `Connection: close`); returns the status and
+    /// the response body.
+    pub fn post(&self, path: &str, body: &serde_json::Value) -> (u16, String) {
+        use std::io::{Read, Write};
+        let body = body.to_string();
+        let mut s = std::net::TcpStream::connect(&self.addr).expect("connect");
+        s.set_read_timeout(Some(std::time::Duration::from_secs(300))).unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Type: \
+             application/json\r\nContent-Length: {}\r\n\r\n",
+            self.addr,
+            body.len()
+        );
+        s.write_all(head.as_bytes()).and_then(|_| s.write_all(body.as_bytes())).expect("send");
+        let mut raw = Vec::new();
+        let _ = s.read_to_end(&mut raw);
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        (status, body.to_string())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -99,6 +99,14 @@ impl Node {
         }
     }
 
+    /// As an item of a sequence: a group of alternatives in parentheses.
+    fn to_lark_item(&self) -> String {
+        match self {
+            Node::Choice(alts) if alts.len() > 1 => format!("({})", self.to_lark()),
+            _ => self.to_lark(),
+        }
+    }
+
     fn to_lark(&self) -> String {
         match self {
             Node::Choice(alts) => alts
@@ -107,7 +115,7 @@ impl Node {
                     if seq.is_empty() {
                         "\"\"".to_string()
                     } else {
-                        seq.iter().map(Node::to_lark).collect::<Vec<_>>().join(" ")
+                        seq.iter().map(Node::to_lark_item).collect::<Vec<_>>().join(" ")
                     }
                 })
                 .collect::<Vec<_>>()
