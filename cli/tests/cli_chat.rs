@@ -145,7 +145,7 @@ fn kv_policy_full_ends_the_chat_when_the_context_is_full() {
 }
 
 #[test]
-fn a_model_with_sliding_window_layers_says_why_it_cannot_go_on() {
+fn a_model_whose_cache_cannot_be_evicted_forgets_the_oldest_turns_instead() {
     let gemma = common::gemma3();
     let o = run_with_stdin(
         &[
@@ -165,8 +165,18 @@ fn a_model_with_sliding_window_layers_says_why_it_cannot_go_on() {
         ],
         &questions(8),
     );
-    assert_error(&o, 1, "the conversation filled the context (128 tokens) and cannot continue");
-    assert!(stderr(&o).contains("sliding-window layers"), "{}", stderr(&o));
+    assert_success(&o);
+    let err = stderr(&o);
+    assert!(!err.contains("continuing with StreamingLLM"), "{err}");
+    let forgot = err.lines().filter(|l| l.contains("oldest messages are forgotten")).count();
+    assert!(forgot >= 1, "{err}");
+    assert!(err.contains("sliding-window layers"), "says why: {err}");
+    let t = turns(&err);
+    assert_eq!(t.len(), 8, "{err}");
+    assert!(t.iter().all(|&(_, _, reply, _)| reply > 0), "{err}");
+    // After forgetting, a turn starts from an empty cache with what is kept.
+    assert_eq!(t.iter().filter(|&&(cached, ..)| cached == 0).count(), 1 + forgot, "{err}");
+    assert!(t.iter().all(|&(cached, prompt, ..)| cached + prompt < 128), "{err}");
 }
 
 /// A scratch directory for one test.
@@ -312,6 +322,32 @@ fn interactive_chat_in_a_terminal_edits_lines_stops_replies_and_keeps_history() 
     }
     assert!(!history.contains("never sent"), "{history}");
     let _ = std::fs::remove_dir_all(&data);
+}
+
+#[test]
+fn every_reply_follows_the_grammar_and_the_next_turn_continues_after_it() {
+    let dir = scratch_dir("grammar");
+    let (grammar, file) = (dir.join("yes-no.gbnf"), dir.join("c.json"));
+    std::fs::write(&grammar, "root ::= (\"yes\" | \"no\")\n").unwrap();
+    let input = format!("Is Paris in France?\nIs the sea dry?\n/save {}\n", file.display());
+    let o = run_with_stdin(
+        &["chat", "--temp", "0", "-t", "1", "--grammar", grammar.to_str().unwrap()],
+        &input,
+    );
+    assert_success(&o);
+    let replies: Vec<String> = stdout(&o).lines().map(str::to_owned).collect();
+    assert_eq!(replies.len(), 2, "{replies:?}");
+    assert!(replies.iter().all(|r| r == "yes" || r == "no"), "{replies:?}");
+    let saved = saved(&file);
+    assert_eq!(saved["messages"][1]["content"], replies[0].as_str());
+    assert_eq!(saved["messages"][3]["content"], replies[1].as_str());
+    // The second turn starts after the first reply (not all in the cache: the template's
+    // text brings it back) and sends only its own turn.
+    let t = turns(&stderr(&o));
+    assert!(t[1].0 >= t[0].1 && t[1].1 < 25, "{t:?}");
+    let o = run_with_stdin(&["chat", "--json-object", "--grammar", "x.gbnf"], "");
+    assert_error(&o, 2, "cannot be used with");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

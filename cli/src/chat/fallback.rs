@@ -2,6 +2,9 @@
 //! goes on under StreamingLLM, keeping the pages that hold the system prompt (the attention
 //! sinks) and the most recent pages, and forgetting the turns in between. The cache is kept
 //! as it is (`Session::switch_policy`): nothing is processed again.
+//!
+//! A model whose cache cannot be evicted that way (Gemma 3's sliding-window layers) forgets
+//! the oldest turns instead and processes the rest again ([`first_kept_turn`]).
 
 use pagoda_core::evict::KvPolicy;
 
@@ -29,6 +32,39 @@ pub fn notice(n_ctx: usize, policy: KvPolicy) -> String {
     format!(
         "context full ({n_ctx} tokens): continuing with StreamingLLM ({policy}); the system \
          prompt and the most recent turns are kept, older turns are forgotten"
+    )
+}
+
+/// What a chat that cannot evict keeps when its context is full: the index of the first
+/// turn to keep among `turns` (the messages after the system prompt, the last one the new
+/// user message). `tokens(i)` is the size of the rendering that keeps `turns[i..]`.
+///
+/// The kept turns start at a user message and take at most `budget` tokens (half the
+/// context, say, leaving room for replies), as many as fit; else the last user message
+/// alone if it takes at most `limit`; `None` if not even that fits.
+pub fn first_kept_turn<E>(
+    turns: &[pagoda_cpu::chat::Message],
+    budget: usize,
+    limit: usize,
+    mut tokens: impl FnMut(usize) -> Result<usize, E>,
+) -> Result<Option<usize>, E> {
+    let starts: Vec<usize> = (0..turns.len()).filter(|&i| turns[i].role == "user").collect();
+    for &i in &starts {
+        if tokens(i)? <= budget {
+            return Ok(Some(i));
+        }
+    }
+    match starts.last() {
+        Some(&last) if tokens(last)? <= limit => Ok(Some(last)),
+        _ => Ok(None),
+    }
+}
+
+/// The line a chat that cannot evict prints when it forgets turns.
+pub fn forget_notice(n_ctx: usize, why: &str, forgotten: usize, kept_tokens: usize) -> String {
+    format!(
+        "context full ({n_ctx} tokens) and the cache cannot be evicted ({why}): the {forgotten} \
+         oldest messages are forgotten, the rest ({kept_tokens} tokens) processed again"
     )
 }
 
@@ -66,5 +102,29 @@ mod tests {
             streaming_policy(64, 16, 0),
             Some(KvPolicy::SinkWindow { sink: 16, window: 16 })
         );
+    }
+
+    #[test]
+    fn a_chat_that_cannot_evict_keeps_the_most_recent_turns_that_fit() {
+        use pagoda_cpu::chat::Message;
+        let turns = [
+            Message::user("a"),
+            Message::assistant("b"),
+            Message::user("c"),
+            Message::assistant("d"),
+            Message::user("e"),
+        ];
+        // 10 tokens a message: keeping turns[i..] takes 10 × (5 - i).
+        let size = |i: usize| Ok::<_, ()>(10 * (turns.len() - i));
+        assert_eq!(first_kept_turn(&turns, 30, 100, size), Ok(Some(2)));
+        assert_eq!(first_kept_turn(&turns, 50, 100, size), Ok(Some(0)));
+        // Only the last user message fits the budget, or only the limit.
+        assert_eq!(first_kept_turn(&turns, 10, 100, size), Ok(Some(4)));
+        assert_eq!(first_kept_turn(&turns, 5, 10, size), Ok(Some(4)));
+        // Not even the last message fits.
+        assert_eq!(first_kept_turn(&turns, 5, 9, size), Ok(None));
+        assert_eq!(first_kept_turn(&[], 5, 9, size), Ok(None));
+        // The counter's errors come through.
+        assert_eq!(first_kept_turn(&turns, 5, 9, |_| Err::<usize, _>("bad")), Err("bad"));
     }
 }

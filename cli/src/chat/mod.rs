@@ -20,6 +20,7 @@ use std::sync::Arc;
 use clap::Args;
 use pagoda_core::evict::KvPolicy;
 use pagoda_cpu::chat::{ChatTemplate, ChatTemplateError, Conversation};
+use pagoda_cpu::grammar::TokenEnv;
 use pagoda_cpu::model::Session;
 use pagoda_cpu::sampler::Sampler;
 
@@ -27,6 +28,7 @@ use crate::common::{
     escape_controls, load, parse_kv_policy, CliResult, ContextArgs, ModelArgs, PolicyArgs,
     SamplingArgs,
 };
+use crate::constraint::ConstraintArgs;
 use commands::{Command, Parsed};
 use input::{Input, Source};
 use turn::{Chat, ReplyOptions};
@@ -63,6 +65,8 @@ pub struct ChatArgs {
     /// End a reply before this text (repeatable); the reply is kept as shown.
     #[arg(long = "stop", value_name = "STR", value_parser = non_empty)]
     stop: Vec<String>,
+    #[command(flatten)]
+    constraint: ConstraintArgs,
     /// Do not read or write the line editor's history file
     /// ($XDG_DATA_HOME/pagoda/chat_history, else ~/.local/share/pagoda/chat_history).
     #[arg(long = "no-history")]
@@ -109,6 +113,10 @@ pub fn main(a: ChatArgs) -> CliResult {
             })?
         }
     };
+    // The token trie costs time to build: only for a constraint.
+    let c = &a.constraint;
+    let constrained = c.grammar.is_some() || c.json_schema.is_some() || c.json_object;
+    let grammar = if constrained { c.compile(&TokenEnv::new(tok)?)? } else { None };
     let conversation = Conversation::new(template, a.system.as_deref());
     let opts = a.ctx.session(2048);
     let n_layers = loaded.model.config().n_layers;
@@ -133,6 +141,7 @@ pub fn main(a: ChatArgs) -> CliResult {
         stops: a.stop.clone(),
         parse_special: a.parse_special,
         policy,
+        grammar,
     };
     let mut chat = Chat::new(session, sampler, conversation, tok, options, interrupt);
     let mut stdout = std::io::stdout().lock();

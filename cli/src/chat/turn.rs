@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use pagoda_core::evict::KvPolicy;
 use pagoda_cpu::chat::{Conversation, Message};
+use pagoda_cpu::grammar::Grammar;
 use pagoda_cpu::model::{ModelError, Session};
 use pagoda_cpu::sampler::Sampler;
 use pagoda_cpu::stop::StopMatcher;
@@ -28,6 +29,8 @@ pub enum ReplyEnd {
     Stop,
     /// Ctrl-C.
     Interrupted,
+    /// The grammar is complete: nothing may follow.
+    Complete,
     /// The context is full and the chat may not evict (`--kv-policy full`, or a model with
     /// sliding-window layers).
     ContextFull,
@@ -44,6 +47,9 @@ pub struct ReplyOptions {
     pub parse_special: bool,
     /// `--kv-policy`; `None`: full, and StreamingLLM once the context is full.
     pub policy: Option<KvPolicy>,
+    /// `--grammar`, `--json-schema` or `--json-object`: every reply follows it (from its
+    /// start: each reply gets a fresh matcher).
+    pub grammar: Option<Arc<Grammar>>,
 }
 
 /// One chat: its conversation and the session whose cache holds it.
@@ -159,6 +165,51 @@ impl<'m, 't> Chat<'m, 't> {
         Ok(self.session.eval(prompt)?)
     }
 
+    /// Whether a full context is handled by forgetting the oldest turns and processing the
+    /// rest again: no policy was given and StreamingLLM was not possible.
+    fn forgets_turns(&self) -> bool {
+        self.options.policy.is_none() && self.no_fallback.is_some()
+    }
+
+    /// Forgets the oldest turns so that the rest (ending with the new user message, the
+    /// last of the conversation) takes at most half the context, empties the cache and
+    /// returns the tokens of what is kept, for the empty cache. Says so on stderr.
+    fn forget_oldest_turns(&mut self) -> CliResult<Vec<u32>> {
+        let n_ctx = self.session.options().n_ctx;
+        let messages = self.conversation.messages().to_vec();
+        let n_system = usize::from(messages.first().is_some_and(|m| m.role == "system"));
+        let (system, turns) = messages.split_at(n_system);
+        let template = self.conversation.template().clone();
+        let tok = self.tokenizer;
+        let size = |i: usize| -> Result<usize, String> {
+            let kept: Vec<Message> = system.iter().chain(&turns[i..]).cloned().collect();
+            let text = template.render(&kept, true).map_err(|e| e.to_string())?;
+            let bos = tok.add_bos() && !template.starts_with_bos(&text);
+            Ok(tok.encode(&text, bos, true).len())
+        };
+        let first = fallback::first_kept_turn(turns, n_ctx / 2, n_ctx.saturating_sub(1), size)
+            .map_err(|e| escape_controls(&e))?
+            .ok_or_else(|| self.full_error())?;
+        let kept: Vec<Message> = system.iter().chain(&turns[first..]).cloned().collect();
+        let (history, last) = kept.split_at(kept.len() - 1);
+        let mut conversation = self.conversation.clone();
+        let parse_special = self.options.parse_special;
+        let mut ids = conversation
+            .restore(tok, history.to_vec(), parse_special)
+            .map_err(|e| escape_controls(&e.to_string()))?;
+        ids.extend(
+            conversation
+                .user_turn(tok, &last[0].content, parse_special)
+                .map_err(|e| escape_controls(&e.to_string()))?,
+        );
+        self.conversation = conversation;
+        self.session.clear();
+        self.pending = None;
+        let why = self.no_fallback.clone().unwrap_or_default();
+        eprintln!("{}", fallback::forget_notice(n_ctx, &why, first, ids.len()));
+        Ok(ids)
+    }
+
     /// One turn: `user`'s words, then the reply streamed to `out`. The reply and how it
     /// ended go into the conversation (a reply cut by a stop string, `-n` or Ctrl-C as
     /// shown, the cache cut to match), so the next turn continues it.
@@ -171,6 +222,9 @@ impl<'m, 't> Chat<'m, 't> {
             .user_turn(self.tokenizer, user, self.options.parse_special)
             .map_err(|e| escape_controls(&e.to_string()))?;
         prompt.extend(turn_ids);
+        if !self.make_room(prompt.len() + 1)? && self.forgets_turns() {
+            prompt = self.forget_oldest_turns()?;
+        }
         let cached = self.session.cached_len();
         let base = self.session.len();
         let t0 = Instant::now();
@@ -184,6 +238,7 @@ impl<'m, 't> Chat<'m, 't> {
         let (mut decoded, mut shown) = (String::new(), String::new());
         let mut ends: Vec<usize> = Vec::new();
         let mut tokens: Vec<u32> = Vec::new();
+        let mut matcher = self.options.grammar.as_ref().map(|g| g.matcher());
         let end = loop {
             if self.interrupt.load(Ordering::SeqCst) {
                 break ReplyEnd::Interrupted;
@@ -191,9 +246,23 @@ impl<'m, 't> Chat<'m, 't> {
             if self.options.n_predict == Some(0) {
                 break ReplyEnd::Length;
             }
+            if let Some(m) = &mut matcher {
+                let mask = m.compute_mask().map_err(|e| format!("constraint: {e}"))?;
+                if mask.is_empty() {
+                    return Err("constraint: the grammar allows no token here".into());
+                }
+                mask.apply(&mut logits);
+            }
             let t = self.sampler.sample(&mut logits);
             self.sampler.accept(t);
             tokens.push(t);
+            let complete = match &mut matcher {
+                Some(m) => {
+                    m.commit(t).map_err(|e| format!("constraint: {e}"))?;
+                    m.is_finished()
+                }
+                None => false,
+            };
             if tok.is_eog(t) {
                 break ReplyEnd::EndOfTurn(t);
             }
@@ -205,6 +274,9 @@ impl<'m, 't> Chat<'m, 't> {
             out.write_all(text.as_bytes()).and_then(|()| out.flush()).map_err(stdout_error)?;
             if stopped {
                 break ReplyEnd::Stop;
+            }
+            if complete {
+                break ReplyEnd::Complete;
             }
             if self.options.n_predict.is_some_and(|n| tokens.len() >= n) {
                 break ReplyEnd::Length;
@@ -237,10 +309,12 @@ impl<'m, 't> Chat<'m, 't> {
             match end {
                 ReplyEnd::Interrupted => ", interrupted",
                 ReplyEnd::Stop => ", stop string",
+                ReplyEnd::ContextFull => ", context full",
                 _ => "",
             }
         );
-        if end == ReplyEnd::ContextFull {
+        // A chat that forgets turns makes room at the next one.
+        if end == ReplyEnd::ContextFull && !self.forgets_turns() {
             return Err(self.full_error());
         }
         Ok(())
