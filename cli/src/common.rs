@@ -158,20 +158,20 @@ pub struct SamplingArgs {
           value_parser = float_in("--temp", f32::MIN, f32::MAX))]
     pub temp: f32,
     /// Top-k (0 = off).
-    #[arg(long = "top-k", default_value_t = 40)]
+    #[arg(long = "top-k", default_value_t = 40, allow_negative_numbers = true)]
     pub top_k: usize,
     /// Top-p (1.0 = off).
-    #[arg(long = "top-p", default_value_t = 0.95)]
+    #[arg(long = "top-p", default_value_t = 0.95, allow_negative_numbers = true)]
     pub top_p: f32,
     /// Min-p (0.0 = off).
-    #[arg(long = "min-p", default_value_t = 0.05)]
+    #[arg(long = "min-p", default_value_t = 0.05, allow_negative_numbers = true)]
     pub min_p: f32,
     /// Locally typical sampling, parameter p in [0, 1] (1.0 = off).
     #[arg(long = "typical", visible_alias = "typical-p", default_value_t = 1.0,
-          value_parser = float_in("--typical", 0.0, 1.0))]
+          allow_negative_numbers = true, value_parser = float_in("--typical", 0.0, 1.0))]
     pub typical: f32,
     /// Repetition penalty (1.0 = off).
-    #[arg(long = "repeat-penalty", default_value_t = 1.0)]
+    #[arg(long = "repeat-penalty", default_value_t = 1.0, allow_negative_numbers = true)]
     pub repeat_penalty: f32,
     /// Tokens the penalties look back over (0 = off, -1 = the whole context).
     #[arg(long = "repeat-last-n", default_value = "64", allow_negative_numbers = true,
@@ -189,15 +189,15 @@ pub struct SamplingArgs {
     pub frequency_penalty: f32,
     /// DRY multiplier (0.0 = off): a token extending a repeat of n tokens loses
     /// multiplier × base^(n − allowed length).
-    #[arg(long = "dry-multiplier", default_value_t = 0.0,
+    #[arg(long = "dry-multiplier", default_value_t = 0.0, allow_negative_numbers = true,
           value_parser = float_in("--dry-multiplier", 0.0, f32::MAX))]
     pub dry_multiplier: f32,
     /// DRY base (>= 1).
-    #[arg(long = "dry-base", default_value_t = 1.75,
+    #[arg(long = "dry-base", default_value_t = 1.75, allow_negative_numbers = true,
           value_parser = float_in("--dry-base", 1.0, f32::MAX))]
     pub dry_base: f32,
     /// Repeats up to this many tokens are not penalized by DRY.
-    #[arg(long = "dry-allowed-length", default_value_t = 2)]
+    #[arg(long = "dry-allowed-length", default_value_t = 2, allow_negative_numbers = true)]
     pub dry_allowed_length: usize,
     /// Tokens DRY scans for repeats (0 = off, -1 = the whole context).
     #[arg(long = "dry-penalty-last-n", default_value = "-1", allow_negative_numbers = true,
@@ -209,14 +209,15 @@ pub struct SamplingArgs {
     pub dry_sequence_breaker: Vec<String>,
     /// Mirostat: 0 = off, 2 = Mirostat 2.0 (logit bias, temperature, Mirostat: the
     /// penalties, DRY, top-k, typical, top-p and min-p are not used, as in llama.cpp).
-    #[arg(long = "mirostat", default_value_t = 0, value_parser = parse_mirostat)]
+    #[arg(long = "mirostat", default_value_t = 0, allow_negative_numbers = true,
+          value_parser = parse_mirostat)]
     pub mirostat: u8,
     /// Mirostat learning rate, parameter eta.
-    #[arg(long = "mirostat-lr", default_value_t = 0.1,
+    #[arg(long = "mirostat-lr", default_value_t = 0.1, allow_negative_numbers = true,
           value_parser = float_in("--mirostat-lr", 0.0, f32::MAX))]
     pub mirostat_lr: f32,
     /// Mirostat target entropy (surprise, in bits), parameter tau.
-    #[arg(long = "mirostat-ent", default_value_t = 5.0,
+    #[arg(long = "mirostat-ent", default_value_t = 5.0, allow_negative_numbers = true,
           value_parser = float_in("--mirostat-ent", 0.0, f32::MAX))]
     pub mirostat_ent: f32,
     /// Add BIAS to a token's logit: TOKEN_ID+BIAS or TOKEN_ID-BIAS (e.g. 15043+1, 15043-1;

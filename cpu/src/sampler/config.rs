@@ -131,9 +131,13 @@ impl SamplerConfig {
     }
 
     /// Whether DRY changes anything: a non-zero multiplier and a non-zero window (llama.cpp's
-    /// condition; the base is `>= 1` in any valid configuration).
+    /// condition; the base is `>= 1` in any valid configuration), and Mirostat off (its chain
+    /// has no DRY).
     pub fn dry_enabled(&self) -> bool {
-        self.dry_multiplier != 0.0 && self.dry_base >= 1.0 && self.dry_penalty_last_n != 0
+        self.dry_multiplier != 0.0
+            && self.dry_base >= 1.0
+            && self.dry_penalty_last_n != 0
+            && self.mirostat == 0
     }
 
     /// Check every setting is in range; the error names the first bad one.
