@@ -373,3 +373,14 @@ fn a_history_file_that_cannot_be_written_is_a_warning() {
     assert_eq!(status, expectrl::process::unix::WaitStatus::Exited(pid, 0));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn sampler_settings_that_need_the_vocabulary_work_in_chat() {
+    // DRY's sequence breakers are strings matched against the model's tokens.
+    let o = run_with_stdin(
+        &["chat", "-n", "8", "--temp", "0", "-t", "1", "--dry-multiplier", "0.8"],
+        "Hi\n",
+    );
+    assert_success(&o);
+    assert_eq!(turns(&stderr(&o)).len(), 1, "{}", stderr(&o));
+}

@@ -83,7 +83,9 @@ fn non_empty(s: &str) -> Result<String, String> {
 }
 
 pub fn main(a: ChatArgs) -> CliResult {
-    let sampler = Sampler::new(a.sampling.config())?;
+    // Settings checked before the model loads; DRY's breakers need its vocabulary.
+    let sampling = a.sampling.config();
+    sampling.validate()?;
     let loaded = load(&a.model)?;
     let tok = &loaded.tokenizer;
     let template = match &a.chat_template {
@@ -117,6 +119,7 @@ pub fn main(a: ChatArgs) -> CliResult {
     let c = &a.constraint;
     let constrained = c.grammar.is_some() || c.json_schema.is_some() || c.json_object;
     let grammar = if constrained { c.compile(&TokenEnv::new(tok)?)? } else { None };
+    let sampler = Sampler::with_vocabulary(sampling, tok)?;
     let conversation = Conversation::new(template, a.system.as_deref());
     let opts = a.ctx.session(2048);
     let n_layers = loaded.model.config().n_layers;
