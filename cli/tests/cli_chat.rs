@@ -200,7 +200,7 @@ fn save_then_load_round_trips_the_conversation_and_bad_files_keep_the_chat_going
     std::fs::write(&bad, "{\"messages\": [{\"role\": \"robot\", \"content\": \"x\"}]}").unwrap();
     let input = format!(
         "What is the capital of France?\n/save {a}\n/clear\n/save {cleared}\n/load {a}\n\
-         /load {bad}\n/load {missing}\n/frobnicate\n/save {b}\nAnd of Italy?\n",
+         /load {bad}\n/load {missing}\n/frobnicate\n/help\n/save {b}\nAnd of Italy?\n",
         a = a.display(),
         b = b.display(),
         cleared = dir.join("cleared.json").display(),
@@ -230,6 +230,7 @@ fn save_then_load_round_trips_the_conversation_and_bad_files_keep_the_chat_going
     assert!(err.contains("messages[0].role is \"robot\""), "{err}");
     assert!(err.contains("missing.json"), "{err}");
     assert!(err.contains("unknown command '/frobnicate'"), "{err}");
+    assert!(err.contains("commands: /clear"), "/help: {err}");
     // The loaded conversation is in the cache: the last turn starts from all of it and
     // sends only its own words.
     let t = turns(&err);
@@ -293,7 +294,9 @@ fn interactive_chat_in_a_terminal_edits_lines_stops_replies_and_keeps_history() 
     // A reply that goes on: Ctrl-C stops it, and the chat is still there.
     p.send_line("Write a very long story about a dragon and a knight, with many chapters.")
         .unwrap();
-    std::thread::sleep(Duration::from_secs(3));
+    // The echoed line, then the first 40 bytes of the reply: it is under way.
+    p.expect("many chapters.").unwrap();
+    p.expect(expectrl::NBytes(40)).unwrap();
     p.send(ControlCode::EndOfText).unwrap();
     p.expect(", interrupted]").unwrap();
     p.expect("> ").unwrap();
@@ -307,6 +310,18 @@ fn interactive_chat_in_a_terminal_edits_lines_stops_replies_and_keeps_history() 
     p.send_line("to Bob in one word.").unwrap();
     p.expect("[turn 3:").unwrap();
     p.expect("> ").unwrap();
+    // The interrupted reply is part of the conversation, as shown.
+    let saved_chat = data.join("chat.json");
+    p.send_line(format!("/save {}", saved_chat.display())).unwrap();
+    p.expect("[conversation saved").unwrap();
+    p.expect("> ").unwrap();
+    let c = saved(&saved_chat);
+    let m = c["messages"].as_array().unwrap();
+    assert_eq!(m.len(), 6, "{c}");
+    assert!(m[2]["content"].as_str().unwrap().starts_with("Write a very long story"), "{c}");
+    assert_eq!(m[3]["role"], "assistant");
+    assert!(!m[3]["content"].as_str().unwrap().is_empty(), "the partial reply: {c}");
+    assert_eq!(m[4]["content"], "Say hello\nto Bob in one word.");
     p.send_line("/clear").unwrap();
     p.expect("[conversation cleared]").unwrap();
     p.expect("> ").unwrap();
