@@ -33,6 +33,7 @@ use commands::{Command, Parsed};
 use input::{Input, Source};
 use turn::{Chat, ReplyOptions};
 
+/// `pagoda chat`'s flags.
 #[derive(Args, Debug)]
 pub struct ChatArgs {
     #[command(flatten)]
@@ -82,6 +83,8 @@ fn non_empty(s: &str) -> Result<String, String> {
     }
 }
 
+/// Runs the chat until Ctrl-D or the end of stdin (exit 0), or a failure of the model, the
+/// template or stdout.
 pub fn main(a: ChatArgs) -> CliResult {
     // Settings checked before the model loads; DRY's breakers need its vocabulary.
     let sampling = a.sampling.config();
