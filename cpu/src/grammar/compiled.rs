@@ -58,7 +58,15 @@ impl Grammar {
         let parser =
             env.factory().create_parser(top).map_err(|e| classify(&spec, &e.to_string()))?;
         let mut start = llguidance::Matcher::new(Ok(parser));
-        let first = start.compute_mask().map_err(|e| classify(&spec, &e.to_string()))?;
+        // The first mask: a grammar that compiles may still match nothing (a rule that
+        // never terminates); llguidance then finds no token to allow, or fails saying so.
+        let first = start.compute_mask().map_err(|e| GrammarError::Unsatisfiable {
+            message: format!(
+                "no text can start the {} (llguidance: {})",
+                spec.kind(),
+                first_line(&e.to_string())
+            ),
+        })?;
         if first.is_zero() {
             return Err(GrammarError::Unsatisfiable {
                 message: format!("the {} matches no text", spec.kind()),

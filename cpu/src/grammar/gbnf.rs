@@ -479,7 +479,7 @@ impl Parser {
             'u' => hex(self, 4),
             'U' => hex(self, 8),
             _ => {
-                self.pos -= 1;
+                self.pos -= 2;
                 Err(self.err(&format!("unknown escape '\\{e}'")))
             }
         }
