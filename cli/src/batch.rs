@@ -183,7 +183,7 @@ pub fn parse_request_line(
 
 /// One line of the input: a request, or why it cannot run.
 enum Entry {
-    Ok(ParsedRequest),
+    Ok(Box<ParsedRequest>),
     Failed { id: Value, error: String },
 }
 
@@ -221,7 +221,7 @@ fn read_lines(
             }
         });
         match parsed {
-            Ok(line) => lines.push(Entry::Ok(line)),
+            Ok(line) => lines.push(Entry::Ok(Box::new(line))),
             Err(e) if strict => return Err(format!("{}: {e}", path.display()).into()),
             Err(e) => lines.push(Entry::Failed {
                 id: id_of_bad_line(raw, i + 1),
@@ -412,7 +412,7 @@ pub fn main(a: BatchArgs) -> CliResult {
     for e in entries {
         match e {
             Entry::Ok(l) if done_ids.contains(&l.id.to_string()) => skipped += 1,
-            Entry::Ok(l) => lines.push(l),
+            Entry::Ok(l) => lines.push(*l),
             Entry::Failed { id, error } => {
                 sink.line(&json!({ "id": id, "error": error }).to_string())?;
                 failed += 1;

@@ -77,7 +77,7 @@ impl Generation {
         let id = request.id;
         let n = request.n;
         let prompt_tokens = request.prompt.len();
-        if commands.send(Command::Submit { request, events: tx }).is_err() {
+        if commands.send(Command::Submit { request: Box::new(request), events: tx }).is_err() {
             metrics.queued.fetch_sub(1, Ordering::AcqRel);
             return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,

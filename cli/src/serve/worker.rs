@@ -24,7 +24,7 @@ use super::metrics::Metrics;
 /// What a handler asks of the engine thread.
 pub enum Command {
     /// Queue a request; its events go to `events`.
-    Submit { request: Request, events: UnboundedSender<Event> },
+    Submit { request: Box<Request>, events: UnboundedSender<Event> },
     /// Drop a request (its handler went away with its client): pages back to the pool at once.
     Cancel(RequestId),
     /// Cancel everything (shutdown grace period over); the thread keeps serving.
@@ -164,7 +164,7 @@ fn apply(
     match command {
         Command::Submit { request, events } => {
             let id = request.id;
-            match engine.submit(request) {
+            match engine.submit(*request) {
                 Ok(_) => {
                     let route = Route {
                         events,
