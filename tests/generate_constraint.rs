@@ -125,21 +125,21 @@ fn arithmetic_grammar_output_is_an_expression() {
         let (text, gen) =
             constrained(&model, &tok, &grammar, "Write a sum of two numbers: ", sampler, 40);
         assert!(follows(&grammar, &gen.tokens), "seed {seed}: {:?}", gen.tokens);
-        let complete = arithmetic(&text);
-        assert!(complete.is_some(), "seed {seed}: no expression starts with {text:?}");
-        if gen.stop != StopReason::Length {
-            assert_eq!(complete, Some(true), "seed {seed}: {text:?} is not a whole expression");
-            assert_eq!(gen.stop.finish_reason(), "stop");
-        }
         let cost = gen.constraint.expect("a constrained generation reports its masks");
-        assert_eq!(cost.masks.masks as usize, gen.tokens.len(), "one mask per token");
-        assert!(cost.critical <= gen.gen_time);
         eprintln!(
             "seed {seed}: {text:?} ({:?}); mask {:.1} µs/token, on the critical path {:.1} µs/token",
             gen.stop,
             cost.mask_us_per_token(),
             cost.critical_us_per_token()
         );
+        let complete = arithmetic(&text);
+        assert!(complete.is_some(), "seed {seed}: no expression starts with {text:?}");
+        if gen.stop != StopReason::Length {
+            assert_eq!(complete, Some(true), "seed {seed}: {text:?} is not a whole expression");
+            assert_eq!(gen.stop.finish_reason(), "stop");
+        }
+        assert_eq!(cost.masks.masks as usize, gen.tokens.len(), "one mask per token");
+        assert!(cost.critical <= gen.gen_time);
     }
 }
 

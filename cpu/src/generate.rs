@@ -11,9 +11,10 @@
 //! ([`with_logprobs`](Generator::with_logprobs)) and report the prompt's progress chunk by
 //! chunk ([`start_with_progress`](Generator::start_with_progress)), and follow a grammar
 //! ([`with_constraint`](Generator::with_constraint)): the mask of step t+1 is computed on a
-//! scoped thread while the forward pass of token t runs, then applied to the logits before
-//! sampling.
+//! thread of its own while the forward pass of token t runs, then applied to the logits
+//! before sampling.
 
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::engine::TokenLogprobs;
@@ -244,11 +245,115 @@ pub struct Generator {
     constraint: Option<Constraint>,
 }
 
-/// A generation's constraint: its matcher and what its masks cost on the critical path.
+/// A generation's constraint: its matcher, the thread that computes its masks, and what
+/// the masks cost on the critical path.
+///
+/// The matcher goes back and forth: the generator commits each token to it (and learns at
+/// once whether the grammar is complete), then hands it to the worker, which computes the
+/// next position's mask while the caller handles the token and the forward pass of that
+/// token runs; the generator waits only for what is left of it once the logits are ready.
+///
+/// ```text
+///   generator: sample t, commit t ─► forward(t) ─────────────► take mask ─► apply, sample t+1
+///   worker:                      └─► compute mask(t+1) ──────┘
+/// ```
 #[derive(Debug)]
 struct Constraint {
-    matcher: Matcher,
+    /// The matcher, when it is not at the worker (boxed: it travels between threads).
+    matcher: Option<Box<Matcher>>,
+    /// The mask thread (`None` if it could not be started: masks are then computed inline).
+    worker: Option<MaskWorker>,
     critical: Duration,
+}
+
+/// A thread that computes masks: it receives a matcher, and sends it back with its mask.
+struct MaskWorker {
+    jobs: Option<mpsc::Sender<Box<Matcher>>>,
+    done: mpsc::Receiver<(Box<Matcher>, Result<Mask, GrammarError>)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for MaskWorker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MaskWorker").finish_non_exhaustive()
+    }
+}
+
+impl MaskWorker {
+    /// Starts the thread; `None` if the system has none to give.
+    fn start() -> Option<MaskWorker> {
+        let (jobs, job_rx) = mpsc::channel::<Box<Matcher>>();
+        let (done_tx, done) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("pagoda-mask".into())
+            .spawn(move || {
+                for mut matcher in job_rx {
+                    let mask = matcher.compute_mask();
+                    if done_tx.send((matcher, mask)).is_err() {
+                        return;
+                    }
+                }
+            })
+            .ok()?;
+        Some(MaskWorker { jobs: Some(jobs), done, thread: Some(thread) })
+    }
+}
+
+impl Drop for MaskWorker {
+    fn drop(&mut self) {
+        // Closing the job channel ends the worker's loop (after the mask it may be computing).
+        self.jobs = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Constraint {
+    /// Sends the matcher to the worker to compute the next mask (kept here without one).
+    fn prefetch(&mut self) {
+        if let (Some(worker), Some(matcher)) = (&self.worker, self.matcher.take()) {
+            match worker.jobs.as_ref().map(|jobs| jobs.send(matcher)) {
+                Some(Ok(())) => {}
+                Some(Err(mpsc::SendError(matcher))) => self.matcher = Some(matcher),
+                None => {}
+            }
+        }
+    }
+
+    /// The mask of the current position: the worker's, or computed here.
+    fn mask(&mut self) -> Result<Mask, GrammarError> {
+        if let Some(matcher) = &mut self.matcher {
+            return matcher.compute_mask();
+        }
+        let received = self.worker.as_ref().map(|w| w.done.recv());
+        match received {
+            Some(Ok((matcher, mask))) => {
+                self.matcher = Some(matcher);
+                mask
+            }
+            // The worker died with the matcher.
+            _ => Err(GrammarError::Rejected {
+                message: "the constraint's mask thread stopped".into(),
+            }),
+        }
+    }
+
+    /// Commits `token`; whether the grammar is complete.
+    fn commit(&mut self, token: u32) -> Result<bool, GrammarError> {
+        let matcher = self.matcher.as_mut().ok_or_else(|| GrammarError::Rejected {
+            message: "the constraint's matcher is missing".into(),
+        })?;
+        matcher.commit(token)?;
+        Ok(matcher.is_finished())
+    }
+
+    fn cost(&self) -> ConstraintCost {
+        ConstraintCost {
+            masks: self.matcher.as_ref().map(|m| m.stats()).unwrap_or_default(),
+            critical: self.critical,
+        }
+    }
 }
 
 impl Generator {
@@ -357,15 +462,19 @@ impl Generator {
     /// Makes the tokens follow `matcher`'s grammar (from
     /// [`Grammar::matcher`](crate::grammar::Grammar::matcher), at its start): before each
     /// sampling the tokens it does not allow get `-inf` logits, and each chosen token is
-    /// committed to it. The mask for the next token is computed on a scoped thread while
-    /// the forward pass of the current one runs ([`ConstraintCost`] in
+    /// committed to it. The mask for the next token is computed on a thread of the
+    /// generator's own while the forward pass of the current one runs ([`ConstraintCost`] in
     /// [`Generation::constraint`] says what it cost). Generation stops with
     /// [`StopReason::ConstraintComplete`] when the grammar is complete (or at an
     /// end-of-generation token it allows, as usual); a grammar that allows no token at some
     /// point ends it with an error ([`ModelError::Invalid`]).
     pub fn with_constraint(mut self, matcher: Matcher) -> Self {
         self.gen.constraint = Some(ConstraintCost::default());
-        self.constraint = Some(Constraint { matcher, critical: Duration::ZERO });
+        self.constraint = Some(Constraint {
+            matcher: Some(Box::new(matcher)),
+            worker: MaskWorker::start(),
+            critical: Duration::ZERO,
+        });
         self
     }
 
@@ -480,88 +589,60 @@ impl Generator {
             let (logprob, top) = log_probs(&raw, tok, top)?;
             Some(TokenLogprobs { logprob, top })
         });
+        let eog = !self.opts.ignore_eos && is_eog(tok);
+        let length = self.opts.n_predict.is_some_and(|n| self.gen.tokens.len() + 1 >= n);
+        let full = session.remaining() == 0;
         let mut complete = false;
         if let Some(c) = &mut self.constraint {
-            c.matcher.commit(tok).map_err(constraint_error)?;
-            complete = c.matcher.is_finished();
-            self.gen.constraint =
-                Some(ConstraintCost { masks: c.matcher.stats(), critical: c.critical });
+            let t = Instant::now();
+            complete = c.commit(tok).map_err(constraint_error)?;
+            self.gen.constraint = Some(c.cost());
+            if !(eog || complete || length || full) {
+                c.prefetch();
+            }
+            c.critical += t.elapsed();
+            if let Some(cost) = &mut self.gen.constraint {
+                cost.critical = c.critical;
+            }
         }
         sampler.accept(tok);
         self.gen.tokens.push(tok);
         self.pending = Some(tok);
-        if !self.opts.ignore_eos && is_eog(tok) {
+        if eog {
             self.stop(StopReason::EndOfGeneration);
         } else if complete {
             self.stop(StopReason::ConstraintComplete);
-        } else if self.opts.n_predict.is_some_and(|n| self.gen.tokens.len() >= n) {
+        } else if length {
             self.stop(StopReason::Length);
-        } else if session.remaining() == 0 {
+        } else if full {
             self.stop(StopReason::ContextFull);
         }
         Ok((tok, logprobs))
     }
 
     /// The logits of the next position (running the pending token through the model if
-    /// they are not there yet) and, with a constraint, its mask for that position —
-    /// computed on a scoped thread beside the forward pass.
+    /// they are not there yet) and, with a constraint, its mask for that position — which
+    /// its worker has been computing since the last commit.
     fn logits_and_mask(
         &mut self,
         session: &mut Session<'_>,
     ) -> Result<(Vec<f32>, Option<Mask>), ModelError> {
-        let pending = self.pending.take();
-        let no_kv_cache = self.opts.no_kv_cache;
-        let forward = |session: &mut Session<'_>| match pending {
-            Some(tok) if no_kv_cache => {
+        let logits = match (self.logits.take(), self.pending.take()) {
+            (Some(l), _) => l,
+            (None, Some(tok)) if self.opts.no_kv_cache => {
                 let mut all = session.tokens().to_vec();
                 all.push(tok);
                 session.clear();
-                session.eval(&all)
+                session.eval(&all)?
             }
-            Some(tok) => session.eval(&[tok]),
-            None => Err(ModelError::Invalid("the generator has no token to run".into())),
+            (None, Some(tok)) => session.eval(&[tok])?,
+            (None, None) => unreachable!("a generator that is not done has logits or a token"),
         };
-        let logits = self.logits.take();
-        let Some(c) = &mut self.constraint else {
-            return Ok((logits.map_or_else(|| forward(session), Ok)?, None));
-        };
+        let Some(c) = &mut self.constraint else { return Ok((logits, None)) };
         let t = Instant::now();
-        let (logits, mask) = match logits {
-            // After the prompt: no forward pass to hide the first mask behind.
-            Some(l) => {
-                let mask = c.matcher.compute_mask();
-                c.critical += t.elapsed();
-                (Ok(l), mask)
-            }
-            None => {
-                let matcher = &mut c.matcher;
-                let critical = &mut c.critical;
-                let overlapped = std::thread::scope(|s| {
-                    let thread = std::thread::Builder::new()
-                        .name("pagoda-mask".into())
-                        .spawn_scoped(s, || matcher.compute_mask())
-                        .ok()?;
-                    let spawned = t.elapsed();
-                    let logits = forward(session);
-                    let waiting = Instant::now();
-                    let mask = thread.join().unwrap_or_else(|_| {
-                        Err(GrammarError::Rejected { message: "the mask thread panicked".into() })
-                    });
-                    *critical += spawned + waiting.elapsed();
-                    Some((logits, mask))
-                });
-                match overlapped {
-                    Some(both) => both,
-                    // No thread to be had: the mask first, then the model.
-                    None => {
-                        let mask = c.matcher.compute_mask();
-                        c.critical += t.elapsed();
-                        (forward(session), mask)
-                    }
-                }
-            }
-        };
-        Ok((logits?, Some(mask.map_err(constraint_error)?)))
+        let mask = c.mask().map_err(constraint_error)?;
+        c.critical += t.elapsed();
+        Ok((logits, Some(mask)))
     }
 
     fn stop(&mut self, reason: StopReason) {
