@@ -43,7 +43,7 @@ pub struct EngineStats {
     /// Grammar masks computed ([`Request::constraint`](super::Request::constraint)): one
     /// per constrained sample per sampling step.
     pub masks: u64,
-    /// Total time computing them (on the mask thread, alongside the forward pass).
+    /// Total time computing them (beside the forward pass, or after it).
     pub mask_time: Duration,
     /// Of the steps' time, how long sampling waited for masks after the forward pass had
     /// finished: the grammar's cost on the critical path.

@@ -17,12 +17,14 @@
 //! pass of token t runs (`Matcher` and `Mask` are `Send`).
 //!
 //! Cost (`tests/grammar_mask.rs`, `tests/grammar_engine.rs`, `tests/grammar_token_env.rs`
-//! print it; 2 busy cores): a mask takes about 30-80 µs per token on SmolLM2's 49k
-//! vocabulary and 50-100 µs on Gemma 3's 262k, against tens of milliseconds per forward
-//! pass, so computed during the pass it is off the critical path (the engine's
-//! [`EngineStats::mask_wait`](crate::engine::EngineStats::mask_wait) is about 1 µs per
-//! mask). Building a [`TokenEnv`] takes about 0.1 s for 49k tokens and 0.3-0.9 s for 262k
-//! (most of it llguidance's token-class tables).
+//! print it; 2 busy cores): a mask takes about 30-100 µs per token on SmolLM2's 49k
+//! vocabulary and 50-100 µs on Gemma 3's 262k, against 14 ms or more per forward pass
+//! (under 1%). Computed on a thread beside the pass it is off the critical path (sampling
+//! waits about 1 µs per mask), but when the pass already uses every core that thread slows
+//! the pass about as much, so the engine overlaps only when a core is free
+//! ([`Engine::with_mask_overlap`](crate::engine::Engine::with_mask_overlap)). Building a
+//! [`TokenEnv`] takes about 0.1 s for 49k tokens and 0.3-0.9 s for 262k (most of it
+//! llguidance's token-class tables).
 //!
 //! ```
 //! use pagoda_cpu::grammar::{ConstraintSpec, Grammar, TokenEnv};
