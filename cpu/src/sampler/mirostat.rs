@@ -23,7 +23,8 @@ pub(super) fn step(cands: &mut Vec<(u32, f32)>, mu: &mut f32, tau: f32, eta: f32
     let weights: Vec<f32> = cands.iter().map(|c| (c.1 - top).exp()).collect();
     let total: f32 = weights.iter().sum();
     let mut r = u * total;
-    let mut chosen = cands.len() - 1;
+    // Rounding can leave `r` past the last weight: then the last token of non-zero weight.
+    let mut chosen = weights.iter().rposition(|&w| w > 0.0).unwrap_or(0);
     for (i, w) in weights.iter().enumerate() {
         if r < *w {
             chosen = i;

@@ -185,13 +185,19 @@ impl Sampler {
         let weights: Vec<f32> = cands.iter().map(|c| ((c.1 - max) / t).exp()).collect();
         let total: f32 = weights.iter().sum();
         let mut r = self.rng.next_f32() * total;
-        for (c, w) in cands.iter().zip(&weights) {
+        // Rounding can leave `r` past the last weight: then the last token of non-zero
+        // weight (never a banned one while another is allowed).
+        let mut last_possible = 0;
+        for (i, (c, w)) in cands.iter().zip(&weights).enumerate() {
             if r < *w {
                 return c.0;
             }
+            if *w > 0.0 {
+                last_possible = i;
+            }
             r -= w;
         }
-        cands[cands.len() - 1].0
+        cands[last_possible].0
     }
 
     /// llama.cpp's Mirostat chain after the logit bias: temperature (greedy at `<= 0`), then
@@ -328,6 +334,74 @@ mod tests {
                 };
                 prop_assert_eq!(g.to_bits(), want.to_bits(), "token {} seen {} times", t, c);
             }
+        }
+
+        /// A token biased by -inf is never drawn while another token is allowed, whatever
+        /// the chain (greedy, filters, typical-p, Mirostat) and the history.
+        #[test]
+        fn banned_tokens_are_never_drawn(
+            logits in proptest::collection::vec(-10.0f32..10.0, 2..24),
+            banned in proptest::collection::vec(0u32..24, 1..8),
+            temperature in -1.0f32..3.0,
+            top_k in 0usize..6,
+            typical_p in 0.0f32..=1.0,
+            mirostat in prop_oneof![Just(0u8), Just(2u8)],
+            history in proptest::collection::vec(0u32..24, 0..16),
+            seed: u64,
+        ) {
+            let n = logits.len() as u32;
+            prop_assume!((0..n).any(|t| !banned.contains(&t)));
+            let cfg = SamplerConfig {
+                temperature,
+                top_k,
+                typical_p,
+                mirostat,
+                top_p: 1.0,
+                min_p: 0.0,
+                repeat_penalty: 1.3,
+                presence_penalty: 0.5,
+                logit_bias: banned.iter().map(|&t| (t, f32::NEG_INFINITY)).collect(),
+                seed,
+                ..Default::default()
+            };
+            let mut s = Sampler::new(cfg).unwrap();
+            history.iter().for_each(|&t| s.accept(t));
+            for _ in 0..8 {
+                let t = s.sample(&mut logits.clone());
+                prop_assert!(!banned.contains(&t), "banned token {} drawn", t);
+                s.accept(t);
+            }
+        }
+
+        /// Any temperature <= 0 is the same greedy choice (llama.cpp clamps `--temp -1` to 0),
+        /// after the bias, the penalties and typical-p.
+        #[test]
+        fn every_non_positive_temperature_is_the_same_greedy(
+            logits in proptest::collection::vec(-10.0f32..10.0, 1..24),
+            temperature in -5.0f32..=0.0,
+            typical_p in 0.0f32..=1.0,
+            bias in proptest::collection::vec((0u32..24, -3.0f32..3.0), 0..4),
+            history in proptest::collection::vec(0u32..24, 0..16),
+        ) {
+            let run = |temperature| {
+                let cfg = SamplerConfig {
+                    temperature,
+                    typical_p,
+                    frequency_penalty: 0.7,
+                    logit_bias: bias.clone(),
+                    ..Default::default()
+                };
+                let mut s = Sampler::new(cfg).unwrap();
+                history.iter().for_each(|&t| s.accept(t));
+                (0..6)
+                    .map(|_| {
+                        let t = s.sample(&mut logits.clone());
+                        s.accept(t);
+                        t
+                    })
+                    .collect::<Vec<_>>()
+            };
+            prop_assert_eq!(run(temperature), run(0.0));
         }
     }
 
