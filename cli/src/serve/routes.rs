@@ -218,15 +218,29 @@ async fn serve_checked(
         RequestConstraint::Default => s.default_constraint.clone(),
         RequestConstraint::Text => None,
         RequestConstraint::Spec(spec) => {
-            let env = s
-                .grammar_env
-                .get_or_init(|| TokenEnv::new(&s.tokenizer).map_err(|e| e.to_string()));
-            let env = env.as_ref().map_err(|e| {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", e.clone())
-            })?;
-            let grammar = Grammar::compile(env, spec.clone())
-                .map_err(|e| ApiError::field("response_format", format!("response_format: {e}")))?;
-            Some(Arc::new(grammar))
+            // Off the runtime's one thread: the first use builds the token environment
+            // (up to a second for a 262k vocabulary), and a schema may take milliseconds.
+            let (state, spec) = (s.clone(), spec.clone());
+            let compiled = tokio::task::spawn_blocking(move || {
+                let env = state
+                    .grammar_env
+                    .get_or_init(|| TokenEnv::new(&state.tokenizer).map_err(|e| e.to_string()));
+                let env = env.as_ref().map_err(|e| {
+                    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", e.clone())
+                })?;
+                Grammar::compile(env, spec).map_err(|e| {
+                    ApiError::field("response_format", format!("response_format: {e}"))
+                })
+            })
+            .await
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "server_error",
+                    format!("compiling the response_format failed: {e}"),
+                )
+            })??;
+            Some(Arc::new(compiled))
         }
     };
     let mut sampler = req.sampler.clone();
