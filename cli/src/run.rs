@@ -4,6 +4,8 @@
 //! one JSON line per token and a summary line (`--json-stream`). `--stop STR` ends the text
 //! before a stop string; `--logprobs N` adds each token's log-probability and the N most
 //! likely alternatives (of the model's distribution, before penalties and filters).
+//! `--grammar FILE`, `--json-schema FILE|JSON` and `--json-object` constrain the text; the
+//! masks are computed beside the forward pass and their cost per token is reported.
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -11,7 +13,8 @@ use std::sync::Arc;
 
 use clap::{ArgGroup, Args};
 use pagoda_cpu::engine::{Engine, EngineConfig, FinishReason, Request, RequestId, TokenLogprobs};
-use pagoda_cpu::generate::{GenerateOptions, Generation, Generator};
+use pagoda_cpu::generate::{ConstraintCost, GenerateOptions, Generation, Generator};
+use pagoda_cpu::grammar::{Grammar, TokenEnv};
 use pagoda_cpu::model::{ModelError, Session};
 use pagoda_cpu::sampler::{Sampler, SamplerConfig};
 use pagoda_cpu::tokenizer::Tokenizer;
@@ -21,6 +24,7 @@ use crate::common::{
     load, read_text_file, stdout_error, CliResult, ContextArgs, Exit, Loaded, ModelArgs,
     PolicyArgs, SamplingArgs,
 };
+use crate::constraint::ConstraintArgs;
 
 #[derive(Args, Debug)]
 #[command(group(ArgGroup::new("input").required(true).args(["prompt", "file"])))]
@@ -44,6 +48,8 @@ pub struct RunArgs {
     policy: PolicyArgs,
     #[command(flatten)]
     sampling: SamplingArgs,
+    #[command(flatten)]
+    constraint: ConstraintArgs,
     /// Keep generating past end-of-turn tokens.
     #[arg(long = "ignore-eos")]
     ignore_eos: bool,
@@ -118,14 +124,17 @@ pub fn main(a: RunArgs) -> CliResult {
         }
     };
     let mut sampler = Sampler::new(a.sampling.config())?;
+    // A constraint flag's file and JSON are checked before the model loads.
+    let constrained = a.constraint.spec()?.is_some();
     let loaded = load(&a.model)?;
     let tok = &loaded.tokenizer;
     let prompt_ids = tok.encode(&prompt, true, true);
     if prompt_ids.is_empty() {
         return Err("the prompt is empty".into());
     }
+    let grammar = if constrained { a.constraint.compile(&TokenEnv::new(tok)?)? } else { None };
     if a.samples > 1 {
-        return run_samples(&a, &loaded, prompt_ids, sampler.config().clone());
+        return run_samples(&a, &loaded, prompt_ids, sampler.config().clone(), grammar);
     }
     let opts = a.ctx.session(2048);
     let policy = a.policy.checked(&opts, loaded.model.config().n_layers);
@@ -154,6 +163,9 @@ pub fn main(a: RunArgs) -> CliResult {
             let mut g = g.with_stop_strings(a.stop.iter().cloned());
             if let Some(n) = a.top_logprobs() {
                 g = g.with_logprobs(n);
+            }
+            if let Some(grammar) = &grammar {
+                g = g.with_constraint(grammar.matcher());
             }
             let mut err = None;
             loop {
@@ -208,6 +220,16 @@ pub fn main(a: RunArgs) -> CliResult {
             session.kv_pages_in_use(),
             session.kv_bytes_in_use(),
         );
+        if let Some(c) = &gen.constraint {
+            eprintln!(
+                "constraint: {} masks, {:.1} µs/token to compute, {:.1} µs/token on the critical \
+                 path ({:.1} waiting for the mask)",
+                c.masks.masks,
+                c.mask_us_per_token(),
+                c.critical_us_per_token(),
+                c.wait_us_per_token()
+            );
+        }
     } else {
         let mut obj = json!({
             "prompt_tokens": prompt_ids,
@@ -298,6 +320,19 @@ fn timings(g: &Generation, load_s: f64) -> Value {
         "predicted_n": g.tokens.len(),
         "predicted_ms": g.gen_time.as_secs_f64() * 1e3,
         "predicted_per_second": g.gen_tps(),
+        "constraint": g.constraint.as_ref().map(constraint_json),
+    })
+}
+
+/// A constraint's mask figures: masks, compute time per token (mostly beside the forward
+/// pass) and time per token on the critical path, in microseconds.
+fn constraint_json(c: &ConstraintCost) -> Value {
+    json!({
+        "masks": c.masks.masks,
+        "mask_us_per_token": c.mask_us_per_token(),
+        "mask_max_us": c.masks.max.as_secs_f64() * 1e6,
+        "critical_us_per_token": c.critical_us_per_token(),
+        "wait_us_per_token": c.wait_us_per_token(),
     })
 }
 
@@ -316,6 +351,7 @@ fn run_samples(
     loaded: &Loaded,
     prompt_ids: Vec<u32>,
     sampler: SamplerConfig,
+    grammar: Option<Arc<Grammar>>,
 ) -> CliResult {
     let tok = &loaded.tokenizer;
     let opts = a.ctx.session(2048);
@@ -359,7 +395,7 @@ fn run_samples(
             stop_tokens,
             logprobs: a.logprobs.map(|n| n as usize),
             stop: a.stop.clone(),
-            constraint: None,
+            constraint: grammar,
         })?;
         let t0 = std::time::Instant::now();
         while engine.has_unfinished() {
@@ -375,9 +411,16 @@ fn run_samples(
         }
         let wall = t0.elapsed().as_secs_f64();
         let st = engine.stats();
+        let masks = st.mask_us_per_token().map_or(String::new(), |us| {
+            format!(
+                " | constraint: {} masks, {us:.1} µs/token to compute, {:.1} µs/token waited",
+                st.masks,
+                st.mask_wait.as_secs_f64() * 1e6 / st.masks.max(1) as f64
+            )
+        });
         Some(format!(
             "load {:.2} s | prompt {} tokens once | {n} samples, {} tokens, {:.1} t/s | \
-             KV peak {} pages ({} bytes)",
+             KV peak {} pages ({} bytes){masks}",
             loaded.load_time.as_secs_f64(),
             prompt_ids.len(),
             st.generated_tokens,
@@ -390,12 +433,12 @@ fn run_samples(
     let mut all = Vec::new();
     for (i, s) in samples.iter().enumerate() {
         let sample_seed = seed.wrapping_add(i as u64);
-        // A stop token, or a stop string when the text is shorter than the tokens' text.
-        let stopped_by_string =
-            !a.stop.is_empty() && s.tokens.last().is_none_or(|&t| a.ignore_eos || !tok.is_eog(t));
+        // The engine says Stop for a stop token, a stop string and a complete grammar.
+        let ended_by_eog = s.tokens.last().is_some_and(|&t| !a.ignore_eos && tok.is_eog(t));
         let (stop, finish_reason) = match s.finish {
-            Some(FinishReason::Stop) if stopped_by_string => ("stop", "stop"),
-            Some(FinishReason::Stop) => ("eog", "stop"),
+            Some(FinishReason::Stop) if ended_by_eog => ("eog", "stop"),
+            Some(FinishReason::Stop) if !a.stop.is_empty() => ("stop", "stop"),
+            Some(FinishReason::Stop) => ("constraint", "stop"),
             _ => ("length", "length"),
         };
         if a.json {

@@ -224,3 +224,79 @@ fn prompt_progress_only_on_a_terminal() {
     }
     assert!(tty.contains("\r\x1b[2K"), "the progress line is erased: {tty:?}");
 }
+
+#[test]
+fn json_object_mode_prints_a_json_object_and_reports_mask_costs() {
+    let args = ["run", "-p", "A cat named Tom, aged 3, as JSON: ", "-n", "100", "--temp", "0"];
+    let o = common::run(&[&args[..], &["--json-object", "--json"]].concat());
+    common::assert_success(&o);
+    let v: Value = serde_json::from_slice(&o.stdout).expect("one JSON object");
+    assert_eq!(v["finish_reason"], "stop", "{v}");
+    let out: Value = serde_json::from_str(text(&v)).expect("the text is JSON");
+    assert!(out.is_object(), "{out}");
+    let c = &v["timings"]["constraint"];
+    assert_eq!(c["masks"].as_u64(), Some(tokens(&v).len() as u64), "one mask per token: {c}");
+    for field in ["mask_us_per_token", "critical_us_per_token", "wait_us_per_token"] {
+        assert!(c[field].as_f64().is_some_and(|us| us >= 0.0), "{field}: {c}");
+    }
+    // The text output says what the masks cost.
+    let o = common::run(&[&args[..], &["--json-object"]].concat());
+    common::assert_success(&o);
+    assert!(common::stderr(&o).contains("µs/token on the critical path"), "{}", common::stderr(&o));
+}
+
+#[test]
+fn json_schema_output_validates_in_run_and_in_samples() {
+    let schema = common::root().join("tests/data/grammars/schemas/01_person.json");
+    let schema = schema.to_str().unwrap();
+    let check = |text: &str| {
+        let v: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{text:?}: {e}"));
+        assert!(v["name"].is_string(), "{v}");
+        assert!(v["age"].as_u64().is_some_and(|a| a <= 150), "{v}");
+    };
+    let single = greedy_json(&["-n", "120", "--json-schema", schema]);
+    assert_eq!(single["finish_reason"], "stop", "{single}");
+    check(text(&single));
+    // Through the engine (--samples): every sample follows the schema.
+    let out = greedy(&["-n", "120", "--json-schema", schema, "--samples", "2", "--json"]);
+    let samples: Vec<Value> = serde_json::from_str(&out).expect("a JSON array");
+    for s in &samples {
+        assert_eq!(s["finish_reason"], "stop", "{s}");
+        check(text(s));
+    }
+}
+
+#[test]
+fn arithmetic_grammar_output_uses_only_its_characters() {
+    let gbnf = common::root().join("tests/data/grammars/arithmetic.gbnf");
+    for seed in ["1", "2"] {
+        let o = common::run(&[
+            "run",
+            "-p",
+            "Write a sum of two numbers: ",
+            "-n",
+            "60",
+            "-s",
+            seed,
+            "--json",
+            "--grammar",
+            gbnf.to_str().unwrap(),
+        ]);
+        common::assert_success(&o);
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        let t = text(&v);
+        assert!(!t.is_empty() && t.chars().all(|c| "0123456789+-*/() ".contains(c)), "{t:?}");
+        assert!(!t.contains("  ") && !t.starts_with(' '), "one optional space: {t:?}");
+        for op in ["++", "**", "//", "+*", "*/", "+)", "(*"] {
+            assert!(!t.replace(' ', "").contains(op), "{op} in {t:?}");
+        }
+        if v["finish_reason"] == "stop" {
+            assert_eq!(t.matches('(').count(), t.matches(')').count(), "{t:?}");
+        }
+    }
+    // A grammar that does not parse is a one-line error naming the flag.
+    let bad = common::temp_file("bad.gbnf", "root ::= (\"a\"");
+    let o = common::run(&["run", "-p", "x", "--grammar", bad.to_str().unwrap()]);
+    common::assert_error(&o, 1, "--grammar");
+    assert_eq!(common::stderr(&o).trim_end().lines().count(), 1, "{}", common::stderr(&o));
+}

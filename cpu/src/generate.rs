@@ -101,15 +101,18 @@ pub struct Generation {
 ///
 /// A mask is computed on its own thread while the forward pass runs, so its compute time
 /// ([`masks`](Self::masks)) is mostly hidden; what the generation paid for it is
-/// [`critical`](Self::critical): starting the mask thread, waiting for the mask once the
-/// logits were ready, and applying it to them (the first token's mask, which has no
-/// forward pass to hide behind, counts whole).
+/// [`critical`](Self::critical): waiting for the mask once the logits were ready
+/// ([`wait`](Self::wait); the first token's mask, which has no forward pass to hide
+/// behind, counts whole), applying it to the logits, committing the chosen token and
+/// handing the matcher to the mask thread.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ConstraintCost {
     /// Masks computed and the time spent computing them.
     pub masks: MaskStats,
-    /// Time the generation spent on masks on its critical path.
+    /// Time the generation spent on the constraint on its critical path (`wait` included).
     pub critical: Duration,
+    /// Of `critical`, the time spent waiting for masks.
+    pub wait: Duration,
 }
 
 impl ConstraintCost {
@@ -120,10 +123,19 @@ impl ConstraintCost {
 
     /// Mean time on the critical path per mask, in microseconds.
     pub fn critical_us_per_token(&self) -> f64 {
+        self.per_mask_us(self.critical)
+    }
+
+    /// Mean time waiting for a mask, in microseconds.
+    pub fn wait_us_per_token(&self) -> f64 {
+        self.per_mask_us(self.wait)
+    }
+
+    fn per_mask_us(&self, d: Duration) -> f64 {
         if self.masks.masks == 0 {
             0.0
         } else {
-            self.critical.as_secs_f64() * 1e6 / self.masks.masks as f64
+            d.as_secs_f64() * 1e6 / self.masks.masks as f64
         }
     }
 }
@@ -264,6 +276,7 @@ struct Constraint {
     /// The mask thread (`None` if it could not be started: masks are then computed inline).
     worker: Option<MaskWorker>,
     critical: Duration,
+    wait: Duration,
 }
 
 /// A thread that computes masks: it receives a matcher, and sends it back with its mask.
@@ -352,6 +365,7 @@ impl Constraint {
         ConstraintCost {
             masks: self.matcher.as_ref().map(|m| m.stats()).unwrap_or_default(),
             critical: self.critical,
+            wait: self.wait,
         }
     }
 }
@@ -474,6 +488,7 @@ impl Generator {
             matcher: Some(Box::new(matcher)),
             worker: MaskWorker::start(),
             critical: Duration::ZERO,
+            wait: Duration::ZERO,
         });
         self
     }
@@ -603,6 +618,7 @@ impl Generator {
             c.critical += t.elapsed();
             if let Some(cost) = &mut self.gen.constraint {
                 cost.critical = c.critical;
+                cost.wait = c.wait;
             }
         }
         sampler.accept(tok);
@@ -642,6 +658,7 @@ impl Generator {
         let t = Instant::now();
         let mask = c.mask().map_err(constraint_error)?;
         c.critical += t.elapsed();
+        c.wait += t.elapsed();
         Ok((logits, Some(mask)))
     }
 
