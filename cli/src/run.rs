@@ -60,7 +60,7 @@ pub struct RunArgs {
     stop: Vec<String>,
     /// Report each token's log-probability and the N most likely alternatives (0-100) in
     /// the JSON output (needs --json or --json-stream). They are of the model's
-    /// distribution: before repetition penalties, temperature and top-k/top-p/min-p.
+    /// distribution: before penalties, logit bias, temperature, filters and a grammar.
     #[arg(long = "logprobs", value_name = "N", requires = "json_output",
           value_parser = clap::value_parser!(u32).range(0..=100))]
     logprobs: Option<u32>,

@@ -462,9 +462,9 @@ impl Generator {
 
     /// Reports each token's log-probability and the `top` most likely tokens with theirs
     /// ([`TokenStep::logprobs`]). They are of the model's distribution — the softmax of the
-    /// logits as the model computed them, before the repetition, frequency and presence
-    /// penalties, temperature, the top-k/top-p/min-p filters and a constraint's mask — as
-    /// OpenAI's `logprobs`
+    /// logits as the model computed them, before anything the sampler does (penalties,
+    /// logit bias, DRY, temperature, top-k/top-p/min-p and the other filters) and before a
+    /// constraint's mask — as OpenAI's `logprobs`
     /// (and the engine's [`TokenEvent::logprobs`](crate::engine::TokenEvent::logprobs)),
     /// so they do not depend on the sampling settings; under greedy sampling without
     /// penalties the chosen token is the first alternative.
