@@ -16,7 +16,7 @@ use pagoda_cpu::engine::{Engine, EngineConfig, FinishReason, Request, RequestId,
 use pagoda_cpu::generate::{ConstraintCost, GenerateOptions, Generation, Generator};
 use pagoda_cpu::grammar::{Grammar, TokenEnv};
 use pagoda_cpu::model::{ModelError, Session};
-use pagoda_cpu::sampler::{Sampler, SamplerConfig};
+use pagoda_cpu::sampler::SamplerConfig;
 use pagoda_cpu::tokenizer::Tokenizer;
 use serde_json::{json, Value};
 
@@ -123,8 +123,9 @@ pub fn main(a: RunArgs) -> CliResult {
             }))
         }
     };
-    let mut sampler = Sampler::new(a.sampling.config())?;
-    // A constraint flag's file and JSON are checked before the model loads.
+    // The sampling settings, a constraint flag's file and JSON are checked before the model
+    // loads.
+    a.sampling.config().validate()?;
     let constrained = a.constraint.spec()?.is_some();
     let loaded = load(&a.model)?;
     let tok = &loaded.tokenizer;
@@ -132,6 +133,9 @@ pub fn main(a: RunArgs) -> CliResult {
     if prompt_ids.is_empty() {
         return Err("the prompt is empty".into());
     }
+    // DRY's sequence breakers are matched against the vocabulary; a --logit-bias token
+    // outside it is a usage error.
+    let mut sampler = a.sampling.sampler(tok)?;
     let grammar = if constrained { a.constraint.compile(&TokenEnv::new(tok)?)? } else { None };
     if a.samples > 1 {
         return run_samples(&a, &loaded, prompt_ids, sampler.config().clone(), grammar);

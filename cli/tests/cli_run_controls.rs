@@ -300,3 +300,12 @@ fn arithmetic_grammar_output_uses_only_its_characters() {
     common::assert_error(&o, 1, "--grammar");
     assert_eq!(common::stderr(&o).trim_end().lines().count(), 1, "{}", common::stderr(&o));
 }
+
+#[test]
+fn the_sampler_knows_the_vocabulary() {
+    // DRY's default sequence breakers are strings, matched against the model's vocabulary.
+    let dry = greedy_json(&["-n", "8", "--dry-multiplier", "0.8"]);
+    assert_eq!(tokens(&dry).len(), 8);
+    let o = common::run(&["run", "-p", "x", "--logit-bias", "999999+1"]);
+    common::assert_error(&o, 2, "--logit-bias");
+}
