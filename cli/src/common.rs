@@ -8,8 +8,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use pagoda_core::evict::KvPolicy;
 use pagoda_cpu::engine::EngineConfig;
-use pagoda_cpu::generate::{GenerateError, GenerateOptions, Generation, Generator};
-use pagoda_cpu::model::{KvType, Llama, Session, SessionOptions};
+use pagoda_cpu::model::{KvType, Llama, SessionOptions};
 use pagoda_cpu::model_file::default_model_path;
 use pagoda_cpu::sampler::{Sampler, SamplerConfig};
 use pagoda_cpu::tokenizer::Tokenizer;
@@ -328,7 +327,6 @@ impl SamplingArgs {
 
     /// The sampler for a loaded model: DRY's breakers matched against its vocabulary, and a
     /// `--logit-bias` token outside it a usage error (exit 2) naming the flag.
-    #[expect(dead_code, reason = "run and chat build their sampler before loading the model")]
     pub fn sampler(&self, tokenizer: &Tokenizer) -> CliResult<Sampler> {
         let cfg = self.config();
         let n = tokenizer.vocab_size();
@@ -511,31 +509,6 @@ pub fn stdout_error(e: std::io::Error) -> Box<dyn std::error::Error> {
         Box::new(e)
     } else {
         format!("writing to stdout: {e}").into()
-    }
-}
-
-/// [`pagoda_cpu::generate::generate`], except that `emit` may fail: generation stops at
-/// the first failed emit (a closed pipe stops it at once, not after every remaining
-/// token), and that error is returned beside what was generated.
-pub fn generate_until_closed(
-    session: &mut Session<'_>,
-    sampler: &mut Sampler,
-    prompt: &[u32],
-    opts: &GenerateOptions,
-    is_eog: impl Fn(u32) -> bool,
-    mut emit: impl FnMut(u32) -> std::io::Result<()>,
-) -> Result<(Generation, Option<std::io::Error>), Box<GenerateError>> {
-    let mut g = Generator::start(session, sampler, prompt, opts)?;
-    loop {
-        match g.step(session, sampler, &is_eog) {
-            Ok(Some(t)) => {
-                if let Err(e) = emit(t) {
-                    return Ok((g.finish(), Some(e)));
-                }
-            }
-            Ok(None) => return Ok((g.finish(), None)),
-            Err(error) => return Err(Box::new(GenerateError { error, partial: g.finish() })),
-        }
     }
 }
 

@@ -22,7 +22,6 @@ use pagoda_core::evict::KvPolicy;
 use pagoda_cpu::chat::{ChatTemplate, ChatTemplateError, Conversation};
 use pagoda_cpu::grammar::TokenEnv;
 use pagoda_cpu::model::Session;
-use pagoda_cpu::sampler::Sampler;
 
 use crate::common::{
     escape_controls, load, parse_kv_policy, CliResult, ContextArgs, ModelArgs, PolicyArgs,
@@ -86,9 +85,9 @@ fn non_empty(s: &str) -> Result<String, String> {
 /// Runs the chat until Ctrl-D or the end of stdin (exit 0), or a failure of the model, the
 /// template or stdout.
 pub fn main(a: ChatArgs) -> CliResult {
-    // Settings checked before the model loads; DRY's breakers need its vocabulary.
-    let sampling = a.sampling.config();
-    sampling.validate()?;
+    // Settings checked before the model loads; DRY's breakers and --logit-bias ids are
+    // checked against its vocabulary once it has loaded.
+    a.sampling.config().validate()?;
     let loaded = load(&a.model)?;
     let tok = &loaded.tokenizer;
     let template = match &a.chat_template {
@@ -122,7 +121,7 @@ pub fn main(a: ChatArgs) -> CliResult {
     let c = &a.constraint;
     let constrained = c.grammar.is_some() || c.json_schema.is_some() || c.json_object;
     let grammar = if constrained { c.compile(&TokenEnv::new(tok)?)? } else { None };
-    let sampler = Sampler::with_vocabulary(sampling, tok)?;
+    let sampler = a.sampling.sampler(tok)?;
     let conversation = Conversation::new(template, a.system.as_deref());
     let opts = a.ctx.session(2048);
     let n_layers = loaded.model.config().n_layers;
