@@ -1,4 +1,4 @@
-//! Structured output through `pagoda batch` and `pagoda serve`: 20 JSON schemas × 3 seeds
+//! Structured output through `pagoda batch`, `pagoda serve` and `pagoda run`: 20 JSON schemas × 3 seeds
 //! sampled at temperature 0.9 all complete (`finish: stop`) and validate with the Python
 //! `jsonschema` package; an arithmetic GBNF grammar's samples all parse; malformed and
 //! unsatisfiable constraints fail with one clear line (exit 1, a failed result line, or an
@@ -321,4 +321,52 @@ fn server_response_format_json_object_and_json_schema() {
         &json!({"prompt": "Hello", "max_tokens": 4, "response_format": {"type": "text"}}),
     );
     assert_eq!(r.0, 200, "{}", r.1);
+}
+
+#[test]
+fn run_follows_a_json_schema_and_a_gbnf_grammar() {
+    let schema = grammars_dir().join("schemas").join("01_person.json");
+    let o = common::run(&[
+        "run",
+        "-p",
+        "<|im_start|>user\nA person as JSON.<|im_end|>\n<|im_start|>assistant\n",
+        "-n",
+        "64",
+        "--temp",
+        "0",
+        "--json-schema",
+        schema.to_str().unwrap(),
+        "--json",
+    ]);
+    common::assert_success(&o);
+    let v: Value = serde_json::from_str(&common::stdout(&o)).unwrap();
+    assert_eq!(v["finish_reason"], "stop", "{v}");
+    let person: Value = serde_json::from_str(v["text"].as_str().unwrap()).unwrap();
+    let name = person["name"].as_str().unwrap();
+    assert!((1..=20).contains(&name.chars().count()), "{person}");
+    assert!(person["age"].as_i64().is_some_and(|a| (0..=120).contains(&a)), "{person}");
+    assert_eq!(person.as_object().unwrap().len(), 2, "{person}");
+
+    let grammar = grammars_dir().join("arithmetic.gbnf");
+    let o = common::run(&[
+        "run",
+        "-p",
+        "<|im_start|>user\nWrite a short arithmetic expression.<|im_end|>\n<|im_start|>assistant\n",
+        "-n",
+        "96",
+        "--temp",
+        "0",
+        "--grammar",
+        grammar.to_str().unwrap(),
+        "--json",
+    ]);
+    common::assert_success(&o);
+    let v: Value = serde_json::from_str(&common::stdout(&o)).unwrap();
+    assert_eq!(v["finish_reason"], "stop", "{v}");
+    let text = v["text"].as_str().unwrap();
+    assert!(parses_as_arithmetic(text), "{text:?}");
+
+    let bad = common::temp_file("run-bad.gbnf", "root ::= [a-\n");
+    let o = common::run(&["run", "-p", "x", "--grammar", bad.to_str().unwrap()]);
+    common::assert_error(&o, 1, "malformed grammar");
 }
