@@ -1,8 +1,8 @@
-//! Structured output through `pagoda batch`, `pagoda serve` and `pagoda run`: 20 JSON schemas × 3 seeds
-//! sampled at temperature 0.9 all complete (`finish: stop`) and validate with the Python
-//! `jsonschema` package; an arithmetic GBNF grammar's samples all parse; malformed and
-//! unsatisfiable constraints fail with one clear line (exit 1, a failed result line, or an
-//! HTTP 400), never a panic.
+//! Structured output through `pagoda batch`, `pagoda serve` and `pagoda run`: 20 JSON
+//! schemas × 3 seeds sampled at temperature 0.9 all complete (`finish: stop`) and validate
+//! with the Python `jsonschema` package; an arithmetic GBNF grammar's samples all parse;
+//! malformed and unsatisfiable constraints fail with one clear line (exit 1, a failed result
+//! line, or an HTTP 400), never a panic.
 
 mod common;
 

@@ -49,7 +49,8 @@ pub struct Request {
     /// disallowed tokens get `-inf` before sampling, and a sample whose grammar is complete
     /// (only an end-of-generation token could follow) finishes with [`FinishReason::Stop`]
     /// at its last token. The masks of a step are computed while its forward pass runs when
-    /// a core is free, else right after it ([`Engine::with_mask_overlap`](super::Engine::with_mask_overlap)).
+    /// a core is free, else right after it (see
+    /// [`Engine::with_mask_overlap`](super::Engine::with_mask_overlap)).
     pub constraint: Option<Arc<Grammar>>,
 }
 
