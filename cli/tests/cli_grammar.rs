@@ -315,6 +315,20 @@ fn server_response_format_json_object_and_json_schema() {
         assert_eq!(e["error"]["param"], param, "{e}");
         assert!(e["error"]["message"].as_str().unwrap().contains(needle), "{e}");
     }
+    // The masks' cost is in /metrics.
+    let metrics = server.get("/metrics");
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing:\n{metrics}"))
+    };
+    let masks = value("pagoda_grammar_masks_total");
+    assert!(masks >= 2.0, "{metrics}");
+    let seconds = value("pagoda_grammar_mask_seconds_total");
+    assert!(seconds > 0.0 && seconds / masks < 0.05, "{seconds} s for {masks} masks");
+    eprintln!("server: {masks} masks, {:.1} µs each", seconds / masks * 1e6);
     // {"type": "text"}: free text.
     let r = server.post(
         "/v1/completions",

@@ -43,6 +43,11 @@ pub struct Gauges {
     pub prefix_hits: AtomicUsize,
     pub prefill_skipped: AtomicUsize,
     pub preemptions: AtomicUsize,
+    /// Grammar masks computed (`response_format` constraints), and the microseconds spent
+    /// on them and waited for them after forward passes.
+    pub grammar_masks: AtomicUsize,
+    pub grammar_mask_us: AtomicUsize,
+    pub grammar_mask_wait_us: AtomicUsize,
 }
 
 /// Upper bounds (seconds) of the latency histograms' buckets.
@@ -157,6 +162,25 @@ impl Metrics {
             "counter",
             "Sequences preempted for pages.",
             u(&g.preemptions),
+        );
+        line(
+            "pagoda_grammar_masks_total",
+            "counter",
+            "Grammar masks computed (one per constrained sample per token).",
+            u(&g.grammar_masks),
+        );
+        let secs = |a: &AtomicUsize| (a.load(Ordering::Relaxed) as f64 / 1e6).to_string();
+        line(
+            "pagoda_grammar_mask_seconds_total",
+            "counter",
+            "Time computing grammar masks.",
+            secs(&g.grammar_mask_us),
+        );
+        line(
+            "pagoda_grammar_mask_wait_seconds_total",
+            "counter",
+            "Time sampling waited for grammar masks after the forward passes.",
+            secs(&g.grammar_mask_wait_us),
         );
         line(
             "pagoda_invariant_violations_total",

@@ -221,4 +221,7 @@ fn publish(engine: &Engine<'_>, metrics: &Metrics, routes: &HashMap<RequestId, R
     g.prefix_hits.store(s.prefix_hits as usize, Ordering::Relaxed);
     g.prefill_skipped.store(s.prefill_skipped as usize, Ordering::Relaxed);
     g.preemptions.store(s.preemptions as usize, Ordering::Relaxed);
+    g.grammar_masks.store(s.masks as usize, Ordering::Relaxed);
+    g.grammar_mask_us.store(s.mask_time.as_micros() as usize, Ordering::Relaxed);
+    g.grammar_mask_wait_us.store(s.mask_wait.as_micros() as usize, Ordering::Relaxed);
 }

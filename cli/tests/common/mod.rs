@@ -163,12 +163,21 @@ impl Server {
     /// POSTs `body` as JSON to `path` (HTTP/1.1, `Connection: close`); returns the status and
     /// the response body.
     pub fn post(&self, path: &str, body: &serde_json::Value) -> (u16, String) {
+        self.request("POST", path, &body.to_string())
+    }
+
+    /// GETs `path`; returns the response body (whatever the status).
+    pub fn get(&self, path: &str) -> String {
+        self.request("GET", path, "").1
+    }
+
+    /// One HTTP/1.1 request (`Connection: close`); the status and the response body.
+    fn request(&self, method: &str, path: &str, body: &str) -> (u16, String) {
         use std::io::{Read, Write};
-        let body = body.to_string();
         let mut s = std::net::TcpStream::connect(&self.addr).expect("connect");
         s.set_read_timeout(Some(std::time::Duration::from_secs(300))).unwrap();
         let head = format!(
-            "POST {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Type: \
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Type: \
              application/json\r\nContent-Length: {}\r\n\r\n",
             self.addr,
             body.len()
