@@ -6,8 +6,11 @@
 //! | [`tokenizer`]   | byte-level BPE and SentencePiece from GGUF metadata            |
 //! | [`kernels`]     | SIMD kernels (pulp, run-time dispatch) and quantized matmul    |
 //! | [`model`]       | the Llama forward pass on the paged KV cache                   |
-//! | [`sampler`]     | greedy, temperature, top-k/top-p/min-p, repetition penalty     |
+//! | [`sampler`]     | logit bias, penalties, DRY, top-k/typical/top-p/min-p,         |
+//! |                 | temperature, Mirostat 2.0 (llama.cpp's chain)                  |
+//! | [`grammar`]     | constrained decoding (llguidance): GBNF, JSON schema, masks    |
 //! | [`stop`]        | stop strings found in streamed text, held back until decided   |
+//! | [`chat`]        | chat templates (Jinja) and conversations                       |
 //! | [`engine`]      | many sequences in one page pool: batching, prefix cache, forks |
 //!
 //! One sequence, token by token: a [`Session`](model::Session) owns the sequence's KV
