@@ -384,3 +384,30 @@ fn run_follows_a_json_schema_and_a_gbnf_grammar() {
     let o = common::run(&["run", "-p", "x", "--grammar", bad.to_str().unwrap()]);
     common::assert_error(&o, 1, "malformed grammar");
 }
+
+#[test]
+fn serve_flags_set_the_default_constraint() {
+    let server = common::Server::start(&["--json-object"]);
+    let r = server
+        .post("/v1/completions", &json!({"prompt": "Data: ", "max_tokens": 48, "temperature": 0}));
+    assert_eq!(r.0, 200, "{}", r.1);
+    let body: Value = serde_json::from_str(&r.1).unwrap();
+    let text = body["choices"][0]["text"].as_str().unwrap();
+    assert!(text.starts_with('{'), "{text}");
+    if body["choices"][0]["finish_reason"] == "stop" {
+        assert!(serde_json::from_str::<Value>(text).is_ok_and(|v| v.is_object()), "{text}");
+    }
+    // {"type": "text"} lifts it for one request.
+    let r = server.post(
+        "/v1/completions",
+        &json!({"prompt": "Data: ", "max_tokens": 8, "temperature": 0,
+                "response_format": {"type": "text"}}),
+    );
+    let body: Value = serde_json::from_str(&r.1).unwrap();
+    assert!(!body["choices"][0]["text"].as_str().unwrap().starts_with('{'), "{body}");
+    drop(server);
+
+    let bad = common::temp_file("serve-bad.gbnf", "root ::= (\"a\"\n");
+    let o = common::run(&["serve", "--port", "0", "--grammar", bad.to_str().unwrap()]);
+    common::assert_error(&o, 1, "malformed grammar");
+}
