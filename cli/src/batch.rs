@@ -7,7 +7,11 @@
 //! ```
 //!
 //! Only `prompt` is required; `id` defaults to the line number, `n_predict` to `-n`, the
-//! sampling fields to the command's flags. Structured output: `"grammar"` (GBNF text),
+//! sampling fields to the command's flags (`temperature`, `seed`, `top_k`, `top_p`, `min_p`,
+//! and llama.cpp server's `typical_p`, `repeat_penalty`, `repeat_last_n`, `presence_penalty`,
+//! `frequency_penalty`, `mirostat`, `mirostat_tau`, `mirostat_eta`, `dry_*`, `logit_bias`: see
+//! `sampling_fields`), `stop` (a string or an array) to `--stop`, `logprobs` (alternatives per
+//! token; the result then has a `"logprobs"` array) to `--logprobs`. Structured output: `"grammar"` (GBNF text),
 //! `"json_schema"` (a schema) or `"response_format"` (OpenAI's object: `{"type":
 //! "json_object"}`, `{"type": "json_schema", "json_schema": {"schema": …}}`, `{"type":
 //! "text"}`), at most one; a line without them takes `--grammar` / `--json-schema` /
@@ -43,12 +47,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use pagoda_cpu::engine::{Engine, EngineStats, Request, RequestId, RequestOutput};
+use pagoda_cpu::engine::{Engine, EngineStats, Request, RequestId, RequestOutput, TokenLogprobs};
 use pagoda_cpu::sampler::SamplerConfig;
 use pagoda_cpu::tokenizer::Tokenizer;
 use serde_json::{json, Map, Value};
 
 use crate::constraint::{request_fields, ConstraintArgs, GrammarCache, RequestConstraint};
+use crate::sampling_fields;
 use pagoda_cpu::grammar::{ConstraintSpec, TokenEnv};
 
 use crate::common::{
@@ -86,6 +91,15 @@ pub struct BatchArgs {
     sampling: SamplingArgs,
     #[command(flatten)]
     constraint: ConstraintArgs,
+    /// Stop string for lines without "stop" (repeatable): a sample's text ends just before
+    /// the first one, with finish "stop".
+    #[arg(long = "stop", value_name = "STR")]
+    stop: Vec<String>,
+    /// Log-probabilities for lines without "logprobs": each token's, with the N most likely
+    /// alternatives, in the result's "logprobs" array.
+    #[arg(long = "logprobs", value_name = "N",
+          value_parser = clap::value_parser!(u32).range(0..=100))]
+    logprobs: Option<u32>,
 }
 
 /// One parsed request line of a batch file.
@@ -103,11 +117,22 @@ pub struct ParsedRequest {
     pub sampler: SamplerConfig,
     /// The line's `grammar` / `json_schema` / `response_format` (not yet compiled).
     pub constraint: RequestConstraint,
+    /// The line's `"stop"` (a string or an array of strings); `None`: the command's `--stop`.
+    pub stop: Option<Vec<String>>,
+    /// The line's `"logprobs"` (alternatives per token); `None`: the command's `--logprobs`.
+    pub logprobs: Option<usize>,
 }
 
-const FIELDS: &str =
-    "id, prompt, n_predict, temperature, seed, top_k, top_p, min_p, grammar, json_schema, \
-     response_format";
+/// The fields of a request line besides [`sampling_fields::FIELDS`].
+const FIELDS: &str = "id, prompt, n_predict, temperature, seed, top_k, top_p, min_p, stop, \
+     logprobs, grammar, json_schema, response_format";
+
+/// Every field a line may have, for the error that names an unknown one.
+fn known_fields() -> String {
+    let mut all: Vec<&str> = FIELDS.split(", ").collect();
+    all.extend(sampling_fields::FIELDS);
+    all.join(", ")
+}
 
 /// Parses one request line (`{"id":…,"prompt":…,…}`) of a batch file: `line_no` is named in
 /// every error, `defaults` are the sampler settings of fields the line leaves out, `n_predict`
@@ -124,8 +149,10 @@ pub fn parse_request_line(
     let Value::Object(obj) = v else {
         return Err(at("expected a JSON object".into()));
     };
-    if let Some(k) = obj.keys().find(|k| !FIELDS.split(", ").any(|f| f == k.as_str())) {
-        return Err(at(format!("unknown field {} (known: {FIELDS})", json!(k))));
+    let known =
+        |k: &str| FIELDS.split(", ").any(|f| f == k) || sampling_fields::FIELDS.contains(&k);
+    if let Some(k) = obj.keys().find(|k| !known(k)) {
+        return Err(at(format!("unknown field {} (known: {})", json!(k), known_fields())));
     }
     let prompt = match obj.get("prompt") {
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
@@ -172,13 +199,33 @@ pub fn parse_request_line(
     if let Some(p) = float("min_p")? {
         sampler.min_p = p;
     }
+    sampling_fields::apply(&obj, &mut sampler).map_err(|(_, m)| at(m))?;
     sampler.validate().map_err(|e| at(e.to_string()))?;
+    let stop = match obj.get("stop") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(vec![s.clone()]),
+        Some(Value::Array(a)) => Some(
+            a.iter()
+                .map(|s| s.as_str().filter(|s| !s.is_empty()).map(String::from))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| {
+                    at("\"stop\" must be a string or an array of non-empty strings".into())
+                })?,
+        ),
+        Some(v) => {
+            return Err(at(format!("\"stop\" must be a string or an array of strings, got {v}")))
+        }
+    };
+    let logprobs = match uint("logprobs", 0)? {
+        Some(k) if k > 100 => return Err(at(format!("\"logprobs\" must be at most 100, got {k}"))),
+        k => k.map(|k| k as usize),
+    };
     let n_predict = match uint("n_predict", 1)? {
         None => n_predict,
         Some(x) => usize::try_from(x).unwrap_or(usize::MAX),
     };
     let constraint = request_fields(&obj).map_err(at)?;
-    Ok(ParsedRequest { line_no, id, prompt, n_predict, sampler, constraint })
+    Ok(ParsedRequest { line_no, id, prompt, n_predict, sampler, constraint, stop, logprobs })
 }
 
 /// One line of the input: a request, or why it cannot run.
@@ -475,8 +522,11 @@ fn run_requests(
     failed: &mut usize,
 ) -> CliResult<RunOutcome> {
     let loaded = load(&a.model)?;
-    let tok = &loaded.tokenizer;
-    let mut engine = Engine::with_policy(&loaded.model, a.engine.config(), a.engine.kv_policy)?;
+    let tok = Arc::new(loaded.tokenizer);
+    let tok = &tok;
+    // The engine has the tokenizer: each token's text, cut at stop strings; DRY's breakers.
+    let mut engine = Engine::with_policy(&loaded.model, a.engine.config(), a.engine.kv_policy)?
+        .with_tokenizer(tok.clone());
     let stop_tokens = if a.ignore_eos { Vec::new() } else { tok.eog_ids().to_vec() };
     // The token environment only when some request is constrained.
     let constrained = default_constraint.is_some()
@@ -522,8 +572,8 @@ fn run_requests(
             sampler: l.sampler.clone(),
             n: 1,
             stop_tokens: stop_tokens.clone(),
-            logprobs: None,
-            stop: Vec::new(),
+            logprobs: l.logprobs.or(a.logprobs.map(|k| k as usize)),
+            stop: l.stop.clone().unwrap_or_else(|| a.stop.clone()),
             constraint,
         };
         match engine.submit(req) {
@@ -549,6 +599,8 @@ fn run_requests(
     let mut done = 0usize;
     let mut last_draw = Instant::now() - Duration::from_secs(1);
     let mut step_error = None;
+    // Each request's text and log-probabilities as its tokens arrive.
+    let mut streamed: BTreeMap<usize, Streamed> = BTreeMap::new();
     while engine.has_unfinished() && interrupt.received().is_none() {
         let step = match engine.step() {
             Ok(s) => s,
@@ -557,9 +609,17 @@ fn run_requests(
                 break;
             }
         };
+        for e in &step.tokens {
+            let acc = streamed.entry(e.id.0 as usize).or_default();
+            acc.text.push_str(e.text.as_deref().unwrap_or(""));
+            if let Some(lp) = &e.logprobs {
+                acc.logprobs.push(logprob_json(tok, e.token, lp));
+            }
+        }
         for r in &step.finished {
             let i = r.id.0 as usize;
-            sink.line(&result_json(&lines[i], r, tok, !a.ignore_eos).to_string())?;
+            let acc = streamed.remove(&i).unwrap_or_default();
+            sink.line(&result_json(&lines[i], r, acc).to_string())?;
             pending.remove(&i);
             done += 1;
         }
@@ -584,30 +644,38 @@ fn run_requests(
     Ok((Some(stats), pending.into_keys().collect(), step_error))
 }
 
-/// The text of a sample, without a final end-of-generation token.
-fn text_of(tok: &Tokenizer, tokens: &[u32], hide_eog: bool) -> String {
-    let mut d = tok.stream_decoder();
-    let mut s = String::new();
-    for &t in tokens {
-        if hide_eog && tok.is_eog(t) {
-            continue;
-        }
-        s.push_str(&d.push(t));
-    }
-    s.push_str(&d.finish());
-    s
+/// What the engine's token events said of one request (one sample): its text (UTF-8
+/// completed, cut before a stop string, without stop tokens) and log-probabilities.
+#[derive(Default)]
+struct Streamed {
+    text: String,
+    logprobs: Vec<Value>,
 }
 
-fn result_json(line: &ParsedRequest, r: &RequestOutput, tok: &Tokenizer, hide_eog: bool) -> Value {
+/// One token's log-probabilities: `{"token", "piece", "logprob", "top_logprobs": [...]}`.
+fn logprob_json(tok: &Tokenizer, token: u32, lp: &TokenLogprobs) -> Value {
+    let piece = |t: u32| String::from_utf8_lossy(tok.token_to_bytes(t).unwrap_or(&[])).into_owned();
+    let top: Vec<Value> = lp
+        .top
+        .iter()
+        .map(|&(t, l)| json!({ "token": t, "piece": piece(t), "logprob": l }))
+        .collect();
+    json!({ "token": token, "piece": piece(token), "logprob": lp.logprob, "top_logprobs": top })
+}
+
+fn result_json(line: &ParsedRequest, r: &RequestOutput, streamed: Streamed) -> Value {
     let s = &r.samples[0];
     let mut m = Map::new();
     m.insert("id".into(), line.id.clone());
-    m.insert("text".into(), json!(text_of(tok, &s.tokens, hide_eog)));
+    m.insert("text".into(), json!(streamed.text));
     m.insert("tokens".into(), json!(s.tokens));
     m.insert("finish".into(), json!(s.finish.as_str()));
     m.insert("prompt_tokens".into(), json!(r.prompt_tokens));
     m.insert("cached_prompt_tokens".into(), json!(r.cached_prompt_tokens));
     m.insert("preemptions".into(), json!(r.preemptions));
+    if !streamed.logprobs.is_empty() {
+        m.insert("logprobs".into(), Value::Array(streamed.logprobs));
+    }
     Value::Object(m)
 }
 

@@ -34,6 +34,7 @@ mod plot;
 mod progress;
 mod quantize;
 mod run;
+mod sampling_fields;
 mod serve;
 mod tokenize;
 

@@ -368,3 +368,83 @@ fn batch_second_run_on_the_same_output_is_refused_while_the_first_runs() {
     let text = std::fs::read_to_string(&output).unwrap_or_default();
     assert!(text.is_empty() || text.ends_with('\n'), "{text:?}");
 }
+
+#[test]
+fn batch_lines_carry_stop_strings_logprobs_and_every_sampler_field() {
+    let p = "The capital of France is";
+    let line =
+        |extra: &str| format!("{{\"prompt\":\"{p}\",\"n_predict\":12,\"temperature\":0{extra}}}\n");
+    let input = temp_file(
+        "fields.jsonl",
+        &[
+            line(",\"id\":\"plain\""),
+            line(",\"id\":\"stop\",\"stop\":[\"zzz\",\"Paris\"]"),
+            line(",\"id\":\"lp\",\"logprobs\":3"),
+            line(",\"id\":\"ban\",\"logit_bias\":{\"7042\":false}"),
+            line(",\"id\":\"samplers\",\"typical_p\":0.9,\"repeat_last_n\":-1,\"dry_multiplier\":0.8,\"mirostat\":0"),
+            line(",\"id\":\"bad\",\"mirostat\":1"),
+            line(",\"id\":\"oov\",\"logit_bias\":[[4000000,1]]"),
+        ]
+        .concat(),
+    );
+    let o = run(&["batch", "-f", input.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "two lines fail: {}", stderr(&o));
+    let out: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let get =
+        |id: &str| out.iter().find(|v| v["id"] == id).unwrap_or_else(|| panic!("{id}: {out:?}"));
+    let plain = get("plain");
+    let text = plain["text"].as_str().unwrap();
+    assert_eq!(plain["tokens"][0], 7042, "llama.cpp's greedy first token");
+    // Cut before the earliest stop string, and ended there.
+    let at = text.find("Paris").expect("greedy text mentions Paris");
+    let stop = get("stop");
+    assert_eq!(
+        (stop["text"].as_str().unwrap(), stop["finish"].as_str()),
+        (&text[..at], Some("stop"))
+    );
+    // Log-probabilities: one per token, three alternatives, the greedy token first.
+    let lp = get("lp");
+    assert_eq!(lp["tokens"], plain["tokens"]);
+    let lps = lp["logprobs"].as_array().unwrap();
+    assert_eq!(lps.len(), lp["tokens"].as_array().unwrap().len());
+    for (entry, tok) in lps.iter().zip(lp["tokens"].as_array().unwrap()) {
+        assert_eq!(&entry["token"], tok);
+        let top = entry["top_logprobs"].as_array().unwrap();
+        assert_eq!(top.len(), 3);
+        assert_eq!(&top[0]["token"], tok);
+        assert!(entry["logprob"].as_f64().unwrap() <= 0.0);
+    }
+    assert!(plain.get("logprobs").is_none());
+    // A banned token is never chosen, even greedily.
+    assert_ne!(get("ban")["tokens"][0], 7042);
+    assert_eq!(get("samplers")["tokens"].as_array().unwrap().len(), 12);
+    let bad = get("bad")["error"].as_str().unwrap();
+    assert!(bad.contains("mirostat 1 is not supported"), "{bad}");
+    let oov = get("oov")["error"].as_str().unwrap();
+    assert!(oov.contains("4000000"), "{oov}");
+}
+
+#[test]
+fn batch_stop_and_logprobs_flags_are_the_lines_defaults() {
+    let input = temp_file(
+        "flags.jsonl",
+        "{\"id\":1,\"prompt\":\"The capital of France is\",\"n_predict\":12,\"temperature\":0}\n\
+         {\"id\":2,\"prompt\":\"The capital of France is\",\"n_predict\":12,\"temperature\":0,\"stop\":[]}\n",
+    );
+    let o = run(&["batch", "-f", input.to_str().unwrap(), "--stop", "Paris", "--logprobs", "1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let one = out.iter().find(|v| v["id"] == 1).unwrap();
+    let two = out.iter().find(|v| v["id"] == 2).unwrap();
+    assert_eq!(one["finish"], "stop");
+    assert!(!one["text"].as_str().unwrap().contains("Paris"));
+    assert_eq!(two["finish"], "length", "a line's own empty stop list overrides --stop");
+    assert!(two["text"].as_str().unwrap().contains("Paris"));
+    assert_eq!(one["logprobs"][0]["top_logprobs"].as_array().unwrap().len(), 1);
+}

@@ -143,6 +143,8 @@ pub fn parse(body: &Value, chat: bool) -> Result<GenRequest, ApiError> {
         }
         sampler.repeat_penalty = p as f32;
     }
+    // llama.cpp server's extensions: typical_p, mirostat, DRY, repeat_last_n, logit_bias…
+    crate::sampling_fields::apply(o, &mut sampler).map_err(|(f, m)| ApiError::field(&f, m))?;
     let seed = match o.get("seed") {
         None | Some(Value::Null) => None,
         Some(v) => Some(
@@ -337,6 +339,19 @@ mod tests {
         assert_eq!(err(json!({"prompt": "x", "max_tokens": -1}), false), "max_tokens");
         assert_eq!(err(json!({"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}), false), "stop");
         assert_eq!(err(json!({"prompt": 5}), false), "prompt");
+        assert_eq!(err(json!({"prompt": "x", "logit_bias": {"a": 1}}), false), "logit_bias");
+        assert_eq!(err(json!({"prompt": "x", "mirostat": 1}), false), "mirostat");
+        let r = parse(
+            &json!({"prompt": "x", "typical_p": 0.5, "logit_bias": {"42": -100},
+                    "dry_multiplier": 0.8, "repeat_last_n": -1}),
+            false,
+        )
+        .unwrap();
+        assert_eq!((r.sampler.typical_p, r.sampler.dry_multiplier), (0.5, 0.8));
+        assert_eq!(
+            (r.sampler.logit_bias.clone(), r.sampler.repeat_last_n),
+            (vec![(42, -100.0)], usize::MAX)
+        );
         assert_eq!(err(json!({"messages": []}), true), "messages");
         assert_eq!(err(json!({"messages": [{"role": 1}]}), true), "messages[0].role");
         assert_eq!(

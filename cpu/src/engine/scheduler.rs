@@ -425,7 +425,7 @@ impl<'m> Engine<'m> {
         if pages_needed > pages_total {
             return Err(EngineError::TooLarge { id, pages_needed, pages_total });
         }
-        let mut sampler = Sampler::new(req.sampler.clone())?;
+        let mut sampler = new_sampler(req.sampler.clone(), self.tokenizer.as_deref())?;
         req.prompt.iter().for_each(|&t| sampler.accept(t));
         self.groups.insert(
             id,
@@ -515,7 +515,7 @@ impl<'m> Engine<'m> {
                     let kv = self.kv.fork(seq.kv)?;
                     let mut cfg = group.sampler.clone();
                     cfg.seed = cfg.seed.wrapping_add(k as u64);
-                    let mut sampler = Sampler::new(cfg)?;
+                    let mut sampler = new_sampler(cfg, self.tokenizer.as_deref())?;
                     seq.tokens.iter().for_each(|&t| sampler.accept(t));
                     let mut child = Sequence {
                         id: seq.id,
@@ -1059,6 +1059,21 @@ impl<'m> Engine<'m> {
 /// machine), so that grammar masks computed beside it do not slow it down.
 fn spare_core() -> bool {
     std::thread::available_parallelism().is_ok_and(|n| rayon::current_num_threads() < n.get())
+}
+
+/// A sample's sampler: with the engine's tokenizer, DRY's sequence breakers are found in its
+/// vocabulary and logit-bias ids are checked against it (llama.cpp's behaviour); without
+/// one, a request using DRY breakers is refused ([`SamplerError::NeedsVocabulary`]).
+///
+/// [`SamplerError::NeedsVocabulary`]: crate::sampler::SamplerError::NeedsVocabulary
+fn new_sampler(
+    cfg: crate::sampler::SamplerConfig,
+    tokenizer: Option<&Tokenizer>,
+) -> Result<Sampler, crate::sampler::SamplerError> {
+    match tokenizer {
+        Some(t) => Sampler::with_vocabulary(cfg, t),
+        None => Sampler::new(cfg),
+    }
 }
 
 /// Samples the sequence's next token from `logits` (masked by its grammar, if it has one),
