@@ -11,9 +11,7 @@ use pagoda::cpu::sampler::{Sampler, SamplerConfig};
 use pagoda::cpu::tokenizer::Tokenizer;
 
 fn model() -> (Llama, Tokenizer) {
-    let model = Llama::load(common::model_path()).expect("load model");
-    let tok = Tokenizer::from_gguf(&model.gguf()).expect("tokenizer");
-    (model, tok)
+    common::model_and_tokenizer()
 }
 
 /// Generates from `prompt` under `spec` (`sampler` settings, at most `n` tokens); the text

@@ -12,9 +12,7 @@ use pagoda::cpu::tokenizer::Tokenizer;
 const PROMPT: &str = "Once upon a time, in a small village,";
 
 fn model() -> (Llama, Tokenizer) {
-    let model = Llama::load(common::model_path()).expect("load model");
-    let tok = Tokenizer::from_gguf(&model.gguf()).expect("tokenizer");
-    (model, tok)
+    common::model_and_tokenizer()
 }
 
 fn generate(

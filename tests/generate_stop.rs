@@ -13,9 +13,7 @@ use pagoda::cpu::tokenizer::Tokenizer;
 const PROMPT: &str = "The capital of France is";
 
 fn model() -> (Llama, Tokenizer) {
-    let model = Llama::load(common::model_path()).expect("load model");
-    let tok = Tokenizer::from_gguf(&model.gguf()).expect("tokenizer");
-    (model, tok)
+    common::model_and_tokenizer()
 }
 
 /// Greedy generation of at most `n` tokens with `stops`, through `step_decoded`.

@@ -25,6 +25,13 @@ pub fn model_path() -> PathBuf {
     p
 }
 
+/// The default model, loaded, and its tokenizer.
+pub fn model_and_tokenizer() -> (pagoda::cpu::model::Llama, pagoda::cpu::tokenizer::Tokenizer) {
+    let model = pagoda::cpu::model::Llama::load(model_path()).expect("load the default model");
+    let tok = pagoda::cpu::tokenizer::Tokenizer::from_gguf(&model.gguf()).expect("its tokenizer");
+    (model, tok)
+}
+
 /// The Gemma 3 270M Q4_K_M model's path (`models/gemma-3-270m-q4_k_m.gguf`); panics with
 /// instructions if it is missing (tests that need it must fail loudly, never pass silently).
 pub fn gemma3_model_path() -> PathBuf {
