@@ -52,6 +52,11 @@ impl Mask {
             if word == u32::MAX {
                 continue;
             }
+            if word == 0 {
+                // Most words of a grammar's mask: nothing allowed in these 32 tokens.
+                chunk.fill(f32::NEG_INFINITY);
+                continue;
+            }
             for (bit, l) in chunk.iter_mut().enumerate() {
                 if word & (1 << bit) == 0 {
                     *l = f32::NEG_INFINITY;
