@@ -3,7 +3,7 @@
 //! People come with llama.cpp habits. Without this, clap reads a short multi-letter flag
 //! as a known short flag plus its value: `-ngl 0` would become `-n gl`, `-fa` would become
 //! `-f a` (a prompt file named "a"), `-ctk q8_0` would become `-c tk`. Each flag in
-//! [`FLAGS`] is either accepted with a one-line note that it does nothing on a CPU build
+//! the table `FLAGS` is either accepted with a one-line note that it does nothing on a CPU build
 //! (`-ngl`) or refused with a message naming the flag and pagoda's way to get the same
 //! (`-ctk` → `--kv-type`) — usage errors, exit 2.
 //!
