@@ -2,8 +2,9 @@
 //! scalar specification (`paged_prefill` / `paged_decode`) and core's naive f64 attention,
 //! within 1e-5 relative error, over random head counts, GQA ratios (1, 2, 3, 8), head dims
 //! (ragged tails: not multiples of 8 or 16), block sizes, contexts up to 2000 tokens,
-//! prefill chunks spanning several tasks, random page permutations, f32, f16 and bf16 pages
-//! (through this generic kernel; the model's f16 pages use `paged_attention_f16`), and
+//! prefill chunks spanning several tasks, random page permutations, f32, f16, bf16, q8_0 and
+//! q4_0 pages (through this generic kernel; the model's f16 pages use
+//! `paged_attention_f16`; block formats with head dims rounded up to 32), and
 //! with the flash-decoding split off, automatic, and forced to several page ranges.
 
 mod common;
@@ -12,8 +13,9 @@ use common::Rng;
 use half::f16;
 use pagoda_core::attention::naive::naive_attention;
 use pagoda_core::attention::{paged_decode, paged_prefill, AttnConfig, AttnError};
-use pagoda_core::kv::{KvConfig, KvElement, KvError, KvPages};
+use pagoda_core::kv::{KvConfig, KvError, KvFormat, KvPages};
 use pagoda_core::pool::PageId;
+use pagoda_core::quant::{BlockQ4_0, BlockQ8_0};
 use pagoda_cpu::attention::{paged_attention, paged_attention_split, Split};
 use pagoda_cpu::kernels::SimdLevel;
 use proptest::prelude::*;
@@ -69,7 +71,7 @@ fn case() -> impl Strategy<Value = Case> {
 /// The paged cache (layer 1 holds the data, layer 0 noise, unwritten slots NaN) through a
 /// random page permutation, the same K/V contiguous (as stored, i.e. rounded to `T`), and q.
 #[allow(clippy::type_complexity)]
-fn build<T: KvElement>(
+fn build<T: KvFormat>(
     c: &Case,
 ) -> (KvPages<T, Vec<T>>, Vec<PageId>, Vec<f32>, Vec<f32>, Vec<f32>, AttnConfig) {
     let mut rng = Rng(c.seed);
@@ -82,7 +84,17 @@ fn build<T: KvElement>(
         block_size: c.block_size,
         n_pages,
     };
-    let mut kv = KvPages::new(kc, vec![T::from_f32(f32::NAN); kc.slab_len().unwrap()]).unwrap();
+    // Unwritten slots read as NaN (a block format: the unit NaNs encode to).
+    let mut nan = [T::zero()];
+    T::encode(&vec![f32::NAN; T::VALUES_PER_UNIT], &mut nan);
+    let mut kv = KvPages::new(kc, vec![nan[0]; kc.slab_units::<T>().unwrap()]).unwrap();
+    let stored = |row: &[f32]| {
+        let mut units = vec![T::zero(); row.len() / T::VALUES_PER_UNIT];
+        T::encode(row, &mut units);
+        let mut back = vec![0.0f32; row.len()];
+        T::decode(&units, &mut back);
+        back
+    };
     let mut perm: Vec<u32> = (0..n_pages as u32).collect();
     for i in (1..n_pages).rev() {
         perm.swap(i, rng.below(i + 1));
@@ -98,8 +110,8 @@ fn build<T: KvElement>(
         let noise: Vec<f32> = (0..row).map(|_| 100.0 + rng.unit()).collect();
         kv.write(1, page, slot, &k_row, &v_row).unwrap();
         kv.write(0, page, slot, &noise, &noise).unwrap();
-        k.extend(k_row.iter().map(|&x| T::from_f32(x).to_f32()));
-        v.extend(v_row.iter().map(|&x| T::from_f32(x).to_f32()));
+        k.extend(stored(&k_row));
+        v.extend(stored(&v_row));
     }
     let cfg = AttnConfig::new(c.n_kv_heads * c.group, c.n_kv_heads, c.head_dim).unwrap();
     let q: Vec<f32> = (0..c.n_new * cfg.q_len()).map(|_| c.q_gain * rng.unit()).collect();
@@ -117,7 +129,7 @@ fn assert_close(what: &str, got: &[f32], want: &[f32], scale: &[f32]) -> Result<
     Ok(())
 }
 
-fn check<T: KvElement>(c: &Case) -> Result<(), TestCaseError> {
+fn check<T: KvFormat>(c: &Case) -> Result<(), TestCaseError> {
     let (kv, pages, k, v, q, cfg) = build::<T>(c);
     let q_len = cfg.q_len();
     let first = c.n_ctx - c.n_new;
@@ -171,6 +183,16 @@ proptest! {
     #[test]
     fn simd_bf16_pages_match_core_on_the_same_pages(c in case()) {
         check::<half::bf16>(&c)?;
+    }
+
+    #[test]
+    fn simd_q8_0_pages_match_core_on_the_same_pages(c in case()) {
+        check::<BlockQ8_0>(&Case { head_dim: c.head_dim.div_ceil(32) * 32, ..c })?;
+    }
+
+    #[test]
+    fn simd_q4_0_pages_match_core_on_the_same_pages(c in case()) {
+        check::<BlockQ4_0>(&Case { head_dim: c.head_dim.div_ceil(32) * 32, ..c })?;
     }
 }
 

@@ -1,14 +1,16 @@
 //! Perplexity with each KV page format on the GPL-3 text at -c 512, against llama.cpp's
 //! figures with quantized caches (tests/data/llamacpp/perplexity_kv_dev.json) and against
-//! our own f32 cache. One test runs the formats one after another (each run is minutes with
-//! the scalar attention; running them in parallel would only fight over the cores).
+//! our own f32 cache. One test runs the formats one after another (about 20 s each in a
+//! release build; running them in parallel would only fight over the cores).
 //!
 //! Targets:
 //! - f16 within 1% of llama.cpp's f16 figure, q8_0 within 1% of llama.cpp's q8_0 figure;
-//! - q8_0 and bf16 at most 1% above our f32. (Issue 8 aims at 0.5% for q8_0; on this one
-//!   14-chunk text the q8_0 - f32 gap moves by ±0.3% whenever the float order of any kernel
-//!   changes — +0.28% and +0.52% under two orders — so the 0.5% figure is measured and
-//!   reported in docs/kv-memory.md, and this test guards against real breakage.)
+//! - bf16 at most 1% above our f32;
+//! - q8_0 (Hadamard-rotated rows) at most 0.3% above our f32 (measured: +0.003%; before the
+//!   rotation the gap moved between +0.28% and +0.52% with the kernels' float order);
+//! - q4_0 (rotated rows, least-squares scales) at most 6% above our f32 (measured +5.3%;
+//!   +22.6% before the rotation; llama.cpp's q4_0 cache is +5.9% over its f16). Issue 18's
+//!   3% target is not met: see docs/kv-memory.md for where the error comes from.
 
 mod common;
 
@@ -30,7 +32,7 @@ fn gpl3_perplexity_at_ctx_512_per_kv_format() {
     let tokens = tok.encode(&text, true, false);
     let reference = common::data_json("llamacpp/perplexity_kv_dev.json");
 
-    let types = [KvType::F32, KvType::F16, KvType::Bf16, KvType::Q8_0];
+    let types = [KvType::F32, KvType::F16, KvType::Bf16, KvType::Q8_0, KvType::Q4_0];
     let mut ppl = Vec::new();
     for t in types {
         let opts = SessionOptions { n_ctx: 512, kv_type: t, ..SessionOptions::default() };
@@ -40,7 +42,7 @@ fn gpl3_perplexity_at_ctx_512_per_kv_format() {
         eprintln!("{t:>5}: PPL {:.4} ± {:.5}, {bytes} KV bytes per token", r.ppl, r.ppl_stderr);
         ppl.push(r.ppl);
     }
-    let [f32_ppl, f16_ppl, bf16_ppl, q8_ppl] = ppl[..] else { unreachable!() };
+    let [f32_ppl, f16_ppl, bf16_ppl, q8_ppl, q4_ppl] = ppl[..] else { unreachable!() };
     let rel = |a: f64, b: f64| (a - b) / b;
 
     for (name, got) in [("f16", f16_ppl), ("q8_0", q8_ppl)] {
@@ -53,9 +55,12 @@ fn gpl3_perplexity_at_ctx_512_per_kv_format() {
             d * 100.0
         );
     }
-    for (name, got, budget) in
-        [("f16", f16_ppl, f64::INFINITY), ("bf16", bf16_ppl, 0.01), ("q8_0", q8_ppl, 0.01)]
-    {
+    for (name, got, budget) in [
+        ("f16", f16_ppl, f64::INFINITY),
+        ("bf16", bf16_ppl, 0.01),
+        ("q8_0", q8_ppl, 0.003),
+        ("q4_0", q4_ppl, 0.06),
+    ] {
         let d = rel(got, f32_ppl);
         eprintln!("{name:>5}: {:+.3}% vs our f32 {f32_ppl:.4}", d * 100.0);
         assert!(d <= budget, "{name}: PPL {got:.4} is {:+.3}% above f32's {f32_ppl:.4}", d * 100.0);

@@ -4,8 +4,8 @@
 //! - [`paged_attention_f16`] (`f16_pages.rs`): f16 pages in llama.cpp's rounding, one key at
 //!   a time, so that the model's logits equal llama.cpp's bit for bit (docs/numerics.md).
 //!   The model uses it for its default f16 cache.
-//! - [`paged_attention`] (below): any float page format, a page of keys at a time with f32
-//!   accumulation, and flash-decoding; the model uses it for f32 and bf16 pages.
+//! - [`paged_attention`] (below): any page format, a page of keys at a time with f32
+//!   accumulation, and flash-decoding; the model uses it for f32, bf16, q8_0 and q4_0 pages.
 //!
 //! [`paged_attention`] computes exactly what `pagoda_core::attention::paged_prefill` (and,
 //! for one query token, `paged_decode`) specifies, with the same argument checks and errors,
@@ -19,7 +19,10 @@
 //!   `pagoda_core::kv`): scores are `rows × block_size` dot products, the online softmax
 //!   (running max and sum per row) is updated once per page, and the values are accumulated
 //!   with broadcast FMAs. f16 pages are widened to f32 per page with F16C
-//!   (`_mm256_cvtph_ps`) or AVX-512 (`_mm512_cvtph_ps`); all math is f32.
+//!   (`_mm256_cvtph_ps`) or AVX-512 (`_mm512_cvtph_ps`), q8_0 and q4_0 pages dequantized
+//!   per page (AVX2 / AVX-512: sign- or zero-extend, convert, one multiply by the block's
+//!   scale, the same f32 values as the block's `dequantize`) into a page-sized scratch that
+//!   stays in L1; all math is f32.
 //! - **Flash-decoding**: when a call has few tasks (decode of one sequence has `n_kv_heads`)
 //!   and a long context, each task's pages are split into ranges run by different threads,
 //!   and the partial `(max, sum, acc)` are merged with the log-sum-exp rule:
@@ -59,7 +62,7 @@ pub(crate) use f16_pages::dot_scalar as dot_f16_widened;
 pub use f16_pages::{paged_attention_f16, SPLIT_MIN_KEYS};
 
 use pagoda_core::attention::{check_prefill, AttnConfig, AttnError};
-use pagoda_core::kv::{KvElement, KvPages};
+use pagoda_core::kv::{KvFormat, KvPages};
 use pagoda_core::pool::PageId;
 use rayon::prelude::*;
 
@@ -99,7 +102,7 @@ pub enum Split {
 /// panics. `level` picks the kernels (a level this CPU lacks runs the scalar ones); rayon's
 /// current pool runs the tasks.
 #[allow(clippy::too_many_arguments)]
-pub fn paged_attention<T: KvElement, S: AsRef<[T]> + Sync>(
+pub fn paged_attention<T: KvFormat, S: AsRef<[T]> + Sync>(
     level: SimdLevel,
     kv: &KvPages<T, S>,
     layer: usize,
@@ -114,7 +117,7 @@ pub fn paged_attention<T: KvElement, S: AsRef<[T]> + Sync>(
 
 /// [`paged_attention`] with an explicit flash-decoding [`Split`].
 #[allow(clippy::too_many_arguments)]
-pub fn paged_attention_split<T: KvElement, S: AsRef<[T]> + Sync>(
+pub fn paged_attention_split<T: KvFormat, S: AsRef<[T]> + Sync>(
     level: SimdLevel,
     kv: &KvPages<T, S>,
     layer: usize,

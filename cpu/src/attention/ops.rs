@@ -6,7 +6,8 @@
 
 use core::any::TypeId;
 
-use pagoda_core::kv::KvElement;
+use pagoda_core::kv::KvFormat;
+use pagoda_core::quant::{BlockQ4_0, BlockQ8_0};
 
 use super::scalar;
 use crate::kernels::SimdLevel;
@@ -117,36 +118,58 @@ impl PageOps {
         let _ = run;
     }
 
-    /// `run` as f32s: borrowed as-is for f32 pages; widened into `buf` (resized to
-    /// `run.len()`) for f16 (F16C / AVX-512 where available) and any other element type.
-    pub(super) fn as_f32<'a, T: KvElement>(self, run: &'a [T], buf: &'a mut Vec<f32>) -> &'a [f32] {
+    /// `run` as f32s: borrowed as-is for f32 pages; widened (f16: F16C / AVX-512, bf16:
+    /// AVX-512) or dequantized (q8_0, q4_0: AVX2 / AVX-512) into `buf`, resized to
+    /// `run.len() × T::VALUES_PER_UNIT`, for every other format. Every path gives the
+    /// format's own `decode` values bit for bit.
+    pub(super) fn as_f32<'a, T: KvFormat>(self, run: &'a [T], buf: &'a mut Vec<f32>) -> &'a [f32] {
         if TypeId::of::<T>() == TypeId::of::<f32>() {
             // SAFETY: `T` is `f32` (same `TypeId`), so this is the identity reinterpretation
             // of the same slice with the same length and lifetime.
             return unsafe { core::slice::from_raw_parts(run.as_ptr().cast::<f32>(), run.len()) };
         }
         // Every element is overwritten below: keep the old contents instead of zeroing.
-        buf.resize(run.len(), 0.0);
-        if TypeId::of::<T>() == TypeId::of::<half::f16>() {
-            // SAFETY: `T` is `half::f16` (same `TypeId`): same pointer, length and lifetime.
-            let src =
-                unsafe { core::slice::from_raw_parts(run.as_ptr().cast::<half::f16>(), run.len()) };
+        buf.resize(run.len() * T::VALUES_PER_UNIT, 0.0);
+        if let Some(src) = cast::<T, half::f16>(run) {
             self.widen_f16(src, buf);
-        } else if TypeId::of::<T>() == TypeId::of::<half::bf16>() {
-            // SAFETY: `T` is `half::bf16` (same `TypeId`): same pointer, length and lifetime.
-            let src = unsafe {
-                core::slice::from_raw_parts(run.as_ptr().cast::<half::bf16>(), run.len())
-            };
-            #[cfg(target_arch = "x86_64")]
-            if self.level == SimdLevel::Avx512 {
-                // SAFETY: `new` checked AVX-512F at run time.
+            return buf;
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            let (avx512, avx2) = (self.level == SimdLevel::Avx512, self.level == SimdLevel::Avx2);
+            if let (true, Some(src)) = (avx512, cast::<T, half::bf16>(run)) {
+                // SAFETY: `new` checked AVX-512F at run time; `buf.len() == src.len()`.
                 unsafe { super::x86::widen_bf16_avx512(src, buf) };
                 return buf;
             }
-            buf.iter_mut().zip(src).for_each(|(d, s)| *d = s.to_f32());
-        } else {
-            buf.iter_mut().zip(run).for_each(|(d, s)| *d = s.to_f32());
+            if let Some(src) = cast::<T, BlockQ8_0>(run) {
+                if avx512 || avx2 {
+                    // SAFETY: `new` checked the level at run time; `buf` holds 32 per block.
+                    unsafe {
+                        if avx512 {
+                            super::x86::dequant_q8_0_avx512(src, buf)
+                        } else {
+                            super::x86::dequant_q8_0_avx2(src, buf)
+                        }
+                    };
+                    return buf;
+                }
+            }
+            if let Some(src) = cast::<T, BlockQ4_0>(run) {
+                if avx512 || avx2 {
+                    // SAFETY: `new` checked the level at run time; `buf` holds 32 per block.
+                    unsafe {
+                        if avx512 {
+                            super::x86::dequant_q4_0_avx512(src, buf)
+                        } else {
+                            super::x86::dequant_q4_0_avx2(src, buf)
+                        }
+                    };
+                    return buf;
+                }
+            }
         }
+        T::decode(run, buf);
         buf
     }
 
@@ -164,5 +187,16 @@ impl PageOps {
                 src.convert_to_f32_slice(dst);
             }
         }
+    }
+}
+
+/// `run` as a slice of `U` when `T` is `U` (same `TypeId`), else `None`.
+fn cast<T: 'static, U: 'static>(run: &[T]) -> Option<&[U]> {
+    if TypeId::of::<T>() == TypeId::of::<U>() {
+        // SAFETY: `T` and `U` are the same type (same `TypeId`): same pointer, length and
+        // lifetime.
+        Some(unsafe { core::slice::from_raw_parts(run.as_ptr().cast::<U>(), run.len()) })
+    } else {
+        None
     }
 }

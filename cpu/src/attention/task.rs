@@ -27,7 +27,7 @@
 use core::ops::Range;
 
 use pagoda_core::attention::{AttnConfig, AttnError};
-use pagoda_core::kv::{KvElement, KvHalf, KvPages};
+use pagoda_core::kv::{KvFormat, KvHalf, KvPages};
 use pagoda_core::pool::PageId;
 
 use super::ops::PageOps;
@@ -66,12 +66,14 @@ pub(super) struct Shared<'a, T, S> {
     pub cfg: &'a AttnConfig,
 }
 
-impl<T: KvElement, S: AsRef<[T]>> Shared<'_, T, S> {
+impl<T: KvFormat, S: AsRef<[T]>> Shared<'_, T, S> {
     /// Runs `task`; errors only if the KV storage rejects an access (validated beforehand).
     pub(super) fn run(&self, task: &Task) -> Result<Partial, AttnError> {
         let cfg = self.cfg;
         let (hd, group) = (cfg.head_dim, cfg.group_size());
         let bs = self.kv.config().block_size;
+        // Units of T per slot (head_dim for float elements, head_dim / 32 for blocks).
+        let ru = self.kv.row_units();
         let rows = task.tokens.len() * group;
 
         // Query rows of the group, token-major: row = t_local · group + g.
@@ -122,7 +124,7 @@ impl<T: KvElement, S: AsRef<[T]>> Shared<'_, T, S> {
                 )?);
             }
             let keys = self.kv.head_run(self.layer, page, KvHalf::Key, task.kv_head)?;
-            let keys = self.ops.as_f32(&keys[s0 * hd..n * hd], &mut kbuf);
+            let keys = self.ops.as_f32(&keys[s0 * ru..n * ru], &mut kbuf);
             let p = &mut p[..rows * len];
             self.ops.scores(&q, keys, hd, len, cfg.scale, p);
 
@@ -150,7 +152,7 @@ impl<T: KvElement, S: AsRef<[T]>> Shared<'_, T, S> {
             }
 
             let values = self.kv.head_run(self.layer, page, KvHalf::Value, task.kv_head)?;
-            let values = self.ops.as_f32(&values[s0 * hd..n * hd], &mut vbuf);
+            let values = self.ops.as_f32(&values[s0 * ru..n * ru], &mut vbuf);
             self.ops.accumulate(&mut part.acc, p, values, hd, len);
         }
         Ok(part)

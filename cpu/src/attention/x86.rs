@@ -11,6 +11,8 @@
 
 use core::arch::x86_64::*;
 
+use pagoda_core::quant::{BlockQ4_0, BlockQ8_0};
+
 // ------------------------------------------------------------------------------------------
 // AVX2
 
@@ -485,5 +487,103 @@ pub(super) unsafe fn exp_sum_avx2(p: &mut [f32], max: f32) -> f32 {
             j += 8;
         }
         hsum8(sum)
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// q8_0 and q4_0 pages: dequantized per page run, value = (quant as f32) · d, one f32 multiply
+// as in the blocks' `dequantize` (the same bits).
+
+/// `dst[32·b + i] = qs_b[i] · d_b` for every block of `src`; `dst.len() ≥ 32 · src.len()`.
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn dequant_q8_0_avx512(src: &[BlockQ8_0], dst: &mut [f32]) {
+    assert!(dst.len() >= 32 * src.len());
+    // SAFETY: the caller guarantees AVX-512F; each block's 32 quants are two 16-byte loads
+    // inside the block, and its 32 outputs lie inside `dst` (asserted above).
+    unsafe {
+        let dp = dst.as_mut_ptr();
+        for (i, b) in src.iter().enumerate() {
+            let d = _mm512_set1_ps(b.d.to_f32());
+            let qp = b.qs.as_ptr().cast::<__m128i>();
+            for h in 0..2 {
+                let q = _mm512_cvtepi8_epi32(_mm_loadu_si128(qp.add(h)));
+                _mm512_storeu_ps(dp.add(32 * i + 16 * h), _mm512_mul_ps(_mm512_cvtepi32_ps(q), d));
+            }
+        }
+    }
+}
+
+/// `dst[32·b + i] = (nibble_i − 8) · d_b` (low nibbles are values 0..16, high ones 16..32)
+/// for every block of `src`; `dst.len() ≥ 32 · src.len()`.
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn dequant_q4_0_avx512(src: &[BlockQ4_0], dst: &mut [f32]) {
+    assert!(dst.len() >= 32 * src.len());
+    // SAFETY: the caller guarantees AVX-512F; each block's 16 bytes are one load inside the
+    // block, and its 32 outputs lie inside `dst` (asserted above).
+    unsafe {
+        let dp = dst.as_mut_ptr();
+        let (low, eight) = (_mm512_set1_epi32(0x0F), _mm512_set1_epi32(8));
+        for (i, b) in src.iter().enumerate() {
+            let d = _mm512_set1_ps(b.d.to_f32());
+            let q = _mm512_cvtepu8_epi32(_mm_loadu_si128(b.qs.as_ptr().cast()));
+            let lo = _mm512_sub_epi32(_mm512_and_si512(q, low), eight);
+            let hi = _mm512_sub_epi32(_mm512_srli_epi32::<4>(q), eight);
+            _mm512_storeu_ps(dp.add(32 * i), _mm512_mul_ps(_mm512_cvtepi32_ps(lo), d));
+            _mm512_storeu_ps(dp.add(32 * i + 16), _mm512_mul_ps(_mm512_cvtepi32_ps(hi), d));
+        }
+    }
+}
+
+/// [`dequant_q8_0_avx512`] with AVX2.
+///
+/// # Safety
+/// The CPU has AVX2.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn dequant_q8_0_avx2(src: &[BlockQ8_0], dst: &mut [f32]) {
+    assert!(dst.len() >= 32 * src.len());
+    // SAFETY: the caller guarantees AVX2; each block's 32 quants are four 8-byte loads
+    // inside the block, and its 32 outputs lie inside `dst` (asserted above).
+    unsafe {
+        let dp = dst.as_mut_ptr();
+        for (i, b) in src.iter().enumerate() {
+            let d = _mm256_set1_ps(b.d.to_f32());
+            let qp = b.qs.as_ptr();
+            for e in 0..4 {
+                let q = _mm256_cvtepi8_epi32(_mm_loadl_epi64(qp.add(8 * e).cast()));
+                _mm256_storeu_ps(dp.add(32 * i + 8 * e), _mm256_mul_ps(_mm256_cvtepi32_ps(q), d));
+            }
+        }
+    }
+}
+
+/// [`dequant_q4_0_avx512`] with AVX2.
+///
+/// # Safety
+/// The CPU has AVX2.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn dequant_q4_0_avx2(src: &[BlockQ4_0], dst: &mut [f32]) {
+    assert!(dst.len() >= 32 * src.len());
+    // SAFETY: the caller guarantees AVX2; each block's 16 bytes are two 8-byte loads inside
+    // the block, and its 32 outputs lie inside `dst` (asserted above).
+    unsafe {
+        let dp = dst.as_mut_ptr();
+        let (low, eight) = (_mm256_set1_epi32(0x0F), _mm256_set1_epi32(8));
+        for (i, b) in src.iter().enumerate() {
+            let d = _mm256_set1_ps(b.d.to_f32());
+            for e in 0..2 {
+                let q = _mm256_cvtepu8_epi32(_mm_loadl_epi64(b.qs.as_ptr().add(8 * e).cast()));
+                let lo = _mm256_sub_epi32(_mm256_and_si256(q, low), eight);
+                let hi = _mm256_sub_epi32(_mm256_srli_epi32::<4>(q), eight);
+                let (l, h) = (dp.add(32 * i + 8 * e), dp.add(32 * i + 16 + 8 * e));
+                _mm256_storeu_ps(l, _mm256_mul_ps(_mm256_cvtepi32_ps(lo), d));
+                _mm256_storeu_ps(h, _mm256_mul_ps(_mm256_cvtepi32_ps(hi), d));
+            }
+        }
     }
 }

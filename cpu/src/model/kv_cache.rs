@@ -22,13 +22,12 @@
 //! goes back to the common pool, and any layer can take it next.
 
 use half::{bf16, f16};
-use pagoda_core::attention::{paged_decode, paged_prefill, AttnConfig, AttnError};
+use pagoda_core::attention::{AttnConfig, AttnError};
 use pagoda_core::kv::{KvConfig, KvFormat, KvPages};
+use pagoda_core::ops::Hadamard;
 use pagoda_core::pool::{BlockPool, PageEntry, PageId};
 use pagoda_core::quant::{BlockQ4_0, BlockQ8_0};
 use pagoda_core::table::{BlockTable, CopyOnWrite};
-
-use rayon::prelude::*;
 
 use super::kv_slab::KvSlab;
 use super::{LlamaConfig, ModelError};
@@ -44,7 +43,12 @@ use crate::kernels::SimdLevel;
 /// | `q8_0` | ggml Q8_0: 32 i8 + one f16 scale         | 34 / 32         |
 /// | `q4_0` | ggml Q4_0: 32 nibbles + one f16 scale    | 18 / 32         |
 ///
-/// The block formats need `head_dim` to be a multiple of 32.
+/// The block formats need `head_dim` to be a multiple of 32, and store every key and value
+/// row rotated by the orthonormal Walsh–Hadamard transform of each head
+/// (`pagoda_core::ops::Hadamard`: runs of the largest power of two dividing `head_dim`)
+/// before quantizing; the model rotates the queries the same way and rotates the attention
+/// output back, so the rotation changes only the rounding (an outlier coordinate is spread
+/// over its run instead of setting a block's scale). See [`KvType::rotates`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum KvType {
     /// 4 bytes per value.
@@ -66,6 +70,12 @@ impl KvType {
         [KvType::F32, KvType::F16, KvType::Bf16, KvType::Q8_0, KvType::Q4_0];
     /// The names [`from_name`](Self::from_name) accepts.
     pub const NAMES: [&'static str; 5] = ["f32", "f16", "bf16", "q8_0", "q4_0"];
+
+    /// Whether pages of this type hold Hadamard-rotated rows (the block formats, q8_0 and
+    /// q4_0): see the type's docs.
+    pub fn rotates(self) -> bool {
+        matches!(self, KvType::Q8_0 | KvType::Q4_0)
+    }
 
     /// Parses `f32` / `f16` / `bf16` / `q8_0` / `q4_0`.
     pub fn from_name(s: &str) -> Option<Self> {
@@ -133,33 +143,20 @@ pub(crate) type AttentionFn<T> = fn(
     &AttnConfig,
 ) -> Result<(), AttnError>;
 
-/// [`AttentionFn`] for formats without SIMD kernels (q8_0, q4_0): core's reference attention,
-/// which reads the blocks in place, with the chunk's query tokens in parallel (`level` is
-/// unused). Same result and errors as `pagoda_core::attention::paged_prefill`.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn reference_attention<T: KvFormat + bytemuck::Pod>(
-    _level: SimdLevel,
-    kv: &KvPages<T, KvSlab<T>>,
-    layer: usize,
-    pages: &[PageId],
-    n_ctx: usize,
-    q: &[f32],
-    out: &mut [f32],
-    cfg: &AttnConfig,
-) -> Result<(), AttnError> {
-    let per_token = cfg.q_len();
-    let n_new = q.len().checked_div(per_token).unwrap_or(0);
-    let whole = n_new > 0 && n_new * per_token == q.len() && out.len() == q.len();
-    if !whole || n_new > n_ctx {
-        // A shape error: core's prefill names it.
-        return paged_prefill(kv, layer, pages, n_ctx, q, out, cfg);
-    }
-    let first = n_ctx - n_new;
-    out.par_chunks_mut(per_token)
-        .zip(q.par_chunks(per_token))
-        .enumerate()
-        .try_for_each(|(i, (out, q))| paged_decode(kv, layer, pages, first + i + 1, q, out, cfg))
+/// How the forward pass attends over pages of format `T`: the kernel, and the rotation the
+/// pages' rows are stored under ([`KvType::rotates`]): queries are rotated before the kernel
+/// and its output rotated back.
+pub(crate) struct Attention<T> {
+    pub kernel: AttentionFn<T>,
+    pub rotation: Option<Hadamard>,
 }
+
+impl<T> Clone for Attention<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for Attention<T> {}
 
 /// A sequence's block table, growable.
 pub type SeqTable = BlockTable<Vec<PageId>>;

@@ -28,7 +28,7 @@ use std::path::Path;
 use pagoda_core::attention::AttnConfig;
 use pagoda_core::gguf::Gguf;
 use pagoda_core::kv::{KvFormat, KvPages};
-use pagoda_core::ops::RopeTable;
+use pagoda_core::ops::{Hadamard, RopeTable};
 use rayon::prelude::*;
 
 use crate::attention::{paged_attention, paged_attention_f16};
@@ -37,7 +37,7 @@ use crate::model_file::ModelFile;
 
 use super::batch::{Batch, BatchLayout, SeqSpan};
 use super::config::{FfnActivation, RopeStyle};
-use super::kv_cache::{reference_attention, AttentionFn, KvCache, KvStore};
+use super::kv_cache::{Attention, AttentionFn, KvCache, KvStore};
 use super::kv_slab::KvSlab;
 use super::weights::{LlamaWeights, Weight};
 use super::{LlamaConfig, ModelError, MAX_ROPE_DIMS};
@@ -279,13 +279,20 @@ impl Llama {
                 if cache.per_layer() { "single-layer" } else { "all-layer" }
             )));
         }
+        let rotation = if cache.kv_type().rotates() {
+            Hadamard::for_width(self.config.head_dim)
+        } else {
+            None
+        };
+        fn with<T>(kernel: AttentionFn<T>, rotation: Option<Hadamard>) -> Attention<T> {
+            Attention { kernel, rotation }
+        }
         match cache.store_mut() {
-            KvStore::F32(kv) => self.run(kv, layout, scratch, paged_attention),
-            KvStore::F16(kv) => self.run(kv, layout, scratch, paged_attention_f16),
-            KvStore::Bf16(kv) => self.run(kv, layout, scratch, paged_attention),
-            // No SIMD kernels for block formats yet: core's reference, tokens in parallel.
-            KvStore::Q8_0(kv) => self.run(kv, layout, scratch, reference_attention),
-            KvStore::Q4_0(kv) => self.run(kv, layout, scratch, reference_attention),
+            KvStore::F32(kv) => self.run(kv, layout, scratch, with(paged_attention, None)),
+            KvStore::F16(kv) => self.run(kv, layout, scratch, with(paged_attention_f16, None)),
+            KvStore::Bf16(kv) => self.run(kv, layout, scratch, with(paged_attention, None)),
+            KvStore::Q8_0(kv) => self.run(kv, layout, scratch, with(paged_attention, rotation)),
+            KvStore::Q4_0(kv) => self.run(kv, layout, scratch, with(paged_attention, rotation)),
         }
     }
 
@@ -299,7 +306,7 @@ impl Llama {
         kv: &mut KvPages<T, KvSlab<T>>,
         b: &BatchLayout,
         s: &mut ForwardScratch,
-        attend: AttentionFn<T>,
+        attend: Attention<T>,
     ) -> Result<Vec<Vec<f32>>, ModelError> {
         let recorded = s.queries.as_ref().map(Vec::len);
         let mut result = self.run_pass(kv, b, s, attend, self.check_finite);
@@ -324,7 +331,7 @@ impl Llama {
         kv: &mut KvPages<T, KvSlab<T>>,
         b: &BatchLayout,
         s: &mut ForwardScratch,
-        attend: AttentionFn<T>,
+        attend: Attention<T>,
         check_layers: bool,
     ) -> Result<Vec<Vec<f32>>, ModelError> {
         let c = &self.config;
@@ -451,7 +458,7 @@ impl Llama {
         kv: &mut KvPages<T, KvSlab<T>>,
         b: &BatchLayout,
         s: &mut ForwardScratch,
-        attend: AttentionFn<T>,
+        attend: Attention<T>,
     ) -> Result<(), ModelError> {
         let c = &self.config;
         let n = b.tokens.len();
@@ -483,7 +490,7 @@ impl Llama {
         let rows =
             s.q.chunks_exact_mut(q_dim)
                 .zip(s.k.chunks_exact_mut(kv_dim))
-                .zip(s.v.chunks_exact(kv_dim));
+                .zip(s.v.chunks_exact_mut(kv_dim));
         for (((q, k), v), (&(page, slot), &pos)) in rows.zip(b.slots[g].iter().zip(&b.positions)) {
             if c.n_rot <= 2 * ROPE_PAIRS {
                 self.rope::<ROPE_PAIRS>(l, q, k, pos);
@@ -492,6 +499,12 @@ impl Llama {
             }
             if let Some(scale) = c.q_scale {
                 q.iter_mut().for_each(|v| *v *= scale);
+            }
+            if let Some(h) = attend.rotation {
+                // Rotated pages (KvType::rotates): keys, values and queries alike.
+                h.rotate(q);
+                h.rotate(k);
+                h.rotate(v);
             }
             kv.write(kl, page, slot, k, v)
                 .map_err(|source| ModelError::Kv { what: "KV write".into(), source })?;
@@ -526,8 +539,12 @@ impl Llama {
             q_rest = qr;
         }
         outs.into_par_iter().try_for_each(|(sp, out, q)| {
-            attend(level, kv_ref, kl, &sp.pages[g], sp.n_ctx[g], q, out, &cfg)
-                .map_err(ModelError::Attention)
+            (attend.kernel)(level, kv_ref, kl, &sp.pages[g], sp.n_ctx[g], q, out, &cfg)
+                .map_err(ModelError::Attention)?;
+            if let Some(h) = attend.rotation {
+                h.rotate(out); // Σ p·(H v) = H (Σ p·v): rotate back
+            }
+            Ok::<(), ModelError>(())
         })?;
 
         // x += [post_norm](att · Woᵀ)
