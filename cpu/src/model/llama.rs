@@ -258,7 +258,25 @@ impl Llama {
     ///
     /// On error the K/V written may be partial: give the batch back with
     /// [`KvCache::rollback`], which returns the tables to their old lengths.
+    ///
+    /// Called from a thread outside rayon's pool (a program's main thread), the pass runs
+    /// on one of the pool's workers while the caller waits: its ~150 parallel regions (5 per
+    /// layer) are then entered from inside the pool, not each handed over from outside and
+    /// waited for (about 5 µs apiece: docs/benchmarks.md, synchronisation points).
     pub fn forward(
+        &self,
+        cache: &mut KvCache,
+        batch: &Batch,
+        scratch: &mut ForwardScratch,
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
+        if rayon::current_thread_index().is_none() {
+            return rayon::scope(|_| self.forward_in_pool(cache, batch, scratch));
+        }
+        self.forward_in_pool(cache, batch, scratch)
+    }
+
+    /// [`forward`](Self::forward) on the current thread.
+    fn forward_in_pool(
         &self,
         cache: &mut KvCache,
         batch: &Batch,
