@@ -7,6 +7,7 @@
 use core::any::TypeId;
 
 use pagoda_core::kv::KvFormat;
+#[cfg(target_arch = "x86_64")]
 use pagoda_core::quant::{BlockQ4_0, BlockQ8_0};
 
 use super::scalar;
