@@ -110,8 +110,11 @@ fn encode_block(x: &[f32; QK]) -> BlockQ4_0 {
                 continue;
             }
             let d = f16::from_f32(sxl / sll).to_f32();
-            let err: f32 =
-                x.iter().zip(&l).map(|(&xi, &li)| (xi - d * f32::from(li)).powi(2)).sum();
+            let err: f32 = x
+                .iter()
+                .zip(&l)
+                .map(|(&xi, &li)| (xi - d * f32::from(li)) * (xi - d * f32::from(li)))
+                .sum();
             if err < best.0 {
                 best = (err, d, l);
             }
@@ -134,7 +137,7 @@ mod tests {
         let mut deq = [0.0f32; 256];
         let deq = &mut deq[..x.len()];
         <BlockQ4_0 as BlockFormat>::dequantize(blocks, deq);
-        x.iter().zip(deq.iter()).map(|(&a, &b)| f64::from(a - b).powi(2)).sum()
+        x.iter().zip(deq.iter()).map(|(&a, &b)| f64::from(a - b) * f64::from(a - b)).sum()
     }
 
     #[test]
