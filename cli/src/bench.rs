@@ -23,13 +23,13 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::Args;
-use pagoda_cpu::model::{KvType, Llama, Session, SessionOptions};
+use pagoda_cpu::model::{KvType, Llama, Numerics, Session, SessionOptions};
 use pagoda_cpu::model_file::default_model_path;
 use serde_json::json;
 
 use crate::common::{
-    available_cores, check_writable_dir, init_threads, parse_kv_type, usage_error, write_stdout,
-    CliResult,
+    available_cores, check_writable_dir, init_threads, parse_kv_type, parse_numerics, usage_error,
+    write_stdout, CliResult,
 };
 
 #[derive(Args, Debug)]
@@ -68,6 +68,9 @@ pub struct BenchArgs {
     /// Tokens per KV page.
     #[arg(long = "block-size", default_value_t = 16)]
     block_size: usize,
+    /// Float order: exact (llama.cpp's bits, the default) or fast (batch-invariant).
+    #[arg(long = "numerics", default_value = "exact", value_parser = parse_numerics)]
+    numerics: Numerics,
     /// Tokens per forward pass while processing a prompt (and while filling the depth).
     #[arg(short = 'b', long = "batch-size", default_value_t = 512)]
     batch: usize,
@@ -154,7 +157,7 @@ pub fn main(a: BenchArgs) -> CliResult {
     // The global pool (used while loading) is built now, so a failure is an error, not a panic.
     init_threads(None)?;
     let path = a.model.clone().unwrap_or_else(default_model_path);
-    let model = load_model(&path, a.model.is_some(), a.mmap)?;
+    let model = load_model(&path, a.model.is_some(), a.mmap)?.with_numerics(a.numerics);
     let info = ModelInfo::of(&model, &path);
     if !a.engine_batch.is_empty() {
         let p = a.n_prompt.first().copied().unwrap_or(0);
@@ -187,7 +190,7 @@ pub fn main(a: BenchArgs) -> CliResult {
         json!({
             "model": info.name, "size_bytes": info.bytes, "params": info.params,
             "types": info.types.to_string(),
-            "simd": model.kernels().level().name(), "kv_type": kv_name(a.kv_type),
+            "simd": model.kernels().level().name(), "kv_type": kv_name(a.kv_type), "numerics": a.numerics.name(),
             "test": r.test, "threads": r.threads, "depth": r.depth,
             "tokens_per_s": r.tps, "stdev": r.stdev, "reps": r.samples.len(),
             "samples_tokens_per_s": r.samples,

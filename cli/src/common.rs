@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use pagoda_core::evict::KvPolicy;
 use pagoda_cpu::engine::EngineConfig;
-use pagoda_cpu::model::{KvType, Llama, SessionOptions};
+use pagoda_cpu::model::{KvType, Llama, Numerics, SessionOptions};
 use pagoda_cpu::model_file::default_model_path;
 use pagoda_cpu::sampler::{Sampler, SamplerConfig};
 use pagoda_cpu::tokenizer::Tokenizer;
@@ -29,6 +29,15 @@ pub struct ModelArgs {
     /// with huge pages (the default: faster decode).
     #[arg(long = "mmap")]
     pub mmap: bool,
+    /// Float order: exact (llama.cpp's bits, the default) or fast (pagoda's own order,
+    /// batch-invariant: the same logits alone, in any batch, chunking or thread count).
+    #[arg(long = "numerics", default_value = "exact", value_parser = parse_numerics)]
+    pub numerics: Numerics,
+}
+
+/// clap's parser for `--numerics`.
+pub fn parse_numerics(s: &str) -> Result<Numerics, String> {
+    s.parse().map_err(|e: pagoda_cpu::model::UnknownNumerics| e.to_string())
 }
 
 /// Context and KV cache flags.
@@ -431,6 +440,7 @@ pub fn load(args: &ModelArgs) -> CliResult<Loaded> {
         };
         format!("{}: tokenizer: {e}", path.display())
     })?;
+    let model = model.with_numerics(args.numerics);
     Ok(Loaded { model, tokenizer, load_time: t0.elapsed() })
 }
 

@@ -87,6 +87,11 @@ pub enum Split {
     /// under a sliding window to the pages the call's first token sees); `Ranges(1)` never
     /// splits. For tests and benchmarks.
     Ranges(usize),
+    /// Ranges of this many pages aligned at the table's page 0 (`k·P .. (k+1)·P`), whatever
+    /// the chunk, the window or the thread count: every query row's keys are cut at the same
+    /// places and its partials merged in the same order whether it runs alone, in a prompt
+    /// chunk of any size, or on any number of threads (batch invariance: `Numerics::Fast`).
+    Aligned(usize),
 }
 
 /// Causal paged attention for `n_new ≥ 1` query tokens that were just appended to one
@@ -115,6 +120,25 @@ pub fn paged_attention<T: KvFormat, S: AsRef<[T]> + Sync>(
     paged_attention_split(level, kv, layer, pages, n_ctx, q, out, cfg, Split::Auto)
 }
 
+/// [`paged_attention`] split into ranges of `range_tokens` keys (whole pages, at least one)
+/// aligned at position 0: [`Split::Aligned`], the batch-invariant split of
+/// `Numerics::Fast`.
+#[allow(clippy::too_many_arguments)]
+pub fn paged_attention_aligned<T: KvFormat, S: AsRef<[T]> + Sync>(
+    level: SimdLevel,
+    kv: &KvPages<T, S>,
+    layer: usize,
+    pages: &[PageId],
+    n_ctx: usize,
+    q: &[f32],
+    out: &mut [f32],
+    cfg: &AttnConfig,
+    range_tokens: usize,
+) -> Result<(), AttnError> {
+    let range = (range_tokens / kv.config().block_size.max(1)).max(1);
+    paged_attention_split(level, kv, layer, pages, n_ctx, q, out, cfg, Split::Aligned(range))
+}
+
 /// [`paged_attention`] with an explicit flash-decoding [`Split`].
 #[allow(clippy::too_many_arguments)]
 pub fn paged_attention_split<T: KvFormat, S: AsRef<[T]> + Sync>(
@@ -136,7 +160,14 @@ pub fn paged_attention_split<T: KvFormat, S: AsRef<[T]> + Sync>(
     // a window); the call's first chunk sees the most keys and pages.
     let first_page = |t0: usize| cfg.first_visible(first_pos + t0) / bs;
     let keys = n_ctx - cfg.first_visible(first_pos);
-    let n_ranges = n_ranges(split, n_chunks * n_kv, keys, pages.len() - first_page(0));
+    let aligned = match split {
+        Split::Aligned(p) => Some(p.max(1)),
+        _ => None,
+    };
+    let n_ranges = match aligned {
+        Some(p) => pages.len().div_ceil(p).max(1),
+        None => n_ranges(split, n_chunks * n_kv, keys, pages.len() - first_page(0)),
+    };
 
     // Task index = (chunk · n_kv + kv_head) · n_ranges + range: the merge relies on it.
     let tasks: Vec<Task> = (0..n_chunks * n_kv * n_ranges)
@@ -148,14 +179,17 @@ pub fn paged_attention_split<T: KvFormat, S: AsRef<[T]> + Sync>(
             // empty when a later chunk's window spans fewer pages: merged with weight 0).
             let lo = first_page(t0);
             let span = pages.len() - lo;
-            Task {
-                tokens: t0..(t0 + TOKENS_PER_TASK).min(n_new),
-                kv_head,
-                pages: lo + span * range / n_ranges..lo + span * (range + 1) / n_ranges,
-            }
+            let pages = match aligned {
+                // The aligned range's part at or after the chunk's first visible page.
+                Some(p) => (range * p).max(lo)..((range + 1) * p).min(pages.len()).max(lo),
+                None => lo + span * range / n_ranges..lo + span * (range + 1) / n_ranges,
+            };
+            Task { tokens: t0..(t0 + TOKENS_PER_TASK).min(n_new), kv_head, pages }
         })
         .collect();
-    let shared = Shared { ops: PageOps::new(level), kv, layer, pages, first_pos, q, cfg };
+    let whole_pages = aligned.is_some();
+    let shared =
+        Shared { ops: PageOps::new(level), kv, layer, pages, first_pos, q, cfg, whole_pages };
     let partials: Vec<Partial> =
         tasks.par_iter().map(|t| shared.run(t)).collect::<Result<_, AttnError>>()?;
 
@@ -168,6 +202,7 @@ pub fn paged_attention_split<T: KvFormat, S: AsRef<[T]> + Sync>(
 fn n_ranges(split: Split, n_tasks: usize, keys: usize, n_pages: usize) -> usize {
     let wanted = match split {
         Split::Ranges(r) => r,
+        Split::Aligned(_) => 1, // counted by the caller
         Split::Auto => {
             let threads = rayon::current_num_threads();
             if keys >= SPLIT_MIN_CTX && n_tasks < 2 * threads {

@@ -64,6 +64,9 @@ pub(super) struct Shared<'a, T, S> {
     pub first_pos: usize,
     pub q: &'a [f32],
     pub cfg: &'a AttnConfig,
+    /// Score whole pages from slot 0 even where every row's window starts later, so that a
+    /// row's scores sit at the same offsets in any task (`Split::Aligned`: batch invariance).
+    pub whole_pages: bool,
 }
 
 impl<T: KvFormat, S: AsRef<[T]>> Shared<'_, T, S> {
@@ -107,7 +110,7 @@ impl<T: KvFormat, S: AsRef<[T]>> Shared<'_, T, S> {
             // Slots any row reads: s0..n. Later slots of the last page are unwritten;
             // earlier ones of the window's first page are masked for every row.
             let n = (max_visible - start).min(bs);
-            let s0 = min_first.saturating_sub(start);
+            let s0 = if self.whole_pages { 0 } else { min_first.saturating_sub(start) };
             if s0 >= n {
                 continue;
             }

@@ -640,3 +640,38 @@ pub(super) unsafe fn dequant_q4_0_avx2(src: &[BlockQ4_0], dst: &mut [f32]) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The 16-key tree sums each key's lanes in the order `_mm512_reduce_add_ps` does (halves,
+    /// then quarters, pairs, singles), so a score does not depend on which path of
+    /// `scores_avx512` computed it (16 keys, 4 keys or one): batch invariance needs that.
+    #[test]
+    fn reduce16_equals_reduce_add_per_key() {
+        if !std::arch::is_x86_feature_detected!("avx512f") {
+            return; // nothing to compare on this CPU
+        }
+        let mut seed = 0x853C_49E6_748F_EA9Bu64;
+        for _ in 0..200 {
+            let lanes: [[f32; 16]; 16] = core::array::from_fn(|_| {
+                core::array::from_fn(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 1e3
+                })
+            });
+            // SAFETY: AVX-512F checked above; the loads read 16 floats of each array.
+            unsafe {
+                let a: [__m512; 16] = core::array::from_fn(|k| _mm512_loadu_ps(lanes[k].as_ptr()));
+                let mut tree = [0.0f32; 16];
+                _mm512_storeu_ps(tree.as_mut_ptr(), reduce16(&a));
+                for k in 0..16 {
+                    assert_eq!(tree[k].to_bits(), _mm512_reduce_add_ps(a[k]).to_bits(), "key {k}");
+                }
+            }
+        }
+    }
+}

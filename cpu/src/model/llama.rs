@@ -31,14 +31,18 @@ use pagoda_core::kv::{KvFormat, KvPages};
 use pagoda_core::ops::{Hadamard, RopeTable};
 use rayon::prelude::*;
 
-use crate::attention::{paged_attention, paged_attention_f16};
+use crate::attention::{paged_attention, paged_attention_aligned, paged_attention_f16};
+use crate::kernels::SimdLevel;
 use crate::kernels::{Kernels, MatmulScratch};
 use crate::model_file::ModelFile;
+use pagoda_core::attention::AttnError;
+use pagoda_core::pool::PageId;
 
 use super::batch::{Batch, BatchLayout, SeqSpan};
 use super::config::{FfnActivation, RopeStyle};
 use super::kv_cache::{Attention, AttentionFn, KvCache, KvStore};
 use super::kv_slab::KvSlab;
+use super::numerics::{Numerics, FAST_RANGE_TOKENS};
 use super::weights::{LlamaWeights, Weight};
 use super::{LlamaConfig, ModelError, MAX_ROPE_DIMS};
 
@@ -66,6 +70,8 @@ pub struct Llama {
     kernels: Kernels,
     /// Check every layer's output for non-finite values (`PAGODA_CHECK_FINITE=1`).
     check_finite: bool,
+    /// The float order of the forward pass.
+    numerics: Numerics,
 }
 
 impl std::fmt::Debug for Llama {
@@ -206,7 +212,14 @@ impl Llama {
         let config = LlamaConfig::from_gguf(&g)?;
         let weights = LlamaWeights::load(&g, &config)?;
         let check_finite = std::env::var_os("PAGODA_CHECK_FINITE").is_some_and(|v| v == "1");
-        Ok(Llama { file, config, weights, kernels: Kernels::detect(), check_finite })
+        Ok(Llama {
+            file,
+            config,
+            weights,
+            kernels: Kernels::detect(),
+            check_finite,
+            numerics: Numerics::default(),
+        })
     }
 
     /// Checks every layer's output for NaN and infinities (on by default when the
@@ -217,6 +230,17 @@ impl Llama {
     pub fn with_finite_checks(mut self, on: bool) -> Self {
         self.check_finite = on;
         self
+    }
+
+    /// Computes in `numerics`' float order ([`Numerics`]; the default is `Exact`).
+    pub fn with_numerics(mut self, numerics: Numerics) -> Self {
+        self.numerics = numerics;
+        self
+    }
+
+    /// The float order of the forward pass.
+    pub fn numerics(&self) -> Numerics {
+        self.numerics
     }
 
     /// Uses the kernels of an explicit SIMD level (tests force each level).
@@ -304,6 +328,29 @@ impl Llama {
         };
         fn with<T>(kernel: AttentionFn<T>, rotation: Option<Hadamard>) -> Attention<T> {
             Attention { kernel, rotation }
+        }
+        /// `Numerics::Fast`'s attention: the aligned, batch-invariant split.
+        #[allow(clippy::too_many_arguments)]
+        fn aligned<T: KvFormat + bytemuck::Pod>(
+            level: SimdLevel,
+            kv: &KvPages<T, KvSlab<T>>,
+            layer: usize,
+            pages: &[PageId],
+            n_ctx: usize,
+            q: &[f32],
+            out: &mut [f32],
+            cfg: &AttnConfig,
+        ) -> Result<(), AttnError> {
+            paged_attention_aligned(level, kv, layer, pages, n_ctx, q, out, cfg, FAST_RANGE_TOKENS)
+        }
+        if self.numerics == Numerics::Fast {
+            return match cache.store_mut() {
+                KvStore::F32(kv) => self.run(kv, layout, scratch, with(aligned, None)),
+                KvStore::F16(kv) => self.run(kv, layout, scratch, with(aligned, None)),
+                KvStore::Bf16(kv) => self.run(kv, layout, scratch, with(aligned, None)),
+                KvStore::Q8_0(kv) => self.run(kv, layout, scratch, with(aligned, rotation)),
+                KvStore::Q4_0(kv) => self.run(kv, layout, scratch, with(aligned, rotation)),
+            };
         }
         match cache.store_mut() {
             KvStore::F32(kv) => self.run(kv, layout, scratch, with(paged_attention, None)),

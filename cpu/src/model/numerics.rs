@@ -1,0 +1,89 @@
+//! Which float order the forward pass computes in (`--numerics`).
+//!
+//! - [`Numerics::Exact`] (the default): llama.cpp's order in every kernel, so logits equal
+//!   llama.cpp's bit for bit (docs/numerics.md); f16 pages go through the one-key-at-a-time
+//!   kernel `paged_attention_f16`.
+//! - [`Numerics::Fast`]: pagoda's own order where it is faster, with one guarantee llama.cpp
+//!   does not give: **batch invariance**. A sequence's logits are bit-identical whether it
+//!   runs alone or in any batch, with its prompt in chunks of any size, at any page placement
+//!   and on any number of threads. Today: attention over every page format (f16 included) is
+//!   the page-blocked kernel with f32 accumulation, its keys cut into ranges of
+//!   [`FAST_RANGE_TOKENS`] aligned at position 0 (`Split::Aligned`), whose partials are
+//!   merged in order; the matmuls keep the exact kernels, whose per-row order never depended
+//!   on the batch.
+
+use core::fmt;
+use core::str::FromStr;
+
+/// Keys per range of the fast attention's aligned split (rounded down to whole pages, at
+/// least one): long contexts are spread over threads by range, and a range's place depends
+/// on positions only.
+pub const FAST_RANGE_TOKENS: usize = 256;
+
+/// The forward pass's float order: see the module docs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Numerics {
+    /// llama.cpp's order, bit-identical logits.
+    #[default]
+    Exact,
+    /// Faster, batch-invariant, not llama.cpp's bits.
+    Fast,
+}
+
+impl Numerics {
+    /// Every mode, in `--numerics` order.
+    pub const ALL: [Numerics; 2] = [Numerics::Exact, Numerics::Fast];
+
+    /// The `--numerics` name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Numerics::Exact => "exact",
+            Numerics::Fast => "fast",
+        }
+    }
+}
+
+impl fmt::Display for Numerics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// An unknown `--numerics` name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnknownNumerics(pub String);
+
+impl fmt::Display for UnknownNumerics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "unknown numerics '{}' (expected exact or fast)", self.0)
+    }
+}
+
+impl std::error::Error for UnknownNumerics {}
+
+impl FromStr for Numerics {
+    type Err = UnknownNumerics;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Numerics::ALL
+            .into_iter()
+            .find(|n| n.name() == s)
+            .ok_or_else(|| UnknownNumerics(s.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_unknown_ones_are_named() {
+        for n in Numerics::ALL {
+            assert_eq!(n.name().parse::<Numerics>(), Ok(n));
+        }
+        let e = "quick".parse::<Numerics>().unwrap_err();
+        assert_eq!(e.to_string(), "unknown numerics 'quick' (expected exact or fast)");
+        assert_eq!(Numerics::default(), Numerics::Exact);
+    }
+}
