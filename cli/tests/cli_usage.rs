@@ -160,3 +160,29 @@ fn bench_scaling_writes_only_where_it_is_told() {
     let o = run(&["bench", "-r", "0"]);
     assert_error(&o, 2, "-r: at least one repetition");
 }
+
+#[test]
+fn numerics_is_exact_or_fast_on_every_command() {
+    let bad = "unknown numerics 'quick' (expected exact or fast)";
+    for cmd in [&["run", "-p", "hi"][..], &["perplexity", "-f", "x"], &["bench"], &["batch"]] {
+        let mut args = cmd.to_vec();
+        args.extend(["--numerics", "quick"]);
+        assert_error(&run(&args), 2, bad);
+    }
+    // Both orders generate.
+    for n in ["exact", "fast"] {
+        let o = run(&[
+            "run",
+            "-p",
+            "The GNU General Public License",
+            "-n",
+            "4",
+            "--temp",
+            "0",
+            "--numerics",
+            n,
+        ]);
+        assert_success(&o);
+        assert!(!stdout(&o).is_empty(), "{n}: no text");
+    }
+}
