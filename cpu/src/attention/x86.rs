@@ -119,7 +119,12 @@ pub(super) unsafe fn scores_avx2(
                     let qv = _mm256_maskload_ps(qp.add(d), mask);
                     a0 = _mm256_fmadd_ps(qv, _mm256_maskload_ps(k0.add(d), mask), a0);
                 }
-                *op.add(j) = scale * hsum8(a0);
+                // The four-key path's order (pairs, then quads, then the halves), so that a
+                // score does not depend on the path that computed it (batch invariance).
+                let h = _mm256_hadd_ps(a0, a0);
+                let h = _mm256_hadd_ps(h, h);
+                let s = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps::<1>(h));
+                *op.add(j) = scale * _mm_cvtss_f32(s);
                 j += 1;
             }
         }
@@ -644,6 +649,51 @@ pub(super) unsafe fn dequant_q4_0_avx2(src: &[BlockQ4_0], dst: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A key's score is the same bits whichever path computed it: all sixteen keys at once
+    /// (AVX-512's tree, AVX2's four-key path) or each alone (the one-key paths).
+    #[test]
+    fn a_score_does_not_depend_on_how_many_keys_share_the_call() {
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let mut unit = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        };
+        for hd in [19usize, 64, 80] {
+            let q: Vec<f32> = (0..2 * hd).map(|_| unit()).collect();
+            let keys: Vec<f32> = (0..16 * hd).map(|_| unit()).collect();
+            type Scores = unsafe fn(&[f32], &[f32], usize, usize, f32, &mut [f32]);
+            let mut levels: Vec<(&str, Scores)> = Vec::new();
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                levels.push(("avx512", scores_avx512));
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                levels.push(("avx2", scores_avx2));
+            }
+            for (name, scores) in levels {
+                let mut all = vec![0.0f32; 2 * 16];
+                // SAFETY: the level was detected above; shapes: 2 rows of hd, 16 keys of hd.
+                unsafe { scores(&q, &keys, hd, 16, 0.125, &mut all) };
+                for r in 0..2 {
+                    for k in 0..16 {
+                        let mut one = [0.0f32];
+                        let key = &keys[k * hd..(k + 1) * hd];
+                        // SAFETY: as above, one row and one key.
+                        unsafe { scores(&q[r * hd..(r + 1) * hd], key, hd, 1, 0.125, &mut one) };
+                        assert_eq!(
+                            all[r * 16 + k].to_bits(),
+                            one[0].to_bits(),
+                            "{name} hd {hd} key {k}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 
     /// The 16-key tree sums each key's lanes in the order `_mm512_reduce_add_ps` does (halves,
     /// then quarters, pairs, singles), so a score does not depend on which path of
