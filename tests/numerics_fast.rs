@@ -4,7 +4,7 @@
 //! `Exact` (the flag does something), and its perplexity stays close to `Exact`'s.
 //!
 //! The prompts are long enough (up to 1,300 tokens) that attention cuts each row's keys into
-//! several aligned ranges (`FAST_RANGE_TOKENS` = 256) and, at 2 threads, spreads them over
+//! several aligned ranges (`attention::ALIGNED_RANGE_TOKENS` = 256) and, at 2 threads, spreads them over
 //! both threads.
 
 #[path = "common/mod.rs"]

@@ -120,9 +120,13 @@ pub fn paged_attention<T: KvFormat, S: AsRef<[T]> + Sync>(
     paged_attention_split(level, kv, layer, pages, n_ctx, q, out, cfg, Split::Auto)
 }
 
-/// [`paged_attention`] split into ranges of `range_tokens` keys (whole pages, at least one)
-/// aligned at position 0: [`Split::Aligned`], the batch-invariant split of
-/// `Numerics::Fast`.
+/// Keys per range of [`paged_attention_aligned`] (rounded down to whole pages, at least one):
+/// long contexts are spread over threads by range, and a range's place depends on positions
+/// only.
+pub const ALIGNED_RANGE_TOKENS: usize = 256;
+
+/// [`paged_attention`] split into ranges of [`ALIGNED_RANGE_TOKENS`] keys aligned at position
+/// 0: [`Split::Aligned`], the batch-invariant split of `Numerics::Fast`.
 #[allow(clippy::too_many_arguments)]
 pub fn paged_attention_aligned<T: KvFormat, S: AsRef<[T]> + Sync>(
     level: SimdLevel,
@@ -133,9 +137,8 @@ pub fn paged_attention_aligned<T: KvFormat, S: AsRef<[T]> + Sync>(
     q: &[f32],
     out: &mut [f32],
     cfg: &AttnConfig,
-    range_tokens: usize,
 ) -> Result<(), AttnError> {
-    let range = (range_tokens / kv.config().block_size.max(1)).max(1);
+    let range = (ALIGNED_RANGE_TOKENS / kv.config().block_size.max(1)).max(1);
     paged_attention_split(level, kv, layer, pages, n_ctx, q, out, cfg, Split::Aligned(range))
 }
 

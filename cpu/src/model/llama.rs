@@ -32,17 +32,14 @@ use pagoda_core::ops::{Hadamard, RopeTable};
 use rayon::prelude::*;
 
 use crate::attention::{paged_attention, paged_attention_aligned, paged_attention_f16};
-use crate::kernels::SimdLevel;
 use crate::kernels::{Kernels, MatmulScratch};
 use crate::model_file::ModelFile;
-use pagoda_core::attention::AttnError;
-use pagoda_core::pool::PageId;
 
 use super::batch::{Batch, BatchLayout, SeqSpan};
 use super::config::{FfnActivation, RopeStyle};
 use super::kv_cache::{Attention, AttentionFn, KvCache, KvStore};
 use super::kv_slab::KvSlab;
-use super::numerics::{Numerics, FAST_RANGE_TOKENS};
+use super::numerics::Numerics;
 use super::weights::{LlamaWeights, Weight};
 use super::{LlamaConfig, ModelError, MAX_ROPE_DIMS};
 
@@ -329,27 +326,23 @@ impl Llama {
         fn with<T>(kernel: AttentionFn<T>, rotation: Option<Hadamard>) -> Attention<T> {
             Attention { kernel, rotation }
         }
-        /// `Numerics::Fast`'s attention: the aligned, batch-invariant split.
-        #[allow(clippy::too_many_arguments)]
-        fn aligned<T: KvFormat + bytemuck::Pod>(
-            level: SimdLevel,
-            kv: &KvPages<T, KvSlab<T>>,
-            layer: usize,
-            pages: &[PageId],
-            n_ctx: usize,
-            q: &[f32],
-            out: &mut [f32],
-            cfg: &AttnConfig,
-        ) -> Result<(), AttnError> {
-            paged_attention_aligned(level, kv, layer, pages, n_ctx, q, out, cfg, FAST_RANGE_TOKENS)
-        }
         if self.numerics == Numerics::Fast {
             return match cache.store_mut() {
-                KvStore::F32(kv) => self.run(kv, layout, scratch, with(aligned, None)),
-                KvStore::F16(kv) => self.run(kv, layout, scratch, with(aligned, None)),
-                KvStore::Bf16(kv) => self.run(kv, layout, scratch, with(aligned, None)),
-                KvStore::Q8_0(kv) => self.run(kv, layout, scratch, with(aligned, rotation)),
-                KvStore::Q4_0(kv) => self.run(kv, layout, scratch, with(aligned, rotation)),
+                KvStore::F32(kv) => {
+                    self.run(kv, layout, scratch, with(paged_attention_aligned, None))
+                }
+                KvStore::F16(kv) => {
+                    self.run(kv, layout, scratch, with(paged_attention_aligned, None))
+                }
+                KvStore::Bf16(kv) => {
+                    self.run(kv, layout, scratch, with(paged_attention_aligned, None))
+                }
+                KvStore::Q8_0(kv) => {
+                    self.run(kv, layout, scratch, with(paged_attention_aligned, rotation))
+                }
+                KvStore::Q4_0(kv) => {
+                    self.run(kv, layout, scratch, with(paged_attention_aligned, rotation))
+                }
             };
         }
         match cache.store_mut() {

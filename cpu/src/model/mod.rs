@@ -33,7 +33,7 @@ pub use kv_manager::{BatchEntry, KvManager, SeqKv};
 pub use kv_slab::KvSlab;
 pub use llama::{ForwardScratch, Llama, Logits};
 pub use model_ref::ModelRef;
-pub use numerics::{Numerics, UnknownNumerics, FAST_RANGE_TOKENS};
+pub use numerics::{Numerics, UnknownNumerics};
 pub use prefix_index::{PrefixIndex, PrefixKey};
 pub use session::{Session, SessionOptions};
 pub use weights::{LayerWeights, LlamaWeights, Weight};

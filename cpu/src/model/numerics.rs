@@ -8,17 +8,12 @@
 //!   runs alone or in any batch, with its prompt in chunks of any size, at any page placement
 //!   and on any number of threads. Today: attention over every page format (f16 included) is
 //!   the page-blocked kernel with f32 accumulation, its keys cut into ranges of
-//!   [`FAST_RANGE_TOKENS`] aligned at position 0 (`Split::Aligned`), whose partials are
+//!   `attention::ALIGNED_RANGE_TOKENS` (256) aligned at position 0 (`Split::Aligned`), whose partials are
 //!   merged in order; the matmuls keep the exact kernels, whose per-row order never depended
 //!   on the batch.
 
 use core::fmt;
 use core::str::FromStr;
-
-/// Keys per range of the fast attention's aligned split (rounded down to whole pages, at
-/// least one): long contexts are spread over threads by range, and a range's place depends
-/// on positions only.
-pub const FAST_RANGE_TOKENS: usize = 256;
 
 /// The forward pass's float order: see the module docs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
