@@ -323,34 +323,28 @@ impl Llama {
         } else {
             None
         };
-        fn with<T>(kernel: AttentionFn<T>, rotation: Option<Hadamard>) -> Attention<T> {
-            Attention { kernel, rotation }
-        }
-        if self.numerics == Numerics::Fast {
-            return match cache.store_mut() {
-                KvStore::F32(kv) => {
-                    self.run(kv, layout, scratch, with(paged_attention_aligned, None))
-                }
-                KvStore::F16(kv) => {
-                    self.run(kv, layout, scratch, with(paged_attention_aligned, None))
-                }
-                KvStore::Bf16(kv) => {
-                    self.run(kv, layout, scratch, with(paged_attention_aligned, None))
-                }
-                KvStore::Q8_0(kv) => {
-                    self.run(kv, layout, scratch, with(paged_attention_aligned, rotation))
-                }
-                KvStore::Q4_0(kv) => {
-                    self.run(kv, layout, scratch, with(paged_attention_aligned, rotation))
-                }
-            };
+        // Fast: the aligned, batch-invariant split of the page-blocked kernel for every
+        // format; exact: `exact` (llama.cpp's f16 kernel for f16 pages).
+        let fast = self.numerics == Numerics::Fast;
+        fn with<T: KvFormat + bytemuck::Pod>(
+            fast: bool,
+            exact: AttentionFn<T>,
+            rotation: Option<Hadamard>,
+        ) -> Attention<T> {
+            Attention { kernel: if fast { paged_attention_aligned } else { exact }, rotation }
         }
         match cache.store_mut() {
-            KvStore::F32(kv) => self.run(kv, layout, scratch, with(paged_attention, None)),
-            KvStore::F16(kv) => self.run(kv, layout, scratch, with(paged_attention_f16, None)),
-            KvStore::Bf16(kv) => self.run(kv, layout, scratch, with(paged_attention, None)),
-            KvStore::Q8_0(kv) => self.run(kv, layout, scratch, with(paged_attention, rotation)),
-            KvStore::Q4_0(kv) => self.run(kv, layout, scratch, with(paged_attention, rotation)),
+            KvStore::F32(kv) => self.run(kv, layout, scratch, with(fast, paged_attention, None)),
+            KvStore::F16(kv) => {
+                self.run(kv, layout, scratch, with(fast, paged_attention_f16, None))
+            }
+            KvStore::Bf16(kv) => self.run(kv, layout, scratch, with(fast, paged_attention, None)),
+            KvStore::Q8_0(kv) => {
+                self.run(kv, layout, scratch, with(fast, paged_attention, rotation))
+            }
+            KvStore::Q4_0(kv) => {
+                self.run(kv, layout, scratch, with(fast, paged_attention, rotation))
+            }
         }
     }
 
