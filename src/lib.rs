@@ -41,5 +41,5 @@ pub use options::Options;
 pub use pagoda_cpu::chat::Message;
 pub use pagoda_cpu::engine::{EngineConfig, Request, RequestId};
 pub use pagoda_cpu::generate::StopReason;
-pub use pagoda_cpu::model::KvType;
+pub use pagoda_cpu::model::{KvType, Numerics};
 pub use session::{Reply, Session};

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use pagoda_core::evict::KvPolicy;
 use pagoda_cpu::chat::{ChatTemplate, ChatTemplateError, Message};
 use pagoda_cpu::engine::{Engine, EngineConfig};
-use pagoda_cpu::model::{Llama, Session as CpuSession};
+use pagoda_cpu::model::{Llama, Numerics, Session as CpuSession};
 use pagoda_cpu::model_file::ModelFile;
 use pagoda_cpu::tokenizer::Tokenizer;
 
@@ -69,6 +69,13 @@ impl Model {
     /// Errors name the file and what is wrong with it.
     pub fn load(path: impl AsRef<Path>) -> Result<Model> {
         Self::from_llama(Llama::load(path)?)
+    }
+
+    /// [`load`](Self::load), computing in `numerics`: [`Numerics::Exact`] (what `load`
+    /// gives) is llama.cpp's float order, bit-identical logits; [`Numerics::Fast`] is faster
+    /// at depth and batch-invariant (docs/numerics.md), as `--numerics fast` on the command line.
+    pub fn load_with_numerics(path: impl AsRef<Path>, numerics: Numerics) -> Result<Model> {
+        Self::from_llama(Llama::load(path)?.with_numerics(numerics))
     }
 
     /// Loads a GGUF model held in memory. A `Vec<u8>` is copied once into page-aligned
@@ -197,6 +204,11 @@ impl Model {
     /// The Llama model underneath (configuration, weights, forward pass).
     pub fn llama(&self) -> &Arc<Llama> {
         &self.inner.llama
+    }
+
+    /// The float order of the forward pass (see [`load_with_numerics`](Self::load_with_numerics)).
+    pub fn numerics(&self) -> Numerics {
+        self.inner.llama.numerics()
     }
 
     /// The tokenizer.

@@ -115,6 +115,23 @@ typedef enum pagoda_kv_type {
 } pagoda_kv_type;
 
 /**
+ * The float order a model computes in, the `numerics` argument of
+ * `pagoda_model_load_with_numerics` (`--numerics` on the command line, docs/numerics.md).
+ */
+typedef enum pagoda_numerics {
+  /**
+   * llama.cpp's order: logits bit-identical to llama.cpp's (what `pagoda_model_load`
+   * gives).
+   */
+  PAGODA_NUMERICS_EXACT = 0,
+  /**
+   * pagoda's faster order (attention at depth), batch-invariant: a sequence's logits do
+   * not depend on its batch, its prompt chunking or the thread count.
+   */
+  PAGODA_NUMERICS_FAST = 1,
+} pagoda_numerics;
+
+/**
  * A loaded model (weights, tokenizer, chat template). Immutable: one model may be used by
  * several threads at once. Free with `pagoda_model_free`.
  */
@@ -238,6 +255,18 @@ struct pagoda_options pagoda_options_default(void);
  * `path` is NULL or a NUL-terminated string; `out` is NULL or valid for writes.
  */
 enum pagoda_status pagoda_model_load(const char *path, struct pagoda_model **out);
+
+/**
+ * `pagoda_model_load` computing in `numerics`, one of `pagoda_numerics` (an int so that
+ * any value read from C is defined; an unknown value is `PAGODA_ERR_INVALID_ARGUMENT`,
+ * naming it). Statuses as `pagoda_model_load`.
+ *
+ * # Safety
+ * `path` is NULL or a NUL-terminated string; `out` is NULL or valid for writes.
+ */
+enum pagoda_status pagoda_model_load_with_numerics(const char *path,
+                                                   int numerics,
+                                                   struct pagoda_model **out);
 
 /**
  * Loads a GGUF model from `len` bytes at `data`, which are copied (the caller may free

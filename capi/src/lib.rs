@@ -71,6 +71,19 @@ pub enum pagoda_kv_type {
     PAGODA_KV_Q4_0 = 4,
 }
 
+/// The float order a model computes in, the `numerics` argument of
+/// `pagoda_model_load_with_numerics` (`--numerics` on the command line, docs/numerics.md).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum pagoda_numerics {
+    /// llama.cpp's order: logits bit-identical to llama.cpp's (what `pagoda_model_load`
+    /// gives).
+    PAGODA_NUMERICS_EXACT = 0,
+    /// pagoda's faster order (attention at depth), batch-invariant: a sequence's logits do
+    /// not depend on its batch, its prompt chunking or the thread count.
+    PAGODA_NUMERICS_FAST = 1,
+}
+
 /// Why the last generation on this thread stopped (`pagoda_stats.stop`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -550,6 +563,34 @@ pub unsafe extern "C" fn pagoda_model_load(
         // SAFETY: the caller's promise on `path`.
         let path = unsafe { str_arg(path, "path") }?;
         let model = pagoda::Model::load(path)?;
+        *out = Box::into_raw(Box::new(pagoda_model { model }));
+        Ok(())
+    })
+}
+
+/// `pagoda_model_load` computing in `numerics`, one of `pagoda_numerics` (an int so that
+/// any value read from C is defined; an unknown value is `PAGODA_ERR_INVALID_ARGUMENT`,
+/// naming it). Statuses as `pagoda_model_load`.
+///
+/// # Safety
+/// `path` is NULL or a NUL-terminated string; `out` is NULL or valid for writes.
+#[no_mangle]
+pub unsafe extern "C" fn pagoda_model_load_with_numerics(
+    path: *const c_char,
+    numerics: c_int,
+    out: *mut *mut pagoda_model,
+) -> pagoda_status {
+    guard("pagoda_model_load_with_numerics", || {
+        // SAFETY: the caller's promise on `out`.
+        let out = unsafe { req_out(out, "out") }?;
+        // SAFETY: the caller's promise on `path`.
+        let path = unsafe { str_arg(path, "path") }?;
+        let numerics = match numerics {
+            x if x == pagoda_numerics::PAGODA_NUMERICS_EXACT as c_int => pagoda::Numerics::Exact,
+            x if x == pagoda_numerics::PAGODA_NUMERICS_FAST as c_int => pagoda::Numerics::Fast,
+            x => return Err(invalid(format!("numerics is {x}, not a pagoda_numerics"))),
+        };
+        let model = pagoda::Model::load_with_numerics(path, numerics)?;
         *out = Box::into_raw(Box::new(pagoda_model { model }));
         Ok(())
     })

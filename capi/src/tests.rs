@@ -318,6 +318,42 @@ fn generate_equals_the_rust_api() {
 }
 
 #[test]
+fn numerics_are_chosen_at_load_and_unknown_ones_refused() {
+    let prompt = "The capital of France is";
+    let opts = pagoda::Options::greedy().max_tokens(24);
+    let rust = |n| {
+        let m = pagoda::Model::load_with_numerics(model_path(), n).unwrap();
+        assert_eq!(m.numerics(), n);
+        m.generate(prompt, &opts).unwrap()
+    };
+    let path = CString::new(model_path()).unwrap();
+    for (c, n) in [
+        (pagoda_numerics::PAGODA_NUMERICS_EXACT, pagoda::Numerics::Exact),
+        (pagoda_numerics::PAGODA_NUMERICS_FAST, pagoda::Numerics::Fast),
+    ] {
+        let mut out = ptr::null_mut();
+        // SAFETY: a valid path and out-pointer.
+        let st = unsafe { pagoda_model_load_with_numerics(path.as_ptr(), c as c_int, &mut out) };
+        assert_eq!(st, PAGODA_OK, "{}", last_error());
+        let m = Model(out);
+        // SAFETY: a live model from the call above.
+        assert_eq!(unsafe { &(*m.0).model }.numerics(), n);
+        let text =
+            generate(&m, &CString::new(prompt).unwrap(), &greedy(24), &mut Pieces::default());
+        assert_eq!(text, rust(n), "{n}: the C ABI's text is the Rust API's");
+    }
+    for bad in [2, -1] {
+        let mut out = ptr::dangling_mut();
+        // SAFETY: a valid path and out-pointer.
+        let st = unsafe { pagoda_model_load_with_numerics(path.as_ptr(), bad, &mut out) };
+        assert_eq!(st, PAGODA_ERR_INVALID_ARGUMENT);
+        assert!(out.is_null());
+        let e = last_error();
+        assert!(e.contains("numerics") && e.contains(&bad.to_string()), "{e}");
+    }
+}
+
+#[test]
 fn a_callback_returning_nonzero_stops_generation() {
     let m = Model::load();
     let prompt = c"Once upon a time";

@@ -1,7 +1,7 @@
 /*
  * api_test [MODEL]: checks pagoda's C API from C, error paths included: NULL arguments,
  * a missing file, a buffer too small, invalid UTF-8, tokenize/detokenize, a session, a
- * callback that stops. Exits 0 when every check passes; scripts/capi.sh runs it under
+ * callback that stops, a model loaded with fast numerics. Exits 0 when every check passes; scripts/capi.sh runs it under
  * AddressSanitizer (or valgrind) to catch leaks and bad accesses.
  */
 #include <stdio.h>
@@ -155,6 +155,19 @@ int main(int argc, char **argv) {
     bad.temperature = 0.8f;
     bad.top_p = 3.0f;
     CHECK(pagoda_generate(model, text, &bad, NULL, NULL, NULL) == PAGODA_ERR_SAMPLER);
+
+    /* --- numerics: a fast model generates (greedy), an unknown mode is refused. */
+    pagoda_model *fast = NULL;
+    REQUIRE_OK(pagoda_model_load_with_numerics(path, PAGODA_NUMERICS_FAST, &fast));
+    char *fast_out = NULL;
+    REQUIRE_OK(pagoda_generate(fast, text, &opts, NULL, NULL, &fast_out));
+    REQUIRE_OK(pagoda_last_stats(&stats));
+    CHECK(fast_out && fast_out[0] != '\0' && stats.generated_tokens == 16);
+    pagoda_string_free(fast_out);
+    pagoda_model_free(fast);
+    fast = (pagoda_model *)&failures;
+    CHECK(pagoda_model_load_with_numerics(path, 7, &fast) == PAGODA_ERR_INVALID_ARGUMENT);
+    CHECK(fast == NULL && contains(pagoda_last_error(), "numerics"));
 
     /* --- a session: two turns, one stopped early, outliving its model handle. */
     pagoda_session *session = NULL;
