@@ -28,6 +28,7 @@ use super::Kernels;
 /// every call so that steady-state matmuls allocate nothing.
 #[derive(Debug, Default)]
 pub struct MatmulScratch {
+    pub(crate) repacked: super::repacked::RepackedScratch,
     pub(crate) q8_0: Vec<BlockQ8_0>,
     pub(crate) q8_1: Vec<BlockQ8_1>,
     pub(crate) q8k: Vec<BlockQ8K>,

@@ -230,9 +230,21 @@ impl Llama {
     }
 
     /// Computes in `numerics`' float order ([`Numerics`]; the default is `Exact`).
+    ///
+    /// Fast numerics at a level with a repacked kernel (AVX-512) repack the Q4_0 and Q4_1
+    /// matrices (a copy of their bytes: [`crate::kernels::repacked`]); otherwise such copies
+    /// are dropped.
     pub fn with_numerics(mut self, numerics: Numerics) -> Self {
         self.numerics = numerics;
+        self.refresh_repacked();
         self
+    }
+
+    /// Repacked copies exactly when fast numerics have a repacked kernel at this level.
+    fn refresh_repacked(&mut self) {
+        let on = self.numerics == Numerics::Fast
+            && crate::kernels::repacked::accelerated(self.kernels.level());
+        self.weights.set_repacked(self.file.bytes(), on);
     }
 
     /// The float order of the forward pass.
@@ -243,6 +255,7 @@ impl Llama {
     /// Uses the kernels of an explicit SIMD level (tests force each level).
     pub fn with_kernels(mut self, kernels: Kernels) -> Self {
         self.kernels = kernels;
+        self.refresh_repacked();
         self
     }
 
@@ -432,10 +445,12 @@ impl Llama {
         out: &mut [f32],
         scratch: &mut MatmulScratch,
     ) -> Result<(), ModelError> {
+        let kernel_error = |source| ModelError::Kernel { weight: w.name.clone(), source };
+        if let Some(r) = &w.fast {
+            return self.kernels.matmul_repacked(r, x, n, out, scratch).map_err(kernel_error);
+        }
         let m = w.matrix(self.file.bytes());
-        self.kernels
-            .matmul(&m, x, n, out, scratch)
-            .map_err(|source| ModelError::Kernel { weight: w.name.clone(), source })
+        self.kernels.matmul(&m, x, n, out, scratch).map_err(kernel_error)
     }
 
     /// Several matmuls of the same input: `outs[i] = x · ws[i]ᵀ`. Quantizes `x` once and
@@ -450,7 +465,7 @@ impl Llama {
         scratch: &mut MatmulScratch,
     ) -> Result<(), ModelError> {
         let same = ws.iter().all(|w| w.ty == ws[0].ty && w.cols == ws[0].cols);
-        if !same {
+        if !same || ws.iter().any(|w| w.fast.is_some()) {
             for (w, out) in ws.iter().zip(outs.iter_mut()) {
                 self.matmul(w, x, n, out, scratch)?;
             }

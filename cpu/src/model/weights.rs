@@ -5,10 +5,12 @@
 //! [`Weight::matrix`] turns it into a kernel view on demand.
 
 use std::ops::Range;
+use std::sync::Arc;
 
 use pagoda_core::gguf::Gguf;
 use pagoda_core::quant::GgmlType;
 
+use crate::kernels::repacked::RepackedQ4;
 use crate::kernels::QuantMatrix;
 
 use super::{LlamaConfig, ModelError};
@@ -28,6 +30,9 @@ pub struct Weight {
     pub cols: usize,
     /// Byte range of the data within the file.
     pub range: Range<usize>,
+    /// The rows repacked for fast numerics' matmul (Q4_0 and Q4_1 weights of a model
+    /// computing in [`Numerics::Fast`](super::Numerics::Fast)), else `None`.
+    pub fast: Option<Arc<RepackedQ4>>,
 }
 
 impl Weight {
@@ -52,6 +57,7 @@ impl Weight {
             rows,
             cols,
             range: start..start + t.data().len(),
+            fast: None,
         })
     }
 
@@ -199,6 +205,31 @@ impl LlamaWeights {
             output,
             rope_freqs,
         })
+    }
+
+    /// Repacks every Q4_0 and Q4_1 matrix (blocks and LM head) for fast numerics' matmul
+    /// (`on`), or drops the repacked copies (`!on`). `file` is the mapped file.
+    pub fn set_repacked(&mut self, file: &[u8], on: bool) {
+        let set = |w: &mut Weight| {
+            w.fast = match on {
+                true => RepackedQ4::new(&w.matrix(file)).map(Arc::new),
+                false => None,
+            };
+        };
+        for l in &mut self.layers {
+            for w in [
+                &mut l.wq,
+                &mut l.wk,
+                &mut l.wv,
+                &mut l.wo,
+                &mut l.w_gate,
+                &mut l.w_up,
+                &mut l.w_down,
+            ] {
+                set(w);
+            }
+        }
+        set(&mut self.output);
     }
 
     /// Bytes of weights read to decode one token: every matrix once, plus the LM head.

@@ -1,0 +1,124 @@
+//! The AVX-512 + VNNI kernel of the repacked Q4 matmul: 16 rows in the lanes of a register,
+//! up to 4 tokens per decoded block (see the parent module for the layout and the order).
+
+use core::arch::x86_64::*;
+
+use super::{group_block_bytes, Acts, RepackedQ4, GROUP_ROWS};
+
+/// [`super::dot_scalar`], bit for bit.
+///
+/// # Safety
+/// The CPU supports AVX-512 F/BW/VL/DQ and VNNI; `g` is a group of `w`; every `outs[t]`
+/// has the same length `≤ 16` (the group's rows that exist); `acts` holds at least
+/// `outs.len()` tokens of `w.nb` blocks.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
+pub(super) unsafe fn dot_group(w: &RepackedQ4, g: usize, acts: &Acts<'_>, outs: &mut [&mut [f32]]) {
+    let mut t = 0;
+    while t < outs.len() {
+        let n = (outs.len() - t).min(4);
+        // SAFETY: this fn's contract, for tokens t..t+n.
+        unsafe {
+            let v: [__m512; 4] = match n {
+                4 => tile::<4>(w, g, acts, t),
+                3 => pad(tile::<3>(w, g, acts, t)),
+                2 => pad(tile::<2>(w, g, acts, t)),
+                _ => pad(tile::<1>(w, g, acts, t)),
+            };
+            for i in 0..n {
+                let o = &mut *outs[t + i];
+                let mut lanes = [0.0f32; GROUP_ROWS];
+                _mm512_storeu_ps(lanes.as_mut_ptr(), v[i]);
+                o.copy_from_slice(&lanes[..o.len()]);
+            }
+        }
+        t += n;
+    }
+}
+
+#[inline(always)]
+fn pad<const T: usize>(v: [__m512; T]) -> [__m512; 4] {
+    // SAFETY: all-zero bits are a valid __m512.
+    let mut out = [unsafe { core::mem::zeroed::<__m512>() }; 4];
+    out[..T].copy_from_slice(&v);
+    out
+}
+
+/// Group `g` against tokens `t0..t0+T`: lane i of result t is row 16g+i · token t0+t.
+///
+/// # Safety
+/// As [`dot_group`], for tokens `t0..t0+T`.
+#[inline(always)]
+// Index loops over the tile's parallel arrays (acc, tokens) read most clearly.
+#[allow(clippy::needless_range_loop)]
+unsafe fn tile<const T: usize>(
+    w: &RepackedQ4,
+    g: usize,
+    acts: &Acts<'_>,
+    t0: usize,
+) -> [__m512; T] {
+    let min = w.has_min();
+    let gb = group_block_bytes(min);
+    let q0 = gb - GROUP_ROWS * 16;
+    let nb = acts.nb;
+    let group = w.group(g).as_ptr();
+    // SAFETY (whole body): block b < nb of the group is `gb` bytes at `group + b*gb`, read
+    // as 32 bytes of scales (and 32 of minimums) and four 64-byte pieces of quants; token
+    // t0+t < tokens has blocks (t0+t)*nb + b < blocks.len() and sums of the same index;
+    // the features are this fn's caller's `target_feature`.
+    unsafe {
+        let low4 = _mm512_set1_epi8(0x0F);
+        let mut acc = [_mm512_setzero_ps(); T];
+        for b in 0..nb {
+            let blk = group.add(b * gb);
+            let d = _mm512_cvtph_ps(_mm256_loadu_si256(blk as *const __m256i));
+            let m = if min {
+                _mm512_cvtph_ps(_mm256_loadu_si256(blk.add(32) as *const __m256i))
+            } else {
+                _mm512_setzero_ps()
+            };
+            let mut lo = [_mm512_setzero_si512(); 4];
+            let mut hi = [_mm512_setzero_si512(); 4];
+            for j in 0..4 {
+                let q = _mm512_loadu_si512(blk.add(q0 + 64 * j) as *const __m512i);
+                lo[j] = _mm512_and_si512(q, low4);
+                hi[j] = _mm512_and_si512(_mm512_srli_epi16::<4>(q), low4);
+            }
+            for t in 0..T {
+                let idx = (t0 + t) * nb + b;
+                let a = acts.blocks.as_ptr().add(idx);
+                let qs = (*a).qs.as_ptr() as *const i32;
+                let da = _mm512_set1_ps((*a).d.to_f32());
+                // Four independent chains (integer sums: any order gives the same value),
+                // so one token's block is not one chain of eight dependent `vpdpbusd`.
+                let mut dp = [_mm512_setzero_si512(); 4];
+                for j in 0..4 {
+                    let c = j % 2;
+                    dp[c] = _mm512_dpbusd_epi32(
+                        dp[c],
+                        lo[j],
+                        _mm512_set1_epi32(qs.add(j).read_unaligned()),
+                    );
+                    dp[2 + c] = _mm512_dpbusd_epi32(
+                        dp[2 + c],
+                        hi[j],
+                        _mm512_set1_epi32(qs.add(4 + j).read_unaligned()),
+                    );
+                }
+                let mut dp = _mm512_add_epi32(
+                    _mm512_add_epi32(dp[0], dp[1]),
+                    _mm512_add_epi32(dp[2], dp[3]),
+                );
+                let sum = *acts.sums.as_ptr().add(idx);
+                if !min {
+                    dp = _mm512_sub_epi32(dp, _mm512_set1_epi32(8 * sum));
+                }
+                acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(d, da), _mm512_cvtepi32_ps(dp), acc[t]);
+                if min {
+                    acc[t] =
+                        _mm512_fmadd_ps(_mm512_mul_ps(m, da), _mm512_set1_ps(sum as f32), acc[t]);
+                }
+            }
+        }
+        acc
+    }
+}
