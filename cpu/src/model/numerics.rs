@@ -6,13 +6,14 @@
 //! - [`Numerics::Fast`]: pagoda's own order where it is faster, with one guarantee llama.cpp
 //!   does not give: **batch invariance**. A sequence's logits are bit-identical whether it
 //!   runs alone or in any batch, with its prompt in chunks of any size, at any page placement
-//!   and on any number of threads. Today: attention over every page format (f16 included) is
-//!   the page-blocked kernel with f32 accumulation, its keys cut into ranges of
-//!   `attention::ALIGNED_RANGE_TOKENS` (256) aligned at position 0 (`Split::Aligned`), whose partials are
-//!   merged in order; at AVX-512, Q4_0 and Q4_1 matmuls run on rows repacked at load in groups of 16
-//!   ([`crate::kernels::repacked`]: one float multiply-add per block and cell, no horizontal
-//!   sums; about 2× the exact kernel's prompt speed); the other formats keep the exact
-//!   kernels, whose per-row order never depended on the batch.
+//!   and on any number of threads. Today: attention over every page format (f16 included)
+//!   is the page-blocked kernel with f32 accumulation, its keys cut into ranges of
+//!   `attention::ALIGNED_RANGE_TOKENS` (256) aligned at position 0 (`Split::Aligned`), whose
+//!   partials are merged in order. At AVX-512, Q4_0, Q4_1 and Q8_0 matmuls run on rows
+//!   repacked at load in groups of 16 ([`crate::kernels::repacked`]: one float multiply-add
+//!   per block and cell, no horizontal sums; about 2× the exact kernels' prompt speed); the
+//!   other formats, and every format at other levels, keep the exact kernels, whose per-row
+//!   order never depended on the batch.
 
 use core::fmt;
 use core::str::FromStr;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use pagoda_core::gguf::Gguf;
 use pagoda_core::quant::GgmlType;
 
-use crate::kernels::repacked::RepackedQ4;
+use crate::kernels::repacked::Repacked;
 use crate::kernels::QuantMatrix;
 
 use super::{LlamaConfig, ModelError};
@@ -30,9 +30,9 @@ pub struct Weight {
     pub cols: usize,
     /// Byte range of the data within the file.
     pub range: Range<usize>,
-    /// The rows repacked for fast numerics' matmul (Q4_0 and Q4_1 weights of a model
+    /// The rows repacked for fast numerics' matmul (Q4_0, Q4_1 and Q8_0 weights of a model
     /// computing in [`Numerics::Fast`](super::Numerics::Fast)), else `None`.
-    pub fast: Option<Arc<RepackedQ4>>,
+    pub fast: Option<Arc<Repacked>>,
 }
 
 impl Weight {
@@ -207,12 +207,12 @@ impl LlamaWeights {
         })
     }
 
-    /// Repacks every Q4_0 and Q4_1 matrix (blocks and LM head) for fast numerics' matmul
+    /// Repacks every Q4_0, Q4_1 and Q8_0 matrix (blocks and LM head) for fast numerics' matmul
     /// (`on`), or drops the repacked copies (`!on`). `file` is the mapped file.
     pub fn set_repacked(&mut self, file: &[u8], on: bool) {
         let set = |w: &mut Weight| {
             w.fast = match on {
-                true => RepackedQ4::new(&w.matrix(file)).map(Arc::new),
+                true => Repacked::new(&w.matrix(file)).map(Arc::new),
                 false => None,
             };
         };

@@ -1,9 +1,9 @@
-//! The AVX-512 + VNNI kernel of the repacked Q4 matmul: 16 rows in the lanes of a register,
+//! The AVX-512 + VNNI kernel of the repacked matmul: 16 rows in the lanes of a register,
 //! up to 4 tokens per decoded block (see the parent module for the layout and the order).
 
 use core::arch::x86_64::*;
 
-use super::{group_block_bytes, Acts, RepackedQ4, GROUP_ROWS};
+use super::{geometry, offset, Acts, Repacked, GROUP_ROWS, Q4_1, Q8_0};
 
 /// [`super::dot_scalar`], bit for bit.
 ///
@@ -12,17 +12,38 @@ use super::{group_block_bytes, Acts, RepackedQ4, GROUP_ROWS};
 /// has the same length `≤ 16` (the group's rows that exist); `acts` holds at least
 /// `outs.len()` tokens of `w.nb` blocks.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
-pub(super) unsafe fn dot_group(w: &RepackedQ4, g: usize, acts: &Acts<'_>, outs: &mut [&mut [f32]]) {
+pub(super) unsafe fn dot_group(w: &Repacked, g: usize, acts: &Acts<'_>, outs: &mut [&mut [f32]]) {
+    // SAFETY: this fn's contract.
+    unsafe {
+        match w.format {
+            super::Q4_0 => dot_group_f::<{ super::Q4_0 }>(w, g, acts, outs),
+            Q4_1 => dot_group_f::<Q4_1>(w, g, acts, outs),
+            _ => dot_group_f::<Q8_0>(w, g, acts, outs),
+        }
+    }
+}
+
+/// [`dot_group`] for format `F` (`w.format == F`).
+///
+/// # Safety
+/// As [`dot_group`].
+#[inline(always)]
+unsafe fn dot_group_f<const F: u8>(
+    w: &Repacked,
+    g: usize,
+    acts: &Acts<'_>,
+    outs: &mut [&mut [f32]],
+) {
     let mut t = 0;
     while t < outs.len() {
         let n = (outs.len() - t).min(4);
         // SAFETY: this fn's contract, for tokens t..t+n.
         unsafe {
             let v: [__m512; 4] = match n {
-                4 => tile::<4>(w, g, acts, t),
-                3 => pad(tile::<3>(w, g, acts, t)),
-                2 => pad(tile::<2>(w, g, acts, t)),
-                _ => pad(tile::<1>(w, g, acts, t)),
+                4 => tile::<F, 4>(w, g, acts, t),
+                3 => pad(tile::<F, 3>(w, g, acts, t)),
+                2 => pad(tile::<F, 2>(w, g, acts, t)),
+                _ => pad(tile::<F, 1>(w, g, acts, t)),
             };
             for i in 0..n {
                 let o = &mut *outs[t + i];
@@ -50,38 +71,45 @@ fn pad<const T: usize>(v: [__m512; T]) -> [__m512; 4] {
 #[inline(always)]
 // Index loops over the tile's parallel arrays (acc, tokens) read most clearly.
 #[allow(clippy::needless_range_loop)]
-unsafe fn tile<const T: usize>(
-    w: &RepackedQ4,
+unsafe fn tile<const F: u8, const T: usize>(
+    w: &Repacked,
     g: usize,
     acts: &Acts<'_>,
     t0: usize,
 ) -> [__m512; T] {
-    let min = w.has_min();
-    let gb = group_block_bytes(min);
-    let q0 = gb - GROUP_ROWS * 16;
+    let (_, _, gb, q0) = geometry(F);
     let nb = acts.nb;
     let group = w.group(g).as_ptr();
     // SAFETY (whole body): block b < nb of the group is `gb` bytes at `group + b*gb`, read
-    // as 32 bytes of scales (and 32 of minimums) and four 64-byte pieces of quants; token
-    // t0+t < tokens has blocks (t0+t)*nb + b < blocks.len() and sums of the same index;
-    // the features are this fn's caller's `target_feature`.
+    // as 32 bytes of scales (Q4_1: and 32 of minimums) and 64-byte pieces of quants up to
+    // `gb`; token t0+t < tokens has blocks (t0+t)*nb + b < blocks.len() and sums of the
+    // same index; the features are this fn's caller's `target_feature`.
     unsafe {
         let low4 = _mm512_set1_epi8(0x0F);
         let mut acc = [_mm512_setzero_ps(); T];
         for b in 0..nb {
             let blk = group.add(b * gb);
             let d = _mm512_cvtph_ps(_mm256_loadu_si256(blk as *const __m256i));
-            let m = if min {
+            let m = if F == Q4_1 {
                 _mm512_cvtph_ps(_mm256_loadu_si256(blk.add(32) as *const __m256i))
             } else {
                 _mm512_setzero_ps()
             };
-            let mut lo = [_mm512_setzero_si512(); 4];
-            let mut hi = [_mm512_setzero_si512(); 4];
-            for j in 0..4 {
-                let q = _mm512_loadu_si512(blk.add(q0 + 64 * j) as *const __m512i);
-                lo[j] = _mm512_and_si512(q, low4);
-                hi[j] = _mm512_and_si512(_mm512_srli_epi16::<4>(q), low4);
+            // Operand p of the 8 `vpdpbusd` per token: lanes of weight bytes against the
+            // activation dword `dword[p]` (values 4·dword..4·dword+4).
+            let mut wq = [_mm512_setzero_si512(); 8];
+            let dword: [usize; 8] =
+                if F == Q8_0 { [0, 1, 2, 3, 4, 5, 6, 7] } else { [0, 4, 1, 5, 2, 6, 3, 7] };
+            if F == Q8_0 {
+                for p in 0..8 {
+                    wq[p] = _mm512_loadu_si512(blk.add(q0 + 64 * p) as *const __m512i);
+                }
+            } else {
+                for j in 0..4 {
+                    let q = _mm512_loadu_si512(blk.add(q0 + 64 * j) as *const __m512i);
+                    wq[2 * j] = _mm512_and_si512(q, low4);
+                    wq[2 * j + 1] = _mm512_and_si512(_mm512_srli_epi16::<4>(q), low4);
+                }
             }
             for t in 0..T {
                 let idx = (t0 + t) * nb + b;
@@ -91,29 +119,20 @@ unsafe fn tile<const T: usize>(
                 // Four independent chains (integer sums: any order gives the same value),
                 // so one token's block is not one chain of eight dependent `vpdpbusd`.
                 let mut dp = [_mm512_setzero_si512(); 4];
-                for j in 0..4 {
-                    let c = j % 2;
-                    dp[c] = _mm512_dpbusd_epi32(
-                        dp[c],
-                        lo[j],
-                        _mm512_set1_epi32(qs.add(j).read_unaligned()),
-                    );
-                    dp[2 + c] = _mm512_dpbusd_epi32(
-                        dp[2 + c],
-                        hi[j],
-                        _mm512_set1_epi32(qs.add(4 + j).read_unaligned()),
-                    );
+                for p in 0..8 {
+                    let x = _mm512_set1_epi32(qs.add(dword[p]).read_unaligned());
+                    dp[p % 4] = _mm512_dpbusd_epi32(dp[p % 4], wq[p], x);
                 }
                 let mut dp = _mm512_add_epi32(
                     _mm512_add_epi32(dp[0], dp[1]),
                     _mm512_add_epi32(dp[2], dp[3]),
                 );
                 let sum = *acts.sums.as_ptr().add(idx);
-                if !min {
-                    dp = _mm512_sub_epi32(dp, _mm512_set1_epi32(8 * sum));
+                if offset(F) != 0 {
+                    dp = _mm512_sub_epi32(dp, _mm512_set1_epi32(offset(F) * sum));
                 }
                 acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(d, da), _mm512_cvtepi32_ps(dp), acc[t]);
-                if min {
+                if F == Q4_1 {
                     acc[t] =
                         _mm512_fmadd_ps(_mm512_mul_ps(m, da), _mm512_set1_ps(sum as f32), acc[t]);
                 }

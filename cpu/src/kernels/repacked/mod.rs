@@ -1,18 +1,21 @@
-//! Fast numerics' matmul for Q4_0 and Q4_1 weights: rows repacked at load time into groups
-//! of 16, one float multiply-add per (row, token, block), no horizontal sums.
+//! Fast numerics' matmul for Q4_0, Q4_1 and Q8_0 weights: rows repacked at load time into
+//! groups of 16, one float multiply-add per (row, token, block), no horizontal sums.
 //!
 //! ```text
 //! group g (rows 16g..16g+16), block b, Q4_0: | d: 16 × f16 | qs: 4 × 64 bytes |
 //!                                    Q4_1: | d: 16 × f16 | m: 16 × f16 | qs: 4 × 64 bytes |
-//! qs piece j (j < 4): row r's bytes 4j..4j+4 of the block at bytes 4r..4r+4, so a 512-bit
-//! load holds, in 32-bit lane r, row r's values 4j..4j+4 (low nibbles) and 16+4j..16+4j+4
-//! (high nibbles). Rows past the matrix's last are zero (d = 0) and never written out.
+//!                                    Q8_0: | d: 16 × f16 | qs + 128: 8 × 64 bytes |
+//! qs piece j: row r's bytes 4j..4j+4 of the block at bytes 4r..4r+4, so a 512-bit load
+//! holds, in 32-bit lane r, four bytes of row r: Q4, values 4j..4j+4 (low nibbles) and
+//! 16+4j..16+4j+4 (high nibbles); Q8_0, values 4j..4j+4 plus 128 (unsigned, for vpdpbusd).
+//! Rows past the matrix's last are zero (d = 0) and never written out.
 //! ```
 //!
 //! The float order, per output cell (row r, token t), blocks b in order:
 //!
 //! ```text
-//! isum = Σ_i q[r][b][i] · a[t][b][i]   (exact i32; Q4_0: q = nibble − 8, Q4_1: q = nibble)
+//! isum = Σ_i q[r][b][i] · a[t][b][i]   (exact i32; Q4_0: q = nibble − 8, Q4_1: q = nibble,
+//!                                       Q8_0: q = the stored i8)
 //! acc  = fma(d[r][b] · da[t][b], isum as f32, acc)
 //! Q4_1: acc = fma(m[r][b] · da[t][b], Σ_i a[t][b][i] as f32, acc)
 //! ```
@@ -50,10 +53,37 @@ pub fn accelerated(level: SimdLevel) -> bool {
     level == SimdLevel::Avx512
 }
 
-/// A Q4_0 or Q4_1 matrix in the repacked layout of the module docs.
+/// A repacked weight format (kernel selector: `F` of the SIMD kernels).
+pub(crate) const Q4_0: u8 = 0;
+/// See [`Q4_0`].
+pub(crate) const Q4_1: u8 = 1;
+/// See [`Q4_0`].
+pub(crate) const Q8_0: u8 = 2;
+
+/// `(ggml block bytes, offset of its quants, bytes of one repacked group block, offset of
+/// the quants there)` of format `f`.
+const fn geometry(f: u8) -> (usize, usize, usize, usize) {
+    match f {
+        Q4_0 => (18, 2, 32 + 256, 32),
+        Q4_1 => (20, 4, 64 + 256, 64),
+        _ => (34, 2, 32 + 512, 32),
+    }
+}
+
+/// What the integer dot of format `f` subtracts per unit of the activation block's quant sum
+/// (the offset of its unsigned weights), and whether it has a minimum term.
+const fn offset(f: u8) -> i32 {
+    match f {
+        Q4_0 => 8,
+        Q4_1 => 0,
+        _ => 128,
+    }
+}
+
+/// A Q4_0, Q4_1 or Q8_0 matrix in the repacked layout of the module docs.
 #[derive(Clone, Debug)]
-pub struct RepackedQ4 {
-    ty: GgmlType,
+pub struct Repacked {
+    format: u8,
     rows: usize,
     cols: usize,
     /// Blocks per row.
@@ -61,23 +91,18 @@ pub struct RepackedQ4 {
     data: Vec<u8>,
 }
 
-/// Bytes of one block of one group: the scales (and minimums) of 16 rows, then their quants.
-const fn group_block_bytes(min: bool) -> usize {
-    GROUP_ROWS * 2 * (1 + min as usize) + GROUP_ROWS * 16
-}
-
-impl RepackedQ4 {
-    /// `m` repacked, or `None` when its type is neither Q4_0 nor Q4_1.
-    pub fn new(m: &QuantMatrix<'_>) -> Option<RepackedQ4> {
-        let min = match m.ty() {
-            GgmlType::Q4_0 => false,
-            GgmlType::Q4_1 => true,
+impl Repacked {
+    /// `m` repacked, or `None` when its type is not Q4_0, Q4_1 or Q8_0.
+    pub fn new(m: &QuantMatrix<'_>) -> Option<Repacked> {
+        let format = match m.ty() {
+            GgmlType::Q4_0 => Q4_0,
+            GgmlType::Q4_1 => Q4_1,
+            GgmlType::Q8_0 => Q8_0,
             _ => return None,
         };
+        let (block, qoff, gb, gq) = geometry(format);
         let (rows, cols, rb) = (m.rows(), m.cols(), m.row_bytes());
         let nb = cols / QK;
-        let block = if min { 20 } else { 18 };
-        let gb = group_block_bytes(min);
         let groups = rows.div_ceil(GROUP_ROWS);
         let mut data = vec![0u8; groups * nb * gb];
         let src = m.data();
@@ -90,26 +115,30 @@ impl RepackedQ4 {
                     }
                     let blk = &src[r * rb + b * block..][..block];
                     o[2 * i..2 * i + 2].copy_from_slice(&blk[0..2]);
-                    let qs = if min {
+                    if format == Q4_1 {
                         o[32 + 2 * i..32 + 2 * i + 2].copy_from_slice(&blk[2..4]);
-                        &blk[4..20]
-                    } else {
-                        &blk[2..18]
-                    };
-                    let q0 = gb - GROUP_ROWS * 16;
-                    for j in 0..4 {
-                        let at = q0 + 64 * j + 4 * i;
+                    }
+                    let qs = &blk[qoff..];
+                    for j in 0..qs.len() / 4 {
+                        let at = gq + 64 * j + 4 * i;
                         o[at..at + 4].copy_from_slice(&qs[4 * j..4 * j + 4]);
+                        if format == Q8_0 {
+                            o[at..at + 4].iter_mut().for_each(|q| *q ^= 0x80); // i8 + 128
+                        }
                     }
                 }
             }
         }
-        Some(RepackedQ4 { ty: m.ty(), rows, cols, nb, data })
+        Some(Repacked { format, rows, cols, nb, data })
     }
 
-    /// The weight type (Q4_0 or Q4_1).
+    /// The weight type.
     pub fn ty(&self) -> GgmlType {
-        self.ty
+        match self.format {
+            Q4_0 => GgmlType::Q4_0,
+            Q4_1 => GgmlType::Q4_1,
+            _ => GgmlType::Q8_0,
+        }
     }
 
     /// Number of rows (outputs per token).
@@ -122,13 +151,9 @@ impl RepackedQ4 {
         self.cols
     }
 
-    fn has_min(&self) -> bool {
-        self.ty == GgmlType::Q4_1
-    }
-
-    /// Group `g`'s bytes: `nb` blocks of [`group_block_bytes`].
+    /// Group `g`'s bytes: `nb` group blocks.
     fn group(&self, g: usize) -> &[u8] {
-        let n = self.nb * group_block_bytes(self.has_min());
+        let n = self.nb * geometry(self.format).2;
         &self.data[g * n..(g + 1) * n]
     }
 }
@@ -145,10 +170,9 @@ pub(crate) struct Acts<'a> {
 
 /// `out[t][i] = row 16g + i · token t` for the group's rows that exist (`out[t].len()` of
 /// them), every token of `acts`, in the module's float order: the specification.
-pub(crate) fn dot_scalar(w: &RepackedQ4, g: usize, acts: &Acts<'_>, outs: &mut [&mut [f32]]) {
-    let min = w.has_min();
-    let gb = group_block_bytes(min);
-    let q0 = gb - GROUP_ROWS * 16;
+pub(crate) fn dot_scalar(w: &Repacked, g: usize, acts: &Acts<'_>, outs: &mut [&mut [f32]]) {
+    let f = w.format;
+    let (_, _, gb, q0) = geometry(f);
     let group = w.group(g);
     for (t, out) in outs.iter_mut().enumerate() {
         for (i, o) in out.iter_mut().enumerate() {
@@ -159,17 +183,19 @@ pub(crate) fn dot_scalar(w: &RepackedQ4, g: usize, acts: &Acts<'_>, outs: &mut [
                 let da = a.d.to_f32();
                 let d = f16::from_le_bytes([blk[2 * i], blk[2 * i + 1]]).to_f32();
                 let mut isum = 0i32;
-                for j in 0..4 {
-                    for e in 0..4 {
-                        let byte = blk[q0 + 64 * j + 4 * i + e];
-                        let (lo, hi) = (i32::from(byte & 0x0F), i32::from(byte >> 4));
-                        let off = if min { 0 } else { 8 };
-                        isum += (lo - off) * i32::from(a.qs[4 * j + e]);
-                        isum += (hi - off) * i32::from(a.qs[16 + 4 * j + e]);
-                    }
+                for e in 0..QK {
+                    // Element e: Q4, piece e % 16 / 4 byte e % 4, low nibble below 16;
+                    // Q8_0, piece e / 4 byte e % 4.
+                    let q = if f == Q8_0 {
+                        i32::from(blk[q0 + 64 * (e / 4) + 4 * i + e % 4])
+                    } else {
+                        let byte = blk[q0 + 64 * (e % 16 / 4) + 4 * i + e % 4];
+                        i32::from(if e < 16 { byte & 0x0F } else { byte >> 4 })
+                    };
+                    isum += (q - offset(f)) * i32::from(a.qs[e]);
                 }
                 acc = (d * da).mul_add(isum as f32, acc);
-                if min {
+                if f == Q4_1 {
                     let m = f16::from_le_bytes([blk[32 + 2 * i], blk[32 + 2 * i + 1]]).to_f32();
                     acc = (m * da).mul_add(acts.sums[t * acts.nb + b] as f32, acc);
                 }
@@ -191,7 +217,7 @@ pub struct RepackedScratch {
 /// the current rayon pool. Errors if `x` or `out` do not match the shape.
 pub(crate) fn matmul_repacked(
     k: &Kernels,
-    w: &RepackedQ4,
+    w: &Repacked,
     x: &[f32],
     n_tokens: usize,
     out: &mut [f32],
@@ -279,16 +305,20 @@ mod tests {
         }
     }
 
-    /// A random `rows × cols` matrix of `ty` (Q4_0 or Q4_1), as 2-byte aligned bytes.
+    /// A random `rows × cols` matrix of `ty` (Q4_0, Q4_1 or Q8_0), as 2-byte aligned bytes.
     fn matrix(ty: GgmlType, rows: usize, cols: usize, rng: &mut Rng) -> Vec<u16> {
-        let block = if ty == GgmlType::Q4_1 { 20 } else { 18 };
+        let block = match ty {
+            GgmlType::Q4_1 => 20,
+            GgmlType::Q8_0 => 34,
+            _ => 18,
+        };
         let mut bytes = vec![0u8; rows * cols / QK * block];
         for blk in bytes.chunks_exact_mut(block) {
             blk[0..2].copy_from_slice(&f16::from_f32(rng.unit() * 0.05).to_le_bytes());
             if ty == GgmlType::Q4_1 {
                 blk[2..4].copy_from_slice(&f16::from_f32(rng.unit() * 0.3).to_le_bytes());
             }
-            let q0 = block - 16;
+            let q0 = if ty == GgmlType::Q8_0 { 2 } else { block - 16 };
             blk[q0..].iter_mut().for_each(|q| *q = rng.next() as u8);
         }
         bytes.chunks_exact(2).map(|p| u16::from_ne_bytes([p[0], p[1]])).collect()
@@ -301,7 +331,7 @@ mod tests {
         (w, x)
     }
 
-    fn run(k: &Kernels, w: &RepackedQ4, x: &[f32], n: usize) -> Vec<f32> {
+    fn run(k: &Kernels, w: &Repacked, x: &[f32], n: usize) -> Vec<f32> {
         let mut out = vec![f32::NAN; n * w.rows()];
         k.matmul_repacked(w, &x[..n * w.cols()], n, &mut out, &mut Default::default()).unwrap();
         out
@@ -317,11 +347,11 @@ mod tests {
     #[test]
     fn levels_agree_batches_do_not_matter_and_dots_are_right() {
         let scalar = Kernels::new(SimdLevel::Scalar).unwrap();
-        for ty in [GgmlType::Q4_0, GgmlType::Q4_1] {
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
             for (rows, cols) in [(16, 32), (37, 96), (64, 576), (200, 1536)] {
                 let (wb, x) = case(ty, rows, cols, (rows * cols) as u64 + ty as u64);
                 let m = QuantMatrix::new(ty, rows, cols, bytemuck::cast_slice(&wb)).unwrap();
-                let w = RepackedQ4::new(&m).unwrap();
+                let w = Repacked::new(&m).unwrap();
                 let want = run(&scalar, &w, &x, 9);
                 for level in [SimdLevel::Avx2, SimdLevel::Avx512, SimdLevel::Neon] {
                     let Ok(k) = Kernels::new(level) else { continue };
@@ -363,12 +393,12 @@ mod tests {
 
     #[test]
     fn other_types_are_not_repacked_and_shapes_are_checked() {
-        let data = vec![0u16; 17];
-        let m = QuantMatrix::new(GgmlType::Q8_0, 1, 32, bytemuck::cast_slice(&data)).unwrap();
-        assert!(RepackedQ4::new(&m).is_none());
+        let data = vec![0u16; 11];
+        let m = QuantMatrix::new(GgmlType::Q5_0, 1, 32, bytemuck::cast_slice(&data)).unwrap();
+        assert!(Repacked::new(&m).is_none());
         let data = vec![0u16; 9];
         let m = QuantMatrix::new(GgmlType::Q4_0, 1, 32, bytemuck::cast_slice(&data)).unwrap();
-        let w = RepackedQ4::new(&m).unwrap();
+        let w = Repacked::new(&m).unwrap();
         let k = Kernels::detect();
         let mut out = [0.0f32; 2];
         let e = k.matmul_repacked(&w, &[0.0; 32], 2, &mut out, &mut Default::default());
