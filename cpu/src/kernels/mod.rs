@@ -11,7 +11,7 @@
 //! | f32 → Q8_0 / Q8_1 activations  | yes    | yes                 | yes               | scalar          |
 //! | matmul Q4_1 (× Q8_1)           | yes    | `maddubs`           | VNNI `vpdpbusd`   | `vmull_s8`      |
 //! | matmul Q4_0, Q8_0 (× Q8_0)     | yes    | `maddubs`           | VNNI `vpdpbusd`   | `vmull_s8`      |
-//! | matmul Q4_0/Q4_1/Q8_0 repacked (fast numerics) | yes | scalar       | VNNI, 16 rows/register | scalar |
+//! | matmul Q4/Q5/Q8_0/IQ4_NL repacked (fast numerics) | yes | scalar       | VNNI, 16 rows/register | scalar |
 //! | matmul F32                     | pulp   | pulp                | pulp              | pulp            |
 //! | `dot_f32`                      | pulp   | pulp                | pulp              | pulp            |
 //! | `rmsnorm` (f64 sum, then scale)| scalar + pulp | scalar + pulp | scalar + pulp     | scalar + pulp   |
@@ -158,7 +158,7 @@ impl Kernels {
         matmul::matmul_multi(self, ws, x, n_tokens, outs, scratch)
     }
 
-    /// [`matmul`](Self::matmul) on a repacked Q4_0/Q4_1/Q8_0 matrix, in fast numerics' float
+    /// [`matmul`](Self::matmul) on a repacked matrix, in fast numerics' float
     /// order ([`repacked`]: batch-invariant, not llama.cpp's bits).
     pub fn matmul_repacked(
         &self,

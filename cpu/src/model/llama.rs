@@ -231,8 +231,8 @@ impl Llama {
 
     /// Computes in `numerics`' float order ([`Numerics`]; the default is `Exact`).
     ///
-    /// Fast numerics at a level with a repacked kernel (AVX-512) repack the Q4_0, Q4_1 and
-    /// Q8_0 matrices (a copy of their bytes: [`crate::kernels::repacked`]); otherwise such copies
+    /// Fast numerics at a level with a repacked kernel (AVX-512) repack the Q4_0, Q4_1, Q5_0,
+    /// Q5_1, Q8_0 and IQ4_NL matrices (a copy of their bytes: [`crate::kernels::repacked`]); otherwise such copies
     /// are dropped.
     pub fn with_numerics(mut self, numerics: Numerics) -> Self {
         self.numerics = numerics;

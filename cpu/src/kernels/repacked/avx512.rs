@@ -3,7 +3,7 @@
 
 use core::arch::x86_64::*;
 
-use super::{geometry, offset, Acts, Repacked, GROUP_ROWS, Q4_1, Q8_0};
+use super::{geometry, has_min, nibbles, offset, Acts, Repacked, GROUP_ROWS};
 
 /// [`super::dot_scalar`], bit for bit.
 ///
@@ -15,9 +15,13 @@ use super::{geometry, offset, Acts, Repacked, GROUP_ROWS, Q4_1, Q8_0};
 pub(super) unsafe fn dot_group(w: &Repacked, g: usize, acts: &Acts<'_>, outs: &mut [&mut [f32]]) {
     // SAFETY: this fn's contract.
     unsafe {
+        use super::{IQ4_NL, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0};
         match w.format {
-            super::Q4_0 => dot_group_f::<{ super::Q4_0 }>(w, g, acts, outs),
+            Q4_0 => dot_group_f::<Q4_0>(w, g, acts, outs),
             Q4_1 => dot_group_f::<Q4_1>(w, g, acts, outs),
+            Q5_0 => dot_group_f::<Q5_0>(w, g, acts, outs),
+            Q5_1 => dot_group_f::<Q5_1>(w, g, acts, outs),
+            IQ4_NL => dot_group_f::<IQ4_NL>(w, g, acts, outs),
             _ => dot_group_f::<Q8_0>(w, g, acts, outs),
         }
     }
@@ -77,7 +81,7 @@ unsafe fn tile<const F: u8, const T: usize>(
     acts: &Acts<'_>,
     t0: usize,
 ) -> [__m512; T] {
-    let (_, _, gb, q0) = geometry(F);
+    let (gb, q0) = geometry(F);
     let nb = acts.nb;
     let group = w.group(g).as_ptr();
     // SAFETY (whole body): block b < nb of the group is `gb` bytes at `group + b*gb`, read
@@ -90,7 +94,7 @@ unsafe fn tile<const F: u8, const T: usize>(
         for b in 0..nb {
             let blk = group.add(b * gb);
             let d = _mm512_cvtph_ps(_mm256_loadu_si256(blk as *const __m256i));
-            let m = if F == Q4_1 {
+            let m = if has_min(F) {
                 _mm512_cvtph_ps(_mm256_loadu_si256(blk.add(32) as *const __m256i))
             } else {
                 _mm512_setzero_ps()
@@ -99,8 +103,8 @@ unsafe fn tile<const F: u8, const T: usize>(
             // activation dword `dword[p]` (values 4·dword..4·dword+4).
             let mut wq = [_mm512_setzero_si512(); 8];
             let dword: [usize; 8] =
-                if F == Q8_0 { [0, 1, 2, 3, 4, 5, 6, 7] } else { [0, 4, 1, 5, 2, 6, 3, 7] };
-            if F == Q8_0 {
+                if nibbles(F) { [0, 4, 1, 5, 2, 6, 3, 7] } else { [0, 1, 2, 3, 4, 5, 6, 7] };
+            if !nibbles(F) {
                 for p in 0..8 {
                     wq[p] = _mm512_loadu_si512(blk.add(q0 + 64 * p) as *const __m512i);
                 }
@@ -132,7 +136,7 @@ unsafe fn tile<const F: u8, const T: usize>(
                     dp = _mm512_sub_epi32(dp, _mm512_set1_epi32(offset(F) * sum));
                 }
                 acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(d, da), _mm512_cvtepi32_ps(dp), acc[t]);
-                if F == Q4_1 {
+                if has_min(F) {
                     acc[t] =
                         _mm512_fmadd_ps(_mm512_mul_ps(m, da), _mm512_set1_ps(sum as f32), acc[t]);
                 }

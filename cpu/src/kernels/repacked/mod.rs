@@ -1,23 +1,25 @@
-//! Fast numerics' matmul for Q4_0, Q4_1 and Q8_0 weights: rows repacked at load time into
+//! Fast numerics' matmul for the legacy formats and IQ4_NL: rows repacked at load time into
 //! groups of 16, one float multiply-add per (row, token, block), no horizontal sums.
 //!
 //! ```text
-//! group g (rows 16g..16g+16), block b, Q4_0: | d: 16 × f16 | qs: 4 × 64 bytes |
-//!                                    Q4_1: | d: 16 × f16 | m: 16 × f16 | qs: 4 × 64 bytes |
-//!                                    Q8_0: | d: 16 × f16 | qs + 128: 8 × 64 bytes |
-//! qs piece j: row r's bytes 4j..4j+4 of the block at bytes 4r..4r+4, so a 512-bit load
-//! holds, in 32-bit lane r, four bytes of row r: Q4, values 4j..4j+4 (low nibbles) and
-//! 16+4j..16+4j+4 (high nibbles); Q8_0, values 4j..4j+4 plus 128 (unsigned, for vpdpbusd).
-//! Rows past the matrix's last are zero (d = 0) and never written out.
+//! group g (rows 16g..16g+16), block b:
+//!   Q4_0:                       | d: 16 × f16 |              | quants: 4 × 64 bytes (nibbles) |
+//!   Q4_1:                       | d: 16 × f16 | m: 16 × f16  | quants: 4 × 64 bytes (nibbles) |
+//!   Q5_0, Q8_0, IQ4_NL:         | d: 16 × f16 |              | quants: 8 × 64 bytes (u8)      |
+//!   Q5_1:                       | d: 16 × f16 | m: 16 × f16  | quants: 8 × 64 bytes (u8)      |
+//! quants piece j holds, in 32-bit lane r, four bytes of row r: nibbles, values 4j..4j+4 (low)
+//! and 16+4j..16+4j+4 (high); bytes, values 4j..4j+4. A stored quant u is the format's signed
+//! quant q plus an offset (Q4_0 8, Q5_0 16, Q8_0 and IQ4_NL's codebook level 128, else 0), so
+//! every weight is an unsigned byte for vpdpbusd. Rows past the matrix's last are zero
+//! (d = 0) and never written out.
 //! ```
 //!
 //! The float order, per output cell (row r, token t), blocks b in order:
 //!
 //! ```text
-//! isum = Σ_i q[r][b][i] · a[t][b][i]   (exact i32; Q4_0: q = nibble − 8, Q4_1: q = nibble,
-//!                                       Q8_0: q = the stored i8)
+//! isum = Σ_i q[r][b][i] · a[t][b][i]   (exact i32: Σ u·a − offset · Σ a)
 //! acc  = fma(d[r][b] · da[t][b], isum as f32, acc)
-//! Q4_1: acc = fma(m[r][b] · da[t][b], Σ_i a[t][b][i] as f32, acc)
+//! Q4_1, Q5_1: acc = fma(m[r][b] · da[t][b], Σ_i a[t][b][i] as f32, acc)
 //! ```
 //!
 //! with activations in Q8_0 blocks (`da` their f16 scale). Nothing in it depends on how many
@@ -59,28 +61,81 @@ pub(crate) const Q4_0: u8 = 0;
 pub(crate) const Q4_1: u8 = 1;
 /// See [`Q4_0`].
 pub(crate) const Q8_0: u8 = 2;
+/// See [`Q4_0`].
+pub(crate) const Q5_0: u8 = 3;
+/// See [`Q4_0`].
+pub(crate) const Q5_1: u8 = 4;
+/// See [`Q4_0`].
+pub(crate) const IQ4_NL: u8 = 5;
 
-/// `(ggml block bytes, offset of its quants, bytes of one repacked group block, offset of
-/// the quants there)` of format `f`.
-const fn geometry(f: u8) -> (usize, usize, usize, usize) {
-    match f {
-        Q4_0 => (18, 2, 32 + 256, 32),
-        Q4_1 => (20, 4, 64 + 256, 64),
-        _ => (34, 2, 32 + 512, 32),
-    }
+/// Every format, with its ggml type.
+const FORMATS: [(u8, GgmlType); 6] = [
+    (Q4_0, GgmlType::Q4_0),
+    (Q4_1, GgmlType::Q4_1),
+    (Q8_0, GgmlType::Q8_0),
+    (Q5_0, GgmlType::Q5_0),
+    (Q5_1, GgmlType::Q5_1),
+    (IQ4_NL, GgmlType::IQ4_NL),
+];
+
+/// Whether format `f` keeps its 4-bit nibbles (two values per byte: Q4_0, Q4_1); the others
+/// store one unsigned byte per value.
+const fn nibbles(f: u8) -> bool {
+    f == Q4_0 || f == Q4_1
 }
 
-/// What the integer dot of format `f` subtracts per unit of the activation block's quant sum
-/// (the offset of its unsigned weights), and whether it has a minimum term.
+/// Whether format `f` has a per-block minimum `m` (value = d·q + m).
+const fn has_min(f: u8) -> bool {
+    f == Q4_1 || f == Q5_1
+}
+
+/// `(bytes of one repacked group block, offset of the quants there)` of format `f`: 16 f16
+/// scales, 16 f16 minimums where the format has them, then 4 (nibbles) or 8 (bytes) pieces
+/// of 64 bytes.
+const fn geometry(f: u8) -> (usize, usize) {
+    let q0 = if has_min(f) { 64 } else { 32 };
+    (q0 + if nibbles(f) { 256 } else { 512 }, q0)
+}
+
+/// What the stored unsigned quant `u` is above the format's signed quant `q` (`q = u −
+/// offset`): the integer dot subtracts `offset · Σa` of each activation block.
 const fn offset(f: u8) -> i32 {
     match f {
         Q4_0 => 8,
-        Q4_1 => 0,
-        _ => 128,
+        Q5_0 => 16,
+        Q8_0 | IQ4_NL => 128,
+        _ => 0,
     }
 }
 
-/// A Q4_0, Q4_1 or Q8_0 matrix in the repacked layout of the module docs.
+/// Block `blk` of format `f` (ggml's bytes) as `(d, m, the 32 stored unsigned quants)`:
+/// value i is `d·(u[i] − offset(f)) + m`.
+fn unpack(f: u8, blk: &[u8]) -> ([u8; 2], [u8; 2], [u8; QK]) {
+    let d = [blk[0], blk[1]];
+    let mut u = [0u8; QK];
+    let nib = |qs: &[u8], e: usize| if e < 16 { qs[e] & 0x0F } else { qs[e - 16] >> 4 };
+    let (m, rest) = if has_min(f) { ([blk[2], blk[3]], &blk[4..]) } else { ([0, 0], &blk[2..]) };
+    match f {
+        Q8_0 => u.iter_mut().zip(rest).for_each(|(u, &q)| *u = q ^ 0x80),
+        Q5_0 | Q5_1 => {
+            let qh = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
+            for (e, u) in u.iter_mut().enumerate() {
+                *u = nib(&rest[4..], e) | (((qh >> e) & 1) as u8) << 4;
+            }
+        }
+        IQ4_NL => {
+            for (e, u) in u.iter_mut().enumerate() {
+                let v = pagoda_core::quant::IQ4NL_VALUES[usize::from(nib(rest, e))];
+                *u = (i16::from(v) + 128) as u8;
+            }
+        }
+        _ => u.iter_mut().enumerate().for_each(|(e, u)| *u = nib(rest, e)),
+    }
+    (d, m, u)
+}
+
+/// A Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 or IQ4_NL matrix in the repacked layout of the module
+/// docs.
 #[derive(Clone, Debug)]
 pub struct Repacked {
     format: u8,
@@ -92,15 +147,11 @@ pub struct Repacked {
 }
 
 impl Repacked {
-    /// `m` repacked, or `None` when its type is not Q4_0, Q4_1 or Q8_0.
+    /// `m` repacked, or `None` when its type has no repacked format.
     pub fn new(m: &QuantMatrix<'_>) -> Option<Repacked> {
-        let format = match m.ty() {
-            GgmlType::Q4_0 => Q4_0,
-            GgmlType::Q4_1 => Q4_1,
-            GgmlType::Q8_0 => Q8_0,
-            _ => return None,
-        };
-        let (block, qoff, gb, gq) = geometry(format);
+        let &(format, _) = FORMATS.iter().find(|(_, ty)| *ty == m.ty())?;
+        let (gb, q0) = geometry(format);
+        let block = m.ty().type_size()?;
         let (rows, cols, rb) = (m.rows(), m.cols(), m.row_bytes());
         let nb = cols / QK;
         let groups = rows.div_ceil(GROUP_ROWS);
@@ -113,17 +164,19 @@ impl Repacked {
                     if r >= rows {
                         break; // zero rows: d = 0, m = 0
                     }
-                    let blk = &src[r * rb + b * block..][..block];
-                    o[2 * i..2 * i + 2].copy_from_slice(&blk[0..2]);
-                    if format == Q4_1 {
-                        o[32 + 2 * i..32 + 2 * i + 2].copy_from_slice(&blk[2..4]);
+                    let (d, mn, u) = unpack(format, &src[r * rb + b * block..][..block]);
+                    o[2 * i..2 * i + 2].copy_from_slice(&d);
+                    if has_min(format) {
+                        o[32 + 2 * i..32 + 2 * i + 2].copy_from_slice(&mn);
                     }
-                    let qs = &blk[qoff..];
-                    for j in 0..qs.len() / 4 {
-                        let at = gq + 64 * j + 4 * i;
-                        o[at..at + 4].copy_from_slice(&qs[4 * j..4 * j + 4]);
-                        if format == Q8_0 {
-                            o[at..at + 4].iter_mut().for_each(|q| *q ^= 0x80); // i8 + 128
+                    if nibbles(format) {
+                        // Piece j, lane i: values 4j..4j+4 low, 16+4j..16+4j+4 high.
+                        for e in 0..16 {
+                            o[q0 + 64 * (e / 4) + 4 * i + e % 4] = u[e] | u[e + 16] << 4;
+                        }
+                    } else {
+                        for (e, &v) in u.iter().enumerate() {
+                            o[q0 + 64 * (e / 4) + 4 * i + e % 4] = v;
                         }
                     }
                 }
@@ -134,11 +187,7 @@ impl Repacked {
 
     /// The weight type.
     pub fn ty(&self) -> GgmlType {
-        match self.format {
-            Q4_0 => GgmlType::Q4_0,
-            Q4_1 => GgmlType::Q4_1,
-            _ => GgmlType::Q8_0,
-        }
+        FORMATS.iter().find(|(f, _)| *f == self.format).map(|&(_, ty)| ty).unwrap_or(GgmlType::Q4_0)
     }
 
     /// Number of rows (outputs per token).
@@ -153,7 +202,7 @@ impl Repacked {
 
     /// Group `g`'s bytes: `nb` group blocks.
     fn group(&self, g: usize) -> &[u8] {
-        let n = self.nb * geometry(self.format).2;
+        let n = self.nb * geometry(self.format).0;
         &self.data[g * n..(g + 1) * n]
     }
 }
@@ -172,7 +221,7 @@ pub(crate) struct Acts<'a> {
 /// them), every token of `acts`, in the module's float order: the specification.
 pub(crate) fn dot_scalar(w: &Repacked, g: usize, acts: &Acts<'_>, outs: &mut [&mut [f32]]) {
     let f = w.format;
-    let (_, _, gb, q0) = geometry(f);
+    let (gb, q0) = geometry(f);
     let group = w.group(g);
     for (t, out) in outs.iter_mut().enumerate() {
         for (i, o) in out.iter_mut().enumerate() {
@@ -184,18 +233,20 @@ pub(crate) fn dot_scalar(w: &Repacked, g: usize, acts: &Acts<'_>, outs: &mut [&m
                 let d = f16::from_le_bytes([blk[2 * i], blk[2 * i + 1]]).to_f32();
                 let mut isum = 0i32;
                 for e in 0..QK {
-                    // Element e: Q4, piece e % 16 / 4 byte e % 4, low nibble below 16;
-                    // Q8_0, piece e / 4 byte e % 4.
-                    let q = if f == Q8_0 {
-                        i32::from(blk[q0 + 64 * (e / 4) + 4 * i + e % 4])
-                    } else {
+                    let u = if nibbles(f) {
                         let byte = blk[q0 + 64 * (e % 16 / 4) + 4 * i + e % 4];
-                        i32::from(if e < 16 { byte & 0x0F } else { byte >> 4 })
+                        if e < 16 {
+                            byte & 0x0F
+                        } else {
+                            byte >> 4
+                        }
+                    } else {
+                        blk[q0 + 64 * (e / 4) + 4 * i + e % 4]
                     };
-                    isum += (q - offset(f)) * i32::from(a.qs[e]);
+                    isum += (i32::from(u) - offset(f)) * i32::from(a.qs[e]);
                 }
                 acc = (d * da).mul_add(isum as f32, acc);
-                if f == Q4_1 {
+                if has_min(f) {
                     let m = f16::from_le_bytes([blk[32 + 2 * i], blk[32 + 2 * i + 1]]).to_f32();
                     acc = (m * da).mul_add(acts.sums[t * acts.nb + b] as f32, acc);
                 }
@@ -305,21 +356,18 @@ mod tests {
         }
     }
 
-    /// A random `rows × cols` matrix of `ty` (Q4_0, Q4_1 or Q8_0), as 2-byte aligned bytes.
+    /// A random `rows × cols` matrix of `ty` (a repacked format), as 2-byte aligned bytes:
+    /// random quants, small finite scales (and minimums).
     fn matrix(ty: GgmlType, rows: usize, cols: usize, rng: &mut Rng) -> Vec<u16> {
-        let block = match ty {
-            GgmlType::Q4_1 => 20,
-            GgmlType::Q8_0 => 34,
-            _ => 18,
-        };
+        let block = ty.type_size().unwrap();
         let mut bytes = vec![0u8; rows * cols / QK * block];
+        let min = matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_1);
         for blk in bytes.chunks_exact_mut(block) {
+            blk.iter_mut().for_each(|q| *q = rng.next() as u8);
             blk[0..2].copy_from_slice(&f16::from_f32(rng.unit() * 0.05).to_le_bytes());
-            if ty == GgmlType::Q4_1 {
+            if min {
                 blk[2..4].copy_from_slice(&f16::from_f32(rng.unit() * 0.3).to_le_bytes());
             }
-            let q0 = if ty == GgmlType::Q8_0 { 2 } else { block - 16 };
-            blk[q0..].iter_mut().for_each(|q| *q = rng.next() as u8);
         }
         bytes.chunks_exact(2).map(|p| u16::from_ne_bytes([p[0], p[1]])).collect()
     }
@@ -347,7 +395,7 @@ mod tests {
     #[test]
     fn levels_agree_batches_do_not_matter_and_dots_are_right() {
         let scalar = Kernels::new(SimdLevel::Scalar).unwrap();
-        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+        for &(_, ty) in &FORMATS {
             for (rows, cols) in [(16, 32), (37, 96), (64, 576), (200, 1536)] {
                 let (wb, x) = case(ty, rows, cols, (rows * cols) as u64 + ty as u64);
                 let m = QuantMatrix::new(ty, rows, cols, bytemuck::cast_slice(&wb)).unwrap();
@@ -393,8 +441,8 @@ mod tests {
 
     #[test]
     fn other_types_are_not_repacked_and_shapes_are_checked() {
-        let data = vec![0u16; 11];
-        let m = QuantMatrix::new(GgmlType::Q5_0, 1, 32, bytemuck::cast_slice(&data)).unwrap();
+        let data = vec![0u16; 72];
+        let m = QuantMatrix::new(GgmlType::Q4_K, 1, 256, bytemuck::cast_slice(&data)).unwrap();
         assert!(Repacked::new(&m).is_none());
         let data = vec![0u16; 9];
         let m = QuantMatrix::new(GgmlType::Q4_0, 1, 32, bytemuck::cast_slice(&data)).unwrap();
