@@ -25,7 +25,7 @@
 //! with activations in Q8_0 blocks (`da` their f16 scale). Nothing in it depends on how many
 //! tokens share a call or on which rows a thread takes, so the result is batch-invariant;
 //! the AVX-512 kernel (16 rows in the lanes of one register, `vpdpbusd` on four weight bytes
-//! of each row against four activation bytes broadcast) computes exactly [`dot_scalar`]'s
+//! of each row against four activation bytes broadcast) computes exactly the scalar `dot_scalar`'s
 //! operations, bit for bit. It is not llama.cpp's order (that is the exact kernels', which
 //! sum 8 lanes per block and reduce them at the end), so [`Numerics::Fast`] alone uses it,
 //! and only at a level with its own kernel ([`accelerated`]).
@@ -256,7 +256,7 @@ pub(crate) fn dot_scalar(w: &Repacked, g: usize, acts: &Acts<'_>, outs: &mut [&m
     }
 }
 
-/// Scratch of [`matmul_repacked`]: the activations' blocks and sums, reused across calls.
+/// Scratch of [`Kernels::matmul_repacked`]: the activations' blocks and sums, reused across calls.
 #[derive(Debug, Default)]
 pub struct RepackedScratch {
     blocks: Vec<BlockQ8_0>,
