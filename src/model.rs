@@ -71,9 +71,10 @@ impl Model {
         Self::from_llama(Llama::load(path)?)
     }
 
-    /// [`load`](Self::load), computing in `numerics`: [`Numerics::Exact`] (what `load`
-    /// gives) is llama.cpp's float order, bit-identical logits; [`Numerics::Fast`] is faster
-    /// at depth and batch-invariant (docs/numerics.md), as `--numerics fast` on the command line.
+    /// [`load`](Self::load), computing in `numerics`: [`Numerics::Fast`] (what `load`
+    /// gives) is pagoda's own faster, batch-invariant order; [`Numerics::Exact`] is llama.cpp's
+    /// float order, bit-identical logits (docs/numerics.md), as `--numerics exact` on the
+    /// command line.
     pub fn load_with_numerics(path: impl AsRef<Path>, numerics: Numerics) -> Result<Model> {
         Self::from_llama(Llama::load(path)?.with_numerics(numerics))
     }

@@ -7,11 +7,14 @@ mod common;
 use std::sync::OnceLock;
 
 use pagoda::cpu::model::ModelError;
-use pagoda::{Error, Message, Model, Options, StopReason};
+use pagoda::{Error, Message, Model, Numerics, Options, StopReason};
 
+/// The model in exact numerics: its greedy tokens are llama.cpp's.
 fn model() -> &'static Model {
     static MODEL: OnceLock<Model> = OnceLock::new();
-    MODEL.get_or_init(|| Model::load(common::model_path()).expect("load model"))
+    MODEL.get_or_init(|| {
+        Model::load_with_numerics(common::model_path(), Numerics::Exact).expect("load model")
+    })
 }
 
 /// The golden cases: prompt text, llama.cpp's greedy ids.
@@ -75,7 +78,8 @@ fn from_bytes_equals_load_for_owned_and_static_bytes() {
     let bytes = std::fs::read(common::model_path()).unwrap();
     let (prompt, want) = golden().remove(1);
     let opts = greedy(want.len());
-    let expected = model().generate(&prompt, &opts).unwrap();
+    // Both in the default numerics (`model()` is exact).
+    let expected = Model::load(common::model_path()).unwrap().generate(&prompt, &opts).unwrap();
     let owned = Model::from_bytes(bytes.clone()).unwrap();
     assert_eq!(owned.generate(&prompt, &opts).unwrap(), expected);
     // Leaked on purpose: `&'static [u8]` is what `include_bytes!` gives a program.

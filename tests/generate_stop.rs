@@ -6,14 +6,16 @@
 mod common;
 
 use pagoda::cpu::generate::{GenerateOptions, Generation, Generator, StopReason, TokenStep};
-use pagoda::cpu::model::{Llama, ModelError, Session, SessionOptions};
+use pagoda::cpu::model::{Llama, ModelError, Numerics, Session, SessionOptions};
 use pagoda::cpu::sampler::{Sampler, SamplerConfig};
 use pagoda::cpu::tokenizer::Tokenizer;
 
 const PROMPT: &str = "The capital of France is";
 
+/// In exact numerics: the greedy text runs to the length limit (fast ends it earlier).
 fn model() -> (Llama, Tokenizer) {
-    common::model_and_tokenizer()
+    let (model, tok) = common::model_and_tokenizer();
+    (model.with_numerics(Numerics::Exact), tok)
 }
 
 /// Greedy generation of at most `n` tokens with `stops`, through `step_decoded`.

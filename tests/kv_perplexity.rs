@@ -14,7 +14,7 @@
 
 mod common;
 
-use pagoda::cpu::model::{KvType, Llama, SessionOptions};
+use pagoda::cpu::model::{KvType, Llama, Numerics, SessionOptions};
 use pagoda::cpu::tokenizer::Tokenizer;
 
 /// llama.cpp's PPL for `kv_type` from the reference file.
@@ -26,7 +26,8 @@ fn llamacpp_ppl(reference: &serde_json::Value, kv_type: &str) -> f64 {
 
 #[test]
 fn gpl3_perplexity_at_ctx_512_per_kv_format() {
-    let model = Llama::load(common::model_path()).expect("load model");
+    let model =
+        Llama::load(common::model_path()).expect("load model").with_numerics(Numerics::Exact);
     let tok = Tokenizer::from_gguf(&model.gguf()).expect("tokenizer");
     let text = std::fs::read_to_string(common::root().join("tests/data/text/GPL-3")).unwrap();
     let tokens = tok.encode(&text, true, false);

@@ -9,11 +9,12 @@
 mod common;
 
 use common::golden::{greedy, GreedyCase};
-use pagoda::cpu::model::Llama;
+use pagoda::cpu::model::{Llama, Numerics};
 
 #[test]
 fn greedy_matches_llamacpp_until_its_margin_drops() {
-    let model = Llama::load(common::model_path()).expect("load model");
+    let model =
+        Llama::load(common::model_path()).expect("load model").with_numerics(Numerics::Exact);
     let data = common::data_json("llamacpp/greedy_dev.json");
     for case in GreedyCase::all(&data["cases"]) {
         let got = greedy(&model, &case.prompt_ids, case.want.len());

@@ -12,7 +12,7 @@
 
 mod common;
 
-use pagoda::cpu::model::{Llama, Session, SessionOptions};
+use pagoda::cpu::model::{Llama, Numerics, Session, SessionOptions};
 
 struct Pos {
     top10_ids: Vec<u32>,
@@ -67,7 +67,8 @@ fn compare(ours: &[f32], vocab: usize, want: &[Pos], what: &str) -> (f64, f64) {
 
 #[test]
 fn teacher_forced_logits_match_llamacpp() {
-    let model = Llama::load(common::model_path()).expect("load model");
+    let model =
+        Llama::load(common::model_path()).expect("load model").with_numerics(Numerics::Exact);
     let vocab = model.config().vocab_size;
     let data = common::data_json("llamacpp/logits_dev.json");
     let prompt = common::ids(&data["prompt_ids"]);
@@ -114,7 +115,8 @@ fn rmsnorm(x: &[f64], gain: &[f32], eps: f64) -> Vec<f64> {
 /// activations is short: the exact logits both programs approximate.
 #[test]
 fn logits_are_as_close_to_exact_as_llamacpp() {
-    let model = Llama::load(common::model_path()).expect("load model");
+    let model =
+        Llama::load(common::model_path()).expect("load model").with_numerics(Numerics::Exact);
     let (c, w) = (model.config().clone(), model.weights());
     let data = common::data_json("llamacpp/logits_dev.json");
     let tok = common::ids(&data["prompt_ids"])[0] as usize;

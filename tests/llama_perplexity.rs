@@ -3,12 +3,13 @@
 
 mod common;
 
-use pagoda::cpu::model::{Llama, SessionOptions};
+use pagoda::cpu::model::{Llama, Numerics, SessionOptions};
 use pagoda::cpu::tokenizer::Tokenizer;
 
 #[test]
 fn gpl3_perplexity_at_ctx_512_within_one_percent_of_llamacpp() {
-    let model = Llama::load(common::model_path()).expect("load model");
+    let model =
+        Llama::load(common::model_path()).expect("load model").with_numerics(Numerics::Exact);
     let tok = Tokenizer::from_gguf(&model.gguf()).expect("tokenizer");
     let text = std::fs::read_to_string(common::root().join("tests/data/text/GPL-3")).unwrap();
     let reference = common::data_json("llamacpp/perplexity_dev.json");

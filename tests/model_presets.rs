@@ -39,7 +39,7 @@ use std::path::Path;
 use common::golden::{greedy, GreedyCase};
 use common::sha256::sha256_file;
 use common::tempdir::TempDir;
-use pagoda::cpu::model::{Llama, SessionOptions};
+use pagoda::cpu::model::{Llama, Numerics, SessionOptions};
 use pagoda::cpu::model_file::ModelFile;
 use pagoda::cpu::quantize::{quantize, Preset, QuantizeOptions};
 use pagoda::cpu::tokenizer::Tokenizer;
@@ -87,7 +87,8 @@ fn preset_matches_llamacpp(preset: &str) {
     );
 
     let model = Llama::load(&file)
-        .unwrap_or_else(|e| panic!("{preset}: pagoda cannot load the {preset} file: {e}"));
+        .unwrap_or_else(|e| panic!("{preset}: pagoda cannot load the {preset} file: {e}"))
+        .with_numerics(Numerics::Exact);
     let mut failures = Vec::new();
 
     // Perplexity at -c 512, as tests/llama_perplexity.rs.

@@ -86,8 +86,10 @@ fn logits_do_not_depend_on_threads_or_prompt_chunking() {
 #[test]
 fn fast_is_not_exact_and_exact_is_unchanged_by_it() {
     let tokens = text(700);
+    assert_eq!(fast().numerics(), Numerics::Fast);
     let exact = Llama::load(common::model_path()).unwrap();
-    assert_eq!(exact.numerics(), Numerics::Exact, "the default");
+    assert_eq!(exact.numerics(), Numerics::Fast, "the default");
+    let exact = exact.with_numerics(Numerics::Exact);
     let e = on_threads(2, || tail_logits(&exact, &tokens, 4, 512, 0));
     let f = on_threads(2, || tail_logits(fast(), &tokens, 4, 512, 0));
     assert!(!same_bits(&e, &f), "fast computed exact's bits: the flag changes nothing");
@@ -146,6 +148,7 @@ fn engine_batches_give_each_request_its_solo_tokens() {
 #[test]
 fn fast_perplexity_stays_close_to_exact() {
     let (exact, tok) = common::model_and_tokenizer();
+    let exact = exact.with_numerics(Numerics::Exact);
     let text = std::fs::read_to_string(common::root().join("tests/data/text/GPL-3")).unwrap();
     let tokens = tok.encode(&text, true, false);
     let opts = SessionOptions { n_ctx: 512, ..SessionOptions::default() };
@@ -154,7 +157,7 @@ fn fast_perplexity_stays_close_to_exact() {
     let (e, f) = (ppl(&exact), ppl(fast()));
     let d = (f - e) / e;
     eprintln!("GPL-3 -c 512: exact {e:.4}, fast {f:.4} ({:+.3}%)", d * 100.0);
-    // Measured +0.37%: the size of any float-order change on these 3,570 scored tokens
-    // (docs/numerics.md); issue 18's 0.1% guard is not met.
-    assert!(d.abs() < 0.005, "fast perplexity {f:.4} is {:+.3}% from exact's {e:.4}", d * 100.0);
+    // Measured -0.014% (18.3590 vs 18.3615): issue 18's guard is 0.1% (docs/numerics.md has
+    // -c 2048, where any float-order change moves this text by ~0.2%).
+    assert!(d.abs() < 0.001, "fast perplexity {f:.4} is {:+.3}% from exact's {e:.4}", d * 100.0);
 }

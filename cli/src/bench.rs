@@ -68,8 +68,8 @@ pub struct BenchArgs {
     /// Tokens per KV page.
     #[arg(long = "block-size", default_value_t = 16)]
     block_size: usize,
-    /// Float order: exact (llama.cpp's bits, the default) or fast (batch-invariant).
-    #[arg(long = "numerics", default_value = "exact", value_parser = parse_numerics)]
+    /// Float order: fast (the default, batch-invariant) or exact (llama.cpp's bits).
+    #[arg(long = "numerics", default_value = "fast", value_parser = parse_numerics)]
     numerics: Numerics,
     /// Tokens per forward pass while processing a prompt (and while filling the depth).
     #[arg(short = 'b', long = "batch-size", default_value_t = 512)]

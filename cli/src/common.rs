@@ -29,9 +29,9 @@ pub struct ModelArgs {
     /// with huge pages (the default: faster decode).
     #[arg(long = "mmap")]
     pub mmap: bool,
-    /// Float order: exact (llama.cpp's bits, the default) or fast (pagoda's own order,
-    /// batch-invariant: the same logits alone, in any batch, chunking or thread count).
-    #[arg(long = "numerics", default_value = "exact", value_parser = parse_numerics)]
+    /// Float order: fast (the default: pagoda's own order, batch-invariant: the same logits
+    /// alone, in any batch, chunking or thread count) or exact (llama.cpp's bits).
+    #[arg(long = "numerics", default_value = "fast", value_parser = parse_numerics)]
     pub numerics: Numerics,
 }
 

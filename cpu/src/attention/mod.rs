@@ -87,11 +87,19 @@ pub enum Split {
     /// under a sliding window to the pages the call's first token sees); `Ranges(1)` never
     /// splits. For tests and benchmarks.
     Ranges(usize),
-    /// Ranges of this many pages aligned at the table's page 0 (`k·P .. (k+1)·P`), whatever
-    /// the chunk, the window or the thread count: every query row's keys are cut at the same
-    /// places and its partials merged in the same order whether it runs alone, in a prompt
-    /// chunk of any size, or on any number of threads (batch invariance: `Numerics::Fast`).
-    Aligned(usize),
+    /// Ranges of `pages` pages aligned at the sequence's page 0, whatever the chunk, the
+    /// window or the thread count: every query row's keys are cut at the same places and its
+    /// partials merged in the same order whether it runs alone, in a prompt chunk of any
+    /// size, or on any number of threads (batch invariance: `Numerics::Fast`). The table's
+    /// page 0 is the sequence's page `start_page` (a sliding-window table that gave back its
+    /// front pages; 0 otherwise), so range `k` holds the sequence's pages
+    /// `k·pages .. (k+1)·pages`, i.e. table pages from `k·pages - start_page`.
+    Aligned {
+        /// Pages per range (at least 1).
+        pages: usize,
+        /// The sequence page index of the table's page 0.
+        start_page: usize,
+    },
 }
 
 /// Causal paged attention for `n_new ≥ 1` query tokens that were just appended to one
@@ -125,21 +133,27 @@ pub fn paged_attention<T: KvFormat, S: AsRef<[T]> + Sync>(
 /// only.
 pub const ALIGNED_RANGE_TOKENS: usize = 256;
 
-/// [`paged_attention`] split into ranges of [`ALIGNED_RANGE_TOKENS`] keys aligned at position
-/// 0: [`Split::Aligned`], the batch-invariant split of `Numerics::Fast`.
+/// [`paged_attention`] split into ranges of [`ALIGNED_RANGE_TOKENS`] keys aligned at the
+/// sequence's position 0: [`Split::Aligned`], the batch-invariant split of
+/// `Numerics::Fast`. `start_page` is the sequence page index of `pages[0]`: the pages a
+/// sliding window gave back from the table's front (0 for a table that holds its sequence
+/// from the start), so that a windowed table and a full one masked to the window cut a row's
+/// keys at the same positions.
 #[allow(clippy::too_many_arguments)]
 pub fn paged_attention_aligned<T: KvFormat, S: AsRef<[T]> + Sync>(
     level: SimdLevel,
     kv: &KvPages<T, S>,
     layer: usize,
     pages: &[PageId],
+    start_page: usize,
     n_ctx: usize,
     q: &[f32],
     out: &mut [f32],
     cfg: &AttnConfig,
 ) -> Result<(), AttnError> {
     let range = (ALIGNED_RANGE_TOKENS / kv.config().block_size.max(1)).max(1);
-    paged_attention_split(level, kv, layer, pages, n_ctx, q, out, cfg, Split::Aligned(range))
+    let split = Split::Aligned { pages: range, start_page };
+    paged_attention_split(level, kv, layer, pages, n_ctx, q, out, cfg, split)
 }
 
 /// [`paged_attention`] with an explicit flash-decoding [`Split`].
@@ -163,12 +177,13 @@ pub fn paged_attention_split<T: KvFormat, S: AsRef<[T]> + Sync>(
     // a window); the call's first chunk sees the most keys and pages.
     let first_page = |t0: usize| cfg.first_visible(first_pos + t0) / bs;
     let keys = n_ctx - cfg.first_visible(first_pos);
+    // Aligned: (pages per range, the table's page 0 within its first range).
     let aligned = match split {
-        Split::Aligned(p) => Some(p.max(1)),
+        Split::Aligned { pages: p, start_page } => Some((p.max(1), start_page % p.max(1))),
         _ => None,
     };
     let n_ranges = match aligned {
-        Some(p) => pages.len().div_ceil(p).max(1),
+        Some((p, phase)) => (pages.len() + phase).div_ceil(p).max(1),
         None => n_ranges(split, n_chunks * n_kv, keys, pages.len() - first_page(0)),
     };
 
@@ -183,8 +198,12 @@ pub fn paged_attention_split<T: KvFormat, S: AsRef<[T]> + Sync>(
             let lo = first_page(t0);
             let span = pages.len() - lo;
             let pages = match aligned {
-                // The aligned range's part at or after the chunk's first visible page.
-                Some(p) => (range * p).max(lo)..((range + 1) * p).min(pages.len()).max(lo),
+                // The aligned range's part at or after the chunk's first visible page, in
+                // table pages (the sequence's range `range·p ..` starts `phase` pages earlier).
+                Some((p, phase)) => {
+                    let (a, b) = ((range * p).saturating_sub(phase), ((range + 1) * p) - phase);
+                    a.max(lo)..b.min(pages.len()).max(lo)
+                }
                 None => lo + span * range / n_ranges..lo + span * (range + 1) / n_ranges,
             };
             Task { tokens: t0..(t0 + TOKENS_PER_TASK).min(n_new), kv_head, pages }
@@ -205,7 +224,7 @@ pub fn paged_attention_split<T: KvFormat, S: AsRef<[T]> + Sync>(
 fn n_ranges(split: Split, n_tasks: usize, keys: usize, n_pages: usize) -> usize {
     let wanted = match split {
         Split::Ranges(r) => r,
-        Split::Aligned(_) => 1, // counted by the caller
+        Split::Aligned { .. } => 1, // counted by the caller
         Split::Auto => {
             let threads = rayon::current_num_threads();
             if keys >= SPLIT_MIN_CTX && n_tasks < 2 * threads {

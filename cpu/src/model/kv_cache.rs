@@ -130,13 +130,15 @@ pub enum KvStore {
 }
 
 /// A causal paged attention over pages of format `T`, with the contract of
-/// [`crate::attention::paged_attention`] (`level`, `kv`, `layer`, `pages`, `n_ctx`, `q`, `out`,
-/// `cfg`): the forward pass takes one per format.
+/// [`crate::attention::paged_attention_aligned`] (`level`, `kv`, `layer`, `pages`,
+/// `start_page`, `n_ctx`, `q`, `out`, `cfg`; the exact kernels ignore `start_page`): the
+/// forward pass takes one per format.
 pub(crate) type AttentionFn<T> = fn(
     SimdLevel,
     &KvPages<T, KvSlab<T>>,
     usize,
     &[PageId],
+    usize,
     usize,
     &[f32],
     &mut [f32],

@@ -25,14 +25,16 @@
 
 use std::path::Path;
 
-use pagoda_core::attention::AttnConfig;
+use half::f16;
+use pagoda_core::attention::{AttnConfig, AttnError};
 use pagoda_core::gguf::Gguf;
 use pagoda_core::kv::{KvFormat, KvPages};
 use pagoda_core::ops::{Hadamard, RopeTable};
+use pagoda_core::pool::PageId;
 use rayon::prelude::*;
 
 use crate::attention::{paged_attention, paged_attention_aligned, paged_attention_f16};
-use crate::kernels::{Kernels, MatmulScratch};
+use crate::kernels::{Kernels, MatmulScratch, SimdLevel};
 use crate::model_file::ModelFile;
 
 use super::batch::{Batch, BatchLayout, SeqSpan};
@@ -209,14 +211,16 @@ impl Llama {
         let config = LlamaConfig::from_gguf(&g)?;
         let weights = LlamaWeights::load(&g, &config)?;
         let check_finite = std::env::var_os("PAGODA_CHECK_FINITE").is_some_and(|v| v == "1");
-        Ok(Llama {
+        let mut model = Llama {
             file,
             config,
             weights,
             kernels: Kernels::detect(),
             check_finite,
             numerics: Numerics::default(),
-        })
+        };
+        model.refresh_repacked();
+        Ok(model)
     }
 
     /// Checks every layer's output for NaN and infinities (on by default when the
@@ -229,7 +233,8 @@ impl Llama {
         self
     }
 
-    /// Computes in `numerics`' float order ([`Numerics`]; the default is `Exact`).
+    /// Computes in `numerics`' float order ([`Numerics`]; the default is `Fast`, and `Exact`
+    /// gives llama.cpp's bits).
     ///
     /// Fast numerics at a level with a repacked kernel (AVX-512) repack the Q4_0, Q4_1, Q5_0,
     /// Q5_1, Q8_0 and IQ4_NL matrices (a copy of their bytes: [`crate::kernels::repacked`]); otherwise such copies
@@ -346,18 +351,41 @@ impl Llama {
         ) -> Attention<T> {
             Attention { kernel: if fast { paged_attention_aligned } else { exact }, rotation }
         }
+        // The exact kernels as `AttentionFn`s (their split does not look at `start_page`).
+        #[allow(clippy::too_many_arguments)]
+        fn generic<T: KvFormat + bytemuck::Pod>(
+            level: SimdLevel,
+            kv: &KvPages<T, KvSlab<T>>,
+            layer: usize,
+            pages: &[PageId],
+            _start_page: usize,
+            n_ctx: usize,
+            q: &[f32],
+            out: &mut [f32],
+            cfg: &AttnConfig,
+        ) -> Result<(), AttnError> {
+            paged_attention(level, kv, layer, pages, n_ctx, q, out, cfg)
+        }
+        #[allow(clippy::too_many_arguments)]
+        fn f16_exact(
+            level: SimdLevel,
+            kv: &KvPages<f16, KvSlab<f16>>,
+            layer: usize,
+            pages: &[PageId],
+            _start_page: usize,
+            n_ctx: usize,
+            q: &[f32],
+            out: &mut [f32],
+            cfg: &AttnConfig,
+        ) -> Result<(), AttnError> {
+            paged_attention_f16(level, kv, layer, pages, n_ctx, q, out, cfg)
+        }
         match cache.store_mut() {
-            KvStore::F32(kv) => self.run(kv, layout, scratch, with(fast, paged_attention, None)),
-            KvStore::F16(kv) => {
-                self.run(kv, layout, scratch, with(fast, paged_attention_f16, None))
-            }
-            KvStore::Bf16(kv) => self.run(kv, layout, scratch, with(fast, paged_attention, None)),
-            KvStore::Q8_0(kv) => {
-                self.run(kv, layout, scratch, with(fast, paged_attention, rotation))
-            }
-            KvStore::Q4_0(kv) => {
-                self.run(kv, layout, scratch, with(fast, paged_attention, rotation))
-            }
+            KvStore::F32(kv) => self.run(kv, layout, scratch, with(fast, generic, None)),
+            KvStore::F16(kv) => self.run(kv, layout, scratch, with(fast, f16_exact, None)),
+            KvStore::Bf16(kv) => self.run(kv, layout, scratch, with(fast, generic, None)),
+            KvStore::Q8_0(kv) => self.run(kv, layout, scratch, with(fast, generic, rotation)),
+            KvStore::Q4_0(kv) => self.run(kv, layout, scratch, with(fast, generic, rotation)),
         }
     }
 
@@ -605,8 +633,13 @@ impl Llama {
             att_rest = ar;
             q_rest = qr;
         }
+        let bs = kv_ref.config().block_size.max(1);
         outs.into_par_iter().try_for_each(|(sp, out, q)| {
-            (attend.kernel)(level, kv_ref, kl, &sp.pages[g], sp.n_ctx[g], q, out, &cfg)
+            // The sequence page of the table's page 0: the last new token's position minus
+            // its table index (pages a sliding window gave back, or an eviction policy's).
+            let last = b.positions.get(sp.off + sp.n - 1).copied().unwrap_or(0);
+            let start_page = (last + 1).saturating_sub(sp.n_ctx[g]) / bs;
+            (attend.kernel)(level, kv_ref, kl, &sp.pages[g], start_page, sp.n_ctx[g], q, out, &cfg)
                 .map_err(ModelError::Attention)?;
             if let Some(h) = attend.rotation {
                 h.rotate(out); // Σ p·(H v) = H (Σ p·v): rotate back

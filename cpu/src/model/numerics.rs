@@ -1,9 +1,9 @@
 //! Which float order the forward pass computes in (`--numerics`).
 //!
-//! - [`Numerics::Exact`] (the default): llama.cpp's order in every kernel, so logits equal
+//! - [`Numerics::Exact`]: llama.cpp's order in every kernel, so logits equal
 //!   llama.cpp's bit for bit (docs/numerics.md); f16 pages go through the one-key-at-a-time
 //!   kernel `paged_attention_f16`.
-//! - [`Numerics::Fast`]: pagoda's own order where it is faster, with one guarantee llama.cpp
+//! - [`Numerics::Fast`] (the default): pagoda's own order where it is faster, with one guarantee llama.cpp
 //!   does not give: **batch invariance**. A sequence's logits are bit-identical whether it
 //!   runs alone or in any batch, with its prompt in chunks of any size, at any page placement
 //!   and on any number of threads. Today: attention over every page format (f16 included)
@@ -23,9 +23,9 @@ use core::str::FromStr;
 #[non_exhaustive]
 pub enum Numerics {
     /// llama.cpp's order, bit-identical logits.
-    #[default]
     Exact,
-    /// Faster, batch-invariant, not llama.cpp's bits.
+    /// Faster, batch-invariant, not llama.cpp's bits (the default).
+    #[default]
     Fast,
 }
 
@@ -82,6 +82,6 @@ mod tests {
         }
         let e = "quick".parse::<Numerics>().unwrap_err();
         assert_eq!(e.to_string(), "unknown numerics 'quick' (expected exact or fast)");
-        assert_eq!(Numerics::default(), Numerics::Exact);
+        assert_eq!(Numerics::default(), Numerics::Fast);
     }
 }
