@@ -42,7 +42,17 @@
 //! ```
 //!
 //! Prefix caching is off under such a policy (it scores pages by attention mass, see
-//! `prefix_caching`), so the prefix index never holds a single-layer page.
+//! `prefix_caching`).
+//!
+//! A model with sliding-window layers (Gemma 3) has the same layout under `full`, and keeps
+//! prefix caching: the prefix index caches a group per full page (that page in each of the
+//! sequence's tables), registered when the page fills, before the windows drop pages. A hit
+//! of `k` pages gives each global layer's table all `k`, and each windowed layer's table only
+//! the pages its window rule keeps for `k` pages of tokens
+//! ([`KvManager::cached_prefix`]): the tables a sequence would have after computing the
+//! prefix itself. A windowed layer's old pages outlive its window only while cached, each
+//! reclaimable (counted as available, reclaimed least recently used first) once no table
+//! holds it.
 //!
 //! [`Session`]: crate::model::Session
 
@@ -190,7 +200,11 @@ impl<'m> Engine<'m> {
     /// per-layer pool (`kv_pages × n_layers` single-layer pages) and one table per layer, and
     /// after every step each windowed layer gives back the pages its window has left
     /// (`crate::model::drop_out_of_window`): a sequence holds global layers × its length +
-    /// windowed layers × the window. Prefix caching is off for it.
+    /// windowed layers × the window. Prefix caching works for it: a cached prefix keeps every
+    /// layer's pages (one group of single-layer pages per full page), and a request that
+    /// finds it gives each windowed layer only the pages of its window. The windowed layers'
+    /// older pages stay only while cached: each is reclaimable once no table holds it, counts
+    /// as available, and is reclaimed least recently used first when the pool needs pages.
     pub fn with_policy(
         model: &'m Llama,
         config: EngineConfig,

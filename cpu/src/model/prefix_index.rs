@@ -384,7 +384,7 @@ mod tests {
         }
         assert_eq!(idx.unused(), 5);
         assert_eq!(idx.clear_unused(&mut pool), Ok(5));
-        assert!(idx.is_empty() && idx.len() == 0);
+        assert!(idx.is_empty() && idx.pages().is_empty());
         assert_eq!(pool.free_count(), 8);
         idx.check(&pool).unwrap();
         pool.check_invariants().unwrap();
