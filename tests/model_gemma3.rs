@@ -3,6 +3,7 @@
 //! sliding-window layers on the paged cache.
 
 mod common;
+mod engine_common;
 
 use pagoda::cpu::kernels::gelu;
 
@@ -22,7 +23,7 @@ fn gelu_table_equals_ggml_cpu() {
     });
 }
 
-use pagoda::cpu::engine::{Engine, EngineConfig, Request};
+use pagoda::cpu::engine::{Engine, EngineConfig, Request, RequestId};
 use pagoda::cpu::model::{
     droppable_pages, ForwardScratch, KvCache, KvType, Llama, Logits, Numerics, SeqItem, Session,
     SessionOptions,
@@ -175,6 +176,8 @@ fn engine_gives_windowed_requests_their_solo_tokens(model: Llama) {
             assert_eq!(&s.tokens, want, "request {}", o.id.0);
         }
     }
+    assert_eq!(engine.pages_held(), 0);
+    engine.clear_prefix_cache().unwrap();
     assert_eq!(engine.cache().pool().used_count(), 0);
 }
 
@@ -409,5 +412,112 @@ fn engine_preempts_windowed_sequences_and_recomputes_them_exactly() {
         assert_eq!(o.samples[0].tokens, solo[o.id.0 as usize], "request {}", o.id.0);
     }
     assert_eq!(outs.len(), cases.len());
+    assert_eq!(engine.pages_held(), 0);
+    engine.clear_prefix_cache().unwrap();
     assert_eq!(engine.cache().pool().used_count(), 0);
+}
+
+/// `shared` followed by `suffix`.
+fn joined(shared: &[u32], suffix: &[u32]) -> Vec<u32> {
+    let mut p = shared.to_vec();
+    p.extend_from_slice(suffix);
+    p
+}
+
+/// Prefix caching with windowed layers: a second request sharing 700 tokens (more than the
+/// 512-token window) with a finished one prefills only its suffix, from the cached groups of
+/// single-layer pages (the windowed layers take only the pages of their window), and gives
+/// the tokens it gives with the cache off and alone in a session. Every page goes back.
+#[test]
+fn engine_prefix_cache_skips_a_shared_prefix_longer_than_the_window() {
+    let model = gemma3();
+    let text = text_tokens(&model, 1000);
+    let (a, b) = (joined(&text[..700], &text[800..820]), joined(&text[..700], &text[900..920]));
+    let steps = 6;
+    let config = EngineConfig { max_batch_tokens: 256, ..Default::default() };
+    let mut engine = Engine::new(&model, config.clone()).unwrap();
+    engine.submit(Request::greedy(1, a.clone(), steps)).unwrap();
+    let (done_a, _) = engine_common::run_checked(&mut engine);
+    assert_eq!(done_a[0].cached_prompt_tokens, 0);
+    let before = engine.stats().clone();
+    engine.submit(Request::greedy(2, b.clone(), steps)).unwrap();
+    // Admitted with the cached pages: the windowed layers hold only the rule's pages.
+    engine.step().unwrap();
+    let bs = engine.cache().block_size();
+    let c = model.config();
+    let tables = engine.sequence_tables(RequestId(2), 0).expect("B runs");
+    for (l, t) in tables.iter().enumerate() {
+        let want = match c.window(l) {
+            Some(w) => b.len() - droppable_pages(b.len(), w, bs) * bs,
+            None => b.len(),
+        };
+        assert_eq!(t.len(), want, "layer {l}");
+    }
+    engine.check_invariants().unwrap();
+    let (done_b, _) = engine_common::run_checked(&mut engine);
+    let after = engine.stats();
+    // 700 shared tokens = 43 full pages of 16 (688 tokens); the rest is B's to compute.
+    let cached = 700 / bs * bs;
+    assert_eq!(cached, 688);
+    assert_eq!(done_b[0].cached_prompt_tokens, cached);
+    assert_eq!(after.prefill_skipped - before.prefill_skipped, cached as u64);
+    assert_eq!(
+        after.prefill_computed - before.prefill_computed,
+        (b.len() - cached) as u64,
+        "B must prefill only its suffix"
+    );
+    assert_eq!(after.prefix_hits - before.prefix_hits, 43);
+
+    let mut plain = Engine::new(&model, EngineConfig { prefix_caching: false, ..config }).unwrap();
+    plain.submit(Request::greedy(2, b.clone(), steps)).unwrap();
+    let (uncached, _) = engine_common::run_checked(&mut plain);
+    assert_eq!(plain.stats().prefill_computed, b.len() as u64);
+    assert_eq!(done_b[0].samples, uncached[0].samples);
+    assert_eq!(done_b[0].samples[0].tokens, greedy_session(&model, &b, steps));
+    assert_eq!(done_a[0].samples[0].tokens, greedy_session(&model, &a, steps));
+
+    // A's groups stay cached (every layer's pages) until cleared; nothing else is held.
+    assert_eq!(engine.pages_held(), 0);
+    assert!(engine.prefix_index().len() >= 43 * c.n_layers);
+    let cleared = engine.clear_prefix_cache().unwrap();
+    assert!(cleared >= 43 * c.n_layers && engine.prefix_index().is_empty(), "{cleared}");
+    assert_eq!(engine.cache().pages_in_use(), 0);
+}
+
+/// Prefix caching with windowed layers under pressure: requests sharing 300 tokens (less than
+/// the window), one of them forked into two samples, in a pool too small for all of them at
+/// once (preemption, cached pages reclaimed). Each sample gives the tokens its prompt gives
+/// alone in a session; every page goes back.
+#[test]
+fn engine_prefix_cache_with_forks_and_preemption_gives_solo_tokens() {
+    let model = gemma3();
+    let text = text_tokens(&model, 1000);
+    let cases: Vec<(Vec<u32>, usize)> =
+        (0..4).map(|i| (joined(&text[..300], &text[400 + i * 60..430 + i * 70]), 20)).collect();
+    let solo: Vec<Vec<u32>> = cases.iter().map(|(p, n)| greedy_session(&model, p, *n)).collect();
+    let config = EngineConfig { kv_pages: 40, max_batch_tokens: 256, ..Default::default() };
+    let mut engine = Engine::new(&model, config).unwrap();
+    for (i, (p, n)) in cases.iter().enumerate() {
+        let mut req = Request::greedy(i as u64, p.clone(), *n);
+        req.n = if i == 0 { 2 } else { 1 };
+        engine.submit(req).unwrap();
+    }
+    let (outs, _) = engine_common::run_checked(&mut engine);
+    let stats = engine.stats();
+    eprintln!(
+        "preemptions {}, prefix hits {}, evictions {}, skipped {}",
+        stats.preemptions, stats.prefix_hits, stats.evictions, stats.prefill_skipped
+    );
+    assert!(stats.preemptions > 0, "the pool was large enough: nothing preempted");
+    assert!(stats.prefix_hits > 0 && stats.prefill_skipped > 0, "no prefix hit");
+    assert_eq!(outs.len(), cases.len());
+    for o in &outs {
+        assert_eq!(o.samples.len(), if o.id.0 == 0 { 2 } else { 1 });
+        for s in &o.samples {
+            assert_eq!(s.tokens, solo[o.id.0 as usize], "request {}", o.id.0);
+        }
+    }
+    assert_eq!(engine.pages_held(), 0);
+    engine.clear_prefix_cache().unwrap();
+    assert_eq!(engine.cache().pages_in_use(), 0);
 }

@@ -448,3 +448,40 @@ fn batch_stop_and_logprobs_flags_are_the_lines_defaults() {
     assert!(two["text"].as_str().unwrap().contains("Paris"));
     assert_eq!(one["logprobs"][0]["top_logprobs"].as_array().unwrap().len(), 1);
 }
+
+/// Gemma 3 (sliding-window layers) keeps the prefix cache in `batch`: two requests with the
+/// same 700-odd-token prompt (longer than the 512-token window); the second, admitted after
+/// the first's first 512-token chunk, reuses its cached pages and gives the same tokens.
+#[test]
+fn batch_on_gemma3_reuses_cached_prompt_pages() {
+    let gemma = root().join("models/gemma-3-270m-q4_k_m.gguf");
+    assert!(gemma.exists(), "model {} missing: run scripts/fetch-model.sh gemma3", gemma.display());
+    let text = std::fs::read_to_string(root().join("tests/data/text/GPL-3")).unwrap();
+    let prompt: String = text.chars().take(3500).collect();
+    let line = |id: u32| {
+        serde_json::json!({"id": id, "prompt": prompt, "n_predict": 3, "temperature": 0})
+            .to_string()
+    };
+    let input = temp_file("gemma.jsonl", &format!("{}\n{}\n", line(1), line(2)));
+    let output = temp_file("gemma.out.jsonl", "");
+    let o = run(&[
+        "batch",
+        "-m",
+        gemma.to_str().unwrap(),
+        "-f",
+        input.to_str().unwrap(),
+        "-o",
+        output.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines = lines_of(&output);
+    assert_eq!(lines.len(), 2);
+    let cached: Vec<u64> =
+        lines.iter().map(|v| v["cached_prompt_tokens"].as_u64().expect("a count")).collect();
+    let prompt_tokens = lines[0]["prompt_tokens"].as_u64().expect("prompt tokens");
+    assert!(prompt_tokens > 600, "the prompt is {prompt_tokens} tokens: not past the window");
+    assert!(cached.iter().any(|&c| c >= 512), "no cached prompt tokens: {cached:?}");
+    assert_eq!(lines[0]["tokens"], lines[1]["tokens"]);
+    let err = stderr(&o);
+    assert!(!err.contains("pages, 0 prompt tokens skipped"), "{err}");
+}

@@ -42,7 +42,17 @@
 //! ```
 //!
 //! Prefix caching is off under such a policy (it scores pages by attention mass, see
-//! `prefix_caching`), so the prefix index never holds a single-layer page.
+//! `prefix_caching`).
+//!
+//! A model with sliding-window layers (Gemma 3) has the same layout under `full`, and keeps
+//! prefix caching: the prefix index caches a group per full page (that page in each of the
+//! sequence's tables), registered when the page fills, before the windows drop pages. A hit
+//! of `k` pages gives each global layer's table all `k`, and each windowed layer's table only
+//! the pages its window rule keeps for `k` pages of tokens
+//! ([`KvManager::cached_prefix`]): the tables a sequence would have after computing the
+//! prefix itself. A windowed layer's old pages outlive its window only while cached, each
+//! reclaimable (counted as available, reclaimed least recently used first) once no table
+//! holds it.
 //!
 //! [`Session`]: crate::model::Session
 
@@ -64,7 +74,7 @@ use crate::model::{
     droppable_pages, max_window_pages, BatchEntry, Evictor, ForwardScratch, KvCache, KvType, Llama,
     Logits, ModelRef, SeqTable,
 };
-use crate::model::{KvManager, PrefixIndex};
+use crate::model::{KvManager, PrefixHit, PrefixIndex};
 use crate::sampler::{log_probs, Sampler, SamplerConfig};
 use crate::stop::StopMatcher;
 use crate::tokenizer::{Tokenizer, Utf8Buffer};
@@ -147,6 +157,8 @@ pub struct Engine<'m> {
     policy: KvPolicy,
     /// Block tables per sequence: 1, or `n_layers` under a per-layer policy.
     n_tables: usize,
+    /// Each table's sliding window (`None`: it keeps every page), for prefix hits.
+    table_windows: Vec<Option<usize>>,
     /// Turns tokens into text for [`TokenEvent::text`] and stop strings.
     tokenizer: Option<Arc<Tokenizer>>,
     /// Compute grammar masks on a thread of their own during the forward pass.
@@ -188,7 +200,11 @@ impl<'m> Engine<'m> {
     /// per-layer pool (`kv_pages × n_layers` single-layer pages) and one table per layer, and
     /// after every step each windowed layer gives back the pages its window has left
     /// (`crate::model::drop_out_of_window`): a sequence holds global layers × its length +
-    /// windowed layers × the window. Prefix caching is off for it.
+    /// windowed layers × the window. Prefix caching works for it: a cached prefix keeps every
+    /// layer's pages (one group of single-layer pages per full page), and a request that
+    /// finds it gives each windowed layer only the pages of its window. The windowed layers'
+    /// older pages stay only while cached: each is reclaimable once no table holds it, counts
+    /// as available, and is reclaimed least recently used first when the pool needs pages.
     pub fn with_policy(
         model: &'m Llama,
         config: EngineConfig,
@@ -235,6 +251,10 @@ impl<'m> Engine<'m> {
         } else {
             (KvCache::new(c, config.kv_type, config.kv_pages, config.block_size)?, 1)
         };
+        let table_windows = match n_tables {
+            1 => vec![None],
+            _ => (0..n_tables).map(|l| c.window(l)).collect(),
+        };
         let mut scratch = ForwardScratch::default();
         scratch.record_queries(policy.needs_attention_mass());
         Ok(Engine {
@@ -249,6 +269,7 @@ impl<'m> Engine<'m> {
             next_start: 0,
             policy,
             n_tables,
+            table_windows,
             tokenizer: None,
             overlap_masks: spare_core(),
         })
@@ -310,10 +331,12 @@ impl<'m> Engine<'m> {
 
     /// Whether prefix caching applies: on, and the policy does not score pages by the
     /// attention of the tokens that wrote them (a cached prefix skips those tokens). That
-    /// includes every per-layer policy (PyramidKV), so the prefix index only ever holds
-    /// all-layer pages.
+    /// excludes every per-layer policy (PyramidKV), so the prefix index holds single-layer
+    /// pages only for a model with sliding-window layers (a group of one page per layer).
     fn prefix_caching(&self) -> bool {
-        self.config.prefix_caching && !self.policy.needs_attention_mass() && self.n_tables == 1
+        self.config.prefix_caching
+            && !self.policy.needs_attention_mass()
+            && !self.policy.per_layer()
     }
 
     /// The settings.
@@ -488,7 +511,6 @@ impl<'m> Engine<'m> {
         }
         let logits = self.forward_with_masks(&plan)?;
         self.stats.steps += 1;
-        let prefix_caching = self.prefix_caching();
         let mut children = Vec::new();
         let mut finished = Vec::new();
         for (&(i, n), mut logits) in plan.iter().zip(logits) {
@@ -502,9 +524,6 @@ impl<'m> Engine<'m> {
                 (start + n).min(seq.tokens.len() - 1).saturating_sub(seq.prompt_len.max(start));
             self.stats.recomputed_tokens += recomputed as u64;
             out.batch_tokens += n;
-            if prefix_caching && seq.unevicted(self.kv.tables(seq.kv)) {
-                self.kv.register_full_pages(seq.kv, &seq.tokens, &mut seq.page_keys)?;
-            }
             if seq.pending() > 0 {
                 continue; // a prompt chunk that is not the last: no logits
             }
@@ -678,7 +697,7 @@ impl<'m> Engine<'m> {
             )));
         }
         let cached = self.kv.prefix_index().len();
-        if self.n_tables > 1 && cached > 0 {
+        if self.policy.per_layer() && cached > 0 {
             return Err(EngineError::Inconsistent(format!(
                 "the prefix index holds {} single-layer pages (prefix caching is off under {})",
                 cached, self.policy
@@ -694,13 +713,15 @@ impl<'m> Engine<'m> {
                 // Each windowed table holds exactly the pages of the rule, never more.
                 for (l, t) in tables.iter().enumerate() {
                     let Some(w) = c.window(l) else { continue };
-                    if droppable_pages(t.len(), w, bs) > 0 {
+                    let rule = s.computed - droppable_pages(s.computed, w, bs) * bs;
+                    if droppable_pages(t.len(), w, bs) > 0 || t.len() != rule {
                         return Err(EngineError::Inconsistent(format!(
-                            "{} sample {} layer {l}: {} tokens held, more than the pages of \
-                             its last {w}",
+                            "{} sample {} layer {l}: {} tokens held, the pages of its last \
+                             {w} of {} computed are {rule}",
                             s.id,
                             s.sample,
-                            t.len()
+                            t.len(),
+                            s.computed
                         )));
                     }
                 }
@@ -791,9 +812,12 @@ impl<'m> Engine<'m> {
         while !preempted && budget > 0 {
             let Some(seq) = self.waiting.front() else { break };
             let probe = (seq.tokens.len() - 1) / bs;
-            let hits =
-                if prefix_caching { self.kv.cached_prefix(&seq.tokens, probe) } else { Vec::new() };
-            let cached = hits.len() * bs;
+            let hit = if prefix_caching {
+                self.kv.cached_prefix(&seq.tokens, probe, &self.table_windows)
+            } else {
+                PrefixHit::default()
+            };
+            let cached = hit.len() * bs;
             let n = if seq.evictor.is_some() {
                 // The first step from a page boundary: a whole page (or the prompt's rest).
                 let n = (seq.prompt_len.saturating_sub(cached)).min(bs).max(1);
@@ -804,22 +828,23 @@ impl<'m> Engine<'m> {
             } else {
                 (seq.tokens.len() - cached).min(budget)
             };
-            // Prefix hits only with one table (prefix caching is off under per-layer policies).
-            let need = (cached + n).div_ceil(bs) * self.n_tables - hits.len();
-            let hits_unused = self.kv.reclaimable_among(&hits);
+            // Each table starts with whole cached pages (a windowed one with fewer of them):
+            // the chunk takes fresh pages in every table.
+            let need = n.div_ceil(bs) * self.n_tables;
+            let hits_unused = self.kv.reclaimable_among(&hit);
             if reserved + need > self.available() - hits_unused {
                 break;
             }
             let mut seq = self.waiting.pop_front().expect("front exists");
-            self.kv.share_cached(seq.kv, &hits)?;
-            seq.page_keys.extend(hits.iter().map(|&(key, _)| key));
+            self.kv.share_cached(seq.kv, &hit)?;
+            seq.page_keys.extend_from_slice(&hit.keys);
             seq.computed = cached;
             if let Some(ev) = &mut seq.evictor {
                 ev.appended(self.kv.tables(seq.kv), 0, cached);
             }
             if prefix_caching {
                 self.stats.prefix_lookups += probe as u64;
-                self.stats.prefix_hits += hits.len() as u64;
+                self.stats.prefix_hits += hit.len() as u64;
             }
             let skipped = cached.min(seq.prompt_len);
             self.stats.prefill_skipped += skipped as u64;
@@ -1009,6 +1034,7 @@ impl<'m> Engine<'m> {
         let q_dim = c.n_heads * c.head_dim;
         let total: usize = n_of.iter().sum();
         let mut off = 0;
+        let prefix_caching = self.prefix_caching();
         for (seq, &n) in self.running.iter_mut().zip(&n_of) {
             if n == 0 {
                 continue;
@@ -1028,6 +1054,12 @@ impl<'m> Engine<'m> {
             }
             seq.computed += n;
             off += n;
+            // Full pages are cached before the windows drop any: every table still holds
+            // them (an evicting policy's table maps pages to tokens only until it evicts).
+            if prefix_caching && (seq.evictor.is_none() || seq.unevicted(self.kv.tables(seq.kv))) {
+                let computed = &seq.tokens[..seq.computed];
+                self.kv.register_full_pages(seq.kv, computed, &mut seq.page_keys)?;
+            }
             if c.has_windows() {
                 self.kv.drop_out_of_window(seq.kv, c)?;
             }
