@@ -76,7 +76,7 @@ impl Model {
     /// float order, bit-identical logits (docs/numerics.md), as `--numerics exact` on the
     /// command line.
     pub fn load_with_numerics(path: impl AsRef<Path>, numerics: Numerics) -> Result<Model> {
-        Self::from_llama(Llama::load(path)?.with_numerics(numerics))
+        Self::from_llama(Llama::load_with(path, numerics)?)
     }
 
     /// Loads a GGUF model held in memory. A `Vec<u8>` is copied once into page-aligned

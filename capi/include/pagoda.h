@@ -120,13 +120,12 @@ typedef enum pagoda_kv_type {
  */
 typedef enum pagoda_numerics {
   /**
-   * llama.cpp's order: logits bit-identical to llama.cpp's (what `pagoda_model_load`
-   * gives).
+   * llama.cpp's order: logits bit-identical to llama.cpp's.
    */
   PAGODA_NUMERICS_EXACT = 0,
   /**
-   * pagoda's faster order (attention at depth), batch-invariant: a sequence's logits do
-   * not depend on its batch, its prompt chunking or the thread count.
+   * pagoda's faster order (what `pagoda_model_load` gives), batch-invariant: a sequence's
+   * logits do not depend on its batch, its prompt chunking or the thread count.
    */
   PAGODA_NUMERICS_FAST = 1,
 } pagoda_numerics;

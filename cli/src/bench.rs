@@ -157,7 +157,7 @@ pub fn main(a: BenchArgs) -> CliResult {
     // The global pool (used while loading) is built now, so a failure is an error, not a panic.
     init_threads(None)?;
     let path = a.model.clone().unwrap_or_else(default_model_path);
-    let model = load_model(&path, a.model.is_some(), a.mmap)?.with_numerics(a.numerics);
+    let model = load_model(&path, a.model.is_some(), a.mmap, a.numerics)?;
     let info = ModelInfo::of(&model, &path);
     if !a.engine_batch.is_empty() {
         let p = a.n_prompt.first().copied().unwrap_or(0);
@@ -285,7 +285,7 @@ pub(crate) fn kv_name(k: KvType) -> &'static str {
     k.name()
 }
 
-fn load_model(path: &Path, explicit: bool, mmap: bool) -> CliResult<Llama> {
+fn load_model(path: &Path, explicit: bool, mmap: bool, numerics: Numerics) -> CliResult<Llama> {
     if !path.exists() {
         let hint = if explicit {
             ""
@@ -294,7 +294,11 @@ fn load_model(path: &Path, explicit: bool, mmap: bool) -> CliResult<Llama> {
         };
         return Err(format!("model file '{}' not found{hint}", path.display()).into());
     }
-    Ok(if mmap { Llama::load_mapped(path)? } else { Llama::load(path)? })
+    Ok(if mmap {
+        Llama::load_mapped_with(path, numerics)?
+    } else {
+        Llama::load_with(path, numerics)?
+    })
 }
 
 /// What the table's first columns say about the model.

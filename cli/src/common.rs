@@ -417,7 +417,11 @@ pub fn load(args: &ModelArgs) -> CliResult<Loaded> {
         };
         return Err(format!("model file '{}' not found{hint}", path.display()).into());
     }
-    let model = if args.mmap { Llama::load_mapped(&path) } else { Llama::load(&path) };
+    let model = if args.mmap {
+        Llama::load_mapped_with(&path, args.numerics)
+    } else {
+        Llama::load_with(&path, args.numerics)
+    };
     let model = model.map_err(|e| -> Box<dyn std::error::Error> {
         match e {
             // Holds names from the file (the architecture): no raw control characters.
@@ -440,7 +444,6 @@ pub fn load(args: &ModelArgs) -> CliResult<Loaded> {
         };
         format!("{}: tokenizer: {e}", path.display())
     })?;
-    let model = model.with_numerics(args.numerics);
     Ok(Loaded { model, tokenizer, load_time: t0.elapsed() })
 }
 

@@ -44,7 +44,15 @@ fn batch_writes_one_result_per_request_and_a_summary() {
          {\"prompt\":\"Once upon a time\",\"n_predict\":5,\"temperature\":0.8,\"seed\":3}\n",
     );
     let output = temp_file("ok.out.jsonl", "");
-    let o = run(&["batch", "-f", input.to_str().unwrap(), "-o", output.to_str().unwrap()]);
+    let o = run(&[
+        "batch",
+        "-f",
+        input.to_str().unwrap(),
+        "-o",
+        output.to_str().unwrap(),
+        "--numerics",
+        "exact",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let text = std::fs::read_to_string(&output).unwrap();
     let lines: Vec<serde_json::Value> =

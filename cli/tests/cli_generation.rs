@@ -51,7 +51,18 @@ fn run_streams_greedy_text_and_stats() {
 
 #[test]
 fn run_json_has_ids_text_and_timings() {
-    let o = run(&["run", "-p", "The capital of France is", "-n", "6", "--temp", "0", "--json"]);
+    let o = run(&[
+        "run",
+        "-p",
+        "The capital of France is",
+        "-n",
+        "6",
+        "--temp",
+        "0",
+        "--json",
+        "--numerics",
+        "exact",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("one JSON object");
     assert_eq!(v["prompt_tokens"], serde_json::json!([504, 3575, 282, 4649, 314]));

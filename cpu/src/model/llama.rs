@@ -199,27 +199,42 @@ impl Llama {
         Self::from_file(ModelFile::read(path.as_ref())?)
     }
 
+    /// [`load`](Self::load) computing in `numerics` (exact numerics never repack: no copy of
+    /// the weights is made).
+    pub fn load_with(path: impl AsRef<Path>, numerics: Numerics) -> Result<Self, ModelError> {
+        Self::from_file_with(ModelFile::read(path.as_ref())?, numerics)
+    }
+
+    /// [`load_mapped`](Self::load_mapped) computing in `numerics`.
+    pub fn load_mapped_with(
+        path: impl AsRef<Path>,
+        numerics: Numerics,
+    ) -> Result<Self, ModelError> {
+        Self::from_file_with(ModelFile::open(path.as_ref())?, numerics)
+    }
+
     /// Maps a GGUF model file read-only and validates it: no copy, the page cache's
     /// 4 KiB pages ([`ModelFile::open`]).
     pub fn load_mapped(path: impl AsRef<Path>) -> Result<Self, ModelError> {
         Self::from_file(ModelFile::open(path.as_ref())?)
     }
 
-    /// Builds the model over an already opened file.
+    /// Builds the model over an already opened file, in the default numerics.
     pub fn from_file(file: ModelFile) -> Result<Self, ModelError> {
+        Self::from_file_with(file, Numerics::default())
+    }
+
+    /// Builds the model over an already opened file, computing in `numerics`. Fast numerics
+    /// repack some matrices ([`with_numerics`](Self::with_numerics)); a copy that cannot be
+    /// allocated is [`ModelError::OutOfMemory`].
+    pub fn from_file_with(file: ModelFile, numerics: Numerics) -> Result<Self, ModelError> {
         let g = file.gguf();
         let config = LlamaConfig::from_gguf(&g)?;
         let weights = LlamaWeights::load(&g, &config)?;
         let check_finite = std::env::var_os("PAGODA_CHECK_FINITE").is_some_and(|v| v == "1");
-        let mut model = Llama {
-            file,
-            config,
-            weights,
-            kernels: Kernels::detect(),
-            check_finite,
-            numerics: Numerics::default(),
-        };
-        model.refresh_repacked();
+        let mut model =
+            Llama { file, config, weights, kernels: Kernels::detect(), check_finite, numerics };
+        model.refresh_repacked()?;
         Ok(model)
     }
 
@@ -239,17 +254,31 @@ impl Llama {
     /// Fast numerics at a level with a repacked kernel (AVX-512) repack the Q4_0, Q4_1, Q5_0,
     /// Q5_1, Q8_0 and IQ4_NL matrices (a copy of their bytes: [`crate::kernels::repacked`]); otherwise such copies
     /// are dropped.
+    ///
+    /// A repacked copy that cannot be allocated leaves its matrix on the exact kernel (the
+    /// model stays batch-invariant, its numerics a mix); [`try_with_numerics`] says so
+    /// instead.
+    ///
+    /// [`try_with_numerics`]: Self::try_with_numerics
     pub fn with_numerics(mut self, numerics: Numerics) -> Self {
         self.numerics = numerics;
-        self.refresh_repacked();
+        let _mixed_if_out_of_memory = self.refresh_repacked();
         self
     }
 
+    /// [`with_numerics`](Self::with_numerics), failing with [`ModelError::OutOfMemory`]
+    /// when a repacked copy cannot be allocated.
+    pub fn try_with_numerics(mut self, numerics: Numerics) -> Result<Self, ModelError> {
+        self.numerics = numerics;
+        self.refresh_repacked()?;
+        Ok(self)
+    }
+
     /// Repacked copies exactly when fast numerics have a repacked kernel at this level.
-    fn refresh_repacked(&mut self) {
+    fn refresh_repacked(&mut self) -> Result<(), ModelError> {
         let on = self.numerics == Numerics::Fast
             && crate::kernels::repacked::accelerated(self.kernels.level());
-        self.weights.set_repacked(self.file.bytes(), on);
+        self.weights.set_repacked(self.file.bytes(), on)
     }
 
     /// The float order of the forward pass.
@@ -258,9 +287,11 @@ impl Llama {
     }
 
     /// Uses the kernels of an explicit SIMD level (tests force each level).
+    ///
+    /// Fast numerics repack for the new level as [`with_numerics`](Self::with_numerics) does.
     pub fn with_kernels(mut self, kernels: Kernels) -> Self {
         self.kernels = kernels;
-        self.refresh_repacked();
+        let _mixed_if_out_of_memory = self.refresh_repacked();
         self
     }
 

@@ -209,12 +209,27 @@ impl LlamaWeights {
 
     /// Repacks every Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and IQ4_NL matrix (blocks and LM head) for fast numerics' matmul
     /// (`on`), or drops the repacked copies (`!on`). `file` is the mapped file.
-    pub fn set_repacked(&mut self, file: &[u8], on: bool) {
-        let set = |w: &mut Weight| {
-            w.fast = match on {
-                true => Repacked::new(&w.matrix(file)).map(Arc::new),
-                false => None,
-            };
+    ///
+    /// A copy that cannot be allocated leaves its matrix on the exact kernels (still
+    /// batch-invariant) and is reported: the first such failure is the error, after every
+    /// other matrix was tried.
+    pub fn set_repacked(&mut self, file: &[u8], on: bool) -> Result<(), ModelError> {
+        let mut failed: Option<ModelError> = None;
+        let mut set = |w: &mut Weight| {
+            w.fast = None; // the old copy goes first: never two at once
+            if on {
+                match Repacked::new(&w.matrix(file)) {
+                    Ok(r) => w.fast = r.map(Arc::new),
+                    Err(bytes) => {
+                        failed.get_or_insert(ModelError::OutOfMemory {
+                            what:
+                                "fast numerics' repacked weights (--numerics exact needs no copy)"
+                                    .into(),
+                            bytes: (bytes != usize::MAX).then_some(bytes),
+                        });
+                    }
+                }
+            }
         };
         for l in &mut self.layers {
             for w in [
@@ -230,6 +245,7 @@ impl LlamaWeights {
             }
         }
         set(&mut self.output);
+        failed.map_or(Ok(()), Err)
     }
 
     /// Bytes of weights read to decode one token: every matrix once, plus the LM head.

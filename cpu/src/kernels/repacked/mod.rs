@@ -147,15 +147,21 @@ pub struct Repacked {
 }
 
 impl Repacked {
-    /// `m` repacked, or `None` when its type has no repacked format.
-    pub fn new(m: &QuantMatrix<'_>) -> Option<Repacked> {
-        let &(format, _) = FORMATS.iter().find(|(_, ty)| *ty == m.ty())?;
+    /// `m` repacked, or `None` when its type has no repacked format; `Err(bytes)` when the
+    /// copy of `bytes` bytes cannot be allocated (or its size overflows: `usize::MAX`).
+    pub fn new(m: &QuantMatrix<'_>) -> Result<Option<Repacked>, usize> {
+        let Some(&(format, _)) = FORMATS.iter().find(|(_, ty)| *ty == m.ty()) else {
+            return Ok(None);
+        };
         let (gb, q0) = geometry(format);
-        let block = m.ty().type_size()?;
+        let Some(block) = m.ty().type_size() else { return Ok(None) };
         let (rows, cols, rb) = (m.rows(), m.cols(), m.row_bytes());
         let nb = cols / QK;
         let groups = rows.div_ceil(GROUP_ROWS);
-        let mut data = vec![0u8; groups * nb * gb];
+        let len = groups.checked_mul(nb).and_then(|n| n.checked_mul(gb)).ok_or(usize::MAX)?;
+        let mut data = Vec::new();
+        data.try_reserve_exact(len).map_err(|_| len)?;
+        data.resize(len, 0u8);
         let src = m.data();
         for (g, out) in data.chunks_exact_mut(nb * gb).enumerate() {
             for (b, o) in out.chunks_exact_mut(gb).enumerate() {
@@ -182,7 +188,7 @@ impl Repacked {
                 }
             }
         }
-        Some(Repacked { format, rows, cols, nb, data })
+        Ok(Some(Repacked { format, rows, cols, nb, data }))
     }
 
     /// The weight type.
@@ -399,7 +405,7 @@ mod tests {
             for (rows, cols) in [(16, 32), (37, 96), (64, 576), (200, 1536)] {
                 let (wb, x) = case(ty, rows, cols, (rows * cols) as u64 + ty as u64);
                 let m = QuantMatrix::new(ty, rows, cols, bytemuck::cast_slice(&wb)).unwrap();
-                let w = Repacked::new(&m).unwrap();
+                let w = Repacked::new(&m).unwrap().unwrap();
                 let want = run(&scalar, &w, &x, 9);
                 for level in [SimdLevel::Avx2, SimdLevel::Avx512, SimdLevel::Neon] {
                     let Ok(k) = Kernels::new(level) else { continue };
@@ -443,10 +449,10 @@ mod tests {
     fn other_types_are_not_repacked_and_shapes_are_checked() {
         let data = vec![0u16; 72];
         let m = QuantMatrix::new(GgmlType::Q4_K, 1, 256, bytemuck::cast_slice(&data)).unwrap();
-        assert!(Repacked::new(&m).is_none());
+        assert!(Repacked::new(&m).unwrap().is_none());
         let data = vec![0u16; 9];
         let m = QuantMatrix::new(GgmlType::Q4_0, 1, 32, bytemuck::cast_slice(&data)).unwrap();
-        let w = Repacked::new(&m).unwrap();
+        let w = Repacked::new(&m).unwrap().unwrap();
         let k = Kernels::detect();
         let mut out = [0.0f32; 2];
         let e = k.matmul_repacked(&w, &[0.0; 32], 2, &mut out, &mut Default::default());
