@@ -3,7 +3,7 @@
 
 use core::arch::x86_64::*;
 
-use super::{geometry, has_min, nibbles, offset, Acts, Repacked, GROUP_ROWS};
+use super::{geometry, has_min, nibbles, offset, wide_scales, Acts, Repacked, GROUP_ROWS};
 
 /// [`super::dot_scalar`], bit for bit.
 ///
@@ -15,8 +15,10 @@ use super::{geometry, has_min, nibbles, offset, Acts, Repacked, GROUP_ROWS};
 pub(super) unsafe fn dot_group(w: &Repacked, g: usize, acts: &Acts<'_>, outs: &mut [&mut [f32]]) {
     // SAFETY: this fn's contract.
     unsafe {
-        use super::{IQ4_NL, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0};
+        use super::{IQ4_NL, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q8_0};
         match w.format {
+            Q4_K => dot_group_f::<Q4_K>(w, g, acts, outs),
+            Q5_K => dot_group_f::<Q5_K>(w, g, acts, outs),
             Q4_0 => dot_group_f::<Q4_0>(w, g, acts, outs),
             Q4_1 => dot_group_f::<Q4_1>(w, g, acts, outs),
             Q5_0 => dot_group_f::<Q5_0>(w, g, acts, outs),
@@ -85,19 +87,24 @@ unsafe fn tile<const F: u8, const T: usize>(
     let nb = acts.nb;
     let group = w.group(g).as_ptr();
     // SAFETY (whole body): block b < nb of the group is `gb` bytes at `group + b*gb`, read
-    // as 32 bytes of scales (Q4_1: and 32 of minimums) and 64-byte pieces of quants up to
-    // `gb`; token t0+t < tokens has blocks (t0+t)*nb + b < blocks.len() and sums of the
+    // as 16 scales (f16, or f32 for the K-quants; then as many minimums where the format has
+    // them) and 64-byte pieces of quants up to `gb`; token t0+t < tokens has blocks (t0+t)*nb + b < blocks.len() and sums of the
     // same index; the features are this fn's caller's `target_feature`.
     unsafe {
         let low4 = _mm512_set1_epi8(0x0F);
         let mut acc = [_mm512_setzero_ps(); T];
         for b in 0..nb {
             let blk = group.add(b * gb);
-            let d = _mm512_cvtph_ps(_mm256_loadu_si256(blk as *const __m256i));
-            let m = if has_min(F) {
-                _mm512_cvtph_ps(_mm256_loadu_si256(blk.add(32) as *const __m256i))
+            let (d, m) = if wide_scales(F) {
+                (_mm512_loadu_ps(blk as *const f32), _mm512_loadu_ps(blk.add(64) as *const f32))
             } else {
-                _mm512_setzero_ps()
+                let d = _mm512_cvtph_ps(_mm256_loadu_si256(blk as *const __m256i));
+                let m = if has_min(F) {
+                    _mm512_cvtph_ps(_mm256_loadu_si256(blk.add(32) as *const __m256i))
+                } else {
+                    _mm512_setzero_ps()
+                };
+                (d, m)
             };
             // Operand p of the 8 `vpdpbusd` per token: lanes of weight bytes against the
             // activation dword `dword[p]` (values 4·dword..4·dword+4).

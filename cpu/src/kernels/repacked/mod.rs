@@ -1,17 +1,23 @@
-//! Fast numerics' matmul for the legacy formats and IQ4_NL: rows repacked at load time into
-//! groups of 16, one float multiply-add per (row, token, block), no horizontal sums.
+//! Fast numerics' matmul for the legacy formats, IQ4_NL, Q4_K and Q5_K: rows repacked at load
+//! time into groups of 16, one float multiply-add per (row, token, block of 32), no
+//! horizontal sums.
 //!
 //! ```text
-//! group g (rows 16g..16g+16), block b:
+//! group g (rows 16g..16g+16), block b (values 32b..32b+32 of each row):
 //!   Q4_0:                       | d: 16 × f16 |              | quants: 4 × 64 bytes (nibbles) |
 //!   Q4_1:                       | d: 16 × f16 | m: 16 × f16  | quants: 4 × 64 bytes (nibbles) |
 //!   Q5_0, Q8_0, IQ4_NL:         | d: 16 × f16 |              | quants: 8 × 64 bytes (u8)      |
 //!   Q5_1:                       | d: 16 × f16 | m: 16 × f16  | quants: 8 × 64 bytes (u8)      |
+//!   Q4_K:                       | d: 16 × f32 | m: 16 × f32  | quants: 4 × 64 bytes (nibbles) |
+//!   Q5_K:                       | d: 16 × f32 | m: 16 × f32  | quants: 8 × 64 bytes (u8)      |
 //! quants piece j holds, in 32-bit lane r, four bytes of row r: nibbles, values 4j..4j+4 (low)
 //! and 16+4j..16+4j+4 (high); bytes, values 4j..4j+4. A stored quant u is the format's signed
 //! quant q plus an offset (Q4_0 8, Q5_0 16, Q8_0 and IQ4_NL's codebook level 128, else 0), so
 //! every weight is an unsigned byte for vpdpbusd. Rows past the matrix's last are zero
-//! (d = 0) and never written out.
+//! (d = 0) and never written out. A K-quant block of 32 is one sub-block of its 256-value
+//! super-block: `d = d_super · scale` and `m = −dmin · min` (ggml's `d1` and `−m1`, exact
+//! products of an f16 and a 6-bit integer, kept as f32), so its values are ggml's
+//! dequantized values.
 //! ```
 //!
 //! The float order, per output cell (row r, token t), blocks b in order:
@@ -67,33 +73,54 @@ pub(crate) const Q5_0: u8 = 3;
 pub(crate) const Q5_1: u8 = 4;
 /// See [`Q4_0`].
 pub(crate) const IQ4_NL: u8 = 5;
+/// See [`Q4_0`].
+pub(crate) const Q4_K: u8 = 6;
+/// See [`Q4_0`].
+pub(crate) const Q5_K: u8 = 7;
 
 /// Every format, with its ggml type.
-const FORMATS: [(u8, GgmlType); 6] = [
+const FORMATS: [(u8, GgmlType); 8] = [
     (Q4_0, GgmlType::Q4_0),
     (Q4_1, GgmlType::Q4_1),
     (Q8_0, GgmlType::Q8_0),
     (Q5_0, GgmlType::Q5_0),
     (Q5_1, GgmlType::Q5_1),
     (IQ4_NL, GgmlType::IQ4_NL),
+    (Q4_K, GgmlType::Q4_K),
+    (Q5_K, GgmlType::Q5_K),
 ];
 
-/// Whether format `f` keeps its 4-bit nibbles (two values per byte: Q4_0, Q4_1); the others
-/// store one unsigned byte per value.
+/// Whether format `f` keeps its 4-bit nibbles (two values per byte: Q4_0, Q4_1, Q4_K); the
+/// others store one unsigned byte per value.
 const fn nibbles(f: u8) -> bool {
-    f == Q4_0 || f == Q4_1
+    f == Q4_0 || f == Q4_1 || f == Q4_K
 }
 
 /// Whether format `f` has a per-block minimum `m` (value = d·q + m).
 const fn has_min(f: u8) -> bool {
-    f == Q4_1 || f == Q5_1
+    f == Q4_1 || f == Q5_1 || wide_scales(f)
 }
 
-/// `(bytes of one repacked group block, offset of the quants there)` of format `f`: 16 f16
-/// scales, 16 f16 minimums where the format has them, then 4 (nibbles) or 8 (bytes) pieces
-/// of 64 bytes.
+/// Whether format `f` keeps its scales and minimums as f32 (the K-quants' products of a
+/// super-block scale and a 6-bit sub-block scale), not f16.
+const fn wide_scales(f: u8) -> bool {
+    f == Q4_K || f == Q5_K
+}
+
+/// Bytes of one stored scale (or minimum) of format `f`: 2 (f16) or 4 (f32).
+const fn scale_bytes(f: u8) -> usize {
+    if wide_scales(f) {
+        4
+    } else {
+        2
+    }
+}
+
+/// `(bytes of one repacked group block, offset of the quants there)` of format `f`: 16
+/// scales, 16 minimums where the format has them, then 4 (nibbles) or 8 (bytes) pieces of
+/// 64 bytes.
 const fn geometry(f: u8) -> (usize, usize) {
-    let q0 = if has_min(f) { 64 } else { 32 };
+    let q0 = GROUP_ROWS * scale_bytes(f) * if has_min(f) { 2 } else { 1 };
     (q0 + if nibbles(f) { 256 } else { 512 }, q0)
 }
 
@@ -108,8 +135,48 @@ const fn offset(f: u8) -> i32 {
     }
 }
 
-/// Block `blk` of format `f` (ggml's bytes) as `(d, m, the 32 stored unsigned quants)`:
-/// value i is `d·(u[i] − offset(f)) + m`.
+/// Block `b` (values `32b..32b+32`) of the row `row` (ggml's bytes) of format `f` as `(d, m,
+/// the 32 stored unsigned quants)`, `d` and `m` as stored ([`scale_bytes`] of the 4 bytes
+/// used): value i is `d·(u[i] − offset(f)) + m`.
+fn unpack_block(f: u8, row: &[u8], b: usize) -> ([u8; 4], [u8; 4], [u8; QK]) {
+    if wide_scales(f) {
+        return unpack_kquant(f, row, b);
+    }
+    let block = f_type(f).type_size().unwrap_or(0);
+    let (d, m, u) = unpack(f, &row[b * block..][..block]);
+    ([d[0], d[1], 0, 0], [m[0], m[1], 0, 0], u)
+}
+
+/// The ggml type of format `f`.
+fn f_type(f: u8) -> GgmlType {
+    FORMATS.iter().find(|(g, _)| *g == f).map(|&(_, ty)| ty).unwrap_or(GgmlType::Q4_0)
+}
+
+/// Sub-block `b % 8` of super-block `b / 8` of a Q4_K or Q5_K row (ggml's
+/// `dequantize_row_q4_K`/`_q5_K`): `d = d_super · sc`, `m = −(dmin · min)`, both exact in f32.
+fn unpack_kquant(f: u8, row: &[u8], b: usize) -> ([u8; 4], [u8; 4], [u8; QK]) {
+    let size = f_type(f).type_size().unwrap_or(0);
+    let sb = &row[(b / 8) * size..][..size];
+    let j = b % 8;
+    let d = f16::from_le_bytes([sb[0], sb[1]]).to_f32();
+    let dmin = f16::from_le_bytes([sb[2], sb[3]]).to_f32();
+    let mut scales = [0u8; 12];
+    scales.copy_from_slice(&sb[4..16]);
+    let (sc, mn) = pagoda_core::quant::get_scale_min_k4(j, &scales);
+    let (qh, qs) = if f == Q5_K { (&sb[16..48], &sb[48..176]) } else { (&sb[0..0], &sb[16..144]) };
+    let mut u = [0u8; QK];
+    for (l, u) in u.iter_mut().enumerate() {
+        let byte = qs[32 * (j / 2) + l];
+        let nib = if j % 2 == 0 { byte & 0x0F } else { byte >> 4 };
+        *u = if f == Q5_K { nib | ((qh[l] >> j) & 1) << 4 } else { nib };
+    }
+    let dd = d * f32::from(sc);
+    let mm = -(dmin * f32::from(mn));
+    (dd.to_le_bytes(), mm.to_le_bytes(), u)
+}
+
+/// Block `blk` of a legacy format `f` (ggml's bytes) as `(d, m, the 32 stored unsigned
+/// quants)`: value i is `d·(u[i] − offset(f)) + m`.
 fn unpack(f: u8, blk: &[u8]) -> ([u8; 2], [u8; 2], [u8; QK]) {
     let d = [blk[0], blk[1]];
     let mut u = [0u8; QK];
@@ -134,8 +201,8 @@ fn unpack(f: u8, blk: &[u8]) -> ([u8; 2], [u8; 2], [u8; QK]) {
     (d, m, u)
 }
 
-/// A Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 or IQ4_NL matrix in the repacked layout of the module
-/// docs.
+/// A Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, Q4_K or Q5_K matrix in the repacked layout of
+/// the module docs.
 #[derive(Clone, Debug)]
 pub struct Repacked {
     format: u8,
@@ -154,7 +221,6 @@ impl Repacked {
             return Ok(None);
         };
         let (gb, q0) = geometry(format);
-        let Some(block) = m.ty().type_size() else { return Ok(None) };
         let (rows, cols, rb) = (m.rows(), m.cols(), m.row_bytes());
         let nb = cols / QK;
         let groups = rows.div_ceil(GROUP_ROWS);
@@ -170,10 +236,12 @@ impl Repacked {
                     if r >= rows {
                         break; // zero rows: d = 0, m = 0
                     }
-                    let (d, mn, u) = unpack(format, &src[r * rb + b * block..][..block]);
-                    o[2 * i..2 * i + 2].copy_from_slice(&d);
+                    let (d, mn, u) = unpack_block(format, &src[r * rb..][..rb], b);
+                    let sb = scale_bytes(format);
+                    o[sb * i..sb * (i + 1)].copy_from_slice(&d[..sb]);
                     if has_min(format) {
-                        o[32 + 2 * i..32 + 2 * i + 2].copy_from_slice(&mn);
+                        let m0 = GROUP_ROWS * sb;
+                        o[m0 + sb * i..m0 + sb * (i + 1)].copy_from_slice(&mn[..sb]);
                     }
                     if nibbles(format) {
                         // Piece j, lane i: values 4j..4j+4 low, 16+4j..16+4j+4 high.
@@ -193,7 +261,7 @@ impl Repacked {
 
     /// The weight type.
     pub fn ty(&self) -> GgmlType {
-        FORMATS.iter().find(|(f, _)| *f == self.format).map(|&(_, ty)| ty).unwrap_or(GgmlType::Q4_0)
+        f_type(self.format)
     }
 
     /// Number of rows (outputs per token).
@@ -236,7 +304,12 @@ pub(crate) fn dot_scalar(w: &Repacked, g: usize, acts: &Acts<'_>, outs: &mut [&m
                 let blk = &group[b * gb..(b + 1) * gb];
                 let a = &acts.blocks[t * acts.nb + b];
                 let da = a.d.to_f32();
-                let d = f16::from_le_bytes([blk[2 * i], blk[2 * i + 1]]).to_f32();
+                let sb = scale_bytes(f);
+                let scale = |at: usize| match wide_scales(f) {
+                    true => f32::from_le_bytes([blk[at], blk[at + 1], blk[at + 2], blk[at + 3]]),
+                    false => f16::from_le_bytes([blk[at], blk[at + 1]]).to_f32(),
+                };
+                let d = scale(sb * i);
                 let mut isum = 0i32;
                 for e in 0..QK {
                     let u = if nibbles(f) {
@@ -253,7 +326,7 @@ pub(crate) fn dot_scalar(w: &Repacked, g: usize, acts: &Acts<'_>, outs: &mut [&m
                 }
                 acc = (d * da).mul_add(isum as f32, acc);
                 if has_min(f) {
-                    let m = f16::from_le_bytes([blk[32 + 2 * i], blk[32 + 2 * i + 1]]).to_f32();
+                    let m = scale(GROUP_ROWS * sb + sb * i);
                     acc = (m * da).mul_add(acts.sums[t * acts.nb + b] as f32, acc);
                 }
             }
@@ -365,9 +438,9 @@ mod tests {
     /// A random `rows × cols` matrix of `ty` (a repacked format), as 2-byte aligned bytes:
     /// random quants, small finite scales (and minimums).
     fn matrix(ty: GgmlType, rows: usize, cols: usize, rng: &mut Rng) -> Vec<u16> {
-        let block = ty.type_size().unwrap();
-        let mut bytes = vec![0u8; rows * cols / QK * block];
-        let min = matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_1);
+        let (block, per_block) = (ty.type_size().unwrap(), ty.block_size().unwrap());
+        let mut bytes = vec![0u8; rows * cols / per_block * block];
+        let min = matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4_K | GgmlType::Q5_K);
         for blk in bytes.chunks_exact_mut(block) {
             blk.iter_mut().for_each(|q| *q = rng.next() as u8);
             blk[0..2].copy_from_slice(&f16::from_f32(rng.unit() * 0.05).to_le_bytes());
@@ -402,7 +475,10 @@ mod tests {
     fn levels_agree_batches_do_not_matter_and_dots_are_right() {
         let scalar = Kernels::new(SimdLevel::Scalar).unwrap();
         for &(_, ty) in &FORMATS {
-            for (rows, cols) in [(16, 32), (37, 96), (64, 576), (200, 1536)] {
+            for (rows, cols) in [(16, 32), (37, 96), (64, 576), (200, 1536), (21, 512)] {
+                if cols % ty.block_size().unwrap() != 0 {
+                    continue; // K-quants: whole super-blocks of 256
+                }
                 let (wb, x) = case(ty, rows, cols, (rows * cols) as u64 + ty as u64);
                 let m = QuantMatrix::new(ty, rows, cols, bytemuck::cast_slice(&wb)).unwrap();
                 let w = Repacked::new(&m).unwrap().unwrap();
@@ -447,8 +523,8 @@ mod tests {
 
     #[test]
     fn other_types_are_not_repacked_and_shapes_are_checked() {
-        let data = vec![0u16; 72];
-        let m = QuantMatrix::new(GgmlType::Q4_K, 1, 256, bytemuck::cast_slice(&data)).unwrap();
+        let data = vec![0u16; 105];
+        let m = QuantMatrix::new(GgmlType::Q6_K, 1, 256, bytemuck::cast_slice(&data)).unwrap();
         assert!(Repacked::new(&m).unwrap().is_none());
         let data = vec![0u16; 9];
         let m = QuantMatrix::new(GgmlType::Q4_0, 1, 32, bytemuck::cast_slice(&data)).unwrap();
