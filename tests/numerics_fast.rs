@@ -15,7 +15,11 @@ mod engine_common;
 use std::sync::OnceLock;
 
 use pagoda::cpu::engine::{Engine, EngineConfig, Request};
-use pagoda::cpu::model::{Llama, Numerics, Session, SessionOptions};
+use pagoda::cpu::model::{
+    ForwardScratch, KvCache, KvType, Llama, Logits, Numerics, SeqItem, SeqTable, Session,
+    SessionOptions,
+};
+use proptest::prelude::*;
 
 fn fast() -> &'static Llama {
     static M: OnceLock<Llama> = OnceLock::new();
@@ -160,4 +164,68 @@ fn fast_perplexity_stays_close_to_exact() {
     // Measured -0.014% (18.3590 vs 18.3615): issue 18's guard is 0.1% (docs/numerics.md has
     // -c 2048, where any float-order change moves this text by ~0.2%).
     assert!(d.abs() < 0.001, "fast perplexity {f:.4} is {:+.3}% from exact's {e:.4}", d * 100.0);
+}
+
+/// Several sequences through one batched forward pass per step, each step taking a chunk of
+/// random size from every unfinished sequence (their pages interleave in the pool), on 1 or 2
+/// threads: each sequence's last logits equal, bit for bit, its prompt run alone in one
+/// session.
+fn batch_mix_case(lens: &[(usize, usize)], chunk_sizes: &[usize], threads: usize) {
+    let model = fast();
+    let all = text(1300);
+    let prompts: Vec<&[u32]> = lens.iter().map(|&(at, n)| &all[at..at + n]).collect();
+    let alone: Vec<Vec<f32>> =
+        prompts.iter().map(|p| on_threads(2, || tail_logits(model, p, 1, 512, 0))).collect();
+    on_threads(threads, || {
+        let c = model.config();
+        let mut cache = KvCache::new(c, KvType::F16, 128, 16).unwrap();
+        let mut tables: Vec<SeqTable> = prompts.iter().map(|_| cache.new_table()).collect();
+        let mut at = vec![0usize; prompts.len()];
+        let mut last: Vec<Vec<f32>> = vec![Vec::new(); prompts.len()];
+        let mut scratch = ForwardScratch::default();
+        for step in 0.. {
+            let mut items = Vec::new();
+            let mut who = Vec::new();
+            for (i, table) in tables.iter_mut().enumerate() {
+                let rest = prompts[i].len() - at[i];
+                if rest == 0 {
+                    continue;
+                }
+                let n = chunk_sizes[(step + i) % chunk_sizes.len()].min(rest);
+                items.push(SeqItem::new(table, &prompts[i][at[i]..at[i] + n], Logits::Last));
+                who.push((i, n));
+            }
+            if items.is_empty() {
+                break;
+            }
+            let batch = cache.prepare(&mut items).unwrap();
+            let outs = model.forward(&mut cache, &batch, &mut scratch).unwrap();
+            for ((i, n), logits) in who.into_iter().zip(outs) {
+                at[i] += n;
+                last[i] = logits;
+            }
+        }
+        for (i, (got, want)) in last.iter().zip(&alone).enumerate() {
+            assert!(
+                same_bits(got, want),
+                "sequence {i} ({:?}), chunks {chunk_sizes:?}, {threads} threads: logits differ \
+                 from its run alone",
+                lens[i]
+            );
+        }
+    });
+}
+
+proptest! {
+    #![proptest_config(common::proptest_config(6))]
+
+    /// Batch invariance over random batch mixes (`batch_mix_case`).
+    #[test]
+    fn random_batch_mixes_give_each_sequence_its_solo_logits(
+        lens in prop::collection::vec((0usize..900, 1usize..=400), 2..=3),
+        chunk_sizes in prop::collection::vec(1usize..=200, 1..=4),
+        threads in 1usize..=2,
+    ) {
+        batch_mix_case(&lens, &chunk_sizes, threads);
+    }
 }
