@@ -252,7 +252,7 @@ impl Llama {
     /// gives llama.cpp's bits).
     ///
     /// Fast numerics at a level with a repacked kernel (AVX-512) repack the Q4_0, Q4_1, Q5_0,
-    /// Q5_1, Q8_0 and IQ4_NL matrices (a copy of their bytes: [`crate::kernels::repacked`]); otherwise such copies
+    /// Q5_1, Q8_0, IQ4_NL, Q4_K and Q5_K matrices (a copy of their bytes: [`crate::kernels::repacked`]); otherwise such copies
     /// are dropped.
     ///
     /// A repacked copy that cannot be allocated leaves its matrix on the exact kernel (the

@@ -30,7 +30,7 @@ pub struct Weight {
     pub cols: usize,
     /// Byte range of the data within the file.
     pub range: Range<usize>,
-    /// The rows repacked for fast numerics' matmul (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and IQ4_NL weights of a model
+    /// The rows repacked for fast numerics' matmul (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, Q4_K and Q5_K weights of a model
     /// computing in [`Numerics::Fast`](super::Numerics::Fast)), else `None`.
     pub fast: Option<Arc<Repacked>>,
 }
@@ -207,7 +207,7 @@ impl LlamaWeights {
         })
     }
 
-    /// Repacks every Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and IQ4_NL matrix (blocks and LM head) for fast numerics' matmul
+    /// Repacks every Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, Q4_K and Q5_K matrix (blocks and LM head) for fast numerics' matmul
     /// (`on`), or drops the repacked copies (`!on`). `file` is the mapped file.
     ///
     /// A copy that cannot be allocated leaves its matrix on the exact kernels (still
