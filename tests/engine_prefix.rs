@@ -32,14 +32,7 @@ fn second_request_prefills_only_its_suffix_and_matches_the_uncached_run() {
     let bs = engine.cache().block_size();
     let cached = 300 / bs * bs;
     assert_eq!(cached, 288);
-    assert_eq!(done_b[0].cached_prompt_tokens, cached);
-    assert_eq!(after.prefill_skipped - before.prefill_skipped, cached as u64);
-    assert_eq!(
-        after.prefill_computed - before.prefill_computed,
-        (b.len() - cached) as u64,
-        "B must prefill only its suffix"
-    );
-    assert_eq!(after.prefix_hits - before.prefix_hits, 18);
+    engine_common::assert_prefilled_only_suffix(&done_b[0], &before, after, b.len(), cached, 18);
 
     // The same tokens as with the cache off, and as B alone in a session.
     let mut plain =

@@ -464,14 +464,7 @@ fn engine_prefix_cache_skips_a_shared_prefix_longer_than_the_window() {
     // 700 shared tokens = 43 full pages of 16 (688 tokens); the rest is B's to compute.
     let cached = 700 / bs * bs;
     assert_eq!(cached, 688);
-    assert_eq!(done_b[0].cached_prompt_tokens, cached);
-    assert_eq!(after.prefill_skipped - before.prefill_skipped, cached as u64);
-    assert_eq!(
-        after.prefill_computed - before.prefill_computed,
-        (b.len() - cached) as u64,
-        "B must prefill only its suffix"
-    );
-    assert_eq!(after.prefix_hits - before.prefix_hits, 43);
+    engine_common::assert_prefilled_only_suffix(&done_b[0], &before, after, b.len(), cached, 43);
 
     let mut plain = Engine::new(&model, EngineConfig { prefix_caching: false, ..config }).unwrap();
     plain.submit(Request::greedy(2, b.clone(), steps)).unwrap();

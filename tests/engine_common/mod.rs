@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use pagoda::core::evict::KvPolicy;
-use pagoda::cpu::engine::{Engine, RequestOutput, StepOutput};
+use pagoda::cpu::engine::{Engine, EngineStats, RequestOutput, StepOutput};
 use pagoda::cpu::model::{KvType, Llama, Session, SessionOptions};
 use pagoda::cpu::sampler::argmax;
 
@@ -62,6 +62,27 @@ pub fn prompt(seed: u64, len: usize) -> Vec<u32> {
 
 /// Steps `engine` to the end, checking its invariants after every step; returns the
 /// outputs in finishing order and every step's output.
+/// A request of `prompt_len` tokens that found `cached` of them in the prefix cache (`hits`
+/// pages) prefilled only the rest: its output and the engine's statistics before and after it
+/// say so.
+pub fn assert_prefilled_only_suffix(
+    done: &RequestOutput,
+    before: &EngineStats,
+    after: &EngineStats,
+    prompt_len: usize,
+    cached: usize,
+    hits: u64,
+) {
+    assert_eq!(done.cached_prompt_tokens, cached);
+    assert_eq!(after.prefill_skipped - before.prefill_skipped, cached as u64);
+    assert_eq!(
+        after.prefill_computed - before.prefill_computed,
+        (prompt_len - cached) as u64,
+        "the request must prefill only its suffix"
+    );
+    assert_eq!(after.prefix_hits - before.prefix_hits, hits);
+}
+
 pub fn run_checked(engine: &mut Engine<'_>) -> (Vec<RequestOutput>, Vec<StepOutput>) {
     let mut done = Vec::new();
     let mut steps = Vec::new();
