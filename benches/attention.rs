@@ -8,7 +8,9 @@
 //! - `paging/f16_exact/{paged16,contiguous}/CTX`: `paged_attention_f16` (the llama.cpp-exact
 //!   kernel the model uses for f16 pages), which works page by page: 16-token pages in
 //!   reversed slab order vs in logical order (physically contiguous).
-//!   `PAGODA_BENCH_F16_EXACT=1 cargo bench --bench attention` prints just its best-of-runs.
+//!   `PAGODA_BENCH_F16_EXACT=1 cargo bench --bench attention` prints just its best-of-runs;
+//!   `PAGODA_BENCH_FAST=1` the same for `paged_attention_aligned` on f16 pages (fast
+//!   numerics' kernel, the default).
 //! - `prefill/{f32,f16}/{core_scalar,simd}/512`: a 512-token causal chunk.
 //!
 //! Throughput is the KV bytes read per call (`n_ctx × 3 heads × 64 × 2 (K and V) × size`);
@@ -25,8 +27,10 @@ use half::f16;
 use pagoda::core::attention::{paged_decode, paged_prefill, AttnConfig};
 use pagoda::core::kv::{KvConfig, KvElement, KvPages};
 use pagoda::core::pool::PageId;
-use pagoda::cpu::attention::{paged_attention, paged_attention_f16, paged_attention_split, Split};
-use pagoda::cpu::kernels::simd_level;
+use pagoda::cpu::attention::{
+    paged_attention, paged_attention_aligned, paged_attention_f16, paged_attention_split, Split,
+};
+use pagoda::cpu::kernels::{simd_level, SimdLevel};
 
 const N_HEADS: usize = 9;
 const N_KV_HEADS: usize = 3;
@@ -254,8 +258,28 @@ criterion_group! {
     targets = bench
 }
 
+/// An attention kernel over f16 pages, as the benches call it: `(level, kv, pages, n_ctx,
+/// q, out, cfg)`.
+type F16Kernel =
+    fn(SimdLevel, &KvPages<f16, Vec<f16>>, &[PageId], usize, &[f32], &mut [f32], &AttnConfig);
+
 /// `PAGODA_BENCH_MIN=1`: the paging overhead of the llama.cpp-exact f16 kernel.
 fn min_of_runs_f16_exact() {
+    min_of_runs_placement("f16 exact", |level, kv, pages, n_ctx, q, out, cfg| {
+        paged_attention_f16(level, kv, 0, pages, n_ctx, q, out, cfg).unwrap()
+    });
+}
+
+/// `PAGODA_BENCH_FAST=1`: the paging overhead of fast numerics' kernel on f16 pages.
+fn min_of_runs_fast() {
+    min_of_runs_placement("f16 fast (aligned)", |level, kv, pages, n_ctx, q, out, cfg| {
+        paged_attention_aligned(level, kv, 0, pages, 0, n_ctx, q, out, cfg).unwrap()
+    });
+}
+
+/// The cost of where the pages are, for a kernel that works page by page: 16-token pages in
+/// reversed slab order against the same pages in logical order (physically contiguous).
+fn min_of_runs_placement(name: &str, kernel: F16Kernel) {
     let budget = Duration::from_millis(
         std::env::var("PAGODA_BENCH_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(800),
     );
@@ -266,15 +290,15 @@ fn min_of_runs_f16_exact() {
     // This kernel works page by page, so "contiguous" is the same 16-token pages laid out
     // in logical order in the slab (what one sequence alone in a fresh pool gets), against
     // the reversed placement: the cost of where the pages are.
-    println!("f16 exact ({level}): paging overhead, 16-token pages reversed vs in order");
+    println!("{name} ({level}): paging overhead, 16-token pages reversed vs in order");
     for n_ctx in CONTEXTS {
         let (kv16, p16) = cache::<f16>(n_ctx, 16);
         let (kv1, _) = cache::<f16>(n_ctx, 16);
         let p1: Vec<PageId> = (0..p16.len() as u32).map(PageId).collect();
         let (a, b) = best_pair(
             budget,
-            &mut || paged_attention_f16(level, &kv16, 0, &p16, n_ctx, &q, &mut o1, &cfg).unwrap(),
-            &mut || paged_attention_f16(level, &kv1, 0, &p1, n_ctx, &q, &mut o2, &cfg).unwrap(),
+            &mut || kernel(level, &kv16, &p16, n_ctx, &q, &mut o1, &cfg),
+            &mut || kernel(level, &kv1, &p1, n_ctx, &q, &mut o2, &cfg),
         );
         println!(
             "  ctx {n_ctx:>6}: paged {:>9.1} us  contiguous {:>9.1} us  overhead {:>+6.1}%",
@@ -288,6 +312,10 @@ fn min_of_runs_f16_exact() {
 fn main() {
     if std::env::var_os("PAGODA_BENCH_F16_EXACT").is_some() {
         min_of_runs_f16_exact();
+        return;
+    }
+    if std::env::var_os("PAGODA_BENCH_FAST").is_some() {
+        min_of_runs_fast();
         return;
     }
     if std::env::var_os("PAGODA_BENCH_MIN").is_some() {
