@@ -130,26 +130,26 @@ pub enum KvStore {
 }
 
 /// A causal paged attention over pages of format `T`, with the contract of
-/// [`crate::attention::paged_attention_aligned`] (`level`, `kv`, `layer`, `pages`,
-/// `start_page`, `n_ctx`, `q`, `out`, `cfg`; the exact kernels ignore `start_page`): the
-/// forward pass takes one per format.
+/// [`crate::attention::paged_attention`] (`level`, `kv`, `layer`, `pages`, `n_ctx`, `q`, `out`,
+/// `cfg`): the forward pass takes one per format.
 pub(crate) type AttentionFn<T> = fn(
     SimdLevel,
     &KvPages<T, KvSlab<T>>,
     usize,
     &[PageId],
     usize,
-    usize,
     &[f32],
     &mut [f32],
     &AttnConfig,
 ) -> Result<(), AttnError>;
 
-/// How the forward pass attends over pages of format `T`: the kernel, and the rotation the
-/// pages' rows are stored under ([`KvType::rotates`]): queries are rotated before the kernel
-/// and its output rotated back.
+/// How the forward pass attends over pages of format `T`: the exact numerics' kernel, whether
+/// fast numerics' aligned kernel ([`crate::attention::paged_attention_aligned`]) runs instead,
+/// and the rotation the pages' rows are stored under ([`KvType::rotates`]): queries are
+/// rotated before the kernel and its output rotated back.
 pub(crate) struct Attention<T> {
-    pub kernel: AttentionFn<T>,
+    pub exact: AttentionFn<T>,
+    pub fast: bool,
     pub rotation: Option<Hadamard>,
 }
 

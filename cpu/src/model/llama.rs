@@ -25,16 +25,14 @@
 
 use std::path::Path;
 
-use half::f16;
-use pagoda_core::attention::{AttnConfig, AttnError};
+use pagoda_core::attention::AttnConfig;
 use pagoda_core::gguf::Gguf;
 use pagoda_core::kv::{KvFormat, KvPages};
 use pagoda_core::ops::{Hadamard, RopeTable};
-use pagoda_core::pool::PageId;
 use rayon::prelude::*;
 
 use crate::attention::{paged_attention, paged_attention_aligned, paged_attention_f16};
-use crate::kernels::{Kernels, MatmulScratch, SimdLevel};
+use crate::kernels::{Kernels, MatmulScratch};
 use crate::model_file::ModelFile;
 
 use super::batch::{Batch, BatchLayout, SeqSpan};
@@ -375,48 +373,18 @@ impl Llama {
         // Fast: the aligned, batch-invariant split of the page-blocked kernel for every
         // format; exact: `exact` (llama.cpp's f16 kernel for f16 pages).
         let fast = self.numerics == Numerics::Fast;
-        fn with<T: KvFormat + bytemuck::Pod>(
-            fast: bool,
-            exact: AttentionFn<T>,
-            rotation: Option<Hadamard>,
-        ) -> Attention<T> {
-            Attention { kernel: if fast { paged_attention_aligned } else { exact }, rotation }
+        fn with<T>(exact: AttentionFn<T>, fast: bool, rotation: Option<Hadamard>) -> Attention<T> {
+            Attention { exact, fast, rotation }
         }
-        // The exact kernels as `AttentionFn`s (their split does not look at `start_page`).
-        #[allow(clippy::too_many_arguments)]
-        fn generic<T: KvFormat + bytemuck::Pod>(
-            level: SimdLevel,
-            kv: &KvPages<T, KvSlab<T>>,
-            layer: usize,
-            pages: &[PageId],
-            _start_page: usize,
-            n_ctx: usize,
-            q: &[f32],
-            out: &mut [f32],
-            cfg: &AttnConfig,
-        ) -> Result<(), AttnError> {
-            paged_attention(level, kv, layer, pages, n_ctx, q, out, cfg)
-        }
-        #[allow(clippy::too_many_arguments)]
-        fn f16_exact(
-            level: SimdLevel,
-            kv: &KvPages<f16, KvSlab<f16>>,
-            layer: usize,
-            pages: &[PageId],
-            _start_page: usize,
-            n_ctx: usize,
-            q: &[f32],
-            out: &mut [f32],
-            cfg: &AttnConfig,
-        ) -> Result<(), AttnError> {
-            paged_attention_f16(level, kv, layer, pages, n_ctx, q, out, cfg)
-        }
+        let r = rotation;
         match cache.store_mut() {
-            KvStore::F32(kv) => self.run(kv, layout, scratch, with(fast, generic, None)),
-            KvStore::F16(kv) => self.run(kv, layout, scratch, with(fast, f16_exact, None)),
-            KvStore::Bf16(kv) => self.run(kv, layout, scratch, with(fast, generic, None)),
-            KvStore::Q8_0(kv) => self.run(kv, layout, scratch, with(fast, generic, rotation)),
-            KvStore::Q4_0(kv) => self.run(kv, layout, scratch, with(fast, generic, rotation)),
+            KvStore::F32(kv) => self.run(kv, layout, scratch, with(paged_attention, fast, None)),
+            KvStore::F16(kv) => {
+                self.run(kv, layout, scratch, with(paged_attention_f16, fast, None))
+            }
+            KvStore::Bf16(kv) => self.run(kv, layout, scratch, with(paged_attention, fast, None)),
+            KvStore::Q8_0(kv) => self.run(kv, layout, scratch, with(paged_attention, fast, r)),
+            KvStore::Q4_0(kv) => self.run(kv, layout, scratch, with(paged_attention, fast, r)),
         }
     }
 
@@ -670,8 +638,13 @@ impl Llama {
             // its table index (pages a sliding window gave back, or an eviction policy's).
             let last = b.positions.get(sp.off + sp.n - 1).copied().unwrap_or(0);
             let start_page = (last + 1).saturating_sub(sp.n_ctx[g]) / bs;
-            (attend.kernel)(level, kv_ref, kl, &sp.pages[g], start_page, sp.n_ctx[g], q, out, &cfg)
-                .map_err(ModelError::Attention)?;
+            let (pages, n_ctx) = (&sp.pages[g][..], sp.n_ctx[g]);
+            if attend.fast {
+                paged_attention_aligned(level, kv_ref, kl, pages, start_page, n_ctx, q, out, &cfg)
+            } else {
+                (attend.exact)(level, kv_ref, kl, pages, n_ctx, q, out, &cfg)
+            }
+            .map_err(ModelError::Attention)?;
             if let Some(h) = attend.rotation {
                 h.rotate(out); // Σ p·(H v) = H (Σ p·v): rotate back
             }
