@@ -3,7 +3,10 @@
 
 use core::arch::x86_64::*;
 
-use super::{geometry, has_min, nibbles, offset, wide_scales, Acts, Repacked, GROUP_ROWS};
+use super::{
+    codebook, geometry, half_scales, has_min, nibbles, offset, wide_scales, Acts, Repacked,
+    GROUP_ROWS, IQ4_LEVELS,
+};
 
 /// [`super::dot_scalar`], bit for bit.
 ///
@@ -15,8 +18,10 @@ use super::{geometry, has_min, nibbles, offset, wide_scales, Acts, Repacked, GRO
 pub(super) unsafe fn dot_group(w: &Repacked, g: usize, acts: &Acts<'_>, outs: &mut [&mut [f32]]) {
     // SAFETY: this fn's contract.
     unsafe {
-        use super::{IQ4_NL, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q8_0};
+        use super::{IQ4_NL, IQ4_XS, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q8_0};
         match w.format {
+            Q3_K => dot_group_f::<Q3_K>(w, g, acts, outs),
+            IQ4_XS => dot_group_f::<IQ4_XS>(w, g, acts, outs),
             Q4_K => dot_group_f::<Q4_K>(w, g, acts, outs),
             Q5_K => dot_group_f::<Q5_K>(w, g, acts, outs),
             Q4_0 => dot_group_f::<Q4_0>(w, g, acts, outs),
@@ -88,13 +93,19 @@ unsafe fn tile<const F: u8, const T: usize>(
     let group = w.group(g).as_ptr();
     // SAFETY (whole body): block b < nb of the group is `gb` bytes at `group + b*gb`, read
     // as 16 scales (f16, or f32 for the K-quants; then as many minimums where the format has
-    // them) and 64-byte pieces of quants up to `gb`; token t0+t < tokens has blocks (t0+t)*nb + b < blocks.len() and sums of the
-    // same index; the features are this fn's caller's `target_feature`.
+    // them) and 64-byte pieces of quants up to `gb`; token t0+t < tokens has blocks
+    // (t0+t)*nb + b < blocks.len(), and sums (and, for a format with half scales, half sums)
+    // of the same index; `IQ4_LEVELS` is 16 bytes; the features are this fn's caller's
+    // `target_feature`.
+    const { assert!(!half_scales(F) || nibbles(F), "half scales pair the two nibbles") };
     unsafe {
         let low4 = _mm512_set1_epi8(0x0F);
+        // The IQ4 codebook's unsigned levels in each 128-bit lane: `vpshufb` maps codes.
+        let levels = _mm512_broadcast_i32x4(_mm_loadu_si128(IQ4_LEVELS.as_ptr() as *const __m128i));
         let mut acc = [_mm512_setzero_ps(); T];
         for b in 0..nb {
             let blk = group.add(b * gb);
+            // m: the minimums, or Q3_K's second scales.
             let (d, m) = if wide_scales(F) {
                 (_mm512_loadu_ps(blk as *const f32), _mm512_loadu_ps(blk.add(64) as *const f32))
             } else {
@@ -121,6 +132,11 @@ unsafe fn tile<const F: u8, const T: usize>(
                     wq[2 * j] = _mm512_and_si512(q, low4);
                     wq[2 * j + 1] = _mm512_and_si512(_mm512_srli_epi16::<4>(q), low4);
                 }
+                if codebook(F) {
+                    for q in &mut wq {
+                        *q = _mm512_shuffle_epi8(levels, *q);
+                    }
+                }
             }
             for t in 0..T {
                 let idx = (t0 + t) * nb + b;
@@ -134,11 +150,28 @@ unsafe fn tile<const F: u8, const T: usize>(
                     let x = _mm512_set1_epi32(qs.add(dword[p]).read_unaligned());
                     dp[p % 4] = _mm512_dpbusd_epi32(dp[p % 4], wq[p], x);
                 }
+                let sum = *acts.sums.as_ptr().add(idx);
+                if half_scales(F) {
+                    // Nibbles: even operands are the low nibbles (values 0..16), odd the
+                    // high ones (values 16..32): chains 0 and 2 against 1 and 3.
+                    let half = *acts.half_sums.as_ptr().add(idx);
+                    let off = offset(F);
+                    let lo = _mm512_sub_epi32(
+                        _mm512_add_epi32(dp[0], dp[2]),
+                        _mm512_set1_epi32(off * half),
+                    );
+                    let hi = _mm512_sub_epi32(
+                        _mm512_add_epi32(dp[1], dp[3]),
+                        _mm512_set1_epi32(off * (sum - half)),
+                    );
+                    acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(d, da), _mm512_cvtepi32_ps(lo), acc[t]);
+                    acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(m, da), _mm512_cvtepi32_ps(hi), acc[t]);
+                    continue;
+                }
                 let mut dp = _mm512_add_epi32(
                     _mm512_add_epi32(dp[0], dp[1]),
                     _mm512_add_epi32(dp[2], dp[3]),
                 );
-                let sum = *acts.sums.as_ptr().add(idx);
                 if offset(F) != 0 {
                     dp = _mm512_sub_epi32(dp, _mm512_set1_epi32(offset(F) * sum));
                 }

@@ -1,23 +1,28 @@
-//! Fast numerics' matmul for the legacy formats, IQ4_NL, Q4_K and Q5_K: rows repacked at load
-//! time into groups of 16, one float multiply-add per (row, token, block of 32), no
-//! horizontal sums.
+//! Fast numerics' matmul for the legacy formats, IQ4_NL, IQ4_XS, Q3_K, Q4_K and Q5_K: rows
+//! repacked at load time into groups of 16, one float multiply-add per (row, token, block of
+//! 32; two for Q3_K's blocks of 16), no horizontal sums.
 //!
 //! ```text
 //! group g (rows 16g..16g+16), block b (values 32b..32b+32 of each row):
-//!   Q4_0:                       | d: 16 × f16 |              | quants: 4 × 64 bytes (nibbles) |
-//!   Q4_1:                       | d: 16 × f16 | m: 16 × f16  | quants: 4 × 64 bytes (nibbles) |
-//!   Q5_0, Q8_0, IQ4_NL:         | d: 16 × f16 |              | quants: 8 × 64 bytes (u8)      |
-//!   Q5_1:                       | d: 16 × f16 | m: 16 × f16  | quants: 8 × 64 bytes (u8)      |
-//!   Q4_K:                       | d: 16 × f32 | m: 16 × f32  | quants: 4 × 64 bytes (nibbles) |
-//!   Q5_K:                       | d: 16 × f32 | m: 16 × f32  | quants: 8 × 64 bytes (u8)      |
-//! quants piece j holds, in 32-bit lane r, four bytes of row r: nibbles, values 4j..4j+4 (low)
-//! and 16+4j..16+4j+4 (high); bytes, values 4j..4j+4. A stored quant u is the format's signed
-//! quant q plus an offset (Q4_0 8, Q5_0 16, Q8_0 and IQ4_NL's codebook level 128, else 0), so
-//! every weight is an unsigned byte for vpdpbusd. Rows past the matrix's last are zero
-//! (d = 0) and never written out. A K-quant block of 32 is one sub-block of its 256-value
-//! super-block: `d = d_super · scale` and `m = −dmin · min` (ggml's `d1` and `−m1`, exact
-//! products of an f16 and a 6-bit integer, kept as f32), so its values are ggml's
-//! dequantized values.
+//!   Q4_0, IQ4_NL:               | d: 16 × f16 |                | codes: 4 × 64 bytes (nibbles) |
+//!   Q4_1:                       | d: 16 × f16 | m: 16 × f16    | codes: 4 × 64 bytes (nibbles) |
+//!   Q5_0, Q8_0:                 | d: 16 × f16 |                | codes: 8 × 64 bytes (u8)      |
+//!   Q5_1:                       | d: 16 × f16 | m: 16 × f16    | codes: 8 × 64 bytes (u8)      |
+//!   IQ4_XS:                     | d: 16 × f32 |                | codes: 4 × 64 bytes (nibbles) |
+//!   Q3_K:                       | d: 16 × f32 | d2: 16 × f32   | codes: 4 × 64 bytes (nibbles) |
+//!   Q4_K:                       | d: 16 × f32 | m: 16 × f32    | codes: 4 × 64 bytes (nibbles) |
+//!   Q5_K:                       | d: 16 × f32 | m: 16 × f32    | codes: 8 × 64 bytes (u8)      |
+//! codes piece j holds, in 32-bit lane r, four bytes of row r: nibbles, values 4j..4j+4 (low)
+//! and 16+4j..16+4j+4 (high); bytes, values 4j..4j+4. A code c stands for the unsigned quant
+//! u = c, except for IQ4_NL and IQ4_XS, whose 4-bit code indexes the codebook: u =
+//! IQ4NL_VALUES[c] + 128 (the kernel maps nibbles with a byte shuffle, so the rows keep the
+//! file's 4 bits per value). u is the format's signed quant q plus an offset (Q4_0 8, Q5_0 16,
+//! Q3_K 4, Q8_0 and the IQ4 codebook levels 128, else 0), so every weight is an unsigned byte
+//! for vpdpbusd. Rows past the matrix's last are zero (d = 0) and never written out. A
+//! K-quant block of 32 is one sub-block of its 256-value super-block: `d = d_super · scale`
+//! and `m = −dmin · min` (ggml's `d1` and `−m1`, exact products of an f16 and a 6-bit
+//! integer, kept as f32), so its values are ggml's dequantized values; Q3_K's block of 32
+//! is two sub-blocks of 16, `d` the first's scale and `d2` the second's.
 //! ```
 //!
 //! The float order, per output cell (row r, token t), blocks b in order:
@@ -25,7 +30,9 @@
 //! ```text
 //! isum = Σ_i q[r][b][i] · a[t][b][i]   (exact i32: Σ u·a − offset · Σ a)
 //! acc  = fma(d[r][b] · da[t][b], isum as f32, acc)
-//! Q4_1, Q5_1: acc = fma(m[r][b] · da[t][b], Σ_i a[t][b][i] as f32, acc)
+//! Q4_1, Q5_1, Q4_K, Q5_K: acc = fma(m[r][b] · da[t][b], Σ_i a[t][b][i] as f32, acc)
+//! Q3_K: the first line over i < 16 only, then
+//!       acc = fma(d2[r][b] · da[t][b], Σ_{i ≥ 16} q·a as f32, acc)
 //! ```
 //!
 //! with activations in Q8_0 blocks (`da` their f16 scale). Nothing in it depends on how many
@@ -77,9 +84,13 @@ pub(crate) const IQ4_NL: u8 = 5;
 pub(crate) const Q4_K: u8 = 6;
 /// See [`Q4_0`].
 pub(crate) const Q5_K: u8 = 7;
+/// See [`Q4_0`].
+pub(crate) const IQ4_XS: u8 = 8;
+/// See [`Q4_0`].
+pub(crate) const Q3_K: u8 = 9;
 
 /// Every format, with its ggml type.
-const FORMATS: [(u8, GgmlType); 8] = [
+const FORMATS: [(u8, GgmlType); 10] = [
     (Q4_0, GgmlType::Q4_0),
     (Q4_1, GgmlType::Q4_1),
     (Q8_0, GgmlType::Q8_0),
@@ -88,23 +99,37 @@ const FORMATS: [(u8, GgmlType); 8] = [
     (IQ4_NL, GgmlType::IQ4_NL),
     (Q4_K, GgmlType::Q4_K),
     (Q5_K, GgmlType::Q5_K),
+    (IQ4_XS, GgmlType::IQ4_XS),
+    (Q3_K, GgmlType::Q3_K),
 ];
 
-/// Whether format `f` keeps its 4-bit nibbles (two values per byte: Q4_0, Q4_1, Q4_K); the
-/// others store one unsigned byte per value.
+/// Whether format `f` keeps 4-bit codes (two values per byte: Q4_0, Q4_1, IQ4_NL, IQ4_XS,
+/// Q3_K, Q4_K); the others store one byte per value.
 const fn nibbles(f: u8) -> bool {
-    f == Q4_0 || f == Q4_1 || f == Q4_K
+    matches!(f, Q4_0 | Q4_1 | IQ4_NL | IQ4_XS | Q3_K | Q4_K)
+}
+
+/// Whether format `f`'s codes index the IQ4_NL codebook (IQ4_NL, IQ4_XS).
+const fn codebook(f: u8) -> bool {
+    f == IQ4_NL || f == IQ4_XS
 }
 
 /// Whether format `f` has a per-block minimum `m` (value = d·q + m).
 const fn has_min(f: u8) -> bool {
-    f == Q4_1 || f == Q5_1 || wide_scales(f)
+    matches!(f, Q4_1 | Q5_1 | Q4_K | Q5_K)
 }
 
-/// Whether format `f` keeps its scales and minimums as f32 (the K-quants' products of a
-/// super-block scale and a 6-bit sub-block scale), not f16.
+/// Whether format `f` scales each half of a block of 32 on its own (`d` values 0..16, `d2`
+/// values 16..32: Q3_K's sub-blocks of 16). Such a format keeps nibbles (its halves are the
+/// low and the high nibbles of the codes).
+const fn half_scales(f: u8) -> bool {
+    f == Q3_K
+}
+
+/// Whether format `f` is a K-quant (256-value super-blocks), whose scales and minimums are
+/// kept as f32 (products of a super-block scale and a sub-block scale), not f16.
 const fn wide_scales(f: u8) -> bool {
-    f == Q4_K || f == Q5_K
+    matches!(f, Q4_K | Q5_K | IQ4_XS | Q3_K)
 }
 
 /// Bytes of one stored scale (or minimum) of format `f`: 2 (f16) or 4 (f32).
@@ -116,31 +141,53 @@ const fn scale_bytes(f: u8) -> usize {
     }
 }
 
-/// `(bytes of one repacked group block, offset of the quants there)` of format `f`: 16
-/// scales, 16 minimums where the format has them, then 4 (nibbles) or 8 (bytes) pieces of
-/// 64 bytes.
+/// `(bytes of one repacked group block, offset of the codes there)` of format `f`: 16
+/// scales, 16 minimums (or second scales) where the format has them, then 4 (nibbles) or 8
+/// (bytes) pieces of 64 bytes.
 const fn geometry(f: u8) -> (usize, usize) {
-    let q0 = GROUP_ROWS * scale_bytes(f) * if has_min(f) { 2 } else { 1 };
+    let q0 = GROUP_ROWS * scale_bytes(f) * if has_min(f) || half_scales(f) { 2 } else { 1 };
     (q0 + if nibbles(f) { 256 } else { 512 }, q0)
 }
 
-/// What the stored unsigned quant `u` is above the format's signed quant `q` (`q = u −
-/// offset`): the integer dot subtracts `offset · Σa` of each activation block.
+/// What the unsigned quant `u` is above the format's signed quant `q` (`q = u − offset`):
+/// the integer dot subtracts `offset · Σa` of each activation block (or half block).
 const fn offset(f: u8) -> i32 {
     match f {
         Q4_0 => 8,
         Q5_0 => 16,
-        Q8_0 | IQ4_NL => 128,
+        Q3_K => 4,
+        Q8_0 | IQ4_NL | IQ4_XS => 128,
         _ => 0,
     }
 }
 
+/// The unsigned quants `u` of the 16 IQ4 codes: the codebook's levels + 128.
+const IQ4_LEVELS: [u8; 16] = {
+    let mut u = [0u8; 16];
+    let mut i = 0;
+    while i < 16 {
+        u[i] = (pagoda_core::quant::IQ4NL_VALUES[i] as i16 + 128) as u8;
+        i += 1;
+    }
+    u
+};
+
+/// The unsigned quant `u` a stored code `c` of format `f` stands for.
+const fn level(f: u8, c: u8) -> u8 {
+    if codebook(f) {
+        IQ4_LEVELS[(c & 0x0F) as usize]
+    } else {
+        c
+    }
+}
+
 /// Block `b` (values `32b..32b+32`) of the row `row` (ggml's bytes) of format `f` as `(d, m,
-/// the 32 stored unsigned quants)`, `d` and `m` as stored ([`scale_bytes`] of the 4 bytes
-/// used): value i is `d·(u[i] − offset(f)) + m`.
+/// the 32 codes)`, `d` and `m` as stored ([`scale_bytes`] of the 4 bytes used; `m` is
+/// Q3_K's `d2`): value i is `d·(level(code[i]) − offset(f)) + m`.
 fn unpack_block(f: u8, row: &[u8], b: usize) -> ([u8; 4], [u8; 4], [u8; QK]) {
     if wide_scales(f) {
-        return unpack_kquant(f, row, b);
+        let size = f_type(f).type_size().unwrap_or(0);
+        return unpack_kquant(f, &row[(b / 8) * size..][..size], b % 8);
     }
     let block = f_type(f).type_size().unwrap_or(0);
     let (d, m, u) = unpack(f, &row[b * block..][..block]);
@@ -152,19 +199,42 @@ fn f_type(f: u8) -> GgmlType {
     FORMATS.iter().find(|(g, _)| *g == f).map(|&(_, ty)| ty).unwrap_or(GgmlType::Q4_0)
 }
 
-/// Sub-block `b % 8` of super-block `b / 8` of a Q4_K or Q5_K row (ggml's
-/// `dequantize_row_q4_K`/`_q5_K`): `d = d_super · sc`, `m = −(dmin · min)`, both exact in f32.
-fn unpack_kquant(f: u8, row: &[u8], b: usize) -> ([u8; 4], [u8; 4], [u8; QK]) {
-    let size = f_type(f).type_size().unwrap_or(0);
-    let sb = &row[(b / 8) * size..][..size];
-    let j = b % 8;
+/// Block `j` (values `32j..32j+32`) of the super-block `sb` (ggml's bytes) of a K-quant
+/// format, as ggml's `dequantize_row_*` computes its scales, all exact in f32:
+/// - Q4_K, Q5_K: `d = d_super · sc`, `m = −(dmin · min)`;
+/// - IQ4_XS: `d = d_super · (ls − 32)`, codes the codebook indices;
+/// - Q3_K: `d = d_super · (sc[2j] − 32)`, `d2 = d_super · (sc[2j+1] − 32)`, codes `q + 4`.
+fn unpack_kquant(f: u8, sb: &[u8], j: usize) -> ([u8; 4], [u8; 4], [u8; QK]) {
+    let mut u = [0u8; QK];
+    if f == Q3_K {
+        let blk: pagoda_core::quant::BlockQ3K = bytemuck::pod_read_unaligned(sb);
+        let d = blk.d.to_f32();
+        let dl = |s: usize| d * (i32::from(blk.scale(s)) - 32) as f32;
+        // Values 32j..32j+32 = 128h + 32k + l: two bits of qs[32h + l] at 2k, high bit
+        // 4h + k of hmask[l] (set: q in 0..4, so the code q + 4 is 4..8).
+        let (h, k) = (j / 4, j % 4);
+        for (l, u) in u.iter_mut().enumerate() {
+            let low = (blk.qs[32 * h + l] >> (2 * k)) & 3;
+            let high = (blk.hmask[l] >> (4 * h + k)) & 1;
+            *u = low + 4 * high;
+        }
+        return (dl(2 * j).to_le_bytes(), dl(2 * j + 1).to_le_bytes(), u);
+    }
     let d = f16::from_le_bytes([sb[0], sb[1]]).to_f32();
+    if f == IQ4_XS {
+        let blk: pagoda_core::quant::BlockIq4Xs = bytemuck::pod_read_unaligned(sb);
+        for (l, u) in u.iter_mut().enumerate() {
+            let byte = blk.qs[16 * j + l % 16];
+            *u = if l < 16 { byte & 0x0F } else { byte >> 4 };
+        }
+        let dl = d * (i32::from(blk.scale(j)) - 32) as f32;
+        return (dl.to_le_bytes(), [0; 4], u);
+    }
     let dmin = f16::from_le_bytes([sb[2], sb[3]]).to_f32();
     let mut scales = [0u8; 12];
     scales.copy_from_slice(&sb[4..16]);
     let (sc, mn) = pagoda_core::quant::get_scale_min_k4(j, &scales);
     let (qh, qs) = if f == Q5_K { (&sb[16..48], &sb[48..176]) } else { (&sb[0..0], &sb[16..144]) };
-    let mut u = [0u8; QK];
     for (l, u) in u.iter_mut().enumerate() {
         let byte = qs[32 * (j / 2) + l];
         let nib = if j % 2 == 0 { byte & 0x0F } else { byte >> 4 };
@@ -175,8 +245,8 @@ fn unpack_kquant(f: u8, row: &[u8], b: usize) -> ([u8; 4], [u8; 4], [u8; QK]) {
     (dd.to_le_bytes(), mm.to_le_bytes(), u)
 }
 
-/// Block `blk` of a legacy format `f` (ggml's bytes) as `(d, m, the 32 stored unsigned
-/// quants)`: value i is `d·(u[i] − offset(f)) + m`.
+/// Block `blk` of a legacy format `f` (ggml's bytes) as `(d, m, the 32 codes)`: value i is
+/// `d·(level(code[i]) − offset(f)) + m`.
 fn unpack(f: u8, blk: &[u8]) -> ([u8; 2], [u8; 2], [u8; QK]) {
     let d = [blk[0], blk[1]];
     let mut u = [0u8; QK];
@@ -190,19 +260,13 @@ fn unpack(f: u8, blk: &[u8]) -> ([u8; 2], [u8; 2], [u8; QK]) {
                 *u = nib(&rest[4..], e) | (((qh >> e) & 1) as u8) << 4;
             }
         }
-        IQ4_NL => {
-            for (e, u) in u.iter_mut().enumerate() {
-                let v = pagoda_core::quant::IQ4NL_VALUES[usize::from(nib(rest, e))];
-                *u = (i16::from(v) + 128) as u8;
-            }
-        }
         _ => u.iter_mut().enumerate().for_each(|(e, u)| *u = nib(rest, e)),
     }
     (d, m, u)
 }
 
-/// A Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, Q4_K or Q5_K matrix in the repacked layout of
-/// the module docs.
+/// A Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, IQ4_XS, Q3_K, Q4_K or Q5_K matrix in the
+/// repacked layout of the module docs.
 #[derive(Clone, Debug)]
 pub struct Repacked {
     format: u8,
@@ -239,7 +303,7 @@ impl Repacked {
                     let (d, mn, u) = unpack_block(format, &src[r * rb..][..rb], b);
                     let sb = scale_bytes(format);
                     o[sb * i..sb * (i + 1)].copy_from_slice(&d[..sb]);
-                    if has_min(format) {
+                    if has_min(format) || half_scales(format) {
                         let m0 = GROUP_ROWS * sb;
                         o[m0 + sb * i..m0 + sb * (i + 1)].copy_from_slice(&mn[..sb]);
                     }
@@ -281,12 +345,14 @@ impl Repacked {
     }
 }
 
-/// A call's activations: Q8_0 blocks of every token, and each block's quant sum.
+/// A call's activations: Q8_0 blocks of every token, and each block's quant sums.
 pub(crate) struct Acts<'a> {
     /// `n_tokens × nb` blocks, token-major.
     pub blocks: &'a [BlockQ8_0],
     /// `Σ_i qs[i]` of each block.
     pub sums: &'a [i32],
+    /// `Σ_{i < 16} qs[i]` of each block (for formats with [`half_scales`]; else empty).
+    pub half_sums: &'a [i32],
     /// Blocks per token.
     pub nb: usize,
 }
@@ -310,9 +376,11 @@ pub(crate) fn dot_scalar(w: &Repacked, g: usize, acts: &Acts<'_>, outs: &mut [&m
                     false => f16::from_le_bytes([blk[at], blk[at + 1]]).to_f32(),
                 };
                 let d = scale(sb * i);
-                let mut isum = 0i32;
+                let second = scale(GROUP_ROWS * sb + sb * i); // m, or Q3_K's d2
+                                                              // isum[0]: values 0..16, isum[1]: values 16..32.
+                let mut isum = [0i32; 2];
                 for e in 0..QK {
-                    let u = if nibbles(f) {
+                    let code = if nibbles(f) {
                         let byte = blk[q0 + 64 * (e % 16 / 4) + 4 * i + e % 4];
                         if e < 16 {
                             byte & 0x0F
@@ -322,12 +390,17 @@ pub(crate) fn dot_scalar(w: &Repacked, g: usize, acts: &Acts<'_>, outs: &mut [&m
                     } else {
                         blk[q0 + 64 * (e / 4) + 4 * i + e % 4]
                     };
-                    isum += (i32::from(u) - offset(f)) * i32::from(a.qs[e]);
+                    let q = i32::from(level(f, code)) - offset(f);
+                    isum[e / 16] += q * i32::from(a.qs[e]);
                 }
-                acc = (d * da).mul_add(isum as f32, acc);
+                if half_scales(f) {
+                    acc = (d * da).mul_add(isum[0] as f32, acc);
+                    acc = (second * da).mul_add(isum[1] as f32, acc);
+                    continue;
+                }
+                acc = (d * da).mul_add((isum[0] + isum[1]) as f32, acc);
                 if has_min(f) {
-                    let m = scale(GROUP_ROWS * sb + sb * i);
-                    acc = (m * da).mul_add(acts.sums[t * acts.nb + b] as f32, acc);
+                    acc = (second * da).mul_add(acts.sums[t * acts.nb + b] as f32, acc);
                 }
             }
             *o = acc;
@@ -340,6 +413,7 @@ pub(crate) fn dot_scalar(w: &Repacked, g: usize, acts: &Acts<'_>, outs: &mut [&m
 pub struct RepackedScratch {
     blocks: Vec<BlockQ8_0>,
     sums: Vec<i32>,
+    half_sums: Vec<i32>,
 }
 
 /// `out[t][r] = W[r] · x[t]` for `n_tokens` tokens (`x`: `n_tokens × w.cols()`, `out`:
@@ -366,7 +440,14 @@ pub(crate) fn matmul_repacked(
     scratch
         .sums
         .extend(scratch.blocks.iter().map(|b| b.qs.iter().map(|&q| i32::from(q)).sum::<i32>()));
-    let acts = Acts { blocks: &scratch.blocks, sums: &scratch.sums, nb };
+    scratch.half_sums.clear();
+    if half_scales(w.format) {
+        scratch.half_sums.extend(
+            scratch.blocks.iter().map(|b| b.qs[..16].iter().map(|&q| i32::from(q)).sum::<i32>()),
+        );
+    }
+    let acts =
+        Acts { blocks: &scratch.blocks, sums: &scratch.sums, half_sums: &scratch.half_sums, nb };
     let level = k.level();
     let run = |g: usize, outs: &mut [&mut [f32]]| {
         #[cfg(target_arch = "x86_64")]
@@ -443,7 +524,11 @@ mod tests {
         let min = matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4_K | GgmlType::Q5_K);
         for blk in bytes.chunks_exact_mut(block) {
             blk.iter_mut().for_each(|q| *q = rng.next() as u8);
-            blk[0..2].copy_from_slice(&f16::from_f32(rng.unit() * 0.05).to_le_bytes());
+            let d = f16::from_f32(rng.unit() * 0.05).to_le_bytes();
+            match ty {
+                GgmlType::Q3_K => blk[108..110].copy_from_slice(&d), // d is last
+                _ => blk[0..2].copy_from_slice(&d),
+            }
             if min {
                 blk[2..4].copy_from_slice(&f16::from_f32(rng.unit() * 0.3).to_le_bytes());
             }
