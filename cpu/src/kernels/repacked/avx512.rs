@@ -5,7 +5,7 @@ use core::arch::x86_64::*;
 
 use super::{
     codebook, geometry, half_scales, has_min, nibbles, offset, wide_scales, Acts, Repacked,
-    GROUP_ROWS, IQ4_LEVELS,
+    IQ4_LEVELS,
 };
 
 /// [`super::dot_scalar`], bit for bit.
@@ -57,10 +57,10 @@ unsafe fn dot_group_f<const F: u8>(
                 _ => pad(tile::<F, 1>(w, g, acts, t)),
             };
             for i in 0..n {
+                // The lanes of the rows that exist (`o.len() <= 16`).
                 let o = &mut *outs[t + i];
-                let mut lanes = [0.0f32; GROUP_ROWS];
-                _mm512_storeu_ps(lanes.as_mut_ptr(), v[i]);
-                o.copy_from_slice(&lanes[..o.len()]);
+                let mask = (1u32 << o.len()).wrapping_sub(1) as __mmask16;
+                _mm512_mask_storeu_ps(o.as_mut_ptr(), mask, v[i]);
             }
         }
         t += n;
@@ -138,49 +138,75 @@ unsafe fn tile<const F: u8, const T: usize>(
                     }
                 }
             }
-            for t in 0..T {
-                let idx = (t0 + t) * nb + b;
-                let a = acts.blocks.as_ptr().add(idx);
-                let qs = (*a).qs.as_ptr() as *const i32;
-                let da = _mm512_set1_ps((*a).d.to_f32());
-                // Four independent chains (integer sums: any order gives the same value),
-                // so one token's block is not one chain of eight dependent `vpdpbusd`.
-                let mut dp = [_mm512_setzero_si512(); 4];
-                for p in 0..8 {
-                    let x = _mm512_set1_epi32(qs.add(dword[p]).read_unaligned());
-                    dp[p % 4] = _mm512_dpbusd_epi32(dp[p % 4], wq[p], x);
-                }
-                let sum = *acts.sums.as_ptr().add(idx);
-                if half_scales(F) {
-                    // Nibbles: even operands are the low nibbles (values 0..16), odd the
-                    // high ones (values 16..32): chains 0 and 2 against 1 and 3.
-                    let half = *acts.half_sums.as_ptr().add(idx);
-                    let off = offset(F);
-                    let lo = _mm512_sub_epi32(
-                        _mm512_add_epi32(dp[0], dp[2]),
-                        _mm512_set1_epi32(off * half),
-                    );
-                    let hi = _mm512_sub_epi32(
-                        _mm512_add_epi32(dp[1], dp[3]),
-                        _mm512_set1_epi32(off * (sum - half)),
-                    );
-                    acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(d, da), _mm512_cvtepi32_ps(lo), acc[t]);
-                    acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(m, da), _mm512_cvtepi32_ps(hi), acc[t]);
-                    continue;
-                }
-                let mut dp = _mm512_add_epi32(
-                    _mm512_add_epi32(dp[0], dp[1]),
-                    _mm512_add_epi32(dp[2], dp[3]),
-                );
-                if offset(F) != 0 {
-                    dp = _mm512_sub_epi32(dp, _mm512_set1_epi32(offset(F) * sum));
-                }
-                acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(d, da), _mm512_cvtepi32_ps(dp), acc[t]);
-                if has_min(F) {
-                    acc[t] =
-                        _mm512_fmadd_ps(_mm512_mul_ps(m, da), _mm512_set1_ps(sum as f32), acc[t]);
-                }
+            // One step per token, unrolled by hand so that `acc` stays in registers.
+            let base = t0 * nb + b;
+            acc[0] = token_block::<F>(&wq, &dword, d, m, acts, base, acc[0]);
+            if T > 1 {
+                acc[1] = token_block::<F>(&wq, &dword, d, m, acts, base + nb, acc[1]);
             }
+            if T > 2 {
+                acc[2] = token_block::<F>(&wq, &dword, d, m, acts, base + 2 * nb, acc[2]);
+            }
+            if T > 3 {
+                acc[3] = token_block::<F>(&wq, &dword, d, m, acts, base + 3 * nb, acc[3]);
+            }
+        }
+        acc
+    }
+}
+
+/// One token's block `idx` against the group block's decoded weights `wq` (operand p
+/// against activation dword `dword[p]`), its scales `d` and minimums (or second scales)
+/// `m`: `acc` plus the block's terms, in the parent module's order.
+///
+/// # Safety
+/// The features of [`dot_group`]; `idx` is a block of `acts` (and of its sums).
+#[inline(always)]
+unsafe fn token_block<const F: u8>(
+    wq: &[__m512i; 8],
+    dword: &[usize; 8],
+    d: __m512,
+    m: __m512,
+    acts: &Acts<'_>,
+    idx: usize,
+    mut acc: __m512,
+) -> __m512 {
+    // SAFETY: this fn's contract: `idx` indexes blocks, sums, scales (and half sums where
+    // the format has half scales); each block's 32 quants are 8 readable dwords.
+    unsafe {
+        let qs = (*acts.blocks.as_ptr().add(idx)).qs.as_ptr() as *const i32;
+        let da = _mm512_set1_ps(*acts.scales.as_ptr().add(idx));
+        // Four independent chains (integer sums: any order gives the same value), so one
+        // token's block is not one chain of eight dependent `vpdpbusd`.
+        let mut dp = [_mm512_setzero_si512(); 4];
+        for p in 0..8 {
+            let x = _mm512_set1_epi32(qs.add(dword[p]).read_unaligned());
+            dp[p % 4] = _mm512_dpbusd_epi32(dp[p % 4], wq[p], x);
+        }
+        let sum = *acts.sums.as_ptr().add(idx);
+        if half_scales(F) {
+            // Nibbles: even operands are the low nibbles (values 0..16), odd the high ones
+            // (values 16..32): chains 0 and 2 against 1 and 3.
+            let half = *acts.half_sums.as_ptr().add(idx);
+            let off = offset(F);
+            let lo =
+                _mm512_sub_epi32(_mm512_add_epi32(dp[0], dp[2]), _mm512_set1_epi32(off * half));
+            let hi = _mm512_sub_epi32(
+                _mm512_add_epi32(dp[1], dp[3]),
+                _mm512_set1_epi32(off * (sum - half)),
+            );
+            acc = _mm512_fmadd_ps(_mm512_mul_ps(d, da), _mm512_cvtepi32_ps(lo), acc);
+            return _mm512_fmadd_ps(_mm512_mul_ps(m, da), _mm512_cvtepi32_ps(hi), acc);
+        }
+        let mut dp =
+            _mm512_add_epi32(_mm512_add_epi32(dp[0], dp[1]), _mm512_add_epi32(dp[2], dp[3]));
+        if offset(F) != 0 {
+            dp = _mm512_sub_epi32(dp, _mm512_set1_epi32(offset(F) * sum));
+        }
+        acc = _mm512_fmadd_ps(_mm512_mul_ps(d, da), _mm512_cvtepi32_ps(dp), acc);
+        if has_min(F) {
+            let fsum = _mm512_set1_ps(*acts.float_sums.as_ptr().add(idx));
+            acc = _mm512_fmadd_ps(_mm512_mul_ps(m, da), fsum, acc);
         }
         acc
     }

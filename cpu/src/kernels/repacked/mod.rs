@@ -351,6 +351,10 @@ pub(crate) struct Acts<'a> {
     pub blocks: &'a [BlockQ8_0],
     /// `Σ_i qs[i]` of each block.
     pub sums: &'a [i32],
+    /// The same sums as f32 (exact: |sum| ≤ 32 · 127).
+    pub float_sums: &'a [f32],
+    /// Each block's scale `d` as f32.
+    pub scales: &'a [f32],
     /// `Σ_{i < 16} qs[i]` of each block (for formats with [`half_scales`]; else empty).
     pub half_sums: &'a [i32],
     /// Blocks per token.
@@ -413,6 +417,8 @@ pub(crate) fn dot_scalar(w: &Repacked, g: usize, acts: &Acts<'_>, outs: &mut [&m
 pub struct RepackedScratch {
     blocks: Vec<BlockQ8_0>,
     sums: Vec<i32>,
+    float_sums: Vec<f32>,
+    scales: Vec<f32>,
     half_sums: Vec<i32>,
 }
 
@@ -446,8 +452,18 @@ pub(crate) fn matmul_repacked(
             scratch.blocks.iter().map(|b| b.qs[..16].iter().map(|&q| i32::from(q)).sum::<i32>()),
         );
     }
-    let acts =
-        Acts { blocks: &scratch.blocks, sums: &scratch.sums, half_sums: &scratch.half_sums, nb };
+    scratch.float_sums.clear();
+    scratch.float_sums.extend(scratch.sums.iter().map(|&s| s as f32));
+    scratch.scales.clear();
+    scratch.scales.extend(scratch.blocks.iter().map(|b| b.d.to_f32()));
+    let acts = Acts {
+        blocks: &scratch.blocks,
+        sums: &scratch.sums,
+        float_sums: &scratch.float_sums,
+        scales: &scratch.scales,
+        half_sums: &scratch.half_sums,
+        nb,
+    };
     let level = k.level();
     let run = |g: usize, outs: &mut [&mut [f32]]| {
         #[cfg(target_arch = "x86_64")]
