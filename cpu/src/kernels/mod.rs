@@ -11,7 +11,7 @@
 //! | f32 → Q8_0 / Q8_1 activations  | yes    | yes                 | yes               | scalar          |
 //! | matmul Q4_1 (× Q8_1)           | yes    | `maddubs`           | VNNI `vpdpbusd`   | `vmull_s8`      |
 //! | matmul Q4_0, Q8_0 (× Q8_0)     | yes    | `maddubs`           | VNNI `vpdpbusd`   | `vmull_s8`      |
-//! | matmul Q4/Q5/Q8_0/IQ4_NL repacked (fast numerics) | yes | scalar       | VNNI, 16 rows/register | scalar |
+//! | matmul repacked (fast numerics: Q4/Q5/Q8_0, IQ4_NL/XS, Q3_K/Q4_K/Q5_K) | yes | `maddubs`, 8 rows/register | VNNI, 16 rows/register | scalar |
 //! | matmul F32                     | pulp   | pulp                | pulp              | pulp            |
 //! | `dot_f32`                      | pulp   | pulp                | pulp              | pulp            |
 //! | `rmsnorm` (f64 sum, then scale)| scalar + pulp | scalar + pulp | scalar + pulp     | scalar + pulp   |

@@ -9,7 +9,7 @@
 //!   and on any number of threads. Today: attention over every page format (f16 included)
 //!   is the page-blocked kernel with f32 accumulation, its keys cut into ranges of
 //!   `attention::ALIGNED_RANGE_TOKENS` (256) aligned at position 0 (`Split::Aligned`), whose
-//!   partials are merged in order. At AVX-512, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, IQ4_XS, Q3_K, Q4_K and Q5_K matmuls run on rows
+//!   partials are merged in order. At AVX-512 and AVX2, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, IQ4_XS, Q3_K, Q4_K and Q5_K matmuls run on rows
 //!   repacked at load in groups of 16 ([`crate::kernels::repacked`]: one float multiply-add
 //!   per block and cell, no horizontal sums; about 2× the exact kernels' prompt speed); the
 //!   other formats, and every format at other levels, keep the exact kernels, whose per-row

@@ -39,12 +39,15 @@
 //! tokens share a call or on which rows a thread takes, so the result is batch-invariant;
 //! the AVX-512 kernel (16 rows in the lanes of one register, `vpdpbusd` on four weight bytes
 //! of each row against four activation bytes broadcast) computes exactly the scalar `dot_scalar`'s
-//! operations, bit for bit. It is not llama.cpp's order (that is the exact kernels', which
+//! operations, bit for bit, and so does the AVX2 kernel (two halves of 8 rows, the same integer
+//! sums by `vpmaddubsw` + `vpmaddwd`). It is not llama.cpp's order (that is the exact kernels', which
 //! sum 8 lanes per block and reduce them at the end), so [`Numerics::Fast`] alone uses it,
 //! and only at a level with its own kernel ([`accelerated`]).
 //!
 //! [`Numerics::Fast`]: crate::model::Numerics::Fast
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 
@@ -62,10 +65,10 @@ pub const GROUP_ROWS: usize = 16;
 /// Below this many weight bytes × tokens a call runs on the calling thread only.
 const PARALLEL_MIN_WORK: usize = 32 * 1024;
 
-/// Whether `level` has its own repacked kernel (AVX-512 with VNNI). Elsewhere only the
+/// Whether `level` has its own repacked kernel (AVX-512 with VNNI, AVX2). Elsewhere only the
 /// scalar specification runs it, slower than the exact kernels: fast numerics keep those.
 pub fn accelerated(level: SimdLevel) -> bool {
-    level == SimdLevel::Avx512
+    matches!(level, SimdLevel::Avx512 | SimdLevel::Avx2)
 }
 
 /// A repacked weight format (kernel selector: `F` of the SIMD kernels).
@@ -472,6 +475,13 @@ pub(crate) fn matmul_repacked(
             // F/BW/VL/DQ and VNNI; `g` is a group of `w`, every `outs[t]` has at most 16
             // rows and `acts` holds `outs.len()` tokens of `w.nb` blocks.
             unsafe { avx512::dot_group(w, g, &acts, outs) };
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if level == SimdLevel::Avx2 {
+            // SAFETY: a `Kernels` at Avx2 exists only after run-time detection of AVX2, FMA
+            // and F16C; the shapes as above.
+            unsafe { avx2::dot_group(w, g, &acts, outs) };
             return;
         }
         let _ = level;
