@@ -40,7 +40,7 @@ use super::config::{FfnActivation, RopeStyle};
 use super::kv_cache::{Attention, AttentionFn, KvCache, KvStore};
 use super::kv_slab::KvSlab;
 use super::numerics::Numerics;
-use super::weights::{LlamaWeights, Weight};
+use super::weights::{FastWeight, LlamaWeights, Weight};
 use super::{LlamaConfig, ModelError, MAX_ROPE_DIMS};
 
 /// `n_rot / 2` of the RoPE table for heads of up to 256 rotated dims (every common Llama).
@@ -250,8 +250,9 @@ impl Llama {
     /// gives llama.cpp's bits).
     ///
     /// Fast numerics at a level with a repacked kernel (AVX-512) repack the Q4_0, Q4_1, Q5_0,
-    /// Q5_1, Q8_0, IQ4_NL, Q4_K and Q5_K matrices (a copy of their bytes: [`crate::kernels::repacked`]); otherwise such copies
-    /// are dropped.
+    /// Q5_1, Q8_0, IQ4_NL, Q4_K and Q5_K matrices (a copy of their bytes:
+    /// [`crate::kernels::repacked`]) and the F16 and BF16 ones
+    /// ([`crate::kernels::repacked_float`]); otherwise such copies are dropped.
     ///
     /// A repacked copy that cannot be allocated leaves its matrix on the exact kernel (the
     /// model stays batch-invariant, its numerics a mix); [`try_with_numerics`] says so
@@ -473,8 +474,14 @@ impl Llama {
         scratch: &mut MatmulScratch,
     ) -> Result<(), ModelError> {
         let kernel_error = |source| ModelError::Kernel { weight: w.name.clone(), source };
-        if let Some(r) = &w.fast {
-            return self.kernels.matmul_repacked(r, x, n, out, scratch).map_err(kernel_error);
+        match &w.fast {
+            Some(FastWeight::Quant(r)) => {
+                return self.kernels.matmul_repacked(r, x, n, out, scratch).map_err(kernel_error)
+            }
+            Some(FastWeight::Float(r)) => {
+                return self.kernels.matmul_repacked_float(r, x, n, out).map_err(kernel_error)
+            }
+            None => {}
         }
         let m = w.matrix(self.file.bytes());
         self.kernels.matmul(&m, x, n, out, scratch).map_err(kernel_error)

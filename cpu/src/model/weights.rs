@@ -11,6 +11,7 @@ use pagoda_core::gguf::Gguf;
 use pagoda_core::quant::GgmlType;
 
 use crate::kernels::repacked::Repacked;
+use crate::kernels::repacked_float::RepackedFloat;
 use crate::kernels::QuantMatrix;
 
 use super::{LlamaConfig, ModelError};
@@ -30,9 +31,31 @@ pub struct Weight {
     pub cols: usize,
     /// Byte range of the data within the file.
     pub range: Range<usize>,
-    /// The rows repacked for fast numerics' matmul (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, Q4_K and Q5_K weights of a model
-    /// computing in [`Numerics::Fast`](super::Numerics::Fast)), else `None`.
-    pub fast: Option<Arc<Repacked>>,
+    /// The rows repacked for fast numerics' matmul (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL,
+    /// Q4_K, Q5_K, F16 and BF16 weights of a model computing in
+    /// [`Numerics::Fast`](super::Numerics::Fast)), else `None`.
+    pub fast: Option<FastWeight>,
+}
+
+/// A weight's copy for fast numerics' matmul: which repacked layout, by weight type.
+#[derive(Clone, Debug)]
+pub enum FastWeight {
+    /// Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, Q4_K, Q5_K ([`crate::kernels::repacked`]).
+    Quant(Arc<Repacked>),
+    /// F16, BF16 ([`crate::kernels::repacked_float`]).
+    Float(Arc<RepackedFloat>),
+}
+
+impl FastWeight {
+    /// `m` repacked for fast numerics, or `None` when its type has no repacked layout;
+    /// `Err(bytes)` when the copy of `bytes` bytes cannot be allocated (or its size
+    /// overflows: `usize::MAX`).
+    pub fn new(m: &QuantMatrix<'_>) -> Result<Option<FastWeight>, usize> {
+        if let Some(r) = Repacked::new(m)? {
+            return Ok(Some(FastWeight::Quant(Arc::new(r))));
+        }
+        Ok(RepackedFloat::new(m)?.map(|r| FastWeight::Float(Arc::new(r))))
+    }
 }
 
 impl Weight {
@@ -207,8 +230,9 @@ impl LlamaWeights {
         })
     }
 
-    /// Repacks every Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, Q4_K and Q5_K matrix (blocks and LM head) for fast numerics' matmul
-    /// (`on`), or drops the repacked copies (`!on`). `file` is the mapped file.
+    /// Repacks every Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, Q4_K, Q5_K, F16 and BF16 matrix
+    /// (blocks and LM head) for fast numerics' matmul (`on`), or drops the repacked copies
+    /// (`!on`). `file` is the mapped file.
     ///
     /// A copy that cannot be allocated leaves its matrix on the exact kernels (still
     /// batch-invariant) and is reported: the first such failure is the error, after every
@@ -218,8 +242,8 @@ impl LlamaWeights {
         let mut set = |w: &mut Weight| {
             w.fast = None; // the old copy goes first: never two at once
             if on {
-                match Repacked::new(&w.matrix(file)) {
-                    Ok(r) => w.fast = r.map(Arc::new),
+                match FastWeight::new(&w.matrix(file)) {
+                    Ok(r) => w.fast = r,
                     Err(bytes) => {
                         failed.get_or_insert(ModelError::OutOfMemory {
                             what:
