@@ -12,7 +12,7 @@
 //! | matmul Q4_1 (× Q8_1)           | yes    | `maddubs`           | VNNI `vpdpbusd`   | `vmull_s8`      |
 //! | matmul Q4_0, Q8_0 (× Q8_0)     | yes    | `maddubs`           | VNNI `vpdpbusd`   | `vmull_s8`      |
 //! | matmul Q4/Q5/Q8_0/IQ4_NL repacked (fast numerics) | yes | scalar       | VNNI, 16 rows/register | scalar |
-//! | matmul F16/BF16 repacked (fast numerics) | yes | scalar       | f32 FMA, 16 rows/register | scalar |
+//! | matmul F16/BF16 repacked (fast numerics) | yes | scalar       | FMA / `vdpbf16ps`, 16 rows/register | scalar |
 //! | matmul F32                     | pulp   | pulp                | pulp              | pulp            |
 //! | `dot_f32`                      | pulp   | pulp                | pulp              | pulp            |
 //! | `rmsnorm` (f64 sum, then scale)| scalar + pulp | scalar + pulp | scalar + pulp     | scalar + pulp   |
@@ -174,15 +174,16 @@ impl Kernels {
     }
 
     /// [`matmul`](Self::matmul) on an F16 or BF16 matrix repacked for fast numerics
-    /// ([`repacked_float`]: f32 activations, batch-invariant, not llama.cpp's bits).
+    /// ([`repacked_float`]: batch-invariant, not llama.cpp's bits).
     pub fn matmul_repacked_float(
         &self,
         w: &repacked_float::RepackedFloat,
         x: &[f32],
         n_tokens: usize,
         out: &mut [f32],
+        scratch: &mut MatmulScratch,
     ) -> Result<(), KernelError> {
-        repacked_float::matmul_repacked_float(self, w, x, n_tokens, out)
+        repacked_float::matmul_repacked_float(self, w, x, n_tokens, out, &mut scratch.bf16)
     }
 
     /// `Σ a[i]·b[i]`; errors if the lengths differ.

@@ -479,7 +479,10 @@ impl Llama {
                 return self.kernels.matmul_repacked(r, x, n, out, scratch).map_err(kernel_error)
             }
             Some(FastWeight::Float(r)) => {
-                return self.kernels.matmul_repacked_float(r, x, n, out).map_err(kernel_error)
+                return self
+                    .kernels
+                    .matmul_repacked_float(r, x, n, out, scratch)
+                    .map_err(kernel_error)
             }
             None => {}
         }
