@@ -46,18 +46,6 @@ pub enum FastWeight {
     Float(Arc<RepackedFloat>),
 }
 
-impl FastWeight {
-    /// `m` repacked for fast numerics, or `None` when its type has no repacked layout;
-    /// `Err(bytes)` when the copy of `bytes` bytes cannot be allocated (or its size
-    /// overflows: `usize::MAX`).
-    pub fn new(m: &QuantMatrix<'_>) -> Result<Option<FastWeight>, usize> {
-        if let Some(r) = Repacked::new(m)? {
-            return Ok(Some(FastWeight::Quant(Arc::new(r))));
-        }
-        Ok(RepackedFloat::new(m)?.map(|r| FastWeight::Float(Arc::new(r))))
-    }
-}
-
 impl Weight {
     fn load(g: &Gguf<'_>, name: &str, rows: usize, cols: usize) -> Result<Self, ModelError> {
         let t = g.tensor(name)?;
@@ -234,29 +222,24 @@ impl LlamaWeights {
     /// (blocks and LM head) for fast numerics' matmul (`on`), or drops the repacked copies
     /// (`!on`). `file` is the mapped file.
     ///
-    /// A copy that cannot be allocated leaves its matrix on the exact kernels (still
-    /// batch-invariant) and is reported: the first such failure is the error, after every
-    /// other matrix was tried.
+    /// The F16 and BF16 copies share one allocation ([`RepackedFloat::new_all`], in the
+    /// order the forward pass reads them), so that a small model's matrices get huge pages
+    /// too.
+    ///
+    /// A copy that cannot be allocated leaves its matrix (for F16 and BF16: every such
+    /// matrix) on the exact kernels (still batch-invariant) and is reported: the first such
+    /// failure is the error, after every other matrix was tried.
     pub fn set_repacked(&mut self, file: &[u8], on: bool) -> Result<(), ModelError> {
         let mut failed: Option<ModelError> = None;
-        let mut set = |w: &mut Weight| {
-            w.fast = None; // the old copy goes first: never two at once
-            if on {
-                match FastWeight::new(&w.matrix(file)) {
-                    Ok(r) => w.fast = r,
-                    Err(bytes) => {
-                        failed.get_or_insert(ModelError::OutOfMemory {
-                            what:
-                                "fast numerics' repacked weights (--numerics exact needs no copy)"
-                                    .into(),
-                            bytes: (bytes != usize::MAX).then_some(bytes),
-                        });
-                    }
-                }
-            }
+        let mut oom = |bytes: usize| {
+            failed.get_or_insert(ModelError::OutOfMemory {
+                what: "fast numerics' repacked weights (--numerics exact needs no copy)".into(),
+                bytes: (bytes != usize::MAX).then_some(bytes),
+            });
         };
+        let mut all: Vec<&mut Weight> = Vec::new();
         for l in &mut self.layers {
-            for w in [
+            all.extend([
                 &mut l.wq,
                 &mut l.wk,
                 &mut l.wv,
@@ -264,11 +247,32 @@ impl LlamaWeights {
                 &mut l.w_gate,
                 &mut l.w_up,
                 &mut l.w_down,
-            ] {
-                set(w);
+            ]);
+        }
+        all.push(&mut self.output);
+        for w in all.iter_mut() {
+            w.fast = None; // the old copies go first: never two at once
+        }
+        if !on {
+            return Ok(());
+        }
+        let is_float = |w: &Weight| matches!(w.ty, GgmlType::F16 | GgmlType::BF16);
+        let floats: Vec<_> = all.iter().filter(|w| is_float(w)).map(|w| w.matrix(file)).collect();
+        match RepackedFloat::new_all(&floats) {
+            Ok(copies) => {
+                let targets = all.iter_mut().filter(|w| is_float(w));
+                for (w, r) in targets.zip(copies) {
+                    w.fast = r.map(|r| FastWeight::Float(Arc::new(r)));
+                }
+            }
+            Err(bytes) => oom(bytes),
+        }
+        for w in all.iter_mut().filter(|w| !is_float(w)) {
+            match Repacked::new(&w.matrix(file)) {
+                Ok(r) => w.fast = r.map(|r| FastWeight::Quant(Arc::new(r))),
+                Err(bytes) => oom(bytes),
             }
         }
-        set(&mut self.output);
         failed.map_or(Ok(()), Err)
     }
 

@@ -57,6 +57,8 @@
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 
+use std::sync::Arc;
+
 use half::{bf16, f16};
 use pagoda_core::ggml_type::GgmlType;
 use rayon::prelude::*;
@@ -73,49 +75,103 @@ const PARALLEL_MIN_WORK: usize = 32 * 1024;
 
 /// An F16 or BF16 matrix in the repacked layout of the module docs.
 ///
-/// The copy is anonymous memory asked for transparent huge pages (as the model file's
-/// bytes are): decode streams every weight once per token, and 2 MiB pages keep the
-/// hardware prefetchers running across what would be 4 KiB page boundaries.
+/// The copy lives in anonymous memory asked for transparent huge pages (as the model file's
+/// bytes are), shared by every matrix repacked in one [`new_all`](Self::new_all) call:
+/// decode streams every weight once per token, and 2 MiB pages (which a single matrix of a
+/// small model is too small to get) keep the hardware prefetchers running across what would
+/// be 4 KiB page boundaries.
 #[derive(Debug)]
 pub struct RepackedFloat {
     /// BF16 (else F16).
     bf16: bool,
     rows: usize,
     cols: usize,
-    /// `groups · cols · 16` values (then zero padding to at least 64 bytes), page-aligned.
-    data: memmap2::MmapMut,
+    /// The shared memory (page-aligned).
+    map: Arc<memmap2::Mmap>,
+    /// This matrix's `groups · values per group` values: bytes `start..start + len` of
+    /// `map` (`start` a multiple of 64).
+    start: usize,
+    len: usize,
+}
+
+/// Where a matrix's copy goes: `(bf16, stride = values per group, bytes)`, or `None` when it
+/// is neither F16 nor BF16; `Err(usize::MAX)` when its size overflows.
+fn plan(m: &QuantMatrix<'_>) -> Result<Option<(bool, usize, usize)>, usize> {
+    let bf16 = match m.ty() {
+        GgmlType::F16 => false,
+        GgmlType::BF16 => true,
+        _ => return Ok(None),
+    };
+    let (rows, cols) = (m.rows(), m.cols());
+    // Values per group: cols columns of 16 (F16), ⌈cols/2⌉ pairs of 32 (BF16).
+    let stride = if bf16 { cols.div_ceil(2) * 2 } else { cols } * GROUP_ROWS;
+    let values = rows.div_ceil(GROUP_ROWS).checked_mul(stride);
+    let bytes = values.and_then(|n| n.checked_mul(2)).ok_or(usize::MAX)?;
+    Ok(Some((bf16, stride, bytes)))
+}
+
+/// Writes `m`'s values into `out` (its copy, zeroed) in the module's layout.
+fn fill(m: &QuantMatrix<'_>, bf16: bool, stride: usize, out: &mut [u16]) {
+    let (rows, cols, src) = (m.rows(), m.cols(), m.data());
+    let groups = rows.div_ceil(GROUP_ROWS);
+    for (g, group) in out.chunks_mut(stride.max(1)).take(groups).enumerate() {
+        let here = (rows - g * GROUP_ROWS).min(GROUP_ROWS);
+        for i in 0..here {
+            let row = &src[(g * GROUP_ROWS + i) * cols * 2..][..cols * 2];
+            for (c, v) in row.chunks_exact(2).enumerate() {
+                group[index_in_group(bf16, c, i)] = u16::from_le_bytes([v[0], v[1]]);
+            }
+        }
+    }
 }
 
 impl RepackedFloat {
     /// `m` repacked, or `None` when it is neither F16 nor BF16; `Err(bytes)` when the copy
     /// of `bytes` bytes cannot be allocated (or its size overflows: `usize::MAX`).
     pub fn new(m: &QuantMatrix<'_>) -> Result<Option<RepackedFloat>, usize> {
-        let bf16 = match m.ty() {
-            GgmlType::F16 => false,
-            GgmlType::BF16 => true,
-            _ => return Ok(None),
-        };
-        let (rows, cols) = (m.rows(), m.cols());
-        let groups = rows.div_ceil(GROUP_ROWS);
-        // Values per group: cols columns of 16 (F16), ⌈cols/2⌉ pairs of 32 (BF16).
-        let stride = if bf16 { cols.div_ceil(2) * 2 } else { cols } * GROUP_ROWS;
-        let values = groups.checked_mul(stride);
-        let bytes = values.and_then(|n| n.checked_mul(2)).ok_or(usize::MAX)?.max(64);
-        let mut data = memmap2::MmapMut::map_anon(bytes).map_err(|_| bytes)?;
+        Ok(Self::new_all(core::slice::from_ref(m))?.pop().flatten())
+    }
+
+    /// Every matrix of `ms` repacked ([`new`](Self::new) of each, in order), the copies one
+    /// after another in one shared allocation; `Err(bytes)` when it cannot be allocated (or
+    /// its size overflows: `usize::MAX`).
+    pub fn new_all(ms: &[QuantMatrix<'_>]) -> Result<Vec<Option<RepackedFloat>>, usize> {
+        let plans = ms.iter().map(plan).collect::<Result<Vec<_>, usize>>()?;
+        let mut starts = Vec::with_capacity(plans.len());
+        let mut total = 0usize;
+        for p in &plans {
+            starts.push(total);
+            let bytes = p.map_or(0, |(_, _, bytes)| bytes);
+            total = total.checked_add(bytes.next_multiple_of(64)).ok_or(usize::MAX)?;
+        }
+        if plans.iter().all(Option::is_none) {
+            return Ok(plans.iter().map(|_| None).collect());
+        }
+        let size = total.max(64);
+        let mut map = memmap2::MmapMut::map_anon(size).map_err(|_| size)?;
         #[cfg(target_os = "linux")]
-        let _a_hint_only = data.advise(memmap2::Advice::HugePage);
-        let src = m.data();
-        let out: &mut [u16] = bytemuck::cast_slice_mut(&mut data[..]);
-        for (g, group) in out.chunks_mut(stride.max(1)).take(groups).enumerate() {
-            let here = (rows - g * GROUP_ROWS).min(GROUP_ROWS);
-            for i in 0..here {
-                let row = &src[(g * GROUP_ROWS + i) * cols * 2..][..cols * 2];
-                for (c, v) in row.chunks_exact(2).enumerate() {
-                    group[index_in_group(bf16, c, i)] = u16::from_le_bytes([v[0], v[1]]);
-                }
+        let _a_hint_only = map.advise(memmap2::Advice::HugePage);
+        for ((m, p), &start) in ms.iter().zip(&plans).zip(&starts) {
+            if let Some((bf16, stride, bytes)) = *p {
+                fill(m, bf16, stride, bytemuck::cast_slice_mut(&mut map[start..start + bytes]));
             }
         }
-        Ok(Some(RepackedFloat { bf16, rows, cols, data }))
+        let map = Arc::new(map.make_read_only().map_err(|_| size)?);
+        Ok(ms
+            .iter()
+            .zip(plans)
+            .zip(starts)
+            .map(|((m, p), start)| {
+                p.map(|(bf16, _, len)| RepackedFloat {
+                    bf16,
+                    rows: m.rows(),
+                    cols: m.cols(),
+                    map: Arc::clone(&map),
+                    start,
+                    len,
+                })
+            })
+            .collect())
     }
 
     /// The weight type (F16 or BF16).
@@ -144,7 +200,7 @@ impl RepackedFloat {
 
     /// Every stored value, groups in order (module docs).
     fn values(&self) -> &[u16] {
-        bytemuck::cast_slice(&self.data[..])
+        bytemuck::cast_slice(&self.map[self.start..self.start + self.len])
     }
 
     /// Values per group (module docs).
@@ -257,12 +313,14 @@ pub(crate) fn matmul_repacked_float(
         dot_scalar(w, g0, x, xb, outs);
     };
     let groups = w.groups();
-    let work = w.data.len().saturating_mul(n_tokens.min(16));
+    let work = w.len.saturating_mul(n_tokens.min(16));
     let threads = rayon::current_num_threads();
+    // Tasks of whole tiles (the kernel's decode tile is 4 groups): no thread is left with a
+    // lone group's single chain.
     let chunk = if work < PARALLEL_MIN_WORK || threads == 1 {
         groups
     } else {
-        groups.div_ceil(threads * 8).max(1)
+        groups.div_ceil(threads * 8).next_multiple_of(4).min(groups)
     };
     let rows_per_chunk = chunk * GROUP_ROWS;
     let mut tasks: Vec<(usize, Vec<&mut [f32]>)> =
