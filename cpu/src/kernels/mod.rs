@@ -186,6 +186,21 @@ impl Kernels {
         repacked_float::matmul_repacked_float(self, w, x, n_tokens, out, &mut scratch.bf16)
     }
 
+    /// [`matmul_repacked_float`](Self::matmul_repacked_float) of several matrices against
+    /// the same `x` in one call (`outs[m]` gets `ws[m] · x`, the same bits as one call each):
+    /// one parallel region for all. All matrices must have the same type and `cols`
+    /// ([`KernelError::Incompatible`] otherwise).
+    pub fn matmul_repacked_float_multi(
+        &self,
+        ws: &[&repacked_float::RepackedFloat],
+        x: &[f32],
+        n_tokens: usize,
+        outs: &mut [&mut [f32]],
+        scratch: &mut MatmulScratch,
+    ) -> Result<(), KernelError> {
+        repacked_float::matmul_repacked_float_multi(self, ws, x, n_tokens, outs, &mut scratch.bf16)
+    }
+
     /// `Σ a[i]·b[i]`; errors if the lengths differ.
     pub fn dot_f32(&self, a: &[f32], b: &[f32]) -> Result<f32, KernelError> {
         check_len("b", a.len(), b.len())?;

@@ -492,7 +492,8 @@ impl Llama {
 
     /// Several matmuls of the same input: `outs[i] = x · ws[i]ᵀ`. Quantizes `x` once and
     /// runs one parallel region when the weights share a type and width (they do in every
-    /// GGUF pagoda has seen); falls back to one call each otherwise.
+    /// GGUF pagoda has seen), on the exact kernels or, for F16/BF16 weights with fast copies,
+    /// on `repacked_float`'s; falls back to one call each otherwise.
     fn matmul_multi<const N: usize>(
         &self,
         ws: [&Weight; N],
@@ -502,6 +503,22 @@ impl Llama {
         scratch: &mut MatmulScratch,
     ) -> Result<(), ModelError> {
         let same = ws.iter().all(|w| w.ty == ws[0].ty && w.cols == ws[0].cols);
+        let floats: Option<Vec<_>> = ws
+            .iter()
+            .map(|w| match &w.fast {
+                Some(FastWeight::Float(r)) => Some(&**r),
+                _ => None,
+            })
+            .collect();
+        if let (true, Some(floats)) = (same, floats) {
+            return self
+                .kernels
+                .matmul_repacked_float_multi(&floats, x, n, &mut outs, scratch)
+                .map_err(|e| {
+                    let names: Vec<&str> = ws.iter().map(|w| w.name.as_str()).collect();
+                    ModelError::Invalid(format!("matmul {}: {e}", names.join("+")))
+                });
+        }
         if !same || ws.iter().any(|w| w.fast.is_some()) {
             for (w, out) in ws.iter().zip(outs.iter_mut()) {
                 self.matmul(w, x, n, out, scratch)?;

@@ -291,15 +291,41 @@ pub(crate) fn matmul_repacked_float(
     out: &mut [f32],
     xb: &mut Vec<bf16>,
 ) -> Result<(), KernelError> {
-    check_len("x", n_tokens.checked_mul(w.cols).ok_or(KernelError::Overflow)?, x.len())?;
-    check_len("out", n_tokens.checked_mul(w.rows).ok_or(KernelError::Overflow)?, out.len())?;
-    if n_tokens == 0 || w.rows == 0 {
+    matmul_repacked_float_multi(k, &[w], x, n_tokens, &mut [out], xb)
+}
+
+/// [`matmul_repacked_float`] of several matrices against the same `x` (`outs[m]` gets
+/// `ws[m] · x`) in one parallel region: the activations are rounded once (BF16) and decode
+/// pays one fork-join instead of one per matrix. Each output cell is the one
+/// [`matmul_repacked_float`] computes. All matrices must have the same type and `cols`
+/// ([`KernelError::Incompatible`] otherwise).
+pub(crate) fn matmul_repacked_float_multi(
+    k: &Kernels,
+    ws: &[&RepackedFloat],
+    x: &[f32],
+    n_tokens: usize,
+    outs: &mut [&mut [f32]],
+    xb: &mut Vec<bf16>,
+) -> Result<(), KernelError> {
+    check_len("outs", ws.len(), outs.len())?;
+    let Some(&first) = ws.first() else { return Ok(()) };
+    if ws.iter().any(|w| w.bf16 != first.bf16) {
+        return Err(KernelError::Incompatible { what: "weight type" });
+    }
+    if ws.iter().any(|w| w.cols != first.cols) {
+        return Err(KernelError::Incompatible { what: "cols" });
+    }
+    check_len("x", n_tokens.checked_mul(first.cols).ok_or(KernelError::Overflow)?, x.len())?;
+    for (w, out) in ws.iter().zip(outs.iter()) {
+        check_len("out", n_tokens.checked_mul(w.rows).ok_or(KernelError::Overflow)?, out.len())?;
+    }
+    if n_tokens == 0 {
         return Ok(());
     }
-    round_to_bf16(w, x, n_tokens, xb);
+    round_to_bf16(first, x, n_tokens, xb);
     let xb = &xb[..];
     let level = k.level();
-    let run = |g0: usize, outs: &mut [&mut [f32]]| {
+    let run = |w: &RepackedFloat, g0: usize, outs: &mut [&mut [f32]]| {
         #[cfg(target_arch = "x86_64")]
         if level == SimdLevel::Avx512 {
             // SAFETY: a `Kernels` at Avx512 exists only after run-time detection of AVX-512
@@ -312,26 +338,34 @@ pub(crate) fn matmul_repacked_float(
         let _ = level;
         dot_scalar(w, g0, x, xb, outs);
     };
-    let groups = w.groups();
-    let work = w.len.saturating_mul(n_tokens.min(16));
+    let work = ws.iter().map(|w| w.len).sum::<usize>().saturating_mul(n_tokens.min(16));
     let threads = rayon::current_num_threads();
-    // Tasks of whole tiles (the kernel's decode tile is 4 groups): no thread is left with a
-    // lone group's single chain.
-    let chunk = if work < PARALLEL_MIN_WORK || threads == 1 {
-        groups
-    } else {
-        groups.div_ceil(threads * 8).next_multiple_of(4).min(groups)
-    };
-    let rows_per_chunk = chunk * GROUP_ROWS;
-    let mut tasks: Vec<(usize, Vec<&mut [f32]>)> =
-        (0..groups.div_ceil(chunk)).map(|c| (c * chunk, Vec::with_capacity(n_tokens))).collect();
-    for tok in out.chunks_mut(w.rows) {
-        for (c, piece) in tok.chunks_mut(rows_per_chunk).enumerate() {
-            tasks[c].1.push(piece);
+    let serial = work < PARALLEL_MIN_WORK || threads == 1;
+    // Per matrix: tasks of a range of groups, every token's rows of those groups.
+    let mut tasks: Vec<(&RepackedFloat, usize, Vec<&mut [f32]>)> = Vec::new();
+    for (&w, out) in ws.iter().zip(outs.iter_mut()) {
+        let groups = w.groups();
+        if groups == 0 {
+            continue;
+        }
+        // Tasks of whole tiles (the kernel's decode tile is 4 groups): no thread is left
+        // with a lone group's single chain.
+        let chunk = match serial {
+            true => groups,
+            false => groups.div_ceil(threads * 8).next_multiple_of(4).min(groups),
+        };
+        let first_task = tasks.len();
+        for c in 0..groups.div_ceil(chunk) {
+            tasks.push((w, c * chunk, Vec::with_capacity(n_tokens)));
+        }
+        for tok in out.chunks_mut(w.rows) {
+            for (c, piece) in tok.chunks_mut(chunk * GROUP_ROWS).enumerate() {
+                tasks[first_task + c].2.push(piece);
+            }
         }
     }
-    let task = |(g0, mut outs): (usize, Vec<&mut [f32]>)| run(g0, &mut outs);
-    if tasks.len() == 1 {
+    let task = |(w, g0, mut outs): (&RepackedFloat, usize, Vec<&mut [f32]>)| run(w, g0, &mut outs);
+    if tasks.len() == 1 || serial {
         tasks.into_iter().for_each(task);
     } else {
         tasks.into_par_iter().for_each(task);
@@ -483,6 +517,56 @@ mod tests {
             // holds the matrix's rows, from group 0; `x` and `xb` hold n tokens.
             unsafe { avx512::dot_groups_emulated(&at, &mut outs) };
             assert_eq!(bits(&got), bits(&want), "{rows}x{cols}");
+        }
+    }
+
+    /// Several matrices in one call: each output is the one call of its own gives, bit for
+    /// bit; mixed types or widths are refused.
+    #[test]
+    fn several_matrices_in_one_call_equal_one_call_each() {
+        let k = Kernels::detect();
+        let n = 5;
+        for ty in [GgmlType::F16, GgmlType::BF16] {
+            let mut rng = Rng(7 + ty as u64);
+            let cols = 96;
+            let words: Vec<Vec<u16>> =
+                [40, 16, 200].iter().map(|&rows| matrix(ty, rows, cols, &mut rng)).collect();
+            let ws: Vec<RepackedFloat> = words
+                .iter()
+                .map(|d| {
+                    let m = QuantMatrix::new(ty, d.len() / cols, cols, bytemuck::cast_slice(d));
+                    RepackedFloat::new(&m.unwrap()).unwrap().unwrap()
+                })
+                .collect();
+            let x: Vec<f32> = (0..n * cols).map(|_| rng.unit()).collect();
+            let mut outs: Vec<Vec<f32>> = ws.iter().map(|w| vec![f32::NAN; n * w.rows()]).collect();
+            {
+                let mut views: Vec<&mut [f32]> = outs.iter_mut().map(|o| &mut o[..]).collect();
+                let refs: Vec<&RepackedFloat> = ws.iter().collect();
+                k.matmul_repacked_float_multi(&refs, &x, n, &mut views, &mut Default::default())
+                    .unwrap();
+            }
+            for (w, got) in ws.iter().zip(&outs) {
+                assert_eq!(bits(got), bits(&run(&k, w, &x, n)), "{ty} {} rows", w.rows());
+            }
+        }
+        let make = |ty, cols| {
+            let d = vec![0u16; 16 * cols];
+            let m = QuantMatrix::new(ty, 16, cols, bytemuck::cast_slice(&d)).unwrap();
+            RepackedFloat::new(&m).unwrap().unwrap()
+        };
+        let (a, b, c) =
+            (make(GgmlType::F16, 32), make(GgmlType::BF16, 32), make(GgmlType::F16, 64));
+        let (mut o1, mut o2) = (vec![0.0f32; 16], vec![0.0f32; 16]);
+        for (pair, what) in [([&a, &b], "weight type"), ([&a, &c], "cols")] {
+            let e = k.matmul_repacked_float_multi(
+                &pair,
+                &[0.0; 32],
+                1,
+                &mut [&mut o1, &mut o2],
+                &mut Default::default(),
+            );
+            assert!(matches!(e, Err(KernelError::Incompatible { what: w }) if w == what), "{e:?}");
         }
     }
 
