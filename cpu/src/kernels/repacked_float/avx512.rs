@@ -222,11 +222,6 @@ unsafe fn tile<const K: u8, const G: usize, const T: usize>(
             let xp = at.x.as_ptr().add(at.t * cols);
             for c in 0..cols {
                 let mut wv = [_mm512_setzero_ps(); G];
-                if c % 2 == 0 {
-                    for k in 0..G {
-                        prefetch(wp[k].wrapping_add(c * GROUP_ROWS));
-                    }
-                }
                 for k in 0..G {
                     let h = _mm256_loadu_si256(wp[k].add(c * GROUP_ROWS) as *const __m256i);
                     wv[k] = _mm512_cvtph_ps(h);
@@ -245,7 +240,6 @@ unsafe fn tile<const K: u8, const G: usize, const T: usize>(
         for p in 0..pairs {
             let mut wv = [_mm512_setzero_si512(); G];
             for k in 0..G {
-                prefetch(wp[k].wrapping_add(p * 2 * GROUP_ROWS));
                 wv[k] = _mm512_loadu_si512(wp[k].add(p * 2 * GROUP_ROWS) as *const __m512i);
             }
             if K == BF16_DP {
@@ -299,18 +293,4 @@ unsafe fn even(v: __m512i) -> __m512 {
 unsafe fn odd(v: __m512i, high: __m512i) -> __m512 {
     // SAFETY: register-only AVX-512 F operations.
     unsafe { flush16(_mm512_castsi512_ps(_mm512_and_si512(v, high))) }
-}
-
-/// Bytes ahead of a weight stream's current line that [`prefetch`] asks for: decode reads
-/// each weight once, from memory, in 4 streams (one per group of the tile), and the
-/// hardware's stream prefetchers alone leave it short of the memory's bandwidth.
-const PREFETCH_AHEAD: usize = 1024;
-
-/// Asks for the line [`PREFETCH_AHEAD`] bytes after `p` (a hint: it never faults, even past
-/// the end of the copy).
-#[inline(always)]
-fn prefetch(p: *const u16) {
-    let ahead = (p as *const i8).wrapping_add(PREFETCH_AHEAD);
-    // SAFETY: a prefetch reads nothing architecturally and never faults, whatever address.
-    unsafe { _mm_prefetch::<_MM_HINT_T0>(ahead) };
 }
