@@ -12,13 +12,17 @@ mod common;
 #[path = "engine_common/mod.rs"]
 mod engine_common;
 
+use std::ops::ControlFlow;
 use std::sync::OnceLock;
 
+use common::tempdir::TempDir;
 use pagoda::cpu::engine::{Engine, EngineConfig, Request};
 use pagoda::cpu::model::{
     ForwardScratch, KvCache, KvType, Llama, Logits, Numerics, SeqItem, SeqTable, Session,
     SessionOptions,
 };
+use pagoda::cpu::model_file::ModelFile;
+use pagoda::cpu::quantize::{quantize, Preset, QuantizeOptions};
 use proptest::prelude::*;
 
 fn fast() -> &'static Llama {
@@ -113,6 +117,50 @@ fn fast_is_not_exact_and_exact_is_unchanged_by_it() {
         let top = |l: &[f32]| pagoda::cpu::sampler::argmax(l);
         if sorted[0] - sorted[1] >= 0.5 {
             assert_eq!(top(e), top(f), "position {pos}: greedy choices differ");
+        }
+    }
+}
+
+/// F16 and BF16 weights (the default model requantized by pagoda's quantizer, as
+/// `pagoda quantize --allow-requantize … F16` does) run on fast numerics' own kernel at
+/// AVX-512 (`kernels::repacked_float`): batch-invariant like every other format, not exact's
+/// bits, and close to exact's logits (F16: f32 activations, where exact rounds them to f16;
+/// BF16: activations rounded to bf16 in both).
+#[test]
+fn f16_and_bf16_weights_are_batch_invariant_and_close_to_exact() {
+    let input = ModelFile::open(common::model_path()).expect("the default model opens");
+    let dir = TempDir::new("numerics-fast-float");
+    let options = QuantizeOptions { allow_requantize: true, ..Default::default() };
+    let tokens = text(300);
+    for name in ["F16", "BF16"] {
+        let path = dir.path(&format!("{name}.gguf"));
+        let preset = Preset::parse(name).unwrap();
+        quantize(&input, &path, preset, &options, |_| ControlFlow::Continue(())).unwrap();
+        let fast = Llama::load(&path).unwrap().with_numerics(Numerics::Fast);
+        let want = on_threads(2, || tail_logits(&fast, &tokens, 8, 512, 0));
+        let cases =
+            [("1 thread, chunks of 37", 1, 37, 0), ("chunks of 13, last 8 one by one", 2, 13, 8)];
+        for (what, threads, n_batch, one_by_one) in cases {
+            let got = on_threads(threads, || tail_logits(&fast, &tokens, 8, n_batch, one_by_one));
+            assert!(same_bits(&got, &want), "{name}, {what}: logits differ from one chunk");
+        }
+        drop(fast);
+        let exact = Llama::load(&path).unwrap().with_numerics(Numerics::Exact);
+        let e = on_threads(2, || tail_logits(&exact, &tokens, 8, 512, 0));
+        assert!(!same_bits(&e, &want), "{name}: fast computed exact's bits");
+        let diff: Vec<f32> = e.iter().zip(&want).map(|(a, b)| (a - b).abs()).collect();
+        let max = diff.iter().copied().fold(0.0, f32::max);
+        let mean = diff.iter().sum::<f32>() / diff.len() as f32;
+        eprintln!("{name}: fast vs exact logits at 292..300: max |Δ| {max}, mean {mean}");
+        assert!(mean < 0.3 && max < 2.0, "{name}: fast logits: max |Δ| {max}, mean {mean}");
+        let vocab = exact.config().vocab_size;
+        for (pos, (e, f)) in e.chunks(vocab).zip(want.chunks(vocab)).enumerate() {
+            let mut sorted = e.to_vec();
+            sorted.sort_by(|a, b| b.total_cmp(a));
+            let top = |l: &[f32]| pagoda::cpu::sampler::argmax(l);
+            if sorted[0] - sorted[1] >= 0.5 {
+                assert_eq!(top(e), top(f), "{name}, position {pos}: greedy choices differ");
+            }
         }
     }
 }

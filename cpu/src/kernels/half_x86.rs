@@ -147,7 +147,7 @@ fn tail_bf16(w: &[bf16], x: &[bf16], from: usize) -> f64 {
 }
 
 /// Whether this CPU has `vdpbf16ps` (checked once; std caches the detection).
-fn has_avx512_bf16() -> bool {
+pub(crate) fn has_avx512_bf16() -> bool {
     std::arch::is_x86_feature_detected!("avx512bf16")
 }
 
@@ -228,7 +228,7 @@ unsafe fn bf16_chunk_dpbf16(
 /// # Safety
 /// AVX-512 F enabled by the caller.
 #[inline(always)]
-unsafe fn flush16(x: __m512) -> __m512 {
+pub(crate) unsafe fn flush16(x: __m512) -> __m512 {
     // SAFETY: register-only AVX-512 F operations.
     unsafe {
         let abs = _mm512_abs_ps(x);

@@ -12,6 +12,7 @@
 //! | matmul Q4_1 (× Q8_1)           | yes    | `maddubs`           | VNNI `vpdpbusd`   | `vmull_s8`      |
 //! | matmul Q4_0, Q8_0 (× Q8_0)     | yes    | `maddubs`           | VNNI `vpdpbusd`   | `vmull_s8`      |
 //! | matmul repacked (fast numerics: Q4/Q5/Q8_0, IQ4_NL/XS, Q3_K/Q4_K/Q5_K) | yes | `maddubs`, 8 rows/register | VNNI, 16 rows/register | scalar |
+//! | matmul F16/BF16 repacked (fast numerics) | yes | scalar       | FMA / `vdpbf16ps`, 16 rows/register | scalar |
 //! | matmul F32                     | pulp   | pulp                | pulp              | pulp            |
 //! | `dot_f32`                      | pulp   | pulp                | pulp              | pulp            |
 //! | `rmsnorm` (f64 sum, then scale)| scalar + pulp | scalar + pulp | scalar + pulp     | scalar + pulp   |
@@ -33,6 +34,7 @@ mod level;
 mod matmul;
 mod matrix;
 pub mod repacked;
+pub mod repacked_float;
 mod scalar;
 pub mod silu;
 mod table;
@@ -169,6 +171,34 @@ impl Kernels {
         scratch: &mut MatmulScratch,
     ) -> Result<(), KernelError> {
         repacked::matmul_repacked(self, w, x, n_tokens, out, &mut scratch.repacked)
+    }
+
+    /// [`matmul`](Self::matmul) on an F16 or BF16 matrix repacked for fast numerics
+    /// ([`repacked_float`]: batch-invariant, not llama.cpp's bits).
+    pub fn matmul_repacked_float(
+        &self,
+        w: &repacked_float::RepackedFloat,
+        x: &[f32],
+        n_tokens: usize,
+        out: &mut [f32],
+        scratch: &mut MatmulScratch,
+    ) -> Result<(), KernelError> {
+        repacked_float::matmul_repacked_float(self, w, x, n_tokens, out, &mut scratch.bf16)
+    }
+
+    /// [`matmul_repacked_float`](Self::matmul_repacked_float) of several matrices against
+    /// the same `x` in one call (`outs[m]` gets `ws[m] · x`, the same bits as one call each):
+    /// one parallel region for all. All matrices must have the same type and `cols`
+    /// ([`KernelError::Incompatible`] otherwise).
+    pub fn matmul_repacked_float_multi(
+        &self,
+        ws: &[&repacked_float::RepackedFloat],
+        x: &[f32],
+        n_tokens: usize,
+        outs: &mut [&mut [f32]],
+        scratch: &mut MatmulScratch,
+    ) -> Result<(), KernelError> {
+        repacked_float::matmul_repacked_float_multi(self, ws, x, n_tokens, outs, &mut scratch.bf16)
     }
 
     /// `Σ a[i]·b[i]`; errors if the lengths differ.

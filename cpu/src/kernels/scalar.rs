@@ -199,7 +199,7 @@ pub(crate) fn dot_q8_0(w: &[BlockQ8_0], a: &[BlockQ8_0]) -> f32 {
 
 /// `x`, or a zero of its sign if it is subnormal (the DAZ/FTZ rule of `vdpbf16ps`).
 #[inline]
-fn flush(x: f32) -> f32 {
+pub(crate) fn flush(x: f32) -> f32 {
     if x.is_subnormal() {
         0.0f32.copysign(x)
     } else {

@@ -40,7 +40,7 @@ use super::config::{FfnActivation, RopeStyle};
 use super::kv_cache::{Attention, AttentionFn, KvCache, KvStore};
 use super::kv_slab::KvSlab;
 use super::numerics::Numerics;
-use super::weights::{LlamaWeights, Weight};
+use super::weights::{FastWeight, LlamaWeights, Weight};
 use super::{LlamaConfig, ModelError, MAX_ROPE_DIMS};
 
 /// `n_rot / 2` of the RoPE table for heads of up to 256 rotated dims (every common Llama).
@@ -249,9 +249,10 @@ impl Llama {
     /// Computes in `numerics`' float order ([`Numerics`]; the default is `Fast`, and `Exact`
     /// gives llama.cpp's bits).
     ///
-    /// Fast numerics at a level with a repacked kernel (AVX-512) repack the Q4_0, Q4_1, Q5_0,
-    /// Q5_1, Q8_0, IQ4_NL, Q4_K and Q5_K matrices (a copy of their bytes: [`crate::kernels::repacked`]); otherwise such copies
-    /// are dropped.
+    /// Fast numerics repack the Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, IQ4_XS, Q3_K, Q4_K and
+    /// Q5_K matrices at AVX-512 and AVX2 (a copy of their bytes: [`crate::kernels::repacked`])
+    /// and the F16 and BF16 ones at AVX-512 ([`crate::kernels::repacked_float`]); otherwise
+    /// such copies are dropped.
     ///
     /// A repacked copy that cannot be allocated leaves its matrix on the exact kernel (the
     /// model stays batch-invariant, its numerics a mix); [`try_with_numerics`] says so
@@ -272,11 +273,11 @@ impl Llama {
         Ok(self)
     }
 
-    /// Repacked copies exactly when fast numerics have a repacked kernel at this level.
+    /// Repacked copies exactly of the matrices whose type has a repacked kernel at this level,
+    /// in fast numerics.
     fn refresh_repacked(&mut self) -> Result<(), ModelError> {
-        let on = self.numerics == Numerics::Fast
-            && crate::kernels::repacked::accelerated(self.kernels.level());
-        self.weights.set_repacked(self.file.bytes(), on)
+        let level = (self.numerics == Numerics::Fast).then(|| self.kernels.level());
+        self.weights.set_repacked(self.file.bytes(), level)
     }
 
     /// The float order of the forward pass.
@@ -473,8 +474,17 @@ impl Llama {
         scratch: &mut MatmulScratch,
     ) -> Result<(), ModelError> {
         let kernel_error = |source| ModelError::Kernel { weight: w.name.clone(), source };
-        if let Some(r) = &w.fast {
-            return self.kernels.matmul_repacked(r, x, n, out, scratch).map_err(kernel_error);
+        match &w.fast {
+            Some(FastWeight::Quant(r)) => {
+                return self.kernels.matmul_repacked(r, x, n, out, scratch).map_err(kernel_error)
+            }
+            Some(FastWeight::Float(r)) => {
+                return self
+                    .kernels
+                    .matmul_repacked_float(r, x, n, out, scratch)
+                    .map_err(kernel_error)
+            }
+            None => {}
         }
         let m = w.matrix(self.file.bytes());
         self.kernels.matmul(&m, x, n, out, scratch).map_err(kernel_error)
@@ -482,7 +492,8 @@ impl Llama {
 
     /// Several matmuls of the same input: `outs[i] = x · ws[i]ᵀ`. Quantizes `x` once and
     /// runs one parallel region when the weights share a type and width (they do in every
-    /// GGUF pagoda has seen); falls back to one call each otherwise.
+    /// GGUF pagoda has seen), on the exact kernels or, for F16/BF16 weights with fast copies,
+    /// on `repacked_float`'s; falls back to one call each otherwise.
     fn matmul_multi<const N: usize>(
         &self,
         ws: [&Weight; N],
@@ -492,6 +503,22 @@ impl Llama {
         scratch: &mut MatmulScratch,
     ) -> Result<(), ModelError> {
         let same = ws.iter().all(|w| w.ty == ws[0].ty && w.cols == ws[0].cols);
+        let floats: Option<Vec<_>> = ws
+            .iter()
+            .map(|w| match &w.fast {
+                Some(FastWeight::Float(r)) => Some(&**r),
+                _ => None,
+            })
+            .collect();
+        if let (true, Some(floats)) = (same, floats) {
+            return self
+                .kernels
+                .matmul_repacked_float_multi(&floats, x, n, &mut outs, scratch)
+                .map_err(|e| {
+                    let names: Vec<&str> = ws.iter().map(|w| w.name.as_str()).collect();
+                    ModelError::Invalid(format!("matmul {}: {e}", names.join("+")))
+                });
+        }
         if !same || ws.iter().any(|w| w.fast.is_some()) {
             for (w, out) in ws.iter().zip(outs.iter_mut()) {
                 self.matmul(w, x, n, out, scratch)?;

@@ -10,8 +10,9 @@ use std::sync::Arc;
 use pagoda_core::gguf::Gguf;
 use pagoda_core::quant::GgmlType;
 
-use crate::kernels::repacked::Repacked;
-use crate::kernels::QuantMatrix;
+use crate::kernels::repacked::{self, Repacked};
+use crate::kernels::repacked_float::{self, RepackedFloat};
+use crate::kernels::{QuantMatrix, SimdLevel};
 
 use super::{LlamaConfig, ModelError};
 
@@ -30,9 +31,20 @@ pub struct Weight {
     pub cols: usize,
     /// Byte range of the data within the file.
     pub range: Range<usize>,
-    /// The rows repacked for fast numerics' matmul (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, Q4_K and Q5_K weights of a model
-    /// computing in [`Numerics::Fast`](super::Numerics::Fast)), else `None`.
-    pub fast: Option<Arc<Repacked>>,
+    /// The rows repacked for fast numerics' matmul (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL,
+    /// IQ4_XS, Q3_K, Q4_K, Q5_K, F16 and BF16 weights of a model computing in
+    /// [`Numerics::Fast`](super::Numerics::Fast)), else `None`.
+    pub fast: Option<FastWeight>,
+}
+
+/// A weight's copy for fast numerics' matmul: which repacked layout, by weight type.
+#[derive(Clone, Debug)]
+pub enum FastWeight {
+    /// Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, IQ4_XS, Q3_K, Q4_K, Q5_K
+    /// ([`crate::kernels::repacked`]).
+    Quant(Arc<Repacked>),
+    /// F16, BF16 ([`crate::kernels::repacked_float`]).
+    Float(Arc<RepackedFloat>),
 }
 
 impl Weight {
@@ -207,32 +219,33 @@ impl LlamaWeights {
         })
     }
 
-    /// Repacks every Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, Q4_K and Q5_K matrix (blocks and LM head) for fast numerics' matmul
-    /// (`on`), or drops the repacked copies (`!on`). `file` is the mapped file.
+    /// Repacks for fast numerics' matmul at `level` every matrix (blocks and LM head) whose
+    /// type has a repacked kernel there ([`repacked::accelerated`]: Q4_0, Q4_1, Q5_0, Q5_1,
+    /// Q8_0, IQ4_NL, IQ4_XS, Q3_K, Q4_K, Q5_K; [`repacked_float::accelerated`]: F16, BF16),
+    /// or drops the repacked copies (`None`). `file` is the mapped file.
     ///
-    /// A copy that cannot be allocated leaves its matrix on the exact kernels (still
-    /// batch-invariant) and is reported: the first such failure is the error, after every
-    /// other matrix was tried.
-    pub fn set_repacked(&mut self, file: &[u8], on: bool) -> Result<(), ModelError> {
+    /// The F16 and BF16 copies share one allocation ([`RepackedFloat::new_all`], in the
+    /// order the forward pass reads them), so that a small model's matrices get huge pages
+    /// too.
+    ///
+    /// A copy that cannot be allocated leaves its matrix (for F16 and BF16: every such
+    /// matrix) on the exact kernels (still batch-invariant) and is reported: the first such
+    /// failure is the error, after every other matrix was tried.
+    pub fn set_repacked(
+        &mut self,
+        file: &[u8],
+        level: Option<SimdLevel>,
+    ) -> Result<(), ModelError> {
         let mut failed: Option<ModelError> = None;
-        let mut set = |w: &mut Weight| {
-            w.fast = None; // the old copy goes first: never two at once
-            if on {
-                match Repacked::new(&w.matrix(file)) {
-                    Ok(r) => w.fast = r.map(Arc::new),
-                    Err(bytes) => {
-                        failed.get_or_insert(ModelError::OutOfMemory {
-                            what:
-                                "fast numerics' repacked weights (--numerics exact needs no copy)"
-                                    .into(),
-                            bytes: (bytes != usize::MAX).then_some(bytes),
-                        });
-                    }
-                }
-            }
+        let mut oom = |bytes: usize| {
+            failed.get_or_insert(ModelError::OutOfMemory {
+                what: "fast numerics' repacked weights (--numerics exact needs no copy)".into(),
+                bytes: (bytes != usize::MAX).then_some(bytes),
+            });
         };
+        let mut all: Vec<&mut Weight> = Vec::new();
         for l in &mut self.layers {
-            for w in [
+            all.extend([
                 &mut l.wq,
                 &mut l.wk,
                 &mut l.wv,
@@ -240,11 +253,33 @@ impl LlamaWeights {
                 &mut l.w_gate,
                 &mut l.w_up,
                 &mut l.w_down,
-            ] {
-                set(w);
+            ]);
+        }
+        all.push(&mut self.output);
+        for w in all.iter_mut() {
+            w.fast = None; // the old copies go first: never two at once
+        }
+        let Some(level) = level else {
+            return Ok(());
+        };
+        let is_float = |w: &Weight| matches!(w.ty, GgmlType::F16 | GgmlType::BF16);
+        let floats: Vec<_> = all.iter().filter(|w| is_float(w)).map(|w| w.matrix(file)).collect();
+        let floats = if repacked_float::accelerated(level) { floats } else { Vec::new() };
+        match RepackedFloat::new_all(&floats) {
+            Ok(copies) => {
+                let targets = all.iter_mut().filter(|w| is_float(w));
+                for (w, r) in targets.zip(copies) {
+                    w.fast = r.map(|r| FastWeight::Float(Arc::new(r)));
+                }
+            }
+            Err(bytes) => oom(bytes),
+        }
+        for w in all.iter_mut().filter(|w| !is_float(w) && repacked::accelerated(level)) {
+            match Repacked::new(&w.matrix(file)) {
+                Ok(r) => w.fast = r.map(|r| FastWeight::Quant(Arc::new(r))),
+                Err(bytes) => oom(bytes),
             }
         }
-        set(&mut self.output);
         failed.map_or(Ok(()), Err)
     }
 
