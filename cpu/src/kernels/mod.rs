@@ -38,6 +38,8 @@ pub mod repacked_float;
 mod scalar;
 pub mod silu;
 mod table;
+#[cfg(test)]
+mod test_rng;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;

@@ -17,21 +17,7 @@ use super::{
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
 pub(super) unsafe fn dot_group(w: &Repacked, g: usize, acts: &Acts<'_>, outs: &mut [&mut [f32]]) {
     // SAFETY: this fn's contract.
-    unsafe {
-        use super::{IQ4_NL, IQ4_XS, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q8_0};
-        match w.format {
-            Q3_K => dot_group_f::<Q3_K>(w, g, acts, outs),
-            IQ4_XS => dot_group_f::<IQ4_XS>(w, g, acts, outs),
-            Q4_K => dot_group_f::<Q4_K>(w, g, acts, outs),
-            Q5_K => dot_group_f::<Q5_K>(w, g, acts, outs),
-            Q4_0 => dot_group_f::<Q4_0>(w, g, acts, outs),
-            Q4_1 => dot_group_f::<Q4_1>(w, g, acts, outs),
-            Q5_0 => dot_group_f::<Q5_0>(w, g, acts, outs),
-            Q5_1 => dot_group_f::<Q5_1>(w, g, acts, outs),
-            IQ4_NL => dot_group_f::<IQ4_NL>(w, g, acts, outs),
-            _ => dot_group_f::<Q8_0>(w, g, acts, outs),
-        }
-    }
+    unsafe { for_format!(w.format, dot_group_f(w, g, acts, outs)) }
 }
 
 /// [`dot_group`] for format `F` (`w.format == F`).

@@ -46,6 +46,29 @@
 //!
 //! [`Numerics::Fast`]: crate::model::Numerics::Fast
 
+/// `$kernel::<F>(args)` with the format constant `F` equal to the run-time format `$format`:
+/// the SIMD kernels' one dispatch from a matrix's format to their code for it.
+#[cfg(target_arch = "x86_64")]
+macro_rules! for_format {
+    ($format:expr, $kernel:ident($($arg:expr),*)) => {{
+        use $crate::kernels::repacked::{
+            IQ4_NL, IQ4_XS, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q8_0,
+        };
+        match $format {
+            Q3_K => $kernel::<Q3_K>($($arg),*),
+            IQ4_XS => $kernel::<IQ4_XS>($($arg),*),
+            Q4_K => $kernel::<Q4_K>($($arg),*),
+            Q5_K => $kernel::<Q5_K>($($arg),*),
+            Q4_0 => $kernel::<Q4_0>($($arg),*),
+            Q4_1 => $kernel::<Q4_1>($($arg),*),
+            Q5_0 => $kernel::<Q5_0>($($arg),*),
+            Q5_1 => $kernel::<Q5_1>($($arg),*),
+            IQ4_NL => $kernel::<IQ4_NL>($($arg),*),
+            _ => $kernel::<Q8_0>($($arg),*),
+        }
+    }};
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
@@ -528,19 +551,7 @@ pub(crate) fn matmul_repacked(
 mod tests {
     use super::*;
 
-    /// xorshift64: deterministic noise.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn unit(&mut self) -> f32 {
-            (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-        }
-    }
+    use crate::kernels::test_rng::Rng;
 
     /// A random `rows × cols` matrix of `ty` (a repacked format), as 2-byte aligned bytes:
     /// random quants, small finite scales (and minimums).

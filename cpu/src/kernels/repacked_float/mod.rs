@@ -382,19 +382,7 @@ pub(crate) fn matmul_repacked_float_multi(
 mod tests {
     use super::*;
 
-    /// xorshift64: deterministic noise.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn unit(&mut self) -> f32 {
-            (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-        }
-    }
+    use crate::kernels::test_rng::Rng;
 
     /// A random `rows × cols` matrix of `ty` (F16 or BF16) as 2-byte words: values of
     /// magnitude up to 0.5, a few of them tiny (subnormal in f16) or zero.
