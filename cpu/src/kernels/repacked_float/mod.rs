@@ -41,7 +41,7 @@
 //!
 //! Nothing in either order depends on how many tokens share a call, on the tiling or on
 //! which rows a thread takes: the result is batch-invariant. The AVX-512 kernel keeps each
-//! cell's chain in one lane of a register and computes exactly [`dot_scalar`]'s operations,
+//! cell's chain in one lane of a register and computes exactly `dot_scalar`'s operations,
 //! bit for bit. A single token is not held up by the latency of one dependent chain: the
 //! kernel runs the chains of 4 groups side by side (and, for several tokens, of several
 //! tokens: up to 24 independent accumulators sharing each weight vector), which changes no
