@@ -11,6 +11,8 @@
 //!   `PAGODA_BENCH_F16_EXACT=1 cargo bench --bench attention` prints just its best-of-runs;
 //!   `PAGODA_BENCH_FAST=1` the same for `paged_attention_aligned` on f16 pages (fast
 //!   numerics' kernel, the default).
+//!   `PAGODA_BENCH_FAST_DEPTH=1`: fast numerics' kernel on f16 pages at depth 4096, best of
+//!   runs: a 512-token prompt chunk (pp512 @ d4096's attention) and one decode token.
 //! - `prefill/{f32,f16}/{core_scalar,simd}/512`: a 512-token causal chunk.
 //!
 //! Throughput is the KV bytes read per call (`n_ctx × 3 heads × 64 × 2 (K and V) × size`);
@@ -309,7 +311,40 @@ fn min_of_runs_placement(name: &str, kernel: F16Kernel) {
     }
 }
 
+/// `PAGODA_BENCH_FAST_DEPTH=1`: the attention of `pp512 @ d4096` and `tg @ d4096` in fast
+/// numerics (f16 pages, aligned split), best of runs for `PAGODA_BENCH_MS` each.
+fn min_of_runs_fast_depth() {
+    let budget = Duration::from_millis(
+        std::env::var("PAGODA_BENCH_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(3000),
+    );
+    let cfg = AttnConfig::new(N_HEADS, N_KV_HEADS, HEAD_DIM).unwrap();
+    let level = simd_level();
+    let (kv, pages) = cache::<f16>(4096 + 512, 16);
+    for (label, n_new) in [("prefill 512 @ 4096", 512), ("decode 1 @ 4096", 1)] {
+        let n_ctx = 4096 + n_new;
+        let q = query(n_new);
+        let mut out = vec![0.0f32; q.len()];
+        let mut best = Duration::MAX;
+        let start = Instant::now();
+        while start.elapsed() < budget {
+            let t = Instant::now();
+            paged_attention_aligned(level, &kv, 0, &pages, 0, n_ctx, black_box(&q), &mut out, &cfg)
+                .unwrap();
+            best = best.min(t.elapsed());
+        }
+        println!(
+            "{label} ({level}, {} threads): {:>10.1} us",
+            rayon::current_num_threads(),
+            best.as_secs_f64() * 1e6
+        );
+    }
+}
+
 fn main() {
+    if std::env::var_os("PAGODA_BENCH_FAST_DEPTH").is_some() {
+        min_of_runs_fast_depth();
+        return;
+    }
     if std::env::var_os("PAGODA_BENCH_F16_EXACT").is_some() {
         min_of_runs_f16_exact();
         return;

@@ -70,8 +70,9 @@ use crate::kernels::SimdLevel;
 use ops::PageOps;
 use task::{Partial, Shared, Task};
 
-/// Query tokens per task in prefill: their rows share each K/V page read.
-pub const TOKENS_PER_TASK: usize = 8;
+/// Query tokens per task in prefill: their rows share each K/V page read (16 tokens: at least
+/// 16 rows, one AVX-512 vector of rows per query head of a GQA group).
+pub const TOKENS_PER_TASK: usize = 16;
 /// Contexts shorter than this are never split across threads ([`Split::Auto`]).
 pub const SPLIT_MIN_CTX: usize = 1024;
 /// The shortest page range [`Split::Auto`] creates, in tokens.

@@ -95,6 +95,110 @@ impl PageOps {
         }
     }
 
+    /// One page's online-softmax step when every row sees all `n` scores of its row of `p`
+    /// (`rows × n`): what `task.rs`'s per-row loop does with [`Self::exp_sum`], the same bits.
+    /// Returns `false`, doing nothing, where this level has no such kernel (the caller runs
+    /// its loop).
+    pub(super) fn softmax_page(
+        self,
+        p: &mut [f32],
+        n: usize,
+        max: &mut [f32],
+        sum: &mut [f32],
+        acc: &mut [f32],
+        hd: usize,
+    ) -> bool {
+        let rows = max.len();
+        let shapes = (1..=16).contains(&n)
+            && p.len() == rows * n
+            && sum.len() == rows
+            && acc.len() == rows * hd;
+        match self.level {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `new` checked AVX-512F at run time; shapes checked just above.
+            SimdLevel::Avx512 if shapes => unsafe {
+                super::x86::softmax_page_avx512(p, n, max, sum, acc, hd);
+                true
+            },
+            _ => false,
+        }
+    }
+
+    /// `exp(x)` as this level's online softmax rescales by it: the AVX-512 level's own
+    /// `expf` (the same bits in its per-row and rows-in-lanes paths), `f32::exp` elsewhere.
+    pub(super) fn exp(self, x: f32) -> f32 {
+        match self.level {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `new` checked AVX-512F at run time.
+            SimdLevel::Avx512 => unsafe { super::x86::exp1_avx512(x) },
+            _ => x.exp(),
+        }
+    }
+
+    /// Whether this level has [`Self::full_page_in_lanes`].
+    pub(super) fn rows_in_lanes(self) -> bool {
+        cfg!(target_arch = "x86_64") && self.level == SimdLevel::Avx512
+    }
+
+    /// One full page of 16 keys for all rows of a task, every row seeing every key, with
+    /// query rows in vector lanes: the bits of [`Self::scores`], the per-row softmax step
+    /// (rescale factor by [`Self::exp`]) and [`Self::accumulate`], without their per-row
+    /// reductions.
+    ///
+    /// `qt` is the rows' queries transposed in blocks of 16 rows, `qt[(b·hd + d)·16 + i]` =
+    /// row `16b + i`'s element `d` (zeros past the last row); `keys`, `values` the page's
+    /// `16 × hd` floats; `max`, `sum` (`rows`) and `acc` (`rows × hd`) the rows' state;
+    /// `p` scratch of `16 × rows` rounded up to 16, `c` of `rows` rounded up to 16.
+    /// Only where [`Self::rows_in_lanes`]; `hd` a multiple of 16.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn full_page_in_lanes(
+        self,
+        qt: &[f32],
+        keys: &[f32],
+        values: &[f32],
+        hd: usize,
+        scale: f32,
+        (max, sum, acc): (&mut [f32], &mut [f32], &mut [f32]),
+        p: &mut [f32],
+        c: &mut [f32],
+    ) {
+        let rows = max.len();
+        let padded = rows.next_multiple_of(16);
+        assert!(self.rows_in_lanes() && hd % 16 == 0 && hd > 0);
+        assert!(sum.len() == rows && acc.len() == rows * hd && keys.len() >= 16 * hd);
+        assert!(values.len() >= 16 * hd && qt.len() >= padded * hd);
+        assert!(p.len() >= 16 * padded && c.len() >= padded);
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `rows_in_lanes` means `new` checked AVX-512F; block b's queries are
+        // `qt[b·16·hd ..][..16·hd]`, its rows' state `max[16b..]`, `sum[16b..]` masked to
+        // the rows that exist, `c[16b..][..16]` and `p[k·padded + 16b..][..16]` for k < 16,
+        // all inside the lengths asserted above.
+        unsafe {
+            use super::x86;
+            for b in 0..padded / 16 {
+                let lanes = ((1u32 << (rows - 16 * b).min(16)) - 1) as u16;
+                x86::page_rows_in_lanes(
+                    qt.as_ptr().add(b * 16 * hd),
+                    keys.as_ptr(),
+                    hd,
+                    scale,
+                    lanes,
+                    max.as_mut_ptr().add(16 * b),
+                    sum.as_mut_ptr().add(16 * b),
+                    c.as_mut_ptr().add(16 * b),
+                    p.as_mut_ptr().add(16 * b),
+                    padded,
+                );
+            }
+            for (a, &c) in acc.chunks_exact_mut(hd).zip(c.iter()) {
+                if c != 1.0 {
+                    a.iter_mut().for_each(|a| *a *= c);
+                }
+            }
+            x86::accumulate_strided_avx512(acc, p, 1, padded, values, hd, 16);
+        }
+    }
+
     /// Asks the CPU to start loading `run` into cache (a hint: no effect on results).
     ///
     /// Pages sit anywhere in the slab, so the hardware stream prefetcher, which does not
@@ -199,5 +303,58 @@ fn cast<T: 'static, U: 'static>(run: &[T]) -> Option<&[U]> {
         Some(unsafe { core::slice::from_raw_parts(run.as_ptr().cast::<U>(), run.len()) })
     } else {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::test_rng::Rng;
+
+    /// The rows-in-lanes page step gives every row the bits of the per-row path (scores,
+    /// the per-row softmax step as `task.rs` runs it, accumulate), whatever the row count
+    /// (one block of 16, a ragged last block) and the head dim: batch invariance needs it,
+    /// since a row takes one path or the other depending on the rows it shares a task with.
+    #[test]
+    fn rows_in_lanes_equal_the_per_row_path_bit_for_bit() {
+        let ops = PageOps::new(SimdLevel::Avx512);
+        if !ops.rows_in_lanes() {
+            return; // nothing to compare on this CPU
+        }
+        let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+        for (rows, hd) in [(16usize, 64usize), (24, 64), (48, 64), (17, 256), (64, 32)] {
+            let q: Vec<f32> = (0..rows * hd).map(|_| rng.unit() * 3.0).collect();
+            let padded = rows.next_multiple_of(16);
+            let mut qt = vec![0.0f32; padded * hd];
+            for r in 0..rows {
+                for d in 0..hd {
+                    qt[((r / 16) * hd + d) * 16 + r % 16] = q[r * hd + d];
+                }
+            }
+            // Three pages in a row; a state that starts empty, then grows and shrinks maxima.
+            let (mut m1, mut s1, mut a1) =
+                (vec![f32::NEG_INFINITY; rows], vec![0.0f32; rows], vec![0.0f32; rows * hd]);
+            let (mut m2, mut s2, mut a2) = (m1.clone(), s1.clone(), a1.clone());
+            let (mut pt, mut c) = (vec![0.0f32; 16 * padded], vec![0.0f32; padded]);
+            for page in 0..3 {
+                let amp = [1.0, 4.0, 0.5][page];
+                let keys: Vec<f32> = (0..16 * hd).map(|_| rng.unit() * amp).collect();
+                let values: Vec<f32> = (0..16 * hd).map(|_| rng.unit()).collect();
+                let state = (&mut m1[..], &mut s1[..], &mut a1[..]);
+                ops.full_page_in_lanes(&qt, &keys, &values, hd, 0.125, state, &mut pt, &mut c);
+
+                let mut p = vec![0.0f32; rows * 16];
+                ops.scores(&q, &keys, hd, 16, 0.125, &mut p);
+                if !ops.softmax_page(&mut p, 16, &mut m2, &mut s2, &mut a2, hd) {
+                    unreachable!("AVX-512 has the fused softmax step");
+                }
+                ops.accumulate(&mut a2, &p, &values, hd, 16);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                let what = format!("rows {rows} hd {hd} page {page}");
+                assert_eq!(bits(&m1), bits(&m2), "{what}: max");
+                assert_eq!(bits(&s1), bits(&s2), "{what}: sum");
+                assert_eq!(bits(&a1), bits(&a2), "{what}: acc");
+            }
+        }
     }
 }

@@ -21,6 +21,13 @@
 //! its tail), and the task's page range never starts before that page: masked keys take no
 //! part in a row's max or sum.
 //!
+//! AVX-512, a task of at least 16 rows on 16-token pages (fast numerics' aligned split): a
+//! page that every row sees in whole runs with the rows in vector lanes
+//! (`PageOps::full_page_in_lanes`: queries transposed once per task, no per-row horizontal
+//! sums), every other page (the diagonal, a window's edge) row by row as above. Both give a
+//! row the same bits (the same FMA chains, sum trees and `exp`), so which one a row takes,
+//! which depends on the rows it shares a task with, does not change its result.
+//!
 //! The result is unnormalised (`m`, `l`, `acc` per row): the caller divides, or merges the
 //! partials of several page ranges with the log-sum-exp rule.
 
@@ -93,6 +100,9 @@ impl<T: KvFormat, S: AsRef<[T]>> Shared<'_, T, S> {
         let max_visible = self.first_pos + task.tokens.end;
         // The first index any row sees (`first_visible` grows with the position).
         let min_first = cfg.first_visible(self.first_pos + task.tokens.start);
+        // The last index any row's window starts at, and the fewest keys any row sees.
+        let first_max = cfg.first_visible(self.first_pos + task.tokens.end - 1);
+        let visible_min = self.first_pos + task.tokens.start + 1;
 
         let mut part = Partial {
             max: vec![f32::NEG_INFINITY; rows],
@@ -101,6 +111,18 @@ impl<T: KvFormat, S: AsRef<[T]>> Shared<'_, T, S> {
         };
         let mut p = vec![0.0f32; rows * bs];
         let (mut kbuf, mut vbuf) = (Vec::new(), Vec::new());
+        // Full 16-key pages that every row sees in whole: rows in vector lanes (AVX-512).
+        let in_lanes =
+            self.ops.rows_in_lanes() && self.whole_pages && bs == 16 && hd % 16 == 0 && rows >= 16;
+        let padded = if in_lanes { rows.next_multiple_of(16) } else { 0 };
+        let mut qt = vec![0.0f32; padded * hd];
+        for (r, q_r) in q.chunks_exact(hd).enumerate().filter(|_| in_lanes) {
+            let (b, i) = (r / 16, r % 16);
+            for (d, &x) in q_r.iter().enumerate() {
+                qt[(b * hd + d) * 16 + i] = x;
+            }
+        }
+        let (mut pt, mut c) = (vec![0.0f32; 16 * padded], vec![1.0f32; padded]);
 
         for i in task.pages.clone() {
             let start = i * bs;
@@ -128,10 +150,22 @@ impl<T: KvFormat, S: AsRef<[T]>> Shared<'_, T, S> {
             }
             let keys = self.kv.head_run(self.layer, page, KvHalf::Key, task.kv_head)?;
             let keys = self.ops.as_f32(&keys[s0 * ru..n * ru], &mut kbuf);
+            // Every row sees all of the page's slots s0..n: one call for all rows.
+            let all_see = first_max <= start + s0 && visible_min >= start + n;
+            if in_lanes && all_see && len == 16 {
+                let values = self.kv.head_run(self.layer, page, KvHalf::Value, task.kv_head)?;
+                let values = self.ops.as_f32(&values[s0 * ru..n * ru], &mut vbuf);
+                let state = (&mut part.max[..], &mut part.sum[..], &mut part.acc[..]);
+                let scale = cfg.scale;
+                self.ops.full_page_in_lanes(&qt, keys, values, hd, scale, state, &mut pt, &mut c);
+                continue;
+            }
             let p = &mut p[..rows * len];
             self.ops.scores(&q, keys, hd, len, cfg.scale, p);
 
-            for (r, p_r) in p.chunks_exact_mut(len).enumerate() {
+            let (max, sum, acc) = (&mut part.max, &mut part.sum, &mut part.acc);
+            let done = all_see && self.ops.softmax_page(p, len, max, sum, acc, hd);
+            for (r, p_r) in p.chunks_exact_mut(len).enumerate().filter(|_| !done) {
                 // The row sees slots s0 + a .. s0 + b: from its window's start (a > 0 only
                 // if it starts later than the task's) to its causal end.
                 let b = visible[r].saturating_sub(start).min(n).saturating_sub(s0);
@@ -144,7 +178,7 @@ impl<T: KvFormat, S: AsRef<[T]>> Shared<'_, T, S> {
                 let m = &mut part.max[r];
                 if block_max > *m {
                     // exp(-inf) = 0 on the row's first page: nothing summed yet to rescale.
-                    let c = (*m - block_max).exp();
+                    let c = self.ops.exp(*m - block_max);
                     part.sum[r] *= c;
                     part.acc[r * hd..(r + 1) * hd].iter_mut().for_each(|a| *a *= c);
                     *m = block_max;

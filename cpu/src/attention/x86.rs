@@ -347,6 +347,7 @@ pub(super) unsafe fn scores_avx512(
 /// AVX-512F; `q` holds `R·hd` floats, `k` `8·hd`, `out` row `r` has 8 writable floats at
 /// `out + r·stride`.
 #[inline]
+#[allow(clippy::needless_range_loop)] // register tiles, indexed as in the docs
 #[target_feature(enable = "avx512f")]
 unsafe fn scores_rows_x8<const R: usize>(
     q: *const f32,
@@ -429,11 +430,31 @@ pub(super) unsafe fn accumulate_avx512(
     hd: usize,
     n: usize,
 ) {
+    // SAFETY: the caller's contract is this one's with `p[r][j]` at `r·n + j`.
+    unsafe { accumulate_strided_avx512(acc, p, n, 1, values, hd, n) }
+}
+
+/// [`accumulate_avx512`] with the weight of row `r` and key `j` at `p[r·rs + j·ks]`.
+///
+/// # Safety
+/// The CPU has AVX-512F; `acc.len()` a multiple of `hd`, every `r·rs + j·ks` (r < rows,
+/// j < n) inside `p`, `values.len() ≥ n·hd`.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn accumulate_strided_avx512(
+    acc: &mut [f32],
+    p: &[f32],
+    rs: usize,
+    ks: usize,
+    values: &[f32],
+    hd: usize,
+    n: usize,
+) {
     // SAFETY: the caller guarantees the target features and the slice shapes
     // documented above: rows r < acc.len() / hd, columns d < hd, keys j < n.
     unsafe {
         let rows = acc.len() / hd;
-        debug_assert!(p.len() >= rows * n && values.len() >= n * hd);
+        debug_assert!(rows == 0 || n == 0 || p.len() > (rows - 1) * rs + (n - 1) * ks);
+        debug_assert!(values.len() >= n * hd);
         let (ap, pp, vp) = (acc.as_mut_ptr(), p.as_ptr(), values.as_ptr());
         let mut d = 0;
         while d < hd {
@@ -441,21 +462,21 @@ pub(super) unsafe fn accumulate_avx512(
             let mut r = 0;
             while r < rows {
                 let take = (rows - r).min(6);
-                let (a, pr, v) = (ap.add(r * hd + d), pp.add(r * n), vp.add(d));
+                let (a, pr, v) = (ap.add(r * hd + d), pp.add(r * rs), vp.add(d));
                 let m = mask16((hd - d).min(16));
                 match (chunks, take) {
-                    (4, 6) => accumulate_rows::<6, 4>(a, pr, v, hd, n, m),
-                    (4, 5) => accumulate_rows::<5, 4>(a, pr, v, hd, n, m),
-                    (4, 4) => accumulate_rows::<4, 4>(a, pr, v, hd, n, m),
-                    (4, 3) => accumulate_rows::<3, 4>(a, pr, v, hd, n, m),
-                    (4, 2) => accumulate_rows::<2, 4>(a, pr, v, hd, n, m),
-                    (4, _) => accumulate_rows::<1, 4>(a, pr, v, hd, n, m),
-                    (_, 6) => accumulate_rows::<6, 1>(a, pr, v, hd, n, m),
-                    (_, 5) => accumulate_rows::<5, 1>(a, pr, v, hd, n, m),
-                    (_, 4) => accumulate_rows::<4, 1>(a, pr, v, hd, n, m),
-                    (_, 3) => accumulate_rows::<3, 1>(a, pr, v, hd, n, m),
-                    (_, 2) => accumulate_rows::<2, 1>(a, pr, v, hd, n, m),
-                    _ => accumulate_rows::<1, 1>(a, pr, v, hd, n, m),
+                    (4, 6) => accumulate_rows::<6, 4>(a, pr, rs, ks, v, hd, n, m),
+                    (4, 5) => accumulate_rows::<5, 4>(a, pr, rs, ks, v, hd, n, m),
+                    (4, 4) => accumulate_rows::<4, 4>(a, pr, rs, ks, v, hd, n, m),
+                    (4, 3) => accumulate_rows::<3, 4>(a, pr, rs, ks, v, hd, n, m),
+                    (4, 2) => accumulate_rows::<2, 4>(a, pr, rs, ks, v, hd, n, m),
+                    (4, _) => accumulate_rows::<1, 4>(a, pr, rs, ks, v, hd, n, m),
+                    (_, 6) => accumulate_rows::<6, 1>(a, pr, rs, ks, v, hd, n, m),
+                    (_, 5) => accumulate_rows::<5, 1>(a, pr, rs, ks, v, hd, n, m),
+                    (_, 4) => accumulate_rows::<4, 1>(a, pr, rs, ks, v, hd, n, m),
+                    (_, 3) => accumulate_rows::<3, 1>(a, pr, rs, ks, v, hd, n, m),
+                    (_, 2) => accumulate_rows::<2, 1>(a, pr, rs, ks, v, hd, n, m),
+                    _ => accumulate_rows::<1, 1>(a, pr, rs, ks, v, hd, n, m),
                 }
                 r += take;
             }
@@ -465,16 +486,19 @@ pub(super) unsafe fn accumulate_avx512(
 }
 
 /// `acc[r][c] += Σ_j p[r][j] · v[j][c]` for `R` rows and `C` chunks of 16 columns: row `r`'s
-/// outputs at `acc + r·hd`, its weights at `p + r·n`, key `j`'s values at `v + j·hd`. With
+/// outputs at `acc + r·hd`, its weights at `p + r·rs + j·ks`, key `j`'s values at `v + j·hd`. With
 /// `C = 1` the chunk is `mask`'s lanes; with `C = 4` all 64 columns.
 ///
 /// # Safety
 /// AVX-512F; the pointers hold those rows, weights and values.
 #[inline]
 #[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)] // register tiles
 unsafe fn accumulate_rows<const R: usize, const C: usize>(
     acc: *mut f32,
     p: *const f32,
+    rs: usize,
+    ks: usize,
     v: *const f32,
     hd: usize,
     n: usize,
@@ -490,7 +514,7 @@ unsafe fn accumulate_rows<const R: usize, const C: usize>(
             let vj: [__m512; C] =
                 core::array::from_fn(|c| _mm512_maskz_loadu_ps(m, v.add(j * hd + 16 * c)));
             for r in 0..R {
-                let w = _mm512_set1_ps(*p.add(r * n + j));
+                let w = _mm512_set1_ps(*p.add(r * rs + j * ks));
                 for c in 0..C {
                     a[r][c] = _mm512_fmadd_ps(w, vj[c], a[r][c]);
                 }
@@ -580,31 +604,208 @@ pub(super) unsafe fn exp_sum_avx512(p: &mut [f32], max: f32) -> f32 {
         while j < p.len() {
             let m = mask16((p.len() - j).min(16));
             let ptr = p.as_mut_ptr().add(j);
-            let x = _mm512_sub_ps(_mm512_maskz_loadu_ps(m, ptr), _mm512_set1_ps(max));
-            let under = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, _mm512_set1_ps(EXP_LO));
-            let x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(EXP_LO)), _mm512_set1_ps(EXP_HI));
-            let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
-                _mm512_mul_ps(x, _mm512_set1_ps(LOG2E)),
-            );
-            let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), x);
-            let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), r);
-            let mut y = _mm512_set1_ps(EXP_P[0]);
-            for &c in &EXP_P[1..] {
-                y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(c));
-            }
-            let y = _mm512_fmadd_ps(y, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0)));
-            let bits = _mm512_slli_epi32::<23>(_mm512_add_epi32(
-                _mm512_cvtps_epi32(n),
-                _mm512_set1_epi32(127),
-            ));
-            let e = _mm512_mul_ps(y, _mm512_castsi512_ps(bits));
-            let e = _mm512_maskz_mov_ps(!under, e);
+            let e = exp16(_mm512_maskz_loadu_ps(m, ptr), max);
             _mm512_mask_storeu_ps(ptr, m, e);
             sum = _mm512_add_ps(sum, _mm512_maskz_mov_ps(m, e));
             j += 16;
         }
         _mm512_reduce_add_ps(sum)
     }
+}
+
+/// `exp(x - max)` per lane (Cephes, as [`exp_sum_avx512`]); arguments below −87.3 give 0.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn exp16(x: __m512, max: f32) -> __m512 {
+    // SAFETY: the caller guarantees AVX-512F; no memory is touched.
+    unsafe { expv(_mm512_sub_ps(x, _mm512_set1_ps(max))) }
+}
+
+/// `exp(x)` per lane: Cephes `expf` (range reduction by ln 2 in two parts, degree-6
+/// polynomial, 2^n by exponent bits); arguments below −87.3 (and −inf) give 0.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn expv(x: __m512) -> __m512 {
+    // SAFETY: the caller guarantees AVX-512F; no memory is touched.
+    #[allow(unused_unsafe)]
+    unsafe {
+        let under = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, _mm512_set1_ps(EXP_LO));
+        let x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(EXP_LO)), _mm512_set1_ps(EXP_HI));
+        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm512_mul_ps(x, _mm512_set1_ps(LOG2E)),
+        );
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), x);
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), r);
+        let mut y = _mm512_set1_ps(EXP_P[0]);
+        for &c in &EXP_P[1..] {
+            y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(c));
+        }
+        let y = _mm512_fmadd_ps(y, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0)));
+        let bits = _mm512_slli_epi32::<23>(_mm512_add_epi32(
+            _mm512_cvtps_epi32(n),
+            _mm512_set1_epi32(127),
+        ));
+        let e = _mm512_mul_ps(y, _mm512_castsi512_ps(bits));
+        _mm512_maskz_mov_ps(!under, e)
+    }
+}
+
+/// `exp(x)` of one float, [`expv`]'s bits: the AVX-512 level's online-softmax rescale
+/// factor, so that a row's factor does not depend on which path ([`softmax_page_avx512`],
+/// [`page_rows_in_lanes`] or the per-row loop) computed it.
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn exp1_avx512(x: f32) -> f32 {
+    // SAFETY: the caller guarantees AVX-512F.
+    unsafe { _mm512_cvtss_f32(expv(_mm512_set1_ps(x))) }
+}
+
+/// One page's online-softmax step for rows that all see every one of the page's `n ≤ 16`
+/// scores (`p` is `rows × n`): per row, the page max `b = max_j p[j]`; if `b > max`, the row's
+/// sum and outputs are rescaled by `exp(max − b)` ([`exp1_avx512`]) and `max = b`; then `p[j] =
+/// exp(p[j] − max)` and `sum += Σ_j p[j]`. The same bits as the per-row loop in `task.rs`
+/// with [`exp_sum_avx512`], rows in one loop so that their exponentials overlap.
+///
+/// # Safety
+/// The CPU has AVX-512F; `1 ≤ n ≤ 16`, `p.len() = rows·n`, `max.len() = sum.len() = rows`,
+/// `acc.len() = rows·hd`.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn softmax_page_avx512(
+    p: &mut [f32],
+    n: usize,
+    max: &mut [f32],
+    sum: &mut [f32],
+    acc: &mut [f32],
+    hd: usize,
+) {
+    // SAFETY: per the contract, row r < rows: p[r·n .. r·n + n] (masked to n lanes) and
+    // acc[r·hd .. (r + 1)·hd] are in bounds.
+    unsafe {
+        debug_assert!((1..=16).contains(&n) && p.len() == max.len() * n);
+        let m = mask16(n);
+        for (r, (max, sum)) in max.iter_mut().zip(sum.iter_mut()).enumerate() {
+            let ptr = p.as_mut_ptr().add(r * n);
+            let x = _mm512_maskz_loadu_ps(m, ptr);
+            let block_max = _mm512_mask_reduce_max_ps(m, x);
+            if block_max > *max {
+                // exp(-inf) = 0 on the row's first page: nothing summed yet to rescale.
+                let c = exp1_avx512(*max - block_max);
+                *sum *= c;
+                acc[r * hd..(r + 1) * hd].iter_mut().for_each(|a| *a *= c);
+                *max = block_max;
+            }
+            let e = exp16(x, *max);
+            _mm512_mask_storeu_ps(ptr, m, e);
+            *sum += _mm512_reduce_add_ps(_mm512_maskz_mov_ps(m, e));
+        }
+    }
+}
+
+/// One full page (16 keys) for 16 query rows held in lanes, every row seeing every key:
+/// scores, the online-softmax step and the probabilities, with the bits of the per-row
+/// path ([`scores_avx512`], then [`softmax_page_avx512`]).
+///
+/// - Score of key `k`: sixteen FMA chains over `d ≡ l (mod 16)` in `d` order, summed by
+///   `_mm512_reduce_add_ps`'s tree over `l` (`((l0+l8)+(l4+l12))+((l2+l10)+(l6+l14))`, then
+///   the odd half, then the two halves), times `scale`: the same adds as `scores_avx512`,
+///   here between vectors whose lanes are rows.
+/// - Per row: `b = max_k s[k]`; where `b > max`, `c = exp(max − b)` ([`expv`]), `sum ·= c`,
+///   `max = b`; `p[k] = exp(s[k] − max)` and `sum += Σ_k p[k]` by the same tree over keys.
+///
+/// `qt` holds the queries transposed, `qt[d·16 + lane]`; `keys` the page's 16 keys of `hd`
+/// floats. Rows are `lanes`' lanes: `max`, `sum` (16 floats, read and written in those
+/// lanes), `c` (16 floats written: the factor, 1 where none) and `p[k·ks + lane]` (written).
+///
+/// # Safety
+/// AVX-512F; `hd` a multiple of 16; `qt` holds `16·hd` floats, `keys` `16·hd`; `max`, `sum`,
+/// `c` 16 floats (only `lanes`' read or written for `max`, `sum`); `p` row `k·ks` 16 floats.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn page_rows_in_lanes(
+    qt: *const f32,
+    keys: *const f32,
+    hd: usize,
+    scale: f32,
+    lanes: __mmask16,
+    max: *mut f32,
+    sum: *mut f32,
+    c: *mut f32,
+    p: *mut f32,
+    ks: usize,
+) {
+    // SAFETY: per the contract.
+    unsafe {
+        let vscale = _mm512_set1_ps(scale);
+        let mut s = [_mm512_setzero_ps(); 16];
+        for kb in 0..4 {
+            let k = keys.add(4 * kb * hd);
+            let lo = |l| leaf4(qt, k, hd, l);
+            let e0 = add4(
+                add4(add4(lo(0), lo(8)), add4(lo(4), lo(12))),
+                add4(add4(lo(2), lo(10)), add4(lo(6), lo(14))),
+            );
+            let e1 = add4(
+                add4(add4(lo(1), lo(9)), add4(lo(5), lo(13))),
+                add4(add4(lo(3), lo(11)), add4(lo(7), lo(15))),
+            );
+            let f = add4(e0, e1);
+            for i in 0..4 {
+                s[4 * kb + i] = _mm512_mul_ps(vscale, f[i]);
+            }
+        }
+        let block_max = s.iter().skip(1).fold(s[0], |m, &x| _mm512_max_ps(m, x));
+        let m_old = _mm512_maskz_loadu_ps(lanes, max);
+        let sum_old = _mm512_maskz_loadu_ps(lanes, sum);
+        let gt = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(block_max, m_old);
+        let cv = _mm512_mask_mov_ps(_mm512_set1_ps(1.0), gt, expv(_mm512_sub_ps(m_old, block_max)));
+        let m = _mm512_mask_mov_ps(m_old, gt, block_max);
+        let sum_old = _mm512_mask_mul_ps(sum_old, gt, sum_old, cv);
+        let e: [__m512; 16] = core::array::from_fn(|k| expv(_mm512_sub_ps(s[k], m)));
+        let t = |a: usize, b: usize| _mm512_add_ps(e[a], e[b]);
+        let even =
+            _mm512_add_ps(_mm512_add_ps(t(0, 8), t(4, 12)), _mm512_add_ps(t(2, 10), t(6, 14)));
+        let odd =
+            _mm512_add_ps(_mm512_add_ps(t(1, 9), t(5, 13)), _mm512_add_ps(t(3, 11), t(7, 15)));
+        let page_sum = _mm512_add_ps(even, odd);
+        _mm512_mask_storeu_ps(max, lanes, m);
+        _mm512_mask_storeu_ps(sum, lanes, _mm512_add_ps(sum_old, page_sum));
+        _mm512_storeu_ps(c, cv);
+        for (k, e) in e.iter().enumerate() {
+            _mm512_storeu_ps(p.add(k * ks), *e);
+        }
+    }
+}
+
+/// Partial dot products of lane `l` for four keys, rows in lanes: `a[i] = Σ_{d ≡ l mod 16}
+/// qt[d]·k_i[d]`, one FMA chain in `d` order from zero.
+///
+/// # Safety
+/// AVX-512F; `qt` holds `16·hd` floats, `k` four keys of `hd`; `l < 16`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn leaf4(qt: *const f32, k: *const f32, hd: usize, l: usize) -> [__m512; 4] {
+    // SAFETY: per the contract, d < hd.
+    unsafe {
+        let mut a = [_mm512_setzero_ps(); 4];
+        let mut d = l;
+        while d < hd {
+            let qv = _mm512_loadu_ps(qt.add(d * 16));
+            for (i, a) in a.iter_mut().enumerate() {
+                *a = _mm512_fmadd_ps(qv, _mm512_set1_ps(*k.add(i * hd + d)), *a);
+            }
+            d += 16;
+        }
+        a
+    }
+}
+
+/// Lane-wise `x + y` of four vectors.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn add4(x: [__m512; 4], y: [__m512; 4]) -> [__m512; 4] {
+    core::array::from_fn(|i| _mm512_add_ps(x[i], y[i]))
 }
 
 /// `p[j] = exp(p[j] - max)` for all `j`; returns `Σ p[j]`. Arguments below −87.3 give 0.

@@ -39,7 +39,7 @@ mod scalar;
 pub mod silu;
 mod table;
 #[cfg(test)]
-mod test_rng;
+pub(crate) mod test_rng;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
