@@ -466,7 +466,7 @@ pub(super) struct Step {
 /// the f16 pages themselves, which the AVX-512 level widens in each load (`vcvtph2ps`,
 /// exact): its loads then spread over the arithmetic instead of one widening pass per page
 /// that waits on memory.
-trait Lanes: Copy {
+pub(super) trait Lanes: Copy {
     /// `run` as f32s: borrowed for f32, widened for f16 (the levels that do not read f16).
     fn f32s(run: &[Self]) -> Cow<'_, [f32]>;
 

@@ -82,6 +82,66 @@ impl PageOps {
         }
     }
 
+    /// [`Self::scores`] on a page run of any format: f16 keys read in place where `in_place`
+    /// is asked and this level can (AVX-512, `hd` a multiple of 16: widened in each load, no
+    /// widened copy), otherwise widened into `buf` first ([`Self::as_f32`]). The same bits
+    /// either way (widening f16 is exact). In place pays for few rows (decode), a copy for
+    /// many (each load then serves fewer FMAs than the copy costs).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn scores_run<T: KvFormat>(
+        self,
+        q: &[f32],
+        run: &[T],
+        hd: usize,
+        n: usize,
+        scale: f32,
+        scores: &mut [f32],
+        buf: &mut Vec<f32>,
+        in_place: bool,
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if let (true, Some(keys)) = (self.f16_in_place(in_place, hd), cast::<T, half::f16>(run)) {
+            let rows = scores.len() / n;
+            assert!(n >= 1 && q.len() >= rows * hd && keys.len() >= n * hd);
+            // SAFETY: `f16_in_place` checked AVX-512 (at `new`) and `hd % 16 == 0` (every
+            // load a full chunk); shapes asserted above.
+            unsafe { super::x86::scores_avx512(q, keys, hd, n, scale, scores) };
+            return;
+        }
+        let keys = self.as_f32(run, buf);
+        self.scores(q, keys, hd, n, scale, scores);
+    }
+
+    /// [`Self::accumulate`] on a page run of any format, f16 read in place as in
+    /// [`Self::scores_run`].
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn accumulate_run<T: KvFormat>(
+        self,
+        acc: &mut [f32],
+        p: &[f32],
+        run: &[T],
+        hd: usize,
+        n: usize,
+        buf: &mut Vec<f32>,
+        in_place: bool,
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if let (true, Some(values)) = (self.f16_in_place(in_place, hd), cast::<T, half::f16>(run)) {
+            let rows = acc.len() / hd;
+            assert!(acc.len() % hd == 0 && p.len() >= rows * n && values.len() >= n * hd);
+            // SAFETY: as in `scores_run`; shapes asserted above.
+            unsafe { super::x86::accumulate_strided_avx512(acc, p, n, 1, values, hd, n) };
+            return;
+        }
+        let values = self.as_f32(run, buf);
+        self.accumulate(acc, p, values, hd, n);
+    }
+
+    /// Whether f16 runs are read in place: asked for, AVX-512, whole 16-lane chunks.
+    fn f16_in_place(self, asked: bool, hd: usize) -> bool {
+        asked && self.level == SimdLevel::Avx512 && hd % 16 == 0 && hd > 0
+    }
+
     /// `p[j] = exp(p[j] - max)` for every `j`; returns `Σ p[j]` (`max ≥` every `p[j]`).
     pub(super) fn exp_sum(self, p: &mut [f32], max: f32) -> f32 {
         match self.level {

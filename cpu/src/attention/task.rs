@@ -39,6 +39,9 @@ use pagoda_core::pool::PageId;
 
 use super::ops::PageOps;
 
+/// Pages a task asks the CPU to load ahead of the one it computes.
+const PREFETCH_PAGES: usize = 4;
+
 /// The softmax state of a task's rows: `rows` maxima and sums, `rows × head_dim` outputs.
 #[derive(Debug)]
 pub(super) struct Partial {
@@ -115,6 +118,8 @@ impl<T: KvFormat, S: AsRef<[T]>> Shared<'_, T, S> {
         let in_lanes =
             self.ops.rows_in_lanes() && self.whole_pages && bs == 16 && hd % 16 == 0 && rows >= 16;
         let padded = if in_lanes { rows.next_multiple_of(16) } else { 0 };
+        // Few rows (decode) read f16 pages in place: each load serves every row.
+        let in_place = rows < 16;
         let mut qt = vec![0.0f32; padded * hd];
         for (r, q_r) in q.chunks_exact(hd).enumerate().filter(|_| in_lanes) {
             let (b, i) = (r / 16, r % 16);
@@ -138,30 +143,34 @@ impl<T: KvFormat, S: AsRef<[T]>> Shared<'_, T, S> {
             }
             let len = n - s0;
             let page = self.pages[i];
-            if i + 1 < task.pages.end && start + bs < max_visible {
-                let next = self.pages[i + 1];
-                self.ops.prefetch(self.kv.head_run(self.layer, next, KvHalf::Key, task.kv_head)?);
-                self.ops.prefetch(self.kv.head_run(
-                    self.layer,
-                    next,
-                    KvHalf::Value,
-                    task.kv_head,
-                )?);
+            // Keep PREFETCH_PAGES pages in flight (the task's first ones before its first).
+            let ahead = if i == task.pages.start {
+                i + 1..i + 1 + PREFETCH_PAGES
+            } else {
+                i + PREFETCH_PAGES..i + PREFETCH_PAGES + 1
+            };
+            for j in ahead.take_while(|&j| j < task.pages.end && j * bs < max_visible) {
+                let next = self.pages[j];
+                for half in [KvHalf::Key, KvHalf::Value] {
+                    self.ops.prefetch(self.kv.head_run(self.layer, next, half, task.kv_head)?);
+                }
             }
-            let keys = self.kv.head_run(self.layer, page, KvHalf::Key, task.kv_head)?;
-            let keys = self.ops.as_f32(&keys[s0 * ru..n * ru], &mut kbuf);
+            let key_run = &self.kv.head_run(self.layer, page, KvHalf::Key, task.kv_head)?;
+            let key_run = &key_run[s0 * ru..n * ru];
+            let value_run = &self.kv.head_run(self.layer, page, KvHalf::Value, task.kv_head)?;
+            let value_run = &value_run[s0 * ru..n * ru];
             // Every row sees all of the page's slots s0..n: one call for all rows.
             let all_see = first_max <= start + s0 && visible_min >= start + n;
             if in_lanes && all_see && len == 16 {
-                let values = self.kv.head_run(self.layer, page, KvHalf::Value, task.kv_head)?;
-                let values = self.ops.as_f32(&values[s0 * ru..n * ru], &mut vbuf);
+                let keys = self.ops.as_f32(key_run, &mut kbuf);
+                let values = self.ops.as_f32(value_run, &mut vbuf);
                 let state = (&mut part.max[..], &mut part.sum[..], &mut part.acc[..]);
                 let scale = cfg.scale;
                 self.ops.full_page_in_lanes(&qt, keys, values, hd, scale, state, &mut pt, &mut c);
                 continue;
             }
             let p = &mut p[..rows * len];
-            self.ops.scores(&q, keys, hd, len, cfg.scale, p);
+            self.ops.scores_run(&q, key_run, hd, len, cfg.scale, p, &mut kbuf, in_place);
 
             let (max, sum, acc) = (&mut part.max, &mut part.sum, &mut part.acc);
             let done = all_see && self.ops.softmax_page(p, len, max, sum, acc, hd);
@@ -188,9 +197,7 @@ impl<T: KvFormat, S: AsRef<[T]>> Shared<'_, T, S> {
                 p_r[b..].fill(0.0);
             }
 
-            let values = self.kv.head_run(self.layer, page, KvHalf::Value, task.kv_head)?;
-            let values = self.ops.as_f32(&values[s0 * ru..n * ru], &mut vbuf);
-            self.ops.accumulate(&mut part.acc, p, values, hd, len);
+            self.ops.accumulate_run(&mut part.acc, p, value_run, hd, len, &mut vbuf, in_place);
         }
         Ok(part)
     }

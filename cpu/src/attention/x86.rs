@@ -13,6 +13,26 @@ use core::arch::x86_64::*;
 
 use pagoda_core::quant::{BlockQ4_0, BlockQ8_0};
 
+use super::f16_pages::Lanes;
+
+/// Sixteen keys' or values' elements at `p` as f32s, lanes outside `m` zero. For f16 (read
+/// in place, widened in the load) `m` must be all lanes.
+///
+/// # Safety
+/// AVX-512F; the lanes of `m` readable at `p`; `T = f16` only with `m = 0xFFFF`.
+#[inline(always)]
+unsafe fn load_run<T: Lanes>(p: *const T, m: __mmask16) -> __m512 {
+    // SAFETY: per the contract: a full chunk is T::load16's, a partial one is f32's.
+    unsafe {
+        if m == 0xFFFF {
+            T::load16(p)
+        } else {
+            debug_assert_eq!(size_of::<T>(), 4);
+            _mm512_maskz_loadu_ps(m, p.cast::<f32>())
+        }
+    }
+}
+
 // ------------------------------------------------------------------------------------------
 // AVX2
 
@@ -237,9 +257,9 @@ fn mask16(len: usize) -> __mmask16 {
 /// # Safety
 /// The CPU has AVX-512F; shapes as for [`scores_avx2`].
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn scores_avx512(
+pub(super) unsafe fn scores_avx512<T: Lanes>(
     q: &[f32],
-    keys: &[f32],
+    keys: &[T],
     hd: usize,
     n: usize,
     scale: f32,
@@ -259,7 +279,7 @@ pub(super) unsafe fn scores_avx512(
         while j < full {
             let mut r = 0;
             while r + 3 <= rows {
-                scores_rows_x8::<3>(
+                scores_rows_x8::<3, T>(
                     qp.add(r * hd),
                     kp.add(j * hd),
                     hd,
@@ -270,7 +290,7 @@ pub(super) unsafe fn scores_avx512(
                 r += 3;
             }
             match rows - r {
-                2 => scores_rows_x8::<2>(
+                2 => scores_rows_x8::<2, T>(
                     qp.add(r * hd),
                     kp.add(j * hd),
                     hd,
@@ -278,7 +298,7 @@ pub(super) unsafe fn scores_avx512(
                     n,
                     scale,
                 ),
-                1 => scores_rows_x8::<1>(
+                1 => scores_rows_x8::<1, T>(
                     qp.add(r * hd),
                     kp.add(j * hd),
                     hd,
@@ -310,10 +330,10 @@ pub(super) unsafe fn scores_avx512(
                 while d < hd {
                     let m = mask16((hd - d).min(16));
                     let qv = _mm512_maskz_loadu_ps(m, qp.add(d));
-                    a0 = _mm512_fmadd_ps(qv, _mm512_maskz_loadu_ps(m, k0.add(d)), a0);
-                    a1 = _mm512_fmadd_ps(qv, _mm512_maskz_loadu_ps(m, k1.add(d)), a1);
-                    a2 = _mm512_fmadd_ps(qv, _mm512_maskz_loadu_ps(m, k2.add(d)), a2);
-                    a3 = _mm512_fmadd_ps(qv, _mm512_maskz_loadu_ps(m, k3.add(d)), a3);
+                    a0 = _mm512_fmadd_ps(qv, load_run(k0.add(d), m), a0);
+                    a1 = _mm512_fmadd_ps(qv, load_run(k1.add(d), m), a1);
+                    a2 = _mm512_fmadd_ps(qv, load_run(k2.add(d), m), a2);
+                    a3 = _mm512_fmadd_ps(qv, load_run(k3.add(d), m), a3);
                     d += 16;
                 }
                 *op.add(j) = scale * _mm512_reduce_add_ps(a0);
@@ -329,7 +349,7 @@ pub(super) unsafe fn scores_avx512(
                 while d < hd {
                     let m = mask16((hd - d).min(16));
                     let qv = _mm512_maskz_loadu_ps(m, qp.add(d));
-                    a0 = _mm512_fmadd_ps(qv, _mm512_maskz_loadu_ps(m, k0.add(d)), a0);
+                    a0 = _mm512_fmadd_ps(qv, load_run(k0.add(d), m), a0);
                     d += 16;
                 }
                 *op.add(j) = scale * _mm512_reduce_add_ps(a0);
@@ -349,9 +369,9 @@ pub(super) unsafe fn scores_avx512(
 #[inline]
 #[allow(clippy::needless_range_loop)] // register tiles, indexed as in the docs
 #[target_feature(enable = "avx512f")]
-unsafe fn scores_rows_x8<const R: usize>(
+unsafe fn scores_rows_x8<const R: usize, T: Lanes>(
     q: *const f32,
-    k: *const f32,
+    k: *const T,
     hd: usize,
     out: *mut f32,
     stride: usize,
@@ -366,7 +386,7 @@ unsafe fn scores_rows_x8<const R: usize>(
             let qv: [__m512; R] =
                 core::array::from_fn(|r| _mm512_maskz_loadu_ps(m, q.add(r * hd + d)));
             for key in 0..8 {
-                let kv = _mm512_maskz_loadu_ps(m, k.add(key * hd + d));
+                let kv = load_run(k.add(key * hd + d), m);
                 for r in 0..R {
                     a[r][key] = _mm512_fmadd_ps(qv[r], kv, a[r][key]);
                 }
@@ -440,12 +460,12 @@ pub(super) unsafe fn accumulate_avx512(
 /// The CPU has AVX-512F; `acc.len()` a multiple of `hd`, every `r·rs + j·ks` (r < rows,
 /// j < n) inside `p`, `values.len() ≥ n·hd`.
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn accumulate_strided_avx512(
+pub(super) unsafe fn accumulate_strided_avx512<T: Lanes>(
     acc: &mut [f32],
     p: &[f32],
     rs: usize,
     ks: usize,
-    values: &[f32],
+    values: &[T],
     hd: usize,
     n: usize,
 ) {
@@ -465,18 +485,18 @@ pub(super) unsafe fn accumulate_strided_avx512(
                 let (a, pr, v) = (ap.add(r * hd + d), pp.add(r * rs), vp.add(d));
                 let m = mask16((hd - d).min(16));
                 match (chunks, take) {
-                    (4, 6) => accumulate_rows::<6, 4>(a, pr, rs, ks, v, hd, n, m),
-                    (4, 5) => accumulate_rows::<5, 4>(a, pr, rs, ks, v, hd, n, m),
-                    (4, 4) => accumulate_rows::<4, 4>(a, pr, rs, ks, v, hd, n, m),
-                    (4, 3) => accumulate_rows::<3, 4>(a, pr, rs, ks, v, hd, n, m),
-                    (4, 2) => accumulate_rows::<2, 4>(a, pr, rs, ks, v, hd, n, m),
-                    (4, _) => accumulate_rows::<1, 4>(a, pr, rs, ks, v, hd, n, m),
-                    (_, 6) => accumulate_rows::<6, 1>(a, pr, rs, ks, v, hd, n, m),
-                    (_, 5) => accumulate_rows::<5, 1>(a, pr, rs, ks, v, hd, n, m),
-                    (_, 4) => accumulate_rows::<4, 1>(a, pr, rs, ks, v, hd, n, m),
-                    (_, 3) => accumulate_rows::<3, 1>(a, pr, rs, ks, v, hd, n, m),
-                    (_, 2) => accumulate_rows::<2, 1>(a, pr, rs, ks, v, hd, n, m),
-                    _ => accumulate_rows::<1, 1>(a, pr, rs, ks, v, hd, n, m),
+                    (4, 6) => accumulate_rows::<6, 4, T>(a, pr, rs, ks, v, hd, n, m),
+                    (4, 5) => accumulate_rows::<5, 4, T>(a, pr, rs, ks, v, hd, n, m),
+                    (4, 4) => accumulate_rows::<4, 4, T>(a, pr, rs, ks, v, hd, n, m),
+                    (4, 3) => accumulate_rows::<3, 4, T>(a, pr, rs, ks, v, hd, n, m),
+                    (4, 2) => accumulate_rows::<2, 4, T>(a, pr, rs, ks, v, hd, n, m),
+                    (4, _) => accumulate_rows::<1, 4, T>(a, pr, rs, ks, v, hd, n, m),
+                    (_, 6) => accumulate_rows::<6, 1, T>(a, pr, rs, ks, v, hd, n, m),
+                    (_, 5) => accumulate_rows::<5, 1, T>(a, pr, rs, ks, v, hd, n, m),
+                    (_, 4) => accumulate_rows::<4, 1, T>(a, pr, rs, ks, v, hd, n, m),
+                    (_, 3) => accumulate_rows::<3, 1, T>(a, pr, rs, ks, v, hd, n, m),
+                    (_, 2) => accumulate_rows::<2, 1, T>(a, pr, rs, ks, v, hd, n, m),
+                    _ => accumulate_rows::<1, 1, T>(a, pr, rs, ks, v, hd, n, m),
                 }
                 r += take;
             }
@@ -494,12 +514,12 @@ pub(super) unsafe fn accumulate_strided_avx512(
 #[inline]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments, clippy::needless_range_loop)] // register tiles
-unsafe fn accumulate_rows<const R: usize, const C: usize>(
+unsafe fn accumulate_rows<const R: usize, const C: usize, T: Lanes>(
     acc: *mut f32,
     p: *const f32,
     rs: usize,
     ks: usize,
-    v: *const f32,
+    v: *const T,
     hd: usize,
     n: usize,
     mask: __mmask16,
@@ -511,8 +531,7 @@ unsafe fn accumulate_rows<const R: usize, const C: usize>(
             core::array::from_fn(|c| _mm512_maskz_loadu_ps(m, acc.add(r * hd + 16 * c)))
         });
         for j in 0..n {
-            let vj: [__m512; C] =
-                core::array::from_fn(|c| _mm512_maskz_loadu_ps(m, v.add(j * hd + 16 * c)));
+            let vj: [__m512; C] = core::array::from_fn(|c| load_run(v.add(j * hd + 16 * c), m));
             for r in 0..R {
                 let w = _mm512_set1_ps(*p.add(r * rs + j * ks));
                 for c in 0..C {
