@@ -302,3 +302,36 @@ fn bad_arguments_are_core_errors() {
         );
     }
 }
+
+/// Fast numerics' aligned split gives a decode row the same bits whether its kv heads run
+/// as separate tasks or together in one job per page range (what the thread count decides),
+/// and the same bits as the row gets inside a prompt chunk (rows in vector lanes on AVX-512).
+#[test]
+fn aligned_decode_is_the_same_bits_alone_together_and_in_a_chunk() {
+    use pagoda_cpu::attention::paged_attention_aligned;
+    let case = Case {
+        n_kv_heads: 3,
+        group: 3,
+        head_dim: 64,
+        n_ctx: 2000,
+        n_new: 40,
+        ..long_case(Split::Auto)
+    };
+    let (kv, pages, _, _, q, cfg) = build::<f16>(&case);
+    let row = cfg.n_heads * cfg.head_dim;
+    for level in SimdLevel::available() {
+        let run = |threads: usize, n_new: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let q = &q[(case.n_new - n_new) * row..];
+            let mut out = vec![0.0f32; q.len()];
+            pool.install(|| {
+                paged_attention_aligned(level, &kv, 1, &pages, 0, 2000, q, &mut out, &cfg).unwrap()
+            });
+            out[out.len() - row..].iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+        };
+        // One thread: the heads walk their ranges together; 64: one task per head.
+        let (together, apart, chunk) = (run(1, 1), run(64, 1), run(2, case.n_new));
+        assert_eq!(together, apart, "{level}: heads together vs apart");
+        assert_eq!(together, chunk, "{level}: decode vs the last row of a 40-token chunk");
+    }
+}

@@ -213,8 +213,36 @@ pub fn paged_attention_split<T: KvFormat, S: AsRef<[T]> + Sync>(
     let whole_pages = aligned.is_some();
     let shared =
         Shared { ops: PageOps::new(level), kv, layer, pages, first_pos, q, cfg, whole_pages };
-    let partials: Vec<Partial> =
-        tasks.par_iter().map(|t| shared.run(t)).collect::<Result<_, AttnError>>()?;
+    // Few rows per kv head (decode): one job walks a chunk's page range for every kv head,
+    // reading each page as one region (its heads' runs are adjacent), when there are jobs
+    // enough for every thread. Otherwise one job per task. The same bits either way.
+    let threads = rayon::current_num_threads();
+    let heads_together = (n_new.min(TOKENS_PER_TASK) * cfg.group_size() < 16)
+        && n_kv > 1
+        && n_chunks * n_ranges >= 2 * threads;
+    let partials: Vec<Partial> = if heads_together {
+        // Job (chunk, range) runs tasks (chunk · n_kv + h) · n_ranges + range, h < n_kv.
+        let jobs: Vec<Vec<Partial>> = (0..n_chunks * n_ranges)
+            .into_par_iter()
+            .map(|job| {
+                let (chunk, range) = (job / n_ranges, job % n_ranges);
+                let group: Vec<Task> = (0..n_kv)
+                    .map(|h| tasks[(chunk * n_kv + h) * n_ranges + range].clone())
+                    .collect();
+                shared.run_heads(&group)
+            })
+            .collect::<Result<_, AttnError>>()?;
+        let mut slots: Vec<Option<Partial>> = (0..tasks.len()).map(|_| None).collect();
+        for (job, parts) in jobs.into_iter().enumerate() {
+            let (chunk, range) = (job / n_ranges, job % n_ranges);
+            for (h, part) in parts.into_iter().enumerate() {
+                slots[(chunk * n_kv + h) * n_ranges + range] = Some(part);
+            }
+        }
+        slots.into_iter().map(|p| p.expect("every task ran in one job")).collect()
+    } else {
+        tasks.par_iter().map(|t| shared.run(t)).collect::<Result<_, AttnError>>()?
+    };
 
     merge(&tasks, &partials, n_ranges, out, cfg);
     Ok(())
