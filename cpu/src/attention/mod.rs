@@ -14,7 +14,10 @@
 //! - **Tasks** are (chunk of up to [`TOKENS_PER_TASK`] query tokens) × (kv head) × (range of
 //!   pages), run with rayon. A task serves all `n_heads / n_kv_heads` query heads of its GQA
 //!   group for all its tokens, so every K/V page run is read once per task, not once per
-//!   query head and token.
+//!   query head and token. When a kv head has few rows (decode) and there are page ranges
+//!   enough for the threads, one rayon job runs a range's tasks for every kv head together,
+//!   page by page (`Shared::run_heads`): a page's heads are adjacent, so it is read as one
+//!   region that the hardware prefetchers stream.
 //! - **Per page**, keys and values are one contiguous `block_size × head_dim` run (see
 //!   `pagoda_core::kv`): scores are `rows × block_size` dot products, the online softmax
 //!   (running max and sum per row) is updated once per page, and the values are accumulated
