@@ -311,6 +311,18 @@ fn min_of_runs_placement(name: &str, kernel: F16Kernel) {
     }
 }
 
+/// The fastest of runs of `f` for `budget`: the least disturbed run.
+fn best_of(budget: Duration, f: &mut dyn FnMut()) -> Duration {
+    let mut best = Duration::MAX;
+    let start = Instant::now();
+    while start.elapsed() < budget {
+        let t = Instant::now();
+        f();
+        best = best.min(t.elapsed());
+    }
+    best
+}
+
 /// `PAGODA_BENCH_FAST_DEPTH=1`: the attention of `pp512 @ d4096` and `tg @ d4096` in fast
 /// numerics (f16 pages, aligned split), best of runs for `PAGODA_BENCH_MS` each.
 fn min_of_runs_fast_depth() {
@@ -324,14 +336,10 @@ fn min_of_runs_fast_depth() {
         let n_ctx = 4096 + n_new;
         let q = query(n_new);
         let mut out = vec![0.0f32; q.len()];
-        let mut best = Duration::MAX;
-        let start = Instant::now();
-        while start.elapsed() < budget {
-            let t = Instant::now();
+        let best = best_of(budget, &mut || {
             paged_attention_aligned(level, &kv, 0, &pages, 0, n_ctx, black_box(&q), &mut out, &cfg)
-                .unwrap();
-            best = best.min(t.elapsed());
-        }
+                .unwrap()
+        });
         println!(
             "{label} ({level}, {} threads): {:>10.1} us",
             rayon::current_num_threads(),
@@ -358,14 +366,10 @@ fn min_of_runs_fast_depth() {
     }
     let q = query(1);
     let mut out = vec![0.0f32; q.len()];
-    let mut best = Duration::MAX;
-    let start = Instant::now();
-    while start.elapsed() < budget {
-        let t = Instant::now();
+    let best = best_of(budget, &mut || {
         paged_attention_aligned(level, &kv, 0, &pages, 0, n_ctx, black_box(&q), &mut out, &cfg)
-            .unwrap();
-        best = best.min(t.elapsed());
-    }
+            .unwrap()
+    });
     let gbs = kv_bytes::<f16>(n_ctx) as f64 / best.as_secs_f64() / 1e9;
     let threads = rayon::current_num_threads();
     let us = best.as_secs_f64() * 1e6;
