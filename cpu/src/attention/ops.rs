@@ -205,8 +205,7 @@ impl PageOps {
     /// (rescale factor by [`Self::exp`]) and [`Self::accumulate`], without their per-row
     /// reductions.
     ///
-    /// `qt` is the rows' queries transposed in blocks of 16 rows, `qt[(b·hd + d)·16 + i]` =
-    /// row `16b + i`'s element `d` (zeros past the last row); `keys`, `values` the page's
+    /// `qt` is the rows' queries transposed in blocks of 16 rows ([`queries_in_lanes`]); `keys`, `values` the page's
     /// `16 × hd` floats; `max`, `sum` (`rows`) and `acc` (`rows × hd`) the rows' state;
     /// `p` scratch of `16 × rows` rounded up to 16, `c` of `rows` rounded up to 16.
     /// Only where [`Self::rows_in_lanes`]; `hd` a multiple of 16.
@@ -355,6 +354,21 @@ impl PageOps {
     }
 }
 
+/// Query rows (`rows × hd`, row-major) in the layout [`PageOps::full_page_in_lanes`] reads:
+/// blocks of 16 rows, `qt[(b·hd + d)·16 + i]` = row `16b + i`'s element `d`, zeros past the
+/// last row.
+pub(super) fn queries_in_lanes(q: &[f32], hd: usize) -> Vec<f32> {
+    let rows = q.len() / hd.max(1);
+    let mut qt = vec![0.0f32; rows.next_multiple_of(16) * hd];
+    for (r, q_r) in q.chunks_exact(hd.max(1)).enumerate() {
+        let (b, i) = (r / 16, r % 16);
+        for (d, &x) in q_r.iter().enumerate() {
+            qt[(b * hd + d) * 16 + i] = x;
+        }
+    }
+    qt
+}
+
 /// `run` as a slice of `U` when `T` is `U` (same `TypeId`), else `None`.
 fn cast<T: 'static, U: 'static>(run: &[T]) -> Option<&[U]> {
     if TypeId::of::<T>() == TypeId::of::<U>() {
@@ -385,12 +399,7 @@ mod tests {
         for (rows, hd) in [(16usize, 64usize), (24, 64), (48, 64), (17, 256), (64, 32)] {
             let q: Vec<f32> = (0..rows * hd).map(|_| rng.unit() * 3.0).collect();
             let padded = rows.next_multiple_of(16);
-            let mut qt = vec![0.0f32; padded * hd];
-            for r in 0..rows {
-                for d in 0..hd {
-                    qt[((r / 16) * hd + d) * 16 + r % 16] = q[r * hd + d];
-                }
-            }
+            let qt = queries_in_lanes(&q, hd);
             // Three pages in a row; a state that starts empty, then grows and shrinks maxima.
             let (mut m1, mut s1, mut a1) =
                 (vec![f32::NEG_INFINITY; rows], vec![0.0f32; rows], vec![0.0f32; rows * hd]);

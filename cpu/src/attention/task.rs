@@ -37,7 +37,7 @@ use pagoda_core::attention::{AttnConfig, AttnError};
 use pagoda_core::kv::{KvFormat, KvHalf, KvPages};
 use pagoda_core::pool::PageId;
 
-use super::ops::PageOps;
+use super::ops::{queries_in_lanes, PageOps};
 
 /// The softmax state of a task's rows: `rows` maxima and sums, `rows × head_dim` outputs.
 #[derive(Debug)]
@@ -178,13 +178,7 @@ impl<T: KvFormat, S: AsRef<[T]>> Shared<'_, T, S> {
         let in_lanes =
             self.ops.rows_in_lanes() && self.whole_pages && bs == 16 && hd % 16 == 0 && rows >= 16;
         let padded = if in_lanes { rows.next_multiple_of(16) } else { 0 };
-        let mut qt = vec![0.0f32; padded * hd];
-        for (r, q_r) in q.chunks_exact(hd).enumerate().filter(|_| in_lanes) {
-            let (b, i) = (r / 16, r % 16);
-            for (d, &x) in q_r.iter().enumerate() {
-                qt[(b * hd + d) * 16 + i] = x;
-            }
-        }
+        let qt = if in_lanes { queries_in_lanes(&q, hd) } else { Vec::new() };
         HeadRows {
             kv_head: task.kv_head,
             rows,
