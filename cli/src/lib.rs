@@ -77,8 +77,32 @@ enum Command {
     Quantize(quantize::QuantizeArgs),
 }
 
+/// Address space the command needs before its own fallible allocations begin: argument
+/// parsing, the logger and the first error message allocate through the infallible global
+/// allocator, which aborts when the heap cannot grow (a process under `ulimit -v` just
+/// above the size of its own mapped program). Everything after (thread stacks, model,
+/// repacked weights, KV cache) is allocated fallibly and reports its own error.
+const STARTUP_HEADROOM: usize = 4 << 20;
+
+/// Whether [`STARTUP_HEADROOM`] bytes can still be reserved (and are then released).
+fn has_startup_headroom() -> bool {
+    let mut probe: Vec<u8> = Vec::new();
+    let ok = probe.try_reserve_exact(STARTUP_HEADROOM).is_ok();
+    // Keep the reservation observable, or the optimizer may drop the allocation pair.
+    std::hint::black_box(&mut probe);
+    ok
+}
+
 /// The `pagoda` command: parses the arguments, runs the subcommand, prints an error line.
 pub fn main() -> ExitCode {
+    if !has_startup_headroom() {
+        eprintln!(
+            "error: not enough memory to start: less than {} MiB of address space left \
+             (is `ulimit -v` set too low?)",
+            STARTUP_HEADROOM >> 20
+        );
+        return ExitCode::from(1);
+    }
     logger::install();
     // llama.cpp's flags pagoda does not have: noted and dropped, or refused (exit 2),
     // before clap can misread `-ngl` as `-n gl`. Arguments that are not UTF-8 go to clap

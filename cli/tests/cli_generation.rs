@@ -265,15 +265,39 @@ fn starts_under(bin: &str, kib: u32) -> bool {
     o.status.success()
 }
 
+/// The smallest `ulimit -v` (KiB, to 100 KiB) under which `pagoda --version` runs: the
+/// address space of the mapped program and its libraries. It depends on the build (a debug
+/// binary with or without incremental artefacts differs by megabytes).
+fn smallest_limit_that_starts(bin: &str) -> u32 {
+    let (mut lo, mut hi) = (1_000, 1_000_000);
+    assert!(starts_under(bin, hi), "pagoda --version fails under ulimit -v {hi}");
+    while hi - lo > 100 {
+        let mid = (lo + hi) / 2;
+        if starts_under(bin, mid) {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    hi
+}
+
 /// Under a memory limit, every failure is a one-line error and exit 1 — never a panic or an
-/// abort: the thread pool is built up front (rayon's lazily built pool panicked), the model
-/// and the KV cache are allocated fallibly. The sweep crosses each of those failure points.
+/// abort: the command checks its startup headroom before it parses arguments, the thread
+/// pool is built up front (rayon's lazily built pool panicked), the model and the KV cache
+/// are allocated fallibly. The sweep crosses each of those failure points: fixed limits, and
+/// 100 KiB steps just above the size of the program itself, where argument parsing used to
+/// abort on a heap that could not grow.
 #[test]
 fn memory_limits_give_errors_not_panics_or_aborts() {
     let bin = env!("CARGO_BIN_EXE_pagoda");
     let model = model();
+    let base = smallest_limit_that_starts(bin);
+    let near_start = (0..=60).map(|step| base + 100 * step);
+    let fixed = [4_000, 6_000, 8_000, 10_000, 12_000, 16_000, 24_000, 32_000, 64_000, 128_000];
     let mut seen_threads = false;
-    for kib in [4_000, 6_000, 8_000, 10_000, 12_000, 16_000, 24_000, 32_000, 64_000, 128_000] {
+    let mut seen_startup = false;
+    for kib in fixed.into_iter().chain(near_start) {
         let script =
             format!("ulimit -v {kib}; exec \"$0\" run -m \"$1\" -p hi -n 2 --temp 0 --mmap");
         let o = Command::new("sh")
@@ -301,7 +325,9 @@ fn memory_limits_give_errors_not_panics_or_aborts() {
                 "{kib}: {err}"
             );
             seen_threads |= err.contains("worker threads");
+            seen_startup |= err.contains("not enough memory to start");
         }
     }
     assert!(seen_threads, "no limit in the sweep made the thread pool fail");
+    assert!(seen_startup, "no limit in the sweep (from {base} KiB) failed the startup check");
 }
