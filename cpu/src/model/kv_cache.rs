@@ -24,13 +24,12 @@
 use half::{bf16, f16};
 use pagoda_core::attention::{AttnConfig, AttnError};
 use pagoda_core::kv::{KvConfig, KvFormat, KvPages};
-use pagoda_core::ops::Hadamard;
 use pagoda_core::pool::{BlockPool, PageEntry, PageId};
 use pagoda_core::quant::{BlockQ4_0, BlockQ8_0};
 use pagoda_core::table::{BlockTable, CopyOnWrite};
 
 use super::kv_slab::KvSlab;
-use super::{LlamaConfig, ModelError};
+use super::{KvTransform, LlamaConfig, ModelError};
 use crate::kernels::SimdLevel;
 
 /// Storage format of the KV pages (`--kv-type`).
@@ -44,11 +43,13 @@ use crate::kernels::SimdLevel;
 /// | `q4_0` | ggml Q4_0: 32 nibbles + one f16 scale    | 18 / 32         |
 ///
 /// The block formats need `head_dim` to be a multiple of 32, and store every key and value
-/// row rotated by the orthonormal Walsh–Hadamard transform of each head
-/// (`pagoda_core::ops::Hadamard`: runs of the largest power of two dividing `head_dim`)
-/// before quantizing; the model rotates the queries the same way and rotates the attention
-/// output back, so the rotation changes only the rounding (an outlier coordinate is spread
-/// over its run instead of setting a block's scale). See [`KvType::rotates`].
+/// row in the model's calibrated [`KvTransform`] basis: per-channel offsets removed, keys
+/// rescaled per channel (queries inversely), then rotated by the orthonormal Walsh–Hadamard
+/// transform of each head (`pagoda_core::ops::Hadamard`: runs of the largest power of two
+/// dividing `head_dim`) before quantizing. The model moves the queries into the same basis
+/// and the attention output back, so the transform changes only the rounding (an outlier
+/// coordinate, or an offset every token shares, no longer sets a block's scale). See
+/// [`KvType::rotates`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum KvType {
     /// 4 bytes per value.
@@ -71,8 +72,8 @@ impl KvType {
     /// The names [`from_name`](Self::from_name) accepts.
     pub const NAMES: [&'static str; 5] = ["f32", "f16", "bf16", "q8_0", "q4_0"];
 
-    /// Whether pages of this type hold Hadamard-rotated rows (the block formats, q8_0 and
-    /// q4_0): see the type's docs.
+    /// Whether pages of this type hold rows in the [`KvTransform`] basis (Hadamard-rotated;
+    /// the block formats, q8_0 and q4_0): see the type's docs.
     pub fn rotates(self) -> bool {
         matches!(self, KvType::Q8_0 | KvType::Q4_0)
     }
@@ -145,20 +146,20 @@ pub(crate) type AttentionFn<T> = fn(
 
 /// How the forward pass attends over pages of format `T`: the exact numerics' kernel, whether
 /// fast numerics' aligned kernel ([`crate::attention::paged_attention_aligned`]) runs instead,
-/// and the rotation the pages' rows are stored under ([`KvType::rotates`]): queries are
-/// rotated before the kernel and its output rotated back.
-pub(crate) struct Attention<T> {
+/// and the basis the pages' rows are stored in ([`KvType::rotates`], [`KvTransform`]):
+/// queries, keys and values move into it before the kernel, its output moves back.
+pub(crate) struct Attention<'t, T> {
     pub exact: AttentionFn<T>,
     pub fast: bool,
-    pub rotation: Option<Hadamard>,
+    pub transform: Option<&'t KvTransform>,
 }
 
-impl<T> Clone for Attention<T> {
+impl<T> Clone for Attention<'_, T> {
     fn clone(&self) -> Self {
         *self
     }
 }
-impl<T> Copy for Attention<T> {}
+impl<T> Copy for Attention<'_, T> {}
 
 /// A sequence's block table, growable.
 pub type SeqTable = BlockTable<Vec<PageId>>;

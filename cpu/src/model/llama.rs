@@ -24,11 +24,12 @@
 //! per chunk); generation is a chunk of one. Nothing already in the cache is recomputed.
 
 use std::path::Path;
+use std::sync::OnceLock;
 
 use pagoda_core::attention::AttnConfig;
 use pagoda_core::gguf::Gguf;
 use pagoda_core::kv::{KvFormat, KvPages};
-use pagoda_core::ops::{Hadamard, RopeTable};
+use pagoda_core::ops::RopeTable;
 use rayon::prelude::*;
 
 use crate::attention::{paged_attention, paged_attention_aligned, paged_attention_f16};
@@ -39,6 +40,7 @@ use super::batch::{Batch, BatchLayout, SeqSpan};
 use super::config::{FfnActivation, RopeStyle};
 use super::kv_cache::{Attention, AttentionFn, KvCache, KvStore};
 use super::kv_slab::KvSlab;
+use super::kv_transform::{self, KvStats, KvTransform};
 use super::numerics::Numerics;
 use super::weights::{FastWeight, LlamaWeights, Weight};
 use super::{LlamaConfig, ModelError, MAX_ROPE_DIMS};
@@ -69,6 +71,9 @@ pub struct Llama {
     check_finite: bool,
     /// The float order of the forward pass.
     numerics: Numerics,
+    /// The basis of q8_0 / q4_0 pages, calibrated at their first use
+    /// ([`kv_transform`](Self::kv_transform)); reset when the numerics or kernels change.
+    kv_transform: OnceLock<KvTransform>,
 }
 
 impl std::fmt::Debug for Llama {
@@ -98,6 +103,9 @@ pub struct ForwardScratch {
     /// When `Some`, every layer's RoPE'd queries are appended here (see
     /// [`ForwardScratch::record_queries`]).
     queries: Option<Vec<f32>>,
+    /// When `Some`, every layer adds each token's RoPE'd queries and key after the
+    /// sequence's first token (the KV calibration pass).
+    kv_stats: Option<KvStats>,
 }
 
 impl ForwardScratch {
@@ -111,6 +119,12 @@ impl ForwardScratch {
     /// The queries recorded since the last call (empty if not recording); recording goes on.
     pub fn take_queries(&mut self) -> Vec<f32> {
         self.queries.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    /// Starts gathering KV statistics into `stats` (`None`: stops); returns what was
+    /// gathered before.
+    pub(crate) fn record_kv_stats(&mut self, stats: Option<KvStats>) -> Option<KvStats> {
+        std::mem::replace(&mut self.kv_stats, stats)
     }
 }
 
@@ -230,8 +244,10 @@ impl Llama {
         let config = LlamaConfig::from_gguf(&g)?;
         let weights = LlamaWeights::load(&g, &config)?;
         let check_finite = std::env::var_os("PAGODA_CHECK_FINITE").is_some_and(|v| v == "1");
+        let kernels = Kernels::detect();
+        let kv_transform = OnceLock::new();
         let mut model =
-            Llama { file, config, weights, kernels: Kernels::detect(), check_finite, numerics };
+            Llama { file, config, weights, kernels, check_finite, numerics, kv_transform };
         model.refresh_repacked()?;
         Ok(model)
     }
@@ -276,8 +292,21 @@ impl Llama {
     /// Repacked copies exactly of the matrices whose type has a repacked kernel at this level,
     /// in fast numerics.
     fn refresh_repacked(&mut self) -> Result<(), ModelError> {
+        self.kv_transform = OnceLock::new(); // calibrated in the numerics and kernels in use
         let level = (self.numerics == Numerics::Fast).then(|| self.kernels.level());
         self.weights.set_repacked(self.file.bytes(), level)
+    }
+
+    /// The basis q8_0 and q4_0 pages store keys and values in ([`KvTransform`]): calibrated
+    /// by one pass over a built-in text with f32 pages at the first call (the first forward
+    /// pass over such pages), then kept. Deterministic: the same model, numerics and
+    /// kernels give the same transform.
+    pub fn kv_transform(&self) -> Result<&KvTransform, ModelError> {
+        if let Some(t) = self.kv_transform.get() {
+            return Ok(t);
+        }
+        let t = kv_transform::calibrate(self)?;
+        Ok(self.kv_transform.get_or_init(|| t))
     }
 
     /// The float order of the forward pass.
@@ -366,18 +395,18 @@ impl Llama {
                 if cache.per_layer() { "single-layer" } else { "all-layer" }
             )));
         }
-        let rotation = if cache.kv_type().rotates() {
-            Hadamard::for_width(self.config.head_dim)
-        } else {
-            None
-        };
+        let transform = if cache.kv_type().rotates() { Some(self.kv_transform()?) } else { None };
         // Fast: the aligned, batch-invariant split of the page-blocked kernel for every
         // format; exact: `exact` (llama.cpp's f16 kernel for f16 pages).
         let fast = self.numerics == Numerics::Fast;
-        fn with<T>(exact: AttentionFn<T>, fast: bool, rotation: Option<Hadamard>) -> Attention<T> {
-            Attention { exact, fast, rotation }
+        fn with<T>(
+            exact: AttentionFn<T>,
+            fast: bool,
+            transform: Option<&KvTransform>,
+        ) -> Attention<'_, T> {
+            Attention { exact, fast, transform }
         }
-        let r = rotation;
+        let r = transform;
         match cache.store_mut() {
             KvStore::F32(kv) => self.run(kv, layout, scratch, with(paged_attention, fast, None)),
             KvStore::F16(kv) => {
@@ -399,7 +428,7 @@ impl Llama {
         kv: &mut KvPages<T, KvSlab<T>>,
         b: &BatchLayout,
         s: &mut ForwardScratch,
-        attend: Attention<T>,
+        attend: Attention<'_, T>,
     ) -> Result<Vec<Vec<f32>>, ModelError> {
         let recorded = s.queries.as_ref().map(Vec::len);
         let mut result = self.run_pass(kv, b, s, attend, self.check_finite);
@@ -424,7 +453,7 @@ impl Llama {
         kv: &mut KvPages<T, KvSlab<T>>,
         b: &BatchLayout,
         s: &mut ForwardScratch,
-        attend: Attention<T>,
+        attend: Attention<'_, T>,
         check_layers: bool,
     ) -> Result<Vec<Vec<f32>>, ModelError> {
         let c = &self.config;
@@ -572,6 +601,15 @@ impl Llama {
         }
     }
 
+    /// RoPE of one key (`n_kv_heads × head_dim`) at `pos` in layer `l`.
+    pub(crate) fn rope_key(&self, l: usize, k: &mut [f32], pos: usize) {
+        if self.config.n_rot <= 2 * ROPE_PAIRS {
+            self.rope::<ROPE_PAIRS>(l, &mut [], k, pos);
+        } else {
+            self.rope::<WIDE_ROPE_PAIRS>(l, &mut [], k, pos);
+        }
+    }
+
     /// Pre-norm, QKV, RoPE, KV write, causal paged attention, output projection, residual.
     fn attention_block<T: KvFormat + bytemuck::Pod>(
         &self,
@@ -579,7 +617,7 @@ impl Llama {
         kv: &mut KvPages<T, KvSlab<T>>,
         b: &BatchLayout,
         s: &mut ForwardScratch,
-        attend: Attention<T>,
+        attend: Attention<'_, T>,
     ) -> Result<(), ModelError> {
         let c = &self.config;
         let n = b.tokens.len();
@@ -613,6 +651,11 @@ impl Llama {
                 .zip(s.k.chunks_exact_mut(kv_dim))
                 .zip(s.v.chunks_exact_mut(kv_dim));
         for (((q, k), v), (&(page, slot), &pos)) in rows.zip(b.slots[g].iter().zip(&b.positions)) {
+            if let Some(stats) = &mut s.kv_stats {
+                if pos > 0 {
+                    stats.add_unrotated_key(l, k);
+                }
+            }
             if c.n_rot <= 2 * ROPE_PAIRS {
                 self.rope::<ROPE_PAIRS>(l, q, k, pos);
             } else {
@@ -621,11 +664,13 @@ impl Llama {
             if let Some(scale) = c.q_scale {
                 q.iter_mut().for_each(|v| *v *= scale);
             }
-            if let Some(h) = attend.rotation {
-                // Rotated pages (KvType::rotates): keys, values and queries alike.
-                h.rotate(q);
-                h.rotate(k);
-                h.rotate(v);
+            if let Some(stats) = &mut s.kv_stats {
+                if pos > 0 {
+                    stats.add(l, q, k);
+                }
+            }
+            if let Some(t) = attend.transform {
+                t.apply(l, q, k, v); // q8_0 / q4_0 pages (KvType::rotates)
             }
             kv.write(kl, page, slot, k, v)
                 .map_err(|source| ModelError::Kv { what: "KV write".into(), source })?;
@@ -672,8 +717,8 @@ impl Llama {
                 (attend.exact)(level, kv_ref, kl, pages, n_ctx, q, out, &cfg)
             }
             .map_err(ModelError::Attention)?;
-            if let Some(h) = attend.rotation {
-                h.rotate(out); // Σ p·(H v) = H (Σ p·v): rotate back
+            if let Some(t) = attend.transform {
+                t.restore(out); // Σ p·(H v) = H (Σ p·v): rotate back
             }
             Ok::<(), ModelError>(())
         })?;

@@ -359,6 +359,11 @@ impl<'m> Session<'m> {
         &self.kv
     }
 
+    /// The forward pass's scratch (the KV calibration pass records statistics in it).
+    pub(crate) fn scratch_mut(&mut self) -> &mut ForwardScratch {
+        &mut self.scratch
+    }
+
     /// The sequence's block table (layer 0's under a per-layer policy).
     pub fn table(&self) -> &SeqTable {
         &self.tables()[0]
