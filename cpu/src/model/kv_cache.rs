@@ -43,9 +43,9 @@ use crate::kernels::SimdLevel;
 /// | `q4_0` | ggml Q4_0: 32 nibbles + one f16 scale    | 18 / 32         |
 ///
 /// The block formats need `head_dim` to be a multiple of 32, and store every key and value
-/// row in the model's calibrated [`KvTransform`] basis: per-channel offsets removed, keys
-/// rescaled per channel (queries inversely), then rotated by the orthonormal Walsh–Hadamard
-/// transform of each head (`pagoda_core::ops::Hadamard`: runs of the largest power of two
+/// row in the model's calibrated [`KvTransform`] basis: keys less a per-channel offset and
+/// rescaled per channel (queries inversely), then keys and values rotated by the orthonormal
+/// Walsh–Hadamard transform of each head (`pagoda_core::ops::Hadamard`: runs of the largest power of two
 /// dividing `head_dim`) before quantizing. The model moves the queries into the same basis
 /// and the attention output back, so the transform changes only the rounding (an outlier
 /// coordinate, or an offset every token shares, no longer sets a block's scale). See

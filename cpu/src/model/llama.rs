@@ -601,13 +601,18 @@ impl Llama {
         }
     }
 
+    /// [`rope`](Self::rope) with the table size the model's `n_rot` needs.
+    fn rope_at(&self, l: usize, q: &mut [f32], k: &mut [f32], pos: usize) {
+        if self.config.n_rot <= 2 * ROPE_PAIRS {
+            self.rope::<ROPE_PAIRS>(l, q, k, pos);
+        } else {
+            self.rope::<WIDE_ROPE_PAIRS>(l, q, k, pos);
+        }
+    }
+
     /// RoPE of one key (`n_kv_heads × head_dim`) at `pos` in layer `l`.
     pub(crate) fn rope_key(&self, l: usize, k: &mut [f32], pos: usize) {
-        if self.config.n_rot <= 2 * ROPE_PAIRS {
-            self.rope::<ROPE_PAIRS>(l, &mut [], k, pos);
-        } else {
-            self.rope::<WIDE_ROPE_PAIRS>(l, &mut [], k, pos);
-        }
+        self.rope_at(l, &mut [], k, pos);
     }
 
     /// Pre-norm, QKV, RoPE, KV write, causal paged attention, output projection, residual.
@@ -656,11 +661,7 @@ impl Llama {
                     stats.add_unrotated_key(l, k);
                 }
             }
-            if c.n_rot <= 2 * ROPE_PAIRS {
-                self.rope::<ROPE_PAIRS>(l, q, k, pos);
-            } else {
-                self.rope::<WIDE_ROPE_PAIRS>(l, q, k, pos);
-            }
+            self.rope_at(l, q, k, pos);
             if let Some(scale) = c.q_scale {
                 q.iter_mut().for_each(|v| *v *= scale);
             }
