@@ -149,12 +149,17 @@ impl<T: KvFormat, S: AsRef<[T]>> Shared<'_, T, S> {
             if s0 >= n {
                 continue;
             }
-            // No software prefetch: the heads' runs of a page are one region, which the
-            // hardware prefetchers stream; prefetching 2–16 pages ahead measured slower
-            // (decode over 30 × 4096 tokens, 2 threads, 3 alternating rounds: 5.9–6.1 ms
-            // without, 6.3–7.5 ms with `prefetcht1` two pages ahead; AMD EPYC).
+            // The next page's runs are prefetched one head run at a time, each just before
+            // this page's same run is computed: the lines arrive while the page is worked
+            // on, and a 32-line burst does not fill the load queues as a whole page's
+            // (all heads at once) did. Decode over 30 × 4096 f16 tokens (benches/attention.rs,
+            // 2 threads, AMD EPYC): 6.0–6.1 ms without, 3.5–3.7 ms with this (26 of the
+            // 30 GB/s read bandwidth); the whole next page at once gave 4.4–4.5 ms, two pages
+            // ahead 3.8–3.9 ms.
+            let next = (i + 1 < task.pages.end && (i + 1) * bs < span.max_visible)
+                .then(|| self.pages[i + 1]);
             for h in &mut heads {
-                self.page(h, &span, i, n, s0)?;
+                self.page(h, &span, i, n, s0, next)?;
             }
         }
         Ok(heads.into_iter().map(|h| h.part).collect())
@@ -201,7 +206,8 @@ impl<T: KvFormat, S: AsRef<[T]>> Shared<'_, T, S> {
         }
     }
 
-    /// Table page `i` (slots `s0..n`) for one head's rows.
+    /// Table page `i` (slots `s0..n`) for one head's rows, prefetching the head's runs of
+    /// page `next` (the next one the task reads, if any) into L2.
     fn page(
         &self,
         h: &mut HeadRows,
@@ -209,6 +215,7 @@ impl<T: KvFormat, S: AsRef<[T]>> Shared<'_, T, S> {
         i: usize,
         n: usize,
         s0: usize,
+        next: Option<PageId>,
     ) -> Result<(), AttnError> {
         let cfg = self.cfg;
         let hd = cfg.head_dim;
@@ -221,10 +228,18 @@ impl<T: KvFormat, S: AsRef<[T]>> Shared<'_, T, S> {
         let value_run = &self.kv.head_run(self.layer, page, KvHalf::Value, h.kv_head)?;
         let value_run = &value_run[s0 * ru..n * ru];
         let part = &mut h.part;
+        let prefetch = |half| -> Result<(), AttnError> {
+            if let Some(next) = next {
+                self.ops.prefetch(self.kv.head_run(self.layer, next, half, h.kv_head)?);
+            }
+            Ok(())
+        };
+        prefetch(KvHalf::Key)?;
         // Every row sees all of the page's slots s0..n: one call for all rows.
         let all_see = span.first_max <= start + s0 && span.visible_min >= start + n;
         if h.in_lanes && all_see && len == 16 {
             let keys = self.ops.as_f32(key_run, &mut h.kbuf);
+            prefetch(KvHalf::Value)?;
             let values = self.ops.as_f32(value_run, &mut h.vbuf);
             let state = (&mut part.max[..], &mut part.sum[..], &mut part.acc[..]);
             let (qt, pt, c) = (&h.qt, &mut h.pt, &mut h.c);
@@ -259,6 +274,7 @@ impl<T: KvFormat, S: AsRef<[T]>> Shared<'_, T, S> {
             p_r[..a].fill(0.0);
             p_r[b..].fill(0.0);
         }
+        prefetch(KvHalf::Value)?;
         self.ops.accumulate_run(&mut part.acc, p, value_run, hd, len, &mut h.vbuf, in_place);
         Ok(())
     }
