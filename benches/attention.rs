@@ -346,9 +346,20 @@ fn min_of_runs_fast_depth() {
             best.as_secs_f64() * 1e6
         );
     }
-    // Decode streaming its keys and values from memory: 30 × 4096 tokens (SmolLM2's 30
-    // layers at depth 4096, 94 MB, more than the last-level cache) in one layer.
-    // In the model's slab (huge pages where granted), pages in pool order.
+    stream_decode::<f16>("f16", level, budget);
+    stream_decode::<pagoda::core::quant::BlockQ8_0>("q8_0", level, budget);
+    stream_decode::<pagoda::core::quant::BlockQ4_0>("q4_0", level, budget);
+}
+
+/// Decode streaming its keys and values from memory: 30 × 4096 tokens (SmolLM2's 30 layers
+/// at depth 4096, more than the last-level cache) in one layer, in the model's slab (huge
+/// pages where granted), pages in pool order, `T` pages.
+fn stream_decode<T: pagoda::core::kv::KvFormat + bytemuck::Pod>(
+    name: &str,
+    level: SimdLevel,
+    budget: Duration,
+) {
+    let cfg = AttnConfig::new(N_HEADS, N_KV_HEADS, HEAD_DIM).unwrap();
     let n_ctx = 30 * 4096;
     let kc = KvConfig {
         n_layers: 1,
@@ -357,7 +368,8 @@ fn min_of_runs_fast_depth() {
         block_size: 16,
         n_pages: n_ctx / 16,
     };
-    let slab = pagoda::cpu::model::KvSlab::<f16>::zeroed(kc.slab_len().unwrap()).unwrap();
+    let units = kc.slab_len().unwrap() / T::VALUES_PER_UNIT;
+    let slab = pagoda::cpu::model::KvSlab::<T>::zeroed(units).unwrap();
     let mut kv = KvPages::new(kc, slab).unwrap();
     let pages: Vec<PageId> = (0..kc.n_pages as u32).map(PageId).collect();
     let row: Vec<f32> = (0..kc.row_len()).map(|i| (i % 7) as f32 * 0.1 - 0.3).collect();
@@ -370,10 +382,13 @@ fn min_of_runs_fast_depth() {
         paged_attention_aligned(level, &kv, 0, &pages, 0, n_ctx, black_box(&q), &mut out, &cfg)
             .unwrap()
     });
-    let gbs = kv_bytes::<f16>(n_ctx) as f64 / best.as_secs_f64() / 1e9;
+    let bytes = (n_ctx * N_KV_HEADS * HEAD_DIM * 2 / T::VALUES_PER_UNIT * size_of::<T>()) as f64;
+    let gbs = bytes / best.as_secs_f64() / 1e9;
     let threads = rayon::current_num_threads();
     let us = best.as_secs_f64() * 1e6;
-    println!("decode 1 @ 30x4096 ({level}, {threads} threads): {us:>10.1} us ({gbs:.1} GB/s)");
+    println!(
+        "decode 1 @ 30x4096, {name} pages ({level}, {threads} threads): {us:>10.1} us ({gbs:.1} GB/s)"
+    );
 }
 
 fn main() {

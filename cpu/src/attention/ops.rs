@@ -82,11 +82,12 @@ impl PageOps {
         }
     }
 
-    /// [`Self::scores`] on a page run of any format: f16 keys read in place where `in_place`
-    /// is asked and this level can (AVX-512, `hd` a multiple of 16: widened in each load, no
-    /// widened copy), otherwise widened into `buf` first ([`Self::as_f32`]). The same bits
-    /// either way (widening f16 is exact). In place pays for few rows (decode), a copy for
-    /// many (each load then serves fewer FMAs than the copy costs).
+    /// [`Self::scores`] on a page run of any format: f16, q8_0 and q4_0 keys read in place
+    /// where `in_place` is asked and this level can (AVX-512, `hd` a multiple of 16: widened
+    /// or dequantized in each load, no f32 copy), otherwise widened or dequantized into `buf`
+    /// first ([`Self::as_f32`]). The same bits either way (each load computes the values
+    /// the copy would hold). In place pays for few rows (decode), a copy for many (each load
+    /// then serves fewer FMAs than the copy costs).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn scores_run<T: KvFormat>(
         self,
@@ -100,20 +101,35 @@ impl PageOps {
         in_place: bool,
     ) {
         #[cfg(target_arch = "x86_64")]
-        if let (true, Some(keys)) = (self.f16_in_place(in_place, hd), cast::<T, half::f16>(run)) {
+        if self.reads_in_place(in_place, hd) {
             let rows = scores.len() / n;
-            assert!(n >= 1 && q.len() >= rows * hd && keys.len() >= n * hd);
-            // SAFETY: `f16_in_place` checked AVX-512 (at `new`) and `hd % 16 == 0` (every
-            // load a full chunk); shapes asserted above.
-            unsafe { super::x86::scores_avx512(q, keys, hd, n, scale, scores) };
-            return;
+            assert!(n >= 1 && q.len() >= rows * hd && run.len() * T::VALUES_PER_UNIT >= n * hd);
+            // SAFETY: `reads_in_place` checked AVX-512 (at `new`) and `hd % 16 == 0` (every
+            // load a full chunk; q8_0 and q4_0 rows are whole blocks); shapes asserted above.
+            let done = unsafe {
+                if let Some(keys) = cast::<T, half::f16>(run) {
+                    super::x86::scores_avx512(q, keys, hd, n, scale, scores);
+                    true
+                } else if let Some(keys) = cast::<T, BlockQ8_0>(run) {
+                    super::x86::scores_avx512(q, keys, hd, n, scale, scores);
+                    true
+                } else if let Some(keys) = cast::<T, BlockQ4_0>(run) {
+                    super::x86::scores_avx512(q, keys, hd, n, scale, scores);
+                    true
+                } else {
+                    false
+                }
+            };
+            if done {
+                return;
+            }
         }
         let keys = self.as_f32(run, buf);
         self.scores(q, keys, hd, n, scale, scores);
     }
 
-    /// [`Self::accumulate`] on a page run of any format, f16 read in place as in
-    /// [`Self::scores_run`].
+    /// [`Self::accumulate`] on a page run of any format, f16, q8_0 and q4_0 read in place as
+    /// in [`Self::scores_run`].
     #[allow(clippy::too_many_arguments)]
     pub(super) fn accumulate_run<T: KvFormat>(
         self,
@@ -126,19 +142,38 @@ impl PageOps {
         in_place: bool,
     ) {
         #[cfg(target_arch = "x86_64")]
-        if let (true, Some(values)) = (self.f16_in_place(in_place, hd), cast::<T, half::f16>(run)) {
+        if self.reads_in_place(in_place, hd) {
             let rows = acc.len() / hd;
-            assert!(acc.len() % hd == 0 && p.len() >= rows * n && values.len() >= n * hd);
+            assert!(
+                acc.len() % hd == 0
+                    && p.len() >= rows * n
+                    && run.len() * T::VALUES_PER_UNIT >= n * hd
+            );
             // SAFETY: as in `scores_run`; shapes asserted above.
-            unsafe { super::x86::accumulate_strided_avx512(acc, p, n, 1, values, hd, n) };
-            return;
+            let done = unsafe {
+                if let Some(values) = cast::<T, half::f16>(run) {
+                    super::x86::accumulate_strided_avx512(acc, p, n, 1, values, hd, n);
+                    true
+                } else if let Some(values) = cast::<T, BlockQ8_0>(run) {
+                    super::x86::accumulate_strided_avx512(acc, p, n, 1, values, hd, n);
+                    true
+                } else if let Some(values) = cast::<T, BlockQ4_0>(run) {
+                    super::x86::accumulate_strided_avx512(acc, p, n, 1, values, hd, n);
+                    true
+                } else {
+                    false
+                }
+            };
+            if done {
+                return;
+            }
         }
         let values = self.as_f32(run, buf);
         self.accumulate(acc, p, values, hd, n);
     }
 
-    /// Whether f16 runs are read in place: asked for, AVX-512, whole 16-lane chunks.
-    fn f16_in_place(self, asked: bool, hd: usize) -> bool {
+    /// Whether runs are read in place: asked for, AVX-512, whole 16-lane chunks.
+    fn reads_in_place(self, asked: bool, hd: usize) -> bool {
         asked && self.level == SimdLevel::Avx512 && hd % 16 == 0 && hd > 0
     }
 
@@ -384,6 +419,48 @@ fn cast<T: 'static, U: 'static>(run: &[T]) -> Option<&[U]> {
 mod tests {
     use super::*;
     use crate::kernels::test_rng::Rng;
+
+    /// Reading f16, q8_0 and q4_0 runs in place (decode) gives the bits of the widened or
+    /// dequantized copy (prefill's path): batch invariance needs it, since a row reads in
+    /// place or from the copy depending on the rows it shares a task with.
+    #[test]
+    fn runs_read_in_place_equal_their_f32_copies_bit_for_bit() {
+        fn check<T: KvFormat>(ops: PageOps, rng: &mut Rng) {
+            for (rows, hd, n) in
+                [(1usize, 64usize, 16usize), (3, 64, 16), (3, 64, 11), (5, 128, 7), (2, 32, 1)]
+            {
+                let q: Vec<f32> = (0..rows * hd).map(|_| rng.unit() * 3.0).collect();
+                // Rows of mixed amplitude: zero, tiny (subnormal f16 scales), ordinary, large.
+                let mut run = vec![T::zero(); n * hd / T::VALUES_PER_UNIT];
+                for (j, row) in run.chunks_exact_mut(hd / T::VALUES_PER_UNIT).enumerate() {
+                    let amp = [0.0, 1e-6, 1.0, 300.0][j % 4];
+                    let x: Vec<f32> = (0..hd).map(|_| rng.unit() * amp).collect();
+                    T::encode(&x, row);
+                }
+                let (mut s1, mut s2) = (vec![0.0f32; rows * n], vec![0.0f32; rows * n]);
+                let (mut b1, mut b2) = (Vec::new(), Vec::new());
+                ops.scores_run(&q, &run, hd, n, 0.125, &mut s1, &mut b1, true);
+                ops.scores_run(&q, &run, hd, n, 0.125, &mut s2, &mut b2, false);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                let what = format!("{} rows {rows} hd {hd} keys {n}", core::any::type_name::<T>());
+                assert_eq!(bits(&s1), bits(&s2), "{what}: scores");
+                let p: Vec<f32> = (0..rows * n).map(|_| rng.unit().abs()).collect();
+                let acc0: Vec<f32> = (0..rows * hd).map(|_| rng.unit()).collect();
+                let (mut a1, mut a2) = (acc0.clone(), acc0);
+                ops.accumulate_run(&mut a1, &p, &run, hd, n, &mut b1, true);
+                ops.accumulate_run(&mut a2, &p, &run, hd, n, &mut b2, false);
+                assert_eq!(bits(&a1), bits(&a2), "{what}: accumulate");
+            }
+        }
+        let ops = PageOps::new(SimdLevel::Avx512);
+        if !ops.reads_in_place(true, 64) {
+            return; // nothing to compare on this CPU
+        }
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        check::<half::f16>(ops, &mut rng);
+        check::<BlockQ8_0>(ops, &mut rng);
+        check::<BlockQ4_0>(ops, &mut rng);
+    }
 
     /// The rows-in-lanes page step gives every row the bits of the per-row path (scores,
     /// the per-row softmax step as `task.rs` runs it, accumulate), whatever the row count

@@ -15,20 +15,86 @@ use pagoda_core::quant::{BlockQ4_0, BlockQ8_0};
 
 use super::f16_pages::Lanes;
 
-/// Sixteen keys' or values' elements at `p` as f32s, lanes outside `m` zero. For f16 (read
-/// in place, widened in the load) `m` must be all lanes.
-///
-/// # Safety
-/// AVX-512F; the lanes of `m` readable at `p`; `T = f16` only with `m = 0xFFFF`.
+/// A page run the AVX-512 kernels read in place: sixteen of its values as f32s, the same
+/// values the format's `decode` (or the per-page widening and dequantization) gives.
+pub(super) trait Run: Copy {
+    /// Values per unit of the run (1 for float elements, 32 for blocks).
+    const VALUES: usize;
+
+    /// Values `e .. e + 16` of the run starting at `base` (value `e` of the run is value
+    /// `e mod 32` of block `e / 32` for block formats), lanes outside `m` zero.
+    ///
+    /// # Safety
+    /// AVX-512F; the lanes of `m` readable; `m` all lanes unless `Self` is `f32`; `e` a
+    /// multiple of 16.
+    unsafe fn chunk16(base: *const Self, e: usize, m: __mmask16) -> __m512;
+}
+
+impl Run for f32 {
+    const VALUES: usize = 1;
+
+    #[inline(always)]
+    unsafe fn chunk16(base: *const f32, e: usize, m: __mmask16) -> __m512 {
+        // SAFETY: per the contract.
+        unsafe { _mm512_maskz_loadu_ps(m, base.add(e)) }
+    }
+}
+
+impl Run for half::f16 {
+    const VALUES: usize = 1;
+
+    #[inline(always)]
+    unsafe fn chunk16(base: *const half::f16, e: usize, m: __mmask16) -> __m512 {
+        debug_assert_eq!(m, 0xFFFF);
+        // SAFETY: per the contract (a full chunk).
+        unsafe { <half::f16 as Lanes>::load16(base.add(e)) }
+    }
+}
+
+/// A block's scale in every lane (`vcvtph2ps`: exact, as `f16::to_f32`).
 #[inline(always)]
-unsafe fn load_run<T: Lanes>(p: *const T, m: __mmask16) -> __m512 {
-    // SAFETY: per the contract: a full chunk is T::load16's, a partial one is f32's.
-    unsafe {
-        if m == 0xFFFF {
-            T::load16(p)
-        } else {
-            debug_assert_eq!(size_of::<T>(), 4);
-            _mm512_maskz_loadu_ps(m, p.cast::<f32>())
+unsafe fn scale16(d: half::f16) -> __m512 {
+    // SAFETY: AVX-512F per the caller's contract.
+    unsafe { _mm512_cvtph_ps(_mm256_set1_epi16(d.to_bits() as i16)) }
+}
+
+impl Run for BlockQ8_0 {
+    const VALUES: usize = 32;
+
+    /// [`dequant_q8_0_avx512`]'s arithmetic on one half block.
+    #[inline(always)]
+    unsafe fn chunk16(base: *const BlockQ8_0, e: usize, m: __mmask16) -> __m512 {
+        debug_assert!(m == 0xFFFF && e % 16 == 0);
+        // SAFETY: per the contract: block e / 32 is in the run, its half (e / 16) % 2 is 16
+        // quants inside it.
+        unsafe {
+            let b = base.add(e / 32);
+            let qs = core::ptr::addr_of!((*b).qs).cast::<i8>().add(e % 32);
+            let q = _mm512_cvtepi8_epi32(_mm_loadu_si128(qs.cast()));
+            _mm512_mul_ps(_mm512_cvtepi32_ps(q), scale16((*b).d))
+        }
+    }
+}
+
+impl Run for BlockQ4_0 {
+    const VALUES: usize = 32;
+
+    /// [`dequant_q4_0_avx512`]'s arithmetic on one half block (low nibbles are values
+    /// 0..16, high ones 16..32).
+    #[inline(always)]
+    unsafe fn chunk16(base: *const BlockQ4_0, e: usize, m: __mmask16) -> __m512 {
+        debug_assert!(m == 0xFFFF && e % 16 == 0);
+        // SAFETY: per the contract: block e / 32 is in the run, its 16 bytes inside it.
+        unsafe {
+            let b = base.add(e / 32);
+            let q = _mm512_cvtepu8_epi32(_mm_loadu_si128(core::ptr::addr_of!((*b).qs).cast()));
+            let nibbles = if e % 32 == 0 {
+                _mm512_and_si512(q, _mm512_set1_epi32(0x0F))
+            } else {
+                _mm512_srli_epi32::<4>(q)
+            };
+            let v = _mm512_sub_epi32(nibbles, _mm512_set1_epi32(8));
+            _mm512_mul_ps(_mm512_cvtepi32_ps(v), scale16((*b).d))
         }
     }
 }
@@ -258,7 +324,7 @@ fn mask16(len: usize) -> __mmask16 {
 /// # Safety
 /// The CPU has AVX-512F; shapes as for [`scores_avx2`].
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn scores_avx512<T: Lanes>(
+pub(super) unsafe fn scores_avx512<T: Run>(
     q: &[f32],
     keys: &[T],
     hd: usize,
@@ -270,7 +336,7 @@ pub(super) unsafe fn scores_avx512<T: Lanes>(
     // documented above; individual pointer offsets are justified inline.
     unsafe {
         let rows = out.len() / n;
-        debug_assert!(q.len() >= rows * hd && keys.len() >= n * hd);
+        debug_assert!(q.len() >= rows * hd && keys.len() * T::VALUES >= n * hd);
         let kp = keys.as_ptr();
         let (qp, op) = (q.as_ptr(), out.as_mut_ptr());
         // SAFETY (whole function): row r < rows, keys j..j + 8 ≤ n; offsets stay below
@@ -280,20 +346,14 @@ pub(super) unsafe fn scores_avx512<T: Lanes>(
         while j < full {
             let mut r = 0;
             while r + 3 <= rows {
-                scores_rows_x8::<3, T>(
-                    qp.add(r * hd),
-                    kp.add(j * hd),
-                    hd,
-                    op.add(r * n + j),
-                    n,
-                    scale,
-                );
+                scores_rows_x8::<3, T>(qp.add(r * hd), kp, j * hd, hd, op.add(r * n + j), n, scale);
                 r += 3;
             }
             match rows - r {
                 2 => scores_rows_x8::<2, T>(
                     qp.add(r * hd),
-                    kp.add(j * hd),
+                    kp,
+                    j * hd,
                     hd,
                     op.add(r * n + j),
                     n,
@@ -301,7 +361,8 @@ pub(super) unsafe fn scores_avx512<T: Lanes>(
                 ),
                 1 => scores_rows_x8::<1, T>(
                     qp.add(r * hd),
-                    kp.add(j * hd),
+                    kp,
+                    j * hd,
                     hd,
                     op.add(r * n + j),
                     n,
@@ -319,8 +380,8 @@ pub(super) unsafe fn scores_avx512<T: Lanes>(
             let op = op.add(r * n);
             let mut j = full;
             while j + 4 <= n {
-                let k0 = kp.add(j * hd);
-                let (k1, k2, k3) = (k0.add(hd), k0.add(2 * hd), k0.add(3 * hd));
+                let k0 = j * hd;
+                let (k1, k2, k3) = (k0 + hd, k0 + 2 * hd, k0 + 3 * hd);
                 let (mut a0, mut a1, mut a2, mut a3) = (
                     _mm512_setzero_ps(),
                     _mm512_setzero_ps(),
@@ -331,10 +392,10 @@ pub(super) unsafe fn scores_avx512<T: Lanes>(
                 while d < hd {
                     let m = mask16((hd - d).min(16));
                     let qv = _mm512_maskz_loadu_ps(m, qp.add(d));
-                    a0 = _mm512_fmadd_ps(qv, load_run(k0.add(d), m), a0);
-                    a1 = _mm512_fmadd_ps(qv, load_run(k1.add(d), m), a1);
-                    a2 = _mm512_fmadd_ps(qv, load_run(k2.add(d), m), a2);
-                    a3 = _mm512_fmadd_ps(qv, load_run(k3.add(d), m), a3);
+                    a0 = _mm512_fmadd_ps(qv, T::chunk16(kp, k0 + d, m), a0);
+                    a1 = _mm512_fmadd_ps(qv, T::chunk16(kp, k1 + d, m), a1);
+                    a2 = _mm512_fmadd_ps(qv, T::chunk16(kp, k2 + d, m), a2);
+                    a3 = _mm512_fmadd_ps(qv, T::chunk16(kp, k3 + d, m), a3);
                     d += 16;
                 }
                 *op.add(j) = scale * _mm512_reduce_add_ps(a0);
@@ -344,13 +405,13 @@ pub(super) unsafe fn scores_avx512<T: Lanes>(
                 j += 4;
             }
             while j < n {
-                let k0 = kp.add(j * hd);
+                let k0 = j * hd;
                 let mut a0 = _mm512_setzero_ps();
                 let mut d = 0;
                 while d < hd {
                     let m = mask16((hd - d).min(16));
                     let qv = _mm512_maskz_loadu_ps(m, qp.add(d));
-                    a0 = _mm512_fmadd_ps(qv, load_run(k0.add(d), m), a0);
+                    a0 = _mm512_fmadd_ps(qv, T::chunk16(kp, k0 + d, m), a0);
                     d += 16;
                 }
                 *op.add(j) = scale * _mm512_reduce_add_ps(a0);
@@ -361,20 +422,22 @@ pub(super) unsafe fn scores_avx512<T: Lanes>(
 }
 
 /// The scores of `R` (1..=3) rows against eight keys: `out[r·stride + k] = scale · (q[r] ·
-/// k[k])` for rows `q + r·hd` and keys `k + k·hd`. Each key chunk is loaded once for the `R`
+/// key k)` for rows `q + r·hd` and keys at values `k0 + k·hd` of the run `k`. Each key chunk is loaded once for the `R`
 /// rows, four keys at a time: `4·R` accumulators (12 at most), `R` query chunks and four key
 /// chunks stay in the 32 registers. (Eight keys' 24 accumulators at once spilled to the
 /// stack in every step: decode at depth 4096 took 7.5 ms instead of 6.3 per 30 layers.)
 ///
 /// # Safety
-/// AVX-512F; `q` holds `R·hd` floats, `k` `8·hd`, `out` row `r` has 8 writable floats at
+/// AVX-512F; `q` holds `R·hd` floats, the run `k` values `k0 .. k0 + 8·hd` (`hd` a
+/// multiple of 16 unless `T` is f32), `out` row `r` has 8 writable floats at
 /// `out + r·stride`.
 #[inline]
 #[allow(clippy::needless_range_loop)] // register tiles, indexed as in the docs
 #[target_feature(enable = "avx512f")]
-unsafe fn scores_rows_x8<const R: usize, T: Lanes>(
+unsafe fn scores_rows_x8<const R: usize, T: Run>(
     q: *const f32,
     k: *const T,
+    k0: usize,
     hd: usize,
     out: *mut f32,
     stride: usize,
@@ -386,14 +449,14 @@ unsafe fn scores_rows_x8<const R: usize, T: Lanes>(
         let mut sums = [[_mm512_setzero_ps(); 2]; R];
         for half in 0..2 {
             let mut a = [[_mm512_setzero_ps(); 4]; R];
-            let k = k.add(4 * half * hd);
+            let k0 = k0 + 4 * half * hd;
             let mut d = 0;
             while d < hd {
                 let m = mask16((hd - d).min(16));
                 let qv: [__m512; R] =
                     core::array::from_fn(|r| _mm512_maskz_loadu_ps(m, q.add(r * hd + d)));
                 for key in 0..4 {
-                    let kv = load_run(k.add(key * hd + d), m);
+                    let kv = T::chunk16(k, k0 + key * hd + d, m);
                     for r in 0..R {
                         a[r][key] = _mm512_fmadd_ps(qv[r], kv, a[r][key]);
                     }
@@ -469,7 +532,7 @@ pub(super) unsafe fn accumulate_avx512(
 /// The CPU has AVX-512F; `acc.len()` a multiple of `hd`, every `r·rs + j·ks` (r < rows,
 /// j < n) inside `p`, `values.len() ≥ n·hd`.
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn accumulate_strided_avx512<T: Lanes>(
+pub(super) unsafe fn accumulate_strided_avx512<T: Run>(
     acc: &mut [f32],
     p: &[f32],
     rs: usize,
@@ -483,7 +546,7 @@ pub(super) unsafe fn accumulate_strided_avx512<T: Lanes>(
     unsafe {
         let rows = acc.len() / hd;
         debug_assert!(rows == 0 || n == 0 || p.len() > (rows - 1) * rs + (n - 1) * ks);
-        debug_assert!(values.len() >= n * hd);
+        debug_assert!(values.len() * T::VALUES >= n * hd);
         let (ap, pp, vp) = (acc.as_mut_ptr(), p.as_ptr(), values.as_ptr());
         let mut d = 0;
         while d < hd {
@@ -491,21 +554,21 @@ pub(super) unsafe fn accumulate_strided_avx512<T: Lanes>(
             let mut r = 0;
             while r < rows {
                 let take = (rows - r).min(6);
-                let (a, pr, v) = (ap.add(r * hd + d), pp.add(r * rs), vp.add(d));
+                let (a, pr) = (ap.add(r * hd + d), pp.add(r * rs));
                 let m = mask16((hd - d).min(16));
                 match (chunks, take) {
-                    (4, 6) => accumulate_rows::<6, 4, T>(a, pr, rs, ks, v, hd, n, m),
-                    (4, 5) => accumulate_rows::<5, 4, T>(a, pr, rs, ks, v, hd, n, m),
-                    (4, 4) => accumulate_rows::<4, 4, T>(a, pr, rs, ks, v, hd, n, m),
-                    (4, 3) => accumulate_rows::<3, 4, T>(a, pr, rs, ks, v, hd, n, m),
-                    (4, 2) => accumulate_rows::<2, 4, T>(a, pr, rs, ks, v, hd, n, m),
-                    (4, _) => accumulate_rows::<1, 4, T>(a, pr, rs, ks, v, hd, n, m),
-                    (_, 6) => accumulate_rows::<6, 1, T>(a, pr, rs, ks, v, hd, n, m),
-                    (_, 5) => accumulate_rows::<5, 1, T>(a, pr, rs, ks, v, hd, n, m),
-                    (_, 4) => accumulate_rows::<4, 1, T>(a, pr, rs, ks, v, hd, n, m),
-                    (_, 3) => accumulate_rows::<3, 1, T>(a, pr, rs, ks, v, hd, n, m),
-                    (_, 2) => accumulate_rows::<2, 1, T>(a, pr, rs, ks, v, hd, n, m),
-                    _ => accumulate_rows::<1, 1, T>(a, pr, rs, ks, v, hd, n, m),
+                    (4, 6) => accumulate_rows::<6, 4, T>(a, pr, rs, ks, vp, d, hd, n, m),
+                    (4, 5) => accumulate_rows::<5, 4, T>(a, pr, rs, ks, vp, d, hd, n, m),
+                    (4, 4) => accumulate_rows::<4, 4, T>(a, pr, rs, ks, vp, d, hd, n, m),
+                    (4, 3) => accumulate_rows::<3, 4, T>(a, pr, rs, ks, vp, d, hd, n, m),
+                    (4, 2) => accumulate_rows::<2, 4, T>(a, pr, rs, ks, vp, d, hd, n, m),
+                    (4, _) => accumulate_rows::<1, 4, T>(a, pr, rs, ks, vp, d, hd, n, m),
+                    (_, 6) => accumulate_rows::<6, 1, T>(a, pr, rs, ks, vp, d, hd, n, m),
+                    (_, 5) => accumulate_rows::<5, 1, T>(a, pr, rs, ks, vp, d, hd, n, m),
+                    (_, 4) => accumulate_rows::<4, 1, T>(a, pr, rs, ks, vp, d, hd, n, m),
+                    (_, 3) => accumulate_rows::<3, 1, T>(a, pr, rs, ks, vp, d, hd, n, m),
+                    (_, 2) => accumulate_rows::<2, 1, T>(a, pr, rs, ks, vp, d, hd, n, m),
+                    _ => accumulate_rows::<1, 1, T>(a, pr, rs, ks, vp, d, hd, n, m),
                 }
                 r += take;
             }
@@ -514,8 +577,9 @@ pub(super) unsafe fn accumulate_strided_avx512<T: Lanes>(
     }
 }
 
-/// `acc[r][c] += Σ_j p[r][j] · v[j][c]` for `R` rows and `C` chunks of 16 columns: row `r`'s
-/// outputs at `acc + r·hd`, its weights at `p + r·rs + j·ks`, key `j`'s values at `v + j·hd`. With
+/// `acc[r][c] += Σ_j p[r][j] · v[j][c]` for `R` rows and `C` chunks of 16 columns from
+/// column `d`: row `r`'s outputs at `acc + r·hd`, its weights at `p + r·rs + j·ks`, key `j`'s
+/// values at values `j·hd + d ..` of the run `v`. With
 /// `C = 1` the chunk is `mask`'s lanes; with `C = 4` all 64 columns.
 ///
 /// # Safety
@@ -523,12 +587,13 @@ pub(super) unsafe fn accumulate_strided_avx512<T: Lanes>(
 #[inline]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments, clippy::needless_range_loop)] // register tiles
-unsafe fn accumulate_rows<const R: usize, const C: usize, T: Lanes>(
+unsafe fn accumulate_rows<const R: usize, const C: usize, T: Run>(
     acc: *mut f32,
     p: *const f32,
     rs: usize,
     ks: usize,
     v: *const T,
+    d: usize,
     hd: usize,
     n: usize,
     mask: __mmask16,
@@ -540,7 +605,7 @@ unsafe fn accumulate_rows<const R: usize, const C: usize, T: Lanes>(
             core::array::from_fn(|c| _mm512_maskz_loadu_ps(m, acc.add(r * hd + 16 * c)))
         });
         for j in 0..n {
-            let vj: [__m512; C] = core::array::from_fn(|c| load_run(v.add(j * hd + 16 * c), m));
+            let vj: [__m512; C] = core::array::from_fn(|c| T::chunk16(v, j * hd + d + 16 * c, m));
             for r in 0..R {
                 let w = _mm512_set1_ps(*p.add(r * rs + j * ks));
                 for c in 0..C {
