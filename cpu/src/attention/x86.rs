@@ -28,6 +28,17 @@ pub(super) trait Run: Copy {
     /// AVX-512F; the lanes of `m` readable; `m` all lanes unless `Self` is `f32`; `e` a
     /// multiple of 16.
     unsafe fn chunk16(base: *const Self, e: usize, m: __mmask16) -> __m512;
+
+    /// Values `e .. e + 32` (one block of a block format, its scale converted once): the
+    /// two [`Self::chunk16`]s.
+    ///
+    /// # Safety
+    /// AVX-512F; the 32 values readable; `e` a multiple of 32.
+    #[inline(always)]
+    unsafe fn chunk32(base: *const Self, e: usize) -> [__m512; 2] {
+        // SAFETY: per the contract.
+        unsafe { [Self::chunk16(base, e, 0xFFFF), Self::chunk16(base, e + 16, 0xFFFF)] }
+    }
 }
 
 impl Run for f32 {
@@ -74,6 +85,21 @@ impl Run for BlockQ8_0 {
             _mm512_mul_ps(_mm512_cvtepi32_ps(q), scale16((*b).d))
         }
     }
+
+    #[inline(always)]
+    unsafe fn chunk32(base: *const BlockQ8_0, e: usize) -> [__m512; 2] {
+        debug_assert!(e % 32 == 0);
+        // SAFETY: per the contract: block e / 32 is in the run.
+        unsafe {
+            let b = base.add(e / 32);
+            let qs = core::ptr::addr_of!((*b).qs).cast::<__m128i>();
+            let d = scale16((*b).d);
+            core::array::from_fn(|h| {
+                let q = _mm512_cvtepi8_epi32(_mm_loadu_si128(qs.add(h)));
+                _mm512_mul_ps(_mm512_cvtepi32_ps(q), d)
+            })
+        }
+    }
 }
 
 impl Run for BlockQ4_0 {
@@ -95,6 +121,20 @@ impl Run for BlockQ4_0 {
             };
             let v = _mm512_sub_epi32(nibbles, _mm512_set1_epi32(8));
             _mm512_mul_ps(_mm512_cvtepi32_ps(v), scale16((*b).d))
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn chunk32(base: *const BlockQ4_0, e: usize) -> [__m512; 2] {
+        debug_assert!(e % 32 == 0);
+        // SAFETY: per the contract: block e / 32 is in the run, its 16 bytes inside it.
+        unsafe {
+            let b = base.add(e / 32);
+            let q = _mm512_cvtepu8_epi32(_mm_loadu_si128(core::ptr::addr_of!((*b).qs).cast()));
+            let (d, eight) = (scale16((*b).d), _mm512_set1_epi32(8));
+            let lo = _mm512_sub_epi32(_mm512_and_si512(q, _mm512_set1_epi32(0x0F)), eight);
+            let hi = _mm512_sub_epi32(_mm512_srli_epi32::<4>(q), eight);
+            [_mm512_mul_ps(_mm512_cvtepi32_ps(lo), d), _mm512_mul_ps(_mm512_cvtepi32_ps(hi), d)]
         }
     }
 }
@@ -451,6 +491,22 @@ unsafe fn scores_rows_x8<const R: usize, T: Run>(
             let mut a = [[_mm512_setzero_ps(); 4]; R];
             let k0 = k0 + 4 * half * hd;
             let mut d = 0;
+            // Block formats a block at a time (its scale converted once per key); the same
+            // FMAs in the same order.
+            while T::VALUES == 32 && d < hd {
+                let qv: [[__m512; 2]; R] = core::array::from_fn(|r| {
+                    core::array::from_fn(|h| _mm512_loadu_ps(q.add(r * hd + d + 16 * h)))
+                });
+                for key in 0..4 {
+                    let kv = T::chunk32(k, k0 + key * hd + d);
+                    for h in 0..2 {
+                        for r in 0..R {
+                            a[r][key] = _mm512_fmadd_ps(qv[r][h], kv[h], a[r][key]);
+                        }
+                    }
+                }
+                d += 32;
+            }
             while d < hd {
                 let m = mask16((hd - d).min(16));
                 let qv: [__m512; R] =
@@ -605,7 +661,13 @@ unsafe fn accumulate_rows<const R: usize, const C: usize, T: Run>(
             core::array::from_fn(|c| _mm512_maskz_loadu_ps(m, acc.add(r * hd + 16 * c)))
         });
         for j in 0..n {
-            let vj: [__m512; C] = core::array::from_fn(|c| T::chunk16(v, j * hd + d + 16 * c, m));
+            let vj: [__m512; C] = if T::VALUES == 32 && C == 4 {
+                // Two blocks, each scale converted once; the same values.
+                let (b0, b1) = (T::chunk32(v, j * hd + d), T::chunk32(v, j * hd + d + 32));
+                core::array::from_fn(|c| if c < 2 { b0[c] } else { b1[c - 2] })
+            } else {
+                core::array::from_fn(|c| T::chunk16(v, j * hd + d + 16 * c, m))
+            };
             for r in 0..R {
                 let w = _mm512_set1_ps(*p.add(r * rs + j * ks));
                 for c in 0..C {
