@@ -17,7 +17,9 @@
 //!   query head and token. When a kv head has few rows (decode) and there are page ranges
 //!   enough for the threads, one rayon job runs a range's tasks for every kv head together,
 //!   page by page (`Shared::run_heads`): a page's heads are adjacent, so it is read as one
-//!   region that the hardware prefetchers stream.
+//!   region. Every task prefetches the next page's run of a head (into L2, `prefetcht1`)
+//!   just before it computes this page's same run, so that decode streams the cache at close
+//!   to the read bandwidth instead of waiting on each page.
 //! - **Per page**, keys and values are one contiguous `block_size × head_dim` run (see
 //!   `pagoda_core::kv`): scores are `rows × block_size` dot products, the online softmax
 //!   (running max and sum per row) is updated once per page, and the values are accumulated
@@ -25,7 +27,9 @@
 //!   (`_mm256_cvtph_ps`) or AVX-512 (`_mm512_cvtph_ps`), q8_0 and q4_0 pages dequantized
 //!   per page (AVX2 / AVX-512: sign- or zero-extend, convert, one multiply by the block's
 //!   scale, the same f32 values as the block's `dequantize`) into a page-sized scratch that
-//!   stays in L1; all math is f32.
+//!   stays in L1; all math is f32. Tasks of few rows (decode) at AVX-512 read f16, q8_0 and
+//!   q4_0 runs in place instead: each load widens or dequantizes 16 values (the copy's
+//!   values, so the same bits) and serves every row of the task.
 //! - **Flash-decoding**: when a call has few tasks (decode of one sequence has `n_kv_heads`)
 //!   and a long context, each task's pages are split into ranges run by different threads,
 //!   and the partial `(max, sum, acc)` are merged with the log-sum-exp rule:

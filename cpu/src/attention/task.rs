@@ -105,7 +105,7 @@ struct HeadRows {
     vbuf: Vec<f32>,
     /// Full 16-key pages that every row sees in whole: rows in vector lanes (AVX-512).
     in_lanes: bool,
-    /// Few rows (decode) read f16 pages in place: each load serves every row.
+    /// Few rows (decode) read f16, q8_0 and q4_0 pages in place: each load serves every row.
     in_place: bool,
     /// In lanes: the queries transposed, the probabilities, the rescale factors.
     qt: Vec<f32>,
