@@ -30,7 +30,8 @@ pub(super) trait Run: Copy {
     unsafe fn chunk16(base: *const Self, e: usize, m: __mmask16) -> __m512;
 
     /// Values `e .. e + 32` (one block of a block format, its scale converted once): the
-    /// two [`Self::chunk16`]s.
+    /// two [`Self::chunk16`]s. Block formats implement this one and take a half of it for
+    /// [`Self::chunk16`].
     ///
     /// # Safety
     /// AVX-512F; the 32 values readable; `e` a multiple of 32.
@@ -72,20 +73,14 @@ unsafe fn scale16(d: half::f16) -> __m512 {
 impl Run for BlockQ8_0 {
     const VALUES: usize = 32;
 
-    /// [`dequant_q8_0_avx512`]'s arithmetic on one half block.
     #[inline(always)]
     unsafe fn chunk16(base: *const BlockQ8_0, e: usize, m: __mmask16) -> __m512 {
         debug_assert!(m == 0xFFFF && e % 16 == 0);
-        // SAFETY: per the contract: block e / 32 is in the run, its half (e / 16) % 2 is 16
-        // quants inside it.
-        unsafe {
-            let b = base.add(e / 32);
-            let qs = core::ptr::addr_of!((*b).qs).cast::<i8>().add(e % 32);
-            let q = _mm512_cvtepi8_epi32(_mm_loadu_si128(qs.cast()));
-            _mm512_mul_ps(_mm512_cvtepi32_ps(q), scale16((*b).d))
-        }
+        // SAFETY: per the contract: the block holding value e is in the run.
+        unsafe { Self::chunk32(base, e - e % 32)[(e % 32) / 16] }
     }
 
+    /// [`dequant_q8_0_avx512`]'s arithmetic on one block.
     #[inline(always)]
     unsafe fn chunk32(base: *const BlockQ8_0, e: usize) -> [__m512; 2] {
         debug_assert!(e % 32 == 0);
@@ -105,25 +100,15 @@ impl Run for BlockQ8_0 {
 impl Run for BlockQ4_0 {
     const VALUES: usize = 32;
 
-    /// [`dequant_q4_0_avx512`]'s arithmetic on one half block (low nibbles are values
-    /// 0..16, high ones 16..32).
     #[inline(always)]
     unsafe fn chunk16(base: *const BlockQ4_0, e: usize, m: __mmask16) -> __m512 {
         debug_assert!(m == 0xFFFF && e % 16 == 0);
-        // SAFETY: per the contract: block e / 32 is in the run, its 16 bytes inside it.
-        unsafe {
-            let b = base.add(e / 32);
-            let q = _mm512_cvtepu8_epi32(_mm_loadu_si128(core::ptr::addr_of!((*b).qs).cast()));
-            let nibbles = if e % 32 == 0 {
-                _mm512_and_si512(q, _mm512_set1_epi32(0x0F))
-            } else {
-                _mm512_srli_epi32::<4>(q)
-            };
-            let v = _mm512_sub_epi32(nibbles, _mm512_set1_epi32(8));
-            _mm512_mul_ps(_mm512_cvtepi32_ps(v), scale16((*b).d))
-        }
+        // SAFETY: per the contract: the block holding value e is in the run.
+        unsafe { Self::chunk32(base, e - e % 32)[(e % 32) / 16] }
     }
 
+    /// [`dequant_q4_0_avx512`]'s arithmetic on one block (low nibbles are values 0..16,
+    /// high ones 16..32).
     #[inline(always)]
     unsafe fn chunk32(base: *const BlockQ4_0, e: usize) -> [__m512; 2] {
         debug_assert!(e % 32 == 0);
