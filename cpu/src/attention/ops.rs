@@ -422,6 +422,7 @@ fn cast<T: 'static, U: 'static>(run: &[T]) -> Option<&[U]> {
 mod tests {
     use super::*;
     use crate::kernels::test_rng::Rng;
+    use pagoda_core::quant::{BlockQ4_0, BlockQ8_0};
 
     /// Reading f16, q8_0 and q4_0 runs in place (decode) gives the bits of the widened or
     /// dequantized copy (prefill's path): batch invariance needs it, since a row reads in
