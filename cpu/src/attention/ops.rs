@@ -425,8 +425,9 @@ mod tests {
     use pagoda_core::quant::{BlockQ4_0, BlockQ8_0};
 
     /// Reading f16, q8_0 and q4_0 runs in place (decode) gives the bits of the widened or
-    /// dequantized copy (prefill's path): batch invariance needs it, since a row reads in
-    /// place or from the copy depending on the rows it shares a task with.
+    /// dequantized copy (prefill's path), and the copy holds the format's `decode` values:
+    /// batch invariance needs it, since a row reads in place or from the copy depending on
+    /// the rows it shares a task with.
     #[test]
     fn runs_read_in_place_equal_their_f32_copies_bit_for_bit() {
         fn check<T: KvFormat>(ops: PageOps, rng: &mut Rng) {
@@ -441,12 +442,21 @@ mod tests {
                     let x: Vec<f32> = (0..hd).map(|_| rng.unit() * amp).collect();
                     T::encode(&x, row);
                 }
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                let what = format!("{} rows {rows} hd {hd} keys {n}", core::any::type_name::<T>());
+                // The copy holds the format's own `decode` values.
+                let mut decoded = vec![0.0f32; n * hd];
+                for (row, out) in
+                    run.chunks_exact(hd / T::VALUES_PER_UNIT).zip(decoded.chunks_exact_mut(hd))
+                {
+                    T::decode(row, out);
+                }
+                let mut copy = Vec::new();
+                assert_eq!(bits(ops.as_f32(&run, &mut copy)), bits(&decoded), "{what}: copy");
                 let (mut s1, mut s2) = (vec![0.0f32; rows * n], vec![0.0f32; rows * n]);
                 let (mut b1, mut b2) = (Vec::new(), Vec::new());
                 ops.scores_run(&q, &run, hd, n, 0.125, &mut s1, &mut b1, true);
                 ops.scores_run(&q, &run, hd, n, 0.125, &mut s2, &mut b2, false);
-                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                let what = format!("{} rows {rows} hd {hd} keys {n}", core::any::type_name::<T>());
                 assert_eq!(bits(&s1), bits(&s2), "{what}: scores");
                 let p: Vec<f32> = (0..rows * n).map(|_| rng.unit().abs()).collect();
                 let acc0: Vec<f32> = (0..rows * hd).map(|_| rng.unit()).collect();

@@ -80,7 +80,7 @@ impl Run for BlockQ8_0 {
         unsafe { Self::chunk32(base, e - e % 32)[(e % 32) / 16] }
     }
 
-    /// [`dequant_q8_0_avx512`]'s arithmetic on one block.
+    /// `(quant as f32) · d`, one f32 multiply as in the block's `dequantize`.
     #[inline(always)]
     unsafe fn chunk32(base: *const BlockQ8_0, e: usize) -> [__m512; 2] {
         debug_assert!(e % 32 == 0);
@@ -107,8 +107,8 @@ impl Run for BlockQ4_0 {
         unsafe { Self::chunk32(base, e - e % 32)[(e % 32) / 16] }
     }
 
-    /// [`dequant_q4_0_avx512`]'s arithmetic on one block (low nibbles are values 0..16,
-    /// high ones 16..32).
+    /// `(nibble − 8) as f32 · d`, one f32 multiply as in the block's `dequantize` (low
+    /// nibbles are values 0..16, high ones 16..32).
     #[inline(always)]
     unsafe fn chunk32(base: *const BlockQ4_0, e: usize) -> [__m512; 2] {
         debug_assert!(e % 32 == 0);
@@ -1000,20 +1000,8 @@ pub(super) unsafe fn exp_sum_avx2(p: &mut [f32], max: f32) -> f32 {
 /// The CPU has AVX-512F.
 #[target_feature(enable = "avx512f")]
 pub(super) unsafe fn dequant_q8_0_avx512(src: &[BlockQ8_0], dst: &mut [f32]) {
-    assert!(dst.len() >= 32 * src.len());
-    // SAFETY: the caller guarantees AVX-512F; each block's 32 quants are two 16-byte loads
-    // inside the block, and its 32 outputs lie inside `dst` (asserted above).
-    unsafe {
-        let dp = dst.as_mut_ptr();
-        for (i, b) in src.iter().enumerate() {
-            let d = _mm512_set1_ps(b.d.to_f32());
-            let qp = b.qs.as_ptr().cast::<__m128i>();
-            for h in 0..2 {
-                let q = _mm512_cvtepi8_epi32(_mm_loadu_si128(qp.add(h)));
-                _mm512_storeu_ps(dp.add(32 * i + 16 * h), _mm512_mul_ps(_mm512_cvtepi32_ps(q), d));
-            }
-        }
-    }
+    // SAFETY: the caller guarantees AVX-512F.
+    unsafe { dequant_blocks_avx512(src, dst) }
 }
 
 /// `dst[32·b + i] = (nibble_i − 8) · d_b` (low nibbles are values 0..16, high ones 16..32)
@@ -1023,19 +1011,27 @@ pub(super) unsafe fn dequant_q8_0_avx512(src: &[BlockQ8_0], dst: &mut [f32]) {
 /// The CPU has AVX-512F.
 #[target_feature(enable = "avx512f")]
 pub(super) unsafe fn dequant_q4_0_avx512(src: &[BlockQ4_0], dst: &mut [f32]) {
-    assert!(dst.len() >= 32 * src.len());
-    // SAFETY: the caller guarantees AVX-512F; each block's 16 bytes are one load inside the
-    // block, and its 32 outputs lie inside `dst` (asserted above).
+    // SAFETY: the caller guarantees AVX-512F.
+    unsafe { dequant_blocks_avx512(src, dst) }
+}
+
+/// Every block of `src` through [`Run::chunk32`] (the in-place reads' arithmetic, so the
+/// copy and the in-place reads are the same values by construction); `dst.len() ≥ 32 ·
+/// src.len()`.
+///
+/// # Safety
+/// The CPU has AVX-512F; `T` a block format (`T::VALUES == 32`).
+#[target_feature(enable = "avx512f")]
+unsafe fn dequant_blocks_avx512<T: Run>(src: &[T], dst: &mut [f32]) {
+    assert!(T::VALUES == 32 && dst.len() >= 32 * src.len());
+    // SAFETY: the caller guarantees AVX-512F; block i is inside `src`, its 32 outputs inside
+    // `dst` (asserted above).
     unsafe {
         let dp = dst.as_mut_ptr();
-        let (low, eight) = (_mm512_set1_epi32(0x0F), _mm512_set1_epi32(8));
-        for (i, b) in src.iter().enumerate() {
-            let d = _mm512_set1_ps(b.d.to_f32());
-            let q = _mm512_cvtepu8_epi32(_mm_loadu_si128(b.qs.as_ptr().cast()));
-            let lo = _mm512_sub_epi32(_mm512_and_si512(q, low), eight);
-            let hi = _mm512_sub_epi32(_mm512_srli_epi32::<4>(q), eight);
-            _mm512_storeu_ps(dp.add(32 * i), _mm512_mul_ps(_mm512_cvtepi32_ps(lo), d));
-            _mm512_storeu_ps(dp.add(32 * i + 16), _mm512_mul_ps(_mm512_cvtepi32_ps(hi), d));
+        for i in 0..src.len() {
+            let [lo, hi] = T::chunk32(src.as_ptr(), 32 * i);
+            _mm512_storeu_ps(dp.add(32 * i), lo);
+            _mm512_storeu_ps(dp.add(32 * i + 16), hi);
         }
     }
 }
