@@ -5,7 +5,9 @@
 //! prefill chunks spanning several tasks, random page permutations, f32, f16, bf16, q8_0 and
 //! q4_0 pages (through this generic kernel; the model's f16 pages use
 //! `paged_attention_f16`; block formats with head dims rounded up to 32), and
-//! with the flash-decoding split off, automatic, and forced to several page ranges.
+//! with the flash-decoding split off, automatic, and forced to several page ranges. A level
+//! that scores q8_0 pages against q8_0-quantized queries (`quantizes_queries`: AVX-512) is
+//! compared with the references computed for those quantized queries.
 
 mod common;
 
@@ -16,7 +18,7 @@ use pagoda_core::attention::{paged_decode, paged_prefill, AttnConfig, AttnError}
 use pagoda_core::kv::{KvConfig, KvError, KvFormat, KvPages};
 use pagoda_core::pool::PageId;
 use pagoda_core::quant::{BlockQ4_0, BlockQ8_0};
-use pagoda_cpu::attention::{paged_attention, paged_attention_split, Split};
+use pagoda_cpu::attention::{paged_attention, paged_attention_split, quantizes_queries, Split};
 use pagoda_cpu::kernels::SimdLevel;
 use proptest::prelude::*;
 
@@ -129,38 +131,79 @@ fn assert_close(what: &str, got: &[f32], want: &[f32], scale: &[f32]) -> Result<
     Ok(())
 }
 
-fn check<T: KvFormat>(c: &Case) -> Result<(), TestCaseError> {
-    let (kv, pages, k, v, q, cfg) = build::<T>(c);
-    let q_len = cfg.q_len();
+/// The references for queries `q`: naive f64 attention, core's prefill and decode (the
+/// last token), and the weighted mean of |v| that scales the errors.
+struct Refs {
+    naive: Vec<f32>,
+    core_prefill: Vec<f32>,
+    core_decode: Vec<f32>,
+    scale: Vec<f32>,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn refs<T: KvFormat>(
+    c: &Case,
+    kv: &KvPages<T, Vec<T>>,
+    pages: &[PageId],
+    k: &[f32],
+    v: &[f32],
+    q: &[f32],
+    cfg: &AttnConfig,
+) -> Refs {
     let first = c.n_ctx - c.n_new;
     let mut scores = vec![0.0f64; c.n_ctx];
     let v_abs: Vec<f32> = v.iter().map(|x| x.abs()).collect();
     let mut scale = vec![0.0f32; q.len()];
-    naive_attention(&q, &k, &v_abs, first, &cfg, &mut scores, &mut scale).unwrap();
-
+    naive_attention(q, k, &v_abs, first, cfg, &mut scores, &mut scale).unwrap();
     let mut naive = vec![0.0f32; q.len()];
-    naive_attention(&q, &k, &v, first, &cfg, &mut scores, &mut naive).unwrap();
+    naive_attention(q, k, v, first, cfg, &mut scores, &mut naive).unwrap();
     let mut core_prefill = vec![f32::NAN; q.len()];
-    paged_prefill(&kv, 1, &pages, c.n_ctx, &q, &mut core_prefill, &cfg).unwrap();
-    let q_last = &q[(c.n_new - 1) * q_len..];
-    let mut core_decode = vec![f32::NAN; q_len];
-    paged_decode(&kv, 1, &pages, c.n_ctx, q_last, &mut core_decode, &cfg).unwrap();
+    paged_prefill(kv, 1, pages, c.n_ctx, q, &mut core_prefill, cfg).unwrap();
+    let q_last = &q[(c.n_new - 1) * cfg.q_len()..];
+    let mut core_decode = vec![f32::NAN; cfg.q_len()];
+    paged_decode(kv, 1, pages, c.n_ctx, q_last, &mut core_decode, cfg).unwrap();
+    Refs { naive, core_prefill, core_decode, scale }
+}
+
+/// `q` as q8_0 blocks hold it (`BlockQ8_0::encode`, then `decode`).
+fn q8_0_round_trip(q: &[f32]) -> Vec<f32> {
+    let mut blocks = vec![BlockQ8_0::zero(); q.len() / 32];
+    BlockQ8_0::encode(q, &mut blocks);
+    let mut back = vec![0.0f32; q.len()];
+    BlockQ8_0::decode(&blocks, &mut back);
+    back
+}
+
+fn check<T: KvFormat>(c: &Case) -> Result<(), TestCaseError> {
+    let (kv, pages, k, v, q, cfg) = build::<T>(c);
+    let q_len = cfg.q_len();
+    let plain = refs(c, &kv, &pages, &k, &v, &q, &cfg);
+    let mut quantized = None;
 
     for level in SimdLevel::available() {
+        // A level that scores these pages against q8_0 queries computes the attention of
+        // the quantized queries: compare it with the references for those.
+        let r = if quantizes_queries::<T>(level) {
+            let qq = q8_0_round_trip(&q);
+            &*quantized.get_or_insert_with(|| refs(c, &kv, &pages, &k, &v, &qq, &cfg))
+        } else {
+            &plain
+        };
         let mut got = vec![f32::NAN; q.len()];
         paged_attention_split(level, &kv, 1, &pages, c.n_ctx, &q, &mut got, &cfg, c.split).unwrap();
-        assert_close(&format!("{level} prefill vs naive"), &got, &naive, &scale)?;
-        assert_close(&format!("{level} prefill vs core"), &got, &core_prefill, &scale)?;
+        assert_close(&format!("{level} prefill vs naive"), &got, &r.naive, &r.scale)?;
+        assert_close(&format!("{level} prefill vs core"), &got, &r.core_prefill, &r.scale)?;
 
+        let q_last = &q[(c.n_new - 1) * q_len..];
         let mut got = vec![f32::NAN; q_len];
         paged_attention_split(level, &kv, 1, &pages, c.n_ctx, q_last, &mut got, &cfg, c.split)
             .unwrap();
-        let last_scale = &scale[(c.n_new - 1) * q_len..];
-        assert_close(&format!("{level} decode vs core"), &got, &core_decode, last_scale)?;
+        let last_scale = &r.scale[(c.n_new - 1) * q_len..];
+        assert_close(&format!("{level} decode vs core"), &got, &r.core_decode, last_scale)?;
         assert_close(
             &format!("{level} decode vs naive"),
             &got,
-            &naive[(c.n_new - 1) * q_len..],
+            &r.naive[(c.n_new - 1) * q_len..],
             last_scale,
         )?;
     }

@@ -30,6 +30,11 @@
 //!   stays in L1; all math is f32. Tasks of few rows (decode) at AVX-512 read f16, q8_0 and
 //!   q4_0 runs in place instead: each load widens or dequantizes 16 values (the copy's
 //!   values, so the same bits) and serves every row of the task.
+//! - **q8_0 pages at AVX-512** are scored in integers (`q8_0_scores.rs`): the task's query
+//!   rows are quantized to q8_0 once, each key block's dot product is an exact `i32` from
+//!   `vpdpbusd` with keys in vector lanes, and the blocks are folded in block order
+//!   ([`quantizes_queries`]). Every row count takes this path, so it is batch-invariant;
+//!   the values are accumulated in f32 as for the other formats.
 //! - **Flash-decoding**: when a call has few tasks (decode of one sequence has `n_kv_heads`)
 //!   and a long context, each task's pages are split into ranges run by different threads,
 //!   and the partial `(max, sum, acc)` are merged with the log-sum-exp rule:
@@ -56,6 +61,7 @@
 mod expf;
 mod f16_pages;
 mod ops;
+mod q8_0_scores;
 mod scalar;
 mod task;
 
@@ -134,6 +140,15 @@ pub fn paged_attention<T: KvFormat, S: AsRef<[T]> + Sync>(
     cfg: &AttnConfig,
 ) -> Result<(), AttnError> {
     paged_attention_split(level, kv, layer, pages, n_ctx, q, out, cfg, Split::Auto)
+}
+
+/// Whether [`paged_attention`] at `level` scores `T`'s pages against the query rows
+/// quantized to q8_0 (`BlockQ8_0::encode` per 32 values, then exact integer dot products per
+/// block: q8_0 pages at AVX-512, as llama.cpp scores a q8_0 cache). If so it computes the
+/// attention of the queries `decode(encode(q))` rather than of `q`; the formula and its bits
+/// are in `q8_0_scores.rs`.
+pub fn quantizes_queries<T: KvFormat>(level: SimdLevel) -> bool {
+    PageOps::new(level).quantizes_queries::<T>()
 }
 
 /// Keys per range of [`paged_attention_aligned`] (rounded down to whole pages, at least one):

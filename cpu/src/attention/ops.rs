@@ -8,8 +8,10 @@ use core::any::TypeId;
 
 use pagoda_core::kv::KvFormat;
 #[cfg(target_arch = "x86_64")]
-use pagoda_core::quant::{BlockQ4_0, BlockQ8_0};
+use pagoda_core::quant::BlockQ4_0;
+use pagoda_core::quant::BlockQ8_0;
 
+use super::q8_0_scores::{self, QuantizedRows};
 use super::scalar;
 use crate::kernels::SimdLevel;
 
@@ -170,6 +172,50 @@ impl PageOps {
         }
         let values = self.as_f32(run, buf);
         self.accumulate(acc, p, values, hd, n);
+    }
+
+    /// Whether `T`'s pages are scored in integers against the query rows quantized to q8_0
+    /// ([`super::q8_0_scores`]): q8_0 pages at AVX-512 (whose detection includes VNNI).
+    pub(super) fn quantizes_queries<T: KvFormat>(self) -> bool {
+        cfg!(target_arch = "x86_64")
+            && self.level == SimdLevel::Avx512
+            && TypeId::of::<T>() == TypeId::of::<BlockQ8_0>()
+    }
+
+    /// `scores[r][j] = scale · (q[r] · keys[j])` in [`super::q8_0_scores`]' integer formula,
+    /// for the rows `q` (quantized from `rows = scores.len() / n` query rows of `hd` floats)
+    /// and the first `n` keys of `run`. Returns `false`, doing nothing, unless `T` is
+    /// q8_0 (the caller then scores in f32).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn scores_quantized<T: KvFormat>(
+        self,
+        q: &QuantizedRows,
+        run: &[T],
+        hd: usize,
+        n: usize,
+        scale: f32,
+        scores: &mut [f32],
+    ) -> bool {
+        let Some(keys) = cast::<T, BlockQ8_0>(run) else { return false };
+        let (rows, nb) = (scores.len() / n, hd / 32);
+        assert!(
+            n >= 1
+                && hd % 32 == 0
+                && hd > 0
+                && scores.len() == rows * n
+                && q.blocks.len() >= rows * nb
+                && q.offsets.len() >= rows * nb
+                && keys.len() >= n * nb
+        );
+        match self.level {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `new` checked AVX-512 F/BW and VNNI at run time; shapes asserted above.
+            SimdLevel::Avx512 => unsafe {
+                q8_0_scores::scores_avx512(q, keys, nb, n, scale, scores)
+            },
+            _ => q8_0_scores::scores_scalar(&q.blocks, keys, nb, n, scale, scores),
+        }
+        true
     }
 
     /// Whether runs are read in place: asked for, AVX-512, whole 16-lane chunks.

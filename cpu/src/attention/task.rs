@@ -38,6 +38,7 @@ use pagoda_core::kv::{KvFormat, KvHalf, KvPages};
 use pagoda_core::pool::PageId;
 
 use super::ops::{queries_in_lanes, PageOps};
+use super::q8_0_scores::QuantizedRows;
 
 /// The softmax state of a task's rows: `rows` maxima and sums, `rows × head_dim` outputs.
 #[derive(Debug)]
@@ -107,6 +108,9 @@ struct HeadRows {
     in_lanes: bool,
     /// Few rows (decode) read f16, q8_0 and q4_0 pages in place: each load serves every row.
     in_place: bool,
+    /// q8_0 pages at AVX-512: the rows quantized for integer scores (`q8_0_scores`); empty
+    /// (and unused) otherwise.
+    quantized: QuantizedRows,
     /// In lanes: the queries transposed, the probabilities, the rescale factors.
     qt: Vec<f32>,
     pt: Vec<f32>,
@@ -126,6 +130,7 @@ struct Spare {
     vbuf: Vec<f32>,
     pt: Vec<f32>,
     c: Vec<f32>,
+    quantized: QuantizedRows,
 }
 
 thread_local! {
@@ -152,8 +157,8 @@ impl Spare {
 impl HeadRows {
     /// The rows' softmax state; the buffers go back to the thread's spares.
     fn finish(self) -> Partial {
-        let HeadRows { q, visible, first, part, p, kbuf, vbuf, pt, c, .. } = self;
-        Spare { q, visible, first, p, kbuf, vbuf, pt, c }.give_back();
+        let HeadRows { q, visible, first, part, p, kbuf, vbuf, pt, c, quantized, .. } = self;
+        Spare { q, visible, first, p, kbuf, vbuf, pt, c, quantized }.give_back();
         part
     }
 }
@@ -218,7 +223,17 @@ impl<T: KvFormat, S: AsRef<[T]>> Shared<'_, T, S> {
         let (hd, group) = (cfg.head_dim, cfg.group_size());
         let bs = self.kv.config().block_size;
         let rows = task.tokens.len() * group;
-        let Spare { mut q, mut visible, mut first, mut p, kbuf, vbuf, mut pt, mut c } = spare;
+        let Spare {
+            mut q,
+            mut visible,
+            mut first,
+            mut p,
+            kbuf,
+            vbuf,
+            mut pt,
+            mut c,
+            mut quantized,
+        } = spare;
         q.clear();
         visible.clear();
         first.clear();
@@ -228,8 +243,20 @@ impl<T: KvFormat, S: AsRef<[T]>> Shared<'_, T, S> {
             visible.extend(core::iter::repeat_n(self.first_pos + t + 1, group));
             first.extend(core::iter::repeat_n(cfg.first_visible(self.first_pos + t), group));
         }
-        let in_lanes =
-            self.ops.rows_in_lanes() && self.whole_pages && bs == 16 && hd % 16 == 0 && rows >= 16;
+        // Integer scores (q8_0 pages at AVX-512) go through the per-row page step for every
+        // row count: the rows-in-lanes step scores in f32.
+        let integer_scores = self.ops.quantizes_queries::<T>();
+        if integer_scores {
+            quantized.quantize(&q);
+        } else {
+            quantized.blocks.clear();
+        }
+        let in_lanes = self.ops.rows_in_lanes()
+            && !integer_scores
+            && self.whole_pages
+            && bs == 16
+            && hd % 16 == 0
+            && rows >= 16;
         let padded = if in_lanes { rows.next_multiple_of(16) } else { 0 };
         let qt = if in_lanes { queries_in_lanes(&q, hd) } else { Vec::new() };
         p.clear();
@@ -254,6 +281,7 @@ impl<T: KvFormat, S: AsRef<[T]>> Shared<'_, T, S> {
             vbuf,
             in_lanes,
             in_place: rows < 16,
+            quantized,
             qt,
             pt,
             c,
@@ -302,7 +330,11 @@ impl<T: KvFormat, S: AsRef<[T]>> Shared<'_, T, S> {
         }
         let p = &mut h.p[..h.rows * len];
         let in_place = h.in_place;
-        self.ops.scores_run(&h.q, key_run, hd, len, cfg.scale, p, &mut h.kbuf, in_place);
+        let scored = !h.quantized.blocks.is_empty()
+            && self.ops.scores_quantized(&h.quantized, key_run, hd, len, cfg.scale, p);
+        if !scored {
+            self.ops.scores_run(&h.q, key_run, hd, len, cfg.scale, p, &mut h.kbuf, in_place);
+        }
 
         let (max, sum, acc) = (&mut part.max, &mut part.sum, &mut part.acc);
         let done = all_see && self.ops.softmax_page(p, len, max, sum, acc, hd);
