@@ -93,61 +93,49 @@ mod x86 {
     /// lane order 0..16.
     const A: [usize; 8] = [0, 1, 2, 3, 8, 9, 10, 11];
 
-    /// The 32 quants of block `b` of 16 keys (`k[i]`, `None` past the run: zeros) plus 128
-    /// (unsigned bytes), transposed: `out[c]` lane `i` = quants `4c .. 4c + 4` of key `i`.
-    ///
-    /// # Safety
-    /// AVX-512F/BW; every `Some` pointer is a readable block.
+    /// The 32 quants of one block of 16 keys (`k[i]`: key `i`'s, zeros past the run) plus
+    /// 128 (unsigned bytes), transposed: `out[c]` lane `i` = quants `4c .. 4c + 4` of key `i`.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx2")]
-    unsafe fn transpose16(k: &[Option<*const BlockQ8_0>; 16]) -> [__m512i; 8] {
-        // SAFETY: per the contract; `qs` is 32 bytes.
-        unsafe {
-            let load = |i: usize| match k[i] {
-                Some(p) => _mm256_loadu_si256((&raw const (*p).qs).cast::<__m256i>()),
-                None => _mm256_setzero_si256(),
-            };
-            let bias = _mm512_set1_epi8(-128);
-            let z: [__m512i; 8] = core::array::from_fn(|i| {
-                let pair =
-                    _mm512_inserti64x4::<1>(_mm512_castsi256_si512(load(A[i])), load(A[i] + 4));
-                _mm512_xor_si512(pair, bias)
-            });
-            // Per 128-bit lane (4 dwords of one key), two groups of four inputs: u[g][c]
-            // lane L holds dword c (L even: of the first four dwords; odd: c + 4) of the
-            // group's four keys.
-            let group = |z: &[__m512i]| -> [__m512i; 4] {
-                let t0 = _mm512_unpacklo_epi32(z[0], z[1]);
-                let t1 = _mm512_unpackhi_epi32(z[0], z[1]);
-                let t2 = _mm512_unpacklo_epi32(z[2], z[3]);
-                let t3 = _mm512_unpackhi_epi32(z[2], z[3]);
-                [
-                    _mm512_unpacklo_epi64(t0, t2),
-                    _mm512_unpackhi_epi64(t0, t2),
-                    _mm512_unpacklo_epi64(t1, t3),
-                    _mm512_unpackhi_epi64(t1, t3),
-                ]
-            };
-            let (u, v) = (group(&z[..4]), group(&z[4..]));
-            core::array::from_fn(|c| {
-                if c < 4 {
-                    _mm512_shuffle_i32x4::<0x88>(u[c], v[c])
-                } else {
-                    _mm512_shuffle_i32x4::<0xDD>(u[c - 4], v[c - 4])
-                }
-            })
-        }
+    fn transpose16(k: &[__m256i; 16]) -> [__m512i; 8] {
+        let bias = _mm512_set1_epi8(-128);
+        let z: [__m512i; 8] = core::array::from_fn(|i| {
+            let pair = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(k[A[i]]), k[A[i] + 4]);
+            _mm512_xor_si512(pair, bias)
+        });
+        // Per 128-bit lane (4 dwords of one key), two groups of four inputs: lane L of
+        // `u[c]` holds dword c (L even) or c + 4 (L odd) of the group's four keys.
+        let group = |z: &[__m512i]| -> [__m512i; 4] {
+            let t0 = _mm512_unpacklo_epi32(z[0], z[1]);
+            let t1 = _mm512_unpackhi_epi32(z[0], z[1]);
+            let t2 = _mm512_unpacklo_epi32(z[2], z[3]);
+            let t3 = _mm512_unpackhi_epi32(z[2], z[3]);
+            [
+                _mm512_unpacklo_epi64(t0, t2),
+                _mm512_unpackhi_epi64(t0, t2),
+                _mm512_unpacklo_epi64(t1, t3),
+                _mm512_unpackhi_epi64(t1, t3),
+            ]
+        };
+        let (u, v) = (group(&z[..4]), group(&z[4..]));
+        core::array::from_fn(|c| {
+            if c < 4 {
+                _mm512_shuffle_i32x4::<0x88>(u[c], v[c])
+            } else {
+                _mm512_shuffle_i32x4::<0xDD>(u[c - 4], v[c - 4])
+            }
+        })
     }
 
     /// [`super::scores_scalar`] with keys in vector lanes, 16 at a time: per block, the 16
-    /// keys' quants transposed once ([`transpose16`]) serve every row, eight `vpdpbusd` with
-    /// the row's quants broadcast give the 16 block sums, and one FMA folds them into the
-    /// row's running scores (kept in `out`).
+    /// keys' quants transposed once ([`transpose16`]) and their scales gathered once serve
+    /// every row; eight `vpdpbusd` with the row's quants broadcast give the 16 block sums,
+    /// and one FMA folds them into the row's running scores (kept in `out`).
     ///
     /// # Safety
-    /// The CPU has AVX-512 F/BW and VNNI; `out.len()` is a multiple of `n ≥ 1`, `q` holds
+    /// The CPU has AVX-512 F/BW/VL and VNNI; `out.len()` is a multiple of `n ≥ 1`, `q` holds
     /// `out.len() / n` rows of `nb ≥ 1` blocks, `keys.len() ≥ n·nb`.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,f16c")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
     pub(in super::super) unsafe fn scores_avx512(
         q: &QuantizedRows,
         keys: &[BlockQ8_0],
@@ -156,50 +144,103 @@ mod x86 {
         scale: f32,
         out: &mut [f32],
     ) {
-        // SAFETY: per the contract: key j < n, block b < nb, row r < rows; the output is
-        // written through masks of the keys present.
-        unsafe {
-            let rows = out.len() / n;
-            debug_assert!(q.blocks.len() >= rows * nb && q.offsets.len() >= rows * nb);
-            debug_assert!(keys.len() >= n * nb);
-            let (kp, op) = (keys.as_ptr(), out.as_mut_ptr());
-            let vscale = _mm512_set1_ps(scale);
-            let mut j0 = 0;
-            while j0 < n {
-                let kn = (n - j0).min(16);
-                let lanes: __mmask16 = if kn == 16 { 0xFFFF } else { (1u16 << kn) - 1 };
-                for b in 0..nb {
-                    let blocks: [Option<*const BlockQ8_0>; 16] =
-                        core::array::from_fn(|i| (i < kn).then(|| kp.add((j0 + i) * nb + b)));
-                    let kt = transpose16(&blocks);
-                    let mut d = [0u16; 16];
-                    for (d, p) in d.iter_mut().zip(blocks.iter().flatten()) {
-                        *d = (**p).d.to_bits();
-                    }
-                    let dk = _mm512_cvtph_ps(_mm256_loadu_si256(d.as_ptr().cast()));
-                    for r in 0..rows {
-                        let qb = &q.blocks[r * nb + b];
-                        let qd = qb.qs.as_ptr().cast::<i32>();
-                        let mut isum = _mm512_set1_epi32(q.offsets[r * nb + b]);
-                        for (c, kc) in kt.iter().enumerate() {
-                            let qc = _mm512_set1_epi32(qd.add(c).read_unaligned());
-                            isum = _mm512_dpbusd_epi32(isum, *kc, qc);
-                        }
-                        let dd = _mm512_mul_ps(_mm512_set1_ps(qb.d.to_f32()), dk);
-                        let o = op.add(r * n + j0);
-                        let acc = if b == 0 {
-                            _mm512_setzero_ps()
-                        } else {
-                            _mm512_maskz_loadu_ps(lanes, o)
-                        };
-                        let mut acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), dd, acc);
-                        if b + 1 == nb {
-                            acc = _mm512_mul_ps(vscale, acc);
-                        }
-                        _mm512_mask_storeu_ps(o, lanes, acc);
+        let rows = out.len() / n;
+        debug_assert!(q.blocks.len() >= rows * nb && q.offsets.len() >= rows * nb);
+        debug_assert!(keys.len() >= n * nb);
+        let mut j0 = 0;
+        while j0 < n {
+            let kn = (n - j0).min(16);
+            // SAFETY: keys j0 .. j0 + kn of `keys` exist; rows and outputs per the contract.
+            unsafe {
+                if kn == 16 {
+                    group16::<true>(q, keys.as_ptr().add(j0 * nb), nb, 16, scale, out, n, j0);
+                } else {
+                    group16::<false>(q, keys.as_ptr().add(j0 * nb), nb, kn, scale, out, n, j0);
+                }
+            }
+            j0 += 16;
+        }
+    }
+
+    /// [`scores_avx512`] for keys `j0 .. j0 + kn` (`kn ≤ 16`, all 16 if `FULL`), whose first
+    /// block is at `k`.
+    ///
+    /// # Safety
+    /// As [`scores_avx512`]; `k` points at `kn·nb` readable blocks.
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
+    unsafe fn group16<const FULL: bool>(
+        q: &QuantizedRows,
+        k: *const BlockQ8_0,
+        nb: usize,
+        kn: usize,
+        scale: f32,
+        out: &mut [f32],
+        n: usize,
+        j0: usize,
+    ) {
+        let rows = out.len() / n;
+        let lanes: __mmask16 = if FULL { 0xFFFF } else { (1u16 << kn) - 1 };
+        let stride = nb * core::mem::size_of::<BlockQ8_0>();
+        // Byte offsets of the 16 keys' blocks (a key row is `nb` blocks).
+        let offsets = _mm512_mullo_epi32(
+            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+            _mm512_set1_epi32(stride as i32),
+        );
+        let vscale = _mm512_set1_ps(scale);
+        for b in 0..nb {
+            // Block b of key 0; keys past `kn` are never read (masked loads and gathers).
+            let base = k.wrapping_add(b).cast::<u8>();
+            let quants: [__m256i; 16] = core::array::from_fn(|i| {
+                let p = base.wrapping_add(i * stride + 2).cast::<i32>();
+                // SAFETY: key i < kn: its block b is readable (the quants at byte 2); a
+                // masked-off load reads nothing.
+                unsafe {
+                    if FULL {
+                        _mm256_loadu_si256(p.cast())
+                    } else {
+                        _mm256_maskz_loadu_epi32(if i < kn { 0xFF } else { 0 }, p)
                     }
                 }
-                j0 += 16;
+            });
+            let kt = transpose16(&quants);
+            // The scales: the first two bytes of each block, gathered as 32-bit words.
+            // SAFETY: each block's first four bytes are readable (keys < kn only).
+            let words = unsafe {
+                if FULL {
+                    _mm512_i32gather_epi32::<1>(offsets, base.cast())
+                } else {
+                    _mm512_mask_i32gather_epi32::<1>(
+                        _mm512_setzero_si512(),
+                        lanes,
+                        offsets,
+                        base.cast(),
+                    )
+                }
+            };
+            let dk = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(words));
+            for r in 0..rows {
+                let qb = &q.blocks[r * nb + b];
+                let qd = qb.qs.as_ptr().cast::<i32>();
+                let mut isum = _mm512_set1_epi32(q.offsets[r * nb + b]);
+                for (c, kc) in kt.iter().enumerate() {
+                    // SAFETY: dword c < 8 of the block's 32 quants.
+                    let qc = _mm512_set1_epi32(unsafe { qd.add(c).read_unaligned() });
+                    isum = _mm512_dpbusd_epi32(isum, *kc, qc);
+                }
+                let dd = _mm512_mul_ps(_mm512_set1_ps(qb.d.to_f32()), dk);
+                let o = out[r * n + j0..].as_mut_ptr();
+                // SAFETY: row r has `kn` outputs from key j0 (masked to them).
+                unsafe {
+                    let acc =
+                        if b == 0 { _mm512_setzero_ps() } else { _mm512_maskz_loadu_ps(lanes, o) };
+                    let mut acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), dd, acc);
+                    if b + 1 == nb {
+                        acc = _mm512_mul_ps(vscale, acc);
+                    }
+                    _mm512_mask_storeu_ps(o, lanes, acc);
+                }
             }
         }
     }
