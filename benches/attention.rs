@@ -12,7 +12,9 @@
 //!   `PAGODA_BENCH_FAST=1` the same for `paged_attention_aligned` on f16 pages (fast
 //!   numerics' kernel, the default).
 //!   `PAGODA_BENCH_FAST_DEPTH=1`: fast numerics' kernel on f16 pages at depth 4096, best of
-//!   runs: a 512-token prompt chunk (pp512 @ d4096's attention) and one decode token.
+//!   runs: a 512-token prompt chunk (pp512 @ d4096's attention) and one decode token; then
+//!   one decode token streaming 30 × 4096 keys of f16, q8_0 and q4_0 pages from memory
+//!   (`PAGODA_BENCH_PAGES=q8_0` streams only that format, e.g. for `perf record`).
 //! - `prefill/{f32,f16}/{core_scalar,simd}/512`: a 512-token causal chunk.
 //!
 //! Throughput is the KV bytes read per call (`n_ctx × 3 heads × 64 × 2 (K and V) × size`);
@@ -359,6 +361,9 @@ fn stream_decode<T: pagoda::core::kv::KvFormat + bytemuck::Pod>(
     level: SimdLevel,
     budget: Duration,
 ) {
+    if std::env::var("PAGODA_BENCH_PAGES").is_ok_and(|only| only != name) {
+        return;
+    }
     let cfg = AttnConfig::new(N_HEADS, N_KV_HEADS, HEAD_DIM).unwrap();
     let n_ctx = 30 * 4096;
     let kc = KvConfig {

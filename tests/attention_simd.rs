@@ -19,7 +19,7 @@ use pagoda_core::kv::{KvConfig, KvError, KvFormat, KvPages};
 use pagoda_core::pool::PageId;
 use pagoda_core::quant::{BlockQ4_0, BlockQ8_0};
 use pagoda_cpu::attention::{paged_attention, paged_attention_split, quantizes_queries, Split};
-use pagoda_cpu::kernels::SimdLevel;
+use pagoda_cpu::kernels::{Kernels, SimdLevel};
 use proptest::prelude::*;
 
 const REL_TOL: f32 = 1e-5;
@@ -165,10 +165,11 @@ fn refs<T: KvFormat>(
     Refs { naive, core_prefill, core_decode, scale }
 }
 
-/// `q` as q8_0 blocks hold it (`BlockQ8_0::encode`, then `decode`).
+/// `q` as the activation quantizer's q8_0 blocks hold it (`Kernels::quantize_q8_0`, the same
+/// bytes at every level, then `decode`).
 fn q8_0_round_trip(q: &[f32]) -> Vec<f32> {
     let mut blocks = vec![BlockQ8_0::zero(); q.len() / 32];
-    BlockQ8_0::encode(q, &mut blocks);
+    Kernels::new(SimdLevel::Scalar).unwrap().quantize_q8_0(q, &mut blocks).unwrap();
     let mut back = vec![0.0f32; q.len()];
     BlockQ8_0::decode(&blocks, &mut back);
     back

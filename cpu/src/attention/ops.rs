@@ -13,7 +13,7 @@ use pagoda_core::quant::BlockQ8_0;
 
 use super::q8_0_scores::{self, QuantizedRows};
 use super::scalar;
-use crate::kernels::SimdLevel;
+use crate::kernels::{Kernels, SimdLevel};
 
 /// A level this CPU runs, for the page kernels.
 #[derive(Clone, Copy, Debug)]
@@ -172,6 +172,11 @@ impl PageOps {
         }
         let values = self.as_f32(run, buf);
         self.accumulate(acc, p, values, hd, n);
+    }
+
+    /// The matmul kernels at this level (for the query rows' q8_0 quantization).
+    pub(super) fn kernels(self) -> Kernels {
+        Kernels::new(self.level).expect("`new` keeps only levels this CPU runs")
     }
 
     /// Whether `T`'s pages are scored in integers against the query rows quantized to q8_0

@@ -5,7 +5,7 @@
 //! The formula (the bits every path at a level that uses it gives, [`scores_scalar`]):
 //!
 //! ```text
-//! qq[r]     = q8_0(q[r])                    (KvFormat::encode: the pages' own quantization)
+//! qq[r]     = q8_0(q[r])          (Kernels::quantize_q8_0: llama.cpp's activation quantizer)
 //! isum_b    = Σ_{i<32} qq[r][b].qs[i] · key[j][b].qs[i]          exact i32, any order
 //! acc       = 0;  acc = fma((f32) isum_b, f32(qq[r][b].d) · f32(key[j][b].d), acc)   b = 0, 1, …
 //! score[r][j] = scale · acc
@@ -29,6 +29,8 @@
 use pagoda_core::kv::KvFormat;
 use pagoda_core::quant::BlockQ8_0;
 
+use crate::kernels::Kernels;
+
 /// A task's query rows quantized to q8_0: `blocks` is `rows × nb` (row-major, `nb = hd /
 /// 32`), and `offsets[r·nb + b] = -128 · Σ blocks[r·nb + b].qs`: the AVX-512 kernel
 /// multiplies the keys' quants plus 128 (unsigned bytes, as `vpdpbusd` takes them) and
@@ -40,12 +42,15 @@ pub(super) struct QuantizedRows {
 }
 
 impl QuantizedRows {
-    /// Quantizes `q` (whole rows of a multiple of 32 floats) into `self`'s buffers.
-    pub fn quantize(&mut self, q: &[f32]) {
-        debug_assert!(q.len() % 32 == 0);
+    /// Quantizes `q` (whole rows of a multiple of 32 floats) into `self`'s buffers with
+    /// `kernels`' activation quantizer ([`Kernels::quantize_q8_0`]: llama.cpp's, the same
+    /// bytes at every level).
+    pub fn quantize(&mut self, q: &[f32], kernels: Kernels) {
+        let whole = q.len() / 32 * 32;
         self.blocks.clear();
-        self.blocks.resize(q.len() / 32, BlockQ8_0::zero());
-        BlockQ8_0::encode(q, &mut self.blocks);
+        self.blocks.resize(whole / 32, BlockQ8_0::zero());
+        // Lengths agree by construction (32 floats per block): this cannot fail.
+        kernels.quantize_q8_0(&q[..whole], &mut self.blocks).expect("32 floats per block");
         self.offsets.clear();
         self.offsets.extend(
             self.blocks.iter().map(|b| -128 * b.qs.iter().map(|&x| i32::from(x)).sum::<i32>()),
@@ -250,6 +255,7 @@ mod x86 {
 mod tests {
     use super::*;
     use crate::kernels::test_rng::Rng;
+    use crate::kernels::SimdLevel;
 
     /// Rows and keys of `nb` blocks from `rng`, scaled by `gain` (zero, tiny and large rows
     /// among them).
@@ -262,7 +268,7 @@ mod tests {
         let mut rng = Rng(7);
         let q = rows(&mut rng, 3, 2, 1.0);
         let mut qq = QuantizedRows::default();
-        qq.quantize(&q);
+        qq.quantize(&q, Kernels::new(SimdLevel::Scalar).unwrap());
         assert_eq!(qq.blocks.len(), 6);
         for (b, &o) in qq.blocks.iter().zip(&qq.offsets) {
             // Σ (k + 128) q + offset = Σ k q for every k.
@@ -278,7 +284,6 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn avx512_equals_the_specification_bit_for_bit() {
-        use crate::kernels::SimdLevel;
         if !SimdLevel::Avx512.is_available() {
             eprintln!("skipped: this CPU has no AVX-512 (the scalar specification is all it runs)");
             return;
@@ -291,7 +296,7 @@ mod tests {
                         let q = rows(&mut rng, n_rows, nb, gain);
                         let kf = rows(&mut rng, n, nb, if gain == 0.0 { 1.0 } else { gain });
                         let mut qq = QuantizedRows::default();
-                        qq.quantize(&q);
+                        qq.quantize(&q, Kernels::new(SimdLevel::Scalar).unwrap());
                         let mut keys = vec![BlockQ8_0::zero(); n * nb];
                         BlockQ8_0::encode(&kf, &mut keys);
                         let mut want = vec![0.0f32; n_rows * n];
@@ -320,7 +325,7 @@ mod tests {
         let q = rows(&mut rng, 2, nb, 2.0);
         let kf = rows(&mut rng, n, nb, 1.0);
         let mut qq = QuantizedRows::default();
-        qq.quantize(&q);
+        qq.quantize(&q, Kernels::new(SimdLevel::Scalar).unwrap());
         let mut keys = vec![BlockQ8_0::zero(); n * nb];
         BlockQ8_0::encode(&kf, &mut keys);
         let mut got = vec![0.0f32; 2 * n];

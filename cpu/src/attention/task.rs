@@ -247,7 +247,7 @@ impl<T: KvFormat, S: AsRef<[T]>> Shared<'_, T, S> {
         // row count: the rows-in-lanes step scores in f32.
         let integer_scores = self.ops.quantizes_queries::<T>();
         if integer_scores {
-            quantized.quantize(&q);
+            quantized.quantize(&q, self.ops.kernels());
         } else {
             quantized.blocks.clear();
         }
