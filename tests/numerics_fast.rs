@@ -57,7 +57,19 @@ fn tail_logits(
     n_batch: usize,
     one_by_one: usize,
 ) -> Vec<f32> {
-    let opts = SessionOptions { n_ctx: 2048, n_batch, ..SessionOptions::default() };
+    tail_logits_with(model, KvType::default(), tokens, tail, n_batch, one_by_one)
+}
+
+/// [`tail_logits`] with `kv_type` pages.
+fn tail_logits_with(
+    model: &Llama,
+    kv_type: KvType,
+    tokens: &[u32],
+    tail: usize,
+    n_batch: usize,
+    one_by_one: usize,
+) -> Vec<f32> {
+    let opts = SessionOptions { n_ctx: 2048, n_batch, kv_type, ..SessionOptions::default() };
     let mut s = Session::new(model, opts).unwrap();
     let split = tokens.len() - one_by_one;
     let from = tokens.len() - tail;
@@ -88,6 +100,25 @@ fn logits_do_not_depend_on_threads_or_prompt_chunking() {
     for (what, threads, n_batch, one_by_one) in cases {
         let got = on_threads(threads, || tail_logits(model, &tokens, 24, n_batch, one_by_one));
         assert!(same_bits(&got, &want), "{what}: logits differ from one 512-token chunk");
+    }
+}
+
+/// The same for the compressed page formats: q8_0 pages (scored in integers against
+/// q8_0-quantized queries at AVX-512) and q4_0 pages.
+#[test]
+fn q8_0_and_q4_0_pages_do_not_depend_on_threads_or_prompt_chunking() {
+    let model = fast();
+    let tokens = text(700);
+    for kv_type in [KvType::Q8_0, KvType::Q4_0] {
+        let want = on_threads(2, || tail_logits_with(model, kv_type, &tokens, 12, 512, 0));
+        let cases =
+            [("1 thread, chunks of 37", 1, 37, 0), ("chunks of 7, last 5 one at a time", 2, 7, 5)];
+        for (what, threads, n_batch, one_by_one) in cases {
+            let got = on_threads(threads, || {
+                tail_logits_with(model, kv_type, &tokens, 12, n_batch, one_by_one)
+            });
+            assert!(same_bits(&got, &want), "{kv_type:?}, {what}: logits differ from one chunk");
+        }
     }
 }
 
