@@ -6,8 +6,10 @@
 //! Targets:
 //! - f16 within 1% of llama.cpp's f16 figure, q8_0 within 1% of llama.cpp's q8_0 figure;
 //! - bf16 at most 1% above our f32;
-//! - q8_0 (Hadamard-rotated rows) at most 0.3% above our f32 (measured: +0.003%; before the
-//!   rotation the gap moved between +0.28% and +0.52% with the kernels' float order);
+//! - q8_0 (Hadamard-rotated rows) at most 0.3% above our f32, in exact and fast numerics
+//!   (measured 2026-12-07 at AVX-512, where q8_0 pages are scored against q8_0-quantized
+//!   queries: +0.02% exact, +0.12% fast; before the rotation the gap moved between +0.28%
+//!   and +0.52% with the kernels' float order);
 //! - q4_0 (the calibrated key offset and scales, rotated rows, least-squares block scales:
 //!   `cpu/src/model/kv_transform.rs`) at most 3% above our f32 (measured +2.2%; +4.3% with
 //!   the rotation alone, +22.6% before it; llama.cpp's q4_0 cache is +5.9% over its f16).
@@ -68,17 +70,20 @@ fn gpl3_perplexity_at_ctx_512_per_kv_format() {
         assert!(d <= budget, "{name}: PPL {got:.4} is {:+.3}% above f32's {f32_ppl:.4}", d * 100.0);
     }
 
-    // Fast numerics (the default) calibrate their own basis: q4_0 within 3% there too.
+    // Fast numerics (the default) calibrate their own basis (q4_0 within 3% there too) and,
+    // at AVX-512, score q8_0 pages in integers against q8_0 queries (within 0.3%).
     let fast = model.with_numerics(Numerics::Fast);
-    let [f32_fast, q4_fast] = [KvType::F32, KvType::Q4_0].map(|t| {
+    let [f32_fast, q8_fast, q4_fast] = [KvType::F32, KvType::Q8_0, KvType::Q4_0].map(|t| {
         let opts = SessionOptions { n_ctx: 512, kv_type: t, ..SessionOptions::default() };
         pagoda::cpu::perplexity::perplexity(&fast, &tokens, &opts, |_, _| {}).unwrap().ppl
     });
-    let d = rel(q4_fast, f32_fast);
-    eprintln!(" q4_0: {:+.3}% vs our f32 {f32_fast:.4}, fast numerics", d * 100.0);
-    assert!(
-        d <= 0.03,
-        "fast q4_0: PPL {q4_fast:.4} is {:+.3}% above f32's {f32_fast:.4}",
-        d * 100.0
-    );
+    for (name, got, budget) in [("q8_0", q8_fast, 0.003), ("q4_0", q4_fast, 0.03)] {
+        let d = rel(got, f32_fast);
+        eprintln!("{name:>5}: {:+.3}% vs our f32 {f32_fast:.4}, fast numerics", d * 100.0);
+        assert!(
+            d <= budget,
+            "fast {name}: PPL {got:.4} is {:+.3}% above f32's {f32_fast:.4}",
+            d * 100.0
+        );
+    }
 }
