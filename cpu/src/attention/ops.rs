@@ -91,6 +91,7 @@ impl PageOps {
     /// the copy would hold). In place pays for few rows (decode), a copy for many (each load
     /// then serves fewer FMAs than the copy costs).
     #[allow(clippy::too_many_arguments)]
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))] // x86-64-only kernels
     pub(super) fn scores_run<T: KvFormat>(
         self,
         q: &[f32],
@@ -133,6 +134,7 @@ impl PageOps {
     /// [`Self::accumulate`] on a page run of any format, f16, q8_0 and q4_0 read in place as
     /// in [`Self::scores_run`].
     #[allow(clippy::too_many_arguments)]
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))] // x86-64-only kernels
     pub(super) fn accumulate_run<T: KvFormat>(
         self,
         acc: &mut [f32],
@@ -224,6 +226,7 @@ impl PageOps {
     }
 
     /// Whether runs are read in place: asked for, AVX-512, whole 16-lane chunks.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // x86-64 kernels and tests
     fn reads_in_place(self, asked: bool, hd: usize) -> bool {
         asked && self.level == SimdLevel::Avx512 && hd % 16 == 0 && hd > 0
     }
@@ -245,6 +248,7 @@ impl PageOps {
     /// (`rows × n`): what `task.rs`'s per-row loop does with [`Self::exp_sum`], the same bits.
     /// Returns `false`, doing nothing, where this level has no such kernel (the caller runs
     /// its loop).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))] // x86-64-only kernels
     pub(super) fn softmax_page(
         self,
         p: &mut [f32],
@@ -296,6 +300,7 @@ impl PageOps {
     /// `p` scratch of `16 × rows` rounded up to 16, `c` of `rows` rounded up to 16.
     /// Only where [`Self::rows_in_lanes`]; `hd` a multiple of 16.
     #[allow(clippy::too_many_arguments)]
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))] // x86-64-only kernels
     pub(super) fn full_page_in_lanes(
         self,
         qt: &[f32],

@@ -372,6 +372,7 @@ impl Repacked {
 }
 
 /// A call's activations: Q8_0 blocks of every token, and each block's quant sums.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // some fields serve x86-64 kernels
 pub(crate) struct Acts<'a> {
     /// `n_tokens × nb` blocks, token-major.
     pub blocks: &'a [BlockQ8_0],
