@@ -143,10 +143,10 @@ pub fn paged_attention<T: KvFormat, S: AsRef<[T]> + Sync>(
 }
 
 /// Whether [`paged_attention`] at `level` scores `T`'s pages against the query rows
-/// quantized to q8_0 (`BlockQ8_0::encode` per 32 values, then exact integer dot products per
-/// block: q8_0 pages at AVX-512, as llama.cpp scores a q8_0 cache). If so it computes the
-/// attention of the queries `decode(encode(q))` rather than of `q`; the formula and its bits
-/// are in `q8_0_scores.rs`.
+/// quantized to q8_0 (`Kernels::quantize_q8_0` per 32 values, then exact integer dot
+/// products per block: q8_0 pages at AVX-512, as llama.cpp scores a q8_0 cache). If so it
+/// computes the attention of the queries `decode(quantize_q8_0(q))` rather than of `q`; the
+/// formula and its bits are in `q8_0_scores.rs`.
 pub fn quantizes_queries<T: KvFormat>(level: SimdLevel) -> bool {
     PageOps::new(level).quantizes_queries::<T>()
 }
