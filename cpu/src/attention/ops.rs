@@ -11,9 +11,9 @@ use pagoda_core::kv::KvFormat;
 use pagoda_core::quant::BlockQ4_0;
 use pagoda_core::quant::BlockQ8_0;
 
-use super::q8_0_scores::{self, QuantizedRows};
+use super::q8_0_scores;
 use super::scalar;
-use crate::kernels::{Kernels, SimdLevel};
+use crate::kernels::{Kernels, Q8Rows, SimdLevel};
 
 /// A level this CPU runs, for the page kernels.
 #[derive(Clone, Copy, Debug)]
@@ -193,10 +193,9 @@ impl PageOps {
     /// for the rows `q` (quantized from `rows = scores.len() / n` query rows of `hd` floats)
     /// and the first `n` keys of `run`. Returns `false`, doing nothing, unless `T` is
     /// q8_0 (the caller then scores in f32).
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn scores_quantized<T: KvFormat>(
         self,
-        q: &QuantizedRows,
+        q: &Q8Rows,
         run: &[T],
         hd: usize,
         n: usize,
@@ -211,7 +210,8 @@ impl PageOps {
                 && hd > 0
                 && scores.len() == rows * n
                 && q.blocks.len() >= rows * nb
-                && q.offsets.len() >= rows * nb
+                && q.sums.len() >= rows * nb
+                && q.scales.len() >= rows * nb
                 && keys.len() >= n * nb
         );
         match self.level {

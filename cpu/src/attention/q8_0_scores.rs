@@ -28,37 +28,7 @@
 //! level: through this formula (their nibbles with a bias of 8) their perplexity rose from
 //! +2.8% to +3.7% over f32 pages, past the 3% they are held to (docs/numerics.md).
 
-use pagoda_core::kv::KvFormat;
 use pagoda_core::quant::BlockQ8_0;
-
-use crate::kernels::Kernels;
-
-/// A task's query rows quantized to q8_0: `blocks` is `rows × nb` (row-major, `nb = hd /
-/// 32`), and `offsets[r·nb + b] = -128 · Σ blocks[r·nb + b].qs`: the AVX-512 kernel
-/// multiplies the keys' quants plus 128 (unsigned bytes, as `vpdpbusd` takes them) and
-/// starts each sum at this offset, which takes the 128s back out exactly.
-#[derive(Default)]
-pub(super) struct QuantizedRows {
-    pub blocks: Vec<BlockQ8_0>,
-    pub offsets: Vec<i32>,
-}
-
-impl QuantizedRows {
-    /// Quantizes `q` (whole rows of a multiple of 32 floats) into `self`'s buffers with
-    /// `kernels`' activation quantizer ([`Kernels::quantize_q8_0`]: llama.cpp's, the same
-    /// bytes at every level).
-    pub fn quantize(&mut self, q: &[f32], kernels: Kernels) {
-        let whole = q.len() / 32 * 32;
-        self.blocks.clear();
-        self.blocks.resize(whole / 32, BlockQ8_0::zero());
-        // Lengths agree by construction (32 floats per block): this cannot fail.
-        kernels.quantize_q8_0(&q[..whole], &mut self.blocks).expect("32 floats per block");
-        self.offsets.clear();
-        self.offsets.extend(
-            self.blocks.iter().map(|b| -128 * b.qs.iter().map(|&x| i32::from(x)).sum::<i32>()),
-        );
-    }
-}
 
 /// The specification: `out[r·n + j] = score(qq row r, key j)` by the module's formula, for
 /// `rows = out.len() / n` rows of `nb` blocks (`qq.len() ≥ rows·nb`) and `n` keys of `nb`
@@ -93,7 +63,7 @@ mod x86 {
 
     use pagoda_core::quant::BlockQ8_0;
 
-    use super::QuantizedRows;
+    use crate::kernels::Q8Rows;
 
     /// Key `A[i]` goes to the low half of transposition input `i`, key `A[i] + 4` to its high
     /// half: with this pairing the three shuffle stages of [`transpose16`] leave the keys in
@@ -101,7 +71,9 @@ mod x86 {
     const A: [usize; 8] = [0, 1, 2, 3, 8, 9, 10, 11];
 
     /// The 32 quants of one block of 16 keys (`k[i]`: key `i`'s, zeros past the run) plus
-    /// 128 (unsigned bytes), transposed: `out[c]` lane `i` = quants `4c .. 4c + 4` of key `i`.
+    /// 128 (unsigned bytes, as `vpdpbusd` takes them; each sum then starts at `-128 · Σ` of
+    /// the query block's quants, which takes the 128s back out exactly), transposed: `out[c]`
+    /// lane `i` = quants `4c .. 4c + 4` of key `i`.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx2")]
     fn transpose16(k: &[__m256i; 16]) -> [__m512i; 8] {
@@ -144,7 +116,7 @@ mod x86 {
     /// `out.len() / n` rows of `nb ≥ 1` blocks, `keys.len() ≥ n·nb`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
     pub(in super::super) unsafe fn scores_avx512(
-        q: &QuantizedRows,
+        q: &Q8Rows,
         keys: &[BlockQ8_0],
         nb: usize,
         n: usize,
@@ -152,7 +124,8 @@ mod x86 {
         out: &mut [f32],
     ) {
         let rows = out.len() / n;
-        debug_assert!(q.blocks.len() >= rows * nb && q.offsets.len() >= rows * nb);
+        debug_assert!(q.blocks.len() >= rows * nb);
+        debug_assert!(q.sums.len() >= rows * nb && q.scales.len() >= rows * nb);
         debug_assert!(keys.len() >= n * nb);
         let mut j0 = 0;
         while j0 < n {
@@ -178,7 +151,7 @@ mod x86 {
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
     unsafe fn group16<const FULL: bool>(
-        q: &QuantizedRows,
+        q: &Q8Rows,
         k: *const BlockQ8_0,
         nb: usize,
         kn: usize,
@@ -230,13 +203,13 @@ mod x86 {
             for r in 0..rows {
                 let qb = &q.blocks[r * nb + b];
                 let qd = qb.qs.as_ptr().cast::<i32>();
-                let mut isum = _mm512_set1_epi32(q.offsets[r * nb + b]);
+                let mut isum = _mm512_set1_epi32(-128 * q.sums[r * nb + b]);
                 for (c, kc) in kt.iter().enumerate() {
                     // SAFETY: dword c < 8 of the block's 32 quants.
                     let qc = _mm512_set1_epi32(unsafe { qd.add(c).read_unaligned() });
                     isum = _mm512_dpbusd_epi32(isum, *kc, qc);
                 }
-                let dd = _mm512_mul_ps(_mm512_set1_ps(qb.d.to_f32()), dk);
+                let dd = _mm512_mul_ps(_mm512_set1_ps(q.scales[r * nb + b]), dk);
                 let o = out[r * n + j0..].as_mut_ptr();
                 // SAFETY: row r has `kn` outputs from key j0 (masked to them).
                 unsafe {
@@ -257,7 +230,8 @@ mod x86 {
 mod tests {
     use super::*;
     use crate::kernels::test_rng::Rng;
-    use crate::kernels::SimdLevel;
+    use crate::kernels::{Kernels, Q8Rows, SimdLevel};
+    use pagoda_core::kv::KvFormat;
 
     /// Rows and keys of `nb` blocks from `rng`, scaled by `gain` (zero, tiny and large rows
     /// among them).
@@ -265,19 +239,23 @@ mod tests {
         (0..count * nb * 32).map(|_| gain * rng.unit()).collect()
     }
 
+    fn quantize(q: &[f32]) -> Q8Rows {
+        let mut qq = Q8Rows::default();
+        qq.quantize(&Kernels::new(SimdLevel::Scalar).unwrap(), q).unwrap();
+        qq
+    }
+
     #[test]
-    fn quantized_rows_offsets_take_the_bias_back_out() {
+    fn query_sums_take_the_bias_back_out() {
         let mut rng = Rng(7);
-        let q = rows(&mut rng, 3, 2, 1.0);
-        let mut qq = QuantizedRows::default();
-        qq.quantize(&q, Kernels::new(SimdLevel::Scalar).unwrap());
+        let qq = quantize(&rows(&mut rng, 3, 2, 1.0));
         assert_eq!(qq.blocks.len(), 6);
-        for (b, &o) in qq.blocks.iter().zip(&qq.offsets) {
-            // Σ (k + 128) q + offset = Σ k q for every k.
+        for (b, &s) in qq.blocks.iter().zip(&qq.sums) {
+            // Σ (k + 128) q - 128 Σ q = Σ k q for every k.
             let k: Vec<i32> = (0..32).map(|i| (i * 37 % 256) - 128).collect();
             let biased: i32 = b.qs.iter().zip(&k).map(|(&q, &k)| i32::from(q) * (k + 128)).sum();
             let plain: i32 = b.qs.iter().zip(&k).map(|(&q, &k)| i32::from(q) * k).sum();
-            assert_eq!(biased + o, plain);
+            assert_eq!(biased - 128 * s, plain);
         }
     }
 
@@ -297,8 +275,7 @@ mod tests {
                     for gain in [0.0f32, 1e-6, 1.0, 300.0] {
                         let q = rows(&mut rng, n_rows, nb, gain);
                         let kf = rows(&mut rng, n, nb, if gain == 0.0 { 1.0 } else { gain });
-                        let mut qq = QuantizedRows::default();
-                        qq.quantize(&q, Kernels::new(SimdLevel::Scalar).unwrap());
+                        let qq = quantize(&q);
                         let mut keys = vec![BlockQ8_0::zero(); n * nb];
                         BlockQ8_0::encode(&kf, &mut keys);
                         let mut want = vec![0.0f32; n_rows * n];
@@ -326,8 +303,7 @@ mod tests {
         let (nb, n) = (4, 9);
         let q = rows(&mut rng, 2, nb, 2.0);
         let kf = rows(&mut rng, n, nb, 1.0);
-        let mut qq = QuantizedRows::default();
-        qq.quantize(&q, Kernels::new(SimdLevel::Scalar).unwrap());
+        let qq = quantize(&q);
         let mut keys = vec![BlockQ8_0::zero(); n * nb];
         BlockQ8_0::encode(&kf, &mut keys);
         let mut got = vec![0.0f32; 2 * n];

@@ -38,7 +38,7 @@ use pagoda_core::kv::{KvFormat, KvHalf, KvPages};
 use pagoda_core::pool::PageId;
 
 use super::ops::{queries_in_lanes, PageOps};
-use super::q8_0_scores::QuantizedRows;
+use crate::kernels::Q8Rows;
 
 /// The softmax state of a task's rows: `rows` maxima and sums, `rows × head_dim` outputs.
 #[derive(Debug)]
@@ -110,7 +110,7 @@ struct HeadRows {
     in_place: bool,
     /// q8_0 pages at AVX-512: the rows quantized for integer scores (`q8_0_scores`); empty
     /// (and unused) otherwise.
-    quantized: QuantizedRows,
+    quantized: Q8Rows,
     /// In lanes: the queries transposed, the probabilities, the rescale factors.
     qt: Vec<f32>,
     pt: Vec<f32>,
@@ -130,7 +130,7 @@ struct Spare {
     vbuf: Vec<f32>,
     pt: Vec<f32>,
     c: Vec<f32>,
-    quantized: QuantizedRows,
+    quantized: Q8Rows,
 }
 
 thread_local! {
@@ -247,7 +247,8 @@ impl<T: KvFormat, S: AsRef<[T]>> Shared<'_, T, S> {
         // row count: the rows-in-lanes step scores in f32.
         let integer_scores = self.ops.quantizes_queries::<T>();
         if integer_scores {
-            quantized.quantize(&q, self.ops.kernels());
+            // Whole blocks: q8_0 pages have head dims of whole blocks.
+            quantized.quantize(&self.ops.kernels(), &q).expect("rows of whole blocks");
         } else {
             quantized.blocks.clear();
         }

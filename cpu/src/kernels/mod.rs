@@ -33,6 +33,8 @@ mod kquant;
 mod level;
 mod matmul;
 mod matrix;
+mod q8_rows;
+pub(crate) use q8_rows::Q8Rows;
 pub mod repacked;
 pub mod repacked_float;
 mod scalar;

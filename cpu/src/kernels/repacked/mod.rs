@@ -80,6 +80,7 @@ use pagoda_core::quant::{BlockQ8_0, QK};
 use rayon::prelude::*;
 
 use super::error::{check_len, KernelError};
+use super::q8_rows::Q8Rows;
 use super::{Kernels, QuantMatrix, SimdLevel};
 
 /// Rows per group: the lanes of one 512-bit register of f32.
@@ -442,10 +443,8 @@ pub(crate) fn dot_scalar(w: &Repacked, g: usize, acts: &Acts<'_>, outs: &mut [&m
 /// Scratch of [`Kernels::matmul_repacked`]: the activations' blocks and sums, reused across calls.
 #[derive(Debug, Default)]
 pub struct RepackedScratch {
-    blocks: Vec<BlockQ8_0>,
-    sums: Vec<i32>,
+    q8: Q8Rows,
     float_sums: Vec<f32>,
-    scales: Vec<f32>,
     half_sums: Vec<i32>,
 }
 
@@ -466,28 +465,21 @@ pub(crate) fn matmul_repacked(
         return Ok(());
     }
     let nb = w.nb;
-    scratch.blocks.clear();
-    scratch.blocks.resize(n_tokens * nb, bytemuck::Zeroable::zeroed());
-    k.quantize_q8_0(x, &mut scratch.blocks)?;
-    scratch.sums.clear();
-    scratch
-        .sums
-        .extend(scratch.blocks.iter().map(|b| b.qs.iter().map(|&q| i32::from(q)).sum::<i32>()));
+    scratch.q8.quantize(k, x)?;
+    let q8 = &scratch.q8;
     scratch.half_sums.clear();
     if half_scales(w.format) {
         scratch.half_sums.extend(
-            scratch.blocks.iter().map(|b| b.qs[..16].iter().map(|&q| i32::from(q)).sum::<i32>()),
+            q8.blocks.iter().map(|b| b.qs[..16].iter().map(|&q| i32::from(q)).sum::<i32>()),
         );
     }
     scratch.float_sums.clear();
-    scratch.float_sums.extend(scratch.sums.iter().map(|&s| s as f32));
-    scratch.scales.clear();
-    scratch.scales.extend(scratch.blocks.iter().map(|b| b.d.to_f32()));
+    scratch.float_sums.extend(q8.sums.iter().map(|&s| s as f32));
     let acts = Acts {
-        blocks: &scratch.blocks,
-        sums: &scratch.sums,
+        blocks: &q8.blocks,
+        sums: &q8.sums,
         float_sums: &scratch.float_sums,
-        scales: &scratch.scales,
+        scales: &q8.scales,
         half_sums: &scratch.half_sums,
         nb,
     };
