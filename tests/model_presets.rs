@@ -103,7 +103,9 @@ fn preset_matches_llamacpp(preset: &str) {
     let tok = Tokenizer::from_gguf(&fast.gguf()).expect("tokenizer");
     let text = std::fs::read_to_string(common::root().join("tests/data/text/GPL-3")).unwrap();
     let tokens = tok.encode(&text, true, false);
-    let opts = SessionOptions { n_ctx: 512, ..SessionOptions::default() };
+    // llama-perplexity's rows per sequence and pass (128 at -c 512: its tiled attention).
+    let n_batch = pagoda::cpu::perplexity::llama_perplexity_batch(512);
+    let opts = SessionOptions { n_ctx: 512, n_batch, ..SessionOptions::default() };
     // Fast numerics (the default; repacked matrices for most formats at AVX-512), which
     // llama.cpp has no counterpart of: compared with exact below.
     let fast_ppl = pagoda::cpu::perplexity::perplexity(&fast, &tokens, &opts, |_, _| {})
@@ -124,11 +126,15 @@ fn preset_matches_llamacpp(preset: &str) {
                 ));
             }
             // Against llama.cpp with its batch-dependent kernels off (vec_dot order, one
-            // key at a time), where recorded: equal to the printed digits.
+            // key at a time: `-ub 32`, so pagoda too runs 32 rows per pass), where
+            // recorded: equal to the printed digits.
             if let Some(exact) = common::data_json("llamacpp/presets_vec_dot.json")["presets"]
                 [preset]["ppl"]
                 .as_f64()
             {
+                let opts = SessionOptions { n_batch: 32, ..opts.clone() };
+                let got = pagoda::cpu::perplexity::perplexity(&model, &tokens, &opts, |_, _| {})
+                    .unwrap_or_else(|e| panic!("{preset}: perplexity at -ub 32 failed: {e}"));
                 if (got.ppl - exact).abs() > 5e-5 * exact {
                     failures.push(format!(
                         "PPL {:.4} differs from llama.cpp's vec_dot run ({exact}: \

@@ -47,10 +47,11 @@ pub struct ContextArgs {
     #[arg(short = 'c', long = "ctx-size",
           value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
     pub ctx: Option<u32>,
-    /// Tokens per forward pass while processing a prompt.
-    #[arg(short = 'b', long = "batch-size", default_value_t = 512,
+    /// Tokens per forward pass while processing a prompt (default: 512; for perplexity,
+    /// llama-perplexity's rows per sequence: 512 / max(1, 2048 / c), so 128 at -c 512).
+    #[arg(short = 'b', long = "batch-size",
           value_parser = clap::value_parser!(u32).range(1..=65_536))]
-    pub batch: u32,
+    pub batch: Option<u32>,
     /// KV page format: f32, f16, bf16, q8_0 or q4_0 (the block formats need head_dim % 32 == 0).
     #[arg(long = "kv-type", default_value = "f16", value_parser = parse_kv_type)]
     pub kv_type: KvType,
@@ -102,13 +103,24 @@ impl PolicyArgs {
 }
 
 impl ContextArgs {
-    /// Session options from the flags; `default_ctx` when -c is not given.
+    /// Session options from the flags; `default_ctx` when -c is not given, 512 tokens per
+    /// forward pass when -b is not.
     pub fn session(&self, default_ctx: usize) -> SessionOptions {
+        self.session_with(default_ctx, |_| 512)
+    }
+
+    /// [`session`](Self::session) with `default_batch(n_ctx)` when -b is not given.
+    pub fn session_with(
+        &self,
+        default_ctx: usize,
+        default_batch: impl Fn(usize) -> usize,
+    ) -> SessionOptions {
+        let n_ctx = self.ctx.map_or(default_ctx, |c| c as usize);
         SessionOptions {
-            n_ctx: self.ctx.map_or(default_ctx, |c| c as usize),
+            n_ctx,
             kv_type: self.kv_type,
             block_size: self.block_size as usize,
-            n_batch: self.batch as usize,
+            n_batch: self.batch.map_or_else(|| default_batch(n_ctx), |b| b as usize),
         }
     }
 }

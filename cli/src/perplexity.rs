@@ -33,7 +33,7 @@ pub fn main(a: PerplexityArgs) -> CliResult {
     let text = read_text_file(&a.file)?;
     let loaded = load(&a.model)?;
     let mut tokens = loaded.tokenizer.encode(&text, true, false);
-    let opts = a.ctx.session(512);
+    let opts = a.ctx.session_with(512, pagoda_cpu::perplexity::llama_perplexity_batch);
     if let Some(n) = a.chunks {
         tokens.truncate(tokens.len().min(n as usize * opts.n_ctx));
     }

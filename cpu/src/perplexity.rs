@@ -35,6 +35,19 @@ pub struct Perplexity {
     pub peak_kv_bytes: usize,
 }
 
+/// Tokens per forward pass with which `llama-perplexity` (defaults `-b 2048 -ub 512`, one KV
+/// stream per sequence) evaluates a chunk of `n_ctx` tokens: it packs
+/// `max(1, 2048 / n_ctx)` chunks into a batch and splits each 512-token ubatch equally
+/// among them, so each sequence gets `512 / max(1, 2048 / n_ctx)` rows per pass (at most
+/// `n_ctx`). The row count picks llama.cpp's attention kernel (tiled from
+/// [`crate::attention::TILED_MIN_ROWS`] rows), so `pagoda perplexity --numerics exact`
+/// uses it by default to give llama-perplexity's figures: `-c 512` 128 rows (tiled),
+/// `-c 128` 32 rows (one key at a time).
+pub fn llama_perplexity_batch(n_ctx: usize) -> usize {
+    let n_seq = (2048 / n_ctx.max(1)).max(1);
+    (512 / n_seq).clamp(1, n_ctx.max(1))
+}
+
 /// Scores `tokens` in chunks of `opts.n_ctx`, calling `on_chunk(i, running_ppl)` after
 /// each. Errors if there is not even one full chunk.
 pub fn perplexity(

@@ -60,6 +60,7 @@
 
 mod expf;
 mod f16_pages;
+mod f16_tiled;
 mod ops;
 mod q8_0_scores;
 mod scalar;
@@ -73,6 +74,7 @@ mod x86;
 /// `ggml_vec_dot_f16`'s float order on widened values (also the F16 weight matmul's).
 pub(crate) use f16_pages::dot_scalar as dot_f16_widened;
 pub use f16_pages::{paged_attention_f16, SPLIT_MIN_KEYS};
+pub use f16_tiled::{paged_attention_f16_tiled, TILED_MIN_ROWS};
 
 use pagoda_core::attention::{check_prefill, AttnConfig, AttnError};
 use pagoda_core::kv::{KvFormat, KvPages};

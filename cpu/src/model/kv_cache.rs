@@ -144,12 +144,14 @@ pub(crate) type AttentionFn<T> = fn(
     &AttnConfig,
 ) -> Result<(), AttnError>;
 
-/// How the forward pass attends over pages of format `T`: the exact numerics' kernel, whether
-/// fast numerics' aligned kernel ([`crate::attention::paged_attention_aligned`]) runs instead,
+/// How the forward pass attends over pages of format `T`: the exact numerics' kernel (and
+/// the one it takes for batches of at least [`crate::attention::TILED_MIN_ROWS`] rows, as
+/// llama.cpp does, where it has one), whether fast numerics' aligned kernel ([`crate::attention::paged_attention_aligned`]) runs instead,
 /// and the basis the pages' rows are stored in ([`KvType::rotates`], [`KvTransform`]):
 /// queries, keys and values move into it before the kernel, its output moves back.
 pub(crate) struct Attention<'t, T> {
     pub exact: AttentionFn<T>,
+    pub exact_batched: Option<AttentionFn<T>>,
     pub fast: bool,
     pub transform: Option<&'t KvTransform>,
 }

@@ -32,7 +32,10 @@ use pagoda_core::kv::{KvFormat, KvPages};
 use pagoda_core::ops::RopeTable;
 use rayon::prelude::*;
 
-use crate::attention::{paged_attention, paged_attention_aligned, paged_attention_f16};
+use crate::attention::{
+    paged_attention, paged_attention_aligned, paged_attention_f16, paged_attention_f16_tiled,
+    TILED_MIN_ROWS,
+};
 use crate::kernels::{Kernels, MatmulScratch};
 use crate::model_file::ModelFile;
 
@@ -404,13 +407,17 @@ impl Llama {
             fast: bool,
             transform: Option<&KvTransform>,
         ) -> Attention<'_, T> {
-            Attention { exact, fast, transform }
+            Attention { exact, exact_batched: None, fast, transform }
         }
         let r = transform;
         match cache.store_mut() {
             KvStore::F32(kv) => self.run(kv, layout, scratch, with(paged_attention, fast, None)),
             KvStore::F16(kv) => {
-                self.run(kv, layout, scratch, with(paged_attention_f16, fast, None))
+                let attend = Attention {
+                    exact_batched: Some(paged_attention_f16_tiled),
+                    ..with(paged_attention_f16, fast, None)
+                };
+                self.run(kv, layout, scratch, attend)
             }
             KvStore::Bf16(kv) => self.run(kv, layout, scratch, with(paged_attention, fast, None)),
             KvStore::Q8_0(kv) => self.run(kv, layout, scratch, with(paged_attention, fast, r)),
@@ -712,10 +719,16 @@ impl Llama {
             let last = b.positions.get(sp.off + sp.n - 1).copied().unwrap_or(0);
             let start_page = (last + 1).saturating_sub(sp.n_ctx[g]) / bs;
             let (pages, n_ctx) = (&sp.pages[g][..], sp.n_ctx[g]);
+            // llama.cpp picks its flash-attention kernel by a sequence's rows in the batch
+            // (the query rows of its cache stream in the ubatch).
+            let exact = match attend.exact_batched {
+                Some(tiled) if sp.n >= TILED_MIN_ROWS => tiled,
+                _ => attend.exact,
+            };
             if attend.fast {
                 paged_attention_aligned(level, kv_ref, kl, pages, start_page, n_ctx, q, out, &cfg)
             } else {
-                (attend.exact)(level, kv_ref, kl, pages, n_ctx, q, out, &cfg)
+                exact(level, kv_ref, kl, pages, n_ctx, q, out, &cfg)
             }
             .map_err(ModelError::Attention)?;
             if let Some(t) = attend.transform {
