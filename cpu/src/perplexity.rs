@@ -42,7 +42,9 @@ pub struct Perplexity {
 /// `n_ctx`). The row count picks llama.cpp's attention kernel (tiled from
 /// [`crate::attention::TILED_MIN_ROWS`] rows), so `pagoda perplexity --numerics exact`
 /// uses it by default to give llama-perplexity's figures: `-c 512` 128 rows (tiled),
-/// `-c 128` 32 rows (one key at a time).
+/// `-c 128` 32 rows (one key at a time). (llama-perplexity's last batch may hold fewer
+/// chunks, so more rows each; that changes its kernel only where those cross 64 rows, e.g.
+/// `-c 128` on a text whose last batch has at most 7 chunks.)
 pub fn llama_perplexity_batch(n_ctx: usize) -> usize {
     let n_seq = (2048 / n_ctx.max(1)).max(1);
     (512 / n_seq).clamp(1, n_ctx.max(1))
