@@ -38,7 +38,7 @@ use core::ops::Range;
 
 use half::f16;
 use pagoda_core::attention::{check_prefill, AttnConfig, AttnError};
-use pagoda_core::kv::KvPages;
+use pagoda_core::kv::{KvHalf, KvPages};
 use pagoda_core::pool::PageId;
 use rayon::prelude::*;
 
@@ -144,17 +144,25 @@ impl<S: AsRef<[f16]>> Job<'_, S> {
             let end = (t0 + TILE).min(hi);
             kt.fill(0.0);
             vt.fill(0.0);
-            for i in t0..end {
+            // The tile's keys page by page: each page's run of this kv head, `[slot][d]`.
+            let mut i = t0;
+            while i < end {
                 let (page, slot) = (self.pages[i / bs], i % bs);
-                let k = self.kv.key(self.layer, page, g, slot).map_err(AttnError::Kv)?;
-                let v = self.kv.value(self.layer, page, g, slot).map_err(AttnError::Kv)?;
-                let j = i - t0;
-                for (d, &x) in k.iter().enumerate() {
-                    kt[d * TILE + j] = x.to_f32();
+                let n = (bs - slot).min(end - i);
+                let run = |half| self.kv.head_run(self.layer, page, half, g).map_err(AttnError::Kv);
+                let (kr, vr) = (run(KvHalf::Key)?, run(KvHalf::Value)?);
+                for s in 0..n {
+                    let j = i - t0 + s;
+                    let k = &kr[(slot + s) * hd..(slot + s + 1) * hd];
+                    for (d, &x) in k.iter().enumerate() {
+                        kt[d * TILE + j] = x.to_f32();
+                    }
+                    let v = &vr[(slot + s) * hd..(slot + s + 1) * hd];
+                    for (o, &x) in vt[j * hd..(j + 1) * hd].iter_mut().zip(v) {
+                        *o = x.to_f32();
+                    }
                 }
-                for (o, &x) in vt[j * hd..(j + 1) * hd].iter_mut().zip(v) {
-                    *o = x.to_f32();
-                }
+                i += n;
             }
             for r in rows.iter_mut().filter(|r| r.lo < t0 + TILE && t0 < r.hi) {
                 let q = &self.q[r.row * hd..(r.row + 1) * hd];
@@ -260,9 +268,22 @@ fn tile_step_scalar(r: &mut Row, q: &[f32], kt: &[f32], vt: &[f32], t0: usize, s
     }
     let sum: f64 = p.chunks_exact(16).map(|c| f64::from(reduce16(c))).sum();
     r.sum = (f64::from(r.sum) + sum) as f32;
-    for (&p, v) in p.iter().zip(vt.chunks_exact(hd)) {
-        for (a, &v) in r.acc.iter_mut().zip(v) {
-            *a = p.mul_add(v, *a);
+    // Each output's chain runs over the tile's keys in order; 16 outputs at a time stay in
+    // one register through the whole tile.
+    let mut c = 0;
+    while c + 16 <= hd {
+        let mut a: [f32; 16] = r.acc[c..c + 16].try_into().expect("16 lanes");
+        for (&p, v) in p.iter().zip(vt.chunks_exact(hd)) {
+            for (a, &v) in a.iter_mut().zip(&v[c..c + 16]) {
+                *a = p.mul_add(v, *a);
+            }
+        }
+        r.acc[c..c + 16].copy_from_slice(&a);
+        c += 16;
+    }
+    for (i, a) in r.acc.iter_mut().enumerate().skip(c) {
+        for (&p, v) in p.iter().zip(vt.chunks_exact(hd)) {
+            *a = p.mul_add(v[i], *a);
         }
     }
 }

@@ -49,7 +49,9 @@ fn scale_pow2(j: f32, n: f32) -> f32 {
     if n.is_nan() {
         return n;
     }
-    (f64::from(j) * 2f64.powi(n as i32)) as f32
+    // 2^n built from its bits (|n| ≤ 192, well inside f64's exponent range).
+    let pow2 = f64::from_bits(((n as i64 + 1023) as u64) << 52);
+    (f64::from(j) * pow2) as f32
 }
 
 /// `silu(x) · u` with [`exp`].
