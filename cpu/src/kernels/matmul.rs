@@ -30,9 +30,17 @@ pub(crate) fn matmul(
     matmul_multi(k, core::slice::from_ref(w), x, n_tokens, &mut [out], scratch)
 }
 
-/// Several matrices of one type and width against the same `x`: the activations are
-/// converted once (to the format's [`table::Activation`]) and all rows of all matrices
-/// share one parallel region, each chunk running the level's table kernel.
+/// Which kernel of a table row runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Order {
+    /// The row's own kernel at every batch size (`WeightKernels::chunk`).
+    PerRow,
+    /// llama.cpp's choice for the batch: `WeightKernels::tiled` from
+    /// [`super::TILED_MIN_TOKENS`] tokens where the row has one.
+    Llama,
+}
+
+/// [`matmul_multi_in`] in [`Order::PerRow`].
 pub(crate) fn matmul_multi(
     k: &Kernels,
     ws: &[QuantMatrix<'_>],
@@ -40,6 +48,22 @@ pub(crate) fn matmul_multi(
     n_tokens: usize,
     outs: &mut [&mut [f32]],
     scratch: &mut MatmulScratch,
+) -> Result<(), KernelError> {
+    matmul_multi_in(k, ws, x, n_tokens, outs, scratch, Order::PerRow)
+}
+
+/// Several matrices of one type and width against the same `x`: the activations are
+/// converted once (to the format's [`table::Activation`]) and all rows of all matrices
+/// share one parallel region, each chunk running the level's table kernel (chosen by
+/// `order` and the token count, once for the whole call).
+pub(crate) fn matmul_multi_in(
+    k: &Kernels,
+    ws: &[QuantMatrix<'_>],
+    x: &[f32],
+    n_tokens: usize,
+    outs: &mut [&mut [f32]],
+    scratch: &mut MatmulScratch,
+    order: Order,
 ) -> Result<(), KernelError> {
     check_len("outs", ws.len(), outs.len())?;
     let Some(first) = ws.first() else { return Ok(()) };
@@ -62,6 +86,10 @@ pub(crate) fn matmul_multi(
         return Ok(());
     }
     let wk = table::lookup(k.level(), ty).ok_or(KernelError::UnsupportedType(ty))?;
+    let chunk_fn = match wk.tiled {
+        Some(tiled) if order == Order::Llama && n_tokens >= super::TILED_MIN_TOKENS => tiled,
+        _ => wk.chunk,
+    };
     let inputs = activations::prepare(k, wk, x, cols, scratch)?;
     let inputs = &inputs;
     for_row_chunks(ws, n_tokens, outs, |m, r0, outs| {
@@ -73,8 +101,8 @@ pub(crate) fn matmul_multi(
         // `wc` is whole rows of `row_bytes` (QuantMatrix invariant, which also checked the
         // alignment `wk.align`), each `outs[t]` has one slot per row of `wc`
         // (for_row_chunks), and `inputs` holds `n_tokens` tokens of `cols` converted to
-        // `wk.act` by `prepare`.
-        unsafe { (wk.chunk)(wc, row_bytes, inputs, outs) }
+        // `wk.act` by `prepare`; `chunk_fn` is one of `wk`'s kernels, on the same inputs.
+        unsafe { chunk_fn(wc, row_bytes, inputs, outs) }
     });
     Ok(())
 }

@@ -54,6 +54,7 @@ mod neon;
 
 pub use activations::MatmulScratch;
 pub use error::KernelError;
+pub use kquant::TILED_MIN_TOKENS;
 pub use level::{simd_level, SimdLevel};
 pub use matrix::QuantMatrix;
 
@@ -162,6 +163,34 @@ impl Kernels {
         scratch: &mut MatmulScratch,
     ) -> Result<(), KernelError> {
         matmul::matmul_multi(self, ws, x, n_tokens, outs, scratch)
+    }
+
+    /// [`matmul_multi`](Self::matmul_multi) in the order llama.cpp computes a batch of
+    /// `n_tokens` tokens (exact numerics): the same per-row order, except K-quant matrices
+    /// (Q2_K…Q6_K, IQ4_XS) in batches of at least [`TILED_MIN_TOKENS`] tokens, which take
+    /// llama.cpp's tiled kernel's order (`kquant/tiled.rs`). So unlike `matmul_multi` a
+    /// token's result depends on its batch's size, as llama.cpp's does.
+    pub fn matmul_multi_exact(
+        &self,
+        ws: &[QuantMatrix<'_>],
+        x: &[f32],
+        n_tokens: usize,
+        outs: &mut [&mut [f32]],
+        scratch: &mut MatmulScratch,
+    ) -> Result<(), KernelError> {
+        matmul::matmul_multi_in(self, ws, x, n_tokens, outs, scratch, matmul::Order::Llama)
+    }
+
+    /// [`matmul_multi_exact`](Self::matmul_multi_exact) over one matrix.
+    pub fn matmul_exact(
+        &self,
+        w: &QuantMatrix<'_>,
+        x: &[f32],
+        n_tokens: usize,
+        out: &mut [f32],
+        scratch: &mut MatmulScratch,
+    ) -> Result<(), KernelError> {
+        self.matmul_multi_exact(core::slice::from_ref(w), x, n_tokens, &mut [out], scratch)
     }
 
     /// [`matmul`](Self::matmul) on a repacked matrix, in fast numerics' float

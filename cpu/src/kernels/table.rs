@@ -68,6 +68,10 @@ pub(crate) struct WeightKernels {
     pub soa: bool,
     /// The matmul kernel.
     pub chunk: ChunkFn,
+    /// llama.cpp's kernel for matmuls of at least `kquant::TILED_MIN_TOKENS` tokens, where
+    /// its order differs from `chunk`'s (the K-quants' tiled kernel); exact numerics take it
+    /// for such batches.
+    pub tiled: Option<ChunkFn>,
 }
 
 impl core::fmt::Debug for WeightKernels {
@@ -260,13 +264,20 @@ pub(crate) const fn row(
     align: usize,
     chunk: ChunkFn,
 ) -> WeightKernels {
-    WeightKernels { ty, act, align, soa: false, chunk }
+    WeightKernels { ty, act, align, soa: false, chunk, tiled: None }
+}
+
+impl WeightKernels {
+    /// This row with `tiled` as its kernel for large batches.
+    pub(crate) const fn with_tiled(self, tiled: ChunkFn) -> Self {
+        WeightKernels { tiled: Some(tiled), ..self }
+    }
 }
 
 /// A table row whose kernel reads the x86 structure-of-arrays activations.
 #[cfg(target_arch = "x86_64")]
 pub(crate) const fn soa_row(ty: GgmlType, act: Activation, chunk: ChunkFn) -> WeightKernels {
-    WeightKernels { ty, act, align: 2, soa: true, chunk }
+    WeightKernels { ty, act, align: 2, soa: true, chunk, tiled: None }
 }
 
 /// The scalar level: every format pagoda runs but the K-quants (`kquant::SCALAR`).

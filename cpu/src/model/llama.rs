@@ -523,6 +523,9 @@ impl Llama {
             None => {}
         }
         let m = w.matrix(self.file.bytes());
+        if self.numerics == Numerics::Exact {
+            return self.kernels.matmul_exact(&m, x, n, out, scratch).map_err(kernel_error);
+        }
         self.kernels.matmul(&m, x, n, out, scratch).map_err(kernel_error)
     }
 
@@ -563,7 +566,12 @@ impl Llama {
         }
         let bytes = self.file.bytes();
         let mats = ws.map(|w| w.matrix(bytes));
-        self.kernels.matmul_multi(&mats, x, n, &mut outs, scratch).map_err(|e| {
+        let result = if self.numerics == Numerics::Exact {
+            self.kernels.matmul_multi_exact(&mats, x, n, &mut outs, scratch)
+        } else {
+            self.kernels.matmul_multi(&mats, x, n, &mut outs, scratch)
+        };
+        result.map_err(|e| {
             let names: Vec<&str> = ws.iter().map(|w| w.name.as_str()).collect();
             ModelError::Invalid(format!("matmul {}: {e}", names.join("+")))
         })

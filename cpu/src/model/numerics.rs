@@ -2,7 +2,9 @@
 //!
 //! - [`Numerics::Exact`]: llama.cpp's order in every kernel, so logits equal
 //!   llama.cpp's bit for bit (docs/numerics.md); f16 pages go through the one-key-at-a-time
-//!   kernel `paged_attention_f16`.
+//!   kernel `paged_attention_f16`, or, for a sequence with at least 64 rows in the forward
+//!   pass, llama.cpp's tiled kernel `paged_attention_f16_tiled` (llama.cpp chooses by the
+//!   same count, so exact numerics depend on how a prompt is batched, as llama.cpp does).
 //! - [`Numerics::Fast`] (the default): pagoda's own order where it is faster, with one guarantee llama.cpp
 //!   does not give: **batch invariance**. A sequence's logits are bit-identical whether it
 //!   runs alone or in any batch, with its prompt in chunks of any size, at any page placement

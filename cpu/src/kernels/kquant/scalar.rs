@@ -96,7 +96,7 @@ pub(crate) fn min_prod4(mn: &[i32; 8], bsums: &[i16; 16]) -> [i32; 4] {
 
 /// Q4_K's 256 quants `0..16` in value order.
 #[inline]
-fn q4k_quants(x: &BlockQ4K) -> [i8; QK_K] {
+pub(super) fn q4k_quants(x: &BlockQ4K) -> [i8; QK_K] {
     let mut a = [0i8; QK_K];
     for (a, q) in a.chunks_exact_mut(64).zip(x.qs.chunks_exact(32)) {
         for (l, &b) in q.iter().enumerate() {
@@ -110,7 +110,7 @@ fn q4k_quants(x: &BlockQ4K) -> [i8; QK_K] {
 /// Q5_K's 256 quants `0..32` in value order (value `v`'s fifth bit: bit `v / 32` of
 /// `qh[v % 32]`).
 #[inline]
-fn q5k_quants(x: &BlockQ5K) -> [i8; QK_K] {
+pub(super) fn q5k_quants(x: &BlockQ5K) -> [i8; QK_K] {
     let mut a = [0i8; QK_K];
     for (c, (a, q)) in a.chunks_exact_mut(64).zip(x.qs.chunks_exact(32)).enumerate() {
         for (l, (&b, &h)) in q.iter().zip(&x.qh).enumerate() {
@@ -123,7 +123,7 @@ fn q5k_quants(x: &BlockQ5K) -> [i8; QK_K] {
 
 /// Q6_K's 256 quants `0..64` (unsigned: the -32 is applied through `bsums`).
 #[inline]
-fn q6k_quants(x: &BlockQ6K) -> [i8; QK_K] {
+pub(super) fn q6k_quants(x: &BlockQ6K) -> [i8; QK_K] {
     let mut a = [0i8; QK_K];
     for ((a, ql), qh) in
         a.chunks_exact_mut(128).zip(x.ql.chunks_exact(64)).zip(x.qh.chunks_exact(32))
@@ -237,7 +237,7 @@ pub(crate) fn dot_q6_k_in<L: Lanes>(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
 /// Q2_K's 256 quants `0..4` in value order (value `128h + 32k + l`: bits `2k..2k+2` of
 /// `qs[32h + l]`).
 #[inline]
-fn q2k_quants(x: &BlockQ2K) -> [i8; QK_K] {
+pub(super) fn q2k_quants(x: &BlockQ2K) -> [i8; QK_K] {
     let mut a = [0i8; QK_K];
     for (half, q) in a.chunks_exact_mut(128).zip(x.qs.chunks_exact(32)) {
         for (k, part) in half.chunks_exact_mut(32).enumerate() {
@@ -293,7 +293,7 @@ pub(crate) fn q3k_scales(x: &BlockQ3K) -> [i32; 16] {
 
 /// Q3_K's 256 signed quants `-4..4` in value order.
 #[inline]
-fn q3k_quants(x: &BlockQ3K) -> [i8; QK_K] {
+pub(super) fn q3k_quants(x: &BlockQ3K) -> [i8; QK_K] {
     let mut a = [0i8; QK_K];
     for (h, (half, q)) in a.chunks_exact_mut(128).zip(x.qs.chunks_exact(32)).enumerate() {
         for (k, part) in half.chunks_exact_mut(32).enumerate() {
@@ -338,7 +338,7 @@ pub(crate) fn iq4xs_scales(x: &BlockIq4Xs) -> [i32; 8] {
 /// IQ4_XS's 256 codebook values in value order (sub-block `j`: low nibbles of
 /// `qs[16j..16j+16]` are values 0..16, high nibbles 16..32).
 #[inline]
-fn iq4xs_values(x: &BlockIq4Xs) -> [i8; QK_K] {
+pub(super) fn iq4xs_values(x: &BlockIq4Xs) -> [i8; QK_K] {
     let mut a = [0i8; QK_K];
     for (a, q) in a.chunks_exact_mut(32).zip(x.qs.chunks_exact(16)) {
         for (l, &b) in q.iter().enumerate() {
