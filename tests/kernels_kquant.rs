@@ -8,6 +8,9 @@
 //! - `every_level_equals_scalar_*`: property tests over random rows, tokens, super-block
 //!   counts and extreme headers (zero, subnormal, 6e4 scales, all 63 sub-block scales and
 //!   mins, zero rows) that each SIMD level returns the scalar level's bits;
+//! - the same for `matmul_exact` (llama.cpp's tiled order from 8 tokens, pinned end to end by
+//!   tests/model_presets.rs: the Q6_K and Q5_K_M presets' perplexity equals llama.cpp's), and
+//!   `exact_matmul_switches_to_the_tiled_order_at_eight_tokens`;
 //! - `scalar_is_close_to_core_vec_dot`: the x86-order scalar dot is within a rounding
 //!   budget of pagoda-core's generic `VecDot` (ggml's `_generic` C order) on the same blocks.
 
@@ -44,12 +47,31 @@ fn aligned(bytes: &[u8]) -> Vec<u64> {
 
 /// `W (rows × cols) · x (tokens × cols)` at `k`, as `out[t * rows + r]`.
 fn matmul(k: &Kernels, ty: GgmlType, rows: usize, cols: usize, w: &[u8], x: &[f32]) -> Vec<f32> {
+    matmul_in(k, ty, rows, cols, w, x, false)
+}
+
+/// [`matmul`], or with `exact` [`Kernels::matmul_exact`] (llama.cpp's tiled order from
+/// `TILED_MIN_TOKENS` tokens).
+fn matmul_in(
+    k: &Kernels,
+    ty: GgmlType,
+    rows: usize,
+    cols: usize,
+    w: &[u8],
+    x: &[f32],
+    exact: bool,
+) -> Vec<f32> {
     let store = aligned(w);
     let data = &bytemuck::cast_slice::<u64, u8>(&store)[..w.len()];
     let m = QuantMatrix::new(ty, rows, cols, data).expect("matrix");
     let tokens = x.len() / cols;
     let mut out = vec![0.0f32; tokens * rows];
-    k.matmul(&m, x, tokens, &mut out, &mut MatmulScratch::new()).expect("matmul");
+    let scratch = &mut MatmulScratch::new();
+    if exact {
+        k.matmul_exact(&m, x, tokens, &mut out, scratch).expect("matmul_exact");
+    } else {
+        k.matmul(&m, x, tokens, &mut out, scratch).expect("matmul");
+    }
     out
 }
 
@@ -215,19 +237,22 @@ fn check_levels(ty: GgmlType, rows: usize, nb: usize, tokens: usize, seed: u64, 
         .flat_map(|t| activations(&mut rng, cols, kind.wrapping_add(t as u64)))
         .collect();
     let scalar = Kernels::new(SimdLevel::Scalar).unwrap();
-    let want = matmul(&scalar, ty, rows, cols, &w, &x);
-    for k in all_kernels() {
-        let got = matmul(&k, ty, rows, cols, &w, &x);
-        for (i, (g, s)) in got.iter().zip(&want).enumerate() {
-            assert_eq!(
-                g.to_bits(),
-                s.to_bits(),
-                "{ty} at {:?}: {rows} rows × {nb} super-blocks × {tokens} tokens, output {i} \
-                 (token {}, row {}): {g:e} vs scalar {s:e}",
-                k.level(),
-                i / rows,
-                i % rows
-            );
+    for exact in [false, true] {
+        let want = matmul_in(&scalar, ty, rows, cols, &w, &x, exact);
+        for k in all_kernels() {
+            let got = matmul_in(&k, ty, rows, cols, &w, &x, exact);
+            for (i, (g, s)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(
+                    g.to_bits(),
+                    s.to_bits(),
+                    "{ty} at {:?} (matmul{}): {rows} rows × {nb} super-blocks × {tokens} \
+                     tokens, output {i} (token {}, row {}): {g:e} vs scalar {s:e}",
+                    k.level(),
+                    if exact { "_exact" } else { "" },
+                    i / rows,
+                    i % rows
+                );
+            }
         }
     }
 }
@@ -336,6 +361,40 @@ impl DequantizeBlocks for BlockQ8K {
         for (b, o) in b.iter().zip(out.chunks_exact_mut(QK_K)) {
             for (&q, o) in b.qs.iter().zip(o) {
                 *o = b.d * f32::from(q);
+            }
+        }
+    }
+}
+
+/// `matmul_exact` takes llama.cpp's tiled order from `TILED_MIN_TOKENS` tokens on: below
+/// that it is `matmul` bit for bit; from there on it is another rounding (some output
+/// differs), within the same budget of core's `VecDot` as the per-row order.
+#[test]
+fn exact_matmul_switches_to_the_tiled_order_at_eight_tokens() {
+    assert_eq!(pagoda::cpu::kernels::TILED_MIN_TOKENS, 8);
+    let scalar = Kernels::new(SimdLevel::Scalar).unwrap();
+    for (i, &ty) in FORMATS.iter().enumerate() {
+        let mut rng = Rng::new(0x711ED + i as u64);
+        let (rows, nb) = (24, 4);
+        let cols = nb * QK_K;
+        let w = random_rows(ty, rows, nb, &mut rng, 6);
+        for tokens in [1usize, 7, 8, 20] {
+            let x: Vec<f32> =
+                (0..tokens).flat_map(|t| activations(&mut rng, cols, 6 + t as u64)).collect();
+            let per_row = matmul_in(&scalar, ty, rows, cols, &w, &x, false);
+            let exact = matmul_in(&scalar, ty, rows, cols, &w, &x, true);
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            if tokens < 8 {
+                assert_eq!(bits(&exact), bits(&per_row), "{ty}, {tokens} tokens");
+            } else {
+                assert_ne!(bits(&exact), bits(&per_row), "{ty}, {tokens} tokens: no switch");
+                // Both round the same exact integer sums; mins cancel against the quants,
+                // so the budget is relative to the largest output.
+                let scale = per_row.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                for (e, p) in exact.iter().zip(&per_row) {
+                    let tol = 1e-5 * scale;
+                    assert!((e - p).abs() <= tol, "{ty}, {tokens} tokens: {e:e} vs {p:e}");
+                }
             }
         }
     }
