@@ -293,11 +293,16 @@ impl Llama {
     }
 
     /// Repacked copies exactly of the matrices whose type has a repacked kernel at this level,
-    /// in fast numerics.
+    /// in fast numerics; in exact numerics of the Q4_0 and IQ4_NL matrices llama.cpp repacks
+    /// (their repacked order is llama.cpp's, [`LlamaWeights::set_llamacpp_repacked`]).
     fn refresh_repacked(&mut self) -> Result<(), ModelError> {
         self.kv_transform = OnceLock::new(); // calibrated in the numerics and kernels in use
-        let level = (self.numerics == Numerics::Fast).then(|| self.kernels.level());
-        self.weights.set_repacked(self.file.bytes(), level)
+        match self.numerics {
+            Numerics::Fast => {
+                self.weights.set_repacked(self.file.bytes(), Some(self.kernels.level()))
+            }
+            _ => self.weights.set_llamacpp_repacked(self.file.bytes()),
+        }
     }
 
     /// The basis q8_0 and q4_0 pages store keys and values in ([`KvTransform`]): calibrated

@@ -283,6 +283,50 @@ impl LlamaWeights {
         failed.map_or(Ok(()), Err)
     }
 
+    /// Repacks, for exact numerics, the matrices llama.cpp repacks on x86 whose repacked
+    /// order pagoda's [`repacked`] kernel computes bit for bit: Q4_0 and IQ4_NL with a row
+    /// count that is a multiple of 8 (llama.cpp's `q4_0_8x8_q8_0` and `iq4_nl_8x8_q8_0`:
+    /// per block `acc = fma((float) isum, d_w·d_a, acc)`, for decode and prompts alike).
+    /// Not the token embedding used as LM head (llama.cpp keeps it in its plain buffer).
+    /// At levels without a SIMD repacked kernel the scalar specification runs. Drops every
+    /// other copy. A copy that cannot be allocated is reported as [`set_repacked`] does.
+    ///
+    /// [`set_repacked`]: Self::set_repacked
+    pub fn set_llamacpp_repacked(&mut self, file: &[u8]) -> Result<(), ModelError> {
+        self.set_repacked(file, None)?;
+        let mut failed = None;
+        let mut all: Vec<&mut Weight> = Vec::new();
+        for l in &mut self.layers {
+            all.extend([
+                &mut l.wq,
+                &mut l.wk,
+                &mut l.wv,
+                &mut l.wo,
+                &mut l.w_gate,
+                &mut l.w_up,
+                &mut l.w_down,
+            ]);
+        }
+        all.push(&mut self.output);
+        let repacked_by_llamacpp = |w: &Weight| {
+            matches!(w.ty, GgmlType::Q4_0 | GgmlType::IQ4_NL)
+                && w.rows % 8 == 0
+                && w.name != "token_embd.weight"
+        };
+        for w in all.into_iter().filter(|w| repacked_by_llamacpp(w)) {
+            match Repacked::new(&w.matrix(file)) {
+                Ok(r) => w.fast = r.map(|r| FastWeight::Quant(Arc::new(r))),
+                Err(bytes) => {
+                    failed.get_or_insert(ModelError::OutOfMemory {
+                        what: "exact numerics' repacked Q4_0/IQ4_NL weights".into(),
+                        bytes: (bytes != usize::MAX).then_some(bytes),
+                    });
+                }
+            }
+        }
+        failed.map_or(Ok(()), Err)
+    }
+
     /// Bytes of weights read to decode one token: every matrix once, plus the LM head.
     pub fn bytes_per_token(&self) -> usize {
         let layers: usize = self
