@@ -8,9 +8,11 @@
 //! - `every_level_equals_scalar_*`: property tests over random rows, tokens, super-block
 //!   counts and extreme headers (zero, subnormal, 6e4 scales, all 63 sub-block scales and
 //!   mins, zero rows) that each SIMD level returns the scalar level's bits;
-//! - the same for `matmul_exact` (llama.cpp's tiled order from 8 tokens, pinned end to end by
-//!   tests/model_presets.rs: the Q6_K and Q5_K_M presets' perplexity equals llama.cpp's), and
-//!   `exact_matmul_switches_to_the_tiled_order_at_eight_tokens`;
+//! - the same for `matmul_exact` (llama.cpp's tiled order from 8 tokens; for the Q4_K and Q2_K
+//!   matrices llama.cpp repacks, its repacked GEMM/GEMV order: both pinned end to end by
+//!   tests/model_presets.rs, where the presets' perplexity equals llama.cpp's), and
+//!   `exact_matmul_switches_to_the_tiled_order_at_eight_tokens`,
+//!   `exact_matmul_of_repacked_matrices_follows_llamacpps_gemm_and_gemv`;
 //! - `scalar_is_close_to_core_vec_dot`: the x86-order scalar dot is within a rounding
 //!   budget of pagoda-core's generic `VecDot` (ggml's `_generic` C order) on the same blocks.
 
@@ -47,11 +49,23 @@ fn aligned(bytes: &[u8]) -> Vec<u64> {
 
 /// `W (rows × cols) · x (tokens × cols)` at `k`, as `out[t * rows + r]`.
 fn matmul(k: &Kernels, ty: GgmlType, rows: usize, cols: usize, w: &[u8], x: &[f32]) -> Vec<f32> {
-    matmul_in(k, ty, rows, cols, w, x, false)
+    matmul_in(k, ty, rows, cols, w, x, Path::Matmul)
 }
 
-/// [`matmul`], or with `exact` [`Kernels::matmul_exact`] (llama.cpp's tiled order from
-/// `TILED_MIN_TOKENS` tokens).
+/// Which entry point [`matmul_in`] calls.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Path {
+    /// [`Kernels::matmul`] (the per-row order).
+    Matmul,
+    /// [`Kernels::matmul_exact`] of a matrix llama.cpp does not repack (its tiled order from
+    /// `TILED_MIN_TOKENS` tokens).
+    Exact,
+    /// [`Kernels::matmul_exact`] of a matrix llama.cpp repacks (Q4_K, Q2_K: its repacked
+    /// kernels' order; the other formats as `Exact`).
+    ExactRepacked,
+}
+
+/// [`matmul`] by `path`.
 fn matmul_in(
     k: &Kernels,
     ty: GgmlType,
@@ -59,7 +73,7 @@ fn matmul_in(
     cols: usize,
     w: &[u8],
     x: &[f32],
-    exact: bool,
+    path: Path,
 ) -> Vec<f32> {
     let store = aligned(w);
     let data = &bytemuck::cast_slice::<u64, u8>(&store)[..w.len()];
@@ -67,11 +81,12 @@ fn matmul_in(
     let tokens = x.len() / cols;
     let mut out = vec![0.0f32; tokens * rows];
     let scratch = &mut MatmulScratch::new();
-    if exact {
-        k.matmul_exact(&m, x, tokens, &mut out, scratch).expect("matmul_exact");
-    } else {
-        k.matmul(&m, x, tokens, &mut out, scratch).expect("matmul");
+    match path {
+        Path::Matmul => k.matmul(&m, x, tokens, &mut out, scratch),
+        Path::Exact => k.matmul_exact(&m, x, tokens, &mut out, scratch, false),
+        Path::ExactRepacked => k.matmul_exact(&m, x, tokens, &mut out, scratch, true),
     }
+    .expect("matmul");
     out
 }
 
@@ -237,18 +252,17 @@ fn check_levels(ty: GgmlType, rows: usize, nb: usize, tokens: usize, seed: u64, 
         .flat_map(|t| activations(&mut rng, cols, kind.wrapping_add(t as u64)))
         .collect();
     let scalar = Kernels::new(SimdLevel::Scalar).unwrap();
-    for exact in [false, true] {
-        let want = matmul_in(&scalar, ty, rows, cols, &w, &x, exact);
+    for path in [Path::Matmul, Path::Exact, Path::ExactRepacked] {
+        let want = matmul_in(&scalar, ty, rows, cols, &w, &x, path);
         for k in all_kernels() {
-            let got = matmul_in(&k, ty, rows, cols, &w, &x, exact);
+            let got = matmul_in(&k, ty, rows, cols, &w, &x, path);
             for (i, (g, s)) in got.iter().zip(&want).enumerate() {
                 assert_eq!(
                     g.to_bits(),
                     s.to_bits(),
-                    "{ty} at {:?} (matmul{}): {rows} rows × {nb} super-blocks × {tokens} \
+                    "{ty} at {:?} ({path:?}): {rows} rows × {nb} super-blocks × {tokens} \
                      tokens, output {i} (token {}, row {}): {g:e} vs scalar {s:e}",
                     k.level(),
-                    if exact { "_exact" } else { "" },
                     i / rows,
                     i % rows
                 );
@@ -381,8 +395,8 @@ fn exact_matmul_switches_to_the_tiled_order_at_eight_tokens() {
         for tokens in [1usize, 7, 8, 20] {
             let x: Vec<f32> =
                 (0..tokens).flat_map(|t| activations(&mut rng, cols, 6 + t as u64)).collect();
-            let per_row = matmul_in(&scalar, ty, rows, cols, &w, &x, false);
-            let exact = matmul_in(&scalar, ty, rows, cols, &w, &x, true);
+            let per_row = matmul_in(&scalar, ty, rows, cols, &w, &x, Path::Matmul);
+            let exact = matmul_in(&scalar, ty, rows, cols, &w, &x, Path::Exact);
             let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
             if tokens < 8 {
                 assert_eq!(bits(&exact), bits(&per_row), "{ty}, {tokens} tokens");
@@ -396,6 +410,62 @@ fn exact_matmul_switches_to_the_tiled_order_at_eight_tokens() {
                     assert!((e - p).abs() <= tol, "{ty}, {tokens} tokens: {e:e} vs {p:e}");
                 }
             }
+        }
+    }
+}
+
+/// Matrices llama.cpp repacks (Q4_K, Q2_K) take its repacked kernels' order at every batch
+/// size: its GEMM for the batch's first `n - n % 4` tokens, its GEMV for the last `n % 4`.
+/// A token's result depends only on which of the two it falls in (not on the batch size or
+/// its neighbours); the two round differently (some output differs), each within the
+/// per-row order's budget; and formats llama.cpp does not repack ignore the flag.
+#[test]
+fn exact_matmul_of_repacked_matrices_follows_llamacpps_gemm_and_gemv() {
+    let scalar = Kernels::new(SimdLevel::Scalar).unwrap();
+    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+    for (i, &ty) in FORMATS.iter().enumerate() {
+        let mut rng = Rng::new(0x4E9AC + i as u64);
+        let (rows, nb) = (16, 3);
+        let cols = nb * QK_K;
+        let w = random_rows(ty, rows, nb, &mut rng, 6);
+        let x: Vec<f32> = (0..11).flat_map(|t| activations(&mut rng, cols, 6 + t as u64)).collect();
+        let token = |t: usize| &x[t * cols..(t + 1) * cols];
+        let run = |x: &[f32], path| matmul_in(&scalar, ty, rows, cols, &w, x, path);
+        if !matches!(ty, GgmlType::Q4_K | GgmlType::Q2_K) {
+            for tokens in [1, 8, 11] {
+                let x = &x[..tokens * cols];
+                assert_eq!(bits(&run(x, Path::ExactRepacked)), bits(&run(x, Path::Exact)), "{ty}");
+            }
+            continue;
+        }
+        // Each token alone (the GEMV), and in a batch of four (the GEMM).
+        let gemv: Vec<Vec<f32>> = (0..11).map(|t| run(token(t), Path::ExactRepacked)).collect();
+        let gemm: Vec<Vec<f32>> = (0..11)
+            .map(|t| {
+                let mut four: Vec<f32> = token(t).to_vec();
+                for _ in 0..3 {
+                    four.extend_from_slice(token((t + 1) % 11));
+                }
+                run(&four, Path::ExactRepacked)[..rows].to_vec()
+            })
+            .collect();
+        for tokens in 1..=11 {
+            let got = run(&x[..tokens * cols], Path::ExactRepacked);
+            for t in 0..tokens {
+                let want = if t < tokens - tokens % 4 { &gemm[t] } else { &gemv[t] };
+                let got = &got[t * rows..(t + 1) * rows];
+                assert_eq!(bits(got), bits(want), "{ty}: token {t} of {tokens}");
+            }
+        }
+        let (gemm, gemv) = (gemm.concat(), gemv.concat());
+        assert_ne!(bits(&gemm), bits(&gemv), "{ty}: the GEMM and GEMV orders are the same");
+        let per_row = run(&x, Path::Matmul);
+        let scale = per_row.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        for ((a, b), p) in gemm.iter().zip(&gemv).zip(&per_row) {
+            assert!(
+                (a - p).abs() <= 1e-5 * scale && (b - p).abs() <= 1e-5 * scale,
+                "{ty}: {a:e} {b:e} vs {p:e}"
+            );
         }
     }
 }

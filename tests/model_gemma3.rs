@@ -196,144 +196,93 @@ fn greedy_session(model: &Llama, prompt: &[u32], n: usize) -> Vec<u32> {
 
 // ---- Against llama.cpp b11312 (tests/data/llamacpp/gemma3.json) ----
 //
-// pagoda computes llama.cpp's `ggml_vec_dot` arithmetic: with llama.cpp's tiled K-quant
-// matmul off, the two give the same logits (test below). llama.cpp's default run takes that
-// tiled kernel (ggml-cpu/tiled/, b11312) for batches of 8 rows or more, which sums in another
-// order, and this model amplifies such differences: llama.cpp's repacked and plain runs of the
-// same prompt differ by up to 0.75 in a top-10 logit (mean 0.16). The bounds of the tests
-// against the default runs are stated against that spread.
+// Exact numerics compute llama.cpp's default run (`--numerics exact`, docs/numerics.md): its
+// repacked Q4_K kernels' order for the 27 Q4_K matrices it repacks (GEMM on a batch's first
+// `n - n % 4` rows, GEMV on the rest), its tiled K-quant matmul for the other matrices in
+// batches of 8 rows or more, `ggml_vec_dot` below that, and its tiled attention for 64 rows
+// of a sequence or more. llama.cpp's `--no-repack` and `GGML_CPU_TILED_MM=0` runs (also in
+// gemma3.json) are other arithmetic: this model turns such differences into up to 0.75 in a
+// top-10 logit (mean 0.16) between llama.cpp's own runs.
 
 fn floats(v: &serde_json::Value) -> Vec<f64> {
     v.as_array().expect("array").iter().map(|x| x.as_f64().expect("number")).collect()
 }
 
-/// Teacher-forced logits of a 62-token prompt in one pass against llama.cpp's top-10 at
-/// every position (its `--no-repack` run, the `vec_dot` order): the top-1 id agrees wherever
-/// llama.cpp's top-1/top-2 margin is at least 0.1, and the top-10 logits stay within the
-/// spread llama.cpp shows between its own two runs (mean |Δ| ≤ 0.25, max ≤ 1.25).
-#[test]
-fn teacher_forced_logits_are_within_llamacpps_own_spread() {
-    let model = gemma3();
-    let data = common::data_json("llamacpp/gemma3.json");
-    let refs = &data["logits"]["no_repack"];
+/// Teacher-forced logits of `ids` in one pass against llama.cpp's top-10 at every position:
+/// (the largest |Δ|, the mean |Δ|, positions whose top-1 id differs).
+fn top10_deltas(model: &Llama, refs: &serde_json::Value) -> (f64, f64, Vec<usize>) {
     let ids = common::ids(&refs["prompt_ids"]);
     let vocab = model.config().vocab_size;
     let opts = SessionOptions { n_ctx: 2048, ..Default::default() };
-    let mut s = Session::new(&model, opts).unwrap();
-    let all = s.eval_all(&ids, 0).unwrap();
-    let (mut worst, mut sum, mut count, mut top1) = (0.0f64, 0.0f64, 0usize, 0usize);
+    let all = Session::new(model, opts).unwrap().eval_all(&ids, 0).unwrap();
     let positions = refs["positions"].as_array().unwrap();
-    let repacked = data["logits"]["positions"].as_array().unwrap();
     assert_eq!(positions.len(), ids.len());
-    for (p, r) in positions.iter().zip(repacked) {
+    let (mut worst, mut sum, mut count, mut top1_differs) = (0.0f64, 0.0f64, 0usize, Vec::new());
+    for p in positions {
         let pos = p["pos"].as_u64().unwrap() as usize;
         let row = &all[pos * vocab..(pos + 1) * vocab];
         let want_ids = common::ids(&p["top10_ids"]);
-        let want = floats(&p["top10_logits"]);
-        for (&id, &w) in want_ids.iter().zip(&want) {
-            let d = (f64::from(row[id as usize]) - w).abs();
+        for (&id, &w) in want_ids.iter().zip(&floats(&p["top10_logits"])) {
+            // The 9 recorded digits name one f32.
+            let d = f64::from((row[id as usize] - w as f32).abs());
             worst = worst.max(d);
             sum += d;
             count += 1;
         }
-        let top = argmax(row);
-        // Where llama.cpp's two runs disagree, or either is within 0.1 of a tie, the top-1
-        // is arithmetic noise.
-        let other = floats(&r["top10_logits"]);
-        let margin = (want[0] - want[1]).min(other[0] - other[1]);
-        let settled = margin >= 0.1 && common::ids(&r["top10_ids"])[0] == want_ids[0];
-        if top == want_ids[0] {
-            top1 += 1;
-        } else {
-            assert!(
-                !settled,
-                "pos {pos}: top-1 {top}, llama.cpp {} (margin {margin})",
-                want_ids[0]
-            );
+        if argmax(row) != want_ids[0] {
+            top1_differs.push(pos);
         }
     }
-    let mean = sum / count as f64;
-    eprintln!(
-        "{} positions: top-1 agrees at {top1}; top-10 logits |Δ| max {worst:.4}, mean {mean:.4} \
-         (llama.cpp repacked vs plain: {})",
-        positions.len(),
-        refs["vs_default"]
-    );
-    assert!(mean <= 0.25 && worst <= 1.25, "top-10 |Δ| mean {mean}, max {worst}");
-    // The first positions see prompts shorter than llama.cpp's batch effect: exact there.
-    let first = &positions[0];
-    let want = floats(&first["top10_logits"]);
-    for (&id, &w) in common::ids(&first["top10_ids"]).iter().zip(&want) {
-        assert_eq!(all[id as usize], w as f32, "position 0, id {id}");
-    }
+    (worst, sum / count as f64, top1_differs)
 }
 
-/// With its tiled K-quant matmul off (`GGML_CPU_TILED_MM=0`, `--no-repack`: every matmul in
-/// `ggml_vec_dot` order), llama.cpp computes what pagoda computes: the teacher-forced top-10
-/// logits of the 62-token prompt are equal at every position (to the 9 digits recorded, i.e.
-/// the same f32), and greedy ids of all 4 prompts equal for all 32 steps.
+/// Exact numerics give llama.cpp's default run: the teacher-forced top-10 logits of the
+/// 62-token prompt in one pass are equal at every position (to the 9 digits recorded, i.e.
+/// the same f32), and the greedy ids of all 4 prompts (prompt in one pass, then one token at
+/// a time) are equal for all 32 steps.
 #[test]
-fn logits_and_greedy_equal_llamacpps_vec_dot_run() {
+fn exact_logits_and_greedy_equal_llamacpps_default_run() {
     let model = gemma3();
     let data = common::data_json("llamacpp/gemma3.json");
-    let refs = &data["logits"]["vec_dot"];
-    let ids = common::ids(&refs["prompt_ids"]);
-    let vocab = model.config().vocab_size;
-    let opts = SessionOptions { n_ctx: 2048, ..Default::default() };
-    let all = Session::new(&model, opts).unwrap().eval_all(&ids, 0).unwrap();
-    let positions = refs["positions"].as_array().unwrap();
-    assert_eq!(positions.len(), ids.len());
-    for p in positions {
-        let pos = p["pos"].as_u64().unwrap() as usize;
-        let row = &all[pos * vocab..(pos + 1) * vocab];
-        for (&id, &w) in common::ids(&p["top10_ids"]).iter().zip(&floats(&p["top10_logits"])) {
-            assert_eq!(row[id as usize], w as f32, "position {pos}, id {id}");
-        }
-    }
-    for case in common::golden::GreedyCase::all(&data["greedy"]["vec_dot"]["cases"]) {
+    let (worst, mean, top1_differs) = top10_deltas(&model, &data["logits"]);
+    eprintln!("exact: top-10 |Δ| max {worst}, mean {mean}; top-1 differs at {top1_differs:?}");
+    assert_eq!(worst, 0.0, "top-10 logits differ from llama.cpp's (mean |Δ| {mean})");
+    for case in common::golden::GreedyCase::all(&data["greedy"]["cases"]) {
         let got = common::golden::greedy(&model, &case.prompt_ids, case.want.len());
         assert_eq!(got, case.want, "prompt {:?}", case.prompt);
     }
 }
 
-/// Greedy ids of 4 prompts × 32 tokens (prompt in one pass, then one token at a time) equal
-/// llama.cpp's up to the first step whose top-1/top-2 margin is below 0.1 — in either of
-/// llama.cpp's runs (repacked, plain), or where the two runs themselves part.
+/// Fast numerics (pagoda's own order) stay within the spread llama.cpp shows between its own
+/// runs: top-10 logits against the default run's, mean |Δ| ≤ 0.25 and max ≤ 1.25, and the
+/// top-1 id equal wherever llama.cpp's two runs (default, `--no-repack`) agree with a
+/// top-1/top-2 margin of at least 0.25 in both (a bound of the size of that spread; measured
+/// 2026-12-07: max 0.71, mean 0.20, the top-1 differing at 3 positions whose margins are
+/// 0.11, 0.07 and 0.02).
 #[test]
-fn greedy_matches_llamacpp_until_its_margin_drops() {
-    let model = gemma3();
+fn fast_logits_are_within_llamacpps_own_spread() {
+    let model = gemma3().with_numerics(Numerics::Fast);
     let data = common::data_json("llamacpp/gemma3.json");
-    let repacked = common::golden::GreedyCase::all(&data["greedy"]["cases"]);
-    let plain = common::golden::GreedyCase::all(&data["greedy"]["no_repack"]["cases"]);
-    for (a, b) in repacked.iter().zip(&plain) {
-        assert_eq!(a.prompt_ids, b.prompt_ids);
-        let got = common::golden::greedy(&model, &b.prompt_ids, b.want.len());
-        // The steps both llama.cpp runs settle: same id, margins of at least 0.1, up to the
-        // first step that is not.
-        let settled = (0..b.want.len())
-            .take_while(|&i| a.want[i] == b.want[i] && a.margins[i] >= 0.1 && b.margins[i] >= 0.1)
-            .count();
-        let (agree_a, agree_b) = (a.agree(&got), b.agree(&got));
-        eprintln!(
-            "{:?}: {agree_b}/{} ids equal llama.cpp's plain run, {agree_a} its repacked run; \
-             both runs settled for {settled} steps",
-            b.prompt,
-            b.want.len()
-        );
-        assert!(
-            agree_b >= settled,
-            "prompt {:?}: diverged at step {agree_b} (llama.cpp margins there {:.3} / {:.3})",
-            b.prompt,
-            b.margins[agree_b],
-            a.margins[agree_b]
-        );
+    let refs = &data["logits"];
+    let (worst, mean, top1_differs) = top10_deltas(&model, refs);
+    eprintln!(
+        "fast: top-10 |Δ| max {worst:.4}, mean {mean:.4}; top-1 differs at {top1_differs:?} \
+         (llama.cpp repacked vs plain: {})",
+        refs["no_repack"]["vs_default"]
+    );
+    assert!(mean <= 0.25 && worst <= 1.25, "top-10 |Δ| mean {mean}, max {worst}");
+    for pos in top1_differs {
+        let (a, b) = (&refs["positions"][pos], &refs["no_repack"]["positions"][pos]);
+        let (la, lb) = (floats(&a["top10_logits"]), floats(&b["top10_logits"]));
+        let margin = (la[0] - la[1]).min(lb[0] - lb[1]);
+        let agree = common::ids(&a["top10_ids"])[0] == common::ids(&b["top10_ids"])[0];
+        assert!(!agree || margin < 0.25, "pos {pos}: top-1 differs at llama.cpp margin {margin}");
     }
 }
 
 /// Perplexity on GPL-3 at -c 512 (inside the 512-token window) and -c 2048 (across it):
-/// within 0.5% of llama-perplexity's; and at -c 512 in exact numerics equal, chunk by chunk
-/// to every printed digit, to llama-perplexity with `--no-repack` (llama.cpp's default run
-/// repacks the Q4_K matrices into its own order: 0.17% away). At -c 2048 llama.cpp's
+/// within 0.5% of llama-perplexity's; and at -c 512 in exact numerics equal to it, chunk by
+/// chunk to every printed digit (13.9062 ± 0.64791). At -c 2048 llama.cpp's
 /// windowed layers keep a ring of cells (window + ubatch) whose tiles its attention visits
 /// in cell order, not position order, so the two round differently there (0.1%).
 #[test]
@@ -343,7 +292,7 @@ fn perplexity_matches_llamacpp_within_half_a_percent() {
     let tok = Tokenizer::from_gguf(&exact.gguf()).unwrap();
     let text = std::fs::read_to_string(common::root().join("tests/data/text/GPL-3")).unwrap();
     let tokens = tok.encode(&text, true, false);
-    // Fast numerics (the default) too, at -c 512 (measured -0.38%; exact -0.17%).
+    // Fast numerics (the default) too, at -c 512 (measured -0.38%; exact equal).
     let fast = gemma3().with_numerics(Numerics::Fast);
     for (model, key, n_ctx) in
         [(&exact, "c512", 512), (&exact, "c2048", 2048), (&fast, "c512", 512)]
@@ -369,16 +318,15 @@ fn perplexity_matches_llamacpp_within_half_a_percent() {
             100.0 * rel
         );
         if model.numerics() == Numerics::Exact && n_ctx == 512 {
-            let plain = &want["no_repack"];
             let printed = |v: &[f64]| v.iter().map(|p| format!("{p:.4}")).collect::<Vec<_>>();
-            let want_running: Vec<f64> = plain["running_ppl_per_chunk"]
+            let want_running: Vec<f64> = want["running_ppl_per_chunk"]
                 .as_array()
                 .unwrap()
                 .iter()
                 .map(|v| v.as_f64().unwrap())
                 .collect();
-            assert_eq!(printed(&got.running), printed(&want_running), "--no-repack, per chunk");
-            let pm = plain["ppl_pm"].as_f64().unwrap();
+            assert_eq!(printed(&got.running), printed(&want_running), "per chunk");
+            let pm = want["ppl_pm"].as_f64().unwrap();
             assert_eq!(format!("{:.5}", got.ppl_stderr), format!("{pm:.5}"), "PPL ±");
         }
     }

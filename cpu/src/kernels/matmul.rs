@@ -38,6 +38,9 @@ pub(crate) enum Order {
     /// llama.cpp's choice for the batch: `WeightKernels::tiled` from
     /// [`super::TILED_MIN_TOKENS`] tokens where the row has one.
     Llama,
+    /// llama.cpp's choice for matrices it repacks at load: `WeightKernels::llama_repacked`
+    /// where the row has one, else as [`Order::Llama`].
+    LlamaRepacked,
 }
 
 /// [`matmul_multi_in`] in [`Order::PerRow`].
@@ -86,8 +89,13 @@ pub(crate) fn matmul_multi_in(
         return Ok(());
     }
     let wk = table::lookup(k.level(), ty).ok_or(KernelError::UnsupportedType(ty))?;
-    let chunk_fn = match wk.tiled {
-        Some(tiled) if order == Order::Llama && n_tokens >= super::TILED_MIN_TOKENS => tiled,
+    let chunk_fn = match (order, wk.llama_repacked, wk.tiled) {
+        (Order::LlamaRepacked, Some(repacked), _) => repacked,
+        (Order::Llama | Order::LlamaRepacked, _, Some(tiled))
+            if n_tokens >= super::TILED_MIN_TOKENS =>
+        {
+            tiled
+        }
         _ => wk.chunk,
     };
     let inputs = activations::prepare(k, wk, x, cols, scratch)?;

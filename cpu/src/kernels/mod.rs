@@ -170,6 +170,11 @@ impl Kernels {
     /// (Q2_K…Q6_K, IQ4_XS) in batches of at least [`TILED_MIN_TOKENS`] tokens, which take
     /// llama.cpp's tiled kernel's order (`kquant/tiled.rs`). So unlike `matmul_multi` a
     /// token's result depends on its batch's size, as llama.cpp's does.
+    ///
+    /// `repacked_by_llamacpp`: the matrices are ones llama.cpp repacks at load (Q4_K and
+    /// Q2_K with a row count that is a multiple of 8, other than the token embedding; the
+    /// caller knows which tensor it is): they take its repacked kernels' order at every
+    /// batch size instead (`kquant/llama_repacked.rs`).
     pub fn matmul_multi_exact(
         &self,
         ws: &[QuantMatrix<'_>],
@@ -177,8 +182,11 @@ impl Kernels {
         n_tokens: usize,
         outs: &mut [&mut [f32]],
         scratch: &mut MatmulScratch,
+        repacked_by_llamacpp: bool,
     ) -> Result<(), KernelError> {
-        matmul::matmul_multi_in(self, ws, x, n_tokens, outs, scratch, matmul::Order::Llama)
+        let order =
+            if repacked_by_llamacpp { matmul::Order::LlamaRepacked } else { matmul::Order::Llama };
+        matmul::matmul_multi_in(self, ws, x, n_tokens, outs, scratch, order)
     }
 
     /// [`matmul_multi_exact`](Self::matmul_multi_exact) over one matrix.
@@ -189,8 +197,10 @@ impl Kernels {
         n_tokens: usize,
         out: &mut [f32],
         scratch: &mut MatmulScratch,
+        repacked_by_llamacpp: bool,
     ) -> Result<(), KernelError> {
-        self.matmul_multi_exact(core::slice::from_ref(w), x, n_tokens, &mut [out], scratch)
+        let ws = core::slice::from_ref(w);
+        self.matmul_multi_exact(ws, x, n_tokens, &mut [out], scratch, repacked_by_llamacpp)
     }
 
     /// [`matmul`](Self::matmul) on a repacked matrix, in fast numerics' float

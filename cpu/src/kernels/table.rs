@@ -72,6 +72,9 @@ pub(crate) struct WeightKernels {
     /// its order differs from `chunk`'s (the K-quants' tiled kernel); exact numerics take it
     /// for such batches.
     pub tiled: Option<ChunkFn>,
+    /// llama.cpp's kernel for the matrices of this type it repacks at load (Q4_K, Q2_K:
+    /// `kquant/llama_repacked.rs`), where its order differs from `chunk`'s and `tiled`'s.
+    pub llama_repacked: Option<ChunkFn>,
 }
 
 impl core::fmt::Debug for WeightKernels {
@@ -264,7 +267,7 @@ pub(crate) const fn row(
     align: usize,
     chunk: ChunkFn,
 ) -> WeightKernels {
-    WeightKernels { ty, act, align, soa: false, chunk, tiled: None }
+    WeightKernels { ty, act, align, soa: false, chunk, tiled: None, llama_repacked: None }
 }
 
 impl WeightKernels {
@@ -272,12 +275,17 @@ impl WeightKernels {
     pub(crate) const fn with_tiled(self, tiled: ChunkFn) -> Self {
         WeightKernels { tiled: Some(tiled), ..self }
     }
+
+    /// This row with `f` as llama.cpp's kernel for the matrices it repacks.
+    pub(crate) const fn with_llama_repacked(self, f: ChunkFn) -> Self {
+        WeightKernels { llama_repacked: Some(f), ..self }
+    }
 }
 
 /// A table row whose kernel reads the x86 structure-of-arrays activations.
 #[cfg(target_arch = "x86_64")]
 pub(crate) const fn soa_row(ty: GgmlType, act: Activation, chunk: ChunkFn) -> WeightKernels {
-    WeightKernels { ty, act, align: 2, soa: true, chunk, tiled: None }
+    WeightKernels { ty, act, align: 2, soa: true, chunk, tiled: None, llama_repacked: None }
 }
 
 /// The scalar level: every format pagoda runs but the K-quants (`kquant::SCALAR`).

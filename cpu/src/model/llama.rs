@@ -529,7 +529,11 @@ impl Llama {
         }
         let m = w.matrix(self.file.bytes());
         if self.numerics == Numerics::Exact {
-            return self.kernels.matmul_exact(&m, x, n, out, scratch).map_err(kernel_error);
+            let repacked = w.repacked_by_llamacpp();
+            return self
+                .kernels
+                .matmul_exact(&m, x, n, out, scratch, repacked)
+                .map_err(kernel_error);
         }
         self.kernels.matmul(&m, x, n, out, scratch).map_err(kernel_error)
     }
@@ -572,7 +576,14 @@ impl Llama {
         let bytes = self.file.bytes();
         let mats = ws.map(|w| w.matrix(bytes));
         let result = if self.numerics == Numerics::Exact {
-            self.kernels.matmul_multi_exact(&mats, x, n, &mut outs, scratch)
+            let repacked = ws.iter().all(|w| w.repacked_by_llamacpp());
+            if !repacked && ws.iter().any(|w| w.repacked_by_llamacpp()) {
+                for (w, out) in ws.iter().zip(outs.iter_mut()) {
+                    self.matmul(w, x, n, out, scratch)?;
+                }
+                return Ok(());
+            }
+            self.kernels.matmul_multi_exact(&mats, x, n, &mut outs, scratch, repacked)
         } else {
             self.kernels.matmul_multi(&mats, x, n, &mut outs, scratch)
         };

@@ -37,6 +37,18 @@ pub struct Weight {
     pub fast: Option<FastWeight>,
 }
 
+impl Weight {
+    /// Whether llama.cpp (x86, AVX-512 build) repacks this matrix at load and so computes it
+    /// in its repacked kernels' order: Q4_0, IQ4_NL, Q4_K and Q2_K with a row count that is
+    /// a multiple of 8, not the token embedding (kept in its plain buffer for lookups, also
+    /// when it serves as the LM head).
+    pub fn repacked_by_llamacpp(&self) -> bool {
+        matches!(self.ty, GgmlType::Q4_0 | GgmlType::IQ4_NL | GgmlType::Q4_K | GgmlType::Q2_K)
+            && self.rows % 8 == 0
+            && self.name != "token_embd.weight"
+    }
+}
+
 /// A weight's copy for fast numerics' matmul: which repacked layout, by weight type.
 #[derive(Clone, Debug)]
 pub enum FastWeight {
@@ -283,7 +295,7 @@ impl LlamaWeights {
         failed.map_or(Ok(()), Err)
     }
 
-    /// Repacks, for exact numerics, the matrices llama.cpp repacks on x86 whose repacked
+    /// Repacks, for exact numerics, the Q4_0 and IQ4_NL matrices llama.cpp repacks on x86 whose repacked
     /// order pagoda's [`repacked`] kernel computes bit for bit: Q4_0 and IQ4_NL with a row
     /// count that is a multiple of 8 (llama.cpp's `q4_0_8x8_q8_0` and `iq4_nl_8x8_q8_0`:
     /// per block `acc = fma((float) isum, d_w·d_a, acc)`, for decode and prompts alike).
@@ -308,12 +320,10 @@ impl LlamaWeights {
             ]);
         }
         all.push(&mut self.output);
-        let repacked_by_llamacpp = |w: &Weight| {
-            matches!(w.ty, GgmlType::Q4_0 | GgmlType::IQ4_NL)
-                && w.rows % 8 == 0
-                && w.name != "token_embd.weight"
+        let ours = |w: &Weight| {
+            matches!(w.ty, GgmlType::Q4_0 | GgmlType::IQ4_NL) && w.repacked_by_llamacpp()
         };
-        for w in all.into_iter().filter(|w| repacked_by_llamacpp(w)) {
+        for w in all.into_iter().filter(|w| ours(w)) {
             match Repacked::new(&w.matrix(file)) {
                 Ok(r) => w.fast = r.map(|r| FastWeight::Quant(Arc::new(r))),
                 Err(bytes) => {

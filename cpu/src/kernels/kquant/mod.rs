@@ -20,19 +20,21 @@
 //! The integer lanes are exact and the float steps are shared (`x86.rs`), so every level
 //! returns the scalar bits, which are llama.cpp's (tests/kernels_kquant.rs).
 //!
-//! Not llama.cpp's default Q4_K and Q2_K paths on x86: for weights whose row count is a
-//! multiple of 8, llama.cpp repacks Q4_K (AVX2) and Q2_K (AVX-512) at load (`repack.cpp`,
-//! 8 rows interleaved) and runs `ggml_gemv/gemm_q{4,2}_K_8x8_q8_K`, whose float order
-//! differs: one f32 accumulator per output, `acc = fma((float) Σ_superblock, dx·dy, acc)`,
-//! the mins in a second accumulator `fma((float) Σ m·bsums, dmin·dy, acc_min)`, result
-//! `acc - acc_min` (no 8 lanes, no `hsum_float_8`). These rows are the non-repacked
-//! `ggml_vec_dot_*_q8_K` (llama.cpp with `--repack 0`); Q3_K, Q5_K, Q6_K and IQ4_XS are
-//! not repacked on x86, so for them this is llama.cpp's default.
+//! These rows are llama.cpp's `ggml_vec_dot_*_q8_K`, its order for a batch of fewer than 8
+//! tokens. Each row also names llama.cpp's other orders, which exact numerics take where
+//! llama.cpp does (`Kernels::matmul_exact`):
+//! - `tiled`: batches of 8 tokens or more go to llama.cpp's tiled kernel ([`tiled`], every
+//!   K-quant);
+//! - `llama_repacked`: for weights whose row count is a multiple of 8 llama.cpp repacks Q4_K
+//!   and Q2_K at load (`repack.cpp`, 8 rows interleaved) and runs
+//!   `ggml_gemv/gemm_q{4,2}_K_8x8_q8_K` at every batch size, whose float order is another
+//!   again ([`llama_repacked`]: one accumulator per output and a second for the mins).
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+mod llama_repacked;
 #[cfg(target_arch = "aarch64")]
 mod neon;
 mod scalar;
@@ -183,11 +185,15 @@ tiled_dot!(TiledNeonIq4Xs, BlockIq4Xs, dot_iq4_xs, neon::Neon);
 
 /// K-quant rows of the scalar level: llama.cpp's x86 float order.
 pub(crate) static SCALAR: [WeightKernels; 6] = [
-    row(GgmlType::Q2_K, Activation::Q8K, 2, by_rows::<ScalarQ2K>).with_tiled(by_rows::<TiledQ2K>),
+    row(GgmlType::Q2_K, Activation::Q8K, 2, by_rows::<ScalarQ2K>)
+        .with_tiled(by_rows::<TiledQ2K>)
+        .with_llama_repacked(llama_repacked::chunk::<BlockQ2K>),
     row(GgmlType::Q3_K, Activation::Q8K, 2, by_rows::<ScalarQ3K>).with_tiled(by_rows::<TiledQ3K>),
     row(GgmlType::IQ4_XS, Activation::Q8K, 2, by_rows::<ScalarIq4Xs>)
         .with_tiled(by_rows::<TiledIq4Xs>),
-    row(GgmlType::Q4_K, Activation::Q8K, 2, by_rows::<ScalarQ4K>).with_tiled(by_rows::<TiledQ4K>),
+    row(GgmlType::Q4_K, Activation::Q8K, 2, by_rows::<ScalarQ4K>)
+        .with_tiled(by_rows::<TiledQ4K>)
+        .with_llama_repacked(llama_repacked::chunk::<BlockQ4K>),
     row(GgmlType::Q5_K, Activation::Q8K, 2, by_rows::<ScalarQ5K>).with_tiled(by_rows::<TiledQ5K>),
     row(GgmlType::Q6_K, Activation::Q8K, 2, by_rows::<ScalarQ6K>).with_tiled(by_rows::<TiledQ6K>),
 ];
@@ -196,13 +202,15 @@ pub(crate) static SCALAR: [WeightKernels; 6] = [
 #[cfg(target_arch = "x86_64")]
 pub(crate) static AVX2: [WeightKernels; 6] = [
     row(GgmlType::Q2_K, Activation::Q8K, 2, avx2::chunk::<x86::Q2K>)
-        .with_tiled(by_rows::<tiled_x86::Avx2Q2K>),
+        .with_tiled(by_rows::<tiled_x86::Avx2Q2K>)
+        .with_llama_repacked(llama_repacked::chunk_avx2::<BlockQ2K>),
     row(GgmlType::Q3_K, Activation::Q8K, 2, avx2::chunk::<x86::Q3K>)
         .with_tiled(by_rows::<tiled_x86::Avx2Q3K>),
     row(GgmlType::IQ4_XS, Activation::Q8K, 2, avx2::chunk::<x86::Iq4Xs>)
         .with_tiled(by_rows::<tiled_x86::Avx2Iq4Xs>),
     row(GgmlType::Q4_K, Activation::Q8K, 2, avx2::chunk::<x86::Q4K>)
-        .with_tiled(by_rows::<tiled_x86::Avx2Q4K>),
+        .with_tiled(by_rows::<tiled_x86::Avx2Q4K>)
+        .with_llama_repacked(llama_repacked::chunk_avx2::<BlockQ4K>),
     row(GgmlType::Q5_K, Activation::Q8K, 2, avx2::chunk::<x86::Q5K>)
         .with_tiled(by_rows::<tiled_x86::Avx2Q5K>),
     row(GgmlType::Q6_K, Activation::Q8K, 2, avx2::chunk::<x86::Q6K>)
@@ -213,13 +221,15 @@ pub(crate) static AVX2: [WeightKernels; 6] = [
 #[cfg(target_arch = "x86_64")]
 pub(crate) static AVX512: [WeightKernels; 6] = [
     row(GgmlType::Q2_K, Activation::Q8K, 2, avx512::chunk::<x86::Q2K>)
-        .with_tiled(by_rows::<tiled_x86::Avx512Q2K>),
+        .with_tiled(by_rows::<tiled_x86::Avx512Q2K>)
+        .with_llama_repacked(llama_repacked::chunk_avx512::<BlockQ2K>),
     row(GgmlType::Q3_K, Activation::Q8K, 2, avx512::chunk::<x86::Q3K>)
         .with_tiled(by_rows::<tiled_x86::Avx512Q3K>),
     row(GgmlType::IQ4_XS, Activation::Q8K, 2, avx512::chunk::<x86::Iq4Xs>)
         .with_tiled(by_rows::<tiled_x86::Avx512Iq4Xs>),
     row(GgmlType::Q4_K, Activation::Q8K, 2, avx512::chunk::<x86::Q4K>)
-        .with_tiled(by_rows::<tiled_x86::Avx512Q4K>),
+        .with_tiled(by_rows::<tiled_x86::Avx512Q4K>)
+        .with_llama_repacked(llama_repacked::chunk_avx512::<BlockQ4K>),
     row(GgmlType::Q5_K, Activation::Q8K, 2, avx512::chunk::<x86::Q5K>)
         .with_tiled(by_rows::<tiled_x86::Avx512Q5K>),
     row(GgmlType::Q6_K, Activation::Q8K, 2, avx512::chunk::<x86::Q6K>)
@@ -230,11 +240,13 @@ pub(crate) static AVX512: [WeightKernels; 6] = [
 #[cfg(target_arch = "aarch64")]
 pub(crate) static NEON: [WeightKernels; 6] = [
     row(GgmlType::Q2_K, Activation::Q8K, 2, by_rows::<neon::NeonQ2K>)
-        .with_tiled(by_rows::<TiledNeonQ2K>),
+        .with_tiled(by_rows::<TiledNeonQ2K>)
+        .with_llama_repacked(llama_repacked::chunk::<BlockQ2K>),
     row(GgmlType::Q3_K, Activation::Q8K, 2, by_rows::<neon::NeonQ3K>)
         .with_tiled(by_rows::<TiledNeonQ3K>),
     row(GgmlType::Q4_K, Activation::Q8K, 2, by_rows::<neon::NeonQ4K>)
-        .with_tiled(by_rows::<TiledNeonQ4K>),
+        .with_tiled(by_rows::<TiledNeonQ4K>)
+        .with_llama_repacked(llama_repacked::chunk::<BlockQ4K>),
     row(GgmlType::Q5_K, Activation::Q8K, 2, by_rows::<neon::NeonQ5K>)
         .with_tiled(by_rows::<TiledNeonQ5K>),
     row(GgmlType::Q6_K, Activation::Q8K, 2, by_rows::<neon::NeonQ6K>)
