@@ -64,11 +64,18 @@ fn case(ty: GgmlType, rng: &mut Rng) -> Case {
     Case { ty, rows, cols, tokens, w_len: bytes.len(), w: aligned(&bytes), x }
 }
 
-fn run(k: &Kernels, c: &Case) -> Vec<f32> {
+/// [`Kernels::matmul`], or with `exact` [`Kernels::matmul_exact`] (llama.cpp's choice of
+/// kernel for the batch).
+fn run_in(k: &Kernels, c: &Case, exact: bool) -> Vec<f32> {
     let data = &bytemuck::cast_slice::<u64, u8>(&c.w)[..c.w_len];
     let m = QuantMatrix::new(c.ty, c.rows, c.cols, data).expect("matrix");
     let mut out = vec![0.0f32; c.tokens * c.rows];
-    k.matmul(&m, &c.x, c.tokens, &mut out, &mut MatmulScratch::new()).expect("matmul");
+    let scratch = &mut MatmulScratch::new();
+    if exact {
+        k.matmul_exact(&m, &c.x, c.tokens, &mut out, scratch, false).expect("matmul_exact");
+    } else {
+        k.matmul(&m, &c.x, c.tokens, &mut out, scratch).expect("matmul");
+    }
     out
 }
 
@@ -128,12 +135,14 @@ fn every_table_format_at_every_level_equals_scalar_bit_for_bit() {
     }
     let mut rng = Rng::new(0x7AB1E);
     for &ty in &types {
-        for _ in 0..60 {
+        for i in 0..120 {
             let c = case(ty, &mut rng);
-            let want = run(&scalar, &c);
+            // Half the cases through `matmul_exact` (llama.cpp's batch-dependent kernels).
+            let exact = i % 2 == 1;
+            let want = run_in(&scalar, &c, exact);
             check_against_f64(&c, &want);
             for k in all_kernels() {
-                let got = run(&k, &c);
+                let got = run_in(&k, &c, exact);
                 if ty == GgmlType::F32 {
                     // The one exception: F32's sum order follows the vector width.
                     check_against_f64(&c, &got);
@@ -142,7 +151,7 @@ fn every_table_format_at_every_level_equals_scalar_bit_for_bit() {
                 let same = got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
                 assert!(
                     same,
-                    "{ty} at {:?} differs from scalar ({} × {} × {}): {:?} vs {:?}",
+                    "{ty} at {:?} (exact: {exact}) differs from scalar ({} × {} × {}): {:?} vs {:?}",
                     k.level(),
                     c.rows,
                     c.cols,
@@ -152,5 +161,89 @@ fn every_table_format_at_every_level_equals_scalar_bit_for_bit() {
                 );
             }
         }
+    }
+}
+
+/// llama.cpp's tinyBLAS order for a cell, transcribed from `sgemm.cpp`'s `gemm_bloc`: one
+/// 16-lane accumulator over the row (F16: `vfmadd` per 16 columns; BF16: `vdpbf16ps` per 32,
+/// odd product first, subnormals flushed), then GCC's `_mm512_reduce_add_ps`.
+fn tinyblas_cell(ty: GgmlType, w: &[f32], x: &[f32]) -> f32 {
+    let flush = |v: f32| if v.is_subnormal() { 0.0f32.copysign(v) } else { v };
+    let mut acc = [0.0f32; 16];
+    if ty == GgmlType::F16 {
+        for (ws, xs) in w.chunks_exact(16).zip(x.chunks_exact(16)) {
+            for l in 0..16 {
+                acc[l] = ws[l].mul_add(xs[l], acc[l]);
+            }
+        }
+    } else {
+        for (ws, xs) in w.chunks_exact(32).zip(x.chunks_exact(32)) {
+            for l in 0..16 {
+                for e in [2 * l + 1, 2 * l] {
+                    acc[l] = flush(flush(acc[l]) + flush(flush(ws[e]) * flush(xs[e])));
+                }
+            }
+        }
+    }
+    let h: [f32; 8] = std::array::from_fn(|i| acc[i] + acc[i + 8]);
+    let q: [f32; 4] = std::array::from_fn(|i| h[i] + h[i + 4]);
+    (q[0] + q[2]) + (q[1] + q[3])
+}
+
+/// Exact numerics send F16 and BF16 batches where llama.cpp's `llamafile_sgemm` takes them
+/// (≥ 2 tokens, rows a multiple of 4, columns of 16 / 32) to its tinyBLAS order — equal to
+/// the transcription above — and everything else to `vec_dot`'s (`matmul`'s) order.
+#[test]
+fn exact_f16_and_bf16_batches_take_llamacpps_tinyblas_order() {
+    let scalar = Kernels::new(SimdLevel::Scalar).unwrap();
+    let mut rng = Rng::new(0x71_4B1A5);
+    for ty in [GgmlType::F16, GgmlType::BF16] {
+        let step = if ty == GgmlType::F16 { 16 } else { 32 };
+        let mut differs = 0;
+        for (rows, cols, tokens) in
+            [(8, 96, 1), (8, 96, 2), (12, 64, 5), (6, 64, 3), (8, 48, 3), (4, 32, 7)]
+        {
+            let row_bytes = ty.row_bytes(cols as u64).unwrap() as usize;
+            let mut bytes = vec![0u8; rows * row_bytes];
+            for r in 0..rows {
+                let v = values(&mut rng, cols);
+                quantize_row(ty, &v, &mut bytes[r * row_bytes..(r + 1) * row_bytes]).unwrap();
+            }
+            let x: Vec<f32> = (0..tokens).flat_map(|_| values(&mut rng, cols)).collect();
+            let c = Case { ty, rows, cols, tokens, w_len: bytes.len(), w: aligned(&bytes), x };
+            let plain = run_in(&scalar, &c, false);
+            let exact = run_in(&scalar, &c, true);
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            if tokens < 2 || rows % 4 != 0 || cols % step != 0 {
+                assert_eq!(bits(&exact), bits(&plain), "{ty} {rows}×{cols}×{tokens}: vec_dot");
+                continue;
+            }
+            // The transcription, on the weights and activations as llama.cpp holds them.
+            let mut wr = vec![0.0f32; cols];
+            for r in 0..rows {
+                dequantize_row(ty, &bytes[r * row_bytes..(r + 1) * row_bytes], &mut wr).unwrap();
+                for t in 0..tokens {
+                    let xq: Vec<f32> = c.x[t * cols..(t + 1) * cols]
+                        .iter()
+                        .map(|&v| {
+                            let mut b = [0u8; 2];
+                            quantize_row(ty, &[v], &mut b).unwrap();
+                            let mut o = [0.0f32];
+                            dequantize_row(ty, &b, &mut o).unwrap();
+                            o[0]
+                        })
+                        .collect();
+                    let want = tinyblas_cell(ty, &wr, &xq);
+                    let got = exact[t * rows + r];
+                    assert_eq!(
+                        got.to_bits(),
+                        want.to_bits(),
+                        "{ty} {rows}×{cols}×{tokens} ({r}, {t})"
+                    );
+                    differs += usize::from(got.to_bits() != plain[t * rows + r].to_bits());
+                }
+            }
+        }
+        assert!(differs > 0, "{ty}: the tinyBLAS order never differs from vec_dot's here");
     }
 }

@@ -593,8 +593,10 @@ unsafe fn hsum8(a: __m256) -> f32 {
 /// This level's rows of the weight-format table (formats not listed run the scalar row).
 pub(crate) static TABLE: [WeightKernels; 9] = [
     row(GgmlType::F32, Activation::F32, 4, f32_chunk),
-    row(GgmlType::F16, Activation::F16, 2, super::half_x86::f16_chunk_avx512),
-    row(GgmlType::BF16, Activation::Bf16, 2, super::half_x86::bf16_chunk_avx512),
+    row(GgmlType::F16, Activation::F16, 2, super::half_x86::f16_chunk_avx512)
+        .with_tinyblas(super::tinyblas::f16_chunk_avx512, super::tinyblas::F16_STEP),
+    row(GgmlType::BF16, Activation::Bf16, 2, super::half_x86::bf16_chunk_avx512)
+        .with_tinyblas(super::tinyblas::bf16_chunk_avx512, super::tinyblas::BF16_STEP),
     soa_row(GgmlType::Q4_0, Activation::Q8_0, soa_chunk::<{ Q4_0 }>),
     soa_row(GgmlType::Q4_1, Activation::Q8_1, soa_chunk::<{ Q4_1 }>),
     soa_row(GgmlType::Q5_0, Activation::Q8_0, soa_chunk::<{ Q5_0 }>),

@@ -35,8 +35,9 @@ pub(crate) fn matmul(
 pub(crate) enum Order {
     /// The row's own kernel at every batch size (`WeightKernels::chunk`).
     PerRow,
-    /// llama.cpp's choice for the batch: `WeightKernels::tiled` from
-    /// [`super::TILED_MIN_TOKENS`] tokens where the row has one.
+    /// llama.cpp's choice for the batch: `WeightKernels::tinyblas` (F16, BF16) from 2 tokens
+    /// where the shapes fit it, `WeightKernels::tiled` (K-quants) from
+    /// [`super::TILED_MIN_TOKENS`] tokens.
     Llama,
     /// llama.cpp's choice for matrices it repacks at load: `WeightKernels::llama_repacked`
     /// where the row has one, else as [`Order::Llama`].
@@ -89,13 +90,17 @@ pub(crate) fn matmul_multi_in(
         return Ok(());
     }
     let wk = table::lookup(k.level(), ty).ok_or(KernelError::UnsupportedType(ty))?;
-    let chunk_fn = match (order, wk.llama_repacked, wk.tiled) {
-        (Order::LlamaRepacked, Some(repacked), _) => repacked,
-        (Order::Llama | Order::LlamaRepacked, _, Some(tiled))
-            if n_tokens >= super::TILED_MIN_TOKENS =>
-        {
-            tiled
-        }
+    // llama.cpp's tinyBLAS takes the batch if every matrix fits its tiles.
+    let tinyblas = wk.tinyblas.filter(|&(_, step)| {
+        n_tokens >= 2
+            && cols % step == 0
+            && ws.iter().all(|w| w.rows() % super::tinyblas::ROW_MULTIPLE == 0)
+    });
+    let chunk_fn = match (order, tinyblas, wk.llama_repacked, wk.tiled) {
+        (Order::PerRow, ..) => wk.chunk,
+        (_, Some((f, _)), _, _) => f,
+        (Order::LlamaRepacked, None, Some(repacked), _) => repacked,
+        (_, None, _, Some(tiled)) if n_tokens >= super::TILED_MIN_TOKENS => tiled,
         _ => wk.chunk,
     };
     let inputs = activations::prepare(k, wk, x, cols, scratch)?;

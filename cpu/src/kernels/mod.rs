@@ -42,6 +42,7 @@ pub mod silu;
 mod table;
 #[cfg(test)]
 pub(crate) mod test_rng;
+mod tinyblas;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -168,8 +169,11 @@ impl Kernels {
     /// [`matmul_multi`](Self::matmul_multi) in the order llama.cpp computes a batch of
     /// `n_tokens` tokens (exact numerics): the same per-row order, except K-quant matrices
     /// (Q2_K…Q6_K, IQ4_XS) in batches of at least [`TILED_MIN_TOKENS`] tokens, which take
-    /// llama.cpp's tiled kernel's order (`kquant/tiled.rs`). So unlike `matmul_multi` a
-    /// token's result depends on its batch's size, as llama.cpp's does.
+    /// llama.cpp's tiled kernel's order (`kquant/tiled.rs`), and F16/BF16 matrices in
+    /// batches of at least 2 tokens, which take llama.cpp's tinyBLAS order (`tinyblas.rs`)
+    /// where every matrix has a multiple of 4 rows and of its step (16, 32) columns. So
+    /// unlike `matmul_multi` a token's result depends on its batch's size, as llama.cpp's
+    /// does.
     ///
     /// `repacked_by_llamacpp`: the matrices are ones llama.cpp repacks at load (Q4_K and
     /// Q2_K with a row count that is a multiple of 8, other than the token embedding; the

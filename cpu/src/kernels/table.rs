@@ -23,7 +23,7 @@ use pagoda_core::ggml_type::GgmlType;
 use pagoda_core::quant::{BlockQ5_0, BlockQ5_1, BlockQ8K, BlockQ8_0, BlockQ8_1};
 
 use super::activations::Inputs;
-use super::{float, scalar, SimdLevel};
+use super::{float, scalar, tinyblas, SimdLevel};
 
 /// The activation format a weight format's dot product reads (ggml's `vec_dot_type`);
 /// [`Inputs`] holds the call's activations converted to it, once per matmul.
@@ -75,6 +75,10 @@ pub(crate) struct WeightKernels {
     /// llama.cpp's kernel for the matrices of this type it repacks at load (Q4_K, Q2_K:
     /// `kquant/llama_repacked.rs`), where its order differs from `chunk`'s and `tiled`'s.
     pub llama_repacked: Option<ChunkFn>,
+    /// llama.cpp's tinyBLAS kernel (F16, BF16: `tinyblas.rs`) and its step in columns: what
+    /// llama.cpp runs for matmuls of at least 2 tokens whose matrices have a multiple of 4
+    /// rows and of the step columns.
+    pub tinyblas: Option<(ChunkFn, usize)>,
 }
 
 impl core::fmt::Debug for WeightKernels {
@@ -267,7 +271,16 @@ pub(crate) const fn row(
     align: usize,
     chunk: ChunkFn,
 ) -> WeightKernels {
-    WeightKernels { ty, act, align, soa: false, chunk, tiled: None, llama_repacked: None }
+    WeightKernels {
+        ty,
+        act,
+        align,
+        soa: false,
+        chunk,
+        tiled: None,
+        llama_repacked: None,
+        tinyblas: None,
+    }
 }
 
 impl WeightKernels {
@@ -280,19 +293,35 @@ impl WeightKernels {
     pub(crate) const fn with_llama_repacked(self, f: ChunkFn) -> Self {
         WeightKernels { llama_repacked: Some(f), ..self }
     }
+
+    /// This row with `f` as llama.cpp's tinyBLAS kernel, `step` columns per step.
+    pub(crate) const fn with_tinyblas(self, f: ChunkFn, step: usize) -> Self {
+        WeightKernels { tinyblas: Some((f, step)), ..self }
+    }
 }
 
 /// A table row whose kernel reads the x86 structure-of-arrays activations.
 #[cfg(target_arch = "x86_64")]
 pub(crate) const fn soa_row(ty: GgmlType, act: Activation, chunk: ChunkFn) -> WeightKernels {
-    WeightKernels { ty, act, align: 2, soa: true, chunk, tiled: None, llama_repacked: None }
+    WeightKernels {
+        ty,
+        act,
+        align: 2,
+        soa: true,
+        chunk,
+        tiled: None,
+        llama_repacked: None,
+        tinyblas: None,
+    }
 }
 
 /// The scalar level: every format pagoda runs but the K-quants (`kquant::SCALAR`).
 static SCALAR: [WeightKernels; 9] = [
     row(GgmlType::F32, Activation::F32, 4, f32_chunk),
-    row(GgmlType::F16, Activation::F16, 2, f16_chunk),
-    row(GgmlType::BF16, Activation::Bf16, 2, bf16_chunk),
+    row(GgmlType::F16, Activation::F16, 2, f16_chunk)
+        .with_tinyblas(tinyblas::f16_chunk, tinyblas::F16_STEP),
+    row(GgmlType::BF16, Activation::Bf16, 2, bf16_chunk)
+        .with_tinyblas(tinyblas::bf16_chunk, tinyblas::BF16_STEP),
     row(GgmlType::Q4_0, Activation::Q8_0, 2, by_rows::<ScalarQ4_0>),
     row(GgmlType::Q4_1, Activation::Q8_1, 2, by_rows::<ScalarQ4_1>),
     row(GgmlType::Q5_0, Activation::Q8_0, 2, by_rows::<ScalarQ5_0>),
