@@ -172,15 +172,15 @@ fn tinyblas_cell(ty: GgmlType, w: &[f32], x: &[f32]) -> f32 {
     let mut acc = [0.0f32; 16];
     if ty == GgmlType::F16 {
         for (ws, xs) in w.chunks_exact(16).zip(x.chunks_exact(16)) {
-            for l in 0..16 {
-                acc[l] = ws[l].mul_add(xs[l], acc[l]);
+            for (a, (w, x)) in acc.iter_mut().zip(ws.iter().zip(xs)) {
+                *a = w.mul_add(*x, *a);
             }
         }
     } else {
         for (ws, xs) in w.chunks_exact(32).zip(x.chunks_exact(32)) {
-            for l in 0..16 {
+            for (l, a) in acc.iter_mut().enumerate() {
                 for e in [2 * l + 1, 2 * l] {
-                    acc[l] = flush(flush(acc[l]) + flush(flush(ws[e]) * flush(xs[e])));
+                    *a = flush(flush(*a) + flush(flush(ws[e]) * flush(xs[e])));
                 }
             }
         }

@@ -37,9 +37,9 @@ pub(crate) const ROW_MULTIPLE: usize = 4;
 pub(crate) fn dot_f16(w: &[f16], x: &[f32]) -> f32 {
     let mut acc = [0.0f32; 16];
     for (ws, xs) in w.chunks_exact(F16_STEP).zip(x.chunks_exact(F16_STEP)) {
-        for l in 0..16 {
+        for (a, (w, x)) in acc.iter_mut().zip(ws.iter().zip(xs)) {
             // Products of two f16 values are exact in f32: one rounding, as the fma.
-            acc[l] += ws[l].to_f32() * xs[l];
+            *a += w.to_f32() * x;
         }
     }
     reduce16(&acc)
@@ -335,7 +335,7 @@ mod x86 {
                 },
             };
             let run = |f: unsafe fn(&[u8], usize, &Inputs<'_>, &mut [&mut [f32]])| {
-                let mut out = vec![0.0f32; 5 * 8];
+                let mut out = [0.0f32; 5 * 8];
                 let mut outs: Vec<&mut [f32]> = out.chunks_mut(8).collect();
                 // SAFETY: whole rows of `cols` bf16, 5 tokens of `cols`; the features were
                 // checked by the caller.
