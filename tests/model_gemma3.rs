@@ -23,6 +23,7 @@ fn gelu_table_equals_ggml_cpu() {
     });
 }
 
+use common::golden::PrintedPerplexity;
 use pagoda::cpu::engine::{Engine, EngineConfig, Request, RequestId};
 use pagoda::cpu::model::{
     droppable_pages, ForwardScratch, KvCache, KvType, Llama, Logits, Numerics, SeqItem, Session,
@@ -323,16 +324,8 @@ fn perplexity_matches_llamacpp_within_half_a_percent() {
             100.0 * rel
         );
         if model.numerics() == Numerics::Exact && n_ctx == 512 {
-            let printed = |v: &[f64]| v.iter().map(|p| format!("{p:.4}")).collect::<Vec<_>>();
-            let want_running: Vec<f64> = want["running_ppl_per_chunk"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_f64().unwrap())
-                .collect();
-            assert_eq!(printed(&got.running), printed(&want_running), "per chunk");
-            let pm = want["ppl_pm"].as_f64().unwrap();
-            assert_eq!(format!("{:.5}", got.ppl_stderr), format!("{pm:.5}"), "PPL ±");
+            let (got, want) = (PrintedPerplexity::of(&got), PrintedPerplexity::of_llamacpp(want));
+            assert_eq!(got, want, "-c 512, as llama-perplexity prints it");
         }
     }
 }

@@ -68,3 +68,33 @@ pub fn greedy(model: &Llama, prompt: &[u32], n: usize) -> Vec<u32> {
         .expect("greedy generation")
         .tokens
 }
+
+/// A perplexity run as llama-perplexity prints it: the running PPL after each chunk (4
+/// decimals) and the final ± (5 decimals). Equal printed figures are the bar pagoda's exact
+/// numerics meet.
+#[derive(Debug, PartialEq, Eq)]
+pub struct PrintedPerplexity {
+    /// `[1]16.7645,[2]17.9615,…`
+    pub running: Vec<String>,
+    /// `0.91376`
+    pub pm: String,
+}
+
+impl PrintedPerplexity {
+    /// A recorded llama.cpp run (`running_ppl_per_chunk`, `ppl_pm`).
+    pub fn of_llamacpp(run: &serde_json::Value) -> Self {
+        let running = run["running_ppl_per_chunk"].as_array().expect("running_ppl_per_chunk");
+        PrintedPerplexity {
+            running: running.iter().map(|v| format!("{:.4}", v.as_f64().unwrap())).collect(),
+            pm: format!("{:.5}", run["ppl_pm"].as_f64().expect("ppl_pm")),
+        }
+    }
+
+    /// pagoda's result in the same digits.
+    pub fn of(got: &pagoda::cpu::perplexity::Perplexity) -> Self {
+        PrintedPerplexity {
+            running: got.running.iter().map(|p| format!("{p:.4}")).collect(),
+            pm: format!("{:.5}", got.ppl_stderr),
+        }
+    }
+}
