@@ -238,6 +238,27 @@ pub(crate) unsafe fn flush16(x: __m512) -> __m512 {
     }
 }
 
+/// `vdpbf16ps` emulated: `a` plus, per lane l, the odd product of the 32 bf16 pairs in `w`
+/// and `x` (element 2l+1) then the even one (2l), each add rounded, subnormals flushed.
+///
+/// # Safety
+/// AVX-512 F/BW enabled by the caller.
+#[inline(always)]
+pub(crate) unsafe fn dpbf16_emulated(a: __m512, w: __m512i, x: __m512i) -> __m512 {
+    // SAFETY: register-only AVX-512 F/BW operations.
+    unsafe {
+        // Even elements: the low 16 bits of each dword, shifted up; odd: the high 16 bits,
+        // masked.
+        let hi = _mm512_set1_epi32(0xFFFF_0000u32 as i32);
+        let we = flush16(_mm512_castsi512_ps(_mm512_slli_epi32::<16>(w)));
+        let wo = flush16(_mm512_castsi512_ps(_mm512_and_si512(w, hi)));
+        let xe = flush16(_mm512_castsi512_ps(_mm512_slli_epi32::<16>(x)));
+        let xo = flush16(_mm512_castsi512_ps(_mm512_and_si512(x, hi)));
+        let s = flush16(_mm512_add_ps(flush16(a), flush16(_mm512_mul_ps(wo, xo))));
+        flush16(_mm512_add_ps(s, flush16(_mm512_mul_ps(we, xe))))
+    }
+}
+
 /// BF16 rows without `vdpbf16ps`: the same odd-then-even rounded adds with subnormals
 /// flushed, on bf16 values widened to f32 (a left shift by 16).
 ///
@@ -265,15 +286,7 @@ unsafe fn bf16_chunk_avx512_emulated(
                     unsafe {
                         let wv = _mm512_loadu_si512(row.as_ptr().add(i + 32 * h) as *const _);
                         let xv = _mm512_loadu_si512(xr.as_ptr().add(i + 32 * h) as *const _);
-                        // Even elements: the low 16 bits of each dword, shifted up; odd: the
-                        // high 16 bits, masked.
-                        let hi = _mm512_set1_epi32(0xFFFF_0000u32 as i32);
-                        let we = flush16(_mm512_castsi512_ps(_mm512_slli_epi32::<16>(wv)));
-                        let wo = flush16(_mm512_castsi512_ps(_mm512_and_si512(wv, hi)));
-                        let xe = flush16(_mm512_castsi512_ps(_mm512_slli_epi32::<16>(xv)));
-                        let xo = flush16(_mm512_castsi512_ps(_mm512_and_si512(xv, hi)));
-                        let s = flush16(_mm512_add_ps(flush16(*a), flush16(_mm512_mul_ps(wo, xo))));
-                        *a = flush16(_mm512_add_ps(s, flush16(_mm512_mul_ps(we, xe))));
+                        *a = dpbf16_emulated(*a, wv, xv);
                     }
                 }
                 i += 64;

@@ -135,7 +135,7 @@ mod x86 {
     use half::{bf16, f16};
 
     use super::super::activations::Inputs;
-    use super::super::half_x86::{flush16, has_avx512_bf16};
+    use super::super::half_x86::{dpbf16_emulated, has_avx512_bf16};
     use super::{reduce16, BF16_STEP, F16_STEP};
 
     /// Tokens per pass over a weight row.
@@ -274,15 +274,7 @@ mod x86 {
                     unsafe {
                         let wv = _mm512_loadu_si512(row.as_ptr().add(i).cast());
                         let xv = _mm512_loadu_si512(xr.as_ptr().add(i).cast());
-                        // Even elements: the low 16 bits of each dword, shifted up; odd: the
-                        // high 16 bits, masked.
-                        let hi = _mm512_set1_epi32(0xFFFF_0000u32 as i32);
-                        let we = flush16(_mm512_castsi512_ps(_mm512_slli_epi32::<16>(wv)));
-                        let wo = flush16(_mm512_castsi512_ps(_mm512_and_si512(wv, hi)));
-                        let xe = flush16(_mm512_castsi512_ps(_mm512_slli_epi32::<16>(xv)));
-                        let xo = flush16(_mm512_castsi512_ps(_mm512_and_si512(xv, hi)));
-                        let s = flush16(_mm512_add_ps(flush16(a), flush16(_mm512_mul_ps(wo, xo))));
-                        a = flush16(_mm512_add_ps(s, flush16(_mm512_mul_ps(we, xe))));
+                        a = dpbf16_emulated(a, wv, xv);
                     }
                 }
                 // SAFETY: AVX-512 F per this fn's contract.

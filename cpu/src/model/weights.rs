@@ -255,19 +255,7 @@ impl LlamaWeights {
                 bytes: (bytes != usize::MAX).then_some(bytes),
             });
         };
-        let mut all: Vec<&mut Weight> = Vec::new();
-        for l in &mut self.layers {
-            all.extend([
-                &mut l.wq,
-                &mut l.wk,
-                &mut l.wv,
-                &mut l.wo,
-                &mut l.w_gate,
-                &mut l.w_up,
-                &mut l.w_down,
-            ]);
-        }
-        all.push(&mut self.output);
+        let mut all = self.matrices_mut();
         for w in all.iter_mut() {
             w.fast = None; // the old copies go first: never two at once
         }
@@ -307,19 +295,7 @@ impl LlamaWeights {
     pub fn set_llamacpp_repacked(&mut self, file: &[u8]) -> Result<(), ModelError> {
         self.set_repacked(file, None)?;
         let mut failed = None;
-        let mut all: Vec<&mut Weight> = Vec::new();
-        for l in &mut self.layers {
-            all.extend([
-                &mut l.wq,
-                &mut l.wk,
-                &mut l.wv,
-                &mut l.wo,
-                &mut l.w_gate,
-                &mut l.w_up,
-                &mut l.w_down,
-            ]);
-        }
-        all.push(&mut self.output);
+        let all = self.matrices_mut();
         let ours = |w: &Weight| {
             matches!(w.ty, GgmlType::Q4_0 | GgmlType::IQ4_NL) && w.repacked_by_llamacpp()
         };
@@ -335,6 +311,25 @@ impl LlamaWeights {
             }
         }
         failed.map_or(Ok(()), Err)
+    }
+
+    /// Every matrix a forward pass multiplies by, in its order: each layer's seven, then the
+    /// LM head.
+    fn matrices_mut(&mut self) -> Vec<&mut Weight> {
+        let mut all: Vec<&mut Weight> = Vec::new();
+        for l in &mut self.layers {
+            all.extend([
+                &mut l.wq,
+                &mut l.wk,
+                &mut l.wv,
+                &mut l.wo,
+                &mut l.w_gate,
+                &mut l.w_up,
+                &mut l.w_down,
+            ]);
+        }
+        all.push(&mut self.output);
+        all
     }
 
     /// Bytes of weights read to decode one token: every matrix once, plus the LM head.
