@@ -67,102 +67,6 @@ macro_rules! kquant_dot {
     };
 }
 
-/// A K-quant dot product in llama.cpp's tiled order ([`tiled`]) with the integer lanes of
-/// `$lanes`, as a [`RowDot`]; with `$features`, compiled for those CPU features.
-macro_rules! tiled_dot {
-    ($name:ident, $w:ty, $f:ident, $lanes:ty) => {
-        pub(crate) struct $name;
-        impl RowDot for $name {
-            type W = $w;
-            type A = BlockQ8K;
-            fn acts<'a>(inputs: &Inputs<'a>) -> &'a [BlockQ8K] {
-                inputs.q8k
-            }
-            unsafe fn dot(w: &[$w], a: &[BlockQ8K]) -> f32 {
-                tiled::$f::<$lanes>(w, a)
-            }
-        }
-    };
-    ($name:ident, $w:ty, $f:ident, $lanes:ty, $features:literal) => {
-        pub(crate) struct $name;
-        impl RowDot for $name {
-            type W = $w;
-            type A = BlockQ8K;
-            fn acts<'a>(inputs: &Inputs<'a>) -> &'a [BlockQ8K] {
-                inputs.q8k
-            }
-            unsafe fn dot(w: &[$w], a: &[BlockQ8K]) -> f32 {
-                #[target_feature(enable = $features)]
-                unsafe fn with_features(w: &[$w], a: &[BlockQ8K]) -> f32 {
-                    tiled::$f::<$lanes>(w, a)
-                }
-                // SAFETY: the CPU has the level's features (`RowDot::dot`'s contract).
-                unsafe { with_features(w, a) }
-            }
-        }
-    };
-}
-
-tiled_dot!(TiledQ2K, BlockQ2K, dot_q2_k, scalar::Portable);
-tiled_dot!(TiledQ3K, BlockQ3K, dot_q3_k, scalar::Portable);
-tiled_dot!(TiledQ4K, BlockQ4K, dot_q4_k, scalar::Portable);
-tiled_dot!(TiledQ5K, BlockQ5K, dot_q5_k, scalar::Portable);
-tiled_dot!(TiledQ6K, BlockQ6K, dot_q6_k, scalar::Portable);
-tiled_dot!(TiledIq4Xs, BlockIq4Xs, dot_iq4_xs, scalar::Portable);
-
-#[cfg(target_arch = "x86_64")]
-mod tiled_x86 {
-    use super::*;
-    tiled_dot!(
-        Avx512Q2K,
-        BlockQ2K,
-        dot_q2_k,
-        scalar::Portable,
-        "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c"
-    );
-    tiled_dot!(
-        Avx512Q3K,
-        BlockQ3K,
-        dot_q3_k,
-        scalar::Portable,
-        "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c"
-    );
-    tiled_dot!(
-        Avx512Q4K,
-        BlockQ4K,
-        dot_q4_k,
-        scalar::Portable,
-        "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c"
-    );
-    tiled_dot!(
-        Avx512Q5K,
-        BlockQ5K,
-        dot_q5_k,
-        scalar::Portable,
-        "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c"
-    );
-    tiled_dot!(
-        Avx512Q6K,
-        BlockQ6K,
-        dot_q6_k,
-        scalar::Portable,
-        "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c"
-    );
-    tiled_dot!(
-        Avx512Iq4Xs,
-        BlockIq4Xs,
-        dot_iq4_xs,
-        scalar::Portable,
-        "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c"
-    );
-    tiled_dot!(Avx2Q2K, BlockQ2K, dot_q2_k, scalar::Portable, "avx2,fma,f16c");
-    tiled_dot!(Avx2Q3K, BlockQ3K, dot_q3_k, scalar::Portable, "avx2,fma,f16c");
-    tiled_dot!(Avx2Q4K, BlockQ4K, dot_q4_k, scalar::Portable, "avx2,fma,f16c");
-    tiled_dot!(Avx2Q5K, BlockQ5K, dot_q5_k, scalar::Portable, "avx2,fma,f16c");
-    tiled_dot!(Avx2Q6K, BlockQ6K, dot_q6_k, scalar::Portable, "avx2,fma,f16c");
-    tiled_dot!(Avx2Iq4Xs, BlockIq4Xs, dot_iq4_xs, scalar::Portable, "avx2,fma,f16c");
-}
-
 kquant_dot!(ScalarQ2K, BlockQ2K, scalar::dot_q2_k);
 kquant_dot!(ScalarQ3K, BlockQ3K, scalar::dot_q3_k);
 kquant_dot!(ScalarQ4K, BlockQ4K, scalar::dot_q4_k);
@@ -170,87 +74,77 @@ kquant_dot!(ScalarQ5K, BlockQ5K, scalar::dot_q5_k);
 kquant_dot!(ScalarQ6K, BlockQ6K, scalar::dot_q6_k);
 kquant_dot!(ScalarIq4Xs, BlockIq4Xs, scalar::dot_iq4_xs);
 
-#[cfg(target_arch = "aarch64")]
-tiled_dot!(TiledNeonQ2K, BlockQ2K, dot_q2_k, neon::Neon);
-#[cfg(target_arch = "aarch64")]
-tiled_dot!(TiledNeonQ3K, BlockQ3K, dot_q3_k, neon::Neon);
-#[cfg(target_arch = "aarch64")]
-tiled_dot!(TiledNeonQ4K, BlockQ4K, dot_q4_k, neon::Neon);
-#[cfg(target_arch = "aarch64")]
-tiled_dot!(TiledNeonQ5K, BlockQ5K, dot_q5_k, neon::Neon);
-#[cfg(target_arch = "aarch64")]
-tiled_dot!(TiledNeonQ6K, BlockQ6K, dot_q6_k, neon::Neon);
-#[cfg(target_arch = "aarch64")]
-tiled_dot!(TiledNeonIq4Xs, BlockIq4Xs, dot_iq4_xs, neon::Neon);
-
 /// K-quant rows of the scalar level: llama.cpp's x86 float order.
 pub(crate) static SCALAR: [WeightKernels; 6] = [
     row(GgmlType::Q2_K, Activation::Q8K, 2, by_rows::<ScalarQ2K>)
-        .with_tiled(by_rows::<TiledQ2K>)
+        .with_tiled(tiled::chunk::<BlockQ2K>)
         .with_llama_repacked(llama_repacked::chunk::<BlockQ2K>),
-    row(GgmlType::Q3_K, Activation::Q8K, 2, by_rows::<ScalarQ3K>).with_tiled(by_rows::<TiledQ3K>),
+    row(GgmlType::Q3_K, Activation::Q8K, 2, by_rows::<ScalarQ3K>)
+        .with_tiled(tiled::chunk::<BlockQ3K>),
     row(GgmlType::IQ4_XS, Activation::Q8K, 2, by_rows::<ScalarIq4Xs>)
-        .with_tiled(by_rows::<TiledIq4Xs>),
+        .with_tiled(tiled::chunk::<BlockIq4Xs>),
     row(GgmlType::Q4_K, Activation::Q8K, 2, by_rows::<ScalarQ4K>)
-        .with_tiled(by_rows::<TiledQ4K>)
+        .with_tiled(tiled::chunk::<BlockQ4K>)
         .with_llama_repacked(llama_repacked::chunk::<BlockQ4K>),
-    row(GgmlType::Q5_K, Activation::Q8K, 2, by_rows::<ScalarQ5K>).with_tiled(by_rows::<TiledQ5K>),
-    row(GgmlType::Q6_K, Activation::Q8K, 2, by_rows::<ScalarQ6K>).with_tiled(by_rows::<TiledQ6K>),
+    row(GgmlType::Q5_K, Activation::Q8K, 2, by_rows::<ScalarQ5K>)
+        .with_tiled(tiled::chunk::<BlockQ5K>),
+    row(GgmlType::Q6_K, Activation::Q8K, 2, by_rows::<ScalarQ6K>)
+        .with_tiled(tiled::chunk::<BlockQ6K>),
 ];
 
 /// K-quant rows of the AVX2 level.
 #[cfg(target_arch = "x86_64")]
 pub(crate) static AVX2: [WeightKernels; 6] = [
     row(GgmlType::Q2_K, Activation::Q8K, 2, avx2::chunk::<x86::Q2K>)
-        .with_tiled(by_rows::<tiled_x86::Avx2Q2K>)
+        .with_tiled(tiled::chunk_avx2::<BlockQ2K>)
         .with_llama_repacked(llama_repacked::chunk_avx2::<BlockQ2K>),
     row(GgmlType::Q3_K, Activation::Q8K, 2, avx2::chunk::<x86::Q3K>)
-        .with_tiled(by_rows::<tiled_x86::Avx2Q3K>),
+        .with_tiled(tiled::chunk_avx2::<BlockQ3K>),
     row(GgmlType::IQ4_XS, Activation::Q8K, 2, avx2::chunk::<x86::Iq4Xs>)
-        .with_tiled(by_rows::<tiled_x86::Avx2Iq4Xs>),
+        .with_tiled(tiled::chunk_avx2::<BlockIq4Xs>),
     row(GgmlType::Q4_K, Activation::Q8K, 2, avx2::chunk::<x86::Q4K>)
-        .with_tiled(by_rows::<tiled_x86::Avx2Q4K>)
+        .with_tiled(tiled::chunk_avx2::<BlockQ4K>)
         .with_llama_repacked(llama_repacked::chunk_avx2::<BlockQ4K>),
     row(GgmlType::Q5_K, Activation::Q8K, 2, avx2::chunk::<x86::Q5K>)
-        .with_tiled(by_rows::<tiled_x86::Avx2Q5K>),
+        .with_tiled(tiled::chunk_avx2::<BlockQ5K>),
     row(GgmlType::Q6_K, Activation::Q8K, 2, avx2::chunk::<x86::Q6K>)
-        .with_tiled(by_rows::<tiled_x86::Avx2Q6K>),
+        .with_tiled(tiled::chunk_avx2::<BlockQ6K>),
 ];
 
 /// K-quant rows of the AVX-512 level.
 #[cfg(target_arch = "x86_64")]
 pub(crate) static AVX512: [WeightKernels; 6] = [
     row(GgmlType::Q2_K, Activation::Q8K, 2, avx512::chunk::<x86::Q2K>)
-        .with_tiled(by_rows::<tiled_x86::Avx512Q2K>)
+        .with_tiled(tiled::chunk_avx512::<BlockQ2K>)
         .with_llama_repacked(llama_repacked::chunk_avx512::<BlockQ2K>),
     row(GgmlType::Q3_K, Activation::Q8K, 2, avx512::chunk::<x86::Q3K>)
-        .with_tiled(by_rows::<tiled_x86::Avx512Q3K>),
+        .with_tiled(tiled::chunk_avx512::<BlockQ3K>),
     row(GgmlType::IQ4_XS, Activation::Q8K, 2, avx512::chunk::<x86::Iq4Xs>)
-        .with_tiled(by_rows::<tiled_x86::Avx512Iq4Xs>),
+        .with_tiled(tiled::chunk_avx512::<BlockIq4Xs>),
     row(GgmlType::Q4_K, Activation::Q8K, 2, avx512::chunk::<x86::Q4K>)
-        .with_tiled(by_rows::<tiled_x86::Avx512Q4K>)
+        .with_tiled(tiled::chunk_avx512::<BlockQ4K>)
         .with_llama_repacked(llama_repacked::chunk_avx512::<BlockQ4K>),
     row(GgmlType::Q5_K, Activation::Q8K, 2, avx512::chunk::<x86::Q5K>)
-        .with_tiled(by_rows::<tiled_x86::Avx512Q5K>),
+        .with_tiled(tiled::chunk_avx512::<BlockQ5K>),
     row(GgmlType::Q6_K, Activation::Q8K, 2, avx512::chunk::<x86::Q6K>)
-        .with_tiled(by_rows::<tiled_x86::Avx512Q6K>),
+        .with_tiled(tiled::chunk_avx512::<BlockQ6K>),
 ];
 
 /// K-quant rows of the NEON level: the scalar order with NEON integer lanes.
 #[cfg(target_arch = "aarch64")]
 pub(crate) static NEON: [WeightKernels; 6] = [
     row(GgmlType::Q2_K, Activation::Q8K, 2, by_rows::<neon::NeonQ2K>)
-        .with_tiled(by_rows::<TiledNeonQ2K>)
+        .with_tiled(tiled::chunk::<BlockQ2K>)
         .with_llama_repacked(llama_repacked::chunk::<BlockQ2K>),
     row(GgmlType::Q3_K, Activation::Q8K, 2, by_rows::<neon::NeonQ3K>)
-        .with_tiled(by_rows::<TiledNeonQ3K>),
+        .with_tiled(tiled::chunk::<BlockQ3K>),
     row(GgmlType::Q4_K, Activation::Q8K, 2, by_rows::<neon::NeonQ4K>)
-        .with_tiled(by_rows::<TiledNeonQ4K>)
+        .with_tiled(tiled::chunk::<BlockQ4K>)
         .with_llama_repacked(llama_repacked::chunk::<BlockQ4K>),
     row(GgmlType::Q5_K, Activation::Q8K, 2, by_rows::<neon::NeonQ5K>)
-        .with_tiled(by_rows::<TiledNeonQ5K>),
+        .with_tiled(tiled::chunk::<BlockQ5K>),
     row(GgmlType::Q6_K, Activation::Q8K, 2, by_rows::<neon::NeonQ6K>)
-        .with_tiled(by_rows::<TiledNeonQ6K>),
+        .with_tiled(tiled::chunk::<BlockQ6K>),
     row(GgmlType::IQ4_XS, Activation::Q8K, 2, by_rows::<neon::NeonIq4Xs>)
-        .with_tiled(by_rows::<TiledNeonIq4Xs>),
+        .with_tiled(tiled::chunk::<BlockIq4Xs>),
 ];

@@ -16,94 +16,212 @@
 //! acc = fma(r, y.d, acc)                              from acc = 0
 //! ```
 //!
-//! Only these float steps round, so any way of forming the integer sums gives the same bits:
-//! every level runs this file's functions with its own [`Lanes`] (x86 levels compile the
-//! portable loops with their features; `tests/kernels_kquant.rs` checks every level against
-//! the scalar one).
+//! Only these float steps round, so any way of forming the integer sums gives the same bits.
+//! Here each row's super-blocks are decoded once ([`Decoded`]: signed values, a scale and a
+//! min per 16 values) and met by every token of the batch; the integer loops are portable
+//! code that each level compiles with its own features ([`chunk`], [`chunk_avx2`],
+//! [`chunk_avx512`]; `tests/kernels_kquant.rs` checks every level against the scalar one).
 
-use pagoda_core::quant::{BlockIq4Xs, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
+use pagoda_core::quant::{
+    BlockIq4Xs, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, QK_K,
+};
 
+use super::super::activations::Inputs;
 use super::scalar::{
-    iq4xs_scales, iq4xs_values, min_prod4, q2k_min_prod, q2k_quants, q3k_quants, q3k_scales,
-    q4k_quants, q5k_quants, q6k_quants, q6k_sclsub, scales_mins_k4, Lanes,
+    iq4xs_scales, iq4xs_values, q2k_quants, q3k_quants, q3k_scales, q4k_quants, q5k_quants,
+    q6k_quants, scales_mins_k4,
 };
 
 /// Activation rows (tokens) in one matmul from which llama.cpp takes its tiled K-quant
 /// kernel (`ggml_tiled_min_batch`).
 pub const TILED_MIN_TOKENS: usize = 8;
 
-/// One super-block's float steps (module docs).
-#[inline(always)]
-fn step(acc: f32, s1: i32, s2: Option<(i32, f32)>, d: f32, yd: f32) -> f32 {
-    let mut r = s1 as f32 * d;
-    if let Some((s2, dmin)) = s2 {
-        r = (-dmin).mul_add(s2 as f32, r);
+/// One super-block of weights as the tiled order sees it, decoded once per row.
+///
+/// `q` holds the 256 signed values (Q6_K's `0..64` minus 32, Q3_K's `-4..4`, IQ4_XS's
+/// codebook values), `sc[j]` and `mn[j]` the scale and min of values `16j..16j + 16` (a
+/// 32-value sub-block's appear twice). With them `s1 = Σ_j sc[j] · Σ_e q[16j+e] · y[16j+e]`
+/// and `s2 = Σ_j mn[j] · bsums[j]` are the module's integers exactly (Q6_K's `-32` enters
+/// through `q` instead of the block sums: the same integer).
+pub(crate) struct Decoded {
+    q: [i8; QK_K],
+    sc: [i32; 16],
+    mn: [i32; 16],
+    d: f32,
+    /// `f16(x.dmin)` for the formats with mins.
+    dmin: Option<f32>,
+}
+
+/// A K-quant format of the tiled kernel.
+pub(crate) trait Format: bytemuck::Pod {
+    /// The super-block decoded ([`Decoded`]).
+    fn decode(&self) -> Decoded;
+}
+
+/// 8 per-32 values as 16 per-16 ones.
+fn per16(v: [i32; 8]) -> [i32; 16] {
+    core::array::from_fn(|j| v[j / 2])
+}
+
+impl Format for BlockQ2K {
+    fn decode(&self) -> Decoded {
+        Decoded {
+            q: q2k_quants(self),
+            sc: core::array::from_fn(|j| i32::from(self.scales[j] & 0xF)),
+            mn: core::array::from_fn(|j| i32::from(self.scales[j] >> 4)),
+            d: self.d.to_f32(),
+            dmin: Some(self.dmin.to_f32()),
+        }
     }
-    r.mul_add(yd, acc)
 }
 
-fn sum(l: impl IntoIterator<Item = i32>) -> i32 {
-    l.into_iter().fold(0i32, i32::wrapping_add)
+impl Format for BlockQ3K {
+    fn decode(&self) -> Decoded {
+        Decoded {
+            q: q3k_quants(self),
+            sc: q3k_scales(self),
+            mn: [0; 16],
+            d: self.d.to_f32(),
+            dmin: None,
+        }
+    }
 }
 
-/// Q4_K · Q8_K in the tiled order.
+impl Format for BlockQ4K {
+    fn decode(&self) -> Decoded {
+        let (sc, mn) = scales_mins_k4(&self.scales);
+        Decoded {
+            q: q4k_quants(self),
+            sc: per16(sc),
+            mn: per16(mn),
+            d: self.d.to_f32(),
+            dmin: Some(self.dmin.to_f32()),
+        }
+    }
+}
+
+impl Format for BlockQ5K {
+    fn decode(&self) -> Decoded {
+        let (sc, mn) = scales_mins_k4(&self.scales);
+        Decoded {
+            q: q5k_quants(self),
+            sc: per16(sc),
+            mn: per16(mn),
+            d: self.d.to_f32(),
+            dmin: Some(self.dmin.to_f32()),
+        }
+    }
+}
+
+impl Format for BlockQ6K {
+    fn decode(&self) -> Decoded {
+        Decoded {
+            q: q6k_quants(self).map(|v| v - 32),
+            sc: core::array::from_fn(|j| i32::from(self.scales[j])),
+            mn: [0; 16],
+            d: self.d.to_f32(),
+            dmin: None,
+        }
+    }
+}
+
+impl Format for BlockIq4Xs {
+    fn decode(&self) -> Decoded {
+        Decoded {
+            q: iq4xs_values(self),
+            sc: per16(iq4xs_scales(self)),
+            mn: [0; 16],
+            d: self.d.to_f32(),
+            dmin: None,
+        }
+    }
+}
+
+/// One cell: decoded weights `w` against one token's blocks `a` (module docs).
+///
+/// The integer sums wrap instead of checking: they cannot overflow (at most 16 · 127 · 127
+/// per 16 values, times a scale below 128, 16 times: < 2^31), and wrapping arithmetic lets
+/// the loops vectorize in test builds too.
 #[inline(always)]
-pub(crate) fn dot_q4_k<L: Lanes>(w: &[BlockQ4K], a: &[BlockQ8K]) -> f32 {
-    w.iter().zip(a).fold(0.0, |acc, (x, y)| {
-        let (sc, mn) = scales_mins_k4(&x.scales);
-        let s1 = sum(L::lanes::<32>(&q4k_quants(x), &y.qs, &sc));
-        let s2 = sum(min_prod4(&mn, &y.bsums));
-        step(acc, s1, Some((s2, x.dmin.to_f32())), x.d.to_f32(), y.d)
-    })
+fn dot(w: &[Decoded], a: &[BlockQ8K]) -> f32 {
+    let mut acc = 0.0f32;
+    for (x, y) in w.iter().zip(a) {
+        let mut s1 = 0i32;
+        for ((q, ys), &sc) in x.q.chunks_exact(16).zip(y.qs.chunks_exact(16)).zip(&x.sc) {
+            let isum = q
+                .iter()
+                .zip(ys)
+                .fold(0i32, |s, (&a, &b)| s.wrapping_add(i32::from(a) * i32::from(b)));
+            s1 = s1.wrapping_add(sc.wrapping_mul(isum));
+        }
+        let mut r = s1 as f32 * x.d;
+        if let Some(dmin) = x.dmin {
+            let s2 =
+                x.mn.iter()
+                    .zip(&y.bsums)
+                    .fold(0i32, |s, (&m, &b)| s.wrapping_add(m * i32::from(b)));
+            r = (-dmin).mul_add(s2 as f32, r);
+        }
+        acc = r.mul_add(y.d, acc);
+    }
+    acc
 }
 
-/// Q5_K · Q8_K in the tiled order.
+/// Every row of `w` against every token of `inputs` in the tiled order.
 #[inline(always)]
-pub(crate) fn dot_q5_k<L: Lanes>(w: &[BlockQ5K], a: &[BlockQ8K]) -> f32 {
-    w.iter().zip(a).fold(0.0, |acc, (x, y)| {
-        let (sc, mn) = scales_mins_k4(&x.scales);
-        let s1 = sum(L::lanes::<32>(&q5k_quants(x), &y.qs, &sc));
-        let s2 = sum(min_prod4(&mn, &y.bsums));
-        step(acc, s1, Some((s2, x.dmin.to_f32())), x.d.to_f32(), y.d)
-    })
+fn rows<F: Format>(w: &[u8], row_bytes: usize, inputs: &Inputs<'_>, outs: &mut [&mut [f32]]) {
+    let nb = row_bytes / size_of::<F>();
+    let mut decoded = Vec::with_capacity(nb);
+    for (r, row) in w.chunks_exact(row_bytes).enumerate() {
+        // Cannot fail: rows are whole blocks, aligned for the block type (the contract).
+        let row: &[F] = bytemuck::cast_slice(row);
+        decoded.clear();
+        decoded.extend(row.iter().map(F::decode));
+        for (t, o) in outs.iter_mut().enumerate() {
+            o[r] = dot(&decoded, &inputs.q8k[t * nb..(t + 1) * nb]);
+        }
+    }
 }
 
-/// Q6_K · Q8_K in the tiled order (quants `0..64`, the `-32` through the block sums).
-#[inline(always)]
-pub(crate) fn dot_q6_k<L: Lanes>(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
-    w.iter().zip(a).fold(0.0, |acc, (x, y)| {
-        let sc: [i32; 16] = core::array::from_fn(|j| i32::from(x.scales[j]));
-        let l = L::lanes::<16>(&q6k_quants(x), &y.qs, &sc);
-        let s1 = sum(l).wrapping_sub(sum(q6k_sclsub(&sc, &y.bsums)));
-        step(acc, s1, None, x.d.to_f32(), y.d)
-    })
+/// [`rows`] as a table kernel, compiled for the baseline (the scalar level; NEON's too).
+///
+/// # Safety
+/// The `ChunkFn` contract (whole aligned rows, `inputs` holding every token's Q8_K blocks).
+pub(crate) unsafe fn chunk<F: Format>(
+    w: &[u8],
+    row_bytes: usize,
+    inputs: &Inputs<'_>,
+    outs: &mut [&mut [f32]],
+) {
+    rows::<F>(w, row_bytes, inputs, outs)
 }
 
-/// Q2_K · Q8_K in the tiled order.
-#[inline(always)]
-pub(crate) fn dot_q2_k<L: Lanes>(w: &[BlockQ2K], a: &[BlockQ8K]) -> f32 {
-    w.iter().zip(a).fold(0.0, |acc, (x, y)| {
-        let sc: [i32; 16] = core::array::from_fn(|j| i32::from(x.scales[j] & 0xF));
-        let s1 = sum(L::lanes::<16>(&q2k_quants(x), &y.qs, &sc));
-        let s2 = sum(q2k_min_prod(x, &y.bsums));
-        step(acc, s1, Some((s2, x.dmin.to_f32())), x.d.to_f32(), y.d)
-    })
+/// [`rows`] compiled with AVX-512.
+///
+/// # Safety
+/// The CPU has AVX-512 F/BW/VL and FMA; the `ChunkFn` contract.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub(crate) unsafe fn chunk_avx512<F: Format>(
+    w: &[u8],
+    row_bytes: usize,
+    inputs: &Inputs<'_>,
+    outs: &mut [&mut [f32]],
+) {
+    rows::<F>(w, row_bytes, inputs, outs)
 }
 
-/// Q3_K · Q8_K in the tiled order.
-#[inline(always)]
-pub(crate) fn dot_q3_k<L: Lanes>(w: &[BlockQ3K], a: &[BlockQ8K]) -> f32 {
-    w.iter().zip(a).fold(0.0, |acc, (x, y)| {
-        let s1 = sum(L::lanes::<16>(&q3k_quants(x), &y.qs, &q3k_scales(x)));
-        step(acc, s1, None, x.d.to_f32(), y.d)
-    })
-}
-
-/// IQ4_XS · Q8_K in the tiled order.
-#[inline(always)]
-pub(crate) fn dot_iq4_xs<L: Lanes>(w: &[BlockIq4Xs], a: &[BlockQ8K]) -> f32 {
-    w.iter().zip(a).fold(0.0, |acc, (x, y)| {
-        let s1 = sum(L::lanes::<32>(&iq4xs_values(x), &y.qs, &iq4xs_scales(x)));
-        step(acc, s1, None, x.d.to_f32(), y.d)
-    })
+/// [`rows`] compiled with AVX2.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA; the `ChunkFn` contract.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn chunk_avx2<F: Format>(
+    w: &[u8],
+    row_bytes: usize,
+    inputs: &Inputs<'_>,
+    outs: &mut [&mut [f32]],
+) {
+    rows::<F>(w, row_bytes, inputs, outs)
 }
