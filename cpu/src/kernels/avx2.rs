@@ -355,10 +355,12 @@ unsafe fn f16_lo_to_f32(v: __m256i) -> __m256 {
 }
 
 /// This level's rows of the weight-format table (formats not listed run the scalar row).
-pub(crate) static TABLE: [WeightKernels; 8] = [
+pub(crate) static TABLE: [WeightKernels; 9] = [
     row(GgmlType::F32, Activation::F32, 4, f32_chunk),
     row(GgmlType::F16, Activation::F16, 2, super::half_x86::f16_chunk_avx2)
         .with_tinyblas(super::tinyblas::f16_chunk_avx2, super::tinyblas::F16_STEP),
+    row(GgmlType::BF16, Activation::Bf16, 2, super::half_x86::bf16_chunk_avx2)
+        .with_tinyblas(super::tinyblas::bf16_chunk_avx2, super::tinyblas::BF16_STEP),
     soa_row(GgmlType::Q4_0, Activation::Q8_0, soa_chunk::<{ super::avx512::Q4_0 }>),
     soa_row(GgmlType::Q4_1, Activation::Q8_1, soa_chunk::<{ Q4_1 }>),
     soa_row(GgmlType::Q5_0, Activation::Q8_0, soa_chunk::<{ Q5_0 }>),

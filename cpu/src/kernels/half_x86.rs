@@ -303,6 +303,112 @@ unsafe fn bf16_chunk_avx512_emulated(
     }
 }
 
+/// `x` with subnormal lanes replaced by zeros of their sign (AVX2: [`flush16`]'s twin).
+///
+/// # Safety
+/// AVX2 enabled by the caller.
+#[inline(always)]
+unsafe fn flush8(x: __m256) -> __m256 {
+    // SAFETY: register-only AVX operations.
+    unsafe {
+        let sign = _mm256_and_ps(x, _mm256_set1_ps(-0.0));
+        let abs = _mm256_andnot_ps(_mm256_set1_ps(-0.0), x);
+        let tiny = _mm256_cmp_ps::<_CMP_LT_OQ>(abs, _mm256_set1_ps(f32::MIN_POSITIVE));
+        _mm256_blendv_ps(x, sign, tiny)
+    }
+}
+
+/// [`dpbf16_emulated`] on 8 lanes: `a` plus, per lane l, the odd product of the 16 bf16 pairs
+/// in `w` and `x` (element 2l+1) then the even one (2l), each add rounded, subnormals flushed.
+///
+/// # Safety
+/// AVX2 enabled by the caller.
+#[inline(always)]
+pub(crate) unsafe fn dpbf16_emulated8(a: __m256, w: __m256i, x: __m256i) -> __m256 {
+    // SAFETY: register-only AVX2 operations.
+    unsafe {
+        let hi = _mm256_set1_epi32(0xFFFF_0000u32 as i32);
+        let we = flush8(_mm256_castsi256_ps(_mm256_slli_epi32::<16>(w)));
+        let wo = flush8(_mm256_castsi256_ps(_mm256_and_si256(w, hi)));
+        let xe = flush8(_mm256_castsi256_ps(_mm256_slli_epi32::<16>(x)));
+        let xo = flush8(_mm256_castsi256_ps(_mm256_and_si256(x, hi)));
+        let s = flush8(_mm256_add_ps(flush8(a), flush8(_mm256_mul_ps(wo, xo))));
+        flush8(_mm256_add_ps(s, flush8(_mm256_mul_ps(we, xe))))
+    }
+}
+
+/// 32 bf16 of `w` and `x` at `p` into a 16-lane accumulator held as two ymm (lanes 0..8:
+/// elements 0..16).
+///
+/// # Safety
+/// AVX2 enabled by the caller; 32 bf16 readable at `w` and `x`.
+#[inline(always)]
+pub(crate) unsafe fn dpbf16_emulated16(a: &mut [__m256; 2], w: *const bf16, x: *const bf16) {
+    for (q, a) in a.iter_mut().enumerate() {
+        // SAFETY: elements 16q..16q + 16 < 32 of both (the contract); AVX2 per the contract.
+        unsafe {
+            let wv = _mm256_loadu_si256(w.add(16 * q).cast());
+            let xv = _mm256_loadu_si256(x.add(16 * q).cast());
+            *a = dpbf16_emulated8(*a, wv, xv);
+        }
+    }
+}
+
+/// A 16-lane accumulator held as two ymm, stored in lane order.
+///
+/// # Safety
+/// AVX enabled by the caller.
+#[inline(always)]
+pub(crate) unsafe fn lanes16(a: [__m256; 2]) -> [f32; 16] {
+    let mut out = [0.0f32; 16];
+    // SAFETY: two 8-float stores into a 16-float array; AVX per the contract.
+    unsafe {
+        _mm256_storeu_ps(out.as_mut_ptr(), a[0]);
+        _mm256_storeu_ps(out.as_mut_ptr().add(8), a[1]);
+    }
+    out
+}
+
+/// BF16 weight rows × every token, AVX2: the rounded adds of `vdpbf16ps` with subnormals
+/// flushed, 16 lanes as two ymm.
+///
+/// # Safety
+/// [`ChunkFn`](super::table::ChunkFn)'s contract; the CPU has AVX2.
+#[target_feature(enable = "avx2")]
+pub(crate) unsafe fn bf16_chunk_avx2(
+    w: &[u8],
+    row_bytes: usize,
+    inputs: &Inputs<'_>,
+    outs: &mut [&mut [f32]],
+) {
+    let cols = row_bytes / 2;
+    let np = cols / 64 * 64;
+    for (r, row) in w.chunks_exact(row_bytes).enumerate() {
+        let row: &[bf16] = bytemuck::cast_slice(row);
+        for (t, out) in outs.iter_mut().enumerate() {
+            let xr = &inputs.bf16[t * cols..(t + 1) * cols];
+            let mut acc = [[_mm256_setzero_ps(); 2]; 2];
+            for i in (0..np).step_by(64) {
+                for (h, a) in acc.iter_mut().enumerate() {
+                    // SAFETY: i + 64 <= np <= cols: 32 bf16 at i + 32h are in bounds of the
+                    // row and of x; AVX2 per the contract.
+                    unsafe {
+                        dpbf16_emulated16(
+                            a,
+                            row.as_ptr().add(i + 32 * h),
+                            xr.as_ptr().add(i + 32 * h),
+                        )
+                    };
+                }
+            }
+            // SAFETY: AVX per the contract.
+            let (c1, c2) = unsafe { (lanes16(acc[0]), lanes16(acc[1])) };
+            let total = f64::from(reduce16(&c1)) + f64::from(reduce16(&c2));
+            out[r] = (total + tail_bf16(row, xr, np)) as f32;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -355,7 +461,7 @@ mod tests {
     }
 
     #[test]
-    fn bf16_emulation_and_vdpbf16ps_equal_the_scalar_rule_with_subnormals() {
+    fn bf16_emulations_and_vdpbf16ps_equal_the_scalar_rule_with_subnormals() {
         if !(std::arch::is_x86_feature_detected!("avx512f")
             && std::arch::is_x86_feature_detected!("avx512bw"))
         {
@@ -377,6 +483,13 @@ mod tests {
                     })
                 })
                 .collect();
+            // SAFETY: AVX2 comes with the AVX-512 checked above.
+            let avx2 = run(bf16_chunk_avx2, &w, &x, cols);
+            assert_eq!(
+                avx2.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "AVX2 emulation, seed {seed}"
+            );
             let emulated = run(bf16_chunk_avx512_emulated, &w, &x, cols);
             assert_eq!(
                 emulated.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),

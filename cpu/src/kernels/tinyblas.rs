@@ -128,6 +128,38 @@ pub(crate) unsafe fn f16_chunk_avx2(
     f16_rows(w, row_bytes, inputs, outs)
 }
 
+/// [`bf16_chunk`] at AVX2: the emulated `vdpbf16ps` adds on 16 lanes as two ymm.
+///
+/// # Safety
+/// [`bf16_chunk`]'s contract; the CPU has AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+pub(crate) unsafe fn bf16_chunk_avx2(
+    w: &[u8],
+    row_bytes: usize,
+    inputs: &Inputs<'_>,
+    outs: &mut [&mut [f32]],
+) {
+    use super::half_x86::{dpbf16_emulated16, lanes16};
+    use core::arch::x86_64::_mm256_setzero_ps;
+    let cols = row_bytes / 2;
+    debug_assert_eq!(cols % BF16_STEP, 0);
+    for (r, row) in w.chunks_exact(row_bytes).enumerate() {
+        let row: &[bf16] = bytemuck::cast_slice(row);
+        for (t, out) in outs.iter_mut().enumerate() {
+            let xr = &inputs.bf16[t * cols..(t + 1) * cols];
+            let mut a = [_mm256_setzero_ps(); 2];
+            for i in (0..cols / BF16_STEP * BF16_STEP).step_by(BF16_STEP) {
+                // SAFETY: i + 32 <= cols: 32 bf16 at i are in bounds of the row and of x;
+                // AVX2 per this fn's contract.
+                unsafe { dpbf16_emulated16(&mut a, row.as_ptr().add(i), xr.as_ptr().add(i)) };
+            }
+            // SAFETY: AVX per this fn's contract.
+            out[r] = reduce16(&unsafe { lanes16(a) });
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use core::arch::x86_64::*;
@@ -336,6 +368,7 @@ mod x86 {
             };
             let want = run(super::super::bf16_chunk);
             assert_eq!(run(bf16_emulated), want, "emulated");
+            assert_eq!(run(super::super::bf16_chunk_avx2), want, "AVX2 emulation");
             if has_avx512_bf16() {
                 assert_eq!(run(bf16_dpbf16), want, "vdpbf16ps");
             }
