@@ -7,7 +7,8 @@
 //!   (llama.cpp's default run, weight repacking on) to every printed digit, chunk by chunk, and
 //!   its greedy ids for greedy_dev.json's prompts are all 48 of llama.cpp's (stricter than the
 //!   issue's 0.1% and "up to the first top-1/top-2 margin below 0.1": every preset meets it),
-//! - fast numerics' perplexity is within [`FAST_PPL_TOLERANCE`] of exact's.
+//! - fast numerics' perplexity over the first [`FAST_PPL_CHUNKS`] chunks is within
+//!   [`FAST_PPL_TOLERANCE`] of exact's running figure there.
 //!
 //! Exact numerics follow each of llama.cpp's float orders where llama.cpp takes it (its
 //! repacked Q4_0/IQ4_NL/Q4_K/Q2_K kernels, its tiled K-quant matmul for batches of ≥ 8 rows,
@@ -40,11 +41,19 @@ const PRESETS: [&str; 18] = [
     "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K", "IQ4_NL", "IQ4_XS", "F16", "BF16",
 ];
 
-/// Most relative difference of fast numerics' perplexity from exact's. Fast quantizes the
-/// activations of K-quant and IQ4_XS matrices in blocks of 32 (Q8_0), where exact follows
-/// ggml's blocks of 256 (Q8_K): a different rounding, not a worse one. Measured 2026-12-06:
-/// within ±0.6% for every preset (IQ4_XS −0.57%, the largest; fast lower).
-const FAST_PPL_TOLERANCE: f64 = 0.01;
+/// Chunks of GPL-3 (of 14) fast numerics are scored on: a guard against a broken fast kernel
+/// needs no more, and the whole file would add a third to the test's time (the full-file
+/// figures, all within ±0.6% of exact, are in docs/numerics.md; tests/numerics_fast.rs holds
+/// the default model's whole file to 0.3%).
+const FAST_PPL_CHUNKS: usize = 4;
+
+/// Most relative difference of fast numerics' perplexity over [`FAST_PPL_CHUNKS`] chunks
+/// from exact's running figure after as many. Fast quantizes the activations of K-quant and
+/// IQ4_XS matrices in blocks of 32 (Q8_0), where exact follows ggml's blocks of 256 (Q8_K):
+/// a different rounding, not a worse one. Measured 2026-12-07 over 4 chunks: from −0.72%
+/// (Q3_K_L) to +0.93% (Q4_K_M); over all 14 within ±0.6%. A broken kernel moves it by far
+/// more.
+const FAST_PPL_TOLERANCE: f64 = 0.02;
 
 fn refs() -> serde_json::Value {
     common::data_json("llamacpp/presets.json")
@@ -89,12 +98,16 @@ fn preset_matches_llamacpp(preset: &str) {
     let n_batch = pagoda::cpu::perplexity::llama_perplexity_batch(512);
     let opts = SessionOptions { n_ctx: 512, n_batch, ..SessionOptions::default() };
     // Fast numerics (the default; repacked matrices for most formats at AVX-512), which
-    // llama.cpp has no counterpart of: compared with exact below.
-    let fast_ppl = pagoda::cpu::perplexity::perplexity(&fast, &tokens, &opts, |_, _| {})
+    // llama.cpp has no counterpart of: compared with exact's running figure below.
+    let fast_tokens = &tokens[..(FAST_PPL_CHUNKS * 512).min(tokens.len())];
+    let fast_ppl = pagoda::cpu::perplexity::perplexity(&fast, fast_tokens, &opts, |_, _| {})
         .map(|p| p.ppl)
         .unwrap_or_else(|e| panic!("{preset}: fast perplexity failed: {e}"));
     let model = fast.with_numerics(Numerics::Exact);
-    let ppl_line = match pagoda::cpu::perplexity::perplexity(&model, &tokens, &opts, |_, _| {}) {
+    let mut exact_running = Vec::new();
+    let ppl_line = match pagoda::cpu::perplexity::perplexity(&model, &tokens, &opts, |_, p| {
+        exact_running.push(p)
+    }) {
         Ok(got) => {
             let rel = (got.ppl - want_ppl) / want_ppl;
             if got.chunks as u64 != reference["n_chunks"].as_u64().unwrap() {
@@ -113,19 +126,20 @@ fn preset_matches_llamacpp(preset: &str) {
                     got.ppl
                 ));
             }
-            let fast_rel = (fast_ppl - got.ppl) / got.ppl;
+            let exact_part = exact_running[FAST_PPL_CHUNKS - 1];
+            let fast_rel = (fast_ppl - exact_part) / exact_part;
             if fast_rel.is_nan() || fast_rel.abs() >= FAST_PPL_TOLERANCE {
                 failures.push(format!(
-                    "fast numerics' PPL {fast_ppl:.4} differs from exact's {:.4} by {:+.3}% \
-                     (> {}%)",
-                    got.ppl,
+                    "fast numerics' PPL over {FAST_PPL_CHUNKS} chunks {fast_ppl:.4} differs \
+                     from exact's {exact_part:.4} by {:+.3}% (> {}%)",
                     fast_rel * 100.0,
                     FAST_PPL_TOLERANCE * 100.0
                 ));
             }
             format!(
                 "PPL {:.4} ± {:.5} ({} chunks); llama.cpp {want_ppl:.4} ({:+.4}%); \
-                 fast {fast_ppl:.4} ({:+.3}%)",
+                 fast {fast_ppl:.4} over {FAST_PPL_CHUNKS} chunks ({:+.3}% from exact's \
+                 {exact_part:.4})",
                 got.ppl,
                 got.ppl_stderr,
                 got.chunks,
