@@ -168,7 +168,7 @@ mod x86 {
 
     use super::super::activations::Inputs;
     use super::super::half_x86::{dpbf16_emulated, has_avx512_bf16};
-    use super::{reduce16, BF16_STEP, F16_STEP};
+    use super::{BF16_STEP, F16_STEP};
 
     /// Tokens per pass over a weight row.
     const TILE: usize = 4;
@@ -179,10 +179,15 @@ mod x86 {
     /// AVX-512 F enabled by the caller.
     #[inline(always)]
     unsafe fn cell(a: __m512) -> f32 {
-        let mut lanes = [0.0f32; 16];
-        // SAFETY: a 16-float store into a 16-float array; AVX-512 F per the contract.
-        unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), a) };
-        reduce16(&lanes)
+        // SAFETY: register-only AVX-512 F / AVX operations, enabled per the contract.
+        // [`reduce16`]'s tree in registers: halves, quarters, then (t0 + t2) + (t1 + t3).
+        unsafe {
+            let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(a)));
+            let t8 = _mm256_add_ps(_mm512_castps512_ps256(a), hi);
+            let t4 = _mm_add_ps(_mm256_castps256_ps128(t8), _mm256_extractf128_ps::<1>(t8));
+            let t2 = _mm_add_ps(t4, _mm_movehl_ps(t4, t4));
+            _mm_cvtss_f32(_mm_add_ss(t2, _mm_shuffle_ps::<1>(t2, t2)))
+        }
     }
 
     /// [`super::f16_chunk`] at AVX-512: one `vfmadd` accumulator per token.
