@@ -30,6 +30,57 @@
 //!   `ggml_gemv/gemm_q{4,2}_K_8x8_q8_K` at every batch size, whose float order is another
 //!   again ([`llama_repacked`]: one accumulator per output and a second for the mins).
 
+/// The table kernels of a module's portable `rows::<F: $format>`: `chunk` (compiled for the
+/// baseline: the scalar level, NEON's too), `chunk_avx2` and `chunk_avx512` (compiled with
+/// those features). Each has the `ChunkFn` contract (whole aligned rows, `inputs` holding
+/// every token's Q8_K blocks), the x86 ones also the CPU features they name.
+macro_rules! per_level_chunks {
+    ($format:path) => {
+        /// [`rows`] compiled for the baseline.
+        ///
+        /// # Safety
+        /// The `ChunkFn` contract.
+        pub(crate) unsafe fn chunk<F: $format>(
+            w: &[u8],
+            row_bytes: usize,
+            inputs: &Inputs<'_>,
+            outs: &mut [&mut [f32]],
+        ) {
+            rows::<F>(w, row_bytes, inputs, outs)
+        }
+
+        /// [`rows`] compiled with AVX-512.
+        ///
+        /// # Safety
+        /// The CPU has AVX-512 F/BW/VL and FMA; the `ChunkFn` contract.
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+        pub(crate) unsafe fn chunk_avx512<F: $format>(
+            w: &[u8],
+            row_bytes: usize,
+            inputs: &Inputs<'_>,
+            outs: &mut [&mut [f32]],
+        ) {
+            rows::<F>(w, row_bytes, inputs, outs)
+        }
+
+        /// [`rows`] compiled with AVX2.
+        ///
+        /// # Safety
+        /// The CPU has AVX2 and FMA; the `ChunkFn` contract.
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub(crate) unsafe fn chunk_avx2<F: $format>(
+            w: &[u8],
+            row_bytes: usize,
+            inputs: &Inputs<'_>,
+            outs: &mut [&mut [f32]],
+        ) {
+            rows::<F>(w, row_bytes, inputs, outs)
+        }
+    };
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]

@@ -183,45 +183,4 @@ fn rows<F: Format>(w: &[u8], row_bytes: usize, inputs: &Inputs<'_>, outs: &mut [
     }
 }
 
-/// [`rows`] as a table kernel, compiled for the baseline (the scalar level; NEON's too).
-///
-/// # Safety
-/// The `ChunkFn` contract (whole aligned rows, `inputs` holding every token's Q8_K blocks).
-pub(crate) unsafe fn chunk<F: Format>(
-    w: &[u8],
-    row_bytes: usize,
-    inputs: &Inputs<'_>,
-    outs: &mut [&mut [f32]],
-) {
-    rows::<F>(w, row_bytes, inputs, outs)
-}
-
-/// [`rows`] compiled with AVX-512.
-///
-/// # Safety
-/// The CPU has AVX-512 F/BW/VL and FMA; the `ChunkFn` contract.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-pub(crate) unsafe fn chunk_avx512<F: Format>(
-    w: &[u8],
-    row_bytes: usize,
-    inputs: &Inputs<'_>,
-    outs: &mut [&mut [f32]],
-) {
-    rows::<F>(w, row_bytes, inputs, outs)
-}
-
-/// [`rows`] compiled with AVX2.
-///
-/// # Safety
-/// The CPU has AVX2 and FMA; the `ChunkFn` contract.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn chunk_avx2<F: Format>(
-    w: &[u8],
-    row_bytes: usize,
-    inputs: &Inputs<'_>,
-    outs: &mut [&mut [f32]],
-) {
-    rows::<F>(w, row_bytes, inputs, outs)
-}
+per_level_chunks!(Format);
