@@ -12,7 +12,7 @@
 //!   is the page-blocked kernel with f32 accumulation, its keys cut into ranges of
 //!   `attention::ALIGNED_RANGE_TOKENS` (256) aligned at position 0 (`Split::Aligned`), whose
 //!   partials are merged in order. At AVX-512 and AVX2, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL,
-//!   IQ4_XS, Q3_K, Q4_K and Q5_K matmuls run on rows repacked at load in groups of 16
+//!   IQ4_XS, Q3_K, Q4_K, Q5_K and Q6_K matmuls run on rows repacked at load in groups of 16
 //!   ([`crate::kernels::repacked`]: one float multiply-add per block and cell, no horizontal
 //!   sums; about 2× the exact kernels' prompt speed), and at AVX-512 so do F16 and BF16
 //!   matmuls ([`crate::kernels::repacked_float`]: F16 weights widened exactly to f32 against

@@ -32,7 +32,7 @@ pub struct Weight {
     /// Byte range of the data within the file.
     pub range: Range<usize>,
     /// The rows repacked for fast numerics' matmul (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL,
-    /// IQ4_XS, Q3_K, Q4_K, Q5_K, F16 and BF16 weights of a model computing in
+    /// IQ4_XS, Q3_K, Q4_K, Q5_K, Q6_K, F16 and BF16 weights of a model computing in
     /// [`Numerics::Fast`](super::Numerics::Fast)), else `None`.
     pub fast: Option<FastWeight>,
 }
@@ -52,7 +52,7 @@ impl Weight {
 /// A weight's copy for fast numerics' matmul: which repacked layout, by weight type.
 #[derive(Clone, Debug)]
 pub enum FastWeight {
-    /// Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, IQ4_XS, Q3_K, Q4_K, Q5_K
+    /// Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, IQ4_XS, Q3_K, Q4_K, Q5_K, Q6_K
     /// ([`crate::kernels::repacked`]).
     Quant(Arc<Repacked>),
     /// F16, BF16 ([`crate::kernels::repacked_float`]).
@@ -233,7 +233,8 @@ impl LlamaWeights {
 
     /// Repacks for fast numerics' matmul at `level` every matrix (blocks and LM head) whose
     /// type has a repacked kernel there ([`repacked::accelerated`]: Q4_0, Q4_1, Q5_0, Q5_1,
-    /// Q8_0, IQ4_NL, IQ4_XS, Q3_K, Q4_K, Q5_K; [`repacked_float::accelerated`]: F16, BF16),
+    /// Q8_0, IQ4_NL, IQ4_XS, Q3_K, Q4_K, Q5_K, Q6_K; [`repacked_float::accelerated`]: F16,
+    /// BF16),
     /// or drops the repacked copies (`None`). `file` is the mapped file.
     ///
     /// The F16 and BF16 copies share one allocation ([`RepackedFloat::new_all`], in the

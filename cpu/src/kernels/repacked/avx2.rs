@@ -17,8 +17,8 @@
 use core::arch::x86_64::*;
 
 use super::{
-    codebook, geometry, half_scales, has_min, nibbles, offset, wide_scales, Acts, Repacked,
-    IQ4_LEVELS,
+    codebook, geometry, half_scales, has_min, high_at, high_bits, nibbles, offset, wide_scales,
+    Acts, Repacked, IQ4_LEVELS,
 };
 
 /// Tokens per tile: each decoded half block serves this many tokens.
@@ -141,6 +141,24 @@ unsafe fn tile<const F: u8, const T: usize>(
                     wq[2 * j] = _mm256_and_si256(q, low4);
                     wq[2 * j + 1] = _mm256_and_si256(_mm256_srli_epi16::<4>(q), low4);
                 }
+                if high_bits(F) > 0 {
+                    // Bits 4.. of each code from the high plane: operand o's at bit 4.
+                    let plane = blk.add(q0 + 256 + 32 * half);
+                    let mask = _mm256_set1_epi8(if high_bits(F) == 1 { 0x10 } else { 0x30 });
+                    let hp = [
+                        _mm256_loadu_si256(plane.cast()),
+                        if high_bits(F) > 1 {
+                            _mm256_loadu_si256(plane.add(64).cast())
+                        } else {
+                            _mm256_setzero_si256()
+                        },
+                    ];
+                    for (o, q) in wq.iter_mut().enumerate() {
+                        let (piece, bit) = high_at(F, o);
+                        let high = _mm256_and_si256(to_bit4(hp[piece], bit), mask);
+                        *q = _mm256_or_si256(*q, high);
+                    }
+                }
                 if codebook(F) {
                     for q in &mut wq {
                         *q = _mm256_shuffle_epi8(levels, *q);
@@ -182,6 +200,28 @@ unsafe fn scale8<const F: u8>(at: *const u8) -> __m256 {
             _mm256_loadu_ps(at.cast())
         } else {
             _mm256_cvtph_ps(_mm_loadu_si128(at.cast()))
+        }
+    }
+}
+
+/// `v` shifted (in 16-bit lanes) so that bit `bit` of each byte lands at bit 4; the bits
+/// that cross into a neighbouring byte land outside bits 4..6, which the caller masks off.
+///
+/// # Safety
+/// The CPU supports AVX2.
+#[inline(always)]
+unsafe fn to_bit4(v: __m256i, bit: usize) -> __m256i {
+    // SAFETY: this fn's contract.
+    unsafe {
+        match bit {
+            0 => _mm256_slli_epi16::<4>(v),
+            1 => _mm256_slli_epi16::<3>(v),
+            2 => _mm256_slli_epi16::<2>(v),
+            3 => _mm256_slli_epi16::<1>(v),
+            4 => v,
+            5 => _mm256_srli_epi16::<1>(v),
+            6 => _mm256_srli_epi16::<2>(v),
+            _ => _mm256_srli_epi16::<3>(v),
         }
     }
 }

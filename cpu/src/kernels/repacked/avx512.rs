@@ -4,8 +4,8 @@
 use core::arch::x86_64::*;
 
 use super::{
-    codebook, geometry, half_scales, has_min, nibbles, offset, wide_scales, Acts, Repacked,
-    IQ4_LEVELS,
+    codebook, geometry, half_scales, has_min, high_at, high_bits, nibbles, offset, wide_scales,
+    Acts, Repacked, IQ4_LEVELS,
 };
 
 /// [`super::dot_scalar`], bit for bit.
@@ -118,6 +118,24 @@ unsafe fn tile<const F: u8, const T: usize>(
                     wq[2 * j] = _mm512_and_si512(q, low4);
                     wq[2 * j + 1] = _mm512_and_si512(_mm512_srli_epi16::<4>(q), low4);
                 }
+                if high_bits(F) > 0 {
+                    // Bits 4.. of each code from the high plane: operand o's at bit 4.
+                    let plane = blk.add(q0 + 256);
+                    let mask = _mm512_set1_epi8(if high_bits(F) == 1 { 0x10 } else { 0x30 });
+                    let hp = [
+                        _mm512_loadu_si512(plane as *const __m512i),
+                        if high_bits(F) > 1 {
+                            _mm512_loadu_si512(plane.add(64) as *const __m512i)
+                        } else {
+                            _mm512_setzero_si512()
+                        },
+                    ];
+                    for (o, q) in wq.iter_mut().enumerate() {
+                        let (piece, bit) = high_at(F, o);
+                        // wq | (hp shifted & mask): vpternlogd's truth table 0xF8.
+                        *q = _mm512_ternarylogic_epi32::<0xF8>(*q, to_bit4(hp[piece], bit), mask);
+                    }
+                }
                 if codebook(F) {
                     for q in &mut wq {
                         *q = _mm512_shuffle_epi8(levels, *q);
@@ -138,6 +156,28 @@ unsafe fn tile<const F: u8, const T: usize>(
             }
         }
         acc
+    }
+}
+
+/// `v` shifted (in 16-bit lanes) so that bit `bit` of each byte lands at bit 4; the bits
+/// that cross into a neighbouring byte land outside bits 4..6, which the caller masks off.
+///
+/// # Safety
+/// The CPU supports AVX-512 BW.
+#[inline(always)]
+unsafe fn to_bit4(v: __m512i, bit: usize) -> __m512i {
+    // SAFETY: this fn's contract.
+    unsafe {
+        match bit {
+            0 => _mm512_slli_epi16::<4>(v),
+            1 => _mm512_slli_epi16::<3>(v),
+            2 => _mm512_slli_epi16::<2>(v),
+            3 => _mm512_slli_epi16::<1>(v),
+            4 => v,
+            5 => _mm512_srli_epi16::<1>(v),
+            6 => _mm512_srli_epi16::<2>(v),
+            _ => _mm512_srli_epi16::<3>(v),
+        }
     }
 }
 

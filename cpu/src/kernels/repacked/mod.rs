@@ -1,28 +1,37 @@
-//! Fast numerics' matmul for the legacy formats, IQ4_NL, IQ4_XS, Q3_K, Q4_K and Q5_K: rows
-//! repacked at load time into groups of 16, one float multiply-add per (row, token, block of
-//! 32; two for Q3_K's blocks of 16), no horizontal sums.
+//! Fast numerics' matmul for the legacy formats, IQ4_NL, IQ4_XS, Q3_K, Q4_K, Q5_K and Q6_K:
+//! rows repacked at load time into groups of 16, one float multiply-add per (row, token, block
+//! of 32; two for Q3_K's and Q6_K's blocks of 16), no horizontal sums.
 //!
 //! ```text
 //! group g (rows 16g..16g+16), block b (values 32b..32b+32 of each row):
-//!   Q4_0, IQ4_NL:               | d: 16 × f16 |                | codes: 4 × 64 bytes (nibbles) |
-//!   Q4_1:                       | d: 16 × f16 | m: 16 × f16    | codes: 4 × 64 bytes (nibbles) |
-//!   Q5_0, Q8_0:                 | d: 16 × f16 |                | codes: 8 × 64 bytes (u8)      |
-//!   Q5_1:                       | d: 16 × f16 | m: 16 × f16    | codes: 8 × 64 bytes (u8)      |
-//!   IQ4_XS:                     | d: 16 × f32 |                | codes: 4 × 64 bytes (nibbles) |
-//!   Q3_K:                       | d: 16 × f32 | d2: 16 × f32   | codes: 4 × 64 bytes (nibbles) |
-//!   Q4_K:                       | d: 16 × f32 | m: 16 × f32    | codes: 4 × 64 bytes (nibbles) |
-//!   Q5_K:                       | d: 16 × f32 | m: 16 × f32    | codes: 8 × 64 bytes (u8)      |
-//! codes piece j holds, in 32-bit lane r, four bytes of row r: nibbles, values 4j..4j+4 (low)
-//! and 16+4j..16+4j+4 (high); bytes, values 4j..4j+4. A code c stands for the unsigned quant
-//! u = c, except for IQ4_NL and IQ4_XS, whose 4-bit code indexes the codebook: u =
-//! IQ4NL_VALUES[c] + 128 (the kernel maps nibbles with a byte shuffle, so the rows keep the
-//! file's 4 bits per value). u is the format's signed quant q plus an offset (Q4_0 8, Q5_0 16,
-//! Q3_K 4, Q8_0 and the IQ4 codebook levels 128, else 0), so every weight is an unsigned byte
-//! for vpdpbusd. Rows past the matrix's last are zero (d = 0) and never written out. A
-//! K-quant block of 32 is one sub-block of its 256-value super-block: `d = d_super · scale`
-//! and `m = −dmin · min` (ggml's `d1` and `−m1`, exact products of an f16 and a 6-bit
-//! integer, kept as f32), so its values are ggml's dequantized values; Q3_K's block of 32
-//! is two sub-blocks of 16, `d` the first's scale and `d2` the second's.
+//!   Q4_0, IQ4_NL: | d: 16 × f16 |              | low: 4 × 64 B (nibbles) |
+//!   Q4_1:         | d: 16 × f16 | m: 16 × f16  | low: 4 × 64 B (nibbles) |
+//!   Q5_0:         | d: 16 × f16 |              | low: 4 × 64 B (nibbles) | high: 64 B (1 bit)  |
+//!   Q5_1:         | d: 16 × f16 | m: 16 × f16  | low: 4 × 64 B (nibbles) | high: 64 B (1 bit)  |
+//!   Q8_0:         | d: 16 × f16 |              | codes: 8 × 64 B (u8)    |
+//!   IQ4_XS:       | d: 16 × f32 |              | low: 4 × 64 B (nibbles) |
+//!   Q3_K:         | d: 16 × f32 | d2: 16 × f32 | low: 4 × 64 B (nibbles) |
+//!   Q4_K:         | d: 16 × f32 | m: 16 × f32  | low: 4 × 64 B (nibbles) |
+//!   Q5_K:         | d: 16 × f32 | m: 16 × f32  | low: 4 × 64 B (nibbles) | high: 64 B (1 bit)  |
+//!   Q6_K:         | d: 16 × f32 | d2: 16 × f32 | low: 4 × 64 B (nibbles) | high: 128 B (2 bits)|
+//! Q8_0's codes piece j holds, in 32-bit lane r, four bytes of row r: values 4j..4j+4. Every
+//! other format keeps 4-bit codes: low piece j holds, in 32-bit lane r, values 4j..4j+4 of row
+//! r in the low nibbles and 16+4j..16+4j+4 in the high nibbles. The kernels' operand 2j is
+//! piece j's low nibbles, operand 2j+1 its high nibbles; where a code has more than 4 bits
+//! (Q5_*: 5, Q6_K: 6), its bits 4.. are in the high plane, at the byte of the same position
+//! as its nibble's: operand o's h bits (h = 1 or 2) are bits h·o % 8 .. of high piece h·o / 8
+//! (one shift and a mask put them at bit 4). A code c stands for the unsigned quant u = c,
+//! except for IQ4_NL and IQ4_XS, whose 4-bit code indexes the codebook: u = IQ4NL_VALUES[c] +
+//! 128 (the kernel maps nibbles with a byte shuffle). u is the format's signed quant q plus an
+//! offset (Q4_0 8, Q5_0 16, Q3_K 4, Q6_K 32, Q8_0 and the IQ4 codebook levels 128, else 0), so
+//! every weight is an unsigned byte for vpdpbusd. So the legacy formats keep the file's bits
+//! per value (Q5_0, Q5_1: exactly the file's bytes), and the K-quants their quants' bits plus
+//! f32 scales. Rows past the matrix's last are zero (d = 0) and never written out. A K-quant
+//! block of 32 is one sub-block of its 256-value super-block: `d = d_super · scale` and `m =
+//! −dmin · min` (ggml's `d1` and `−m1`, exact products of an f16 and a 6-bit integer, kept as
+//! f32), so its values are ggml's dequantized values; Q3_K's and Q6_K's block of 32 is two
+//! sub-blocks of 16, `d` the first's scale and `d2` the second's (Q6_K: `d_super · scale`,
+//! an f16 times an 8-bit integer, exact too).
 //! ```
 //!
 //! The float order, per output cell (row r, token t), blocks b in order:
@@ -31,7 +40,7 @@
 //! isum = Σ_i q[r][b][i] · a[t][b][i]   (exact i32: Σ u·a − offset · Σ a)
 //! acc  = fma(d[r][b] · da[t][b], isum as f32, acc)
 //! Q4_1, Q5_1, Q4_K, Q5_K: acc = fma(m[r][b] · da[t][b], Σ_i a[t][b][i] as f32, acc)
-//! Q3_K: the first line over i < 16 only, then
+//! Q3_K, Q6_K: the first line over i < 16 only, then
 //!       acc = fma(d2[r][b] · da[t][b], Σ_{i ≥ 16} q·a as f32, acc)
 //! ```
 //!
@@ -52,10 +61,11 @@
 macro_rules! for_format {
     ($format:expr, $kernel:ident($($arg:expr),*)) => {{
         use $crate::kernels::repacked::{
-            IQ4_NL, IQ4_XS, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q8_0,
+            IQ4_NL, IQ4_XS, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0,
         };
         match $format {
             Q3_K => $kernel::<Q3_K>($($arg),*),
+            Q6_K => $kernel::<Q6_K>($($arg),*),
             IQ4_XS => $kernel::<IQ4_XS>($($arg),*),
             Q4_K => $kernel::<Q4_K>($($arg),*),
             Q5_K => $kernel::<Q5_K>($($arg),*),
@@ -115,9 +125,11 @@ pub(crate) const Q5_K: u8 = 7;
 pub(crate) const IQ4_XS: u8 = 8;
 /// See [`Q4_0`].
 pub(crate) const Q3_K: u8 = 9;
+/// See [`Q4_0`].
+pub(crate) const Q6_K: u8 = 10;
 
 /// Every format, with its ggml type.
-const FORMATS: [(u8, GgmlType); 10] = [
+const FORMATS: [(u8, GgmlType); 11] = [
     (Q4_0, GgmlType::Q4_0),
     (Q4_1, GgmlType::Q4_1),
     (Q8_0, GgmlType::Q8_0),
@@ -128,12 +140,23 @@ const FORMATS: [(u8, GgmlType); 10] = [
     (Q5_K, GgmlType::Q5_K),
     (IQ4_XS, GgmlType::IQ4_XS),
     (Q3_K, GgmlType::Q3_K),
+    (Q6_K, GgmlType::Q6_K),
 ];
 
-/// Whether format `f` keeps 4-bit codes (two values per byte: Q4_0, Q4_1, IQ4_NL, IQ4_XS,
-/// Q3_K, Q4_K); the others store one byte per value.
+/// Whether format `f` keeps 4-bit codes (two values per byte, and [`high_bits`] more per
+/// value in the high plane): all but Q8_0, which stores one byte per value.
 const fn nibbles(f: u8) -> bool {
-    matches!(f, Q4_0 | Q4_1 | IQ4_NL | IQ4_XS | Q3_K | Q4_K)
+    f != Q8_0
+}
+
+/// Bits of each code above its nibble, kept in the high plane: 1 (Q5_0, Q5_1, Q5_K), 2
+/// (Q6_K), else 0.
+const fn high_bits(f: u8) -> usize {
+    match f {
+        Q5_0 | Q5_1 | Q5_K => 1,
+        Q6_K => 2,
+        _ => 0,
+    }
 }
 
 /// Whether format `f`'s codes index the IQ4_NL codebook (IQ4_NL, IQ4_XS).
@@ -147,16 +170,16 @@ const fn has_min(f: u8) -> bool {
 }
 
 /// Whether format `f` scales each half of a block of 32 on its own (`d` values 0..16, `d2`
-/// values 16..32: Q3_K's sub-blocks of 16). Such a format keeps nibbles (its halves are the
-/// low and the high nibbles of the codes).
+/// values 16..32: Q3_K's and Q6_K's sub-blocks of 16). Such a format keeps nibbles (its
+/// halves are the low and the high nibbles of the codes).
 const fn half_scales(f: u8) -> bool {
-    f == Q3_K
+    f == Q3_K || f == Q6_K
 }
 
 /// Whether format `f` is a K-quant (256-value super-blocks), whose scales and minimums are
 /// kept as f32 (products of a super-block scale and a sub-block scale), not f16.
 const fn wide_scales(f: u8) -> bool {
-    matches!(f, Q4_K | Q5_K | IQ4_XS | Q3_K)
+    matches!(f, Q4_K | Q5_K | IQ4_XS | Q3_K | Q6_K)
 }
 
 /// Bytes of one stored scale (or minimum) of format `f`: 2 (f16) or 4 (f32).
@@ -169,11 +192,18 @@ const fn scale_bytes(f: u8) -> usize {
 }
 
 /// `(bytes of one repacked group block, offset of the codes there)` of format `f`: 16
-/// scales, 16 minimums (or second scales) where the format has them, then 4 (nibbles) or 8
-/// (bytes) pieces of 64 bytes.
+/// scales, 16 minimums (or second scales) where the format has them, then 4 pieces of 64
+/// bytes of nibbles and [`high_bits`] pieces of the high plane (at `codes + 256`), or 8
+/// pieces of 64 bytes (Q8_0).
 const fn geometry(f: u8) -> (usize, usize) {
     let q0 = GROUP_ROWS * scale_bytes(f) * if has_min(f) || half_scales(f) { 2 } else { 1 };
-    (q0 + if nibbles(f) { 256 } else { 512 }, q0)
+    (q0 + if nibbles(f) { 256 + 64 * high_bits(f) } else { 512 }, q0)
+}
+
+/// Where operand `o`'s high bits are in the high plane: `(piece, bit)`.
+const fn high_at(f: u8, o: usize) -> (usize, usize) {
+    let at = high_bits(f) * o;
+    (at / 8, at % 8)
 }
 
 /// What the unsigned quant `u` is above the format's signed quant `q` (`q = u − offset`):
@@ -183,6 +213,7 @@ const fn offset(f: u8) -> i32 {
         Q4_0 => 8,
         Q5_0 => 16,
         Q3_K => 4,
+        Q6_K => 32,
         Q8_0 | IQ4_NL | IQ4_XS => 128,
         _ => 0,
     }
@@ -233,6 +264,22 @@ fn f_type(f: u8) -> GgmlType {
 /// - Q3_K: `d = d_super · (sc[2j] − 32)`, `d2 = d_super · (sc[2j+1] − 32)`, codes `q + 4`.
 fn unpack_kquant(f: u8, sb: &[u8], j: usize) -> ([u8; 4], [u8; 4], [u8; QK]) {
     let mut u = [0u8; QK];
+    if f == Q6_K {
+        let blk: pagoda_core::quant::BlockQ6K = bytemuck::pod_read_unaligned(sb);
+        let d = blk.d.to_f32();
+        let dl = |s: usize| d * f32::from(blk.scales[s]);
+        // ggml's dequantize_row_q6_K: values 32j..32j+32 = 128n + 32k + l take the nibble
+        // k / 2 of ql[64n + 32(k % 2) + l] and bits 2k..2k+2 of qh[32n + l]; the scale of
+        // values 16s..16s+16 is scales[s].
+        let (n, k) = (j / 4, j % 4);
+        for (l, u) in u.iter_mut().enumerate() {
+            let ql = blk.ql[64 * n + 32 * (k % 2) + l];
+            let low = if k < 2 { ql & 0x0F } else { ql >> 4 };
+            let high = (blk.qh[32 * n + l] >> (2 * k)) & 3;
+            *u = low | high << 4;
+        }
+        return (dl(2 * j).to_le_bytes(), dl(2 * j + 1).to_le_bytes(), u);
+    }
     if f == Q3_K {
         let blk: pagoda_core::quant::BlockQ3K = bytemuck::pod_read_unaligned(sb);
         let d = blk.d.to_f32();
@@ -292,7 +339,7 @@ fn unpack(f: u8, blk: &[u8]) -> ([u8; 2], [u8; 2], [u8; QK]) {
     (d, m, u)
 }
 
-/// A Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, IQ4_XS, Q3_K, Q4_K or Q5_K matrix in the
+/// A Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, IQ4_XS, Q3_K, Q4_K, Q5_K or Q6_K matrix in the
 /// repacked layout of the module docs.
 #[derive(Clone, Debug)]
 pub struct Repacked {
@@ -337,7 +384,16 @@ impl Repacked {
                     if nibbles(format) {
                         // Piece j, lane i: values 4j..4j+4 low, 16+4j..16+4j+4 high.
                         for e in 0..16 {
-                            o[q0 + 64 * (e / 4) + 4 * i + e % 4] = u[e] | u[e + 16] << 4;
+                            let at = q0 + 64 * (e / 4) + 4 * i + e % 4;
+                            o[at] = (u[e] & 0x0F) | (u[e + 16] & 0x0F) << 4;
+                            // Operands 2j (value e) and 2j+1 (value e + 16): their bits
+                            // above the nibble at the same byte of the high plane.
+                            for (op, v) in [(2 * (e / 4), u[e]), (2 * (e / 4) + 1, u[e + 16])] {
+                                if high_bits(format) > 0 {
+                                    let (piece, bit) = high_at(format, op);
+                                    o[at + 256 - 64 * (e / 4) + 64 * piece] |= (v >> 4) << bit;
+                                }
+                            }
                         }
                     } else {
                         for (e, &v) in u.iter().enumerate() {
@@ -413,12 +469,16 @@ pub(crate) fn dot_scalar(w: &Repacked, g: usize, acts: &Acts<'_>, outs: &mut [&m
                 let mut isum = [0i32; 2];
                 for e in 0..QK {
                     let code = if nibbles(f) {
-                        let byte = blk[q0 + 64 * (e % 16 / 4) + 4 * i + e % 4];
-                        if e < 16 {
-                            byte & 0x0F
+                        let at = q0 + 64 * (e % 16 / 4) + 4 * i + e % 4;
+                        let nibble = if e < 16 { blk[at] & 0x0F } else { blk[at] >> 4 };
+                        let high = if high_bits(f) > 0 {
+                            let (piece, bit) = high_at(f, 2 * (e % 16 / 4) + e / 16);
+                            let mask = (1u8 << high_bits(f)) - 1;
+                            (blk[q0 + 256 + 64 * piece + 4 * i + e % 4] >> bit) & mask
                         } else {
-                            byte >> 4
-                        }
+                            0
+                        };
+                        nibble | high << 4
                     } else {
                         blk[q0 + 64 * (e / 4) + 4 * i + e % 4]
                     };
@@ -557,6 +617,7 @@ mod tests {
             let d = f16::from_f32(rng.unit() * 0.05).to_le_bytes();
             match ty {
                 GgmlType::Q3_K => blk[108..110].copy_from_slice(&d), // d is last
+                GgmlType::Q6_K => blk[208..210].copy_from_slice(&d),
                 _ => blk[0..2].copy_from_slice(&d),
             }
             if min {
@@ -638,8 +699,8 @@ mod tests {
 
     #[test]
     fn other_types_are_not_repacked_and_shapes_are_checked() {
-        let data = vec![0u16; 105];
-        let m = QuantMatrix::new(GgmlType::Q6_K, 1, 256, bytemuck::cast_slice(&data)).unwrap();
+        let data = vec![0u16; 42];
+        let m = QuantMatrix::new(GgmlType::Q2_K, 1, 256, bytemuck::cast_slice(&data)).unwrap();
         assert!(Repacked::new(&m).unwrap().is_none());
         let data = vec![0u16; 9];
         let m = QuantMatrix::new(GgmlType::Q4_0, 1, 32, bytemuck::cast_slice(&data)).unwrap();
