@@ -5,9 +5,10 @@
 //! AVX2 has no `vpdpbusd`; the exact integer dot of four weight bytes against four activation
 //! bytes is `vpmaddubsw` (unsigned × signed bytes → pairs summed into i16) then `vpmaddwd`
 //! by ones (pairs of i16 → i32). `vpmaddubsw` saturates a pair sum beyond ±32767, so:
-//! - formats whose unsigned quants stay below 32 (every nibble format but the IQ4 ones, Q5_*)
-//!   multiply `u` directly and subtract `offset · Σa` afterwards, as the AVX-512 kernel does
-//!   (a pair is at most 31 · 127 · 2 = 7874);
+//! - formats whose unsigned quants stay below 64 (every format but Q8_0 and the IQ4 ones:
+//!   4-bit codes, 5-bit for Q5_*, 6-bit for Q6_K) multiply `u` directly and subtract
+//!   `offset · Σa` afterwards, as the AVX-512 kernel does (a pair is at most 63 · 127 · 2 =
+//!   16002);
 //! - Q8_0 and the IQ4 formats (offset 128) multiply the signed quant `q = u − 128` in the
 //!   sign form `|q| · sign(a, q)` (a pair is at most 128 · 127 · 2 = 32512), which is `q · a`.
 //!
